@@ -1,0 +1,50 @@
+#!/usr/bin/env node
+// The README's main job: boot a cloudhv microVM under QEMU, ask its agent for health and
+// version, print them with the boot time, and shut the VM down leaving nothing behind.
+import { Command, InvalidArgumentError } from "commander";
+import { bootAndProbe } from "./boot.js";
+
+function positiveInt(value: string): number {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n <= 0)
+    throw new InvalidArgumentError(`expected a positive integer, got "${value}"`);
+  return n;
+}
+
+const program = new Command()
+  .name("cloudhv-demo")
+  .description("Boot a cloudhv microVM, call its guest agent and report the boot time.")
+  .option("--kernel <path>", "guest kernel (default: build/guest/vmlinux or $CLOUDHV_KERNEL)")
+  .option("--rootfs <path>", "guest rootfs image (default: build/guest/rootfs.erofs or $CLOUDHV_ROOTFS)")
+  .option("--vcpus <n>", "guest vCPUs", positiveInt, 1)
+  .option("--memory <MiB>", "guest memory in MiB", positiveInt, 256)
+  .option("--json", "print the report as JSON")
+  .action(
+    async (opts: { kernel?: string; rootfs?: string; vcpus: number; memory: number; json?: boolean }) => {
+      const report = await bootAndProbe({
+        ...(opts.kernel ? { kernelPath: opts.kernel } : {}),
+        ...(opts.rootfs ? { rootfsPath: opts.rootfs } : {}),
+        vcpus: opts.vcpus,
+        memoryMb: opts.memory,
+      });
+      if (opts.json) {
+        console.log(JSON.stringify(report, null, 2));
+        return;
+      }
+      console.log(`accelerator:    ${report.accel.accel} (${report.accel.reason})`);
+      console.log(
+        `agent health:   ${report.health.status} (guest uptime ${(report.health.uptimeNs / 1e6).toFixed(0)} ms)`,
+      );
+      console.log(
+        `agent version:  cloudhv-agent ${report.version.agentVersion}, protocol ${report.version.protocolVersion}, ` +
+          `kernel ${report.version.kernelRelease}, ${report.version.runtimeVersion || "no crun"}`,
+      );
+      console.log(`boot time:      ${report.bootMs.toFixed(0)} ms (QEMU start → agent health reply)`);
+      console.log("VM stopped; nothing left behind.");
+    },
+  );
+
+program.parseAsync().catch((err: unknown) => {
+  console.error(`cloudhv-demo: ${err instanceof Error ? err.message : String(err)}`);
+  process.exit(1);
+});

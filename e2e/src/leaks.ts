@@ -1,0 +1,27 @@
+// Finds what a VM could leave behind on the host: its QEMU process and its state files.
+import { readdir, readFile } from "node:fs/promises";
+
+/** PIDs of live processes whose command line contains `needle`. */
+export async function processesMatching(needle: string): Promise<number[]> {
+  const pids: number[] = [];
+  for (const entry of await readdir("/proc")) {
+    if (!/^\d+$/.test(entry) || Number(entry) === process.pid) continue;
+    try {
+      const cmdline = (await readFile(`/proc/${entry}/cmdline`, "utf8")).replaceAll("\0", " ");
+      if (cmdline.includes(needle)) pids.push(Number(entry));
+    } catch {
+      // The process exited while we looked.
+    }
+  }
+  return pids;
+}
+
+/** Entries under `dir`, or [] if it does not exist. */
+export async function entriesOf(dir: string): Promise<string[]> {
+  try {
+    return await readdir(dir);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === "ENOENT") return [];
+    throw err;
+  }
+}

@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# The newcomer's entry point: installs everything this repository needs on a Debian bookworm
+# machine (as root), builds the host side and the guest, then runs the demo or the tests.
+#
+#   scripts/dev.sh demo     boot a microVM and talk to its agent (the main job)
+#   scripts/dev.sh test     the whole test suite (what CI runs)
+#   scripts/dev.sh setup    install and build only
+#
+# Every step is cached by its inputs, so a second run only does what changed.
+set -euo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$repo"
+export CLOUDHV_BUILD_CACHE=${CLOUDHV_BUILD_CACHE:-/var/cache/cloudhv-build}
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
+die() { printf 'dev.sh: %s\n' "$*" >&2; exit 1; }
+
+# Debian packages: the VMM, the guest's container runtime and image tools, the kernel source
+# and its build tools, containerd and the tools the shim drives.
+APT_PACKAGES=(
+  qemu-system-x86 crun erofs-utils e2fsprogs util-linux iproute2 kmod
+  linux-source-6.1 bc bison flex libelf-dev libssl-dev cpio xz-utils make gcc
+  protobuf-compiler containerd runc containernetworking-plugins file
+)
+
+install_apt() {
+  local missing=()
+  for p in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if ((${#missing[@]})); then
+    say "apt: installing ${missing[*]}"
+    apt-get update -q
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+  else
+    say "apt: all ${#APT_PACKAGES[@]} packages present"
+  fi
+}
+
+check_toolchains() {
+  command -v node >/dev/null || die "Node.js >= 20 is required (not found on PATH)"
+  local major
+  major=$(node -p 'process.versions.node.split(".")[0]')
+  ((major >= 20)) || die "Node.js >= 20 is required, found $(node --version)"
+  command -v cargo >/dev/null || [ -x "$HOME/.cargo/bin/cargo" ] || die "Rust (cargo) is required to build the guest agent"
+  export PATH="$HOME/.cargo/bin:$PATH"
+}
+
+install_npm() {
+  local stamp=node_modules/.cloudhv-lock.sha256 want
+  want=$(sha256sum package-lock.json | cut -d' ' -f1)
+  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+    say "npm: dependencies up to date"
+  else
+    say "npm: installing dependencies (npm ci)"
+    npm ci --no-audit --no-fund
+    echo "$want" >"$stamp"
+  fi
+}
+
+build_all() {
+  [ "$(id -u)" = 0 ] || die "run as root: the guest build and the VM tests need it"
+  install_apt
+  check_toolchains
+  install_npm
+  say "guest: agent"
+  guest/agent/build.sh
+  say "guest: kernel"
+  guest/kernel/build-kernel.sh
+  say "guest: rootfs"
+  guest/rootfs/build-rootfs.sh
+  say "host: TypeScript build"
+  npm run --silent build
+}
+
+case "${1:-}" in
+  setup) build_all ;;
+  demo) build_all && say "demo" && node e2e/dist/src/demo.js "${@:2}" ;;
+  test) build_all && say "tests" && npm test ;;
+  *)
+    sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'
+    exit 2
+    ;;
+esac

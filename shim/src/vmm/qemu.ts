@@ -1,0 +1,230 @@
+// QEMU driver: q35 machine (PCIe, so disks and NICs can be hot-plugged later), QMP for
+// control, the agent over a virtio-serial port backed by a unix socket, console to a file.
+import { type ChildProcess, spawn } from "node:child_process";
+import { once } from "node:events";
+import { access, constants, mkdir, rm, stat } from "node:fs/promises";
+import net from "node:net";
+import path from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
+import { AgentClient } from "../agent/client.js";
+import { TtrpcClient } from "../ttrpc/client.js";
+import { log } from "../util/log.js";
+import { type Accel, probeAccel } from "./accel.js";
+import { QmpClient } from "./qmp.js";
+import {
+  AGENT_PORT_NAME,
+  type HypervisorDriver,
+  type VmConfig,
+  type VmExit,
+  type VmHandle,
+} from "./types.js";
+
+export const BASE_KERNEL_ARGS = "console=ttyS0 root=/dev/vda ro rootfstype=erofs init=/init panic=-1 quiet";
+
+export interface QemuDriverOptions {
+  binary?: string;
+  /** Force an accelerator; by default it is probed once per process. */
+  accel?: Accel;
+}
+
+export class QemuDriver implements HypervisorDriver {
+  readonly name = "qemu";
+  readonly binary: string;
+
+  constructor(private readonly opts: QemuDriverOptions = {}) {
+    this.binary = opts.binary ?? "qemu-system-x86_64";
+  }
+
+  async launch(config: VmConfig): Promise<VmHandle> {
+    await assertReadable(config.kernelPath, "guest kernel");
+    await assertReadable(config.rootfsPath, "guest rootfs image");
+    const accel = this.opts.accel ?? (await probeAccel(this.binary)).accel;
+    await mkdir(config.stateDir, { recursive: true, mode: 0o700 });
+    const paths = {
+      qmp: path.join(config.stateDir, "qmp.sock"),
+      agent: path.join(config.stateDir, "agent.sock"),
+      console: path.join(config.stateDir, "console.log"),
+    };
+    const argv = qemuArgv(config, accel, paths);
+    log.debug({ vm: config.id, argv: [this.binary, ...argv] }, "starting qemu");
+    const child = spawn(this.binary, argv, { stdio: ["ignore", "ignore", "pipe"] });
+    const vm = new QemuVm(config, child, paths);
+    try {
+      await vm.waitForSockets();
+      return vm;
+    } catch (err) {
+      await vm.stop();
+      throw err;
+    }
+  }
+}
+
+function qemuArgv(
+  config: VmConfig,
+  accel: Accel,
+  paths: { qmp: string; agent: string; console: string },
+): string[] {
+  const cmdline = [BASE_KERNEL_ARGS, config.extraKernelArgs].filter(Boolean).join(" ");
+  return [
+    "-name",
+    `cloudhv-${config.id}`,
+    "-machine",
+    `q35,accel=${accel}`,
+    ...(accel === "tcg" ? ["-accel", "tcg,thread=multi"] : []),
+    "-cpu",
+    accel === "kvm" ? "host" : "max",
+    "-smp",
+    String(config.vcpus),
+    "-m",
+    `${config.memoryMb}M`,
+    "-nodefaults",
+    "-no-user-config",
+    "-nographic",
+    "-no-reboot",
+    "-kernel",
+    config.kernelPath,
+    "-append",
+    cmdline,
+    "-drive",
+    `file=${config.rootfsPath},if=none,id=rootfs,format=raw,readonly=on`,
+    "-device",
+    "virtio-blk-pci,drive=rootfs,serial=cloudhv-rootfs",
+    "-device",
+    "virtio-rng-pci",
+    "-device",
+    "virtio-serial-pci,id=vser0",
+    "-chardev",
+    `socket,id=agent,path=${paths.agent},server=on,wait=off`,
+    "-device",
+    `virtserialport,bus=vser0.0,chardev=agent,name=${AGENT_PORT_NAME}`,
+    "-chardev",
+    `file,id=console,path=${paths.console}`,
+    "-serial",
+    "chardev:console",
+    "-qmp",
+    `unix:${paths.qmp},server=on,wait=off`,
+  ];
+}
+
+class QemuVm implements VmHandle {
+  readonly id: string;
+  readonly pid: number;
+  readonly consoleLogPath: string;
+  readonly exited: Promise<VmExit>;
+  private qmp: QmpClient | undefined;
+  private agents: AgentClient[] = [];
+  private stderr = "";
+  private stopping: Promise<void> | undefined;
+  private hasExited = false;
+
+  constructor(
+    private readonly config: VmConfig,
+    private readonly child: ChildProcess,
+    private readonly paths: { qmp: string; agent: string; console: string },
+  ) {
+    this.id = config.id;
+    if (child.pid === undefined) throw new Error(`qemu for VM ${config.id} did not start`);
+    this.pid = child.pid;
+    this.consoleLogPath = paths.console;
+    child.stderr?.setEncoding("utf8");
+    child.stderr?.on("data", (text: string) => {
+      // Keep the tail only: it is for error messages, not a log.
+      this.stderr = (this.stderr + text).slice(-4096);
+    });
+    this.exited = new Promise((resolve) => {
+      child.on("exit", (code, signal) => {
+        this.hasExited = true;
+        for (const agent of this.agents) agent.close();
+        resolve({ code, signal });
+      });
+    });
+    child.on("error", (err) => {
+      this.stderr += err.message;
+    });
+  }
+
+  /** QEMU creates its sockets before running the guest; then QMP is ready to take commands. */
+  async waitForSockets(): Promise<void> {
+    const deadline = Date.now() + 10_000;
+    for (;;) {
+      if (this.hasExited) throw new Error(`qemu for VM ${this.id} exited at start: ${this.stderr.trim()}`);
+      if ((await exists(this.paths.qmp)) && (await exists(this.paths.agent))) break;
+      if (Date.now() > deadline) throw new Error(`qemu for VM ${this.id} did not create its sockets in 10 s`);
+      await sleep(5);
+    }
+    this.qmp = await QmpClient.connect(this.paths.qmp);
+  }
+
+  async connectAgent(opts: { timeoutMs: number }): Promise<AgentClient> {
+    const deadline = Date.now() + opts.timeoutMs;
+    const sock = net.createConnection({ path: this.paths.agent });
+    await Promise.race([
+      once(sock, "connect"),
+      this.exited.then(() => {
+        throw new Error(`VM ${this.id} exited before the agent channel opened`);
+      }),
+    ]);
+    const agent = new AgentClient(new TtrpcClient(sock));
+    this.agents.push(agent);
+    // The request waits in the socket until the agent opens its port; QEMU does not read the
+    // chardev before the guest side is open, so nothing is lost while the guest boots.
+    const remaining = Math.max(1, deadline - Date.now());
+    try {
+      await Promise.race([
+        agent.health({ timeoutMs: remaining }),
+        this.exited.then(() => {
+          throw new Error(`VM ${this.id} exited while booting: ${this.stderr.trim() || "see console log"}`);
+        }),
+      ]);
+    } catch (err) {
+      agent.close();
+      throw err;
+    }
+    return agent;
+  }
+
+  stop(): Promise<void> {
+    this.stopping ??= this.doStop();
+    return this.stopping;
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.stop();
+  }
+
+  private async doStop(): Promise<void> {
+    for (const agent of this.agents) agent.close();
+    if (!this.hasExited) {
+      try {
+        await Promise.race([this.qmp?.execute("quit"), sleep(2000)]);
+      } catch {
+        // QMP gone: the process is exiting or wedged; the kill below settles it.
+      }
+      const graceful = await Promise.race([this.exited.then(() => true), sleep(3000).then(() => false)]);
+      if (!graceful) {
+        log.warn({ vm: this.id, pid: this.pid }, "qemu did not quit; killing it");
+        this.child.kill("SIGKILL");
+      }
+      await this.exited;
+    }
+    this.qmp?.close();
+    await rm(this.config.stateDir, { recursive: true, force: true });
+  }
+}
+
+async function assertReadable(file: string, what: string): Promise<void> {
+  try {
+    await access(file, constants.R_OK);
+  } catch (err) {
+    throw new Error(`${what} ${file} is not readable: ${(err as NodeJS.ErrnoException).code}`);
+  }
+}
+
+async function exists(p: string): Promise<boolean> {
+  try {
+    await stat(p);
+    return true;
+  } catch {
+    return false;
+  }
+}

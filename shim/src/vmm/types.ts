@@ -1,0 +1,44 @@
+// The hypervisor seam: everything above it (task service, agent client, rootfs, network) is
+// shared by the drivers below it (qemu, cloud-hypervisor).
+import type { AgentClient } from "../agent/client.js";
+
+export interface VmConfig {
+  /** Unique per host; names the VM in process lists and logs. */
+  id: string;
+  kernelPath: string;
+  /** Guest rootfs image (erofs, read-only), the agent is its /init. */
+  rootfsPath: string;
+  /** Appended to the driver's base kernel command line. */
+  extraKernelArgs?: string;
+  vcpus: number;
+  memoryMb: number;
+  /** Per-VM directory for sockets and logs; created by launch, removed by stop. */
+  stateDir: string;
+}
+
+export interface VmExit {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+}
+
+export interface VmHandle extends AsyncDisposable {
+  readonly id: string;
+  readonly pid: number;
+  /** Guest console output (kernel + agent log lines). */
+  readonly consoleLogPath: string;
+  /** Settles when the VMM process has exited and been reaped. */
+  readonly exited: Promise<VmExit>;
+  /** Connects to the guest agent, retrying while the guest boots, until timeoutMs. */
+  connectAgent(opts: { timeoutMs: number }): Promise<AgentClient>;
+  /** Graceful stop, then SIGKILL after a grace period; always removes the state dir. Idempotent. */
+  stop(): Promise<void>;
+}
+
+export interface HypervisorDriver {
+  readonly name: "qemu" | "cloud-hypervisor";
+  launch(config: VmConfig): Promise<VmHandle>;
+}
+
+/** The guest agent's virtio-serial port name and vsock port (guest/agent). */
+export const AGENT_PORT_NAME = "io.cloudhv.agent";
+export const AGENT_VSOCK_PORT = 1024;
