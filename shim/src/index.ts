@@ -1,14 +1,21 @@
 // @cloudhv/shim's public surface for installer/ and e2e/.
+import { TtrpcClient } from "./ttrpc/client.js";
+
 export {
   AGENT_PROTOCOL_VERSION,
   AgentClient,
   type HealthResponse,
   type VersionResponse,
 } from "./agent/client.js";
-export type { TtrpcClient } from "./ttrpc/client.js";
+export { type AnyMessage, type Envelope, EVENTS_SERVICE, eventsForwardRequest } from "./containerd/events.js";
+export { TtrpcClient } from "./ttrpc/client.js";
+export { type CallContext, type MethodHandler, TtrpcServer } from "./ttrpc/server.js";
 export { Code, TtrpcError } from "./ttrpc/status.js";
 export { ExecError, type ExecResult, exec, execOk } from "./util/exec.js";
 export { type Logger, log } from "./util/log.js";
 export { type Accel, type AccelProbe, probeAccel } from "./vmm/accel.js";
 export { BASE_KERNEL_ARGS, QemuDriver, type QemuDriverOptions } from "./vmm/qemu.js";
 export type { HypervisorDriver, VmConfig, VmExit, VmHandle } from "./vmm/types.js";
+
+/** Connects a ttrpc client to a unix socket. */
+export const connectTtrpc = (path: string, opts?: { timeoutMs?: number }) => TtrpcClient.connect(path, opts);

@@ -1,0 +1,118 @@
+// A private containerd for tests and the local harness: its own root, state and sockets under
+// one directory, started from Debian's containerd binary and stopped without a trace.
+import { type ChildProcess, spawn } from "node:child_process";
+import { createWriteStream } from "node:fs";
+import { mkdir, mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
+import path from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
+import { execOk } from "@cloudhv/shim";
+
+export interface ContainerdOptions {
+  /** Parent of the instance directory; must be short (unix socket paths < 108 bytes). */
+  baseDir?: string;
+  /** Extra TOML appended to the generated config (version 2 format). */
+  extraConfig?: string;
+  binary?: string;
+}
+
+export class PrivateContainerd implements AsyncDisposable {
+  private constructor(
+    readonly dir: string,
+    readonly address: string,
+    readonly configPath: string,
+    readonly logPath: string,
+    private child: ChildProcess,
+  ) {}
+
+  /** containerd's ttrpc socket, where shims publish events. */
+  get ttrpcAddress(): string {
+    return `${this.address}.ttrpc`;
+  }
+
+  static async start(opts: ContainerdOptions = {}): Promise<PrivateContainerd> {
+    const base = opts.baseDir ?? "/run";
+    await mkdir(base, { recursive: true });
+    const dir = await mkdtemp(path.join(base, "ctrd-"));
+    const address = path.join(dir, "c.sock");
+    const configPath = path.join(dir, "config.toml");
+    const logPath = path.join(dir, "containerd.log");
+    await writeFile(
+      configPath,
+      [
+        "version = 2",
+        `root = "${dir}/root"`,
+        `state = "${dir}/state"`,
+        `[grpc]`,
+        `  address = "${address}"`,
+        `[ttrpc]`,
+        `  address = "${address}.ttrpc"`,
+        opts.extraConfig ?? "",
+      ].join("\n"),
+    );
+    const out = createWriteStream(logPath);
+    const child = spawn(opts.binary ?? "containerd", ["--config", configPath, "--log-level", "debug"], {
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    child.stdout?.pipe(out);
+    child.stderr?.pipe(out);
+    const instance = new PrivateContainerd(dir, address, configPath, logPath, child);
+    try {
+      await instance.waitReady();
+    } catch (err) {
+      await instance.stop();
+      throw err;
+    }
+    return instance;
+  }
+
+  /** Runs `ctr` against this containerd. */
+  ctr(args: readonly string[], opts: { timeoutMs?: number; input?: string } = {}) {
+    return execOk(["ctr", "--address", this.address, ...args], opts);
+  }
+
+  async stop(): Promise<void> {
+    if (this.child.exitCode === null && this.child.signalCode === null) {
+      const exited = new Promise((resolve) => this.child.once("exit", resolve));
+      this.child.kill("SIGTERM");
+      const done = await Promise.race([exited.then(() => true), sleep(10_000).then(() => false)]);
+      if (!done) {
+        this.child.kill("SIGKILL");
+        await exited;
+      }
+    }
+    // containerd leaves its snapshot mounts; unmount anything under our dir before removing it.
+    for (const mountPoint of await mountsUnder(this.dir)) await execOk(["umount", "-l", mountPoint]);
+    await rm(this.dir, { recursive: true, force: true });
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.stop();
+  }
+
+  private async waitReady(): Promise<void> {
+    const deadline = Date.now() + 20_000;
+    for (;;) {
+      if (this.child.exitCode !== null)
+        throw new Error(`containerd exited with ${this.child.exitCode}; see ${this.logPath}`);
+      try {
+        await stat(this.address);
+        await this.ctr(["version"], { timeoutMs: 5000 });
+        return;
+      } catch {
+        if (Date.now() > deadline)
+          throw new Error(`containerd did not become ready in 20 s; see ${this.logPath}`);
+        await sleep(50);
+      }
+    }
+  }
+}
+
+/** Mount points at or below `dir`, deepest first (mountinfo field 5). */
+export async function mountsUnder(dir: string): Promise<string[]> {
+  const mountinfo = await readFile("/proc/self/mountinfo", "utf8");
+  return mountinfo
+    .split("\n")
+    .map((line) => line.split(" ")[4] ?? "")
+    .filter((mountPoint) => mountPoint === dir || mountPoint.startsWith(`${dir}/`))
+    .sort((a, b) => b.length - a.length);
+}

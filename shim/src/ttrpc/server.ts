@@ -1,0 +1,173 @@
+// ttrpc server: serves registered services on unix sockets. Every request is isolated — a
+// handler that throws becomes a status error on that stream, a malformed frame closes only
+// the connection it came on — so one bad caller can never take the process down.
+import { rm } from "node:fs/promises";
+import net from "node:net";
+import type { Duplex } from "node:stream";
+import { log } from "../util/log.js";
+import { DEFAULT_MAX_FRAME_DATA, encodeFrame, FrameDecoder, MessageType } from "./frame.js";
+import { type KeyValue, requestCodec, responseCodec, type TtrpcRequest } from "./messages.js";
+import { Code, TtrpcError } from "./status.js";
+
+export interface CallContext {
+  service: string;
+  method: string;
+  metadata: KeyValue[];
+  /** Aborted when the caller's timeout passes or its connection closes. */
+  signal: AbortSignal;
+}
+
+export type MethodHandler = (payload: Buffer, ctx: CallContext) => Promise<Uint8Array>;
+
+/** Errors may carry a gRPC code; anything else is reported as UNKNOWN. */
+export function statusOf(err: unknown): { code: number; message: string } {
+  if (err instanceof TtrpcError) return { code: err.code, message: err.message.replace(/^[A-Z_]+: /, "") };
+  const code = (err as { grpcCode?: unknown })?.grpcCode;
+  const message = err instanceof Error ? err.message : String(err);
+  return { code: typeof code === "number" ? code : Code.UNKNOWN, message };
+}
+
+export class TtrpcServer {
+  private readonly services = new Map<string, Map<string, MethodHandler>>();
+  private readonly listeners: Array<{ server: net.Server; path: string }> = [];
+  private readonly connections = new Set<Duplex>();
+
+  constructor(private readonly maxFrameData = DEFAULT_MAX_FRAME_DATA) {}
+
+  register(service: string, methods: Record<string, MethodHandler>): this {
+    const table = this.services.get(service) ?? new Map<string, MethodHandler>();
+    for (const [name, handler] of Object.entries(methods)) table.set(name, handler);
+    this.services.set(service, table);
+    return this;
+  }
+
+  /** Listens on a unix socket path (replacing a stale socket file). */
+  async listen(path: string): Promise<void> {
+    await rm(path, { force: true });
+    const server = net.createServer((sock) => this.serve(sock));
+    await new Promise<void>((resolve, reject) => {
+      server.once("error", reject);
+      server.listen(path, () => {
+        server.off("error", reject);
+        resolve();
+      });
+    });
+    this.listeners.push({ server, path });
+  }
+
+  /** Serves one already-established connection (also used by tests with a socket pair). */
+  serve(conn: Duplex): void {
+    this.connections.add(conn);
+    const decoder = new FrameDecoder(this.maxFrameData);
+    const inflight = new Map<number, AbortController>();
+    conn.on("data", (chunk: Buffer) => {
+      let frames: ReturnType<FrameDecoder["push"]>;
+      try {
+        frames = decoder.push(chunk);
+      } catch (err) {
+        log.warn({ err: (err as Error).message }, "ttrpc: closing connection after a bad frame");
+        conn.destroy();
+        return;
+      }
+      for (const frame of frames) {
+        if (frame.type !== MessageType.Request) continue;
+        if (frame.streamId % 2 === 0 || inflight.has(frame.streamId)) {
+          log.warn({ streamId: frame.streamId }, "ttrpc: closing connection after an invalid stream id");
+          conn.destroy();
+          return;
+        }
+        const controller = new AbortController();
+        inflight.set(frame.streamId, controller);
+        void this.dispatch(frame.data, controller).then((response) => {
+          inflight.delete(frame.streamId);
+          if (conn.destroyed) return;
+          const data = Buffer.from(responseCodec.encode(response));
+          try {
+            conn.write(
+              encodeFrame(
+                { streamId: frame.streamId, type: MessageType.Response, flags: 0, data },
+                this.maxFrameData,
+              ),
+            );
+          } catch (err) {
+            const tooBig = statusOf(err);
+            const fallback = responseCodec.encode({
+              status: { code: Code.RESOURCE_EXHAUSTED, message: tooBig.message },
+              payload: Buffer.alloc(0),
+            });
+            conn.write(
+              encodeFrame({
+                streamId: frame.streamId,
+                type: MessageType.Response,
+                flags: 0,
+                data: Buffer.from(fallback),
+              }),
+            );
+          }
+        });
+      }
+    });
+    conn.on("error", () => {});
+    conn.on("close", () => {
+      this.connections.delete(conn);
+      for (const controller of inflight.values())
+        controller.abort(new TtrpcError(Code.CANCELLED, "connection closed"));
+    });
+  }
+
+  async close(): Promise<void> {
+    for (const conn of this.connections) conn.destroy();
+    await Promise.all(
+      this.listeners.map(
+        ({ server, path }) =>
+          new Promise<void>((resolve) =>
+            server.close(() => void rm(path, { force: true }).then(() => resolve())),
+          ),
+      ),
+    );
+    this.listeners.length = 0;
+  }
+
+  private async dispatch(
+    data: Buffer,
+    controller: AbortController,
+  ): Promise<{ status: { code: number; message: string } | null; payload: Uint8Array }> {
+    let request: TtrpcRequest;
+    try {
+      request = requestCodec.decode(data);
+    } catch (err) {
+      return fail(Code.INVALID_ARGUMENT, `undecodable ttrpc request: ${(err as Error).message}`);
+    }
+    const handler = this.services.get(request.service)?.get(request.method);
+    if (!handler) return fail(Code.UNIMPLEMENTED, `${request.service}/${request.method} is not implemented`);
+    let timer: NodeJS.Timeout | undefined;
+    if (request.timeoutNano > 0) {
+      const ms = Math.ceil(request.timeoutNano / 1e6);
+      timer = setTimeout(
+        () => controller.abort(new TtrpcError(Code.DEADLINE_EXCEEDED, `deadline of ${ms} ms passed`)),
+        ms,
+      );
+    }
+    try {
+      const payload = await handler(Buffer.from(request.payload), {
+        service: request.service,
+        method: request.method,
+        metadata: request.metadata,
+        signal: controller.signal,
+      });
+      return { status: null, payload };
+    } catch (err) {
+      const status = statusOf(err);
+      if (status.code === Code.UNKNOWN) {
+        log.error({ service: request.service, method: request.method, err }, "ttrpc handler failed");
+      }
+      return { status, payload: Buffer.alloc(0) };
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+}
+
+function fail(code: number, message: string) {
+  return { status: { code, message }, payload: Buffer.alloc(0) };
+}
