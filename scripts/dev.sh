@@ -21,7 +21,7 @@ die() { printf 'dev.sh: %s\n' "$*" >&2; exit 1; }
 APT_PACKAGES=(
   qemu-system-x86 crun erofs-utils e2fsprogs util-linux iproute2 kmod
   linux-source-6.1 bc bison flex libelf-dev libssl-dev cpio xz-utils make gcc
-  protobuf-compiler containerd runc containernetworking-plugins file
+  protobuf-compiler containerd runc containernetworking-plugins file busybox-static
 )
 
 install_apt() {

@@ -5,7 +5,7 @@ import { createWriteStream } from "node:fs";
 import { mkdir, mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
-import { execOk } from "@cloudhv/shim";
+import { execOk, TIMED_OUT, within } from "@cloudhv/shim";
 
 export interface ContainerdOptions {
   /** Parent of the instance directory; must be short (unix socket paths < 108 bytes). */
@@ -13,6 +13,8 @@ export interface ContainerdOptions {
   /** Extra TOML appended to the generated config (version 2 format). */
   extraConfig?: string;
   binary?: string;
+  /** Environment for containerd and so for the shims it starts (PATH, CLOUDHV_CONFIG). */
+  env?: NodeJS.ProcessEnv;
 }
 
 export class PrivateContainerd implements AsyncDisposable {
@@ -52,6 +54,7 @@ export class PrivateContainerd implements AsyncDisposable {
     const out = createWriteStream(logPath);
     const child = spawn(opts.binary ?? "containerd", ["--config", configPath, "--log-level", "debug"], {
       stdio: ["ignore", "pipe", "pipe"],
+      env: opts.env ?? process.env,
     });
     child.stdout?.pipe(out);
     child.stderr?.pipe(out);
@@ -74,7 +77,7 @@ export class PrivateContainerd implements AsyncDisposable {
     if (this.child.exitCode === null && this.child.signalCode === null) {
       const exited = new Promise((resolve) => this.child.once("exit", resolve));
       this.child.kill("SIGTERM");
-      const done = await Promise.race([exited.then(() => true), sleep(10_000).then(() => false)]);
+      const done = (await within(exited, 10_000)) !== TIMED_OUT;
       if (!done) {
         this.child.kill("SIGKILL");
         await exited;

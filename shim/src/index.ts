@@ -8,11 +8,32 @@ export {
   type VersionResponse,
 } from "./agent/client.js";
 export { type AnyMessage, type Envelope, EVENTS_SERVICE, eventsForwardRequest } from "./containerd/events.js";
+export {
+  type CacheEntry,
+  type ContainerdMount,
+  createScratchDisk,
+  DEFAULT_CACHE_DIR,
+  DEFAULT_SCRATCH_BYTES,
+  ErofsCache,
+  type ErofsCacheOptions,
+  type ErofsCacheStats,
+  type ErofsCompression,
+  type ErofsImage,
+  type EvictResult,
+  mountPointsUnder,
+  parseRootfsMounts,
+  RootfsError,
+  type RootfsErrorKind,
+  type RootfsSource,
+  type ScratchDisk,
+  type ScratchOptions,
+} from "./rootfs/index.js";
 export { TtrpcClient } from "./ttrpc/client.js";
 export { type CallContext, type MethodHandler, TtrpcServer } from "./ttrpc/server.js";
 export { Code, TtrpcError } from "./ttrpc/status.js";
 export { ExecError, type ExecResult, exec, execOk } from "./util/exec.js";
 export { type Logger, log } from "./util/log.js";
+export { TIMED_OUT, within } from "./util/time.js";
 export { type Accel, type AccelProbe, probeAccel } from "./vmm/accel.js";
 export { BASE_KERNEL_ARGS, QemuDriver, type QemuDriverOptions } from "./vmm/qemu.js";
 export type { HypervisorDriver, VmConfig, VmExit, VmHandle } from "./vmm/types.js";

@@ -7,7 +7,7 @@ import type { Duplex } from "node:stream";
 import { log } from "../util/log.js";
 import { DEFAULT_MAX_FRAME_DATA, encodeFrame, FrameDecoder, MessageType } from "./frame.js";
 import { type KeyValue, requestCodec, responseCodec, type TtrpcRequest } from "./messages.js";
-import { Code, TtrpcError } from "./status.js";
+import { Code, type ErrorKind, KIND_CODES, TtrpcError } from "./status.js";
 
 export interface CallContext {
   service: string;
@@ -19,12 +19,16 @@ export interface CallContext {
 
 export type MethodHandler = (payload: Buffer, ctx: CallContext) => Promise<Uint8Array>;
 
-/** Errors may carry a gRPC code; anything else is reported as UNKNOWN. */
+/** Errors with a known `kind` keep their meaning on the wire; anything else is UNKNOWN. */
 export function statusOf(err: unknown): { code: number; message: string } {
   if (err instanceof TtrpcError) return { code: err.code, message: err.message.replace(/^[A-Z_]+: /, "") };
-  const code = (err as { grpcCode?: unknown })?.grpcCode;
+  const kind = (err as { kind?: unknown })?.kind;
   const message = err instanceof Error ? err.message : String(err);
-  return { code: typeof code === "number" ? code : Code.UNKNOWN, message };
+  const code =
+    typeof kind === "string" && Object.hasOwn(KIND_CODES, kind)
+      ? KIND_CODES[kind as ErrorKind]
+      : Code.UNKNOWN;
+  return { code, message };
 }
 
 export class TtrpcServer {

@@ -37,3 +37,16 @@ export class TtrpcError extends Error {
     super(`${codeName(code)}: ${message}`);
   }
 }
+
+/** Error kinds used across the host side (errors carry `kind`), and the status each maps to. */
+export const KIND_CODES = {
+  InvalidArgument: Code.INVALID_ARGUMENT,
+  NotFound: Code.NOT_FOUND,
+  AlreadyExists: Code.ALREADY_EXISTS,
+  FailedPrecondition: Code.FAILED_PRECONDITION,
+  Unavailable: Code.UNAVAILABLE,
+  Unimplemented: Code.UNIMPLEMENTED,
+  ResourceExhausted: Code.RESOURCE_EXHAUSTED,
+  Internal: Code.INTERNAL,
+} as const;
+export type ErrorKind = keyof typeof KIND_CODES;

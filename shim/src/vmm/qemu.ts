@@ -9,10 +9,12 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { AgentClient } from "../agent/client.js";
 import { TtrpcClient } from "../ttrpc/client.js";
 import { log } from "../util/log.js";
+import { TIMED_OUT, within } from "../util/time.js";
 import { type Accel, probeAccel } from "./accel.js";
 import { QmpClient } from "./qmp.js";
 import {
   AGENT_PORT_NAME,
+  checkDiskSerial,
   type HypervisorDriver,
   type VmConfig,
   type VmExit,
@@ -38,6 +40,10 @@ export class QemuDriver implements HypervisorDriver {
   async launch(config: VmConfig): Promise<VmHandle> {
     await assertReadable(config.kernelPath, "guest kernel");
     await assertReadable(config.rootfsPath, "guest rootfs image");
+    for (const disk of config.disks ?? []) {
+      checkDiskSerial(disk.serial);
+      await assertReadable(disk.path, `disk ${disk.serial}`);
+    }
     const accel = this.opts.accel ?? (await probeAccel(this.binary)).accel;
     await mkdir(config.stateDir, { recursive: true, mode: 0o700 });
     const paths = {
@@ -47,7 +53,11 @@ export class QemuDriver implements HypervisorDriver {
     };
     const argv = qemuArgv(config, accel, paths);
     log.debug({ vm: config.id, argv: [this.binary, ...argv] }, "starting qemu");
-    const child = spawn(this.binary, argv, { stdio: ["ignore", "ignore", "pipe"] });
+    // setpriv execs QEMU with a parent-death signal: if the shim daemon dies, its VMs die too
+    // instead of running on unmanaged (same pid, no extra process).
+    const child = spawn("setpriv", ["--pdeathsig", "KILL", "--", this.binary, ...argv], {
+      stdio: ["ignore", "ignore", "pipe"],
+    });
     const vm = new QemuVm(config, child, paths);
     try {
       await vm.waitForSockets();
@@ -69,8 +79,9 @@ function qemuArgv(
     "-name",
     `cloudhv-${config.id}`,
     "-machine",
-    `q35,accel=${accel}`,
-    ...(accel === "tcg" ? ["-accel", "tcg,thread=multi"] : []),
+    "q35",
+    "-accel",
+    accel === "tcg" ? "tcg,thread=multi" : "kvm",
     "-cpu",
     accel === "kvm" ? "host" : "max",
     "-smp",
@@ -89,6 +100,12 @@ function qemuArgv(
     `file=${config.rootfsPath},if=none,id=rootfs,format=raw,readonly=on`,
     "-device",
     "virtio-blk-pci,drive=rootfs,serial=cloudhv-rootfs",
+    ...(config.disks ?? []).flatMap((disk, i) => [
+      "-drive",
+      `file=${disk.path},if=none,id=disk${i},format=raw,readonly=${disk.readOnly ? "on" : "off"},cache=none,aio=threads`,
+      "-device",
+      `virtio-blk-pci,drive=disk${i},serial=${disk.serial}`,
+    ]),
     "-device",
     "virtio-rng-pci",
     "-device",
@@ -196,12 +213,11 @@ class QemuVm implements VmHandle {
     for (const agent of this.agents) agent.close();
     if (!this.hasExited) {
       try {
-        await Promise.race([this.qmp?.execute("quit"), sleep(2000)]);
+        if (this.qmp) await within(this.qmp.execute("quit"), 2000);
       } catch {
         // QMP gone: the process is exiting or wedged; the kill below settles it.
       }
-      const graceful = await Promise.race([this.exited.then(() => true), sleep(3000).then(() => false)]);
-      if (!graceful) {
+      if ((await within(this.exited, 3000)) === TIMED_OUT) {
         log.warn({ vm: this.id, pid: this.pid }, "qemu did not quit; killing it");
         this.child.kill("SIGKILL");
       }

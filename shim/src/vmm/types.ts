@@ -14,6 +14,24 @@ export interface VmConfig {
   memoryMb: number;
   /** Per-VM directory for sockets and logs; created by launch, removed by stop. */
   stateDir: string;
+  /** Disks present at boot besides the guest rootfs (container images, scratch disks). */
+  disks?: DiskSpec[];
+}
+
+export interface DiskSpec {
+  path: string;
+  /** The guest finds the disk by this (virtio-blk serial: at most 20 bytes). */
+  serial: string;
+  readOnly: boolean;
+}
+
+/** virtio-blk carries at most 20 bytes of serial. */
+export const MAX_DISK_SERIAL = 20;
+
+export function checkDiskSerial(serial: string): void {
+  if (!/^[A-Za-z0-9_-]{1,20}$/.test(serial)) {
+    throw new Error(`disk serial "${serial}" must be 1-${MAX_DISK_SERIAL} characters of [A-Za-z0-9_-]`);
+  }
 }
 
 export interface VmExit {

@@ -1,0 +1,60 @@
+// Installs the cloudhv runtime from this working tree for a private containerd: the shim
+// binary on a PATH directory of its own, and a runtime config pointing at build/guest/.
+import { chmod, mkdir, rm, symlink, writeFile } from "node:fs/promises";
+import path from "node:path";
+import { guestArtifacts, REPO_ROOT } from "./artifacts.js";
+
+export interface RuntimeInstall {
+  dir: string;
+  configPath: string;
+  stateDir: string;
+  cacheDir: string;
+  /** Environment to start containerd with, so it finds our shim and the shim our config. */
+  env: NodeJS.ProcessEnv;
+}
+
+export const SHIM_ENTRY = path.join(REPO_ROOT, "shim/dist/src/bin/shim.js");
+
+export async function installRuntime(
+  dir: string,
+  overrides: Record<string, unknown> = {},
+): Promise<RuntimeInstall> {
+  const { kernelPath, rootfsPath } = guestArtifacts();
+  const binDir = path.join(dir, "bin");
+  await mkdir(binDir, { recursive: true });
+  await chmod(SHIM_ENTRY, 0o755);
+  const shimLink = path.join(binDir, "containerd-shim-cloudhv-v1");
+  await rm(shimLink, { force: true });
+  await symlink(SHIM_ENTRY, shimLink);
+  const stateDir = path.join(dir, "run");
+  const cacheDir = path.join(dir, "cache");
+  const configPath = path.join(dir, "config.json");
+  await writeFile(
+    configPath,
+    JSON.stringify(
+      {
+        hypervisor: "qemu",
+        kernel_path: kernelPath,
+        rootfs_path: rootfsPath,
+        state_dir: stateDir,
+        cache_dir: cacheDir,
+        scratch_dir: path.join(dir, "scratch"),
+        scratch_disk_bytes: 1024 ** 3,
+        ...overrides,
+      },
+      null,
+      2,
+    ),
+  );
+  return {
+    dir,
+    configPath,
+    stateDir,
+    cacheDir,
+    env: {
+      ...process.env,
+      PATH: `${binDir}:${process.env.PATH ?? "/usr/bin:/bin"}`,
+      CLOUDHV_CONFIG: configPath,
+    },
+  };
+}

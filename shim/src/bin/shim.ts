@@ -1,0 +1,133 @@
+#!/usr/bin/env node
+// containerd-shim-cloudhv-v1: the binary containerd runs. `start` must stay cheap — it only
+// finds (or starts) the node's shim daemon and prints its address; `delete` cleans up a task
+// containerd lost track of. Heavy modules are imported only where needed.
+import { spawn } from "node:child_process";
+import { openSync, readFileSync, writeFileSync } from "node:fs";
+import { mkdir } from "node:fs/promises";
+import net from "node:net";
+import path from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
+import { DAEMON_ENTRY, daemonSocketPath, SHIM_VERSION, SOCKET_SCHEME } from "../shim/daemon-address.js";
+import { FlagError, parseShimFlags, type ShimInvocation } from "../shim/flags.js";
+
+const DEFAULT_STATE_DIR = "/run/cloudhv";
+
+/** state_dir from the runtime config, read without loading the validator (the daemon validates). */
+function stateDir(): string {
+  const file = process.env.CLOUDHV_CONFIG ?? "/opt/cloudhv/config.json";
+  try {
+    const doc = JSON.parse(readFileSync(file, "utf8")) as { state_dir?: unknown };
+    return typeof doc.state_dir === "string" ? doc.state_dir : DEFAULT_STATE_DIR;
+  } catch {
+    return DEFAULT_STATE_DIR;
+  }
+}
+
+function canConnect(socketPath: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const sock = net.createConnection({ path: socketPath });
+    sock.once("connect", () => {
+      sock.destroy();
+      resolve(true);
+    });
+    sock.once("error", () => resolve(false));
+  });
+}
+
+function containerdTtrpcAddress(inv: ShimInvocation): string {
+  const address = process.env.TTRPC_ADDRESS ?? (inv.address ? `${inv.address}.ttrpc` : "");
+  if (!address) throw new FlagError("neither TTRPC_ADDRESS nor -address tells where containerd listens");
+  return address.replace(/^unix:\/\//, "");
+}
+
+async function start(inv: ShimInvocation): Promise<void> {
+  const ttrpcAddress = containerdTtrpcAddress(inv);
+  const dir = stateDir();
+  const socketPath = daemonSocketPath(dir, ttrpcAddress);
+  if (!(await canConnect(socketPath))) {
+    await mkdir(dir, { recursive: true, mode: 0o711 });
+    const logPath = socketPath.replace(/\.sock$/, ".log");
+    const out = openSync(logPath, "a");
+    // The daemon must not hold our stdout/stderr: containerd reads them to EOF.
+    const child = spawn(
+      process.execPath,
+      [DAEMON_ENTRY, "--socket", socketPath, "--containerd-ttrpc", ttrpcAddress],
+      {
+        detached: true,
+        stdio: ["ignore", out, out],
+        cwd: "/",
+      },
+    );
+    child.unref();
+    const deadline = Date.now() + 15_000;
+    while (!(await canConnect(socketPath))) {
+      if (Date.now() > deadline) throw new Error(`the shim daemon did not come up in 15 s; see ${logPath}`);
+      await sleep(10);
+    }
+  }
+  const address = `${SOCKET_SCHEME}${socketPath}`;
+  // containerd reconnects through this file after it restarts.
+  writeFileSync(path.join(process.cwd(), "address"), address);
+  process.stdout.write(address);
+}
+
+async function deleteTask(inv: ShimInvocation): Promise<void> {
+  const { messageCodec } = await import("../ttrpc/proto.js");
+  const { TtrpcClient } = await import("../ttrpc/client.js");
+  const response = messageCodec<unknown>("containerd/task.proto", "containerd.task.v2.DeleteResponse");
+  const request = messageCodec<{ namespace: string; id: string }>(
+    "admin.proto",
+    "cloudhv.shim.v1.ForceDeleteRequest",
+  );
+  const socketPath = daemonSocketPath(stateDir(), containerdTtrpcAddress(inv));
+  let reply: Uint8Array;
+  if (await canConnect(socketPath)) {
+    const client = await TtrpcClient.connect(socketPath, { timeoutMs: 5000 });
+    try {
+      reply = await client.call(
+        "cloudhv.shim.v1.Admin",
+        "ForceDelete",
+        request.encode({ namespace: inv.namespace, id: inv.id }),
+        { timeoutMs: 60_000 },
+      );
+    } finally {
+      client.close();
+    }
+  } else {
+    // No daemon: its VMMs died with it (they run with a parent-death signal); nothing to stop.
+    const now = Date.now();
+    reply = response.encode({
+      pid: 0,
+      exitStatus: 137,
+      exitedAt: { seconds: Math.floor(now / 1000), nanos: 0 },
+    });
+  }
+  process.stdout.write(reply);
+}
+
+async function main(): Promise<void> {
+  const inv = parseShimFlags(process.argv.slice(2));
+  if (inv.version) {
+    process.stdout.write(
+      `containerd-shim-cloudhv-v1:\n  Version: ${SHIM_VERSION}\n  Runtime: io.containerd.cloudhv.v1\n`,
+    );
+    return;
+  }
+  switch (inv.action) {
+    case "start":
+      return start(inv);
+    case "delete":
+      return deleteTask(inv);
+    default:
+      throw new FlagError(
+        `unknown action "${inv.action ?? ""}"; containerd runs this binary as ` +
+          `"-namespace NS -address ADDR -id ID start|delete" (or -v for the version)`,
+      );
+  }
+}
+
+main().catch((err: unknown) => {
+  process.stderr.write(`containerd-shim-cloudhv-v1: ${err instanceof Error ? err.message : String(err)}\n`);
+  process.exit(1);
+});

@@ -1,0 +1,79 @@
+// The runtime config (/opt/cloudhv/config.json, or $CLOUDHV_CONFIG): validated at the edge,
+// so an unknown key, a wrong type or a bad value is an error naming the key and the file.
+import { readFile } from "node:fs/promises";
+import { z } from "zod";
+
+export const DEFAULT_CONFIG_PATH = "/opt/cloudhv/config.json";
+
+export const configSchema = z
+  .strictObject({
+    hypervisor: z.enum(["qemu", "cloud-hypervisor", "auto"]).default("auto"),
+    qemu_binary: z.string().min(1).default("qemu-system-x86_64"),
+    cloud_hypervisor_binary: z.string().min(1).default("/opt/cloudhv/bin/cloud-hypervisor"),
+    kernel_path: z.string().min(1).default("/opt/cloudhv/vmlinux"),
+    rootfs_path: z.string().min(1).default("/opt/cloudhv/rootfs.erofs"),
+    kernel_args: z.string().default(""),
+    default_vcpus: z.int().min(1).max(256).default(1),
+    default_memory_mb: z
+      .int()
+      .min(64)
+      .max(1 << 20)
+      .default(256),
+    max_containers_per_vm: z.int().min(1).max(64).default(5),
+    state_dir: z.string().min(1).default("/run/cloudhv"),
+    cache_dir: z.string().min(1).default("/var/lib/cloudhv/cache"),
+    cache_max_bytes: z
+      .int()
+      .min(0)
+      .default(10 * 1024 ** 3),
+    scratch_dir: z.string().min(1).default("/var/lib/cloudhv/scratch"),
+    scratch_disk_bytes: z
+      .int()
+      .min(64 * 1024 ** 2)
+      .default(10 * 1024 ** 3),
+    agent_boot_timeout_ms: z.int().min(100).default(60_000),
+    log_level: z.enum(["trace", "debug", "info", "warn", "error"]).default("info"),
+  })
+  .describe("cloudhv runtime config");
+
+export type RuntimeConfig = z.infer<typeof configSchema>;
+
+export class ConfigError extends Error {
+  override readonly name = "ConfigError";
+}
+
+/** Parses an already-read config document; `source` names it in errors. */
+export function parseConfig(doc: unknown, source: string): RuntimeConfig {
+  const result = configSchema.safeParse(doc);
+  if (result.success) return result.data;
+  const problems = result.error.issues.map((issue) => {
+    if (issue.code === "unrecognized_keys")
+      return `unknown key ${issue.keys.map((k) => `"${k}"`).join(", ")}`;
+    const key = issue.path.join(".") || "(top level)";
+    return `"${key}": ${issue.message}`;
+  });
+  throw new ConfigError(`invalid runtime config ${source}: ${problems.join("; ")}`);
+}
+
+/**
+ * Loads the config from `path` (default: $CLOUDHV_CONFIG, else /opt/cloudhv/config.json).
+ * A missing default file means "all defaults"; a missing explicitly named file is an error.
+ */
+export async function loadConfig(path?: string): Promise<RuntimeConfig> {
+  const explicit = path ?? process.env.CLOUDHV_CONFIG;
+  const file = explicit ?? DEFAULT_CONFIG_PATH;
+  let text: string;
+  try {
+    text = await readFile(file, "utf8");
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === "ENOENT" && !explicit) return parseConfig({}, "(defaults)");
+    throw new ConfigError(`cannot read runtime config ${file}: ${(err as Error).message}`);
+  }
+  let doc: unknown;
+  try {
+    doc = JSON.parse(text);
+  } catch (err) {
+    throw new ConfigError(`runtime config ${file} is not valid JSON: ${(err as Error).message}`);
+  }
+  return parseConfig(doc, file);
+}

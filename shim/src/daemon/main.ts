@@ -1,0 +1,117 @@
+#!/usr/bin/env node
+// The shim daemon: one per node (per build and containerd), serving containerd's task API
+// for every cloudhv task. Started by `containerd-shim-cloudhv-v1 start`, never by hand.
+import { closeSync, openSync, readFileSync, rmSync, writeSync } from "node:fs";
+import { mkdir } from "node:fs/promises";
+import path from "node:path";
+import pino from "pino";
+import { loadConfig } from "../config/config.js";
+import { EventPublisher } from "../containerd/publisher.js";
+import { SHIM_VERSION } from "../shim/daemon-address.js";
+import { erofsRootfsPreparer } from "../task/rootfs.js";
+import { TaskService, toTimestamp } from "../task/service.js";
+import { bindTaskService } from "../task/ttrpc-binding.js";
+import { messageCodec } from "../ttrpc/proto.js";
+import { TtrpcServer } from "../ttrpc/server.js";
+import { QemuDriver } from "../vmm/qemu.js";
+
+function arg(name: string): string {
+  const i = process.argv.indexOf(`--${name}`);
+  const value = i >= 0 ? process.argv[i + 1] : undefined;
+  if (!value) throw new Error(`cloudhv shim daemon: missing --${name}`);
+  return value;
+}
+
+/** One daemon per socket: a lock file holding the owner's pid; a dead owner's lock is taken over. */
+function takeLock(lockPath: string): boolean {
+  for (let attempt = 0; attempt < 2; attempt++) {
+    try {
+      const fd = openSync(lockPath, "wx");
+      writeSync(fd, String(process.pid));
+      closeSync(fd);
+      return true;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== "EEXIST") throw err;
+      const owner = Number(readFileSync(lockPath, "utf8"));
+      if (owner > 0 && isAlive(owner)) return false;
+      rmSync(lockPath, { force: true });
+    }
+  }
+  return false;
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+async function main(): Promise<void> {
+  const socketPath = arg("socket");
+  const containerdTtrpc = arg("containerd-ttrpc");
+  const config = await loadConfig();
+  await mkdir(path.dirname(socketPath), { recursive: true });
+  const lockPath = `${socketPath}.lock`;
+  if (!takeLock(lockPath)) return; // another daemon serves this socket
+  const log = pino(
+    { name: "cloudhv-shim", level: config.log_level, base: { pid: process.pid } },
+    pino.destination({ dest: socketPath.replace(/\.sock$/, ".log"), append: true, mkdir: true }),
+  );
+  const idleMs = Number(process.env.CLOUDHV_DAEMON_IDLE_MS ?? 300_000);
+  const events = new EventPublisher(containerdTtrpc, log);
+  const tasks = new TaskService({
+    config,
+    driver: new QemuDriver({ binary: config.qemu_binary }),
+    events,
+    prepareRootfs: erofsRootfsPreparer(config),
+    log,
+    version: SHIM_VERSION,
+  });
+  const server = new TtrpcServer();
+  let idleTimer: NodeJS.Timeout | undefined;
+  const exit = async (why: string) => {
+    log.info({ why }, "shim daemon exiting");
+    await server.close();
+    for (const container of tasks.list()) await tasks.forceDelete(container.namespace, container.id);
+    await events.flush(2000);
+    events.close();
+    rmSync(lockPath, { force: true });
+    log.flush();
+    process.exit(0);
+  };
+  // With no task left for a while, the daemon goes away; the next `start` brings it back.
+  const armIdle = () => {
+    clearTimeout(idleTimer);
+    if (tasks.size === 0) idleTimer = setTimeout(() => tasks.size === 0 && void exit("idle"), idleMs);
+  };
+  bindTaskService(server, tasks, armIdle);
+  const deleteCodec = messageCodec<{ namespace: string; id: string }>(
+    "admin.proto",
+    "cloudhv.shim.v1.ForceDeleteRequest",
+  );
+  const deleteResponse = messageCodec<unknown>("containerd/task.proto", "containerd.task.v2.DeleteResponse");
+  server.register("cloudhv.shim.v1.Admin", {
+    ForceDelete: async (payload) => {
+      const req = deleteCodec.decode(payload);
+      const exit = await tasks.forceDelete(req.namespace, req.id);
+      armIdle();
+      return deleteResponse.encode(exit ?? { pid: 0, exitStatus: 137, exitedAt: toTimestamp(new Date()) });
+    },
+  });
+  await server.listen(socketPath);
+  log.info({ socket: socketPath, containerd: containerdTtrpc }, "shim daemon serving");
+  armIdle();
+  process.on("SIGTERM", () => void exit("SIGTERM"));
+  process.on("SIGINT", () => void exit("SIGINT"));
+  // A bug in one request must not end every pod on the node: log and keep serving.
+  process.on("uncaughtException", (err) => log.error({ err }, "uncaught exception"));
+  process.on("unhandledRejection", (err) => log.error({ err }, "unhandled rejection"));
+}
+
+main().catch((err: unknown) => {
+  process.stderr.write(`cloudhv shim daemon: ${err instanceof Error ? err.message : String(err)}\n`);
+  process.exit(1);
+});

@@ -1,0 +1,60 @@
+// A running microVM and its agent connection: what a pod (or a standalone task) lives in.
+import path from "node:path";
+import type { AgentClient } from "../agent/client.js";
+import type { RuntimeConfig } from "../config/config.js";
+import type { Logger } from "../util/log.js";
+import type { DiskSpec, HypervisorDriver, VmExit, VmHandle } from "../vmm/types.js";
+
+export interface SandboxSpec {
+  id: string;
+  vcpus: number;
+  memoryMb: number;
+  disks: DiskSpec[];
+}
+
+export class Sandbox {
+  private constructor(
+    readonly id: string,
+    readonly vm: VmHandle,
+    readonly agent: AgentClient,
+    /** Milliseconds from VMM start to the agent's first answer. */
+    readonly bootMs: number,
+  ) {}
+
+  static async boot(
+    spec: SandboxSpec,
+    driver: HypervisorDriver,
+    config: RuntimeConfig,
+    log: Logger,
+  ): Promise<Sandbox> {
+    const started = performance.now();
+    const vm = await driver.launch({
+      id: spec.id,
+      kernelPath: config.kernel_path,
+      rootfsPath: config.rootfs_path,
+      ...(config.kernel_args ? { extraKernelArgs: config.kernel_args } : {}),
+      vcpus: spec.vcpus,
+      memoryMb: spec.memoryMb,
+      stateDir: path.join(config.state_dir, "vm", spec.id),
+      disks: spec.disks,
+    });
+    try {
+      const agent = await vm.connectAgent({ timeoutMs: config.agent_boot_timeout_ms });
+      const bootMs = performance.now() - started;
+      log.info({ sandbox: spec.id, vmmPid: vm.pid, bootMs: Math.round(bootMs) }, "sandbox VM ready");
+      return new Sandbox(spec.id, vm, agent, bootMs);
+    } catch (err) {
+      await vm.stop();
+      throw err;
+    }
+  }
+
+  get exited(): Promise<VmExit> {
+    return this.vm.exited;
+  }
+
+  async destroy(): Promise<void> {
+    this.agent.close();
+    await this.vm.stop();
+  }
+}

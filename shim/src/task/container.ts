@@ -1,0 +1,42 @@
+// A container as the task service sees it: its sandbox, its processes and what it holds.
+import type { ProcessRef } from "../agent/client.js";
+import type { Sandbox } from "../sandbox/sandbox.js";
+import type { StdioForwarder } from "../stdio/forward.js";
+import type { Process } from "./process.js";
+
+export interface PreparedRootfs {
+  /** Disks the VM needs for this container (image, scratch). */
+  disks: import("../vmm/types.js").DiskSpec[];
+  rootfsSerial: string;
+  scratchSerial: string;
+  cacheHit: boolean;
+  release(): Promise<void>;
+}
+
+export class Container {
+  readonly execs = new Map<string, Process>();
+  readonly forwarders = new Map<string, StdioForwarder>();
+
+  constructor(
+    readonly namespace: string,
+    readonly id: string,
+    readonly bundle: string,
+    readonly init: Process,
+    readonly sandbox: Sandbox,
+    /** True when the sandbox VM exists for this container alone (a plain `ctr run` task). */
+    readonly ownsSandbox: boolean,
+    readonly rootfs: PreparedRootfs,
+  ) {}
+
+  process(execId: string): Process | undefined {
+    return execId ? this.execs.get(execId) : this.init;
+  }
+
+  allProcesses(): Process[] {
+    return [this.init, ...this.execs.values()];
+  }
+
+  ref(execId: string): ProcessRef {
+    return { containerId: this.id, execId };
+  }
+}

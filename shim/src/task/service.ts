@@ -1,0 +1,399 @@
+// The task service: validates, finds the container or process, delegates to the sandbox's
+// agent, and publishes the events containerd expects. It knows nothing of ttrpc framing
+// (task/ttrpc-binding.ts maps it onto the wire), so tests can call it directly.
+import { createHash } from "node:crypto";
+import { readFile } from "node:fs/promises";
+import path from "node:path";
+import type { RuntimeConfig } from "../config/config.js";
+import type { EventPublisher, Mount, Timestamp } from "../containerd/publisher.js";
+import { Sandbox } from "../sandbox/sandbox.js";
+import { StdioForwarder, type StdioPaths } from "../stdio/forward.js";
+import { Cleanup } from "../util/cleanup.js";
+import type { Logger } from "../util/log.js";
+import { within } from "../util/time.js";
+import type { HypervisorDriver } from "../vmm/types.js";
+import { Container, type PreparedRootfs } from "./container.js";
+import { invalid, notFound, precondition, ShimError } from "./errors.js";
+import { Process } from "./process.js";
+
+export type RootfsPreparer = (
+  namespace: string,
+  containerId: string,
+  mounts: Mount[],
+) => Promise<PreparedRootfs>;
+
+export interface TaskServiceDeps {
+  config: RuntimeConfig;
+  driver: HypervisorDriver;
+  events: EventPublisher;
+  prepareRootfs: RootfsPreparer;
+  log: Logger;
+  version: string;
+}
+
+export interface CreateTaskRequest {
+  id: string;
+  bundle: string;
+  rootfs: Mount[];
+  terminal: boolean;
+  stdin: string;
+  stdout: string;
+  stderr: string;
+  checkpoint: string;
+}
+
+export interface ExecRequest {
+  id: string;
+  execId: string;
+  terminal: boolean;
+  stdin: string;
+  stdout: string;
+  stderr: string;
+  spec: { typeUrl: string; value: Uint8Array } | null;
+}
+
+export type TaskStatus = "UNKNOWN" | "CREATED" | "RUNNING" | "STOPPED" | "PAUSED";
+
+export interface TaskState {
+  id: string;
+  execId: string;
+  bundle: string;
+  pid: number;
+  status: TaskStatus;
+  stdin: string;
+  stdout: string;
+  stderr: string;
+  terminal: boolean;
+  exitStatus: number;
+  exitedAt: Timestamp | null;
+}
+
+export interface ExitInfo {
+  pid: number;
+  exitStatus: number;
+  exitedAt: Timestamp;
+}
+
+/** How long Delete waits for a process's output to reach containerd's FIFOs. */
+const OUTPUT_DRAIN_MS = 5000;
+/** runc reports a SIGKILLed process as 128 + 9; a VM that died takes its processes with it. */
+const KILLED_STATUS = 137;
+const ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/;
+
+export function toTimestamp(date: Date): Timestamp {
+  const ms = date.getTime();
+  return { seconds: Math.floor(ms / 1000), nanos: (ms % 1000) * 1_000_000 };
+}
+
+export class TaskService {
+  private readonly containers = new Map<string, Container>();
+  private readonly creating = new Set<string>();
+
+  constructor(private readonly deps: TaskServiceDeps) {}
+
+  get size(): number {
+    return this.containers.size;
+  }
+
+  async create(ns: string, req: CreateTaskRequest): Promise<{ pid: number }> {
+    const key = this.key(ns, req.id);
+    if (!ID_PATTERN.test(req.id)) throw invalid(`task id "${req.id}" must match ${ID_PATTERN}`);
+    if (this.containers.has(key) || this.creating.has(key)) {
+      throw new ShimError("AlreadyExists", `task ${req.id} already exists in namespace ${ns}`);
+    }
+    if (req.checkpoint)
+      throw new ShimError("Unimplemented", "restoring a task from a checkpoint is not supported");
+    if (!path.isAbsolute(req.bundle)) throw invalid(`bundle "${req.bundle}" is not an absolute path`);
+    this.creating.add(key);
+    const undo = new Cleanup();
+    const log = this.deps.log.child({ ns, task: req.id });
+    try {
+      const specPath = path.join(req.bundle, "config.json");
+      const specBytes = await readFile(specPath).catch((err: Error) => {
+        throw invalid(`cannot read the OCI spec ${specPath}: ${err.message}`);
+      });
+      try {
+        JSON.parse(specBytes.toString("utf8"));
+      } catch (err) {
+        throw invalid(`OCI spec ${specPath} is not valid JSON: ${(err as Error).message}`);
+      }
+      const rootfs = await this.deps.prepareRootfs(ns, req.id, req.rootfs);
+      undo.defer("release rootfs", () => rootfs.release());
+      const sandbox = await Sandbox.boot(
+        {
+          id: sandboxId(ns, req.id),
+          vcpus: this.deps.config.default_vcpus,
+          memoryMb: this.deps.config.default_memory_mb,
+          disks: rootfs.disks,
+        },
+        this.deps.driver,
+        this.deps.config,
+        log,
+      );
+      undo.defer("stop VM", () => sandbox.destroy());
+      const io: StdioPaths = {
+        stdin: req.stdin,
+        stdout: req.stdout,
+        stderr: req.stderr,
+        terminal: req.terminal,
+      };
+      const pid = await sandbox.agent.createContainer({
+        containerId: req.id,
+        ociSpec: specBytes,
+        rootfsSerial: rootfs.rootfsSerial,
+        scratchSerial: rootfs.scratchSerial,
+        terminal: req.terminal,
+        stdin: StdioForwarder.wantsStdin(io),
+      });
+      const container = new Container(
+        ns,
+        req.id,
+        req.bundle,
+        new Process(req.id, "", io, pid),
+        sandbox,
+        true,
+        rootfs,
+      );
+      container.forwarders.set("", new StdioForwarder(sandbox.agent, container.ref(""), io, log));
+      undo.disarm();
+      this.containers.set(key, container);
+      this.watchSandbox(container);
+      log.info({ pid, cacheHit: rootfs.cacheHit, bootMs: Math.round(sandbox.bootMs) }, "task created");
+      this.deps.events.publish(ns, "TaskCreate", {
+        containerId: req.id,
+        bundle: req.bundle,
+        rootfs: req.rootfs,
+        io: { stdin: req.stdin, stdout: req.stdout, stderr: req.stderr, terminal: req.terminal },
+        checkpoint: "",
+        pid,
+      });
+      return { pid };
+    } catch (err) {
+      await undo.run();
+      throw err;
+    } finally {
+      this.creating.delete(key);
+    }
+  }
+
+  async start(ns: string, id: string, execId: string): Promise<{ pid: number }> {
+    const container = this.container(ns, id);
+    const proc = this.process(container, execId);
+    if (proc.state.kind !== "created") throw precondition(`${proc.label} is ${proc.state.kind}, not created`);
+    const pid = await container.sandbox.agent.startProcess(container.ref(execId));
+    proc.started(pid);
+    if (execId) this.deps.events.publish(ns, "TaskExecStarted", { containerId: id, execId, pid });
+    else this.deps.events.publish(ns, "TaskStart", { containerId: id, pid });
+    void this.reapWhenDone(container, proc);
+    return { pid };
+  }
+
+  async kill(ns: string, id: string, execId: string, signal: number, all: boolean): Promise<void> {
+    const container = this.container(ns, id);
+    const proc = this.process(container, execId);
+    if (proc.state.kind === "stopped") throw notFound(`${proc.label}: process already finished`);
+    if (!Number.isInteger(signal) || signal <= 0 || signal > 64)
+      throw invalid(`signal ${signal} is not a valid signal`);
+    await container.sandbox.agent.signalProcess(container.ref(execId), signal, all);
+  }
+
+  async wait(ns: string, id: string, execId: string): Promise<ExitInfo> {
+    const proc = this.process(this.container(ns, id), execId);
+    const exit = await proc.exited;
+    return { pid: exit.pid, exitStatus: exit.exitStatus, exitedAt: toTimestamp(exit.exitedAt) };
+  }
+
+  async delete(ns: string, id: string, execId: string): Promise<ExitInfo> {
+    const container = this.container(ns, id);
+    const proc = this.process(container, execId);
+    if (proc.state.kind === "running") throw precondition(`cannot delete ${proc.label}: it is still running`);
+    const forwarder = container.forwarders.get(execId);
+    if (forwarder) {
+      await within(forwarder.outputDone, OUTPUT_DRAIN_MS);
+      forwarder.close();
+      container.forwarders.delete(execId);
+    }
+    // A created process that never ran has no exit yet; deleting it ends it.
+    proc.stopped(KILLED_STATUS, new Date());
+    const exit = await proc.exited;
+    const info = { pid: exit.pid, exitStatus: exit.exitStatus, exitedAt: toTimestamp(exit.exitedAt) };
+    if (execId) {
+      container.execs.delete(execId);
+    } else {
+      await this.teardown(container);
+      this.deps.events.publish(ns, "TaskDelete", { containerId: id, id, ...info });
+    }
+    return info;
+  }
+
+  state(ns: string, id: string, execId: string): TaskState {
+    const container = this.container(ns, id);
+    const proc = this.process(container, execId);
+    const s = proc.state;
+    return {
+      id,
+      execId,
+      bundle: container.bundle,
+      pid: s.pid,
+      status: s.kind === "created" ? "CREATED" : s.kind === "running" ? "RUNNING" : "STOPPED",
+      stdin: proc.io.stdin,
+      stdout: proc.io.stdout,
+      stderr: proc.io.stderr,
+      terminal: proc.io.terminal,
+      exitStatus: s.kind === "stopped" ? s.exitStatus : 0,
+      exitedAt: s.kind === "stopped" ? toTimestamp(s.exitedAt) : null,
+    };
+  }
+
+  async pids(ns: string, id: string): Promise<number[]> {
+    const container = this.container(ns, id);
+    if (container.init.state.kind === "stopped") return [];
+    return container.sandbox.agent.listPids(id);
+  }
+
+  async exec(ns: string, req: ExecRequest): Promise<void> {
+    const container = this.container(ns, req.id);
+    if (!ID_PATTERN.test(req.execId)) throw invalid(`exec id "${req.execId}" must match ${ID_PATTERN}`);
+    if (container.execs.has(req.execId)) {
+      throw new ShimError("AlreadyExists", `exec ${req.execId} already exists in container ${req.id}`);
+    }
+    if (container.init.state.kind !== "running") {
+      throw precondition(`cannot exec in container ${req.id}: it is ${container.init.state.kind}`);
+    }
+    if (!req.spec) throw invalid(`exec ${req.execId} has no process spec`);
+    const io: StdioPaths = {
+      stdin: req.stdin,
+      stdout: req.stdout,
+      stderr: req.stderr,
+      terminal: req.terminal,
+    };
+    await container.sandbox.agent.execProcess({
+      ...container.ref(req.execId),
+      processSpec: req.spec.value,
+      terminal: req.terminal,
+      stdin: StdioForwarder.wantsStdin(io),
+    });
+    const proc = new Process(req.id, req.execId, io, 0);
+    container.execs.set(req.execId, proc);
+    container.forwarders.set(
+      req.execId,
+      new StdioForwarder(container.sandbox.agent, container.ref(req.execId), io, this.deps.log),
+    );
+    this.deps.events.publish(ns, "TaskExecAdded", { containerId: req.id, execId: req.execId });
+  }
+
+  async resizePty(ns: string, id: string, execId: string, width: number, height: number): Promise<void> {
+    const container = this.container(ns, id);
+    this.process(container, execId);
+    await container.sandbox.agent.resizePty(container.ref(execId), width, height);
+  }
+
+  async closeIO(ns: string, id: string, execId: string, stdin: boolean): Promise<void> {
+    const container = this.container(ns, id);
+    this.process(container, execId);
+    if (stdin) await container.sandbox.agent.closeStdin(container.ref(execId));
+  }
+
+  connect(ns: string, id: string): { shimPid: number; taskPid: number; version: string } {
+    const container = this.container(ns, id);
+    return { shimPid: process.pid, taskPid: container.init.pid, version: this.deps.version };
+  }
+
+  /** Every container still known, for the daemon's shutdown and the shim `delete` command. */
+  list(): Container[] {
+    return [...this.containers.values()];
+  }
+
+  /** Ends a task without containerd's cooperation (shim `delete` after containerd lost us). */
+  async forceDelete(ns: string, id: string): Promise<ExitInfo | undefined> {
+    const container = this.containers.get(this.key(ns, id));
+    if (!container) return undefined;
+    for (const proc of container.allProcesses()) proc.stopped(KILLED_STATUS, new Date());
+    for (const forwarder of container.forwarders.values()) forwarder.close();
+    await this.teardown(container);
+    const exit = await container.init.exited;
+    return { pid: exit.pid, exitStatus: exit.exitStatus, exitedAt: toTimestamp(exit.exitedAt) };
+  }
+
+  private key(ns: string, id: string): string {
+    return `${ns}/${id}`;
+  }
+
+  private container(ns: string, id: string): Container {
+    const container = this.containers.get(this.key(ns, id));
+    if (!container) throw notFound(`task ${id} in namespace ${ns}`);
+    return container;
+  }
+
+  private process(container: Container, execId: string): Process {
+    const proc = container.process(execId);
+    if (!proc) throw notFound(`exec ${execId} of container ${container.id}`);
+    return proc;
+  }
+
+  /** Waits for a started process to exit in the guest, then records and announces it. */
+  private async reapWhenDone(container: Container, proc: Process): Promise<void> {
+    let status = KILLED_STATUS;
+    let exitedAt = new Date();
+    let oom = false;
+    try {
+      const exit = await container.sandbox.agent.waitProcess(container.ref(proc.execId));
+      status = exit.exitStatus;
+      exitedAt = exit.exitedAtUnixNs > 0 ? new Date(exit.exitedAtUnixNs / 1e6) : new Date();
+      oom = exit.oomKilled;
+    } catch (err) {
+      if (proc.state.kind === "stopped") return;
+      this.deps.log.warn(
+        { task: container.id, err: (err as Error).message },
+        "lost the agent while waiting; the process is gone",
+      );
+    }
+    // Output first: containerd reads the FIFOs to EOF after it sees the exit.
+    const forwarder = container.forwarders.get(proc.execId);
+    if (forwarder) await within(forwarder.outputDone, OUTPUT_DRAIN_MS);
+    if (oom) this.deps.events.publish(container.namespace, "TaskOOM", { containerId: container.id });
+    this.recordExit(container, proc, status, exitedAt);
+  }
+
+  private recordExit(container: Container, proc: Process, status: number, exitedAt: Date): void {
+    if (!proc.stopped(status, exitedAt)) return;
+    this.deps.events.publish(container.namespace, "TaskExit", {
+      containerId: container.id,
+      id: proc.execId || container.id,
+      pid: proc.pid,
+      exitStatus: status,
+      exitedAt: toTimestamp(exitedAt),
+    });
+  }
+
+  /** A VM that dies takes every process in it along; containerd must hear about each. */
+  private watchSandbox(container: Container): void {
+    void container.sandbox.exited.then((exit) => {
+      if (!this.containers.has(this.key(container.namespace, container.id))) return;
+      this.deps.log.warn({ task: container.id, exit }, "sandbox VM exited");
+      for (const forwarder of container.forwarders.values()) forwarder.close();
+      for (const proc of container.allProcesses())
+        this.recordExit(container, proc, KILLED_STATUS, new Date());
+    });
+  }
+
+  private async teardown(container: Container): Promise<void> {
+    this.containers.delete(this.key(container.namespace, container.id));
+    const cleanup = new Cleanup();
+    cleanup.defer("release rootfs", () => container.rootfs.release());
+    if (container.ownsSandbox) cleanup.defer("stop VM", () => container.sandbox.destroy());
+    else
+      cleanup.defer("remove container in guest", () =>
+        container.sandbox.agent.removeContainer(container.id, { timeoutMs: 10_000 }),
+      );
+    await cleanup.run();
+  }
+}
+
+/** VM ids must be short (they name sockets) and unique per namespace and task. */
+function sandboxId(ns: string, id: string): string {
+  const safe = `${ns}-${id}`.replace(/[^A-Za-z0-9_.-]/g, "_");
+  return safe.length <= 48
+    ? safe
+    : `${safe.slice(0, 31)}-${createHash("sha256").update(safe).digest("hex").slice(0, 16)}`;
+}
