@@ -8,7 +8,13 @@ import { mkdir } from "node:fs/promises";
 import net from "node:net";
 import path from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
-import { DAEMON_ENTRY, daemonSocketPath, SHIM_VERSION, SOCKET_SCHEME } from "../shim/daemon-address.js";
+import {
+  DAEMON_ENTRY,
+  daemonSocketPath,
+  namespaceSocketPath,
+  SHIM_VERSION,
+  SOCKET_SCHEME,
+} from "../shim/daemon-address.js";
 import { FlagError, parseShimFlags, type ShimInvocation } from "../shim/flags.js";
 
 const DEFAULT_STATE_DIR = "/run/cloudhv";
@@ -42,34 +48,56 @@ function containerdTtrpcAddress(inv: ShimInvocation): string {
 }
 
 async function start(inv: ShimInvocation): Promise<void> {
-  const ttrpcAddress = containerdTtrpcAddress(inv);
-  const dir = stateDir();
-  const socketPath = daemonSocketPath(dir, ttrpcAddress);
-  if (!(await canConnect(socketPath))) {
-    await mkdir(dir, { recursive: true, mode: 0o711 });
-    const logPath = socketPath.replace(/\.sock$/, ".log");
-    const out = openSync(logPath, "a");
-    // The daemon must not hold our stdout/stderr: containerd reads them to EOF.
-    const child = spawn(
-      process.execPath,
-      [DAEMON_ENTRY, "--socket", socketPath, "--containerd-ttrpc", ttrpcAddress],
-      {
-        detached: true,
-        stdio: ["ignore", out, out],
-        cwd: "/",
-      },
-    );
-    child.unref();
-    const deadline = Date.now() + 15_000;
-    while (!(await canConnect(socketPath))) {
-      if (Date.now() > deadline) throw new Error(`the shim daemon did not come up in 15 s; see ${logPath}`);
-      await sleep(10);
-    }
+  if (!inv.namespace) throw new FlagError("start needs -namespace");
+  const controlSocket = daemonSocketPath(stateDir(), containerdTtrpcAddress(inv));
+  const nsSocket = namespaceSocketPath(controlSocket, inv.namespace);
+  // Fast path: the daemon already serves this namespace.
+  let address = (await canConnect(nsSocket)) ? `${SOCKET_SCHEME}${nsSocket}` : undefined;
+  if (!address) {
+    if (!(await canConnect(controlSocket))) await spawnDaemon(controlSocket, containerdTtrpcAddress(inv));
+    address = await requestListener(controlSocket, inv.namespace);
   }
-  const address = `${SOCKET_SCHEME}${socketPath}`;
   // containerd reconnects through this file after it restarts.
   writeFileSync(path.join(process.cwd(), "address"), address);
   process.stdout.write(address);
+}
+
+async function spawnDaemon(controlSocket: string, ttrpcAddress: string): Promise<void> {
+  await mkdir(path.dirname(controlSocket), { recursive: true, mode: 0o711 });
+  const logPath = controlSocket.replace(/\.sock$/, ".log");
+  const out = openSync(logPath, "a");
+  // The daemon must not hold our stdout/stderr: containerd reads them to EOF.
+  const child = spawn(
+    process.execPath,
+    [DAEMON_ENTRY, "--socket", controlSocket, "--containerd-ttrpc", ttrpcAddress],
+    {
+      detached: true,
+      stdio: ["ignore", out, out],
+      cwd: "/",
+    },
+  );
+  child.unref();
+  const deadline = Date.now() + 15_000;
+  while (!(await canConnect(controlSocket))) {
+    if (Date.now() > deadline) throw new Error(`the shim daemon did not come up in 15 s; see ${logPath}`);
+    await sleep(10);
+  }
+}
+
+async function requestListener(controlSocket: string, namespace: string): Promise<string> {
+  const { messageCodec } = await import("../ttrpc/proto.js");
+  const { TtrpcClient } = await import("../ttrpc/client.js");
+  const request = messageCodec<{ namespace: string }>("admin.proto", "cloudhv.shim.v1.ListenRequest");
+  const response = messageCodec<{ address: string }>("admin.proto", "cloudhv.shim.v1.ListenResponse");
+  const client = await TtrpcClient.connect(controlSocket, { timeoutMs: 5000 });
+  try {
+    const reply = await client.call("cloudhv.shim.v1.Admin", "Listen", request.encode({ namespace }), {
+      timeoutMs: 10_000,
+    });
+    return response.decode(reply).address;
+  } finally {
+    client.close();
+  }
 }
 
 async function deleteTask(inv: ShimInvocation): Promise<void> {

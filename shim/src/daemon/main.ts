@@ -7,7 +7,8 @@ import path from "node:path";
 import pino from "pino";
 import { loadConfig } from "../config/config.js";
 import { EventPublisher } from "../containerd/publisher.js";
-import { SHIM_VERSION } from "../shim/daemon-address.js";
+import { namespaceSocketPath, SHIM_VERSION, SOCKET_SCHEME } from "../shim/daemon-address.js";
+import { ShimError } from "../task/errors.js";
 import { erofsRootfsPreparer } from "../task/rootfs.js";
 import { TaskService, toTimestamp } from "../task/service.js";
 import { bindTaskService } from "../task/ttrpc-binding.js";
@@ -93,7 +94,24 @@ async function main(): Promise<void> {
     "cloudhv.shim.v1.ForceDeleteRequest",
   );
   const deleteResponse = messageCodec<unknown>("containerd/task.proto", "containerd.task.v2.DeleteResponse");
+  const listenRequest = messageCodec<{ namespace: string }>("admin.proto", "cloudhv.shim.v1.ListenRequest");
+  const listenResponse = messageCodec<{ address: string }>("admin.proto", "cloudhv.shim.v1.ListenResponse");
+  const opening = new Map<string, Promise<void>>();
   server.register("cloudhv.shim.v1.Admin", {
+    Listen: async (payload) => {
+      const { namespace } = listenRequest.decode(payload);
+      if (!namespace) throw new ShimError("InvalidArgument", "Listen: empty namespace");
+      const nsSocket = namespaceSocketPath(socketPath, namespace);
+      if (!server.isListening(nsSocket)) {
+        let open = opening.get(nsSocket);
+        if (!open) {
+          open = server.listen(nsSocket, { namespace });
+          opening.set(nsSocket, open);
+        }
+        await open;
+      }
+      return listenResponse.encode({ address: `${SOCKET_SCHEME}${nsSocket}` });
+    },
     ForceDelete: async (payload) => {
       const req = deleteCodec.decode(payload);
       const exit = await tasks.forceDelete(req.namespace, req.id);

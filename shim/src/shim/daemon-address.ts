@@ -26,3 +26,9 @@ export function daemonSocketPath(stateDir: string, containerdTtrpcAddress: strin
 }
 
 export const SOCKET_SCHEME = "unix://";
+
+/** The task API socket for one containerd namespace, next to the daemon's control socket. */
+export function namespaceSocketPath(controlSocket: string, namespace: string): string {
+  const which = createHash("sha256").update(namespace).digest("hex").slice(0, 12);
+  return controlSocket.replace(/\.sock$/, `-${which}.sock`);
+}

@@ -41,9 +41,13 @@ const codecs = {
   ShutdownRequest: c<{ id: string; now: boolean }>("ShutdownRequest"),
 };
 
+/**
+ * containerd does not always put the namespace in the ttrpc metadata (1.6 omits it on task
+ * calls), so every namespace gets its own listener and the listener says which it is.
+ */
 function namespaceOf(ctx: CallContext): string {
-  const ns = ctx.metadata.find((kv) => kv.key === NAMESPACE_HEADER)?.value;
-  if (!ns) throw invalid(`${ctx.method}: the request carries no containerd namespace (${NAMESPACE_HEADER})`);
+  const ns = ctx.metadata.find((kv) => kv.key === NAMESPACE_HEADER)?.value ?? ctx.listener.namespace;
+  if (!ns) throw invalid(`${ctx.method}: no containerd namespace in the request or the listener`);
   return ns;
 }
 

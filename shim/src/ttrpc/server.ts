@@ -15,6 +15,8 @@ export interface CallContext {
   metadata: KeyValue[];
   /** Aborted when the caller's timeout passes or its connection closes. */
   signal: AbortSignal;
+  /** What the listener that accepted the connection was opened with (see listen). */
+  listener: Readonly<Record<string, string>>;
 }
 
 export type MethodHandler = (payload: Buffer, ctx: CallContext) => Promise<Uint8Array>;
@@ -46,9 +48,13 @@ export class TtrpcServer {
   }
 
   /** Listens on a unix socket path (replacing a stale socket file). */
-  async listen(path: string): Promise<void> {
+  /**
+   * Listens on a unix socket path (replacing a stale socket file). `attrs` reach every handler
+   * called through this listener as `ctx.listener`.
+   */
+  async listen(path: string, attrs: Record<string, string> = {}): Promise<void> {
     await rm(path, { force: true });
-    const server = net.createServer((sock) => this.serve(sock));
+    const server = net.createServer((sock) => this.serve(sock, attrs));
     await new Promise<void>((resolve, reject) => {
       server.once("error", reject);
       server.listen(path, () => {
@@ -60,7 +66,7 @@ export class TtrpcServer {
   }
 
   /** Serves one already-established connection (also used by tests with a socket pair). */
-  serve(conn: Duplex): void {
+  serve(conn: Duplex, attrs: Readonly<Record<string, string>> = {}): void {
     this.connections.add(conn);
     const decoder = new FrameDecoder(this.maxFrameData);
     const inflight = new Map<number, AbortController>();
@@ -82,7 +88,7 @@ export class TtrpcServer {
         }
         const controller = new AbortController();
         inflight.set(frame.streamId, controller);
-        void this.dispatch(frame.data, controller).then((response) => {
+        void this.dispatch(frame.data, controller, attrs).then((response) => {
           inflight.delete(frame.streamId);
           if (conn.destroyed) return;
           const data = Buffer.from(responseCodec.encode(response));
@@ -119,6 +125,11 @@ export class TtrpcServer {
     });
   }
 
+  /** Whether a listener is open on `path`. */
+  isListening(path: string): boolean {
+    return this.listeners.some((l) => l.path === path);
+  }
+
   async close(): Promise<void> {
     for (const conn of this.connections) conn.destroy();
     await Promise.all(
@@ -135,6 +146,7 @@ export class TtrpcServer {
   private async dispatch(
     data: Buffer,
     controller: AbortController,
+    attrs: Readonly<Record<string, string>>,
   ): Promise<{ status: { code: number; message: string } | null; payload: Uint8Array }> {
     let request: TtrpcRequest;
     try {
@@ -158,6 +170,7 @@ export class TtrpcServer {
         method: request.method,
         metadata: request.metadata,
         signal: controller.signal,
+        listener: attrs,
       });
       return { status: null, payload };
     } catch (err) {
