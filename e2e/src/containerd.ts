@@ -24,7 +24,15 @@ export class PrivateContainerd implements AsyncDisposable {
     readonly configPath: string,
     readonly logPath: string,
     private child: ChildProcess,
+    private readonly launch: () => ChildProcess,
   ) {}
+
+  /** Stops containerd and starts it again on the same state, as a node's restart would. */
+  async restart(): Promise<void> {
+    await this.terminate();
+    this.child = this.launch();
+    await this.waitReady();
+  }
 
   /** containerd's ttrpc socket, where shims publish events. */
   get ttrpcAddress(): string {
@@ -51,14 +59,17 @@ export class PrivateContainerd implements AsyncDisposable {
         opts.extraConfig ?? "",
       ].join("\n"),
     );
-    const out = createWriteStream(logPath);
-    const child = spawn(opts.binary ?? "containerd", ["--config", configPath, "--log-level", "debug"], {
-      stdio: ["ignore", "pipe", "pipe"],
-      env: opts.env ?? process.env,
-    });
-    child.stdout?.pipe(out);
-    child.stderr?.pipe(out);
-    const instance = new PrivateContainerd(dir, address, configPath, logPath, child);
+    const launch = () => {
+      const out = createWriteStream(logPath, { flags: "a" });
+      const child = spawn(opts.binary ?? "containerd", ["--config", configPath, "--log-level", "debug"], {
+        stdio: ["ignore", "pipe", "pipe"],
+        env: opts.env ?? process.env,
+      });
+      child.stdout?.pipe(out);
+      child.stderr?.pipe(out);
+      return child;
+    };
+    const instance = new PrivateContainerd(dir, address, configPath, logPath, launch(), launch);
     try {
       await instance.waitReady();
     } catch (err) {
@@ -74,18 +85,20 @@ export class PrivateContainerd implements AsyncDisposable {
   }
 
   async stop(): Promise<void> {
-    if (this.child.exitCode === null && this.child.signalCode === null) {
-      const exited = new Promise((resolve) => this.child.once("exit", resolve));
-      this.child.kill("SIGTERM");
-      const done = (await within(exited, 10_000)) !== TIMED_OUT;
-      if (!done) {
-        this.child.kill("SIGKILL");
-        await exited;
-      }
-    }
+    await this.terminate();
     // containerd leaves its snapshot mounts; unmount anything under our dir before removing it.
     for (const mountPoint of await mountsUnder(this.dir)) await execOk(["umount", "-l", mountPoint]);
     await rm(this.dir, { recursive: true, force: true });
+  }
+
+  private async terminate(): Promise<void> {
+    if (this.child.exitCode !== null || this.child.signalCode !== null) return;
+    const exited = new Promise((resolve) => this.child.once("exit", resolve));
+    this.child.kill("SIGTERM");
+    if ((await within(exited, 10_000)) === TIMED_OUT) {
+      this.child.kill("SIGKILL");
+      await exited;
+    }
   }
 
   async [Symbol.asyncDispose](): Promise<void> {

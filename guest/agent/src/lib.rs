@@ -4,10 +4,13 @@
 
 #[macro_use]
 pub mod log;
+pub mod container;
 pub mod reaper;
 pub mod serial;
 pub mod service;
 pub mod setup;
+pub mod spec;
+pub mod stream;
 pub mod vsock;
 
 pub mod protocol {
@@ -48,7 +51,7 @@ usage: cloudhv-agent [options]
                         (repeatable; also CLOUDHV_AGENT_LISTEN=ADDR)
   --port-name NAME      virtio-serial port name (default io.cloudhv.agent)
   --vsock-port N        vsock port (default 1024)
-  --crun PATH           crun binary for Version (default: crun on PATH)
+  --crun PATH           crun binary for containers and Version (default: crun on PATH)
   --version             print the version and exit
   --help                this text
 ";
@@ -140,9 +143,14 @@ fn server_builder(service: Arc<service::AgentService>) -> Arc<BuildServer> {
         let mut server = ttrpc::Server::new()
             .bind(addr)?
             .register_service(methods)
-            .set_thread_count_min(1)
-            .set_thread_count_default(2)
-            .set_thread_count_max(4);
+            // WaitProcess, ReadStream and WriteStdin block until something happens, several
+            // per process at once. ttrpc's sync pool is elastic: these numbers count *idle*
+            // workers; whenever fewer than `min` are idle it tops up to `default` (busy ones
+            // are not limited), and idle ones beyond `max` exit. A generous idle reserve
+            // means a burst of blocking calls never waits for thread creation.
+            .set_thread_count_min(16)
+            .set_thread_count_default(64)
+            .set_thread_count_max(256);
         server.start()?;
         Ok(server)
     })
@@ -223,7 +231,7 @@ pub fn run(args: Vec<String>) -> i32 {
         None => service::find_in_path("crun", &path_var),
     };
     if crun.is_none() {
-        warn!("crun not found; Version will report no runtime");
+        warn!("crun not found: containers cannot run; Version will report no runtime");
     }
     let service = Arc::new(service::AgentService::new(crun));
     let build = server_builder(service.clone());

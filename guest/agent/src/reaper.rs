@@ -76,8 +76,10 @@ pub const UNCLAIMED_CAP: usize = 1024;
 #[derive(Debug, Default)]
 pub struct ExitTable {
     watched: HashSet<i32>,
-    exited: HashMap<i32, ExitStatus>,
+    /// Status and the sequence number of the record (see [`ExitTable::mark`]).
+    exited: HashMap<i32, (ExitStatus, u64)>,
     unclaimed: VecDeque<i32>,
+    seq: u64,
 }
 
 impl ExitTable {
@@ -88,7 +90,8 @@ impl ExitTable {
     /// Records a reaped pid. Returns whether somebody was watching it.
     pub fn record(&mut self, pid: i32, status: ExitStatus) -> bool {
         let watched = self.watched.contains(&pid);
-        if self.exited.insert(pid, status).is_none() && !watched {
+        self.seq += 1;
+        if self.exited.insert(pid, (status, self.seq)).is_none() && !watched {
             self.unclaimed.push_back(pid);
             while self.unclaimed.len() > UNCLAIMED_CAP {
                 if let Some(old) = self.unclaimed.pop_front()
@@ -104,7 +107,7 @@ impl ExitTable {
     /// Takes the status of `pid` if it has exited. `Err` if nobody watches it and no exit is
     /// recorded (waiting would never end).
     pub fn take(&mut self, pid: i32) -> Result<Option<ExitStatus>, WaitError> {
-        if let Some(st) = self.exited.remove(&pid) {
+        if let Some((st, _)) = self.exited.remove(&pid) {
             self.watched.remove(&pid);
             self.unclaimed.retain(|p| *p != pid);
             return Ok(Some(st));
@@ -114,6 +117,23 @@ impl ExitTable {
         } else {
             Err(WaitError::NotWatched(pid))
         }
+    }
+
+    /// A point in the sequence of recorded exits: take it before starting something whose pid
+    /// is learned later (crun's pid file), then [`ExitTable::watch_since`] that pid.
+    pub fn mark(&self) -> u64 {
+        self.seq
+    }
+
+    /// Watches a pid learned after `mark`. An exit recorded for the same pid number at or
+    /// before `mark` belonged to an earlier process (pid reuse) and is discarded; one recorded
+    /// after it is this process's (it may already have exited) and is kept.
+    pub fn watch_since(&mut self, pid: i32, mark: u64) {
+        if self.exited.get(&pid).is_some_and(|(_, seq)| *seq <= mark) {
+            self.exited.remove(&pid);
+            self.unclaimed.retain(|p| *p != pid);
+        }
+        self.watched.insert(pid);
     }
 
     pub fn unwatch(&mut self, pid: i32) {
@@ -228,6 +248,16 @@ impl Reaper {
     /// pid file) so its exit is kept for `wait_pid`.
     pub fn watch(&self, pid: i32) {
         self.lock().watch(pid);
+    }
+
+    /// See [`ExitTable::mark`].
+    pub fn mark(&self) -> u64 {
+        self.lock().mark()
+    }
+
+    /// See [`ExitTable::watch_since`].
+    pub fn watch_since(&self, pid: i32, mark: u64) {
+        self.lock().watch_since(pid, mark);
     }
 
     /// Spawns `cmd` with the reaper locked and registers the child before unlocking. Do not
@@ -377,9 +407,30 @@ mod tests {
     }
 
     #[test]
+    fn watch_since_drops_exits_of_an_earlier_process_with_the_same_pid() {
+        let mut t = ExitTable::default();
+        t.record(50, ExitStatus::Exited(1)); // an old process that had pid 50
+        let mark = t.mark();
+        t.record(60, ExitStatus::Exited(0));
+        t.watch_since(50, mark); // a new process got pid 50 again
+        assert!(matches!(t.take(50), Ok(None)), "stale exit discarded");
+        t.record(50, ExitStatus::Signaled(15));
+        assert_eq!(t.take(50).unwrap(), Some(ExitStatus::Signaled(15)));
+        // An exit recorded after the mark is the new process's: kept.
+        let mark = t.mark();
+        t.record(70, ExitStatus::Exited(5));
+        t.watch_since(70, mark);
+        assert_eq!(t.take(70).unwrap(), Some(ExitStatus::Exited(5)));
+        assert_eq!(t.take(60).unwrap(), Some(ExitStatus::Exited(0)));
+    }
+
+    #[test]
     fn exit_codes_are_shell_style() {
         assert_eq!(ExitStatus::Exited(3).code(), 3);
         assert_eq!(ExitStatus::Signaled(9).code(), 137);
+        assert_eq!(ExitStatus::Signaled(15).code(), 143);
+        assert_eq!(ExitStatus::Exited(255).code(), 255);
+        assert_eq!(ExitStatus::Exited(256 + 7).code(), 7);
         assert!(ExitStatus::Exited(0).success());
     }
 
@@ -427,6 +478,10 @@ mod tests {
         r.reap_all();
         let t = r.lock();
         assert!(t.watched.is_empty());
-        assert_eq!(t.pending_exits(), 20, "20 orphaned `sleep`s reaped as unclaimed exits");
+        assert_eq!(
+            t.pending_exits(),
+            20,
+            "20 orphaned `sleep`s reaped as unclaimed exits"
+        );
     }
 }

@@ -5,7 +5,8 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use crate::protocol::agent::{self, health_response};
+use crate::container::Containers;
+use crate::protocol::agent::{self, health_response, read_stream_request};
 use crate::protocol::agent_ttrpc;
 
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -14,11 +15,13 @@ pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
 pub struct AgentService {
     crun: Option<PathBuf>,
     runtime_version: OnceLock<String>,
+    containers: Containers,
 }
 
 impl AgentService {
     pub fn new(crun: Option<PathBuf>) -> Self {
         AgentService {
+            containers: Containers::new(crun.clone()),
             crun,
             runtime_version: OnceLock::new(),
         }
@@ -103,6 +106,166 @@ impl agent_ttrpc::Agent for AgentService {
         resp.kernel_release = kernel_release();
         resp.runtime_version = self.runtime_version().to_string();
         Ok(resp)
+    }
+
+    fn create_container(
+        &self,
+        _ctx: &ttrpc::TtrpcContext,
+        req: agent::CreateContainerRequest,
+    ) -> ttrpc::Result<agent::CreateContainerResponse> {
+        let pid = self.containers.create(
+            &req.container_id,
+            &req.oci_spec,
+            &req.rootfs_serial,
+            &req.scratch_serial,
+            req.terminal,
+            req.stdin,
+        )?;
+        crate::info!("container {} created, pid {pid}", req.container_id);
+        let mut resp = agent::CreateContainerResponse::new();
+        resp.pid = pid;
+        Ok(resp)
+    }
+
+    fn exec_process(
+        &self,
+        _ctx: &ttrpc::TtrpcContext,
+        req: agent::ExecProcessRequest,
+    ) -> ttrpc::Result<agent::Empty> {
+        self.containers.exec(
+            &req.container_id,
+            &req.exec_id,
+            &req.process_spec,
+            req.terminal,
+            req.stdin,
+        )?;
+        Ok(agent::Empty::new())
+    }
+
+    fn start_process(
+        &self,
+        _ctx: &ttrpc::TtrpcContext,
+        req: agent::ProcessRef,
+    ) -> ttrpc::Result<agent::StartProcessResponse> {
+        let mut resp = agent::StartProcessResponse::new();
+        resp.pid = self.containers.start(&req.container_id, &req.exec_id)?;
+        Ok(resp)
+    }
+
+    fn signal_process(
+        &self,
+        _ctx: &ttrpc::TtrpcContext,
+        req: agent::SignalProcessRequest,
+    ) -> ttrpc::Result<agent::Empty> {
+        self.containers
+            .signal(&req.container_id, &req.exec_id, req.signal, req.all)?;
+        Ok(agent::Empty::new())
+    }
+
+    fn wait_process(
+        &self,
+        _ctx: &ttrpc::TtrpcContext,
+        req: agent::ProcessRef,
+    ) -> ttrpc::Result<agent::WaitProcessResponse> {
+        let exit = self.containers.wait(&req.container_id, &req.exec_id)?;
+        let mut resp = agent::WaitProcessResponse::new();
+        resp.exit_status = exit.status;
+        resp.exited_at_unix_ns = exit.at_unix_ns;
+        resp.oom_killed = exit.oom_killed;
+        Ok(resp)
+    }
+
+    fn read_stream(
+        &self,
+        _ctx: &ttrpc::TtrpcContext,
+        req: agent::ReadStreamRequest,
+    ) -> ttrpc::Result<agent::ReadStreamResponse> {
+        let stderr = match req.stream.enum_value() {
+            Ok(read_stream_request::Stream::STDOUT) => false,
+            Ok(read_stream_request::Stream::STDERR) => true,
+            _ => {
+                return Err(ttrpc::Error::RpcStatus(ttrpc::get_status(
+                    ttrpc::Code::INVALID_ARGUMENT,
+                    "ReadStream: stream must be STDOUT or STDERR",
+                )));
+            }
+        };
+        let (data, eof) = self.containers.read(
+            &req.container_id,
+            &req.exec_id,
+            stderr,
+            req.max_bytes as usize,
+        )?;
+        let mut resp = agent::ReadStreamResponse::new();
+        resp.data = data;
+        resp.eof = eof;
+        Ok(resp)
+    }
+
+    fn write_stdin(
+        &self,
+        _ctx: &ttrpc::TtrpcContext,
+        req: agent::WriteStdinRequest,
+    ) -> ttrpc::Result<agent::WriteStdinResponse> {
+        let mut resp = agent::WriteStdinResponse::new();
+        resp.written = self
+            .containers
+            .write_stdin(&req.container_id, &req.exec_id, &req.data)?;
+        Ok(resp)
+    }
+
+    fn close_stdin(
+        &self,
+        _ctx: &ttrpc::TtrpcContext,
+        req: agent::ProcessRef,
+    ) -> ttrpc::Result<agent::Empty> {
+        self.containers
+            .close_stdin(&req.container_id, &req.exec_id)?;
+        Ok(agent::Empty::new())
+    }
+
+    fn resize_pty(
+        &self,
+        _ctx: &ttrpc::TtrpcContext,
+        req: agent::ResizePtyRequest,
+    ) -> ttrpc::Result<agent::Empty> {
+        self.containers
+            .resize(&req.container_id, &req.exec_id, req.width, req.height)?;
+        Ok(agent::Empty::new())
+    }
+
+    fn list_pids(
+        &self,
+        _ctx: &ttrpc::TtrpcContext,
+        req: agent::ContainerRef,
+    ) -> ttrpc::Result<agent::ListPidsResponse> {
+        let mut resp = agent::ListPidsResponse::new();
+        resp.pids = self.containers.pids(&req.container_id)?;
+        Ok(resp)
+    }
+
+    fn container_stats(
+        &self,
+        _ctx: &ttrpc::TtrpcContext,
+        req: agent::ContainerRef,
+    ) -> ttrpc::Result<agent::ContainerStatsResponse> {
+        let stats = self.containers.stats(&req.container_id)?;
+        let mut resp = agent::ContainerStatsResponse::new();
+        resp.cpu_usage_ns = stats.cpu_usage_ns;
+        resp.memory_usage_bytes = stats.memory_usage_bytes;
+        resp.memory_limit_bytes = stats.memory_limit_bytes;
+        resp.pids_current = stats.pids_current;
+        Ok(resp)
+    }
+
+    fn remove_container(
+        &self,
+        _ctx: &ttrpc::TtrpcContext,
+        req: agent::ContainerRef,
+    ) -> ttrpc::Result<agent::Empty> {
+        self.containers.remove(&req.container_id)?;
+        crate::info!("container {} removed", req.container_id);
+        Ok(agent::Empty::new())
     }
 }
 

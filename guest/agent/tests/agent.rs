@@ -116,17 +116,49 @@ fn version_without_crun_reports_empty_runtime() {
 }
 
 #[test]
-fn unimplemented_methods_return_status_errors() {
-    use cloudhv_agent::protocol::agent::ContainerRef;
-    let agent = Agent::start("unimpl", &[]);
-    let err = agent
-        .client()
-        .list_pids(ctx(), &ContainerRef::new())
-        .expect_err("not implemented yet");
-    match err {
-        ttrpc::Error::RpcStatus(s) => assert_eq!(s.code(), ttrpc::Code::NOT_FOUND),
+fn container_rpcs_answer_with_status_codes() {
+    use cloudhv_agent::protocol::agent::{
+        ContainerRef, CreateContainerRequest, ProcessRef, ReadStreamRequest, SignalProcessRequest,
+        read_stream_request,
+    };
+    let agent = Agent::start("status", &[]);
+    let client = agent.client();
+    let code = |e: ttrpc::Error| match e {
+        ttrpc::Error::RpcStatus(s) => (s.code(), s.message().to_string()),
         e => panic!("unexpected error {e:?}"),
-    }
+    };
+    let mut unknown = ContainerRef::new();
+    unknown.container_id = "nope".into();
+    let (c, m) = code(client.list_pids(ctx(), &unknown).unwrap_err());
+    assert_eq!(c, ttrpc::Code::NOT_FOUND);
+    assert!(m.contains("nope"), "{m}");
+    let (c, _) = code(client.remove_container(ctx(), &unknown).unwrap_err());
+    assert_eq!(c, ttrpc::Code::NOT_FOUND);
+    let mut p = ProcessRef::new();
+    p.container_id = "nope".into();
+    assert_eq!(
+        code(client.wait_process(ctx(), &p).unwrap_err()).0,
+        ttrpc::Code::NOT_FOUND
+    );
+    let mut sig = SignalProcessRequest::new();
+    sig.container_id = "nope".into();
+    sig.signal = 9;
+    assert_eq!(
+        code(client.signal_process(ctx(), &sig).unwrap_err()).0,
+        ttrpc::Code::NOT_FOUND
+    );
+    let mut read = ReadStreamRequest::new();
+    read.container_id = "nope".into();
+    read.stream = read_stream_request::Stream::STREAM_UNSPECIFIED.into();
+    assert_eq!(
+        code(client.read_stream(ctx(), &read).unwrap_err()).0,
+        ttrpc::Code::INVALID_ARGUMENT
+    );
+    let mut create = CreateContainerRequest::new();
+    create.container_id = "../etc".into();
+    let (c, m) = code(client.create_container(ctx(), &create).unwrap_err());
+    assert_eq!(c, ttrpc::Code::INVALID_ARGUMENT);
+    assert!(m.contains("container id"), "{m}");
     // The agent is still serving.
     agent.client().health(ctx(), &HealthRequest::new()).unwrap();
 }

@@ -87,7 +87,7 @@ const codecs = {
 /** The protocol version this host side speaks; the agent reports its own in Version. */
 export const AGENT_PROTOCOL_VERSION = 1;
 /** Largest stdout/stderr chunk asked for in one ReadStream. */
-export const READ_CHUNK_BYTES = 64 * 1024;
+export const READ_CHUNK_BYTES = 256 * 1024;
 const MAX_PID = 4_194_304;
 
 function invalid(what: string): never {

@@ -3,6 +3,7 @@
 // the previous chunk was taken by the FIFO's reader.
 import { constants, openSync } from "node:fs";
 import net from "node:net";
+import { setTimeout as sleep } from "node:timers/promises";
 import type { AgentClient, ProcessRef, StdStream } from "../agent/client.js";
 import { invalid } from "../task/errors.js";
 import type { Logger } from "../util/log.js";
@@ -22,14 +23,29 @@ function fifoPath(uri: string, which: string): string {
   return uri;
 }
 
-/** Opens a FIFO (or file) without blocking a libuv thread; reads and writes go through epoll. */
-function openPipe(path: string, mode: "read" | "write"): net.Socket {
-  if (mode === "read") {
-    const fd = openSync(path, constants.O_RDONLY | constants.O_NONBLOCK);
-    return new net.Socket({ fd, readable: true, writable: false });
+/** Opens a FIFO's read side without blocking a libuv thread; reads then go through epoll. */
+function openReader(path: string): net.Socket {
+  const fd = openSync(path, constants.O_RDONLY | constants.O_NONBLOCK);
+  return new net.Socket({ fd, readable: true, writable: false });
+}
+
+/**
+ * Opens a FIFO's write side. containerd's client may open its read side only after the call
+ * that named it returns (ctr does so for exec), and a non-blocking open fails with ENXIO until
+ * then: retry until the reader is there or the forwarder is closed.
+ */
+async function openWriter(path: string, isStopped: () => boolean): Promise<net.Socket> {
+  let delay = 5;
+  for (;;) {
+    try {
+      const fd = openSync(path, constants.O_WRONLY | constants.O_NONBLOCK | constants.O_APPEND);
+      return new net.Socket({ fd, readable: false, writable: true });
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== "ENXIO" || isStopped()) throw err;
+    }
+    await sleep(delay);
+    delay = Math.min(delay * 2, 200);
   }
-  const fd = openSync(path, constants.O_WRONLY | constants.O_NONBLOCK | constants.O_APPEND);
-  return new net.Socket({ fd, readable: false, writable: true });
 }
 
 export class StdioForwarder {
@@ -45,15 +61,14 @@ export class StdioForwarder {
     private readonly log: Logger,
   ) {
     const outputs: Promise<void>[] = [];
-    const stdout = paths.stdout ? this.track(openPipe(fifoPath(paths.stdout, "stdout"), "write")) : undefined;
-    const stderr =
-      paths.stderr && !paths.terminal
-        ? this.track(openPipe(fifoPath(paths.stderr, "stderr"), "write"))
-        : undefined;
+    // Validate every path before anything is opened: a bad URI fails the call that named it.
+    const stdout = paths.stdout ? fifoPath(paths.stdout, "stdout") : undefined;
+    const stderr = paths.stderr && !paths.terminal ? fifoPath(paths.stderr, "stderr") : undefined;
+    const stdin = paths.stdin ? fifoPath(paths.stdin, "stdin") : undefined;
     if (stdout) outputs.push(this.pump("STDOUT", stdout));
     if (stderr) outputs.push(this.pump("STDERR", stderr));
     this.outputDone = Promise.all(outputs).then(() => undefined);
-    if (paths.stdin) this.feedStdin(this.track(openPipe(fifoPath(paths.stdin, "stdin"), "read")));
+    if (stdin) this.feedStdin(this.track(openReader(stdin)));
   }
 
   /** Whether the process gets a stdin from the host. */
@@ -73,14 +88,17 @@ export class StdioForwarder {
     return socket;
   }
 
-  private async pump(stream: StdStream, out: net.Socket): Promise<void> {
+  private async pump(stream: StdStream, path: string): Promise<void> {
+    let out: net.Socket | undefined;
     try {
+      out = this.track(await openWriter(path, () => this.stopped));
       while (!this.stopped) {
         const { data, eof } = await this.agent.readStream(this.ref, stream);
-        if (data.length > 0 && !out.destroyed && !out.write(data)) {
+        const sink = out;
+        if (data.length > 0 && !sink.destroyed && !sink.write(data)) {
           await new Promise<void>((resolve) => {
-            out.once("drain", resolve);
-            out.once("close", resolve);
+            sink.once("drain", resolve);
+            sink.once("close", resolve);
           });
         }
         if (eof) break;
@@ -89,7 +107,8 @@ export class StdioForwarder {
       if (!this.stopped)
         this.log.warn({ stream, err: (err as Error).message }, "stdio copy from guest ended");
     } finally {
-      await new Promise<void>((resolve) => (out.destroyed ? resolve() : out.end(resolve)));
+      const opened = out;
+      if (opened) await new Promise<void>((resolve) => (opened.destroyed ? resolve() : opened.end(resolve)));
     }
   }
 

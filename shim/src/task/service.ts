@@ -8,6 +8,7 @@ import type { RuntimeConfig } from "../config/config.js";
 import type { EventPublisher, Mount, Timestamp } from "../containerd/publisher.js";
 import { Sandbox } from "../sandbox/sandbox.js";
 import { StdioForwarder, type StdioPaths } from "../stdio/forward.js";
+import { messageCodec } from "../ttrpc/proto.js";
 import { Cleanup } from "../util/cleanup.js";
 import type { Logger } from "../util/log.js";
 import { within } from "../util/time.js";
@@ -73,6 +74,12 @@ export interface ExitInfo {
   exitStatus: number;
   exitedAt: Timestamp;
 }
+
+const metricsCodec = messageCodec<{
+  pids: { current: number; limit: number };
+  cpu: { usageUsec: number };
+  memory: { usage: number; usageLimit: number };
+}>("containerd/cgroups-v2-metrics.proto", "io.containerd.cgroups.v2.Metrics");
 
 /** How long Delete waits for a process's output to reach containerd's FIFOs. */
 const OUTPUT_DRAIN_MS = 5000;
@@ -292,6 +299,19 @@ export class TaskService {
     const container = this.container(ns, id);
     this.process(container, execId);
     if (stdin) await container.sandbox.agent.closeStdin(container.ref(execId));
+  }
+
+  /** cgroup v2 metrics of the container, as `ctr task metrics` and the CRI plugin read them. */
+  async stats(ns: string, id: string): Promise<{ typeUrl: string; value: Uint8Array }> {
+    const container = this.container(ns, id);
+    if (container.init.state.kind === "stopped") throw precondition(`task ${id} is stopped`);
+    const s = await container.sandbox.agent.containerStats(id);
+    const value = metricsCodec.encode({
+      pids: { current: s.pidsCurrent, limit: 0 },
+      cpu: { usageUsec: Math.floor(s.cpuUsageNs / 1000) },
+      memory: { usage: s.memoryUsageBytes, usageLimit: s.memoryLimitBytes },
+    });
+    return { typeUrl: "io.containerd.cgroups.v2.Metrics", value };
   }
 
   connect(ns: string, id: string): { shimPid: number; taskPid: number; version: string } {

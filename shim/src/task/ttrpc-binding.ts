@@ -39,6 +39,8 @@ const codecs = {
   ConnectRequest: c<{ id: string }>("ConnectRequest"),
   ConnectResponse: c<{ shimPid: number; taskPid: number; version: string }>("ConnectResponse"),
   ShutdownRequest: c<{ id: string; now: boolean }>("ShutdownRequest"),
+  StatsRequest: c<{ id: string }>("StatsRequest"),
+  StatsResponse: c<{ stats: { typeUrl: string; value: Uint8Array } }>("StatsResponse"),
 };
 
 /**
@@ -102,6 +104,8 @@ export function bindTaskService(server: TtrpcServer, tasks: TaskService, onShutd
     Resume: unsupported("Resume"),
     Checkpoint: unsupported("Checkpoint"),
     Update: unsupported("Update (resizing a running task)"),
-    Stats: unsupported("Stats"),
+    Stats: unary(codecs.StatsRequest, codecs.StatsResponse, async (ns, r) => ({
+      stats: await tasks.stats(ns, r.id),
+    })),
   });
 }

@@ -2,7 +2,7 @@
 // control, the agent over a virtio-serial port backed by a unix socket, console to a file.
 import { type ChildProcess, spawn } from "node:child_process";
 import { once } from "node:events";
-import { access, constants, mkdir, rm, stat } from "node:fs/promises";
+import { access, constants, mkdir, readFile, rm, stat } from "node:fs/promises";
 import net from "node:net";
 import path from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -169,14 +169,17 @@ class QemuVm implements VmHandle {
       if (Date.now() > deadline) throw new Error(`qemu for VM ${this.id} did not create its sockets in 10 s`);
       await sleep(5);
     }
-    this.qmp = await QmpClient.connect(this.paths.qmp);
+    this.qmp = await retryRefused(() => QmpClient.connect(this.paths.qmp), deadline);
   }
 
   async connectAgent(opts: { timeoutMs: number }): Promise<AgentClient> {
     const deadline = Date.now() + opts.timeoutMs;
-    const sock = net.createConnection({ path: this.paths.agent });
-    await Promise.race([
-      once(sock, "connect"),
+    const sock = await Promise.race([
+      retryRefused(async () => {
+        const s = net.createConnection({ path: this.paths.agent });
+        await once(s, "connect");
+        return s;
+      }, deadline),
       this.exited.then(() => {
         throw new Error(`VM ${this.id} exited before the agent channel opened`);
       }),
@@ -195,9 +198,28 @@ class QemuVm implements VmHandle {
       ]);
     } catch (err) {
       agent.close();
-      throw err;
+      throw new Error(
+        `VM ${this.id}: no answer from the guest agent (${(err as Error).message}); ${await this.consoleTail()}`,
+      );
     }
     return agent;
+  }
+
+  /** The end of the guest console, for errors: what the kernel and agent said last. */
+  private async consoleTail(): Promise<string> {
+    try {
+      const text = await readFile(this.paths.console, "utf8");
+      const lines = text
+        // biome-ignore lint/suspicious/noControlCharactersInRegex: strips terminal escape sequences
+        .replace(/\x1b\[[0-9;?]*[A-Za-z]/g, "")
+        .trim()
+        .split("\n")
+        .slice(-12)
+        .join("\n");
+      return lines ? `guest console (last lines):\n${lines.slice(-2000)}` : "the guest console is empty";
+    } catch {
+      return "no guest console log";
+    }
   }
 
   stop(): Promise<void> {
@@ -225,6 +247,22 @@ class QemuVm implements VmHandle {
     }
     this.qmp?.close();
     await rm(this.config.stateDir, { recursive: true, force: true });
+  }
+}
+
+/**
+ * QEMU creates a socket file (bind) a moment before it listens on it: a connect in between is
+ * refused. Retry that, and only that, until the deadline.
+ */
+async function retryRefused<T>(connect: () => Promise<T>, deadline: number): Promise<T> {
+  for (;;) {
+    try {
+      return await connect();
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if ((code !== "ECONNREFUSED" && code !== "ENOENT") || Date.now() > deadline) throw err;
+      await sleep(5);
+    }
   }
 }
 

@@ -1,0 +1,219 @@
+// Level 3 (VM) through containerd: `ctr run --runtime io.containerd.cloudhv.v1` on Debian's
+// containerd 1.6 runs the command inside a microVM and behaves like runc from the outside.
+import assert from "node:assert/strict";
+import { existsSync } from "node:fs";
+import { mkdtemp, readdir, rm } from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
+import { after, before, describe, it } from "node:test";
+import { exec } from "@cloudhv/shim";
+import { mountsUnder, PrivateContainerd } from "../src/containerd.js";
+import { entriesOf, processesMatching } from "../src/leaks.js";
+import { buildBusyboxImage, importOciArchive } from "../src/oci-image.js";
+import { installRuntime, type RuntimeInstall } from "../src/runtime-install.js";
+
+const RUNTIME = "io.containerd.cloudhv.v1";
+const IMAGE_A = "docker.io/cloudhv-test/busybox:a";
+const IMAGE_B = "docker.io/cloudhv-test/busybox:b";
+
+describe("ctr run with the cloudhv runtime", () => {
+  let dir: string;
+  let runtime: RuntimeInstall;
+  let containerd: PrivateContainerd;
+
+  before(async () => {
+    dir = await mkdtemp(path.join("/run", "chv-"));
+    runtime = await installRuntime(dir);
+    containerd = await PrivateContainerd.start({ baseDir: dir, env: runtime.env });
+    const images = await mkdtemp(path.join(os.tmpdir(), "cloudhv-images-"));
+    try {
+      for (const name of [IMAGE_A, IMAGE_B]) {
+        const image = await buildBusyboxImage({
+          archivePath: path.join(images, `${name.split(":")[1]}.tar`),
+          name,
+        });
+        await importOciArchive(containerd, image.archivePath);
+      }
+    } finally {
+      await rm(images, { recursive: true, force: true });
+    }
+  });
+
+  after(async () => {
+    await containerd?.stop();
+    // The daemon goes idle once containerd is gone; stop it now rather than in 5 minutes.
+    for (const pid of await processesMatching(`--containerd-ttrpc ${containerd?.ttrpcAddress}`))
+      process.kill(pid, "SIGTERM");
+    await new Promise((r) => setTimeout(r, 500));
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  const ctr = (args: string[], timeoutMs = 120_000) =>
+    exec(["ctr", "--address", containerd.address, ...args], { timeoutMs });
+
+  /** Polls `ctr task ls` (ctr 1.6 has no `task wait`) until the task shows `status`. */
+  async function taskStatus(id: string, status: "RUNNING" | "STOPPED", timeoutMs = 60_000): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const ls = await ctr(["task", "ls"]);
+      if (new RegExp(`^${id}\\s+\\d+\\s+${status}`, "m").test(ls.stdout)) return;
+      if (Date.now() > deadline) assert.fail(`task ${id} did not become ${status}: ${ls.stdout}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+
+  /** Deletes a stopped task and its container; returns the exit status containerd reported. */
+  async function remove(id: string): Promise<number> {
+    const deleted = await ctr(["task", "delete", id]);
+    assert.equal(deleted.code, 0, deleted.stderr);
+    assert.equal((await ctr(["container", "delete", id])).code, 0);
+    return Number(/exit code (\d+)/.exec(deleted.stderr)?.[1] ?? 0);
+  }
+
+  it("prints stdout and stderr on their own streams and exits with the command's status", async () => {
+    const result = await ctr([
+      "run",
+      "--rm",
+      "--runtime",
+      RUNTIME,
+      IMAGE_A,
+      "t1",
+      "sh",
+      "-c",
+      "echo out; echo err >&2; exit 3",
+    ]);
+    assert.equal(result.stdout, "out\n");
+    assert.equal(result.stderr, "err\n");
+    assert.equal(result.code, 3);
+  });
+
+  it("gives each container its own image, in its own VM", async () => {
+    const [a, b] = await Promise.all([
+      ctr(["run", "--rm", "--runtime", RUNTIME, IMAGE_A, "img-a", "cat", "/etc/cloudhv-image"]),
+      ctr(["run", "--rm", "--runtime", RUNTIME, IMAGE_B, "img-b", "cat", "/etc/cloudhv-image"]),
+    ]);
+    assert.equal(a.stdout.trim(), IMAGE_A, a.stderr);
+    assert.equal(b.stdout.trim(), IMAGE_B, b.stderr);
+  });
+
+  it("ends a task killed with SIGKILL with 137", async () => {
+    // Attached, like a user's `ctr run`: its exit code is the task's exit status.
+    const attached = ctr(["run", "--rm", "--runtime", RUNTIME, IMAGE_A, "sleeper", "sleep", "600"]);
+    await taskStatus("sleeper", "RUNNING");
+    assert.equal((await ctr(["task", "kill", "--signal", "SIGKILL", "sleeper"])).code, 0);
+    assert.equal((await attached).code, 137);
+  });
+
+  it("ends a process killed with SIGTERM with 143", async () => {
+    // A container's init is PID 1 of its namespace and ignores SIGTERM unless it handles it
+    // (with runc too), so the SIGTERM victim is an exec'd process.
+    assert.equal((await ctr(["run", "-d", "--runtime", RUNTIME, IMAGE_A, "termer", "sleep", "600"])).code, 0);
+    try {
+      const exec1 = ctr(["task", "exec", "--exec-id", "victim", "termer", "sleep", "600"]);
+      const deadline = Date.now() + 60_000;
+      while (
+        !/\bsleep 600\b[\s\S]*\bsleep 600\b/.test(
+          (await ctr(["task", "exec", "--exec-id", `ps${Date.now()}`, "termer", "ps"])).stdout,
+        )
+      ) {
+        assert.ok(Date.now() < deadline, "the exec'd sleep never showed up");
+        await new Promise((r) => setTimeout(r, 200));
+      }
+      assert.equal(
+        (await ctr(["task", "kill", "--exec-id", "victim", "--signal", "SIGTERM", "termer"])).code,
+        0,
+      );
+      assert.equal((await exec1).code, 143);
+    } finally {
+      await ctr(["task", "kill", "--signal", "SIGKILL", "termer"]);
+      await taskStatus("termer", "STOPPED");
+      assert.equal(await remove("termer"), 137);
+    }
+  });
+
+  it("runs `ctr task exec` in a running task", async () => {
+    assert.equal((await ctr(["run", "-d", "--runtime", RUNTIME, IMAGE_A, "execer", "sleep", "600"])).code, 0);
+    try {
+      const result = await ctr([
+        "task",
+        "exec",
+        "--exec-id",
+        "e1",
+        "execer",
+        "sh",
+        "-c",
+        "echo hi-from-exec; exit 5",
+      ]);
+      assert.equal(result.stdout, "hi-from-exec\n");
+      assert.equal(result.code, 5);
+      const ps = await ctr(["task", "ps", "execer"]);
+      assert.equal(ps.code, 0, ps.stderr);
+      assert.match(ps.stdout, /^PID\s+INFO\n\d+/m);
+      const metrics = await ctr(["task", "metrics", "execer"]);
+      assert.equal(metrics.code, 0, metrics.stderr);
+      assert.match(metrics.stdout, /memory\.usage\s+[1-9]\d*/);
+      assert.match(metrics.stdout, /pids\.current\s+[1-9]/);
+    } finally {
+      await ctr(["task", "kill", "--signal", "SIGKILL", "execer"]);
+      await taskStatus("execer", "STOPPED");
+      assert.equal(await remove("execer"), 137);
+    }
+  });
+
+  it("keeps a task running across a containerd restart, then kills and deletes it", async () => {
+    assert.equal(
+      (await ctr(["run", "-d", "--runtime", RUNTIME, IMAGE_A, "survivor", "sleep", "600"])).code,
+      0,
+    );
+    await containerd.restart();
+    await taskStatus("survivor", "RUNNING");
+    const exec1 = await ctr(["task", "exec", "--exec-id", "after-restart", "survivor", "echo", "still-here"]);
+    assert.equal(exec1.stdout, "still-here\n", exec1.stderr);
+    assert.equal((await ctr(["task", "kill", "--signal", "SIGKILL", "survivor"])).code, 0);
+    await taskStatus("survivor", "STOPPED");
+    assert.equal(await remove("survivor"), 137);
+  });
+
+  it("runs with a terminal (`ctr run -t`)", async () => {
+    // ctr -t needs a terminal of its own: script(1) gives it one.
+    const command = `ctr --address ${containerd.address} run --rm -t --runtime ${RUNTIME} ${IMAGE_A} tty1 sh -c 'tty; stty size'`;
+    const result = await exec(["script", "-qec", command, "/dev/null"], { timeoutMs: 120_000 });
+    assert.equal(result.code, 0, result.stdout + result.stderr);
+    assert.match(result.stdout, /\/dev\/pts\/\d+/);
+  });
+
+  it("streams 100 MB of stdout", async () => {
+    const result = await exec(
+      [
+        "sh",
+        "-c",
+        `ctr --address ${containerd.address} run --rm --runtime ${RUNTIME} ${IMAGE_A} big sh -c 'yes 0123456789abcdef | head -c 100000000' | wc -c`,
+      ],
+      { timeoutMs: 300_000 },
+    );
+    assert.equal(result.stdout.trim(), "100000000", result.stderr);
+  });
+
+  it("sees the task exit when its VMM is killed, and leaks nothing", async () => {
+    assert.equal((await ctr(["run", "-d", "--runtime", RUNTIME, IMAGE_A, "victim", "sleep", "600"])).code, 0);
+    const [qemu] = await processesMatching("cloudhv-default-victim");
+    assert.ok(qemu, "the task's QEMU process is running");
+    process.kill(qemu, "SIGKILL");
+    await taskStatus("victim", "STOPPED", 30_000);
+    assert.equal(await remove("victim"), 137);
+    assert.deepEqual(await processesMatching("cloudhv-default-victim"), []);
+  });
+
+  it("leaves no VM, scratch disk, mount or state behind after the tests above", async () => {
+    assert.deepEqual(await processesMatching(path.join(runtime.stateDir, "vm")), [], "no VMM of this runtime is left");
+    assert.deepEqual(await entriesOf(path.join(runtime.stateDir, "vm")), []);
+    assert.deepEqual(await entriesOf(path.join(dir, "scratch")), []);
+    assert.deepEqual(
+      (await mountsUnder(runtime.cacheDir)).filter((m) => !m.includes("/snapshots/")),
+      [],
+    );
+    assert.ok(existsSync(runtime.cacheDir));
+    const cached = (await readdir(runtime.cacheDir)).filter((f) => f.endsWith(".erofs"));
+    assert.equal(cached.length, 2, `one cached image per distinct image: ${cached}`);
+  });
+});

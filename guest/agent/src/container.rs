@@ -1,0 +1,1334 @@
+//! Containers in the guest: rootfs assembly from the host's disks, crun create/start/exec,
+//! stdio, exit tracking, signals, stats and removal.
+//!
+//! Every process is launched through the reaper (PID 1 reaps everything). A container
+//! process outlives the `crun create`/`crun exec --detach` that made it and is re-parented to
+//! us, so its exit is collected by the reaper too: one waiter thread per process claims it
+//! and wakes every WaitProcess caller.
+//!
+//! State of container `<id>` lives under `/run/cloudhv/containers/<id>/` (guest tmpfs):
+//! `lower` (the image disk, erofs, read-only), `scratch` (the scratch disk, ext4, or a tmpfs)
+//! with `upper` and `work`, `rootfs` (the overlay), `bundle/config.json` (the rewritten spec),
+//! and per process a pid file and crun's log while crun runs.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{self, File};
+use std::io::Write;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+
+use crate::reaper::{ExitStatus, Reaper};
+use crate::stream::StreamBuffer;
+
+pub const CONTAINERS_DIR: &str = "/run/cloudhv/containers";
+/// Console sockets live apart from the state dirs: a unix socket path has at most 107 bytes
+/// and container and exec ids may be 128 characters each.
+const CONSOLE_DIR: &str = "/run/cloudhv/console";
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+const CRUN_ROOT: &str = "/run/crun";
+/// How long a disk may take to show up in /sys/block (hot-plug, slow TCG guests).
+const DISK_WAIT: Duration = Duration::from_secs(10);
+const CRUN_TIMEOUT: Duration = Duration::from_secs(60);
+/// Finished execs kept per container (for late Wait/ReadStream calls) before pruning.
+const MAX_EXECS: usize = 128;
+/// Status reported for a process that ended without us seeing a status.
+const KILLED: u32 = 128 + 9;
+
+/// An error with the ttrpc code it should be answered with.
+#[derive(Debug)]
+pub struct Error {
+    pub code: ttrpc::Code,
+    pub message: String,
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+fn err<T>(code: ttrpc::Code, message: impl Into<String>) -> Result<T> {
+    Err(Error {
+        code,
+        message: message.into(),
+    })
+}
+
+fn internal(message: impl Into<String>) -> Error {
+    Error {
+        code: ttrpc::Code::INTERNAL,
+        message: message.into(),
+    }
+}
+
+impl From<Error> for ttrpc::Error {
+    fn from(e: Error) -> Self {
+        ttrpc::Error::RpcStatus(ttrpc::get_status(e.code, e.message))
+    }
+}
+
+/// Container and exec ids: `[A-Za-z0-9][A-Za-z0-9_.-]{0,127}` (they name files and cgroups).
+pub fn valid_id(id: &str) -> bool {
+    let mut chars = id.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric())
+        && id.len() <= 128
+        && chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+}
+
+/// Finds the block device whose virtio serial is `serial`, looking in a directory laid out
+/// like /sys/block/<dev>/serial. Never guesses by name.
+pub fn find_disk(sys_block: &Path, serial: &str) -> Option<PathBuf> {
+    if serial.is_empty() {
+        return None;
+    }
+    let mut names: Vec<_> = fs::read_dir(sys_block)
+        .ok()?
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    names.sort();
+    names.into_iter().find_map(|name| {
+        let found = fs::read_to_string(Path::new(sys_block).join(&name).join("serial"))
+            .map(|s| s.trim_end_matches(['\0', '\n', ' ']) == serial)
+            .unwrap_or(false);
+        found.then(|| Path::new("/dev").join(name))
+    })
+}
+
+fn wait_for_disk(serial: &str, what: &str) -> Result<PathBuf> {
+    if !serial
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        || serial.is_empty()
+        || serial.len() > 20
+    {
+        return err(
+            ttrpc::Code::INVALID_ARGUMENT,
+            format!("{what} serial {serial:?} is not a virtio-blk serial (1-20 of [A-Za-z0-9_-])"),
+        );
+    }
+    let deadline = Instant::now() + DISK_WAIT;
+    loop {
+        if let Some(dev) = find_disk(Path::new("/sys/block"), serial) {
+            // The sysfs entry can precede the device node by a moment.
+            if dev.exists() {
+                return Ok(dev);
+            }
+        }
+        if Instant::now() > deadline {
+            return err(
+                ttrpc::Code::NOT_FOUND,
+                format!(
+                    "{what}: no disk with serial {serial:?} appeared in /sys/block within {} s",
+                    DISK_WAIT.as_secs()
+                ),
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Exit {
+    /// Exit code, or 128 + signal.
+    pub status: u32,
+    pub at_unix_ns: u64,
+    pub oom_killed: bool,
+}
+
+struct ExecSpec {
+    /// The rewritten OCI Process JSON.
+    process: Vec<u8>,
+    terminal: bool,
+    stdin: bool,
+}
+
+/// One process: a container's init or an exec.
+pub struct Proc {
+    pid: Mutex<i32>,
+    exit: Mutex<Option<Exit>>,
+    exited: Condvar,
+    /// Exist from the start, so a ReadStream before StartProcess waits for output.
+    stdout: Arc<StreamBuffer>,
+    stderr: Arc<StreamBuffer>,
+    /// Our end of the process's stdin pipe (dropped by CloseStdin).
+    stdin: Mutex<Option<File>>,
+    /// The pty master, for a terminal process.
+    pty: Mutex<Option<File>>,
+    pty_eof_sent: AtomicBool,
+    /// None for a container's init.
+    exec: Option<ExecSpec>,
+    /// Held while starting; true once started.
+    started: Mutex<bool>,
+}
+
+impl Proc {
+    /// With a terminal, everything is on STDOUT: STDERR is at EOF from the start.
+    fn new(exec: Option<ExecSpec>, terminal: bool) -> Arc<Proc> {
+        Arc::new(Proc {
+            pid: Mutex::new(0),
+            exit: Mutex::new(None),
+            exited: Condvar::new(),
+            stdout: StreamBuffer::new(),
+            stderr: if terminal {
+                StreamBuffer::closed()
+            } else {
+                StreamBuffer::new()
+            },
+            stdin: Mutex::new(None),
+            pty: Mutex::new(None),
+            pty_eof_sent: AtomicBool::new(false),
+            exec,
+            started: Mutex::new(false),
+        })
+    }
+
+    fn pid(&self) -> i32 {
+        *lock(&self.pid)
+    }
+
+    fn exit(&self) -> Option<Exit> {
+        *lock(&self.exit)
+    }
+
+    /// Blocks until the process has exited; every caller gets the same answer.
+    pub fn wait(&self) -> Exit {
+        let mut exit = lock(&self.exit);
+        loop {
+            if let Some(e) = *exit {
+                return e;
+            }
+            exit = self.exited.wait(exit).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    fn set_exit(&self, e: Exit) {
+        let mut exit = lock(&self.exit);
+        if exit.is_none() {
+            *exit = Some(e);
+        }
+        self.exited.notify_all();
+    }
+
+    fn close_streams(&self) {
+        self.stdout.close();
+        self.stderr.close();
+    }
+
+    /// Exited and all its output delivered: nothing more to ask about it.
+    fn finished(&self) -> bool {
+        self.exit().is_some() && self.stdout.drained() && self.stderr.drained()
+    }
+}
+
+pub struct Container {
+    dir: PathBuf,
+    cgroup: PathBuf,
+    init: Arc<Proc>,
+    execs: Mutex<HashMap<String, Arc<Proc>>>,
+    /// Mount points to undo on removal, in mount order (lower, scratch, rootfs).
+    mounts: Vec<PathBuf>,
+}
+
+pub struct Containers {
+    crun: Option<PathBuf>,
+    root: PathBuf,
+    map: Mutex<HashMap<String, Arc<Container>>>,
+    /// Ids whose CreateContainer is in progress.
+    creating: Mutex<HashSet<String>>,
+}
+
+/// Removes an id from `creating` when the create ends, however it ends.
+struct Reservation<'a> {
+    set: &'a Mutex<HashSet<String>>,
+    id: String,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        lock(self.set).remove(&self.id);
+    }
+}
+
+impl Containers {
+    pub fn new(crun: Option<PathBuf>) -> Self {
+        Containers {
+            crun,
+            root: PathBuf::from(CONTAINERS_DIR),
+            map: Mutex::new(HashMap::new()),
+            creating: Mutex::new(HashSet::new()),
+        }
+    }
+
+    fn crun(&self) -> Result<&Path> {
+        match &self.crun {
+            Some(p) => Ok(p),
+            None => err(
+                ttrpc::Code::FAILED_PRECONDITION,
+                "crun is not installed in the guest",
+            ),
+        }
+    }
+
+    fn get(&self, id: &str) -> Result<Arc<Container>> {
+        match lock(&self.map).get(id) {
+            Some(c) => Ok(c.clone()),
+            None => err(
+                ttrpc::Code::NOT_FOUND,
+                format!("container {id:?} not found"),
+            ),
+        }
+    }
+
+    fn process(&self, id: &str, exec_id: &str) -> Result<(Arc<Container>, Arc<Proc>)> {
+        let c = self.get(id)?;
+        if exec_id.is_empty() {
+            let init = c.init.clone();
+            return Ok((c, init));
+        }
+        let p = lock(&c.execs).get(exec_id).cloned();
+        match p {
+            Some(p) => Ok((c, p)),
+            None => err(
+                ttrpc::Code::NOT_FOUND,
+                format!("exec {exec_id:?} of container {id} not found"),
+            ),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn create(
+        &self,
+        id: &str,
+        oci_spec: &[u8],
+        rootfs_serial: &str,
+        scratch_serial: &str,
+        terminal: bool,
+        want_stdin: bool,
+    ) -> Result<u32> {
+        if !valid_id(id) {
+            return err(
+                ttrpc::Code::INVALID_ARGUMENT,
+                format!(
+                    "container id {id:?} is not valid (want [A-Za-z0-9][A-Za-z0-9_.-]{{0,127}})"
+                ),
+            );
+        }
+        let crun = self.crun()?.to_path_buf();
+        let _reservation = {
+            let map = lock(&self.map);
+            let mut creating = lock(&self.creating);
+            if map.contains_key(id) || creating.contains(id) {
+                return err(
+                    ttrpc::Code::ALREADY_EXISTS,
+                    format!("container {id} already exists"),
+                );
+            }
+            creating.insert(id.to_string());
+            Reservation {
+                set: &self.creating,
+                id: id.to_string(),
+            }
+        };
+        let dir = self.root.join(id);
+        let lower = dir.join("lower");
+        let scratch = dir.join("scratch");
+        let rootfs = dir.join("rootfs");
+        if dir.exists() {
+            // Left over from a removal that could not finish: clean it up.
+            crate::warn!("container {id}: removing stale state in {}", dir.display());
+            unmount_all(&[lower.clone(), scratch.clone(), rootfs.clone()]);
+            let _ = fs::remove_dir_all(&dir);
+        }
+        let mut mounted: Vec<PathBuf> = Vec::new();
+        let init = Proc::new(None, terminal);
+        let result = (|| -> Result<Arc<Container>> {
+            let bundle = dir.join("bundle");
+            for d in [&lower, &scratch, &rootfs, &bundle] {
+                fs::create_dir_all(d)
+                    .map_err(|e| internal(format!("mkdir {}: {e}", d.display())))?;
+            }
+            let image = wait_for_disk(rootfs_serial, "rootfs disk")?;
+            do_mount(Some(&image), &lower, "erofs", MsFlags::MS_RDONLY, None)?;
+            mounted.push(lower.clone());
+            if scratch_serial.is_empty() {
+                do_mount(None, &scratch, "tmpfs", MsFlags::empty(), Some("mode=0755"))?;
+            } else {
+                let disk = wait_for_disk(scratch_serial, "scratch disk")?;
+                do_mount(Some(&disk), &scratch, "ext4", MsFlags::MS_NOATIME, None)?;
+            }
+            mounted.push(scratch.clone());
+            for d in ["upper", "work"] {
+                fs::create_dir_all(scratch.join(d))
+                    .map_err(|e| internal(format!("mkdir {d} in the scratch disk: {e}")))?;
+            }
+            let options = format!(
+                "lowerdir={},upperdir={},workdir={}",
+                lower.display(),
+                scratch.join("upper").display(),
+                scratch.join("work").display()
+            );
+            do_mount(None, &rootfs, "overlay", MsFlags::empty(), Some(&options))?;
+            mounted.push(rootfs.clone());
+
+            let rewritten =
+                crate::spec::rewrite(oci_spec, &rootfs, id, terminal, &|p| Path::new(p).exists())
+                    .map_err(|m| Error {
+                    code: ttrpc::Code::INVALID_ARGUMENT,
+                    message: m,
+                })?;
+            if !rewritten.skipped_mounts.is_empty() {
+                crate::warn!(
+                    "container {id}: skipped mounts whose source is not in the guest: {}",
+                    rewritten.skipped_mounts.join(", ")
+                );
+            }
+            let config = serde_json::to_vec(&rewritten.spec)
+                .map_err(|e| internal(format!("encode config.json: {e}")))?;
+            fs::write(bundle.join("config.json"), config)
+                .map_err(|e| internal(format!("write bundle config.json: {e}")))?;
+            let pid_file = dir.join("init.pid");
+            let args = vec![
+                "create".to_string(),
+                "--bundle".into(),
+                bundle.display().to_string(),
+                "--pid-file".into(),
+                pid_file.display().to_string(),
+            ];
+            let cgroup = Path::new(CGROUP_ROOT).join(rewritten.cgroup_path.trim_start_matches('/'));
+            let run = CrunRun {
+                crun: &crun,
+                dir: &dir,
+                name: "init",
+                id,
+                terminal,
+                want_stdin,
+                pid_file: &pid_file,
+            };
+            let mark = run.exec(args, &init)?;
+            let container = Arc::new(Container {
+                dir: dir.clone(),
+                cgroup,
+                init: init.clone(),
+                execs: Mutex::new(HashMap::new()),
+                mounts: mounted.clone(),
+            });
+            watch_exit(&container, init.clone(), true, mark);
+            Ok(container)
+        })();
+        match result {
+            Ok(container) => {
+                lock(&self.map).insert(id.to_string(), container);
+                Ok(init.pid() as u32)
+            }
+            Err(e) => {
+                init.close_streams();
+                let _ = run_crun(&crun, &["delete", "--force", id]);
+                unmount_all(&mounted);
+                let _ = fs::remove_dir_all(&dir);
+                crate::warn!("container {id}: create failed: {}", e.message);
+                Err(e)
+            }
+        }
+    }
+
+    pub fn exec(
+        &self,
+        id: &str,
+        exec_id: &str,
+        process: &[u8],
+        terminal: bool,
+        stdin: bool,
+    ) -> Result<()> {
+        if !valid_id(exec_id) {
+            return err(
+                ttrpc::Code::INVALID_ARGUMENT,
+                format!(
+                    "exec id {exec_id:?} is not valid (want [A-Za-z0-9][A-Za-z0-9_.-]{{0,127}})"
+                ),
+            );
+        }
+        let c = self.get(id)?;
+        let process = crate::spec::rewrite_process(process, terminal).map_err(|m| Error {
+            code: ttrpc::Code::INVALID_ARGUMENT,
+            message: format!("exec {exec_id}: {m}"),
+        })?;
+        let mut execs = lock(&c.execs);
+        if execs.contains_key(exec_id) {
+            return err(
+                ttrpc::Code::ALREADY_EXISTS,
+                format!("exec {exec_id} already exists in container {id}"),
+            );
+        }
+        if execs.len() >= MAX_EXECS {
+            // There is no DeleteProcess: forget execs whose exit and output were delivered.
+            execs.retain(|_, p| !p.finished());
+        }
+        execs.insert(
+            exec_id.to_string(),
+            Proc::new(
+                Some(ExecSpec {
+                    process,
+                    terminal,
+                    stdin,
+                }),
+                terminal,
+            ),
+        );
+        Ok(())
+    }
+
+    pub fn start(&self, id: &str, exec_id: &str) -> Result<u32> {
+        let crun = self.crun()?.to_path_buf();
+        let (c, p) = self.process(id, exec_id)?;
+        let mut started = lock(&p.started);
+        let Some(spec) = &p.exec else {
+            if *started {
+                return err(
+                    ttrpc::Code::FAILED_PRECONDITION,
+                    format!("container {id} is already started"),
+                );
+            }
+            if p.exit().is_some() {
+                return err(
+                    ttrpc::Code::FAILED_PRECONDITION,
+                    format!("container {id} has exited (killed before it was started)"),
+                );
+            }
+            run_crun(&crun, &["start", id])?;
+            *started = true;
+            return Ok(p.pid() as u32);
+        };
+        if *started {
+            return err(
+                ttrpc::Code::FAILED_PRECONDITION,
+                format!("exec {exec_id} is already started"),
+            );
+        }
+        if c.init.exit().is_some() {
+            return err(
+                ttrpc::Code::FAILED_PRECONDITION,
+                format!("container {id} is not running"),
+            );
+        }
+        let proc_file = c.dir.join(format!("exec-{exec_id}.json"));
+        let pid_file = c.dir.join(format!("exec-{exec_id}.pid"));
+        let result = (|| {
+            fs::write(&proc_file, &spec.process)
+                .map_err(|e| internal(format!("write exec process spec: {e}")))?;
+            let args = vec![
+                "exec".to_string(),
+                "--detach".into(),
+                "--pid-file".into(),
+                pid_file.display().to_string(),
+                "--process".into(),
+                proc_file.display().to_string(),
+            ];
+            let run = CrunRun {
+                crun: &crun,
+                dir: &c.dir,
+                name: &format!("exec-{exec_id}"),
+                id,
+                terminal: spec.terminal,
+                want_stdin: spec.stdin,
+                pid_file: &pid_file,
+            };
+            run.exec(args, &p)
+        })();
+        let _ = fs::remove_file(&proc_file);
+        let _ = fs::remove_file(&pid_file);
+        match result {
+            Ok(mark) => {
+                *started = true;
+                watch_exit(&c, p.clone(), false, mark);
+                Ok(p.pid() as u32)
+            }
+            Err(e) => {
+                // Readers waiting on its output get EOF; the host deletes the exec.
+                p.close_streams();
+                lock(&c.execs).remove(exec_id);
+                Err(e)
+            }
+        }
+    }
+
+    pub fn signal(&self, id: &str, exec_id: &str, signal: u32, all: bool) -> Result<()> {
+        let (c, p) = self.process(id, exec_id)?;
+        if signal == 0 || signal > 64 {
+            return err(
+                ttrpc::Code::INVALID_ARGUMENT,
+                format!("{signal} is not a signal number"),
+            );
+        }
+        let sig = signal as i32;
+        if !*lock(&p.started) && p.exec.is_some() {
+            return err(
+                ttrpc::Code::FAILED_PRECONDITION,
+                format!("exec {exec_id} is not started"),
+            );
+        }
+        let pid = p.pid();
+        let mut signalled = 0;
+        if all {
+            for other in cgroup_pids(&c.cgroup) {
+                // SAFETY: kill(2) with a pid and a signal number; no memory involved.
+                if unsafe { libc::kill(other as i32, sig) } == 0 {
+                    signalled += 1;
+                }
+            }
+        }
+        if p.exit().is_some() {
+            if signalled > 0 {
+                return Ok(());
+            }
+            return err(ttrpc::Code::NOT_FOUND, "process already finished");
+        }
+        // SAFETY: as above.
+        if unsafe { libc::kill(pid, sig) } == 0 {
+            return Ok(());
+        }
+        match nix::errno::Errno::last() {
+            nix::errno::Errno::ESRCH => err(ttrpc::Code::NOT_FOUND, "process already finished"),
+            e => err(ttrpc::Code::INTERNAL, format!("kill({pid}, {sig}): {e}")),
+        }
+    }
+
+    pub fn wait(&self, id: &str, exec_id: &str) -> Result<Exit> {
+        let (_c, p) = self.process(id, exec_id)?;
+        if p.exec.is_some() && p.pid() == 0 && p.exit().is_none() {
+            return err(
+                ttrpc::Code::FAILED_PRECONDITION,
+                format!("exec {exec_id} is not started"),
+            );
+        }
+        Ok(p.wait())
+    }
+
+    pub fn read(
+        &self,
+        id: &str,
+        exec_id: &str,
+        stderr: bool,
+        max: usize,
+    ) -> Result<(Vec<u8>, bool)> {
+        let (_c, p) = self.process(id, exec_id)?;
+        let buffer = if stderr { &p.stderr } else { &p.stdout };
+        Ok(buffer.read(max))
+    }
+
+    pub fn write_stdin(&self, id: &str, exec_id: &str, data: &[u8]) -> Result<u32> {
+        let (_c, p) = self.process(id, exec_id)?;
+        // One lock at a time: start() holds `started` while it sets `pty` and `stdin`.
+        let pty = lock(&p.pty).as_ref().map(File::try_clone);
+        let target = match pty {
+            Some(pty) => Some(pty),
+            None => lock(&p.stdin).as_ref().map(File::try_clone),
+        };
+        let mut file = match target {
+            Some(Ok(f)) => f,
+            Some(Err(e)) => return err(ttrpc::Code::INTERNAL, format!("stdin: {e}")),
+            None if !*lock(&p.started) => {
+                return err(
+                    ttrpc::Code::FAILED_PRECONDITION,
+                    "the process is not started",
+                );
+            }
+            None => {
+                return err(
+                    ttrpc::Code::FAILED_PRECONDITION,
+                    "the process has no stdin (not requested, or closed)",
+                );
+            }
+        };
+        if data.is_empty() {
+            return Ok(0);
+        }
+        // Blocks while the pipe (or the terminal's input queue) is full.
+        loop {
+            match file.write(data) {
+                Ok(n) => return Ok(n as u32),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::BrokenPipe
+                        || e.raw_os_error() == Some(libc::EIO) =>
+                {
+                    return err(ttrpc::Code::NOT_FOUND, "stdin: the process is gone");
+                }
+                Err(e) => return err(ttrpc::Code::INTERNAL, format!("stdin write: {e}")),
+            }
+        }
+    }
+
+    pub fn close_stdin(&self, id: &str, exec_id: &str) -> Result<()> {
+        let (_c, p) = self.process(id, exec_id)?;
+        if let Some(pty) = lock(&p.pty).as_ref()
+            && !p.pty_eof_sent.swap(true, Ordering::SeqCst)
+        {
+            // A terminal has no separate stdin to close: send end-of-file (^D), which ends
+            // a read at the start of a line like a closed pipe does.
+            let _ = pty.try_clone().and_then(|mut f| f.write(&[4]));
+        }
+        lock(&p.stdin).take();
+        Ok(())
+    }
+
+    pub fn resize(&self, id: &str, exec_id: &str, width: u32, height: u32) -> Result<()> {
+        let (_c, p) = self.process(id, exec_id)?;
+        let pty = lock(&p.pty);
+        let Some(pty) = pty.as_ref() else {
+            return err(
+                ttrpc::Code::FAILED_PRECONDITION,
+                "the process has no terminal (not a terminal process, or not started)",
+            );
+        };
+        let size = libc::winsize {
+            ws_row: height.min(u16::MAX as u32) as u16,
+            ws_col: width.min(u16::MAX as u32) as u16,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCSWINSZ reads one winsize from the pointer, which lives across the call.
+        let rc = unsafe { libc::ioctl(pty.as_raw_fd(), libc::TIOCSWINSZ, &size) };
+        if rc != 0 {
+            return err(
+                ttrpc::Code::INTERNAL,
+                format!("resize: {}", std::io::Error::last_os_error()),
+            );
+        }
+        Ok(())
+    }
+
+    pub fn pids(&self, id: &str) -> Result<Vec<u32>> {
+        Ok(cgroup_pids(&self.get(id)?.cgroup))
+    }
+
+    pub fn stats(&self, id: &str) -> Result<Stats> {
+        let c = self.get(id)?;
+        Ok(read_stats(&c.cgroup))
+    }
+
+    pub fn remove(&self, id: &str) -> Result<()> {
+        // Forget it first: calls racing with the removal get NOT_FOUND.
+        let c = match lock(&self.map).remove(id) {
+            Some(c) => c,
+            None => {
+                return err(
+                    ttrpc::Code::NOT_FOUND,
+                    format!("container {id:?} not found"),
+                );
+            }
+        };
+        let mut problems = Vec::new();
+        if let Some(crun) = &self.crun
+            && let Err(e) = run_crun(crun, &["delete", "--force", id])
+        {
+            crate::warn!("container {id}: {}", e.message);
+        }
+        // crun kills the container's processes; make sure, and give them a moment to go.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let left = cgroup_pids(&c.cgroup);
+            if left.is_empty() {
+                break;
+            }
+            if Instant::now() > deadline {
+                problems.push(format!("processes {left:?} survived SIGKILL"));
+                break;
+            }
+            for pid in left {
+                // SAFETY: kill(2) with plain integers.
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Output readers and never-started execs must not wait forever.
+        let mut procs = vec![c.init.clone()];
+        procs.extend(lock(&c.execs).values().cloned());
+        for p in &procs {
+            p.close_streams();
+            lock(&p.stdin).take();
+            if p.pid() == 0 {
+                p.set_exit(Exit {
+                    status: KILLED,
+                    at_unix_ns: now_ns(),
+                    oom_killed: false,
+                });
+            }
+        }
+        for m in c.mounts.iter().rev() {
+            if let Err(e) = unmount(m) {
+                problems.push(format!("unmount {}: {e}", m.display()));
+            }
+        }
+        if problems.is_empty()
+            && let Err(e) = fs::remove_dir_all(&c.dir)
+        {
+            problems.push(format!("remove {}: {e}", c.dir.display()));
+        }
+        if c.cgroup.exists() && fs::remove_dir(&c.cgroup).is_err() {
+            crate::warn!(
+                "container {id}: cgroup {} is still there",
+                c.cgroup.display()
+            );
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            err(
+                ttrpc::Code::INTERNAL,
+                format!(
+                    "container {id} removed incompletely: {}",
+                    problems.join("; ")
+                ),
+            )
+        }
+    }
+}
+
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub cpu_usage_ns: u64,
+    pub memory_usage_bytes: u64,
+    /// 0 when unlimited ("max").
+    pub memory_limit_bytes: u64,
+    pub pids_current: u64,
+}
+
+/// Reads a cgroup v2 directory's usage; missing files read as 0.
+pub fn read_stats(cgroup: &Path) -> Stats {
+    let read = |f: &str| fs::read_to_string(cgroup.join(f)).unwrap_or_default();
+    let number = |f: &str| read(f).trim().parse::<u64>().unwrap_or(0);
+    let usage_usec = read("cpu.stat")
+        .lines()
+        .find_map(|l| l.strip_prefix("usage_usec ")?.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    Stats {
+        cpu_usage_ns: usage_usec.saturating_mul(1000),
+        memory_usage_bytes: number("memory.current"),
+        memory_limit_bytes: number("memory.max"),
+        pids_current: number("pids.current"),
+    }
+}
+
+fn do_mount(
+    source: Option<&Path>,
+    target: &Path,
+    fstype: &str,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<()> {
+    let source = source
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from(fstype));
+    mount(Some(&source), target, Some(fstype), flags, data).map_err(|e| {
+        internal(format!(
+            "mount {fstype} {} on {}: {e}",
+            source.display(),
+            target.display()
+        ))
+    })
+}
+
+/// Unmounts one mount point, retrying briefly while busy, detaching as a last resort.
+fn unmount(target: &Path) -> nix::Result<()> {
+    for _ in 0..25 {
+        match umount2(target, MntFlags::empty()) {
+            Ok(()) => return Ok(()),
+            Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => return Ok(()), // not mounted
+            Err(nix::errno::Errno::EBUSY) => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => return Err(e),
+        }
+    }
+    umount2(target, MntFlags::MNT_DETACH)
+}
+
+/// Unmounts in reverse order (innermost last mounted first); errors are logged.
+fn unmount_all(mounts: &[PathBuf]) {
+    for m in mounts.iter().rev() {
+        if let Err(e) = unmount(m) {
+            crate::warn!("unmount {}: {e}", m.display());
+        }
+    }
+}
+
+/// Every pid in a cgroup and its descendants.
+pub fn cgroup_pids(cgroup: &Path) -> Vec<u32> {
+    let mut pids = Vec::new();
+    let mut dirs = vec![cgroup.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        if let Ok(text) = fs::read_to_string(d.join("cgroup.procs")) {
+            pids.extend(text.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
+        }
+        if let Ok(entries) = fs::read_dir(&d) {
+            dirs.extend(
+                entries
+                    .flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.path()),
+            );
+        }
+    }
+    pids
+}
+
+fn oom_kills(cgroup: &Path) -> u64 {
+    fs::read_to_string(cgroup.join("memory.events"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// One thread per process claims its exit from the reaper and wakes every waiter. `mark` was
+/// taken before crun started the process (see [`Reaper::watch_since`]).
+fn watch_exit(c: &Arc<Container>, p: Arc<Proc>, is_init: bool, mark: u64) {
+    let pid = p.pid();
+    let cgroup = c.cgroup.clone();
+    let oom_before = if is_init { 0 } else { oom_kills(&cgroup) };
+    let Some(reaper) = Reaper::get() else {
+        crate::error!("no reaper: cannot track pid {pid}");
+        return;
+    };
+    reaper.watch_since(pid, mark);
+    let spawned = std::thread::Builder::new()
+        .name(format!("wait-{pid}"))
+        .stack_size(64 * 1024)
+        .spawn(move || {
+            let status = match reaper.wait_pid(pid, None) {
+                Ok(s) => s.code(),
+                Err(e) => {
+                    crate::error!("waiting for pid {pid}: {e}");
+                    KILLED
+                }
+            };
+            // The cgroup's oom_kill counter: for the init any OOM kill in the container; for
+            // an exec, one during its life that also took it down (SIGKILL).
+            let oom_killed = oom_kills(&cgroup) > oom_before && (is_init || status == KILLED);
+            p.set_exit(Exit {
+                status,
+                at_unix_ns: now_ns(),
+                oom_killed,
+            });
+        });
+    if let Err(e) = spawned {
+        crate::error!("cannot start waiter thread for pid {pid}: {e}");
+    }
+}
+
+fn crun_command(crun: &Path, log: Option<&Path>) -> Command {
+    let mut cmd = Command::new(crun);
+    cmd.arg("--root").arg(CRUN_ROOT);
+    if let Some(log) = log {
+        cmd.arg("--log")
+            .arg(format!("file:{}", log.display()))
+            .arg("--log-format=text");
+    }
+    cmd.env_clear().env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+    cmd
+}
+
+/// Runs a short crun command to completion; its stderr becomes the error message.
+fn run_crun(crun: &Path, args: &[&str]) -> Result<()> {
+    let mut cmd = crun_command(crun, None);
+    cmd.args(args);
+    match crate::reaper::spawn_and_wait(&mut cmd, CRUN_TIMEOUT) {
+        Ok(out) if out.status.success() => Ok(()),
+        Ok(out) => err(
+            ttrpc::Code::INTERNAL,
+            format!(
+                "crun {}: {}: {}",
+                args.join(" "),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        ),
+        Err(e) => err(
+            ttrpc::Code::INTERNAL,
+            format!("crun {}: {e}", args.join(" ")),
+        ),
+    }
+}
+
+static CONSOLE_SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// A `crun create` or `crun exec --detach` whose process gets our pipes, or a pty whose
+/// master crun hands us over a console socket.
+struct CrunRun<'a> {
+    crun: &'a Path,
+    dir: &'a Path,
+    /// "init" or "exec-<id>": names the log file and the stream threads.
+    name: &'a str,
+    id: &'a str,
+    terminal: bool,
+    want_stdin: bool,
+    pid_file: &'a Path,
+}
+
+impl CrunRun<'_> {
+    /// Runs crun, attaches the process's stdio to `p` and sets its pid. Returns the reaper
+    /// mark taken before crun started (for [`watch_exit`]).
+    fn exec(&self, mut args: Vec<String>, p: &Proc) -> Result<u64> {
+        let reaper = Reaper::get().ok_or_else(|| internal("no reaper"))?;
+        let log = self.dir.join(format!("{}.crun.log", self.name));
+        let _ = fs::remove_file(self.pid_file);
+        let _ = fs::remove_file(&log);
+        let console = Path::new(CONSOLE_DIR).join(format!(
+            "{}.sock",
+            CONSOLE_SEQ.fetch_add(1, Ordering::SeqCst)
+        ));
+        let listener = if self.terminal {
+            fs::create_dir_all(CONSOLE_DIR)
+                .map_err(|e| internal(format!("mkdir {CONSOLE_DIR}: {e}")))?;
+            let _ = fs::remove_file(&console);
+            let l = UnixListener::bind(&console)
+                .map_err(|e| internal(format!("console socket {}: {e}", console.display())))?;
+            l.set_nonblocking(true)
+                .map_err(|e| internal(format!("console socket: {e}")))?;
+            args.push("--console-socket".into());
+            args.push(console.display().to_string());
+            Some(l)
+        } else {
+            None
+        };
+        args.push(self.id.to_string());
+        let mut cmd = crun_command(self.crun, Some(&log));
+        cmd.args(&args);
+        if self.terminal {
+            cmd.stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+        } else {
+            cmd.stdin(if self.want_stdin {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        }
+        let mark = reaper.mark();
+        let spawned = reaper.spawn(&mut cmd);
+        let result = spawned
+            .map_err(|e| internal(format!("spawn {}: {e}", self.crun.display())))
+            .and_then(|mut child| {
+                let crun_pid = child.id() as i32;
+                // Our copies of the pipe ends the process writes to must be gone (std closes
+                // them after spawn), or the streams would never reach EOF.
+                let stdin = child.stdin.take().map(|s| File::from(OwnedFd::from(s)));
+                let stdout = child.stdout.take().map(|s| File::from(OwnedFd::from(s)));
+                let stderr = child.stderr.take().map(|s| File::from(OwnedFd::from(s)));
+                let (status, pty) = match &listener {
+                    Some(l) => wait_with_console(reaper, crun_pid, l),
+                    None => (wait_crun(reaper, crun_pid), None),
+                };
+                let crun_log = || {
+                    let text = fs::read_to_string(&log).unwrap_or_default();
+                    let text = text.trim();
+                    if text.is_empty() {
+                        "(no log)".to_string()
+                    } else {
+                        text.to_string()
+                    }
+                };
+                match status {
+                    Ok(s) if s.success() => {}
+                    Ok(s) => {
+                        return err(
+                            ttrpc::Code::INTERNAL,
+                            format!("crun {} {}: {s}: {}", args[0], self.id, crun_log()),
+                        );
+                    }
+                    Err(e) => {
+                        return err(
+                            ttrpc::Code::INTERNAL,
+                            format!("crun {} {}: {e}", args[0], self.id),
+                        );
+                    }
+                }
+                let pid: i32 = fs::read_to_string(self.pid_file)
+                    .ok()
+                    .and_then(|s| s.trim().parse().ok())
+                    .filter(|p| *p > 0)
+                    .ok_or_else(|| {
+                        internal(format!(
+                            "crun {} wrote no pid file: {}",
+                            args[0],
+                            crun_log()
+                        ))
+                    })?;
+                if self.terminal {
+                    let Some(master) = pty else {
+                        return err(
+                            ttrpc::Code::INTERNAL,
+                            format!("crun {} sent no terminal: {}", args[0], crun_log()),
+                        );
+                    };
+                    let reader = master
+                        .try_clone()
+                        .map_err(|e| internal(format!("dup pty master: {e}")))?;
+                    p.stdout.pump(reader, &format!("{}-pty", self.name));
+                    p.stderr.close();
+                    *lock(&p.pty) = Some(master);
+                } else {
+                    match stdout {
+                        Some(f) => p.stdout.pump(f, &format!("{}-out", self.name)),
+                        None => p.stdout.close(),
+                    }
+                    match stderr {
+                        Some(f) => p.stderr.pump(f, &format!("{}-err", self.name)),
+                        None => p.stderr.close(),
+                    }
+                    *lock(&p.stdin) = stdin;
+                }
+                *lock(&p.pid) = pid;
+                Ok(mark)
+            });
+        if listener.is_some() {
+            let _ = fs::remove_file(&console);
+        }
+        if result.is_ok() {
+            let _ = fs::remove_file(&log);
+        }
+        result
+    }
+}
+
+/// Waits for crun to finish, killing it after [`CRUN_TIMEOUT`].
+fn wait_crun(
+    reaper: &Reaper,
+    pid: i32,
+) -> std::result::Result<ExitStatus, crate::reaper::WaitError> {
+    match reaper.wait_pid(pid, Some(CRUN_TIMEOUT)) {
+        Err(crate::reaper::WaitError::TimedOut(_)) => {
+            // SAFETY: kill(2) with plain integers; the pid is our unreaped child.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            reaper.wait_pid(pid, None)?;
+            Err(crate::reaper::WaitError::TimedOut(pid))
+        }
+        other => other,
+    }
+}
+
+/// Accepts crun's console-socket connection and receives the pty master, while watching for
+/// crun to exit (it sends the fd before it exits, so after its exit one more accept is tried).
+fn wait_with_console(
+    reaper: &Reaper,
+    crun_pid: i32,
+    listener: &UnixListener,
+) -> (
+    std::result::Result<ExitStatus, crate::reaper::WaitError>,
+    Option<File>,
+) {
+    let deadline = Instant::now() + CRUN_TIMEOUT;
+    let mut pty = None;
+    let mut status = None;
+    while pty.is_none() {
+        match listener.accept() {
+            Ok((conn, _)) => {
+                pty = receive_fd(&conn);
+                if pty.is_none() {
+                    crate::warn!("console socket: a connection without a pty fd");
+                }
+                continue;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => {
+                crate::error!("console socket accept: {e}");
+                break;
+            }
+        }
+        if status.is_some() {
+            break; // crun is gone and nothing is queued: it sent nothing
+        }
+        if Instant::now() > deadline {
+            break;
+        }
+        match reaper.wait_pid(crun_pid, Some(Duration::from_millis(5))) {
+            Ok(st) => status = Some(st),
+            Err(crate::reaper::WaitError::TimedOut(_)) => {}
+            Err(e) => return (Err(e), pty),
+        }
+    }
+    let status = match status {
+        Some(s) => Ok(s),
+        None => wait_crun(reaper, crun_pid),
+    };
+    (status, pty)
+}
+
+/// Receives one fd sent with SCM_RIGHTS (crun's console socket protocol).
+fn receive_fd(conn: &std::os::unix::net::UnixStream) -> Option<File> {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+    let _ = conn.set_nonblocking(false);
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
+    let mut buf = [0u8; 4096];
+    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 4]);
+    let msg = recvmsg::<()>(
+        conn.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .ok()?;
+    let mut first = None;
+    for cmsg in msg.cmsgs().ok()? {
+        if let ControlMessageOwned::ScmRights(fds) = cmsg {
+            for fd in fds {
+                // SAFETY: the kernel just gave us these descriptors; nothing else owns them.
+                let file = unsafe { File::from_raw_fd(fd) };
+                if first.is_none() {
+                    first = Some(file);
+                }
+            }
+        }
+    }
+    first
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_disks_by_serial_only() {
+        let dir = std::env::temp_dir().join(format!("cloudhv-sysblock-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        for (name, serial) in [
+            ("vda", "cloudhv-rootfs"),
+            ("vdb", "s123\0\0"),
+            ("vdc", "i456\n"),
+            ("vdd", "i4567"),
+        ] {
+            fs::create_dir_all(dir.join(name)).unwrap();
+            fs::write(dir.join(name).join("serial"), serial).unwrap();
+        }
+        fs::create_dir_all(dir.join("loop0")).unwrap(); // no serial file
+        assert_eq!(find_disk(&dir, "i456"), Some(PathBuf::from("/dev/vdc")));
+        assert_eq!(find_disk(&dir, "i4567"), Some(PathBuf::from("/dev/vdd")));
+        assert_eq!(find_disk(&dir, "s123"), Some(PathBuf::from("/dev/vdb")));
+        assert_eq!(find_disk(&dir, "s12"), None, "no prefix matches");
+        assert_eq!(find_disk(&dir, ""), None);
+        assert_eq!(find_disk(&dir.join("missing"), "s123"), None);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn rejects_bad_serials_before_waiting() {
+        let e = wait_for_disk("../vda", "rootfs disk").unwrap_err();
+        assert_eq!(e.code, ttrpc::Code::INVALID_ARGUMENT);
+        assert!(wait_for_disk("", "x").is_err());
+        assert!(wait_for_disk(&"a".repeat(21), "x").is_err());
+    }
+
+    #[test]
+    fn validates_ids() {
+        assert!(valid_id("t1"));
+        assert!(valid_id("a.b_c-9"));
+        assert!(valid_id(&"a".repeat(128)));
+        assert!(!valid_id(""));
+        assert!(!valid_id("-x"));
+        assert!(!valid_id(".x"));
+        assert!(!valid_id("a/b"));
+        assert!(!valid_id("a b"));
+        assert!(!valid_id("é"));
+        assert!(!valid_id(&"a".repeat(129)));
+    }
+
+    #[test]
+    fn reads_cgroup_v2_stats() {
+        let dir = std::env::temp_dir().join(format!("cloudhv-cgroup-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(dir.join("sub")).unwrap();
+        fs::write(
+            dir.join("cpu.stat"),
+            "usage_usec 1500\nuser_usec 1000\nsystem_usec 500\n",
+        )
+        .unwrap();
+        fs::write(dir.join("memory.current"), "4096\n").unwrap();
+        fs::write(dir.join("memory.max"), "max\n").unwrap();
+        fs::write(dir.join("pids.current"), "3\n").unwrap();
+        fs::write(dir.join("cgroup.procs"), "10\n11\n").unwrap();
+        fs::write(dir.join("sub").join("cgroup.procs"), "12\n").unwrap();
+        fs::write(
+            dir.join("memory.events"),
+            "low 0\nhigh 0\nmax 2\noom 1\noom_kill 1\n",
+        )
+        .unwrap();
+        assert_eq!(
+            read_stats(&dir),
+            Stats {
+                cpu_usage_ns: 1_500_000,
+                memory_usage_bytes: 4096,
+                memory_limit_bytes: 0,
+                pids_current: 3
+            }
+        );
+        fs::write(dir.join("memory.max"), "1048576\n").unwrap();
+        assert_eq!(read_stats(&dir).memory_limit_bytes, 1_048_576);
+        let mut pids = cgroup_pids(&dir);
+        pids.sort();
+        assert_eq!(pids, [10, 11, 12]);
+        assert_eq!(oom_kills(&dir), 1);
+        assert_eq!(read_stats(&dir.join("missing")), Stats::default());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn waiters_all_get_the_exit_and_late_waiters_get_it_at_once() {
+        let p = Proc::new(None, false);
+        let waiters: Vec<_> = (0..4)
+            .map(|_| {
+                let p = p.clone();
+                std::thread::spawn(move || p.wait())
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(20));
+        let exit = Exit {
+            status: 3,
+            at_unix_ns: 1,
+            oom_killed: false,
+        };
+        p.set_exit(exit);
+        p.set_exit(Exit { status: 9, ..exit }); // the first exit wins
+        for w in waiters {
+            assert_eq!(w.join().unwrap(), exit);
+        }
+        assert_eq!(p.wait(), exit);
+    }
+
+    #[test]
+    fn unknown_containers_are_not_found() {
+        let c = Containers::new(None);
+        let code = |r: Result<()>| r.unwrap_err().code;
+        assert_eq!(code(c.remove("nope")), ttrpc::Code::NOT_FOUND);
+        assert_eq!(code(c.close_stdin("nope", "")), ttrpc::Code::NOT_FOUND);
+        assert_eq!(c.wait("nope", "").unwrap_err().code, ttrpc::Code::NOT_FOUND);
+        assert_eq!(c.pids("nope").unwrap_err().code, ttrpc::Code::NOT_FOUND);
+        let e = c
+            .create("bad/id", b"{}", "s", "", false, false)
+            .unwrap_err();
+        assert_eq!(e.code, ttrpc::Code::INVALID_ARGUMENT);
+        let e = c.create("ok", b"{}", "s", "", false, false).unwrap_err();
+        assert_eq!(
+            e.code,
+            ttrpc::Code::FAILED_PRECONDITION,
+            "no crun: {}",
+            e.message
+        );
+    }
+}
