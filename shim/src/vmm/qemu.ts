@@ -55,15 +55,17 @@ export class QemuDriver implements HypervisorDriver {
     log.debug({ vm: config.id, argv: [this.binary, ...argv] }, "starting qemu");
     // setpriv execs QEMU with a parent-death signal: if the shim daemon dies, its VMs die too
     // instead of running on unmanaged (same pid, no extra process).
-    const child = spawn("setpriv", ["--pdeathsig", "KILL", "--", this.binary, ...argv], {
-      stdio: ["ignore", "ignore", "pipe"],
-    });
-    const vm = new QemuVm(config, child, paths);
+    let vm: QemuVm | undefined;
     try {
+      const child = spawn("setpriv", ["--pdeathsig", "KILL", "--", this.binary, ...argv], {
+        stdio: ["ignore", "ignore", "pipe"],
+      });
+      vm = new QemuVm(config, child, paths);
       await vm.waitForSockets();
       return vm;
     } catch (err) {
-      await vm.stop();
+      if (vm) await vm.stop();
+      else await rm(config.stateDir, { recursive: true, force: true });
       throw err;
     }
   }
