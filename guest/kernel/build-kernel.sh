@@ -98,7 +98,7 @@ install_entry() {
 # Entries appear complete or not at all (rename), so a hit needs no lock.
 if [ "$config_only" = 0 ] && [ -f "$entry/vmlinux" ]; then
   install_entry
-  say "cache hit $key ($(du -m "$out/vmlinux" | cut -f1) MiB) -> $out/vmlinux"
+  say "cache hit $key ($(($(stat -c %s "$out/vmlinux") / 1048576)) MiB) -> $out/vmlinux"
   exit 0
 fi
 
@@ -282,4 +282,4 @@ cp "$obj/.config" "$tmp/config"
 rm -rf "$entry"
 mv -T "$tmp" "$entry"
 install_entry
-say "built $out/vmlinux ($(du -m "$out/vmlinux" | cut -f1) MiB), cache $key, in $((SECONDS - started)) s"
+say "built $out/vmlinux ($(($(stat -c %s "$out/vmlinux") / 1048576)) MiB), cache $key, in $((SECONDS - started)) s"
