@@ -2,7 +2,7 @@
 // containerd 1.6 runs the command inside a microVM and behaves like runc from the outside.
 import assert from "node:assert/strict";
 import { existsSync } from "node:fs";
-import { mkdtemp, readdir, rm } from "node:fs/promises";
+import { mkdtemp, readdir, readFile, rm } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -52,7 +52,7 @@ describe("ctr run with the cloudhv runtime", () => {
     exec(["ctr", "--address", containerd.address, ...args], { timeoutMs });
 
   /** Polls `ctr task ls` (ctr 1.6 has no `task wait`) until the task shows `status`. */
-  async function taskStatus(id: string, status: "RUNNING" | "STOPPED", timeoutMs = 60_000): Promise<void> {
+  async function taskStatus(id: string, status: "RUNNING" | "STOPPED" | "PAUSED", timeoutMs = 60_000): Promise<void> {
     const deadline = Date.now() + timeoutMs;
     for (;;) {
       const ls = await ctr(["task", "ls"]);
@@ -85,6 +85,9 @@ describe("ctr run with the cloudhv runtime", () => {
     assert.equal(result.stdout, "out\n");
     assert.equal(result.stderr, "err\n");
     assert.equal(result.code, 3);
+    // The shim's log lines for the task reach containerd's log through the bundle's log FIFO.
+    const containerdLog = await readFile(containerd.logPath, "utf8");
+    assert.match(containerdLog, /"task":"t1".*"msg":"task created"/);
   });
 
   it("gives each container its own image, in its own VM", async () => {
@@ -153,6 +156,11 @@ describe("ctr run with the cloudhv runtime", () => {
       assert.equal(metrics.code, 0, metrics.stderr);
       assert.match(metrics.stdout, /memory\.usage\s+[1-9]\d*/);
       assert.match(metrics.stdout, /pids\.current\s+[1-9]/);
+      assert.equal((await ctr(["task", "pause", "execer"])).code, 0);
+      await taskStatus("execer", "PAUSED");
+      assert.equal((await ctr(["task", "resume", "execer"])).code, 0);
+      await taskStatus("execer", "RUNNING");
+      assert.equal((await ctr(["task", "exec", "--exec-id", "e2", "execer", "true"])).code, 0);
     } finally {
       await ctr(["task", "kill", "--signal", "SIGKILL", "execer"]);
       await taskStatus("execer", "STOPPED");
@@ -205,7 +213,11 @@ describe("ctr run with the cloudhv runtime", () => {
   });
 
   it("leaves no VM, scratch disk, mount or state behind after the tests above", async () => {
-    assert.deepEqual(await processesMatching(path.join(runtime.stateDir, "vm")), [], "no VMM of this runtime is left");
+    assert.deepEqual(
+      await processesMatching(path.join(runtime.stateDir, "vm")),
+      [],
+      "no VMM of this runtime is left",
+    );
     assert.deepEqual(await entriesOf(path.join(runtime.stateDir, "vm")), []);
     assert.deepEqual(await entriesOf(path.join(dir, "scratch")), []);
     assert.deepEqual(

@@ -57,9 +57,14 @@ async function main(): Promise<void> {
   await mkdir(path.dirname(socketPath), { recursive: true });
   const lockPath = `${socketPath}.lock`;
   if (!takeLock(lockPath)) return; // another daemon serves this socket
+  const logDestination = pino.destination({
+    dest: socketPath.replace(/\.sock$/, ".log"),
+    append: true,
+    mkdir: true,
+  });
   const log = pino(
     { name: "cloudhv-shim", level: config.log_level, base: { pid: process.pid } },
-    pino.destination({ dest: socketPath.replace(/\.sock$/, ".log"), append: true, mkdir: true }),
+    logDestination,
   );
   const idleMs = Number(process.env.CLOUDHV_DAEMON_IDLE_MS ?? 300_000);
   const events = new EventPublisher(containerdTtrpc, log);
@@ -69,6 +74,7 @@ async function main(): Promise<void> {
     events,
     prepareRootfs: erofsRootfsPreparer(config),
     log,
+    logDestination,
     version: SHIM_VERSION,
   });
   const server = new TtrpcServer();

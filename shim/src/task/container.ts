@@ -2,11 +2,13 @@
 import type { ProcessRef } from "../agent/client.js";
 import type { Sandbox } from "../sandbox/sandbox.js";
 import type { StdioForwarder } from "../stdio/forward.js";
+import type { DiskSpec } from "../vmm/types.js";
 import type { Process } from "./process.js";
+import type { TaskLog } from "./task-log.js";
 
 export interface PreparedRootfs {
   /** Disks the VM needs for this container (image, scratch). */
-  disks: import("../vmm/types.js").DiskSpec[];
+  disks: DiskSpec[];
   rootfsSerial: string;
   scratchSerial: string;
   cacheHit: boolean;
@@ -16,6 +18,10 @@ export interface PreparedRootfs {
 export class Container {
   readonly execs = new Map<string, Process>();
   readonly forwarders = new Map<string, StdioForwarder>();
+  /** The whole VM is paused (only for a container that owns its VM). */
+  paused = false;
+  /** The task's logger (daemon log + the bundle's `log` FIFO). */
+  log: TaskLog | undefined;
 
   constructor(
     readonly namespace: string,

@@ -4,6 +4,7 @@
 import { createHash } from "node:crypto";
 import { readFile } from "node:fs/promises";
 import path from "node:path";
+import type { DestinationStream, LevelWithSilent } from "pino";
 import type { RuntimeConfig } from "../config/config.js";
 import type { EventPublisher, Mount, Timestamp } from "../containerd/publisher.js";
 import { Sandbox } from "../sandbox/sandbox.js";
@@ -16,6 +17,7 @@ import type { HypervisorDriver } from "../vmm/types.js";
 import { Container, type PreparedRootfs } from "./container.js";
 import { invalid, notFound, precondition, ShimError } from "./errors.js";
 import { Process } from "./process.js";
+import { openTaskLog } from "./task-log.js";
 
 export type RootfsPreparer = (
   namespace: string,
@@ -29,6 +31,8 @@ export interface TaskServiceDeps {
   events: EventPublisher;
   prepareRootfs: RootfsPreparer;
   log: Logger;
+  /** Where `log` writes; with it, each task also logs to its bundle's `log` FIFO. */
+  logDestination?: DestinationStream;
   version: string;
 }
 
@@ -115,7 +119,14 @@ export class TaskService {
     if (!path.isAbsolute(req.bundle)) throw invalid(`bundle "${req.bundle}" is not an absolute path`);
     this.creating.add(key);
     const undo = new Cleanup();
-    const log = this.deps.log.child({ ns, task: req.id });
+    const taskLog = this.deps.logDestination
+      ? openTaskLog(this.deps.logDestination, this.deps.log.level as LevelWithSilent, req.bundle, {
+          ns,
+          task: req.id,
+        })
+      : { log: this.deps.log.child({ ns, task: req.id }), close() {} };
+    undo.defer("close task log", () => taskLog.close());
+    const log = taskLog.log;
     try {
       const specPath = path.join(req.bundle, "config.json");
       const specBytes = await readFile(specPath).catch((err: Error) => {
@@ -263,7 +274,14 @@ export class TaskService {
       execId,
       bundle: container.bundle,
       pid: s.pid,
-      status: s.kind === "created" ? "CREATED" : s.kind === "running" ? "RUNNING" : "STOPPED",
+      status:
+        s.kind === "created"
+          ? "CREATED"
+          : s.kind === "stopped"
+            ? "STOPPED"
+            : container.paused
+              ? "PAUSED"
+              : "RUNNING",
       stdin: proc.io.stdin,
       stdout: proc.io.stdout,
       stderr: proc.io.stderr,
@@ -320,6 +338,36 @@ export class TaskService {
     const container = this.container(ns, id);
     this.process(container, execId);
     if (stdin) await container.sandbox.agent.closeStdin(container.ref(execId));
+  }
+
+  /** Pausing stops every vCPU, so it is offered only where the VM holds this container alone. */
+  async pause(ns: string, id: string): Promise<void> {
+    const container = this.pausable(ns, id);
+    if (container.paused) throw precondition(`task ${id} is already paused`);
+    await container.sandbox.vm.pause();
+    container.paused = true;
+    this.deps.events.publish(ns, "TaskPaused", { containerId: id });
+  }
+
+  async resume(ns: string, id: string): Promise<void> {
+    const container = this.pausable(ns, id);
+    if (!container.paused) throw precondition(`task ${id} is not paused`);
+    await container.sandbox.vm.resume();
+    container.paused = false;
+    this.deps.events.publish(ns, "TaskResumed", { containerId: id });
+  }
+
+  private pausable(ns: string, id: string): Container {
+    const container = this.container(ns, id);
+    if (!container.ownsSandbox) {
+      throw new ShimError(
+        "Unimplemented",
+        `task ${id} shares its VM with other containers; only whole VMs can be paused`,
+      );
+    }
+    if (container.init.state.kind !== "running")
+      throw precondition(`task ${id} is ${container.init.state.kind}, not running`);
+    return container;
   }
 
   /** cgroup v2 metrics of the container, as `ctr task metrics` and the CRI plugin read them. */
@@ -421,6 +469,7 @@ export class TaskService {
   private async teardown(container: Container): Promise<void> {
     this.containers.delete(this.key(container.namespace, container.id));
     const cleanup = new Cleanup();
+    cleanup.defer("close task log", () => container.log?.close());
     cleanup.defer("release rootfs", () => container.rootfs.release());
     if (container.ownsSandbox) cleanup.defer("stop VM", () => container.sandbox.destroy());
     else

@@ -40,6 +40,8 @@ const codecs = {
   ConnectResponse: c<{ shimPid: number; taskPid: number; version: string }>("ConnectResponse"),
   ShutdownRequest: c<{ id: string; now: boolean }>("ShutdownRequest"),
   StatsRequest: c<{ id: string }>("StatsRequest"),
+  PauseRequest: c<{ id: string }>("PauseRequest"),
+  ResumeRequest: c<{ id: string }>("ResumeRequest"),
   StatsResponse: c<{ stats: { typeUrl: string; value: Uint8Array } }>("StatsResponse"),
 };
 
@@ -100,8 +102,14 @@ export function bindTaskService(server: TtrpcServer, tasks: TaskService, onShutd
       onShutdown();
       return empty;
     }),
-    Pause: unsupported("Pause"),
-    Resume: unsupported("Resume"),
+    Pause: unary(codecs.PauseRequest, codecs.Empty, async (ns, r) => {
+      await tasks.pause(ns, r.id);
+      return empty;
+    }),
+    Resume: unary(codecs.ResumeRequest, codecs.Empty, async (ns, r) => {
+      await tasks.resume(ns, r.id);
+      return empty;
+    }),
     Checkpoint: unsupported("Checkpoint"),
     Update: unsupported("Update (resizing a running task)"),
     Stats: unary(codecs.StatsRequest, codecs.StatsResponse, async (ns, r) => ({

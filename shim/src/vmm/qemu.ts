@@ -11,15 +11,19 @@ import { TtrpcClient } from "../ttrpc/client.js";
 import { log } from "../util/log.js";
 import { TIMED_OUT, within } from "../util/time.js";
 import { type Accel, probeAccel } from "./accel.js";
-import { QmpClient } from "./qmp.js";
+import { QmpClient, type QmpEvent } from "./qmp.js";
 import {
   AGENT_PORT_NAME,
   checkDiskSerial,
+  type DiskSpec,
   type HypervisorDriver,
   type VmConfig,
   type VmExit,
   type VmHandle,
 } from "./types.js";
+
+/** Free PCIe root ports per VM, i.e. how many devices can be hot-plugged at once. */
+export const HOTPLUG_PORTS = 8;
 
 export const BASE_KERNEL_ARGS = "console=ttyS0 root=/dev/vda ro rootfstype=erofs init=/init panic=-1 quiet";
 
@@ -108,6 +112,11 @@ function qemuArgv(
       "-device",
       `virtio-blk-pci,drive=disk${i},serial=${disk.serial}`,
     ]),
+    // Empty PCIe root ports: each can take one hot-plugged disk or NIC later.
+    ...Array.from({ length: HOTPLUG_PORTS }, (_, i) => [
+      "-device",
+      `pcie-root-port,id=hp${i},bus=pcie.0,chassis=${i + 1},slot=${i + 1}`,
+    ]).flat(),
     "-device",
     "virtio-rng-pci",
     "-device",
@@ -134,6 +143,8 @@ class QemuVm implements VmHandle {
   private agents: AgentClient[] = [];
   private stderr = "";
   private stopping: Promise<void> | undefined;
+  /** Root port index → the hot-plugged device on it. */
+  private readonly busyPorts = new Map<number, string>();
   private hasExited = false;
 
   constructor(
@@ -222,6 +233,70 @@ class QemuVm implements VmHandle {
     } catch {
       return "no guest console log";
     }
+  }
+
+  async addDisk(disk: DiskSpec): Promise<string> {
+    checkDiskSerial(disk.serial);
+    await assertReadable(disk.path, `disk ${disk.serial}`);
+    const qmp = this.control();
+    const port = [...Array(HOTPLUG_PORTS).keys()].find((i) => !this.busyPorts.has(i));
+    if (port === undefined) throw new Error(`VM ${this.id}: all ${HOTPLUG_PORTS} hot-plug ports are in use`);
+    const id = `hd-${disk.serial}`;
+    const node = `node-${disk.serial}`;
+    await qmp.execute("blockdev-add", {
+      driver: "raw",
+      "node-name": node,
+      "read-only": disk.readOnly,
+      file: { driver: "file", filename: disk.path, aio: "threads", "read-only": disk.readOnly },
+    });
+    try {
+      await qmp.execute("device_add", {
+        driver: "virtio-blk-pci",
+        id,
+        drive: node,
+        serial: disk.serial,
+        bus: `hp${port}`,
+      });
+    } catch (err) {
+      await qmp.execute("blockdev-del", { "node-name": node }).catch(() => {});
+      throw err;
+    }
+    this.busyPorts.set(port, id);
+    return id;
+  }
+
+  async removeDevice(id: string): Promise<void> {
+    const qmp = this.control();
+    const port = [...this.busyPorts].find(([, dev]) => dev === id)?.[0];
+    if (port === undefined) throw new Error(`VM ${this.id}: no hot-plugged device ${id}`);
+    const deleted = new Promise<void>((resolve) => {
+      const onEvent = (event: QmpEvent) => {
+        if (event.event === "DEVICE_DELETED" && event.data?.device === id) {
+          qmp.off("event", onEvent);
+          resolve();
+        }
+      };
+      qmp.on("event", onEvent);
+    });
+    await qmp.execute("device_del", { id });
+    // The guest's PCIe hotplug driver releases the device after its attention-button delay.
+    if ((await within(deleted, 30_000)) === TIMED_OUT)
+      throw new Error(`VM ${this.id}: the guest did not release ${id} in 30 s`);
+    await qmp.execute("blockdev-del", { "node-name": id.replace(/^hd-/, "node-") });
+    this.busyPorts.delete(port);
+  }
+
+  async pause(): Promise<void> {
+    await this.control().execute("stop");
+  }
+
+  async resume(): Promise<void> {
+    await this.control().execute("cont");
+  }
+
+  private control(): QmpClient {
+    if (!this.qmp || this.hasExited) throw new Error(`VM ${this.id} is not running`);
+    return this.qmp;
   }
 
   stop(): Promise<void> {

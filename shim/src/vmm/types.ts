@@ -50,6 +50,13 @@ export interface VmHandle extends AsyncDisposable {
   connectAgent(opts: { timeoutMs: number }): Promise<AgentClient>;
   /** Graceful stop, then SIGKILL after a grace period; always removes the state dir. Idempotent. */
   stop(): Promise<void>;
+  /** Hot-plugs a disk; the guest finds it by serial. Returns the device id for removeDevice. */
+  addDisk(disk: DiskSpec): Promise<string>;
+  /** Unplugs a hot-plugged device and waits until the guest let go of it. */
+  removeDevice(id: string): Promise<void>;
+  /** Stops / continues every vCPU: the whole VM, every container in it. */
+  pause(): Promise<void>;
+  resume(): Promise<void>;
 }
 
 export interface HypervisorDriver {

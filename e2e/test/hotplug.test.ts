@@ -1,0 +1,95 @@
+// Level 3 (VM): disks hot-plugged into a running VM over QMP (PCIe root ports) are found by
+// the agent by serial and can run a container; pause/resume stop and continue the guest.
+import assert from "node:assert/strict";
+import { mkdtemp, rm } from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
+import { after, before, describe, it } from "node:test";
+import { type AgentClient, createScratchDisk, execOk, QemuDriver, type VmHandle } from "@cloudhv/shim";
+import { guestArtifacts } from "../src/artifacts.js";
+import { processesMatching } from "../src/leaks.js";
+import { stageBusyboxRoot } from "../src/oci-image.js";
+import { ociSpec, specBytes } from "../src/oci-spec.js";
+
+async function collect(agent: AgentClient, containerId: string): Promise<string> {
+  let out = "";
+  for (;;) {
+    const { data, eof } = await agent.readStream({ containerId, execId: "" }, "STDOUT");
+    out += data.toString();
+    if (eof) return out;
+  }
+}
+
+describe("QEMU hot-plug and pause", () => {
+  let tmp: string;
+  let stateRoot: string;
+  let vm: VmHandle;
+  let agent: AgentClient;
+  let image: string;
+
+  before(async () => {
+    tmp = await mkdtemp(path.join(os.tmpdir(), "cloudhv-hotplug-"));
+    stateRoot = await mkdtemp(path.join("/run", "chv-hp-"));
+    const root = path.join(tmp, "root");
+    await stageBusyboxRoot(root);
+    image = path.join(tmp, "image.erofs");
+    await execOk(["mkfs.erofs", "--quiet", "--all-root", image, root]);
+    vm = await new QemuDriver().launch({
+      id: "hotplug",
+      ...guestArtifacts(),
+      vcpus: 1,
+      memoryMb: 256,
+      stateDir: path.join(stateRoot, "vm"),
+    });
+    agent = await vm.connectAgent({ timeoutMs: 60_000 });
+  });
+
+  after(async () => {
+    await vm?.stop();
+    await rm(tmp, { recursive: true, force: true });
+    await rm(stateRoot, { recursive: true, force: true });
+  });
+
+  it("runs a container from disks plugged in after boot, found by serial", async () => {
+    const scratch = await createScratchDisk(path.join(tmp, "scratch.ext4"), 64 * 1024 * 1024);
+    const imageId = await vm.addDisk({ path: image, serial: "hp-image", readOnly: true });
+    const scratchId = await vm.addDisk({ path: scratch.path, serial: "hp-scratch", readOnly: false });
+    await agent.createContainer({
+      containerId: "hot1",
+      ociSpec: specBytes(
+        ociSpec("hot1", ["sh", "-c", "cat /etc/passwd | head -n 1; echo written > /f; cat /f"]),
+      ),
+      rootfsSerial: "hp-image",
+      scratchSerial: "hp-scratch",
+      terminal: false,
+      stdin: false,
+    });
+    const output = collect(agent, "hot1");
+    await agent.startProcess({ containerId: "hot1", execId: "" });
+    assert.equal((await agent.waitProcess({ containerId: "hot1", execId: "" })).exitStatus, 0);
+    assert.equal(await output, "root:x:0:0:root:/root:/bin/sh\nwritten\n");
+    await agent.removeContainer("hot1");
+    await vm.removeDevice(scratchId);
+    await vm.removeDevice(imageId);
+    await scratch.remove();
+  });
+
+  it("refuses a disk whose file does not exist, naming it", async () => {
+    await assert.rejects(
+      vm.addDisk({ path: path.join(tmp, "missing.img"), serial: "nope", readOnly: true }),
+      /missing\.img/,
+    );
+  });
+
+  it("pauses and resumes the whole guest", async () => {
+    await vm.pause();
+    await assert.rejects(agent.health({ timeoutMs: 1500 }), /DEADLINE_EXCEEDED/);
+    await vm.resume();
+    assert.equal((await agent.health({ timeoutMs: 10_000 })).status, "SERVING");
+  });
+
+  it("leaves no VMM behind", async () => {
+    await vm.stop();
+    assert.deepEqual(await processesMatching(stateRoot), []);
+  });
+});
