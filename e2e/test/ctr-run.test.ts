@@ -52,7 +52,11 @@ describe("ctr run with the cloudhv runtime", () => {
     exec(["ctr", "--address", containerd.address, ...args], { timeoutMs });
 
   /** Polls `ctr task ls` (ctr 1.6 has no `task wait`) until the task shows `status`. */
-  async function taskStatus(id: string, status: "RUNNING" | "STOPPED" | "PAUSED", timeoutMs = 60_000): Promise<void> {
+  async function taskStatus(
+    id: string,
+    status: "RUNNING" | "STOPPED" | "PAUSED",
+    timeoutMs = 60_000,
+  ): Promise<void> {
     const deadline = Date.now() + timeoutMs;
     for (;;) {
       const ls = await ctr(["task", "ls"]);
