@@ -23,6 +23,7 @@ export interface BootReport {
 export interface BootOptions {
   kernelPath?: string;
   rootfsPath?: string;
+  initrdPath?: string;
   vcpus?: number;
   memoryMb?: number;
   stateRoot?: string;
@@ -46,6 +47,7 @@ export async function bootAndProbe(opts: BootOptions = {}): Promise<BootReport> 
     id: vmId,
     kernelPath: artifacts.kernelPath,
     rootfsPath: artifacts.rootfsPath,
+    ...(opts.initrdPath ? { initrdPath: opts.initrdPath } : {}),
     vcpus: opts.vcpus ?? 1,
     memoryMb: opts.memoryMb ?? 256,
     stateDir: path.join(opts.stateRoot ?? DEFAULT_STATE_ROOT, "vm", vmId),

@@ -102,6 +102,7 @@ function qemuArgv(
     config.kernelPath,
     "-append",
     cmdline,
+    ...(config.initrdPath ? ["-initrd", config.initrdPath] : []),
     "-drive",
     `file=${config.rootfsPath},if=none,id=rootfs,format=raw,readonly=on`,
     "-device",

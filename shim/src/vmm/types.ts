@@ -8,6 +8,8 @@ export interface VmConfig {
   kernelPath: string;
   /** Guest rootfs image (erofs, read-only), the agent is its /init. */
   rootfsPath: string;
+  /** An initramfs; the guest rootfs is then mounted by its /init (used to boot stock kernels). */
+  initrdPath?: string;
   /** Appended to the driver's base kernel command line. */
   extraKernelArgs?: string;
   vcpus: number;
