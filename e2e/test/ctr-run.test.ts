@@ -216,6 +216,71 @@ describe("ctr run with the cloudhv runtime", () => {
     assert.deepEqual(await processesMatching("cloudhv-default-victim"), []);
   });
 
+  it("runs a CRI pod's containers in the one VM its sandbox booted (disks hot-plugged)", async () => {
+    const cri = (type: string, sandbox: string) => [
+      "--annotation",
+      `io.kubernetes.cri.container-type=${type}`,
+      "--annotation",
+      `io.kubernetes.cri.sandbox-id=${sandbox}`,
+    ];
+    const vms = () => processesMatching(path.join(runtime.stateDir, "vm"));
+    assert.equal(
+      (
+        await ctr([
+          "run",
+          "-d",
+          "--runtime",
+          RUNTIME,
+          ...cri("sandbox", "pod1"),
+          IMAGE_A,
+          "pod1",
+          "sleep",
+          "600",
+        ])
+      ).code,
+      0,
+    );
+    assert.equal((await vms()).length, 1);
+    assert.equal(
+      (
+        await ctr([
+          "run",
+          "-d",
+          "--runtime",
+          RUNTIME,
+          ...cri("container", "pod1"),
+          IMAGE_B,
+          "app1",
+          "sleep",
+          "600",
+        ])
+      ).code,
+      0,
+    );
+    assert.equal((await vms()).length, 1, "the app container joined the pod's VM");
+    const seen = await ctr(["task", "exec", "--exec-id", "look", "app1", "cat", "/etc/cloudhv-image"]);
+    assert.equal(seen.stdout.trim(), IMAGE_B, seen.stderr);
+    const orphan = await ctr([
+      "run",
+      "--rm",
+      "--runtime",
+      RUNTIME,
+      ...cri("container", "nopod"),
+      IMAGE_A,
+      "orphan",
+      "true",
+    ]);
+    assert.notEqual(orphan.code, 0);
+    assert.match(orphan.stderr, /sandbox nopod of container orphan/);
+    await ctr(["container", "delete", "orphan"]);
+    for (const id of ["app1", "pod1"]) {
+      assert.equal((await ctr(["task", "kill", "--signal", "SIGKILL", id])).code, 0);
+      await taskStatus(id, "STOPPED");
+      assert.equal(await remove(id), 137);
+    }
+    assert.deepEqual(await vms(), []);
+  });
+
   it("leaves no VM, scratch disk, mount or state behind after the tests above", async () => {
     assert.deepEqual(
       await processesMatching(path.join(runtime.stateDir, "vm")),

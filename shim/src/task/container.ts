@@ -20,6 +20,8 @@ export class Container {
   readonly forwarders = new Map<string, StdioForwarder>();
   /** The whole VM is paused (only for a container that owns its VM). */
   paused = false;
+  /** Devices hot-plugged into a shared (pod) VM for this container, unplugged on delete. */
+  readonly hotplugged: string[] = [];
   /** The task's logger (daemon log + the bundle's `log` FIFO). */
   log: TaskLog | undefined;
 

@@ -101,6 +101,8 @@ export function toTimestamp(date: Date): Timestamp {
 export class TaskService {
   private readonly containers = new Map<string, Container>();
   private readonly creating = new Set<string>();
+  /** CRI pods by namespace/sandbox id: the VM their sandbox booted and their app containers. */
+  private readonly pods = new Map<string, Pod>();
 
   constructor(private readonly deps: TaskServiceDeps) {}
 
@@ -132,28 +134,44 @@ export class TaskService {
       const specBytes = await readFile(specPath).catch((err: Error) => {
         throw invalid(`cannot read the OCI spec ${specPath}: ${err.message}`);
       });
+      let spec: { annotations?: Record<string, unknown> };
       try {
-        JSON.parse(specBytes.toString("utf8"));
+        spec = JSON.parse(specBytes.toString("utf8"));
       } catch (err) {
         throw invalid(`OCI spec ${specPath} is not valid JSON: ${(err as Error).message}`);
       }
+      const role = podRole(spec.annotations ?? {}, req.id);
+      // A pod's app container joins the VM its sandbox booted; anything else gets a VM of its own.
+      const pod = role.kind === "container" ? this.podFor(ns, role.sandboxId, req.id) : undefined;
       // Phase timings go to the log on every create: the benchmarks read them from there.
       const t0 = performance.now();
       const rootfs = await this.deps.prepareRootfs(ns, req.id, req.rootfs);
       const t1 = performance.now();
       undo.defer("release rootfs", () => rootfs.release());
-      const sandbox = await Sandbox.boot(
-        {
-          id: sandboxId(ns, req.id),
-          vcpus: this.deps.config.default_vcpus,
-          memoryMb: this.deps.config.default_memory_mb,
-          disks: rootfs.disks,
-        },
-        this.deps.driver,
-        this.deps.config,
-        log,
-      );
-      undo.defer("stop VM", () => sandbox.destroy());
+      let sandbox: Sandbox;
+      const hotplugged: string[] = [];
+      if (pod) {
+        sandbox = pod.sandbox;
+        for (const disk of rootfs.disks) {
+          const device = await sandbox.vm.addDisk(disk);
+          hotplugged.push(device);
+          undo.defer(`unplug ${device}`, () => sandbox.vm.removeDevice(device));
+        }
+      } else {
+        const booted = await Sandbox.boot(
+          {
+            id: sandboxId(ns, role.kind === "sandbox" ? role.sandboxId : req.id),
+            vcpus: this.deps.config.default_vcpus,
+            memoryMb: this.deps.config.default_memory_mb,
+            disks: rootfs.disks,
+          },
+          this.deps.driver,
+          this.deps.config,
+          log,
+        );
+        sandbox = booted;
+        undo.defer("stop VM", () => booted.destroy());
+      }
       const io: StdioPaths = {
         stdin: req.stdin,
         stdout: req.stdout,
@@ -175,9 +193,14 @@ export class TaskService {
         req.bundle,
         new Process(req.id, "", io, pid),
         sandbox,
-        true,
+        !pod,
         rootfs,
       );
+      container.log = taskLog;
+      container.hotplugged.push(...hotplugged);
+      if (pod) pod.members.add(req.id);
+      if (role.kind === "sandbox")
+        this.pods.set(this.key(ns, role.sandboxId), { sandbox, members: new Set() });
       container.forwarders.set("", new StdioForwarder(sandbox.agent, container.ref(""), io, log));
       undo.disarm();
       this.containers.set(key, container);
@@ -471,13 +494,67 @@ export class TaskService {
     const cleanup = new Cleanup();
     cleanup.defer("close task log", () => container.log?.close());
     cleanup.defer("release rootfs", () => container.rootfs.release());
-    if (container.ownsSandbox) cleanup.defer("stop VM", () => container.sandbox.destroy());
-    else
+    if (container.ownsSandbox) {
+      for (const [key, pod] of this.pods) if (pod.sandbox === container.sandbox) this.pods.delete(key);
+      cleanup.defer("stop VM", () => container.sandbox.destroy());
+    } else {
+      for (const pod of this.pods.values()) pod.members.delete(container.id);
+      // Undo steps run newest first: the guest lets go of the disks before they are unplugged.
+      for (const device of container.hotplugged) {
+        cleanup.defer(`unplug ${device}`, () => container.sandbox.vm.removeDevice(device));
+      }
       cleanup.defer("remove container in guest", () =>
         container.sandbox.agent.removeContainer(container.id, { timeoutMs: 10_000 }),
       );
+    }
     await cleanup.run();
   }
+
+  /** The running pod a CRI app container belongs to, with room for one more container. */
+  private podFor(ns: string, sandboxId: string, containerId: string): Pod {
+    const pod = this.pods.get(this.key(ns, sandboxId));
+    if (!pod) {
+      throw notFound(
+        `sandbox ${sandboxId} of container ${containerId} (no running cloudhv pod VM has that id)`,
+      );
+    }
+    const max = this.deps.config.max_containers_per_vm;
+    if (pod.members.size >= max) {
+      throw new ShimError(
+        "ResourceExhausted",
+        `pod ${sandboxId} already runs ${pod.members.size} containers; max_containers_per_vm is ${max}`,
+      );
+    }
+    return pod;
+  }
+}
+
+interface Pod {
+  sandbox: Sandbox;
+  members: Set<string>;
+}
+
+type PodRole = { kind: "standalone" } | { kind: "sandbox" | "container"; sandboxId: string };
+
+/** containerd's CRI plugin marks a pod's sandbox and its containers with these annotations. */
+export const CRI_CONTAINER_TYPE = "io.kubernetes.cri.container-type";
+export const CRI_SANDBOX_ID = "io.kubernetes.cri.sandbox-id";
+
+export function podRole(annotations: Record<string, unknown>, taskId: string): PodRole {
+  const type = annotations[CRI_CONTAINER_TYPE];
+  if (type === undefined) return { kind: "standalone" };
+  const sandboxId = annotations[CRI_SANDBOX_ID];
+  if (type !== "sandbox" && type !== "container") {
+    throw invalid(
+      `task ${taskId}: annotation ${CRI_CONTAINER_TYPE}="${String(type)}" must be "sandbox" or "container"`,
+    );
+  }
+  if (typeof sandboxId !== "string" || !ID_PATTERN.test(sandboxId)) {
+    throw invalid(
+      `task ${taskId}: annotation ${CRI_SANDBOX_ID}="${String(sandboxId)}" must name the pod's sandbox`,
+    );
+  }
+  return { kind: type, sandboxId };
 }
 
 /** VM ids must be short (they name sockets) and unique per namespace and task. */
