@@ -281,6 +281,46 @@ describe("ctr run with the cloudhv runtime", () => {
     assert.deepEqual(await vms(), []);
   });
 
+  it("sizes the VM from io.cloudhv / io.katacontainers annotations, and refuses bad values by name", async () => {
+    const sized = await ctr([
+      "run",
+      "--rm",
+      "--runtime",
+      RUNTIME,
+      "--annotation",
+      "io.cloudhv.config.hypervisor.default_vcpus=2",
+      "--annotation",
+      "io.katacontainers.config.hypervisor.default_memory=512",
+      IMAGE_A,
+      "sized",
+      "sh",
+      "-c",
+      "nproc; grep MemTotal /proc/meminfo",
+    ]);
+    assert.equal(sized.code, 0, sized.stderr);
+    const [cpus, mem] = sized.stdout.trim().split("\n");
+    assert.equal(cpus, "2");
+    const memKiB = Number(/(\d+) kB/.exec(mem ?? "")?.[1]);
+    assert.ok(memKiB > 400 * 1024 && memKiB <= 512 * 1024, `guest MemTotal ${mem}`);
+    const bad = await ctr([
+      "run",
+      "--rm",
+      "--runtime",
+      RUNTIME,
+      "--annotation",
+      "io.katacontainers.config.hypervisor.default_memory=lots",
+      IMAGE_A,
+      "badsize",
+      "true",
+    ]);
+    assert.notEqual(bad.code, 0);
+    assert.match(
+      bad.stderr,
+      /io\.katacontainers\.config\.hypervisor\.default_memory="lots" must be an integer from 64 to \d+ MiB/,
+    );
+    await ctr(["container", "delete", "badsize"]);
+  });
+
   it("leaves no VM, scratch disk, mount or state behind after the tests above", async () => {
     assert.deepEqual(
       await processesMatching(path.join(runtime.stateDir, "vm")),

@@ -20,6 +20,15 @@ export const configSchema = z
       .max(1 << 20)
       .default(256),
     max_containers_per_vm: z.int().min(1).max(64).default(5),
+    max_vcpus: z.int().min(1).max(256).default(8),
+    max_memory_mb: z
+      .int()
+      .min(64)
+      .max(1 << 20)
+      .default(8192),
+    enable_annotations: z
+      .array(z.enum(["default_vcpus", "default_memory", "default_maxvcpus"]))
+      .default(["default_vcpus", "default_memory", "default_maxvcpus"]),
     state_dir: z.string().min(1).default("/run/cloudhv"),
     cache_dir: z.string().min(1).default("/var/lib/cloudhv/cache"),
     cache_max_bytes: z

@@ -8,6 +8,7 @@ import type { DiskSpec, HypervisorDriver, VmExit, VmHandle } from "../vmm/types.
 export interface SandboxSpec {
   id: string;
   vcpus: number;
+  maxVcpus: number;
   memoryMb: number;
   disks: DiskSpec[];
 }
@@ -34,6 +35,7 @@ export class Sandbox {
       rootfsPath: config.rootfs_path,
       ...(config.kernel_args ? { extraKernelArgs: config.kernel_args } : {}),
       vcpus: spec.vcpus,
+      maxVcpus: spec.maxVcpus,
       memoryMb: spec.memoryMb,
       stateDir: path.join(config.state_dir, "vm", spec.id),
       disks: spec.disks,

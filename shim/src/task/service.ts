@@ -17,6 +17,7 @@ import type { HypervisorDriver } from "../vmm/types.js";
 import { Container, type PreparedRootfs } from "./container.js";
 import { invalid, notFound, precondition, ShimError } from "./errors.js";
 import { Process } from "./process.js";
+import { vmSize } from "./sizing.js";
 import { openTaskLog } from "./task-log.js";
 
 export type RootfsPreparer = (
@@ -143,6 +144,7 @@ export class TaskService {
       const role = podRole(spec.annotations ?? {}, req.id);
       // A pod's app container joins the VM its sandbox booted; anything else gets a VM of its own.
       const pod = role.kind === "container" ? this.podFor(ns, role.sandboxId, req.id) : undefined;
+      const size = pod ? undefined : vmSize(spec.annotations ?? {}, this.deps.config);
       // Phase timings go to the log on every create: the benchmarks read them from there.
       const t0 = performance.now();
       const rootfs = await this.deps.prepareRootfs(ns, req.id, req.rootfs);
@@ -161,8 +163,9 @@ export class TaskService {
         const booted = await Sandbox.boot(
           {
             id: sandboxId(ns, role.kind === "sandbox" ? role.sandboxId : req.id),
-            vcpus: this.deps.config.default_vcpus,
-            memoryMb: this.deps.config.default_memory_mb,
+            vcpus: size?.vcpus ?? this.deps.config.default_vcpus,
+            maxVcpus: size?.maxVcpus ?? this.deps.config.default_vcpus,
+            memoryMb: size?.memoryMb ?? this.deps.config.default_memory_mb,
             disks: rootfs.disks,
           },
           this.deps.driver,
@@ -210,6 +213,7 @@ export class TaskService {
         {
           pid,
           cacheHit: rootfs.cacheHit,
+          ...(size ? { vm: { vcpus: size.vcpus, memoryMb: size.memoryMb, from: size.sources } } : {}),
           phases: {
             rootfsMs: round(t1 - t0),
             vmBootMs: round(t2 - t1),

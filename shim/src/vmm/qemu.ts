@@ -91,7 +91,7 @@ function qemuArgv(
     "-cpu",
     accel === "kvm" ? "host" : "max",
     "-smp",
-    String(config.vcpus),
+    `${config.vcpus},maxcpus=${Math.max(config.vcpus, config.maxVcpus ?? config.vcpus)}`,
     "-m",
     `${config.memoryMb}M`,
     "-nodefaults",

@@ -13,6 +13,8 @@ export interface VmConfig {
   /** Appended to the driver's base kernel command line. */
   extraKernelArgs?: string;
   vcpus: number;
+  /** vCPUs the VM may grow to (CPU hotplug); default = vcpus. */
+  maxVcpus?: number;
   memoryMb: number;
   /** Per-VM directory for sockets and logs; created by launch, removed by stop. */
   stateDir: string;

@@ -1,0 +1,74 @@
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import { parseConfig } from "../src/config/config.js";
+import { vmSize } from "../src/task/sizing.js";
+
+const config = parseConfig(
+  { default_vcpus: 1, default_memory_mb: 256, max_vcpus: 4, max_memory_mb: 2048 },
+  "test",
+);
+const CH = "io.cloudhv.config.hypervisor.";
+const KATA = "io.katacontainers.config.hypervisor.";
+
+describe("VM sizing from annotations and pod resources", () => {
+  it("uses the config defaults when nothing asks otherwise", () => {
+    const size = vmSize({}, config);
+    assert.deepEqual([size.vcpus, size.memoryMb, size.maxVcpus], [1, 256, 4]);
+  });
+
+  it("prefers io.cloudhv over io.katacontainers over the CRI sandbox resources", () => {
+    assert.equal(vmSize({ [`${CH}default_vcpus`]: "3", [`${KATA}default_vcpus`]: "2" }, config).vcpus, 3);
+    assert.equal(vmSize({ [`${KATA}default_memory`]: "512" }, config).memoryMb, 512);
+    const cri = vmSize(
+      {
+        "io.kubernetes.cri.sandbox-cpu-quota": "150000",
+        "io.kubernetes.cri.sandbox-cpu-period": "100000",
+        "io.kubernetes.cri.sandbox-memory": String(512 * 2 ** 20),
+      },
+      config,
+    );
+    assert.deepEqual([cri.vcpus, cri.memoryMb], [2, 512 + 256]);
+    assert.equal(
+      vmSize(
+        {
+          [`${KATA}default_vcpus`]: "1",
+          "io.kubernetes.cri.sandbox-cpu-quota": "400000",
+          "io.kubernetes.cri.sandbox-cpu-period": "100000",
+        },
+        config,
+      ).vcpus,
+      1,
+    );
+  });
+
+  it("names the annotation, the value and the allowed range when a value is bad", () => {
+    assert.throws(() => vmSize({ [`${CH}default_memory`]: "lots" }, config), {
+      message: `annotation ${CH}default_memory="lots" must be an integer from 64 to 2048 MiB (config max_memory_mb)`,
+    });
+    assert.throws(
+      () => vmSize({ [`${KATA}default_memory`]: "4096" }, config),
+      /="4096" must be an integer from 64 to 2048/,
+    );
+    assert.throws(
+      () => vmSize({ [`${KATA}default_vcpus`]: "0" }, config),
+      /default_vcpus="0" must be an integer from 1 to 4 vCPUs/,
+    );
+    assert.throws(() => vmSize({ [`${CH}default_vcpus`]: "1.5" }, config), /="1.5" must be an integer/);
+  });
+
+  it("refuses annotations the config does not enable, and unknown hypervisor annotations", () => {
+    const strict = parseConfig({ enable_annotations: ["default_vcpus"] }, "test");
+    assert.throws(
+      () => vmSize({ [`${CH}default_memory`]: "512" }, strict),
+      /not enabled: the runtime config's enable_annotations does not list "default_memory"/,
+    );
+    assert.throws(() => vmSize({ [`${KATA}kernel_params`]: "x" }, config), /kernel_params is not supported/);
+  });
+
+  it("keeps vCPUs within default_maxvcpus", () => {
+    assert.throws(
+      () => vmSize({ [`${CH}default_vcpus`]: "3", [`${CH}default_maxvcpus`]: "2" }, config),
+      /asks for 3 vCPUs, more than the maximum of 2/,
+    );
+  });
+});
