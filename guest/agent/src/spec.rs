@@ -111,6 +111,10 @@ pub fn rewrite(
             false
         });
     }
+    let has_hostname = obj
+        .get("hostname")
+        .and_then(Value::as_str)
+        .is_some_and(|h| !h.is_empty());
     let linux = obj
         .entry("linux")
         .or_insert_with(|| Value::Object(Map::new()))
@@ -123,6 +127,21 @@ pub fn rewrite(
             if let Some(ns) = ns.as_object_mut() {
                 ns.remove("path");
             }
+        }
+    }
+    // A host-network pod shares the node's UTS namespace and still names a hostname; crun
+    // refuses that. In a pod VM the "node" is the VM: give the container its own UTS
+    // namespace so the hostname applies to it alone.
+    if has_hostname {
+        let namespaces = linux
+            .entry("namespaces")
+            .or_insert_with(|| Value::Array(Vec::new()));
+        if let Some(list) = namespaces.as_array_mut()
+            && !list
+                .iter()
+                .any(|n| n.get("type").and_then(Value::as_str) == Some("uts"))
+        {
+            list.push(serde_json::json!({"type": "uts"}));
         }
     }
     let cgroup_path = match linux.get("cgroupsPath").and_then(Value::as_str) {
@@ -237,6 +256,19 @@ mod tests {
         assert!(bad(b"nope").contains("not valid JSON"));
         assert!(bad(b"[]").contains("not a JSON object"));
         assert!(bad(b"{}").contains("no process"));
+    }
+
+    #[test]
+    fn gives_a_named_host_network_container_its_own_uts_namespace() {
+        let spec = br#"{"process": {"args": ["x"]}, "hostname": "p1", "linux": {"namespaces": [{"type": "pid"}]}}"#;
+        let r = rewrite(spec, Path::new("/r"), "a", false, &|_| false).unwrap();
+        let types: Vec<&str> = r.spec["linux"]["namespaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["type"].as_str().unwrap())
+            .collect();
+        assert_eq!(types, ["pid", "uts"]);
     }
 
     #[test]

@@ -1,0 +1,163 @@
+// A CRI client (what kubelet and crictl speak to containerd's CRI plugin): gRPC over the
+// containerd socket with @grpc/grpc-js, messages from our own cri.proto via protobufjs.
+import { fileURLToPath } from "node:url";
+import * as grpc from "@grpc/grpc-js";
+import protobuf from "protobufjs";
+
+const PROTO = fileURLToPath(new URL("../../../proto/cri.proto", import.meta.url));
+const root = protobuf.loadSync(PROTO);
+const SERVICE = "runtime.v1.RuntimeService";
+
+export type Obj = Record<string, unknown>;
+
+export interface PodSandboxConfig {
+  metadata: { name: string; uid: string; namespace: string; attempt?: number };
+  hostname?: string;
+  logDirectory?: string;
+  labels?: Record<string, string>;
+  annotations?: Record<string, string>;
+  linux?: {
+    cgroupParent?: string;
+    securityContext?: { namespaceOptions?: { network?: string; pid?: string; ipc?: string } };
+  };
+}
+
+export interface ContainerConfig {
+  metadata: { name: string; attempt?: number };
+  image: { image: string };
+  command?: string[];
+  args?: string[];
+  workingDir?: string;
+  envs?: Array<{ key: string; value: string }>;
+  mounts?: Array<{ containerPath: string; hostPath: string; readonly?: boolean }>;
+  labels?: Record<string, string>;
+  annotations?: Record<string, string>;
+  logPath?: string;
+  tty?: boolean;
+}
+
+export interface ContainerStatus {
+  id: string;
+  state: "CONTAINER_CREATED" | "CONTAINER_RUNNING" | "CONTAINER_EXITED" | "CONTAINER_UNKNOWN";
+  exitCode: number;
+  reason: string;
+  message: string;
+  logPath: string;
+}
+
+export class CriClient {
+  private readonly client: grpc.Client;
+
+  constructor(readonly socketPath: string) {
+    this.client = new grpc.Client(`unix://${socketPath}`, grpc.credentials.createInsecure());
+  }
+
+  private call<Res = Obj>(method: string, request: Obj, timeoutMs = 180_000): Promise<Res> {
+    const def = root.lookupService(SERVICE).methods[method];
+    if (!def) throw new Error(`CRI method ${method} is not in cri.proto`);
+    const reqType = root.lookupType(def.requestType);
+    const resType = root.lookupType(def.responseType);
+    return new Promise((resolve, reject) => {
+      this.client.makeUnaryRequest(
+        `/${SERVICE}/${method}`,
+        (value: Obj) => Buffer.from(reqType.encode(reqType.fromObject(value)).finish()),
+        (bytes: Buffer) =>
+          resType.toObject(resType.decode(bytes), {
+            longs: Number,
+            enums: String,
+            bytes: Buffer,
+            defaults: true,
+          }) as Res,
+        request,
+        new grpc.Metadata(),
+        { deadline: Date.now() + timeoutMs },
+        (err, value) =>
+          err ? reject(new Error(`CRI ${method}: ${err.details || err.message}`)) : resolve(value as Res),
+      );
+    });
+  }
+
+  version(): Promise<{ runtimeName: string; runtimeVersion: string; runtimeApiVersion: string }> {
+    return this.call("Version", { version: "v1" });
+  }
+
+  async runPodSandbox(config: PodSandboxConfig, runtimeHandler: string): Promise<string> {
+    const res = await this.call<{ podSandboxId: string }>("RunPodSandbox", { config, runtimeHandler });
+    return res.podSandboxId;
+  }
+
+  async stopPodSandbox(podSandboxId: string): Promise<void> {
+    await this.call("StopPodSandbox", { podSandboxId });
+  }
+
+  async removePodSandbox(podSandboxId: string): Promise<void> {
+    await this.call("RemovePodSandbox", { podSandboxId });
+  }
+
+  async podSandboxStatus(
+    podSandboxId: string,
+  ): Promise<{ id: string; state: string; runtimeHandler: string }> {
+    const res = await this.call<{ status: { id: string; state: string; runtimeHandler: string } }>(
+      "PodSandboxStatus",
+      {
+        podSandboxId,
+      },
+    );
+    return res.status;
+  }
+
+  async listPodSandbox(): Promise<Array<{ id: string; state: string; runtimeHandler: string }>> {
+    return (
+      await this.call<{ items: Array<{ id: string; state: string; runtimeHandler: string }> }>(
+        "ListPodSandbox",
+        {},
+      )
+    ).items;
+  }
+
+  async createContainer(
+    podSandboxId: string,
+    config: ContainerConfig,
+    sandboxConfig: PodSandboxConfig,
+  ): Promise<string> {
+    const res = await this.call<{ containerId: string }>("CreateContainer", {
+      podSandboxId,
+      config,
+      sandboxConfig,
+    });
+    return res.containerId;
+  }
+
+  async startContainer(containerId: string): Promise<void> {
+    await this.call("StartContainer", { containerId });
+  }
+
+  async stopContainer(containerId: string, timeoutSeconds = 10): Promise<void> {
+    await this.call("StopContainer", { containerId, timeout: timeoutSeconds });
+  }
+
+  async removeContainer(containerId: string): Promise<void> {
+    await this.call("RemoveContainer", { containerId });
+  }
+
+  async containerStatus(containerId: string): Promise<ContainerStatus> {
+    return (await this.call<{ status: ContainerStatus }>("ContainerStatus", { containerId })).status;
+  }
+
+  async execSync(
+    containerId: string,
+    cmd: string[],
+    timeoutSeconds = 60,
+  ): Promise<{ stdout: string; stderr: string; exitCode: number }> {
+    const res = await this.call<{ stdout: Buffer; stderr: Buffer; exitCode: number }>(
+      "ExecSync",
+      { containerId, cmd, timeout: timeoutSeconds },
+      (timeoutSeconds + 30) * 1000,
+    );
+    return { stdout: res.stdout.toString(), stderr: res.stderr.toString(), exitCode: res.exitCode };
+  }
+
+  close(): void {
+    this.client.close();
+  }
+}

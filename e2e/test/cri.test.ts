@@ -1,0 +1,134 @@
+// Level 4 (CRI): our CRI client drives containerd's CRI plugin like kubelet does; the pod
+// runs with RuntimeClass handler `cloudhv` in one microVM. (Pod networking is not built yet:
+// these pods use the host network mode, so no CNI is involved.)
+import assert from "node:assert/strict";
+import { mkdir, mkdtemp, readFile, rm } from "node:fs/promises";
+import path from "node:path";
+import { after, before, describe, it } from "node:test";
+import { PrivateContainerd } from "../src/containerd.js";
+import { CriClient, type PodSandboxConfig } from "../src/cri/client.js";
+import { processesMatching } from "../src/leaks.js";
+import { buildBusyboxImage, importOciArchive } from "../src/oci-image.js";
+import { installRuntime, type RuntimeInstall } from "../src/runtime-install.js";
+
+const PAUSE = "docker.io/cloudhv-test/pause:1";
+const IMAGE_A = "docker.io/cloudhv-test/busybox:cri-a";
+const IMAGE_B = "docker.io/cloudhv-test/busybox:cri-b";
+
+describe("a pod through CRI with the cloudhv handler", () => {
+  let dir: string;
+  let runtime: RuntimeInstall;
+  let containerd: PrivateContainerd;
+  let cri: CriClient;
+
+  before(async () => {
+    dir = await mkdtemp(path.join("/run", "chv-cri-"));
+    runtime = await installRuntime(dir);
+    await mkdir(path.join(dir, "cni"), { recursive: true });
+    containerd = await PrivateContainerd.start({
+      baseDir: dir,
+      env: runtime.env,
+      extraConfig: [
+        `[plugins."io.containerd.grpc.v1.cri"]`,
+        `  sandbox_image = "${PAUSE}"`,
+        `  [plugins."io.containerd.grpc.v1.cri".cni]`,
+        `    bin_dir = "/usr/lib/cni"`,
+        `    conf_dir = "${dir}/cni"`,
+        `  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]`,
+        `    runtime_type = "io.containerd.runc.v2"`,
+        `  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.cloudhv]`,
+        `    runtime_type = "io.containerd.cloudhv.v1"`,
+      ].join("\n"),
+    });
+    const images = [
+      { name: PAUSE, config: { entrypoint: ["/bin/sleep", "2147483647"] } },
+      { name: IMAGE_A },
+      { name: IMAGE_B },
+    ];
+    for (const image of images) {
+      const built = await buildBusyboxImage({
+        archivePath: path.join(dir, `${image.name.split(":")[1]}.tar`),
+        ...image,
+      });
+      await importOciArchive(containerd, built.archivePath, { namespace: "k8s.io" });
+    }
+    cri = new CriClient(containerd.address);
+  });
+
+  after(async () => {
+    cri?.close();
+    await containerd?.stop();
+    for (const pid of await processesMatching(`--containerd-ttrpc ${containerd?.ttrpcAddress}`))
+      process.kill(pid, "SIGTERM");
+    await new Promise((r) => setTimeout(r, 500));
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it("runs two containers from different images in one VM, with CRI logs and ExecSync, and cleans up", async () => {
+    assert.match((await cri.version()).runtimeName, /containerd/);
+    const logDirectory = path.join(dir, "pods", "p1");
+    await mkdir(logDirectory, { recursive: true });
+    const sandboxConfig: PodSandboxConfig = {
+      metadata: { name: "p1", uid: "uid-p1", namespace: "default", attempt: 0 },
+      hostname: "p1",
+      logDirectory,
+      linux: { securityContext: { namespaceOptions: { network: "NODE" } } },
+    };
+    const podId = await cri.runPodSandbox(sandboxConfig, "cloudhv");
+    assert.equal((await cri.podSandboxStatus(podId)).state, "SANDBOX_READY");
+    assert.equal((await cri.podSandboxStatus(podId)).runtimeHandler, "cloudhv");
+    const vms = () => processesMatching(path.join(runtime.stateDir, "vm"));
+    assert.equal((await vms()).length, 1, "the pod got one VM");
+
+    const ids: string[] = [];
+    for (const [name, image] of [
+      ["a", IMAGE_A],
+      ["b", IMAGE_B],
+    ] as const) {
+      const id = await cri.createContainer(
+        podId,
+        {
+          metadata: { name },
+          image: { image },
+          command: [
+            "sh",
+            "-c",
+            `echo hello-from-${name}; cat /etc/cloudhv-image; echo err-${name} >&2; sleep 600`,
+          ],
+          logPath: `${name}.log`,
+        },
+        sandboxConfig,
+      );
+      await cri.startContainer(id);
+      ids.push(id);
+    }
+    assert.equal((await vms()).length, 1, "both containers joined the pod's VM");
+    for (const [i, image] of [IMAGE_A, IMAGE_B].entries()) {
+      const id = ids[i] as string;
+      assert.equal((await cri.containerStatus(id)).state, "CONTAINER_RUNNING");
+      const exec = await cri.execSync(id, ["sh", "-c", "cat /etc/cloudhv-image; exit 4"]);
+      assert.equal(exec.stdout.trim(), image);
+      assert.equal(exec.exitCode, 4);
+    }
+    // CRI log format: "<RFC3339Nano time> <stdout|stderr> <F|P> <line>".
+    const deadline = Date.now() + 20_000;
+    let log = "";
+    while (!/stderr F err-a/.test(log) && Date.now() < deadline) {
+      log = await readFile(path.join(logDirectory, "a.log"), "utf8").catch(() => "");
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    assert.match(log, /^\S+ stdout F hello-from-a$/m);
+    assert.match(log, new RegExp(`^\\S+ stdout F ${IMAGE_A.replaceAll(".", "\\.")}$`, "m"));
+    assert.match(log, /^\S+ stderr F err-a$/m);
+
+    for (const id of ids) {
+      await cri.stopContainer(id, 2);
+      assert.equal((await cri.containerStatus(id)).state, "CONTAINER_EXITED");
+      await cri.removeContainer(id);
+    }
+    await cri.stopPodSandbox(podId);
+    await cri.removePodSandbox(podId);
+    assert.deepEqual(await cri.listPodSandbox(), []);
+    assert.deepEqual(await vms(), [], "the pod's VM is gone");
+  });
+});
