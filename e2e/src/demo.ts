@@ -3,7 +3,7 @@
 // version, print them with the boot time, and shut the VM down leaving nothing behind.
 import { Command, InvalidArgumentError } from "commander";
 import { bootAndProbe } from "./boot.js";
-import { runContainerInMicroVm } from "./ctr-demo.js";
+import { runPodInMicroVm } from "./pod-demo.js";
 
 function positiveInt(value: string): number {
   const n = Number(value);
@@ -18,20 +18,20 @@ interface DemoOptions {
   vcpus: number;
   memory: number;
   json?: boolean;
-  container: boolean;
+  pod: boolean;
 }
 
 const program = new Command()
   .name("cloudhv-demo")
   .description(
-    "Boot a cloudhv microVM and call its guest agent (boot time), then run a container in a microVM through a private containerd and our shim.",
+    "Boot a cloudhv microVM and call its guest agent (boot time), then run a pod through CRI on a private containerd with the cloudhv handler.",
   )
   .option("--kernel <path>", "guest kernel (default: build/guest/vmlinux or $CLOUDHV_KERNEL)")
   .option("--rootfs <path>", "guest rootfs image (default: build/guest/rootfs.erofs or $CLOUDHV_ROOTFS)")
   .option("--vcpus <n>", "guest vCPUs", positiveInt, 1)
   .option("--memory <MiB>", "guest memory in MiB", positiveInt, 256)
   .option("--json", "print the report as JSON")
-  .option("--no-container", "only boot a VM; skip running a container through containerd")
+  .option("--no-pod", "only boot a VM; skip running a pod through containerd")
   .action(async (opts: DemoOptions) => {
     const report = await bootAndProbe({
       ...(opts.kernel ? { kernelPath: opts.kernel } : {}),
@@ -39,11 +39,11 @@ const program = new Command()
       vcpus: opts.vcpus,
       memoryMb: opts.memory,
     });
-    const container = opts.container
-      ? await runContainerInMicroVm([
+    const container = opts.pod
+      ? await runPodInMicroVm([
           "sh",
           "-c",
-          "echo hello from a microVM: $(uname -sr), $(nproc) vCPU; exit 7",
+          "echo hello from a pod in a microVM: $(uname -sr), $(nproc) vCPU; exit 7",
         ])
       : undefined;
     if (opts.json) {
@@ -61,16 +61,13 @@ const program = new Command()
     console.log(`boot time:      ${report.bootMs.toFixed(0)} ms (QEMU start → agent health reply)`);
     console.log("VM stopped; nothing left behind.");
     if (container) {
-      console.log(`\ncontainerd → containerd-shim-cloudhv-v1 → microVM → crun:`);
       console.log(
-        `  ctr run --runtime io.containerd.cloudhv.v1 ${container.image} demo ${container.command.join(" ")}`,
+        `\nCRI → containerd → containerd-shim-cloudhv-v1 → microVM → crun (handler "${container.handler}"):`,
       );
-      process.stdout.write(container.stdout.replace(/^(?=.)/gm, "  | "));
-      if (container.stderr) process.stdout.write(container.stderr.replace(/^(?=.)/gm, "  ! "));
+      console.log(`  pod "demo", container "hello" (${container.image}): ${container.command.join(" ")}`);
+      process.stdout.write(container.output.replace(/^(?=.)/gm, "  | "));
       console.log(`exit code:      ${container.exitCode} (the container's own)`);
-      console.log(
-        `ctr run took:   ${container.wallMs.toFixed(0)} ms end to end (VM boot, rootfs, container, teardown)`,
-      );
+      console.log(`pod run took:   ${container.wallMs.toFixed(0)} ms (RunPodSandbox → container exited)`);
     }
   });
 

@@ -2,71 +2,32 @@
 // runs with RuntimeClass handler `cloudhv` in one microVM. (Pod networking is not built yet:
 // these pods use the host network mode, so no CNI is involved.)
 import assert from "node:assert/strict";
-import { mkdir, mkdtemp, readFile, rm } from "node:fs/promises";
+import { mkdir, readFile } from "node:fs/promises";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
-import { PrivateContainerd } from "../src/containerd.js";
-import { CriClient, type PodSandboxConfig } from "../src/cri/client.js";
+import type { CriClient, PodSandboxConfig } from "../src/cri/client.js";
+import { HANDLER, type Harness, startHarness } from "../src/harness.js";
 import { processesMatching } from "../src/leaks.js";
-import { buildBusyboxImage, importOciArchive } from "../src/oci-image.js";
-import { installRuntime, type RuntimeInstall } from "../src/runtime-install.js";
 
-const PAUSE = "docker.io/cloudhv-test/pause:1";
 const IMAGE_A = "docker.io/cloudhv-test/busybox:cri-a";
 const IMAGE_B = "docker.io/cloudhv-test/busybox:cri-b";
 
 describe("a pod through CRI with the cloudhv handler", () => {
-  let dir: string;
-  let runtime: RuntimeInstall;
-  let containerd: PrivateContainerd;
+  let harness: Harness;
   let cri: CriClient;
 
   before(async () => {
-    dir = await mkdtemp(path.join("/run", "chv-cri-"));
-    runtime = await installRuntime(dir);
-    await mkdir(path.join(dir, "cni"), { recursive: true });
-    containerd = await PrivateContainerd.start({
-      baseDir: dir,
-      env: runtime.env,
-      extraConfig: [
-        `[plugins."io.containerd.grpc.v1.cri"]`,
-        `  sandbox_image = "${PAUSE}"`,
-        `  [plugins."io.containerd.grpc.v1.cri".cni]`,
-        `    bin_dir = "/usr/lib/cni"`,
-        `    conf_dir = "${dir}/cni"`,
-        `  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]`,
-        `    runtime_type = "io.containerd.runc.v2"`,
-        `  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.cloudhv]`,
-        `    runtime_type = "io.containerd.cloudhv.v1"`,
-      ].join("\n"),
-    });
-    const images = [
-      { name: PAUSE, config: { entrypoint: ["/bin/sleep", "2147483647"] } },
-      { name: IMAGE_A },
-      { name: IMAGE_B },
-    ];
-    for (const image of images) {
-      const built = await buildBusyboxImage({
-        archivePath: path.join(dir, `${image.name.split(":")[1]}.tar`),
-        ...image,
-      });
-      await importOciArchive(containerd, built.archivePath, { namespace: "k8s.io" });
-    }
-    cri = new CriClient(containerd.address);
+    harness = await startHarness({ images: [IMAGE_A, IMAGE_B] });
+    cri = harness.cri;
   });
 
   after(async () => {
-    cri?.close();
-    await containerd?.stop();
-    for (const pid of await processesMatching(`--containerd-ttrpc ${containerd?.ttrpcAddress}`))
-      process.kill(pid, "SIGTERM");
-    await new Promise((r) => setTimeout(r, 500));
-    await rm(dir, { recursive: true, force: true });
+    await harness?.stop();
   });
 
   it("runs two containers from different images in one VM, with CRI logs and ExecSync, and cleans up", async () => {
     assert.match((await cri.version()).runtimeName, /containerd/);
-    const logDirectory = path.join(dir, "pods", "p1");
+    const logDirectory = path.join(harness.dir, "pods", "p1");
     await mkdir(logDirectory, { recursive: true });
     const sandboxConfig: PodSandboxConfig = {
       metadata: { name: "p1", uid: "uid-p1", namespace: "default", attempt: 0 },
@@ -74,10 +35,10 @@ describe("a pod through CRI with the cloudhv handler", () => {
       logDirectory,
       linux: { securityContext: { namespaceOptions: { network: "NODE" } } },
     };
-    const podId = await cri.runPodSandbox(sandboxConfig, "cloudhv");
+    const podId = await cri.runPodSandbox(sandboxConfig, HANDLER);
     assert.equal((await cri.podSandboxStatus(podId)).state, "SANDBOX_READY");
     assert.equal((await cri.podSandboxStatus(podId)).runtimeHandler, "cloudhv");
-    const vms = () => processesMatching(path.join(runtime.stateDir, "vm"));
+    const vms = () => processesMatching(path.join(harness.runtime.stateDir, "vm"));
     assert.equal((await vms()).length, 1, "the pod got one VM");
 
     const ids: string[] = [];

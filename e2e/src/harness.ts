@@ -1,0 +1,80 @@
+// The local harness: a private containerd with the CRI plugin, the `cloudhv` runtime handler
+// (and `runc` beside it), our shim and guest from this working tree, and test images in the
+// k8s.io namespace: everything a CRI client (or a person with ctr) needs to run pods.
+import { mkdir, mkdtemp, rm } from "node:fs/promises";
+import path from "node:path";
+import { PrivateContainerd } from "./containerd.js";
+import { CriClient } from "./cri/client.js";
+import { processesMatching } from "./leaks.js";
+import { buildBusyboxImage, type ImageConfig, importOciArchive } from "./oci-image.js";
+import { installRuntime, type RuntimeInstall } from "./runtime-install.js";
+
+export const PAUSE_IMAGE = "docker.io/cloudhv-test/pause:1";
+export const HANDLER = "cloudhv";
+
+export interface Harness extends AsyncDisposable {
+  dir: string;
+  runtime: RuntimeInstall;
+  containerd: PrivateContainerd;
+  cri: CriClient;
+  stop(): Promise<void>;
+}
+
+export interface HarnessOptions {
+  /** Parent of the harness directory (short: it holds unix sockets). */
+  baseDir?: string;
+  /** Busybox images to import besides the pause image, by name (each gets /etc/cloudhv-image). */
+  images?: string[];
+  runtimeConfig?: Record<string, unknown>;
+}
+
+export async function startHarness(opts: HarnessOptions = {}): Promise<Harness> {
+  const dir = await mkdtemp(path.join(opts.baseDir ?? "/run", "chv-h-"));
+  let containerd: PrivateContainerd | undefined;
+  try {
+    const runtime = await installRuntime(dir, opts.runtimeConfig);
+    await mkdir(path.join(dir, "cni"), { recursive: true });
+    containerd = await PrivateContainerd.start({
+      baseDir: dir,
+      env: runtime.env,
+      extraConfig: [
+        `[plugins."io.containerd.grpc.v1.cri"]`,
+        `  sandbox_image = "${PAUSE_IMAGE}"`,
+        `  [plugins."io.containerd.grpc.v1.cri".cni]`,
+        `    bin_dir = "/usr/lib/cni"`,
+        `    conf_dir = "${dir}/cni"`,
+        `  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]`,
+        `    runtime_type = "io.containerd.runc.v2"`,
+        `  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.${HANDLER}]`,
+        `    runtime_type = "io.containerd.cloudhv.v1"`,
+      ].join("\n"),
+    });
+    const images: Array<{ name: string; config?: ImageConfig }> = [
+      { name: PAUSE_IMAGE, config: { entrypoint: ["/bin/sleep", "2147483647"] } },
+      ...(opts.images ?? []).map((name) => ({ name })),
+    ];
+    for (const [i, image] of images.entries()) {
+      const built = await buildBusyboxImage({ archivePath: path.join(dir, `image-${i}.tar`), ...image });
+      await importOciArchive(containerd, built.archivePath, { namespace: "k8s.io" });
+      await rm(built.archivePath, { force: true });
+    }
+    const cri = new CriClient(containerd.address);
+    const started = containerd;
+    let stopped = false;
+    const stop = async () => {
+      if (stopped) return;
+      stopped = true;
+      cri.close();
+      await started.stop();
+      // The shim daemon of this containerd has nothing left to serve.
+      for (const pid of await processesMatching(`--containerd-ttrpc ${started.ttrpcAddress}`))
+        process.kill(pid, "SIGTERM");
+      await rm(dir, { recursive: true, force: true });
+    };
+    return { dir, runtime, containerd: started, cri, stop, [Symbol.asyncDispose]: stop };
+  } catch (err) {
+    await containerd?.stop();
+    await rm(dir, { recursive: true, force: true });
+    throw err;
+  }
+}
