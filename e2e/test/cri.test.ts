@@ -1,10 +1,10 @@
 // Level 4 (CRI): our CRI client drives containerd's CRI plugin like kubelet does; the pod
-// runs with RuntimeClass handler `cloudhv` in one microVM. (Pod networking is not built yet:
-// these pods use the host network mode, so no CNI is involved.)
+// runs with RuntimeClass handler `cloudhv` in one microVM, on CNI's bridge network.
 import assert from "node:assert/strict";
 import { mkdir, readFile } from "node:fs/promises";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
+import { exec } from "@cloudhv/shim";
 import type { CriClient, PodSandboxConfig } from "../src/cri/client.js";
 import { HANDLER, type Harness, startHarness } from "../src/harness.js";
 import { processesMatching } from "../src/leaks.js";
@@ -91,5 +91,56 @@ describe("a pod through CRI with the cloudhv handler", () => {
     await cri.removePodSandbox(podId);
     assert.deepEqual(await cri.listPodSandbox(), []);
     assert.deepEqual(await vms(), [], "the pod's VM is gone");
+  });
+
+  it("gives the pod the CNI network: the host reaches the pod IP over TCP, the pod reaches its gateway", async () => {
+    const logDirectory = path.join(harness.dir, "pods", "net");
+    await mkdir(logDirectory, { recursive: true });
+    const sandboxConfig: PodSandboxConfig = {
+      metadata: { name: "net", uid: "uid-net", namespace: "default" },
+      hostname: "net",
+      logDirectory,
+    };
+    const podId = await cri.runPodSandbox(sandboxConfig, HANDLER);
+    const ip = (await cri.podSandboxStatus(podId)).network?.ip ?? "";
+    assert.match(ip, /^10\.88\.\d+\.\d+$/);
+    const id = await cri.createContainer(
+      podId,
+      {
+        metadata: { name: "web" },
+        image: { image: IMAGE_A },
+        command: ["/bin/busybox", "httpd", "-f", "-p", "8080", "-h", "/etc"],
+        logPath: "web.log",
+      },
+      sandboxConfig,
+    );
+    await cri.startContainer(id);
+    // Host → pod: an HTTP GET over TCP to the pod IP, served from inside the microVM.
+    let body = "";
+    const deadline = Date.now() + 30_000;
+    while (Date.now() < deadline) {
+      try {
+        body = await (
+          await fetch(`http://${ip}:8080/cloudhv-image`, { signal: AbortSignal.timeout(3000) })
+        ).text();
+        break;
+      } catch {
+        await new Promise((r) => setTimeout(r, 300));
+      }
+    }
+    assert.equal(body.trim(), IMAGE_A);
+    // Pod → host: the bridge's address is the pod's default gateway.
+    const ping = await cri.execSync(id, ["/bin/busybox", "ping", "-c", "1", "-W", "5", harness.gateway]);
+    assert.equal(ping.exitCode, 0, ping.stdout + ping.stderr);
+    const eth0 = await cri.execSync(id, ["cat", "/sys/class/net/eth0/mtu", "/sys/class/net/eth0/address"]);
+    assert.match(eth0.stdout, /^1500\n[0-9a-f:]{17}\n$/);
+
+    await cri.stopContainer(id, 2);
+    await cri.removeContainer(id);
+    await cri.stopPodSandbox(podId);
+    await cri.removePodSandbox(podId);
+    const taps = await exec(["ip", "-o", "link", "show", "type", "tun"]);
+    assert.doesNotMatch(taps.stdout, /tap0_chv/, "no TAP left on the host");
+    assert.deepEqual(await processesMatching(path.join(harness.runtime.stateDir, "vm")), []);
   });
 });

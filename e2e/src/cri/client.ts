@@ -45,6 +45,14 @@ export interface ContainerStatus {
   logPath: string;
 }
 
+export interface PodSandboxStatus {
+  id: string;
+  state: "SANDBOX_READY" | "SANDBOX_NOTREADY";
+  runtimeHandler: string;
+  /** Absent for a pod on the host network. */
+  network: { ip: string } | null;
+}
+
 export class CriClient {
   private readonly client: grpc.Client;
 
@@ -94,16 +102,8 @@ export class CriClient {
     await this.call("RemovePodSandbox", { podSandboxId });
   }
 
-  async podSandboxStatus(
-    podSandboxId: string,
-  ): Promise<{ id: string; state: string; runtimeHandler: string }> {
-    const res = await this.call<{ status: { id: string; state: string; runtimeHandler: string } }>(
-      "PodSandboxStatus",
-      {
-        podSandboxId,
-      },
-    );
-    return res.status;
+  async podSandboxStatus(podSandboxId: string): Promise<PodSandboxStatus> {
+    return (await this.call<{ status: PodSandboxStatus }>("PodSandboxStatus", { podSandboxId })).status;
   }
 
   async listPodSandbox(): Promise<Array<{ id: string; state: string; runtimeHandler: string }>> {

@@ -5,6 +5,7 @@
 #[macro_use]
 pub mod log;
 pub mod container;
+pub mod network;
 pub mod reaper;
 pub mod serial;
 pub mod service;

@@ -267,6 +267,37 @@ impl agent_ttrpc::Agent for AgentService {
         crate::info!("container {} removed", req.container_id);
         Ok(agent::Empty::new())
     }
+
+    fn configure_network(
+        &self,
+        _ctx: &ttrpc::TtrpcContext,
+        req: agent::ConfigureNetworkRequest,
+    ) -> ttrpc::Result<agent::Empty> {
+        let interfaces: Vec<crate::network::Interface> = req
+            .interfaces
+            .iter()
+            .map(|i| crate::network::Interface {
+                mac: i.mac.clone(),
+                mtu: i.mtu,
+                addresses: i
+                    .addresses
+                    .iter()
+                    .map(|a| (a.address.clone(), a.prefix_len))
+                    .collect(),
+            })
+            .collect();
+        let routes: Vec<crate::network::Route> = req
+            .routes
+            .iter()
+            .map(|r| crate::network::Route {
+                dest: r.dest.clone(),
+                gateway: r.gateway.clone(),
+                mac: r.mac.clone(),
+            })
+            .collect();
+        crate::network::configure(&interfaces, &routes)?;
+        Ok(agent::Empty::new())
+    }
 }
 
 #[cfg(test)]

@@ -122,8 +122,13 @@ pub fn rewrite(
         .ok_or("OCI spec linux is not an object")?;
     linux.remove("mountLabel");
     if let Some(namespaces) = linux.get_mut("namespaces").and_then(Value::as_array_mut) {
+        // A network namespace with a path is the pod's (made by CNI on the host): in the guest
+        // the pod's network is the VM's own, so the container stays in the guest's namespace.
+        namespaces.retain(|ns| {
+            !(ns.get("type").and_then(Value::as_str) == Some("network") && ns.get("path").is_some())
+        });
         for ns in namespaces.iter_mut() {
-            // A path names a host namespace; inside the guest the container gets a new one.
+            // Any other path names a host namespace; inside the guest the container gets a new one.
             if let Some(ns) = ns.as_object_mut() {
                 ns.remove("path");
             }
@@ -225,9 +230,9 @@ mod tests {
         );
         assert_eq!(r.skipped_mounts, ["/etc/hosts", "/weird"]);
         let ns = r.spec["linux"]["namespaces"].as_array().unwrap();
-        assert_eq!(ns.len(), 3, "namespaces are kept");
-        assert_eq!(ns[1]["type"], "network");
-        assert!(ns[1].get("path").is_none(), "host namespace path dropped");
+        let types: Vec<&str> = ns.iter().map(|n| n["type"].as_str().unwrap()).collect();
+        assert_eq!(types, ["pid", "mount"], "the pod's network namespace is the guest's own");
+        assert!(ns.iter().all(|n| n.get("path").is_none()), "host namespace paths dropped");
         assert!(r.spec["linux"].get("mountLabel").is_none());
         assert_eq!(r.spec["linux"]["resources"]["memory"]["limit"], 1048576);
         assert_eq!(r.cgroup_path, "/default/t1");

@@ -55,6 +55,11 @@ export interface ContainerStats {
 
 export type StdStream = "STDOUT" | "STDERR";
 
+export interface GuestNetwork {
+  interfaces: Array<{ mac: string; mtu: number; addresses: Array<{ address: string; prefixLen: number }> }>;
+  routes: Array<{ dest: string; gateway: string; mac: string }>;
+}
+
 type Empty = Record<string, never>;
 
 function codec<T>(name: string) {
@@ -82,6 +87,7 @@ const codecs = {
   ResizePtyRequest: codec<ProcessRef & { width: number; height: number }>("ResizePtyRequest"),
   ListPidsResponse: codec<{ pids: number[] }>("ListPidsResponse"),
   ContainerStatsResponse: codec<ContainerStats>("ContainerStatsResponse"),
+  ConfigureNetworkRequest: codec<GuestNetwork>("ConfigureNetworkRequest"),
 };
 
 /** The protocol version this host side speaks; the agent reports its own in Version. */
@@ -213,6 +219,10 @@ export class AgentClient {
       codecs.ContainerStatsResponse,
       opts,
     );
+  }
+
+  async configureNetwork(network: GuestNetwork, opts?: CallOptions): Promise<void> {
+    await this.call("ConfigureNetwork", codecs.ConfigureNetworkRequest, network, codecs.Empty, opts);
   }
 
   async removeContainer(containerId: string, opts?: CallOptions): Promise<void> {

@@ -3,7 +3,7 @@ import path from "node:path";
 import type { AgentClient } from "../agent/client.js";
 import type { RuntimeConfig } from "../config/config.js";
 import type { Logger } from "../util/log.js";
-import type { DiskSpec, HypervisorDriver, VmExit, VmHandle } from "../vmm/types.js";
+import type { DiskSpec, HypervisorDriver, VmConfig, VmExit, VmHandle } from "../vmm/types.js";
 
 export interface SandboxSpec {
   id: string;
@@ -11,6 +11,7 @@ export interface SandboxSpec {
   maxVcpus: number;
   memoryMb: number;
   disks: DiskSpec[];
+  network?: VmConfig["network"];
 }
 
 export class Sandbox {
@@ -39,6 +40,7 @@ export class Sandbox {
       memoryMb: spec.memoryMb,
       stateDir: path.join(config.state_dir, "vm", spec.id),
       disks: spec.disks,
+      ...(spec.network ? { network: spec.network } : {}),
     });
     try {
       const agent = await vm.connectAgent({ timeoutMs: config.agent_boot_timeout_ms });

@@ -1,5 +1,6 @@
 // A container as the task service sees it: its sandbox, its processes and what it holds.
 import type { ProcessRef } from "../agent/client.js";
+import type { PodNetwork } from "../network/pod-network.js";
 import type { Sandbox } from "../sandbox/sandbox.js";
 import type { StdioForwarder } from "../stdio/forward.js";
 import type { DiskSpec } from "../vmm/types.js";
@@ -22,6 +23,8 @@ export class Container {
   paused = false;
   /** Devices hot-plugged into a shared (pod) VM for this container, unplugged on delete. */
   readonly hotplugged: string[] = [];
+  /** The pod network this container's VM is attached to (the sandbox owns it). */
+  network: PodNetwork | undefined;
   /** The task's logger (daemon log + the bundle's `log` FIFO). */
   log: TaskLog | undefined;
 

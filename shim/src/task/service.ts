@@ -5,8 +5,10 @@ import { createHash } from "node:crypto";
 import { readFile } from "node:fs/promises";
 import path from "node:path";
 import type { DestinationStream, LevelWithSilent } from "pino";
+import type { GuestNetwork } from "../agent/client.js";
 import type { RuntimeConfig } from "../config/config.js";
 import type { EventPublisher, Mount, Timestamp } from "../containerd/publisher.js";
+import { attachPodNetwork, type PodInterface, type PodNetwork } from "../network/pod-network.js";
 import { Sandbox } from "../sandbox/sandbox.js";
 import { StdioForwarder, type StdioPaths } from "../stdio/forward.js";
 import { messageCodec } from "../ttrpc/proto.js";
@@ -135,7 +137,10 @@ export class TaskService {
       const specBytes = await readFile(specPath).catch((err: Error) => {
         throw invalid(`cannot read the OCI spec ${specPath}: ${err.message}`);
       });
-      let spec: { annotations?: Record<string, unknown> };
+      let spec: {
+        annotations?: Record<string, unknown>;
+        linux?: { namespaces?: Array<{ type?: string; path?: string }> };
+      };
       try {
         spec = JSON.parse(specBytes.toString("utf8"));
       } catch (err) {
@@ -151,6 +156,7 @@ export class TaskService {
       const t1 = performance.now();
       undo.defer("release rootfs", () => rootfs.release());
       let sandbox: Sandbox;
+      let podNetwork: PodNetwork | undefined;
       const hotplugged: string[] = [];
       if (pod) {
         sandbox = pod.sandbox;
@@ -160,6 +166,13 @@ export class TaskService {
           undo.defer(`unplug ${device}`, () => sandbox.vm.removeDevice(device));
         }
       } else {
+        // CNI made the pod's netns (its path is in the spec): the VM's NIC takes its place.
+        const netnsPath = spec.linux?.namespaces?.find((n) => n.type === "network" && n.path)?.path;
+        if (netnsPath) {
+          const attached = await attachPodNetwork(netnsPath);
+          podNetwork = attached;
+          undo.defer("detach pod network", () => attached.detach());
+        }
         const booted = await Sandbox.boot(
           {
             id: sandboxId(ns, role.kind === "sandbox" ? role.sandboxId : req.id),
@@ -167,6 +180,15 @@ export class TaskService {
             maxVcpus: size?.maxVcpus ?? this.deps.config.default_vcpus,
             memoryMb: size?.memoryMb ?? this.deps.config.default_memory_mb,
             disks: rootfs.disks,
+            ...(podNetwork
+              ? {
+                  network: {
+                    netnsPath: podNetwork.netnsPath,
+                    tap: podNetwork.tap,
+                    mac: podNetwork.iface.mac,
+                  },
+                }
+              : {}),
           },
           this.deps.driver,
           this.deps.config,
@@ -174,6 +196,7 @@ export class TaskService {
         );
         sandbox = booted;
         undo.defer("stop VM", () => booted.destroy());
+        if (podNetwork) await booted.agent.configureNetwork(guestNetwork(podNetwork.iface));
       }
       const io: StdioPaths = {
         stdin: req.stdin,
@@ -201,6 +224,7 @@ export class TaskService {
       );
       container.log = taskLog;
       container.hotplugged.push(...hotplugged);
+      container.network = podNetwork;
       if (pod) pod.members.add(req.id);
       if (role.kind === "sandbox")
         this.pods.set(this.key(ns, role.sandboxId), { sandbox, members: new Set() });
@@ -500,6 +524,9 @@ export class TaskService {
     cleanup.defer("release rootfs", () => container.rootfs.release());
     if (container.ownsSandbox) {
       for (const [key, pod] of this.pods) if (pod.sandbox === container.sandbox) this.pods.delete(key);
+      // Runs after the VM is gone (newest first): the TAP outlives the VMM that uses it.
+      const network = container.network;
+      if (network) cleanup.defer("detach pod network", () => network.detach());
       cleanup.defer("stop VM", () => container.sandbox.destroy());
     } else {
       for (const pod of this.pods.values()) pod.members.delete(container.id);
@@ -531,6 +558,24 @@ export class TaskService {
     }
     return pod;
   }
+}
+
+/** What the agent needs to give the guest the pod's interface (IPv4 for now). */
+function guestNetwork(iface: PodInterface): GuestNetwork {
+  return {
+    interfaces: [
+      {
+        mac: iface.mac,
+        mtu: iface.mtu,
+        addresses: iface.addresses
+          .filter((a) => a.family === "inet")
+          .map((a) => ({ address: a.address, prefixLen: a.prefixLen })),
+      },
+    ],
+    routes: iface.routes
+      .filter((r) => r.dest === "default" || !r.dest.includes(":"))
+      .map((r) => ({ dest: r.dest, gateway: r.gateway ?? "", mac: iface.mac })),
+  };
 }
 
 interface Pod {

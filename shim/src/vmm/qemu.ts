@@ -61,7 +61,10 @@ export class QemuDriver implements HypervisorDriver {
     // instead of running on unmanaged (same pid, no extra process).
     let vm: QemuVm | undefined;
     try {
-      const child = spawn("setpriv", ["--pdeathsig", "KILL", "--", this.binary, ...argv], {
+      // With a pod network, QEMU runs inside the pod's netns, where the TAP is.
+      const netns = config.network ? ["nsenter", `--net=${config.network.netnsPath}`, "--"] : [];
+      const [command, ...args] = [...netns, "setpriv", "--pdeathsig", "KILL", "--", this.binary, ...argv];
+      const child = spawn(command as string, args, {
         stdio: ["ignore", "ignore", "pipe"],
       });
       vm = new QemuVm(config, child, paths);
@@ -118,6 +121,14 @@ function qemuArgv(
       "-device",
       `pcie-root-port,id=hp${i},bus=pcie.0,chassis=${i + 1},slot=${i + 1}`,
     ]).flat(),
+    ...(config.network
+      ? [
+          "-netdev",
+          `tap,id=net0,ifname=${config.network.tap},script=no,downscript=no`,
+          "-device",
+          `virtio-net-pci,netdev=net0,mac=${config.network.mac}`,
+        ]
+      : []),
     "-device",
     "virtio-rng-pci",
     "-device",

@@ -18,6 +18,8 @@ export interface VmConfig {
   memoryMb: number;
   /** Per-VM directory for sockets and logs; created by launch, removed by stop. */
   stateDir: string;
+  /** The pod's network: the VMM runs in this netns with a NIC on `tap` carrying `mac`. */
+  network?: { netnsPath: string; tap: string; mac: string };
   /** Disks present at boot besides the guest rootfs (container images, scratch disks). */
   disks?: DiskSpec[];
 }
