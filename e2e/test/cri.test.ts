@@ -132,6 +132,29 @@ describe("a pod through CRI with the cloudhv handler", () => {
     // Pod → host: the bridge's address is the pod's default gateway.
     const ping = await cri.execSync(id, ["/bin/busybox", "ping", "-c", "1", "-W", "5", harness.gateway]);
     assert.equal(ping.exitCode, 0, ping.stdout + ping.stderr);
+    // A second container of the pod shares its network: localhost reaches the first one.
+    const client = await cri.createContainer(
+      podId,
+      {
+        metadata: { name: "client" },
+        image: { image: IMAGE_B },
+        command: ["sleep", "600"],
+        logPath: "client.log",
+      },
+      sandboxConfig,
+    );
+    await cri.startContainer(client);
+    const local = await cri.execSync(client, [
+      "/bin/busybox",
+      "wget",
+      "-q",
+      "-O",
+      "-",
+      "http://127.0.0.1:8080/cloudhv-image",
+    ]);
+    assert.equal(local.stdout.trim(), IMAGE_A, local.stderr);
+    await cri.stopContainer(client, 2);
+    await cri.removeContainer(client);
     const eth0 = await cri.execSync(id, ["cat", "/sys/class/net/eth0/mtu", "/sys/class/net/eth0/address"]);
     assert.match(eth0.stdout, /^1500\n[0-9a-f:]{17}\n$/);
 
