@@ -1,7 +1,7 @@
 // Level 4 (CRI): our CRI client drives containerd's CRI plugin like kubelet does; the pod
 // runs with RuntimeClass handler `cloudhv` in one microVM, on CNI's bridge network.
 import assert from "node:assert/strict";
-import { mkdir, readFile } from "node:fs/promises";
+import { mkdir, readFile, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
 import { exec } from "@cloudhv/shim";
@@ -164,6 +164,83 @@ describe("a pod through CRI with the cloudhv handler", () => {
     await cri.removePodSandbox(podId);
     const taps = await exec(["ip", "-o", "link", "show", "type", "tun"]);
     assert.doesNotMatch(taps.stdout, /tap0_chv/, "no TAP left on the host");
+    assert.deepEqual(await processesMatching(path.join(harness.runtime.stateDir, "vm")), []);
+  });
+
+  it("brings volumes into the VM: configmap-style dirs follow host updates, resolv.conf, shared emptyDir, and refuses big hostPaths", async () => {
+    const base = path.join(harness.dir, "vol");
+    const configDir = path.join(base, "volumes", "kubernetes.io~configmap", "cfg");
+    const emptyDir = path.join(base, "volumes", "kubernetes.io~empty-dir", "shared");
+    await mkdir(configDir, { recursive: true });
+    await mkdir(emptyDir, { recursive: true });
+    await writeFile(path.join(configDir, "key.txt"), "v1\n");
+    const logDirectory = path.join(harness.dir, "pods", "vol");
+    await mkdir(logDirectory, { recursive: true });
+    const sandboxConfig: PodSandboxConfig = {
+      metadata: { name: "vol", uid: "uid-vol", namespace: "default" },
+      logDirectory,
+      linux: { securityContext: { namespaceOptions: { network: "NODE" } } },
+    };
+    const podId = await cri.runPodSandbox(sandboxConfig, HANDLER);
+    const mounts = [
+      { containerPath: "/etc/config", hostPath: configDir, readonly: true },
+      { containerPath: "/shared", hostPath: emptyDir },
+    ];
+    const ids: string[] = [];
+    for (const name of ["writer", "reader"]) {
+      const id = await cri.createContainer(
+        podId,
+        {
+          metadata: { name },
+          image: { image: IMAGE_A },
+          command: ["sleep", "600"],
+          mounts,
+          logPath: `${name}.log`,
+        },
+        sandboxConfig,
+      );
+      await cri.startContainer(id);
+      ids.push(id);
+    }
+    const [writer, reader] = ids as [string, string];
+    assert.equal((await cri.execSync(reader, ["cat", "/etc/config/key.txt"])).stdout, "v1\n");
+    const hostResolv = await readFile("/etc/resolv.conf", "utf8");
+    assert.equal((await cri.execSync(reader, ["cat", "/etc/resolv.conf"])).stdout, hostResolv);
+    // The configmap changes on the host; the guest follows within seconds.
+    await writeFile(path.join(configDir, "key.txt"), "v2\n");
+    const deadline = Date.now() + 15_000;
+    let seen = "";
+    while (seen !== "v2\n" && Date.now() < deadline) {
+      seen = (await cri.execSync(reader, ["cat", "/etc/config/key.txt"])).stdout;
+      await new Promise((r) => setTimeout(r, 300));
+    }
+    assert.equal(seen, "v2\n");
+    // emptyDir is one directory for the whole pod.
+    assert.equal((await cri.execSync(writer, ["sh", "-c", "echo hi > /shared/note"])).exitCode, 0);
+    assert.equal((await cri.execSync(reader, ["cat", "/shared/note"])).stdout, "hi\n");
+    // A large host directory cannot be copied into the VM: starting the container (the
+    // shim's task create) fails naming it.
+    const big = await cri.createContainer(
+      podId,
+      {
+        metadata: { name: "big" },
+        image: { image: IMAGE_A },
+        command: ["true"],
+        mounts: [{ containerPath: "/usr-lib", hostPath: "/usr/lib" }],
+      },
+      sandboxConfig,
+    );
+    await assert.rejects(
+      cri.startContainer(big),
+      /hostPath \/usr\/lib \(mounted at \/usr-lib\) holds \d+ bytes/,
+    );
+    await cri.removeContainer(big);
+    for (const id of ids) {
+      await cri.stopContainer(id, 2);
+      await cri.removeContainer(id);
+    }
+    await cri.stopPodSandbox(podId);
+    await cri.removePodSandbox(podId);
     assert.deepEqual(await processesMatching(path.join(harness.runtime.stateDir, "vm")), []);
   });
 });

@@ -12,6 +12,7 @@ pub mod service;
 pub mod setup;
 pub mod spec;
 pub mod stream;
+pub mod volumes;
 pub mod vsock;
 
 pub mod protocol {

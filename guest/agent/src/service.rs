@@ -268,6 +268,30 @@ impl agent_ttrpc::Agent for AgentService {
         Ok(agent::Empty::new())
     }
 
+    fn put_files(
+        &self,
+        _ctx: &ttrpc::TtrpcContext,
+        req: agent::PutFilesRequest,
+    ) -> ttrpc::Result<agent::Empty> {
+        let files: Vec<crate::volumes::File> = req
+            .files
+            .into_iter()
+            .map(|f| crate::volumes::File {
+                path: f.path,
+                data: f.data,
+                mode: f.mode,
+                symlink: f.symlink,
+                is_dir: f.is_dir,
+            })
+            .collect();
+        crate::volumes::put(
+            std::path::Path::new(crate::volumes::VOLUMES_ROOT),
+            &req.dir,
+            &files,
+        )?;
+        Ok(agent::Empty::new())
+    }
+
     fn configure_network(
         &self,
         _ctx: &ttrpc::TtrpcContext,

@@ -231,8 +231,15 @@ mod tests {
         assert_eq!(r.skipped_mounts, ["/etc/hosts", "/weird"]);
         let ns = r.spec["linux"]["namespaces"].as_array().unwrap();
         let types: Vec<&str> = ns.iter().map(|n| n["type"].as_str().unwrap()).collect();
-        assert_eq!(types, ["pid", "mount"], "the pod's network namespace is the guest's own");
-        assert!(ns.iter().all(|n| n.get("path").is_none()), "host namespace paths dropped");
+        assert_eq!(
+            types,
+            ["pid", "mount"],
+            "the pod's network namespace is the guest's own"
+        );
+        assert!(
+            ns.iter().all(|n| n.get("path").is_none()),
+            "host namespace paths dropped"
+        );
         assert!(r.spec["linux"].get("mountLabel").is_none());
         assert_eq!(r.spec["linux"]["resources"]["memory"]["limit"], 1048576);
         assert_eq!(r.cgroup_path, "/default/t1");

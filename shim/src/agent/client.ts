@@ -55,6 +55,14 @@ export interface ContainerStats {
 
 export type StdStream = "STDOUT" | "STDERR";
 
+export interface PutFile {
+  path: string;
+  data: Uint8Array;
+  mode: number;
+  symlink: string;
+  isDir: boolean;
+}
+
 export interface GuestNetwork {
   interfaces: Array<{ mac: string; mtu: number; addresses: Array<{ address: string; prefixLen: number }> }>;
   routes: Array<{ dest: string; gateway: string; mac: string }>;
@@ -88,6 +96,7 @@ const codecs = {
   ListPidsResponse: codec<{ pids: number[] }>("ListPidsResponse"),
   ContainerStatsResponse: codec<ContainerStats>("ContainerStatsResponse"),
   ConfigureNetworkRequest: codec<GuestNetwork>("ConfigureNetworkRequest"),
+  PutFilesRequest: codec<{ dir: string; files: PutFile[] }>("PutFilesRequest"),
 };
 
 /** The protocol version this host side speaks; the agent reports its own in Version. */
@@ -223,6 +232,10 @@ export class AgentClient {
 
   async configureNetwork(network: GuestNetwork, opts?: CallOptions): Promise<void> {
     await this.call("ConfigureNetwork", codecs.ConfigureNetworkRequest, network, codecs.Empty, opts);
+  }
+
+  async putFiles(dir: string, files: PutFile[], opts?: CallOptions): Promise<void> {
+    await this.call("PutFiles", codecs.PutFilesRequest, { dir, files }, codecs.Empty, opts);
   }
 
   async removeContainer(containerId: string, opts?: CallOptions): Promise<void> {

@@ -4,6 +4,7 @@ import type { PodNetwork } from "../network/pod-network.js";
 import type { Sandbox } from "../sandbox/sandbox.js";
 import type { StdioForwarder } from "../stdio/forward.js";
 import type { DiskSpec } from "../vmm/types.js";
+import type { ContainerVolumes } from "../volumes/volumes.js";
 import type { Process } from "./process.js";
 import type { TaskLog } from "./task-log.js";
 
@@ -25,6 +26,8 @@ export class Container {
   readonly hotplugged: string[] = [];
   /** The pod network this container's VM is attached to (the sandbox owns it). */
   network: PodNetwork | undefined;
+  /** Copied volumes kept in sync with the host while the container lives. */
+  volumes: ContainerVolumes | undefined;
   /** The task's logger (daemon log + the bundle's `log` FIFO). */
   log: TaskLog | undefined;
 

@@ -16,6 +16,7 @@ import { Cleanup } from "../util/cleanup.js";
 import type { Logger } from "../util/log.js";
 import { within } from "../util/time.js";
 import type { HypervisorDriver } from "../vmm/types.js";
+import { ContainerVolumes } from "../volumes/volumes.js";
 import { Container, type PreparedRootfs } from "./container.js";
 import { invalid, notFound, precondition, ShimError } from "./errors.js";
 import { Process } from "./process.js";
@@ -140,6 +141,7 @@ export class TaskService {
       let spec: {
         annotations?: Record<string, unknown>;
         linux?: { namespaces?: Array<{ type?: string; path?: string }> };
+        mounts?: Array<{ destination: string; type?: string; source?: string; options?: string[] }>;
       };
       try {
         spec = JSON.parse(specBytes.toString("utf8"));
@@ -150,6 +152,11 @@ export class TaskService {
       // A pod's app container joins the VM its sandbox booted; anything else gets a VM of its own.
       const pod = role.kind === "container" ? this.podFor(ns, role.sandboxId, req.id) : undefined;
       const size = pod ? undefined : vmSize(spec.annotations ?? {}, this.deps.config);
+      // Bind mounts become guest paths (copies, shared emptyDirs); a volume the VM cannot
+      // have fails here, before anything was built.
+      const podKey = `${ns}/${role.kind === "standalone" ? req.id : role.sandboxId}`;
+      const volumes = await ContainerVolumes.plan(spec, req.id, podKey, log);
+      const guestSpec = volumes.empty ? specBytes : Buffer.from(JSON.stringify(spec));
       // Phase timings go to the log on every create: the benchmarks read them from there.
       const t0 = performance.now();
       const rootfs = await this.deps.prepareRootfs(ns, req.id, req.rootfs);
@@ -205,9 +212,10 @@ export class TaskService {
         terminal: req.terminal,
       };
       const t2 = performance.now();
+      await volumes.apply(sandbox.agent);
       const pid = await sandbox.agent.createContainer({
         containerId: req.id,
-        ociSpec: specBytes,
+        ociSpec: guestSpec,
         rootfsSerial: rootfs.rootfsSerial,
         scratchSerial: rootfs.scratchSerial,
         terminal: req.terminal,
@@ -225,6 +233,8 @@ export class TaskService {
       container.log = taskLog;
       container.hotplugged.push(...hotplugged);
       container.network = podNetwork;
+      container.volumes = volumes;
+      volumes.startSync(sandbox.agent);
       if (pod) pod.members.add(req.id);
       if (role.kind === "sandbox")
         this.pods.set(this.key(ns, role.sandboxId), { sandbox, members: new Set() });
@@ -521,6 +531,7 @@ export class TaskService {
     this.containers.delete(this.key(container.namespace, container.id));
     const cleanup = new Cleanup();
     cleanup.defer("close task log", () => container.log?.close());
+    container.volumes?.stop();
     cleanup.defer("release rootfs", () => container.rootfs.release());
     if (container.ownsSandbox) {
       for (const [key, pod] of this.pods) if (pod.sandbox === container.sandbox) this.pods.delete(key);
