@@ -80,6 +80,8 @@ export async function startHarness(opts: HarnessOptions = {}): Promise<Harness> 
         `    runtime_type = "io.containerd.runc.v2"`,
         `  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.${HANDLER}]`,
         `    runtime_type = "io.containerd.cloudhv.v1"`,
+        // The CRI plugin passes a pod's annotations to the runtime only when listed here.
+        `    pod_annotations = ["io.cloudhv.config.hypervisor.*", "io.katacontainers.config.hypervisor.*"]`,
       ].join("\n"),
     });
     const images: Array<{ name: string; config?: ImageConfig }> = [

@@ -243,4 +243,53 @@ describe("a pod through CRI with the cloudhv handler", () => {
     await cri.removePodSandbox(podId);
     assert.deepEqual(await processesMatching(path.join(harness.runtime.stateDir, "vm")), []);
   });
+
+  it("sizes the pod's VM from its annotations, and fails RunPodSandbox on a bad value, leaving nothing", async () => {
+    const logDirectory = path.join(harness.dir, "pods", "sized");
+    await mkdir(logDirectory, { recursive: true });
+    const config = (name: string, annotations: Record<string, string>): PodSandboxConfig => ({
+      metadata: { name, uid: `uid-${name}`, namespace: "default" },
+      logDirectory,
+      annotations,
+      linux: { securityContext: { namespaceOptions: { network: "NODE" } } },
+    });
+    const sized = config("sized", {
+      "io.katacontainers.config.hypervisor.default_vcpus": "2",
+      "io.cloudhv.config.hypervisor.default_memory": "512",
+    });
+    const podId = await cri.runPodSandbox(sized, HANDLER);
+    const id = await cri.createContainer(
+      podId,
+      {
+        metadata: { name: "probe" },
+        image: { image: IMAGE_A },
+        command: ["sleep", "600"],
+        logPath: "probe.log",
+      },
+      sized,
+    );
+    await cri.startContainer(id);
+    assert.equal((await cri.execSync(id, ["sh", "-c", "nproc"])).stdout.trim(), "2");
+    const mem = (await cri.execSync(id, ["sh", "-c", "grep MemTotal /proc/meminfo"])).stdout;
+    const kib = Number(/(\d+) kB/.exec(mem)?.[1]);
+    assert.ok(kib > 400 * 1024 && kib <= 512 * 1024, mem);
+    await cri.stopContainer(id, 2);
+    await cri.removeContainer(id);
+    await cri.stopPodSandbox(podId);
+    await cri.removePodSandbox(podId);
+
+    const before = await cri.listPodSandbox();
+    await assert.rejects(
+      cri.runPodSandbox(
+        config("badsize", { "io.cloudhv.config.hypervisor.default_memory": "lots" }),
+        HANDLER,
+      ),
+      /annotation io\.cloudhv\.config\.hypervisor\.default_memory="lots" must be an integer from 64 to \d+ MiB/,
+    );
+    assert.deepEqual(await processesMatching(path.join(harness.runtime.stateDir, "vm")), []);
+    assert.equal(
+      (await cri.listPodSandbox()).filter((p) => p.state === "SANDBOX_READY").length,
+      before.filter((p) => p.state === "SANDBOX_READY").length,
+    );
+  });
 });
