@@ -19,6 +19,7 @@ import type { HypervisorDriver } from "../vmm/types.js";
 import { ContainerVolumes } from "../volumes/volumes.js";
 import { Container, type PreparedRootfs } from "./container.js";
 import { invalid, notFound, precondition, ShimError } from "./errors.js";
+import { PhaseClock } from "./phases.js";
 import { Process } from "./process.js";
 import { vmSize } from "./sizing.js";
 import { openTaskLog } from "./task-log.js";
@@ -158,8 +159,10 @@ export class TaskService {
       const volumes = await ContainerVolumes.plan(spec, req.id, podKey, log);
       const guestSpec = volumes.empty ? specBytes : Buffer.from(JSON.stringify(spec));
       // Phase timings go to the log on every create: the benchmarks read them from there.
+      // `guest*` phases wait on the guest (boot, agent RPCs); the rest is the host's own work.
+      const phases = new PhaseClock();
       const t0 = performance.now();
-      const rootfs = await this.deps.prepareRootfs(ns, req.id, req.rootfs);
+      const rootfs = await phases.time("rootfsMs", this.deps.prepareRootfs(ns, req.id, req.rootfs));
       const t1 = performance.now();
       undo.defer("release rootfs", () => rootfs.release());
       let sandbox: Sandbox;
@@ -168,7 +171,7 @@ export class TaskService {
       if (pod) {
         sandbox = pod.sandbox;
         for (const disk of rootfs.disks) {
-          const device = await sandbox.vm.addDisk(disk);
+          const device = await phases.time("hotplugMs", sandbox.vm.addDisk(disk));
           hotplugged.push(device);
           undo.defer(`unplug ${device}`, () => sandbox.vm.removeDevice(device));
         }
@@ -176,7 +179,7 @@ export class TaskService {
         // CNI made the pod's netns (its path is in the spec): the VM's NIC takes its place.
         const netnsPath = spec.linux?.namespaces?.find((n) => n.type === "network" && n.path)?.path;
         if (netnsPath) {
-          const attached = await attachPodNetwork(netnsPath);
+          const attached = await phases.time("networkMs", attachPodNetwork(netnsPath));
           podNetwork = attached;
           undo.defer("detach pod network", () => attached.detach());
         }
@@ -197,13 +200,16 @@ export class TaskService {
                 }
               : {}),
           },
-          this.deps.driver,
+          phases.timedDriver(this.deps.driver),
           this.deps.config,
           log,
         );
+        // Sandbox.boot = VMM launch (host) + waiting for the agent's first answer (guest).
+        phases.add("guestBootMs", booted.bootMs - phases.get("vmmLaunchMs"));
         sandbox = booted;
         undo.defer("stop VM", () => booted.destroy());
-        if (podNetwork) await booted.agent.configureNetwork(guestNetwork(podNetwork.iface));
+        if (podNetwork)
+          await phases.time("guestNetworkMs", booted.agent.configureNetwork(guestNetwork(podNetwork.iface)));
       }
       const io: StdioPaths = {
         stdin: req.stdin,
@@ -212,15 +218,18 @@ export class TaskService {
         terminal: req.terminal,
       };
       const t2 = performance.now();
-      await volumes.apply(sandbox.agent);
-      const pid = await sandbox.agent.createContainer({
-        containerId: req.id,
-        ociSpec: guestSpec,
-        rootfsSerial: rootfs.rootfsSerial,
-        scratchSerial: rootfs.scratchSerial,
-        terminal: req.terminal,
-        stdin: StdioForwarder.wantsStdin(io),
-      });
+      await phases.time("guestVolumesMs", volumes.apply(sandbox.agent));
+      const pid = await phases.time(
+        "guestCreateContainerMs",
+        sandbox.agent.createContainer({
+          containerId: req.id,
+          ociSpec: guestSpec,
+          rootfsSerial: rootfs.rootfsSerial,
+          scratchSerial: rootfs.scratchSerial,
+          terminal: req.terminal,
+          stdin: StdioForwarder.wantsStdin(io),
+        }),
+      );
       const container = new Container(
         ns,
         req.id,
@@ -253,6 +262,7 @@ export class TaskService {
             vmBootMs: round(t2 - t1),
             guestCreateMs: round(t3 - t2),
             totalMs: round(t3 - t0),
+            ...phases.summary(t3 - t0),
           },
         },
         "task created",
@@ -305,9 +315,12 @@ export class TaskService {
     const container = this.container(ns, id);
     const proc = this.process(container, execId);
     if (proc.state.kind === "running") throw precondition(`cannot delete ${proc.label}: it is still running`);
+    const phases = new PhaseClock();
+    const started = performance.now();
     const forwarder = container.forwarders.get(execId);
     if (forwarder) {
-      await within(forwarder.outputDone, OUTPUT_DRAIN_MS);
+      // The agent's last output reaching containerd's FIFOs: a wait on the guest's stream.
+      await phases.time("guestOutputDrainMs", within(forwarder.outputDone, OUTPUT_DRAIN_MS));
       forwarder.close();
       container.forwarders.delete(execId);
     }
@@ -318,9 +331,18 @@ export class TaskService {
     if (execId) {
       container.execs.delete(execId);
     } else {
-      const started = performance.now();
-      await this.teardown(container);
-      this.deps.log.info({ ns, task: id, teardownMs: round(performance.now() - started) }, "task deleted");
+      const teardownStarted = performance.now();
+      await this.teardown(container, phases);
+      const done = performance.now();
+      this.deps.log.info(
+        {
+          ns,
+          task: id,
+          teardownMs: round(done - teardownStarted),
+          phases: { totalMs: round(done - started), ...phases.summary(done - started) },
+        },
+        "task deleted",
+      );
       this.deps.events.publish(ns, "TaskDelete", { containerId: id, id, ...info });
     }
     return info;
@@ -527,26 +549,42 @@ export class TaskService {
     });
   }
 
-  private async teardown(container: Container): Promise<void> {
+  private async teardown(container: Container, phases = new PhaseClock()): Promise<void> {
     this.containers.delete(this.key(container.namespace, container.id));
     const cleanup = new Cleanup();
     cleanup.defer("close task log", () => container.log?.close());
     container.volumes?.stop();
-    cleanup.defer("release rootfs", () => container.rootfs.release());
+    cleanup.defer(
+      "release rootfs",
+      phases.wrap("rootfsReleaseMs", () => container.rootfs.release()),
+    );
     if (container.ownsSandbox) {
       for (const [key, pod] of this.pods) if (pod.sandbox === container.sandbox) this.pods.delete(key);
       // Runs after the VM is gone (newest first): the TAP outlives the VMM that uses it.
       const network = container.network;
-      if (network) cleanup.defer("detach pod network", () => network.detach());
-      cleanup.defer("stop VM", () => container.sandbox.destroy());
+      if (network)
+        cleanup.defer(
+          "detach pod network",
+          phases.wrap("networkDetachMs", () => network.detach()),
+        );
+      cleanup.defer(
+        "stop VM",
+        phases.wrap("vmStopMs", () => container.sandbox.destroy()),
+      );
     } else {
       for (const pod of this.pods.values()) pod.members.delete(container.id);
       // Undo steps run newest first: the guest lets go of the disks before they are unplugged.
       for (const device of container.hotplugged) {
-        cleanup.defer(`unplug ${device}`, () => container.sandbox.vm.removeDevice(device));
+        cleanup.defer(
+          `unplug ${device}`,
+          phases.wrap("guestUnplugMs", () => container.sandbox.vm.removeDevice(device)),
+        );
       }
-      cleanup.defer("remove container in guest", () =>
-        container.sandbox.agent.removeContainer(container.id, { timeoutMs: 10_000 }),
+      cleanup.defer(
+        "remove container in guest",
+        phases.wrap("guestRemoveMs", () =>
+          container.sandbox.agent.removeContainer(container.id, { timeoutMs: 10_000 }),
+        ),
       );
     }
     await cleanup.run();
