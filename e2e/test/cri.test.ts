@@ -7,289 +7,291 @@ import { after, before, describe, it } from "node:test";
 import { exec } from "@cloudhv/shim";
 import type { CriClient, PodSandboxConfig } from "../src/cri/client.js";
 import { HANDLER, type Harness, startHarness } from "../src/harness.js";
+import { hypervisorSuites } from "../src/hypervisors.js";
 import { processesMatching } from "../src/leaks.js";
 
 const IMAGE_A = "docker.io/cloudhv-test/busybox:cri-a";
 const IMAGE_B = "docker.io/cloudhv-test/busybox:cri-b";
 
-describe("a pod through CRI with the cloudhv handler", () => {
-  let harness: Harness;
-  let cri: CriClient;
+for (const hv of await hypervisorSuites())
+  describe(`a pod through CRI with the cloudhv handler on ${hv.name}`, { skip: hv.skip ?? false }, () => {
+    let harness: Harness;
+    let cri: CriClient;
 
-  before(async () => {
-    harness = await startHarness({ images: [IMAGE_A, IMAGE_B] });
-    cri = harness.cri;
-  });
+    before(async () => {
+      harness = await startHarness({ images: [IMAGE_A, IMAGE_B], runtimeConfig: hv.runtimeConfig });
+      cri = harness.cri;
+    });
 
-  after(async () => {
-    await harness?.stop();
-  });
+    after(async () => {
+      await harness?.stop();
+    });
 
-  it("runs two containers from different images in one VM, with CRI logs and ExecSync, and cleans up", async () => {
-    assert.match((await cri.version()).runtimeName, /containerd/);
-    const logDirectory = path.join(harness.dir, "pods", "p1");
-    await mkdir(logDirectory, { recursive: true });
-    const sandboxConfig: PodSandboxConfig = {
-      metadata: { name: "p1", uid: "uid-p1", namespace: "default", attempt: 0 },
-      hostname: "p1",
-      logDirectory,
-      linux: { securityContext: { namespaceOptions: { network: "NODE" } } },
-    };
-    const podId = await cri.runPodSandbox(sandboxConfig, HANDLER);
-    assert.equal((await cri.podSandboxStatus(podId)).state, "SANDBOX_READY");
-    assert.equal((await cri.podSandboxStatus(podId)).runtimeHandler, "cloudhv");
-    const vms = () => processesMatching(path.join(harness.runtime.stateDir, "vm"));
-    assert.equal((await vms()).length, 1, "the pod got one VM");
+    it("runs two containers from different images in one VM, with CRI logs and ExecSync, and cleans up", async () => {
+      assert.match((await cri.version()).runtimeName, /containerd/);
+      const logDirectory = path.join(harness.dir, "pods", "p1");
+      await mkdir(logDirectory, { recursive: true });
+      const sandboxConfig: PodSandboxConfig = {
+        metadata: { name: "p1", uid: "uid-p1", namespace: "default", attempt: 0 },
+        hostname: "p1",
+        logDirectory,
+        linux: { securityContext: { namespaceOptions: { network: "NODE" } } },
+      };
+      const podId = await cri.runPodSandbox(sandboxConfig, HANDLER);
+      assert.equal((await cri.podSandboxStatus(podId)).state, "SANDBOX_READY");
+      assert.equal((await cri.podSandboxStatus(podId)).runtimeHandler, "cloudhv");
+      const vms = () => processesMatching(path.join(harness.runtime.stateDir, "vm"));
+      assert.equal((await vms()).length, 1, "the pod got one VM");
 
-    const ids: string[] = [];
-    for (const [name, image] of [
-      ["a", IMAGE_A],
-      ["b", IMAGE_B],
-    ] as const) {
+      const ids: string[] = [];
+      for (const [name, image] of [
+        ["a", IMAGE_A],
+        ["b", IMAGE_B],
+      ] as const) {
+        const id = await cri.createContainer(
+          podId,
+          {
+            metadata: { name },
+            image: { image },
+            command: [
+              "sh",
+              "-c",
+              `echo hello-from-${name}; cat /etc/cloudhv-image; echo err-${name} >&2; sleep 600`,
+            ],
+            logPath: `${name}.log`,
+          },
+          sandboxConfig,
+        );
+        await cri.startContainer(id);
+        ids.push(id);
+      }
+      assert.equal((await vms()).length, 1, "both containers joined the pod's VM");
+      for (const [i, image] of [IMAGE_A, IMAGE_B].entries()) {
+        const id = ids[i] as string;
+        assert.equal((await cri.containerStatus(id)).state, "CONTAINER_RUNNING");
+        const exec = await cri.execSync(id, ["sh", "-c", "cat /etc/cloudhv-image; exit 4"]);
+        assert.equal(exec.stdout.trim(), image);
+        assert.equal(exec.exitCode, 4);
+      }
+      // CRI log format: "<RFC3339Nano time> <stdout|stderr> <F|P> <line>".
+      const deadline = Date.now() + 20_000;
+      let log = "";
+      while (!/stderr F err-a/.test(log) && Date.now() < deadline) {
+        log = await readFile(path.join(logDirectory, "a.log"), "utf8").catch(() => "");
+        await new Promise((r) => setTimeout(r, 200));
+      }
+      assert.match(log, /^\S+ stdout F hello-from-a$/m);
+      assert.match(log, new RegExp(`^\\S+ stdout F ${IMAGE_A.replaceAll(".", "\\.")}$`, "m"));
+      assert.match(log, /^\S+ stderr F err-a$/m);
+
+      for (const id of ids) {
+        await cri.stopContainer(id, 2);
+        assert.equal((await cri.containerStatus(id)).state, "CONTAINER_EXITED");
+        await cri.removeContainer(id);
+      }
+      await cri.stopPodSandbox(podId);
+      await cri.removePodSandbox(podId);
+      assert.deepEqual(await cri.listPodSandbox(), []);
+      assert.deepEqual(await vms(), [], "the pod's VM is gone");
+    });
+
+    it("gives the pod the CNI network: the host reaches the pod IP over TCP, the pod reaches its gateway", async () => {
+      const logDirectory = path.join(harness.dir, "pods", "net");
+      await mkdir(logDirectory, { recursive: true });
+      const sandboxConfig: PodSandboxConfig = {
+        metadata: { name: "net", uid: "uid-net", namespace: "default" },
+        hostname: "net",
+        logDirectory,
+      };
+      const podId = await cri.runPodSandbox(sandboxConfig, HANDLER);
+      const ip = (await cri.podSandboxStatus(podId)).network?.ip ?? "";
+      assert.match(ip, /^10\.88\.\d+\.\d+$/);
       const id = await cri.createContainer(
         podId,
         {
-          metadata: { name },
-          image: { image },
-          command: [
-            "sh",
-            "-c",
-            `echo hello-from-${name}; cat /etc/cloudhv-image; echo err-${name} >&2; sleep 600`,
-          ],
-          logPath: `${name}.log`,
+          metadata: { name: "web" },
+          image: { image: IMAGE_A },
+          command: ["/bin/busybox", "httpd", "-f", "-p", "8080", "-h", "/etc"],
+          logPath: "web.log",
         },
         sandboxConfig,
       );
       await cri.startContainer(id);
-      ids.push(id);
-    }
-    assert.equal((await vms()).length, 1, "both containers joined the pod's VM");
-    for (const [i, image] of [IMAGE_A, IMAGE_B].entries()) {
-      const id = ids[i] as string;
-      assert.equal((await cri.containerStatus(id)).state, "CONTAINER_RUNNING");
-      const exec = await cri.execSync(id, ["sh", "-c", "cat /etc/cloudhv-image; exit 4"]);
-      assert.equal(exec.stdout.trim(), image);
-      assert.equal(exec.exitCode, 4);
-    }
-    // CRI log format: "<RFC3339Nano time> <stdout|stderr> <F|P> <line>".
-    const deadline = Date.now() + 20_000;
-    let log = "";
-    while (!/stderr F err-a/.test(log) && Date.now() < deadline) {
-      log = await readFile(path.join(logDirectory, "a.log"), "utf8").catch(() => "");
-      await new Promise((r) => setTimeout(r, 200));
-    }
-    assert.match(log, /^\S+ stdout F hello-from-a$/m);
-    assert.match(log, new RegExp(`^\\S+ stdout F ${IMAGE_A.replaceAll(".", "\\.")}$`, "m"));
-    assert.match(log, /^\S+ stderr F err-a$/m);
+      // Host → pod: an HTTP GET over TCP to the pod IP, served from inside the microVM.
+      let body = "";
+      const deadline = Date.now() + 30_000;
+      while (Date.now() < deadline) {
+        try {
+          body = await (
+            await fetch(`http://${ip}:8080/cloudhv-image`, { signal: AbortSignal.timeout(3000) })
+          ).text();
+          break;
+        } catch {
+          await new Promise((r) => setTimeout(r, 300));
+        }
+      }
+      assert.equal(body.trim(), IMAGE_A);
+      // Pod → host: the bridge's address is the pod's default gateway.
+      const ping = await cri.execSync(id, ["/bin/busybox", "ping", "-c", "1", "-W", "5", harness.gateway]);
+      assert.equal(ping.exitCode, 0, ping.stdout + ping.stderr);
+      // A second container of the pod shares its network: localhost reaches the first one.
+      const client = await cri.createContainer(
+        podId,
+        {
+          metadata: { name: "client" },
+          image: { image: IMAGE_B },
+          command: ["sleep", "600"],
+          logPath: "client.log",
+        },
+        sandboxConfig,
+      );
+      await cri.startContainer(client);
+      const local = await cri.execSync(client, [
+        "/bin/busybox",
+        "wget",
+        "-q",
+        "-O",
+        "-",
+        "http://127.0.0.1:8080/cloudhv-image",
+      ]);
+      assert.equal(local.stdout.trim(), IMAGE_A, local.stderr);
+      await cri.stopContainer(client, 2);
+      await cri.removeContainer(client);
+      const eth0 = await cri.execSync(id, ["cat", "/sys/class/net/eth0/mtu", "/sys/class/net/eth0/address"]);
+      assert.match(eth0.stdout, /^1500\n[0-9a-f:]{17}\n$/);
 
-    for (const id of ids) {
       await cri.stopContainer(id, 2);
-      assert.equal((await cri.containerStatus(id)).state, "CONTAINER_EXITED");
       await cri.removeContainer(id);
-    }
-    await cri.stopPodSandbox(podId);
-    await cri.removePodSandbox(podId);
-    assert.deepEqual(await cri.listPodSandbox(), []);
-    assert.deepEqual(await vms(), [], "the pod's VM is gone");
-  });
+      await cri.stopPodSandbox(podId);
+      await cri.removePodSandbox(podId);
+      const taps = await exec(["ip", "-o", "link", "show", "type", "tun"]);
+      assert.doesNotMatch(taps.stdout, /tap0_chv/, "no TAP left on the host");
+      assert.deepEqual(await processesMatching(path.join(harness.runtime.stateDir, "vm")), []);
+    });
 
-  it("gives the pod the CNI network: the host reaches the pod IP over TCP, the pod reaches its gateway", async () => {
-    const logDirectory = path.join(harness.dir, "pods", "net");
-    await mkdir(logDirectory, { recursive: true });
-    const sandboxConfig: PodSandboxConfig = {
-      metadata: { name: "net", uid: "uid-net", namespace: "default" },
-      hostname: "net",
-      logDirectory,
-    };
-    const podId = await cri.runPodSandbox(sandboxConfig, HANDLER);
-    const ip = (await cri.podSandboxStatus(podId)).network?.ip ?? "";
-    assert.match(ip, /^10\.88\.\d+\.\d+$/);
-    const id = await cri.createContainer(
-      podId,
-      {
-        metadata: { name: "web" },
-        image: { image: IMAGE_A },
-        command: ["/bin/busybox", "httpd", "-f", "-p", "8080", "-h", "/etc"],
-        logPath: "web.log",
-      },
-      sandboxConfig,
-    );
-    await cri.startContainer(id);
-    // Host → pod: an HTTP GET over TCP to the pod IP, served from inside the microVM.
-    let body = "";
-    const deadline = Date.now() + 30_000;
-    while (Date.now() < deadline) {
-      try {
-        body = await (
-          await fetch(`http://${ip}:8080/cloudhv-image`, { signal: AbortSignal.timeout(3000) })
-        ).text();
-        break;
-      } catch {
+    it("brings volumes into the VM: configmap-style dirs follow host updates, resolv.conf, shared emptyDir, and refuses big hostPaths", async () => {
+      const base = path.join(harness.dir, "vol");
+      const configDir = path.join(base, "volumes", "kubernetes.io~configmap", "cfg");
+      const emptyDir = path.join(base, "volumes", "kubernetes.io~empty-dir", "shared");
+      await mkdir(configDir, { recursive: true });
+      await mkdir(emptyDir, { recursive: true });
+      await writeFile(path.join(configDir, "key.txt"), "v1\n");
+      const logDirectory = path.join(harness.dir, "pods", "vol");
+      await mkdir(logDirectory, { recursive: true });
+      const sandboxConfig: PodSandboxConfig = {
+        metadata: { name: "vol", uid: "uid-vol", namespace: "default" },
+        logDirectory,
+        linux: { securityContext: { namespaceOptions: { network: "NODE" } } },
+      };
+      const podId = await cri.runPodSandbox(sandboxConfig, HANDLER);
+      const mounts = [
+        { containerPath: "/etc/config", hostPath: configDir, readonly: true },
+        { containerPath: "/shared", hostPath: emptyDir },
+      ];
+      const ids: string[] = [];
+      for (const name of ["writer", "reader"]) {
+        const id = await cri.createContainer(
+          podId,
+          {
+            metadata: { name },
+            image: { image: IMAGE_A },
+            command: ["sleep", "600"],
+            mounts,
+            logPath: `${name}.log`,
+          },
+          sandboxConfig,
+        );
+        await cri.startContainer(id);
+        ids.push(id);
+      }
+      const [writer, reader] = ids as [string, string];
+      assert.equal((await cri.execSync(reader, ["cat", "/etc/config/key.txt"])).stdout, "v1\n");
+      const hostResolv = await readFile("/etc/resolv.conf", "utf8");
+      assert.equal((await cri.execSync(reader, ["cat", "/etc/resolv.conf"])).stdout, hostResolv);
+      // The configmap changes on the host; the guest follows within seconds.
+      await writeFile(path.join(configDir, "key.txt"), "v2\n");
+      const deadline = Date.now() + 15_000;
+      let seen = "";
+      while (seen !== "v2\n" && Date.now() < deadline) {
+        seen = (await cri.execSync(reader, ["cat", "/etc/config/key.txt"])).stdout;
         await new Promise((r) => setTimeout(r, 300));
       }
-    }
-    assert.equal(body.trim(), IMAGE_A);
-    // Pod → host: the bridge's address is the pod's default gateway.
-    const ping = await cri.execSync(id, ["/bin/busybox", "ping", "-c", "1", "-W", "5", harness.gateway]);
-    assert.equal(ping.exitCode, 0, ping.stdout + ping.stderr);
-    // A second container of the pod shares its network: localhost reaches the first one.
-    const client = await cri.createContainer(
-      podId,
-      {
-        metadata: { name: "client" },
-        image: { image: IMAGE_B },
-        command: ["sleep", "600"],
-        logPath: "client.log",
-      },
-      sandboxConfig,
-    );
-    await cri.startContainer(client);
-    const local = await cri.execSync(client, [
-      "/bin/busybox",
-      "wget",
-      "-q",
-      "-O",
-      "-",
-      "http://127.0.0.1:8080/cloudhv-image",
-    ]);
-    assert.equal(local.stdout.trim(), IMAGE_A, local.stderr);
-    await cri.stopContainer(client, 2);
-    await cri.removeContainer(client);
-    const eth0 = await cri.execSync(id, ["cat", "/sys/class/net/eth0/mtu", "/sys/class/net/eth0/address"]);
-    assert.match(eth0.stdout, /^1500\n[0-9a-f:]{17}\n$/);
-
-    await cri.stopContainer(id, 2);
-    await cri.removeContainer(id);
-    await cri.stopPodSandbox(podId);
-    await cri.removePodSandbox(podId);
-    const taps = await exec(["ip", "-o", "link", "show", "type", "tun"]);
-    assert.doesNotMatch(taps.stdout, /tap0_chv/, "no TAP left on the host");
-    assert.deepEqual(await processesMatching(path.join(harness.runtime.stateDir, "vm")), []);
-  });
-
-  it("brings volumes into the VM: configmap-style dirs follow host updates, resolv.conf, shared emptyDir, and refuses big hostPaths", async () => {
-    const base = path.join(harness.dir, "vol");
-    const configDir = path.join(base, "volumes", "kubernetes.io~configmap", "cfg");
-    const emptyDir = path.join(base, "volumes", "kubernetes.io~empty-dir", "shared");
-    await mkdir(configDir, { recursive: true });
-    await mkdir(emptyDir, { recursive: true });
-    await writeFile(path.join(configDir, "key.txt"), "v1\n");
-    const logDirectory = path.join(harness.dir, "pods", "vol");
-    await mkdir(logDirectory, { recursive: true });
-    const sandboxConfig: PodSandboxConfig = {
-      metadata: { name: "vol", uid: "uid-vol", namespace: "default" },
-      logDirectory,
-      linux: { securityContext: { namespaceOptions: { network: "NODE" } } },
-    };
-    const podId = await cri.runPodSandbox(sandboxConfig, HANDLER);
-    const mounts = [
-      { containerPath: "/etc/config", hostPath: configDir, readonly: true },
-      { containerPath: "/shared", hostPath: emptyDir },
-    ];
-    const ids: string[] = [];
-    for (const name of ["writer", "reader"]) {
-      const id = await cri.createContainer(
+      assert.equal(seen, "v2\n");
+      // emptyDir is one directory for the whole pod.
+      assert.equal((await cri.execSync(writer, ["sh", "-c", "echo hi > /shared/note"])).exitCode, 0);
+      assert.equal((await cri.execSync(reader, ["cat", "/shared/note"])).stdout, "hi\n");
+      // A large host directory cannot be copied into the VM: starting the container (the
+      // shim's task create) fails naming it.
+      const big = await cri.createContainer(
         podId,
         {
-          metadata: { name },
+          metadata: { name: "big" },
           image: { image: IMAGE_A },
-          command: ["sleep", "600"],
-          mounts,
-          logPath: `${name}.log`,
+          command: ["true"],
+          mounts: [{ containerPath: "/usr-lib", hostPath: "/usr/lib" }],
         },
         sandboxConfig,
       );
+      await assert.rejects(
+        cri.startContainer(big),
+        /hostPath \/usr\/lib \(mounted at \/usr-lib\) holds \d+ bytes/,
+      );
+      await cri.removeContainer(big);
+      for (const id of ids) {
+        await cri.stopContainer(id, 2);
+        await cri.removeContainer(id);
+      }
+      await cri.stopPodSandbox(podId);
+      await cri.removePodSandbox(podId);
+      assert.deepEqual(await processesMatching(path.join(harness.runtime.stateDir, "vm")), []);
+    });
+
+    it("sizes the pod's VM from its annotations, and fails RunPodSandbox on a bad value, leaving nothing", async () => {
+      const logDirectory = path.join(harness.dir, "pods", "sized");
+      await mkdir(logDirectory, { recursive: true });
+      const config = (name: string, annotations: Record<string, string>): PodSandboxConfig => ({
+        metadata: { name, uid: `uid-${name}`, namespace: "default" },
+        logDirectory,
+        annotations,
+        linux: { securityContext: { namespaceOptions: { network: "NODE" } } },
+      });
+      const sized = config("sized", {
+        "io.katacontainers.config.hypervisor.default_vcpus": "2",
+        "io.cloudhv.config.hypervisor.default_memory": "512",
+      });
+      const podId = await cri.runPodSandbox(sized, HANDLER);
+      const id = await cri.createContainer(
+        podId,
+        {
+          metadata: { name: "probe" },
+          image: { image: IMAGE_A },
+          command: ["sleep", "600"],
+          logPath: "probe.log",
+        },
+        sized,
+      );
       await cri.startContainer(id);
-      ids.push(id);
-    }
-    const [writer, reader] = ids as [string, string];
-    assert.equal((await cri.execSync(reader, ["cat", "/etc/config/key.txt"])).stdout, "v1\n");
-    const hostResolv = await readFile("/etc/resolv.conf", "utf8");
-    assert.equal((await cri.execSync(reader, ["cat", "/etc/resolv.conf"])).stdout, hostResolv);
-    // The configmap changes on the host; the guest follows within seconds.
-    await writeFile(path.join(configDir, "key.txt"), "v2\n");
-    const deadline = Date.now() + 15_000;
-    let seen = "";
-    while (seen !== "v2\n" && Date.now() < deadline) {
-      seen = (await cri.execSync(reader, ["cat", "/etc/config/key.txt"])).stdout;
-      await new Promise((r) => setTimeout(r, 300));
-    }
-    assert.equal(seen, "v2\n");
-    // emptyDir is one directory for the whole pod.
-    assert.equal((await cri.execSync(writer, ["sh", "-c", "echo hi > /shared/note"])).exitCode, 0);
-    assert.equal((await cri.execSync(reader, ["cat", "/shared/note"])).stdout, "hi\n");
-    // A large host directory cannot be copied into the VM: starting the container (the
-    // shim's task create) fails naming it.
-    const big = await cri.createContainer(
-      podId,
-      {
-        metadata: { name: "big" },
-        image: { image: IMAGE_A },
-        command: ["true"],
-        mounts: [{ containerPath: "/usr-lib", hostPath: "/usr/lib" }],
-      },
-      sandboxConfig,
-    );
-    await assert.rejects(
-      cri.startContainer(big),
-      /hostPath \/usr\/lib \(mounted at \/usr-lib\) holds \d+ bytes/,
-    );
-    await cri.removeContainer(big);
-    for (const id of ids) {
+      assert.equal((await cri.execSync(id, ["sh", "-c", "nproc"])).stdout.trim(), "2");
+      const mem = (await cri.execSync(id, ["sh", "-c", "grep MemTotal /proc/meminfo"])).stdout;
+      const kib = Number(/(\d+) kB/.exec(mem)?.[1]);
+      assert.ok(kib > 400 * 1024 && kib <= 512 * 1024, mem);
       await cri.stopContainer(id, 2);
       await cri.removeContainer(id);
-    }
-    await cri.stopPodSandbox(podId);
-    await cri.removePodSandbox(podId);
-    assert.deepEqual(await processesMatching(path.join(harness.runtime.stateDir, "vm")), []);
-  });
+      await cri.stopPodSandbox(podId);
+      await cri.removePodSandbox(podId);
 
-  it("sizes the pod's VM from its annotations, and fails RunPodSandbox on a bad value, leaving nothing", async () => {
-    const logDirectory = path.join(harness.dir, "pods", "sized");
-    await mkdir(logDirectory, { recursive: true });
-    const config = (name: string, annotations: Record<string, string>): PodSandboxConfig => ({
-      metadata: { name, uid: `uid-${name}`, namespace: "default" },
-      logDirectory,
-      annotations,
-      linux: { securityContext: { namespaceOptions: { network: "NODE" } } },
+      const before = await cri.listPodSandbox();
+      await assert.rejects(
+        cri.runPodSandbox(
+          config("badsize", { "io.cloudhv.config.hypervisor.default_memory": "lots" }),
+          HANDLER,
+        ),
+        /annotation io\.cloudhv\.config\.hypervisor\.default_memory="lots" must be an integer from 64 to \d+ MiB/,
+      );
+      assert.deepEqual(await processesMatching(path.join(harness.runtime.stateDir, "vm")), []);
+      assert.equal(
+        (await cri.listPodSandbox()).filter((p) => p.state === "SANDBOX_READY").length,
+        before.filter((p) => p.state === "SANDBOX_READY").length,
+      );
     });
-    const sized = config("sized", {
-      "io.katacontainers.config.hypervisor.default_vcpus": "2",
-      "io.cloudhv.config.hypervisor.default_memory": "512",
-    });
-    const podId = await cri.runPodSandbox(sized, HANDLER);
-    const id = await cri.createContainer(
-      podId,
-      {
-        metadata: { name: "probe" },
-        image: { image: IMAGE_A },
-        command: ["sleep", "600"],
-        logPath: "probe.log",
-      },
-      sized,
-    );
-    await cri.startContainer(id);
-    assert.equal((await cri.execSync(id, ["sh", "-c", "nproc"])).stdout.trim(), "2");
-    const mem = (await cri.execSync(id, ["sh", "-c", "grep MemTotal /proc/meminfo"])).stdout;
-    const kib = Number(/(\d+) kB/.exec(mem)?.[1]);
-    assert.ok(kib > 400 * 1024 && kib <= 512 * 1024, mem);
-    await cri.stopContainer(id, 2);
-    await cri.removeContainer(id);
-    await cri.stopPodSandbox(podId);
-    await cri.removePodSandbox(podId);
-
-    const before = await cri.listPodSandbox();
-    await assert.rejects(
-      cri.runPodSandbox(
-        config("badsize", { "io.cloudhv.config.hypervisor.default_memory": "lots" }),
-        HANDLER,
-      ),
-      /annotation io\.cloudhv\.config\.hypervisor\.default_memory="lots" must be an integer from 64 to \d+ MiB/,
-    );
-    assert.deepEqual(await processesMatching(path.join(harness.runtime.stateDir, "vm")), []);
-    assert.equal(
-      (await cri.listPodSandbox()).filter((p) => p.state === "SANDBOX_READY").length,
-      before.filter((p) => p.state === "SANDBOX_READY").length,
-    );
   });
-});

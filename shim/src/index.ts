@@ -35,7 +35,14 @@ export { ExecError, type ExecResult, exec, execOk } from "./util/exec.js";
 export { type Logger, log } from "./util/log.js";
 export { TIMED_OUT, within } from "./util/time.js";
 export { type Accel, type AccelProbe, probeAccel } from "./vmm/accel.js";
+export { CloudHypervisorDriver, type CloudHypervisorDriverOptions } from "./vmm/cloud-hypervisor.js";
 export { BASE_KERNEL_ARGS, QemuDriver, type QemuDriverOptions } from "./vmm/qemu.js";
+export {
+  type CloudHypervisorAvailability,
+  chooseHypervisor,
+  cloudHypervisorAvailability,
+  type HypervisorChoice,
+} from "./vmm/select.js";
 export type { HypervisorDriver, VmConfig, VmExit, VmHandle } from "./vmm/types.js";
 
 /** Connects a ttrpc client to a unix socket. */

@@ -14,7 +14,7 @@ import { TaskService, toTimestamp } from "../task/service.js";
 import { bindTaskService } from "../task/ttrpc-binding.js";
 import { messageCodec } from "../ttrpc/proto.js";
 import { TtrpcServer } from "../ttrpc/server.js";
-import { QemuDriver } from "../vmm/qemu.js";
+import { chooseHypervisor, driverForChoice } from "../vmm/select.js";
 
 function arg(name: string): string {
   const i = process.argv.indexOf(`--${name}`);
@@ -68,9 +68,12 @@ async function main(): Promise<void> {
   );
   const idleMs = Number(process.env.CLOUDHV_DAEMON_IDLE_MS ?? 300_000);
   const events = new EventPublisher(containerdTtrpc, log);
+  // Chosen once per daemon: `auto` probes KVM by running a guest, too slow for every pod.
+  const choice = await chooseHypervisor(config);
+  log.info({ hypervisor: choice.name, reason: choice.reason }, "hypervisor chosen");
   const tasks = new TaskService({
     config,
-    driver: new QemuDriver({ binary: config.qemu_binary }),
+    driver: driverForChoice(config, choice),
     events,
     prepareRootfs: erofsRootfsPreparer(config),
     log,

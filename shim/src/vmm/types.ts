@@ -63,7 +63,32 @@ export interface VmHandle extends AsyncDisposable {
   /** Stops / continues every vCPU: the whole VM, every container in it. */
   pause(): Promise<void>;
   resume(): Promise<void>;
+  /** Hot-plugs a NIC on an existing TAP (in the VMM's netns). Returns the device id. */
+  addNet?(nic: NicSpec): Promise<string>;
+  /** What the VMM reports about the VM: state, memory, devices. */
+  info?(): Promise<VmInfo>;
+  /** Per-device I/O counters as the VMM reports them (device id → counter → value). */
+  counters?(): Promise<VmCounters>;
 }
+
+export interface NicSpec {
+  /** An existing TAP device, in the netns the VMM runs in. */
+  tap: string;
+  /** The guest NIC's MAC address (aa:bb:cc:dd:ee:ff). */
+  mac: string;
+  /** Device id, for removeDevice. */
+  id: string;
+}
+
+export interface VmInfo {
+  state: "created" | "running" | "paused" | "shutdown";
+  /** Guest memory currently plugged, bytes. */
+  memoryBytes?: number;
+  /** Every device the VMM knows, by id, with its PCI address where it has one. */
+  devices: Record<string, { pciBdf?: string }>;
+}
+
+export type VmCounters = Record<string, Record<string, number>>;
 
 export interface HypervisorDriver {
   readonly name: "qemu" | "cloud-hypervisor";

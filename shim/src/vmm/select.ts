@@ -1,0 +1,132 @@
+// Which driver runs the VMs: the config's `hypervisor` key, and for `auto` what this node has.
+// Cloud Hypervisor needs a working KVM (/dev/kvm) or the Microsoft Hypervisor (/dev/mshv);
+// QEMU runs everywhere (TCG when KVM does not work).
+import { stat } from "node:fs/promises";
+import type { RuntimeConfig } from "../config/config.js";
+import { type AccelProbe, probeAccel } from "./accel.js";
+import { CloudHypervisorDriver } from "./cloud-hypervisor.js";
+import { findExecutable } from "./find-executable.js";
+import { QemuDriver } from "./qemu.js";
+import type { HypervisorDriver } from "./types.js";
+
+export interface HypervisorDevices {
+  /** /dev/kvm exists (it may still be unusable: see probeAccel). */
+  kvm: boolean;
+  /** /dev/mshv exists: Linux runs as the root partition of the Microsoft Hypervisor. */
+  mshv: boolean;
+}
+
+export async function hypervisorDevices(): Promise<HypervisorDevices> {
+  const present = (p: string) =>
+    stat(p).then(
+      () => true,
+      () => false,
+    );
+  const [kvm, mshv] = await Promise.all([present("/dev/kvm"), present("/dev/mshv")]);
+  return { kvm, mshv };
+}
+
+export interface HypervisorChoice {
+  name: "qemu" | "cloud-hypervisor";
+  /** One sentence: why this driver (and for QEMU, which accelerator). */
+  reason: string;
+  /** For QEMU: the accelerator it will use. */
+  accel?: AccelProbe;
+}
+
+export interface ChoiceInputs {
+  devices: HypervisorDevices;
+  /** The resolved cloud-hypervisor binary, if installed. */
+  cloudHypervisor: string | undefined;
+  /** The resolved QEMU binary, if installed. */
+  qemu: string | undefined;
+  /** Whether KVM runs a guest (QEMU's probe); absent when QEMU is not installed. */
+  kvmProbe: AccelProbe | undefined;
+}
+
+export async function gatherChoiceInputs(config: RuntimeConfig): Promise<ChoiceInputs> {
+  const [devices, cloudHypervisor, qemu] = await Promise.all([
+    hypervisorDevices(),
+    findExecutable(config.cloud_hypervisor_binary),
+    findExecutable(config.qemu_binary),
+  ]);
+  const kvmProbe = qemu ? await probeAccel(qemu) : undefined;
+  return { devices, cloudHypervisor, qemu, kvmProbe };
+}
+
+/** The decision itself, from facts gathered beforehand (pure, so it is tested directly). */
+export function decideHypervisor(config: RuntimeConfig, facts: ChoiceInputs): HypervisorChoice {
+  const qemuChoice = (why: string): HypervisorChoice => {
+    const accel = facts.kvmProbe;
+    const how = accel
+      ? accel.accel === "kvm"
+        ? "QEMU with KVM"
+        : `QEMU with TCG (software emulation, slow: ${accel.reason})`
+      : `QEMU (${config.qemu_binary} not found, so KVM was not probed)`;
+    return { name: "qemu", reason: `${why}: ${how}`, ...(accel ? { accel } : {}) };
+  };
+  if (config.hypervisor === "qemu") return qemuChoice("config hypervisor=qemu");
+  if (config.hypervisor === "cloud-hypervisor")
+    return { name: "cloud-hypervisor", reason: "config hypervisor=cloud-hypervisor" };
+  // auto
+  if (!facts.cloudHypervisor)
+    return qemuChoice(
+      `hypervisor=auto and cloud-hypervisor (${config.cloud_hypervisor_binary}) is not installed`,
+    );
+  if (facts.devices.mshv)
+    return { name: "cloud-hypervisor", reason: "hypervisor=auto: cloud-hypervisor on MSHV (/dev/mshv)" };
+  if (!facts.devices.kvm) return qemuChoice("hypervisor=auto and neither /dev/kvm nor /dev/mshv exists");
+  if (facts.kvmProbe && facts.kvmProbe.accel !== "kvm")
+    return qemuChoice("hypervisor=auto and KVM does not run guests here");
+  return { name: "cloud-hypervisor", reason: "hypervisor=auto: cloud-hypervisor on KVM (/dev/kvm)" };
+}
+
+export async function chooseHypervisor(config: RuntimeConfig): Promise<HypervisorChoice> {
+  return decideHypervisor(config, await gatherChoiceInputs(config));
+}
+
+export interface CloudHypervisorAvailability {
+  /** The binary to use, when this node can run Cloud Hypervisor guests. */
+  binary?: string;
+  /** Why it cannot, in one sentence (for "skipped: <reason>" and doctor). */
+  reason?: string;
+}
+
+/**
+ * Whether this node can run guests with Cloud Hypervisor: the first of `candidates` that is
+ * installed, and a hypervisor it can use (MSHV, or a KVM that really runs a guest).
+ */
+export async function cloudHypervisorAvailability(
+  candidates: string[],
+  qemuBinary = "qemu-system-x86_64",
+): Promise<CloudHypervisorAvailability> {
+  let binary: string | undefined;
+  for (const c of candidates) {
+    binary = await findExecutable(c);
+    if (binary) break;
+  }
+  if (!binary)
+    return {
+      reason: `cloud-hypervisor binary not found (looked for: ${candidates
+        .map((c) => (c.includes("/") ? c : `${c} on PATH`))
+        .join(", ")})`,
+    };
+  const devices = await hypervisorDevices();
+  if (devices.mshv) return { binary };
+  if (!devices.kvm) return { reason: "neither /dev/kvm nor /dev/mshv exists" };
+  const qemu = await findExecutable(qemuBinary);
+  if (qemu) {
+    const probe = await probeAccel(qemu);
+    if (probe.accel !== "kvm") return { reason: `KVM does not run guests here (${probe.reason})` };
+  }
+  return { binary };
+}
+
+/** The driver for a choice made by chooseHypervisor (see it for `auto`). */
+export function driverForChoice(config: RuntimeConfig, choice: HypervisorChoice): HypervisorDriver {
+  return choice.name === "cloud-hypervisor"
+    ? new CloudHypervisorDriver({ binary: config.cloud_hypervisor_binary })
+    : new QemuDriver({ binary: config.qemu_binary });
+}
+
+export { findExecutable };

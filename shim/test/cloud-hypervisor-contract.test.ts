@@ -1,0 +1,390 @@
+// Contract tests of the Cloud Hypervisor driver, run against a TEST DOUBLE of Cloud
+// Hypervisor's documented REST API (test/support/ch-api-double.ts), not against Cloud
+// Hypervisor itself (see cloud-hypervisor-vm.test.ts for that). The driver really spawns the
+// double as its `cloud-hypervisor` binary; the double validates every request against the
+// API document of CH v53.0 (rejecting unknown or ill-typed fields), records it, and bridges
+// hybrid vsock to our guest agent in test mode (or a built-in agent when it is not built).
+import assert from "node:assert/strict";
+import { existsSync, readFileSync } from "node:fs";
+import { chmod, mkdir, mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
+import { after, before, describe, it } from "node:test";
+import { fileURLToPath } from "node:url";
+import { ChApiError } from "../src/vmm/ch-api.js";
+import { CH_BASE_KERNEL_ARGS, type ChVm, CloudHypervisorDriver } from "../src/vmm/cloud-hypervisor.js";
+import type { VmConfig } from "../src/vmm/types.js";
+import type { Scenario } from "./support/ch-api-double.js";
+
+const DOUBLE = fileURLToPath(new URL("./support/ch-api-double.js", import.meta.url));
+const REAL_AGENT = fileURLToPath(new URL("../../../build/guest/cloudhv-agent", import.meta.url));
+const AGENT = existsSync(REAL_AGENT) ? REAL_AGENT : undefined;
+
+interface LogEntry {
+  t: string;
+  method?: string;
+  path?: string;
+  body?: unknown;
+  status?: number;
+  pid?: number;
+  outcome?: string;
+  id?: string;
+}
+
+interface Rig {
+  dir: string;
+  driver: CloudHypervisorDriver;
+  config: VmConfig;
+  log(): Promise<LogEntry[]>;
+  requests(): Promise<LogEntry[]>;
+}
+
+let root: string;
+let rigs = 0;
+
+/** A fresh directory with a kernel, a rootfs, a `cloud-hypervisor` that is the double, a scenario. */
+async function rig(scenario: Omit<Scenario, "log"> = {}, vm: Partial<VmConfig> = {}): Promise<Rig> {
+  const dir = path.join(root, `r${++rigs}`);
+  await mkdir(dir);
+  const logFile = path.join(dir, "requests.jsonl");
+  await writeFile(
+    path.join(dir, "scenario.json"),
+    JSON.stringify({ log: logFile, agent: AGENT, ...scenario }),
+  );
+  const binary = path.join(dir, "cloud-hypervisor");
+  await writeFile(
+    binary,
+    `#!/bin/sh\nCH_DOUBLE_SCENARIO='${dir}/scenario.json' exec '${process.execPath}' '${DOUBLE}' "$@"\n`,
+  );
+  await chmod(binary, 0o755);
+  for (const f of ["vmlinux", "rootfs.erofs", "image.erofs", "scratch.ext4"])
+    await writeFile(path.join(dir, f), "x");
+  const log = async () =>
+    (await readFile(logFile, "utf8").catch(() => ""))
+      .split("\n")
+      .filter(Boolean)
+      .map((l) => JSON.parse(l) as LogEntry);
+  return {
+    dir,
+    driver: new CloudHypervisorDriver({ binary }),
+    config: {
+      id: `vm${rigs}`,
+      kernelPath: path.join(dir, "vmlinux"),
+      rootfsPath: path.join(dir, "rootfs.erofs"),
+      vcpus: 1,
+      maxVcpus: 2,
+      memoryMb: 128,
+      stateDir: path.join(dir, "state"),
+      ...vm,
+    },
+    log,
+    requests: async () => (await log()).filter((e) => e.t === "request"),
+  };
+}
+
+function gone(pid: number | undefined): boolean {
+  if (pid === undefined) return true;
+  try {
+    process.kill(pid, 0);
+  } catch {
+    return true;
+  }
+  try {
+    // A killed orphan may linger as a zombie until init reaps it: that is gone too.
+    return /^\d+ \(.*\) Z/.test(readFileSync(`/proc/${pid}/stat`, "utf8"));
+  } catch {
+    return true;
+  }
+}
+
+async function eventually(check: () => boolean | Promise<boolean>, what: string, ms = 3000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!(await check())) {
+    if (Date.now() > deadline) assert.fail(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+async function assertNoLeftovers(r: Rig, vm: ChVm): Promise<void> {
+  await assert.rejects(stat(r.config.stateDir), { code: "ENOENT" }, "the state dir is removed");
+  assert.ok(gone(vm.pid), `the VMM (pid ${vm.pid}) is gone`);
+  const agents = (await r.log()).filter((e) => e.t === "agent" && e.pid !== vm.pid);
+  for (const a of agents) await eventually(() => gone(a.pid), `the agent (pid ${a.pid}) to be gone`);
+}
+
+describe("Cloud Hypervisor driver against a test double of its documented REST API", () => {
+  before(async () => {
+    root = await mkdtemp(path.join(os.tmpdir(), "cloudhv-chd-"));
+  });
+
+  after(async () => {
+    await rm(root, { recursive: true, force: true });
+  });
+
+  it(`boots with vm.create (the whole config) then vm.boot, reaches the agent over hybrid vsock (${AGENT ? "real cloudhv-agent in test mode" : "built-in agent: build/guest/cloudhv-agent not built"}), and stops with vm.shutdown then vmm.shutdown`, async () => {
+    const r = await rig({}, { extraKernelArgs: "cloudhv.debug=1" });
+    const config: VmConfig = {
+      ...r.config,
+      disks: [
+        { path: path.join(r.dir, "image.erofs"), serial: "img-abc", readOnly: true },
+        { path: path.join(r.dir, "scratch.ext4"), serial: "scr-abc", readOnly: false },
+      ],
+    };
+    const vm = await r.driver.launch(config);
+    const reqs = await r.requests();
+    const lifecycle = reqs.filter((q) => q.path !== "/api/v1/vmm.ping");
+    assert.ok(reqs[0]?.path === "/api/v1/vmm.ping", "the driver waits for the API with vmm.ping");
+    assert.deepEqual(
+      lifecycle.map((q) => `${q.method} ${q.path} ${q.status}`),
+      ["PUT /api/v1/vm.create 204", "PUT /api/v1/vm.boot 204"],
+    );
+    const body = lifecycle[0]?.body as { vsock: { cid: number } };
+    assert.ok(Number.isInteger(body.vsock.cid) && body.vsock.cid >= 3, "a guest CID ≥ 3");
+    const state = config.stateDir;
+    assert.deepEqual(body, {
+      payload: {
+        kernel: config.kernelPath,
+        cmdline: `${CH_BASE_KERNEL_ARGS} cloudhv.debug=1`,
+      },
+      cpus: { boot_vcpus: 1, max_vcpus: 2 },
+      memory: { size: 128 * 1024 * 1024, shared: true },
+      disks: [
+        {
+          path: config.rootfsPath,
+          readonly: true,
+          id: "rootfs",
+          serial: "cloudhv-rootfs",
+          image_type: "Raw",
+        },
+        {
+          path: path.join(r.dir, "image.erofs"),
+          readonly: true,
+          id: "disk-img-abc",
+          serial: "img-abc",
+          image_type: "Raw",
+        },
+        {
+          path: path.join(r.dir, "scratch.ext4"),
+          readonly: false,
+          id: "disk-scr-abc",
+          serial: "scr-abc",
+          image_type: "Raw",
+        },
+      ],
+      rng: { src: "/dev/urandom" },
+      vsock: { cid: body.vsock.cid, socket: path.join(state, "vsock.sock") },
+      console: { mode: "File", file: path.join(state, "console.log") },
+      serial: { mode: "Off" },
+    });
+    assert.equal(vm.consoleLogPath, path.join(state, "console.log"));
+
+    const agent = await vm.connectAgent({ timeoutMs: 10_000 });
+    assert.equal((await agent.health()).status, "SERVING");
+    const version = await agent.version();
+    assert.equal(version.protocolVersion, 1);
+
+    const second = await r.driver.launch({ ...r.config, id: "other", stateDir: path.join(r.dir, "state2") });
+    const cids = (await r.requests())
+      .filter((q) => q.path === "/api/v1/vm.create")
+      .map((q) => (q.body as { vsock: { cid: number } }).vsock.cid);
+    assert.equal(new Set(cids).size, 2, "each VM gets its own CID");
+    await second.stop();
+
+    const before = (await r.requests()).length;
+    await Promise.all([vm.stop(), vm.stop()]);
+    await vm.stop();
+    assert.deepEqual(
+      (await r.requests()).slice(before).map((q) => `${q.method} ${q.path} ${q.status}`),
+      ["PUT /api/v1/vm.shutdown 204", "PUT /api/v1/vmm.shutdown 204"],
+    );
+    assert.deepEqual(await vm.exited, { code: 0, signal: null });
+    await assertNoLeftovers(r, vm);
+  });
+
+  it("hot-plugs a disk (vm.add-disk) and removes it (vm.remove-device), waiting until the guest ejected it", async () => {
+    const r = await rig({ removeDelayMs: 150 });
+    await using vm = await r.driver.launch(r.config);
+    const image = path.join(r.dir, "image.erofs");
+    const id = await vm.addDisk({ path: image, serial: "layer-1", readOnly: true });
+    assert.equal(id, "disk-layer-1");
+    const add = (await r.requests()).find((q) => q.path === "/api/v1/vm.add-disk");
+    assert.equal(add?.status, 200);
+    assert.deepEqual(add?.body, {
+      path: image,
+      readonly: true,
+      id: "disk-layer-1",
+      serial: "layer-1",
+      image_type: "Raw",
+    });
+    const info = await vm.info();
+    assert.equal(info.state, "running");
+    assert.match(info.devices["_virtio-pci-disk-layer-1"]?.pciBdf ?? "", /^0000:00:[0-9a-f]{2}\.0$/);
+    assert.ok(info.devices["disk-layer-1"]);
+
+    const t0 = Date.now();
+    await vm.removeDevice(id);
+    assert.ok(Date.now() - t0 >= 100, "removeDevice waited for the eject");
+    const log = await r.log();
+    const removeAt = log.findIndex((e) => e.path === "/api/v1/vm.remove-device");
+    assert.deepEqual(log[removeAt]?.body, { id: "disk-layer-1" });
+    assert.ok(log.findIndex((e) => e.t === "ejected" && e.id === id) > removeAt);
+    assert.equal((await vm.info()).devices[id], undefined);
+
+    await assert.rejects(vm.addDisk({ path: image, serial: "bad serial!", readOnly: true }), /serial/);
+    await assert.rejects(
+      vm.addDisk({ path: path.join(r.dir, "missing"), serial: "m", readOnly: true }),
+      /not readable/,
+    );
+  });
+
+  it("hot-plugs a NIC (vm.add-net) on an existing TAP and reports counters (vm.counters)", async () => {
+    const r = await rig();
+    await using vm = await r.driver.launch(r.config);
+    const id = await vm.addNet({ tap: "tap0cloudhv", mac: "02:00:00:00:00:01", id: "net1" });
+    assert.equal(id, "net1");
+    const add = (await r.requests()).find((q) => q.path === "/api/v1/vm.add-net");
+    assert.deepEqual(add?.body, { tap: "tap0cloudhv", mac: "02:00:00:00:00:01", id: "net1" });
+    const counters = await vm.counters();
+    assert.deepEqual(counters.net1, { rx_bytes: 0, rx_frames: 0, tx_bytes: 0, tx_frames: 0 });
+    assert.ok(counters.rootfs, "the rootfs disk has counters");
+    assert.equal((await r.requests()).at(-1)?.method, "GET");
+  });
+
+  it("pauses and resumes the VM (vm.pause / vm.resume) and reports the state (vm.info)", async () => {
+    const r = await rig();
+    await using vm = await r.driver.launch(r.config);
+    await vm.pause();
+    assert.equal((await vm.info()).state, "paused");
+    await assert.rejects(vm.pause(), (err: Error) => {
+      assert.match(err.message, /PUT \/api\/v1\/vm\.pause answered 500: .*could not be paused/);
+      return true;
+    });
+    await vm.resume();
+    const info = await vm.info();
+    assert.equal(info.state, "running");
+    assert.equal(info.memoryBytes, 128 * 1024 * 1024);
+  });
+
+  it("a VMM that crashes mid-request: the pending request rejects at once, naming the crash; stop() still cleans up", async () => {
+    const r = await rig({ crashOn: "vm.add-disk" });
+    const vm = await r.driver.launch(r.config);
+    await vm.connectAgent({ timeoutMs: 10_000 });
+    const t0 = Date.now();
+    await assert.rejects(
+      vm.addDisk({ path: path.join(r.dir, "image.erofs"), serial: "img", readOnly: true }),
+      /cloud-hypervisor exited \(killed by SIGKILL\) during vm\.add-disk/,
+    );
+    assert.ok(Date.now() - t0 < 2000, `rejected in ${Date.now() - t0} ms`);
+    assert.deepEqual(await vm.exited, { code: null, signal: "SIGKILL" });
+    await assert.rejects(
+      vm.pause(),
+      /cloud-hypervisor is not running \(killed by SIGKILL\); vm\.pause not sent/,
+    );
+    await vm.stop();
+    await assertNoLeftovers(r, vm);
+  });
+
+  it("an error answer from the VMM becomes an error carrying its message, the endpoint and the status", async () => {
+    const messages = [
+      "Error from API",
+      "The disk could not be added to the VM",
+      "Failed to open the image: Permission denied",
+    ];
+    const r = await rig({ fail: { endpoint: "vm.add-disk", status: 500, messages } });
+    await using vm = await r.driver.launch(r.config);
+    await assert.rejects(
+      vm.addDisk({ path: path.join(r.dir, "image.erofs"), serial: "img", readOnly: true }),
+      (err) => {
+        assert.ok(err instanceof ChApiError);
+        assert.equal(err.status, 500);
+        assert.equal(err.endpoint, "/api/v1/vm.add-disk");
+        assert.deepEqual(err.messages, messages);
+        assert.match(
+          err.message,
+          /PUT \/api\/v1\/vm\.add-disk answered 500: .*Failed to open the image: Permission denied/,
+        );
+        return true;
+      },
+    );
+    // The VM is still usable.
+    assert.equal((await vm.info()).state, "running");
+  });
+
+  it("a boot that fails leaves no process and no state dir behind", async () => {
+    const r = await rig({
+      fail: {
+        endpoint: "vm.boot",
+        status: 500,
+        messages: ["Error from API", "The VM could not boot", "KVM is broken"],
+      },
+    });
+    await assert.rejects(r.driver.launch(r.config), /vm\.boot answered 500: .*KVM is broken/);
+    await assert.rejects(stat(r.config.stateDir), { code: "ENOENT" });
+    const start = (await r.log()).find((e) => e.t === "start");
+    await eventually(() => gone(start?.pid), "the VMM to be gone");
+    assert.deepEqual(
+      (await r.requests()).filter((q) => q.path !== "/api/v1/vmm.ping").map((q) => `${q.path} ${q.status}`),
+      ["/api/v1/vm.create 204", "/api/v1/vm.boot 500", "/api/v1/vm.shutdown 500", "/api/v1/vmm.shutdown 204"],
+    );
+  });
+
+  it("retries the vsock CONNECT while the guest boots (the VMM closes it until the agent listens)", async () => {
+    const r = await rig({ refuseConnects: 4 });
+    await using vm = await r.driver.launch(r.config);
+    const agent = await vm.connectAgent({ timeoutMs: 10_000 });
+    assert.equal((await agent.health()).status, "SERVING");
+    const vsock = (await r.log()).filter((e) => e.t === "vsock").map((e) => e.outcome);
+    assert.deepEqual(vsock.slice(0, 4), ["refused", "refused", "refused", "refused"]);
+    assert.equal(vsock.at(-1), "ok");
+  });
+
+  it("gives up on the agent at the deadline, saying why", async () => {
+    const r = await rig({ refuseConnects: 1_000_000 });
+    await using vm = await r.driver.launch(r.config);
+    const t0 = Date.now();
+    await assert.rejects(
+      vm.connectAgent({ timeoutMs: 600 }),
+      /no agent on vsock port 1024 \(gave up after \d+ attempts; last: the VMM closed the connection/,
+    );
+    assert.ok(Date.now() - t0 < 2000);
+  });
+
+  it("the double is strict: a field outside the documented schema is a 400 naming it", async () => {
+    const r = await rig();
+    await using vm = await r.driver.launch(r.config);
+    await assert.rejects(
+      vm.api.request("PUT", "vm.add-disk", {
+        path: path.join(r.dir, "image.erofs"),
+        readonly: "yes",
+        serail: "x",
+      }),
+      (err) => {
+        assert.ok(err instanceof ChApiError);
+        assert.equal(err.status, 400);
+        assert.match(err.message, /readonly: invalid type: expected a boolean/);
+        assert.match(err.message, /serail: unknown field/);
+        return true;
+      },
+    );
+    await assert.rejects(vm.api.request("GET", "vm.boot"), /answered 400/);
+    await assert.rejects(vm.api.request("GET", "vm.nonsense"), /answered 404: Not Found/);
+  });
+
+  it("a VMM that ignores vmm.shutdown is killed after the grace period", async () => {
+    const r = await rig({ ignoreVmmShutdown: true });
+    const vm = await r.driver.launch(r.config);
+    await vm.stop();
+    assert.deepEqual(await vm.exited, { code: null, signal: "SIGKILL" });
+    await assertNoLeftovers(r, vm);
+  });
+
+  it("a missing binary fails the launch with the reason, leaving no state dir", async () => {
+    const r = await rig();
+    const driver = new CloudHypervisorDriver({ binary: path.join(r.dir, "no-such-cloud-hypervisor") });
+    await assert.rejects(
+      driver.launch(r.config),
+      /cloud-hypervisor binary .*no-such-cloud-hypervisor not found or not executable \(runtime config cloud_hypervisor_binary\)/,
+    );
+    await assert.rejects(stat(r.config.stateDir), { code: "ENOENT" });
+  });
+});
