@@ -1,0 +1,1134 @@
+#!/usr/bin/env node
+// `npm run bench`: the figures users choose a VM runtime by (pod start, memory per pod, pods per
+// node), measured on the local harness — a private containerd with the CRI plugin, our shim,
+// QEMU and guest — and written as one JSON document plus a table. Every figure is present even
+// when it fails: then it carries `ok: false` and the error, never a silent gap.
+import { spawn } from "node:child_process";
+import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
+import { exec } from "@cloudhv/shim";
+import { Command, InvalidArgumentError } from "commander";
+import { guestArtifacts, REPO_ROOT } from "./artifacts.js";
+import {
+  bytesOf,
+  dependencyDirs,
+  errorText,
+  fmt,
+  guestMemoryUsedKiB,
+  memoryOf,
+  type PhaseEntry,
+  type Stat,
+  stat,
+  waitForPhaseEntries,
+} from "./bench-util.js";
+import { mountsUnder } from "./containerd.js";
+import type { CriClient, PodSandboxConfig } from "./cri/client.js";
+import { HANDLER, type Harness, startHarness } from "./harness.js";
+import { entriesOf, processesMatching } from "./leaks.js";
+import { buildOciArchive, importOciArchive, stageBusyboxRoot, writePseudoRandomFile } from "./oci-image.js";
+import { SHIM_ENTRY } from "./runtime-install.js";
+
+const SMALL_IMAGE = "docker.io/cloudhv-test/busybox:bench";
+const SCHEMA = "cloudhv-bench/1";
+
+interface Plan {
+  runs: number;
+  quick: boolean;
+  memoryLevels: number[];
+  burstPods: number;
+  bigImageMiB: number;
+  shimStartRuns: number;
+}
+
+interface Machine {
+  cores: number;
+  cpuModel: string;
+  memoryGiB: number;
+  hostKernel: string;
+  accel: string;
+  accelReason: string;
+  containerdVersion: string;
+  qemuVersion: string;
+  nodeVersion: string;
+  loadAverageStart: number[];
+  loadAverageEnd?: number[];
+}
+
+type Figure = { ok: boolean; error?: string } & Record<string, unknown>;
+
+const say = (line: string) => process.stderr.write(`bench: ${line}\n`);
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const since = (t: number) => performance.now() - t;
+
+function positiveInt(value: string): number {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 1)
+    throw new InvalidArgumentError(`expected a positive integer, got "${value}"`);
+  return n;
+}
+
+async function gitCommit(): Promise<string> {
+  const head = await exec(["git", "-C", REPO_ROOT, "rev-parse", "HEAD"]);
+  if (head.code !== 0) return "unknown";
+  const dirty = await exec(["git", "-C", REPO_ROOT, "status", "--porcelain", "--untracked-files=no"]);
+  return `${head.stdout.trim()}${dirty.stdout.trim() ? "-dirty" : ""}`;
+}
+
+async function firstLine(argv: string[]): Promise<string> {
+  const r = await exec(argv);
+  return (r.stdout || r.stderr).split("\n")[0]?.trim() || `unknown (${argv[0]} exited ${r.code})`;
+}
+
+/** Everything the benchmark started that must go, whatever happened: run in reverse. */
+class Teardown {
+  private readonly steps: Array<() => Promise<unknown>> = [];
+  add(step: () => Promise<unknown>): void {
+    this.steps.push(step);
+  }
+  async run(): Promise<void> {
+    for (const step of this.steps.splice(0).reverse()) {
+      try {
+        await step();
+      } catch (err) {
+        say(`cleanup step failed: ${errorText(err)}`);
+      }
+    }
+  }
+}
+
+// ---- pods ------------------------------------------------------------------------------------
+
+let podSeq = 0;
+
+function podConfig(h: Harness, name: string, opts: { hostNetwork?: boolean } = {}): PodSandboxConfig {
+  const n = `${name}-${++podSeq}`;
+  return {
+    metadata: { name: n, uid: `uid-${n}`, namespace: "bench", attempt: 0 },
+    hostname: n.slice(0, 63),
+    logDirectory: path.join(h.dir, "pods", n),
+    ...(opts.hostNetwork ? { linux: { securityContext: { namespaceOptions: { network: "NODE" } } } } : {}),
+  };
+}
+
+/** Removes every pod sandbox containerd still knows (stopping it first): best effort. */
+async function removeAllPods(cri: CriClient): Promise<void> {
+  const pods = await cri.listPodSandbox().catch(() => []);
+  await Promise.all(
+    pods.map(async (p) => {
+      await cri.stopPodSandbox(p.id).catch(() => {});
+      await cri.removePodSandbox(p.id).catch(() => {});
+    }),
+  );
+}
+
+async function waitExited(cri: CriClient, id: string, timeoutMs = 120_000): Promise<number> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const s = await cri.containerStatus(id);
+    if (s.state === "CONTAINER_EXITED") return s.exitCode;
+    if (Date.now() > deadline) throw new Error(`container ${id} still ${s.state} after ${timeoutMs} ms`);
+    await sleep(10);
+  }
+}
+
+interface RunningPod {
+  podId: string;
+  containerId: string;
+  config: PodSandboxConfig;
+}
+
+/** A pod with one long-running container (for memory and burst). */
+async function runSleepingPod(h: Harness, name: string, image = SMALL_IMAGE): Promise<RunningPod> {
+  const config = podConfig(h, name);
+  await mkdir(config.logDirectory as string, { recursive: true });
+  const podId = await h.cri.runPodSandbox(config, HANDLER);
+  try {
+    const containerId = await h.cri.createContainer(
+      podId,
+      { metadata: { name: "sleep" }, image: { image }, command: ["sleep", "3600"], logPath: "sleep.log" },
+      config,
+    );
+    await h.cri.startContainer(containerId);
+    return { podId, containerId, config };
+  } catch (err) {
+    await h.cri.stopPodSandbox(podId).catch(() => {});
+    await h.cri.removePodSandbox(podId).catch(() => {});
+    throw err;
+  }
+}
+
+async function deletePod(cri: CriClient, pod: RunningPod): Promise<void> {
+  await cri.stopPodSandbox(pod.podId);
+  await cri.removeContainer(pod.containerId);
+  await cri.removePodSandbox(pod.podId);
+}
+
+// ---- figure 1 + 2: pod lifecycle, host-side shim time ------------------------------------------
+
+const LIFECYCLE_STEPS = ["runp", "create", "start", "exit", "stop", "rm"] as const;
+type Step = (typeof LIFECYCLE_STEPS)[number];
+
+interface LifecycleRun {
+  ms: Record<Step, number> & { total: number };
+  podId: string;
+  containerId: string;
+}
+
+async function lifecycleOnce(h: Harness, handler: string): Promise<LifecycleRun> {
+  const config = podConfig(h, `life-${handler}`);
+  await mkdir(config.logDirectory as string, { recursive: true });
+  const ms = {} as LifecycleRun["ms"];
+  let step: Step = "runp";
+  let podId = "";
+  let containerId = "";
+  const t0 = performance.now();
+  let t = t0;
+  const mark = (next: Step) => {
+    const now = performance.now();
+    ms[step] = now - t;
+    t = now;
+    step = next;
+  };
+  try {
+    podId = await h.cri.runPodSandbox(config, handler);
+    mark("create");
+    containerId = await h.cri.createContainer(
+      podId,
+      {
+        metadata: { name: "hello" },
+        image: { image: SMALL_IMAGE },
+        command: ["echo", "hello"],
+        logPath: "hello.log",
+      },
+      config,
+    );
+    mark("start");
+    await h.cri.startContainer(containerId);
+    mark("exit");
+    const code = await waitExited(h.cri, containerId);
+    if (code !== 0) throw new Error(`the container exited with ${code}`);
+    mark("stop");
+    await h.cri.stopPodSandbox(podId);
+    mark("rm");
+    await h.cri.removeContainer(containerId);
+    await h.cri.removePodSandbox(podId);
+    ms.rm = performance.now() - t;
+    ms.total = performance.now() - t0;
+    return { ms, podId, containerId };
+  } catch (err) {
+    if (podId) {
+      await h.cri.stopPodSandbox(podId).catch(() => {});
+      await h.cri.removePodSandbox(podId).catch(() => {});
+    }
+    throw new Error(`${step}: ${errorText(err)}`);
+  }
+}
+
+function lifecycleFigure(
+  handler: string,
+  runs: LifecycleRun[],
+  failures: string[],
+  attempts: number,
+): Figure {
+  const phases: Record<string, Stat | null> = {};
+  for (const s of LIFECYCLE_STEPS) phases[s] = stat(runs.map((r) => r.ms[s]));
+  return {
+    ok: runs.length > 0 && failures.length === 0,
+    ...(failures.length ? { error: failures[0] } : {}),
+    handler,
+    attempts,
+    succeeded: runs.length,
+    failures,
+    totalMs: stat(runs.map((r) => r.ms.total)),
+    phasesMs: phases,
+  };
+}
+
+/** Sum of each phase over the 4 timing lines of one pod (sandbox + container, create + delete). */
+function shimTimeOf(entries: PhaseEntry[], run: LifecycleRun): Record<string, number> | null {
+  const mine = entries.filter((e) => e.task === run.podId || e.task === run.containerId);
+  const kinds = new Set(mine.map((e) => `${e.task} ${e.msg}`));
+  if (kinds.size < 4) return null;
+  const sum: Record<string, number> = {};
+  for (const e of mine) {
+    const p = e.phases;
+    const prefix = e.msg === "task created" ? "create." : "delete.";
+    // Older fields (vmBootMs, guestCreateMs) overlap the finer ones: keep only the fine phases.
+    for (const [k, v] of Object.entries(p)) {
+      if (["vmBootMs", "guestCreateMs", "totalMs", "hostMs", "guestMs"].includes(k)) continue;
+      sum[prefix + k] = (sum[prefix + k] ?? 0) + v;
+    }
+    sum.hostMs = (sum.hostMs ?? 0) + (p.hostMs ?? 0);
+    sum.guestMs = (sum.guestMs ?? 0) + (p.guestMs ?? 0);
+    sum.shimMs = (sum.shimMs ?? 0) + (p.totalMs ?? 0);
+  }
+  return sum;
+}
+
+function hostShimFigure(entries: PhaseEntry[], runs: LifecycleRun[]): Figure {
+  const sums = runs.map((r) => shimTimeOf(entries, r)).filter((s): s is Record<string, number> => !!s);
+  if (sums.length === 0) {
+    return { ok: false, error: "no complete phase timings (task created/deleted) in the shim daemon log" };
+  }
+  const keys = [...new Set(sums.flatMap((s) => Object.keys(s)))].filter(
+    (k) => !["hostMs", "guestMs", "shimMs"].includes(k),
+  );
+  const phases: Record<string, Stat | null> = {};
+  for (const k of keys.sort()) phases[k] = stat(sums.map((s) => s[k] ?? 0));
+  // Host phases: named phases not waiting on the guest, plus what no phase names.
+  const hostPhases = keys.filter((k) => !k.split(".")[1]?.startsWith("guest"));
+  const unnamed = sums.map((s) => (s.hostMs ?? 0) - hostPhases.reduce((a, k) => a + (s[k] ?? 0), 0));
+  phases["unnamed host work"] = stat(unnamed.map((x) => Math.max(0, x)));
+  const ranked = [...hostPhases, "unnamed host work"]
+    .map((k) => ({ phase: k, medianMs: phases[k]?.median ?? 0 }))
+    .sort((a, b) => b.medianMs - a.medianMs);
+  return {
+    ok: sums.length === runs.length,
+    ...(sums.length < runs.length
+      ? { error: `timings for ${sums.length} of ${runs.length} lifecycles` }
+      : {}),
+    what: "shim daemon time per pod lifecycle (sandbox + container tasks, create + delete), from its phase timings",
+    lifecycles: sums.length,
+    hostMs: stat(sums.map((s) => s.hostMs ?? 0)),
+    guestWaitMs: stat(sums.map((s) => s.guestMs ?? 0)),
+    shimTotalMs: stat(sums.map((s) => s.shimMs ?? 0)),
+    phasesMs: phases,
+    hostCostsRanked: ranked,
+  };
+}
+
+async function podLifecycle(h: Harness, plan: Plan): Promise<{ lifecycle: Figure; hostShim: Figure }> {
+  const handlers = [HANDLER, "runc"];
+  const runs = new Map<string, LifecycleRun[]>(handlers.map((x) => [x, []]));
+  const failures = new Map<string, string[]>(handlers.map((x) => [x, []]));
+  // One warm-up each (the first cloudhv pod starts the shim daemon and fills the rootfs
+  // cache), then measured runs interleaved so load drift hits both handlers alike.
+  for (let round = 0; round <= plan.runs; round++) {
+    for (const handler of handlers) {
+      try {
+        const r = await lifecycleOnce(h, handler);
+        say(
+          `lifecycle ${handler} ${round === 0 ? "warm-up" : `${round}/${plan.runs}`}: ${Math.round(r.ms.total)} ms`,
+        );
+        if (round > 0) runs.get(handler)?.push(r);
+      } catch (err) {
+        say(
+          `lifecycle ${handler} ${round === 0 ? "warm-up" : `${round}/${plan.runs}`} failed: ${errorText(err)}`,
+        );
+        if (round > 0 || runs.get(handler)?.length === 0) failures.get(handler)?.push(errorText(err));
+      }
+    }
+  }
+  const measured = runs.get(HANDLER) ?? [];
+  const entries = await waitForPhaseEntries(
+    h.runtime.stateDir,
+    measured.flatMap((r) =>
+      [r.podId, r.containerId].flatMap((task) => [
+        { task, msg: "task created" as const },
+        { task, msg: "task deleted" as const },
+      ]),
+    ),
+  );
+  const lifecycle: Figure = {
+    ok: handlers.every((x) => (runs.get(x)?.length ?? 0) > 0),
+    what: "CRI RunPodSandbox → CreateContainer → StartContainer → container exited → StopPodSandbox → RemoveContainer + RemovePodSandbox, CNI bridge network, container `echo hello`",
+    cloudhv: lifecycleFigure(HANDLER, measured, failures.get(HANDLER) ?? [], plan.runs),
+    runc: lifecycleFigure("runc", runs.get("runc") ?? [], failures.get("runc") ?? [], plan.runs),
+  };
+  if (!lifecycle.ok) lifecycle.error = "a handler had no successful lifecycle (see its failures)";
+  return { lifecycle, hostShim: hostShimFigure(entries, measured) };
+}
+
+// ---- figure 3: guest boot ----------------------------------------------------------------------
+
+async function guestBoot(plan: Plan): Promise<Figure> {
+  const script = path.join(REPO_ROOT, "e2e/dist/src/boot-bench.js");
+  const child = spawn(process.execPath, [script, "--runs", String(plan.runs), "--json"], {
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  let out = "";
+  let err = "";
+  child.stdout.on("data", (d: Buffer) => {
+    out += d;
+  });
+  child.stderr.on("data", (d: Buffer) => {
+    err += d;
+    for (const line of d.toString().split("\n").filter(Boolean)) say(`boot-bench: ${line}`);
+  });
+  const code = await new Promise<number | null>((resolve) => child.on("close", resolve));
+  if (code !== 0) return { ok: false, error: `boot-bench exited ${code}: ${err.trim().split("\n").pop()}` };
+  const doc = JSON.parse(out) as {
+    machine: { accel?: { accel: string; reason: string } };
+    results: Array<{
+      kernel: string;
+      version: string;
+      sizeBytes: number;
+      medianMs: number;
+      minMs: number;
+      maxMs: number;
+      runs: number[];
+    }>;
+  };
+  const pick = (kernel: string) => {
+    const r = doc.results.find((x) => x.kernel === kernel);
+    return r ? { version: r.version, sizeBytes: r.sizeBytes, bootMs: stat(r.runs) } : null;
+  };
+  return {
+    ok: true,
+    what: "QEMU start → first agent Health reply, same QEMU flags, rootfs and agent (e2e/src/boot-bench.ts)",
+    accel: doc.machine.accel?.accel ?? "unknown",
+    accelReason: doc.machine.accel?.reason ?? "",
+    cloudhv: pick("cloudhv"),
+    debianStock: pick("debian-stock"),
+  };
+}
+
+// ---- figure 4: memory --------------------------------------------------------------------------
+
+async function shimDaemonPid(h: Harness): Promise<number | undefined> {
+  return (await processesMatching(`--containerd-ttrpc ${h.containerd.ttrpcAddress}`))[0];
+}
+
+async function vmmPids(h: Harness): Promise<number[]> {
+  // The VMM's argv names its state dir; setpriv/nsenter exec into it, so one pid per VM.
+  const pids = await processesMatching(path.join(h.runtime.stateDir, "vm"));
+  const qemu: number[] = [];
+  for (const pid of pids) {
+    const comm = await readFile(`/proc/${pid}/comm`, "utf8").catch(() => "");
+    if (comm.startsWith("qemu") || comm.startsWith("cloud-hyperviso")) qemu.push(pid);
+  }
+  return qemu;
+}
+
+async function memory(h: Harness, plan: Plan): Promise<Figure> {
+  const pods: RunningPod[] = [];
+  const levels: Array<Record<string, unknown>> = [];
+  const shimAt = new Map<number, number>();
+  let error: string | undefined;
+  try {
+    // The daemon runs since the lifecycle runs; with no pod it holds only its own state.
+    for (const level of plan.memoryLevels) {
+      while (pods.length < level) {
+        pods.push(await runSleepingPod(h, "mem"));
+        if (pods.length % 5 === 0) say(`memory: ${pods.length} pods running`);
+      }
+      await sleep(2000); // let boots settle and the daemon's GC catch up
+      const pid = await shimDaemonPid(h);
+      const shim = pid ? await memoryOf(pid) : null;
+      if (!shim) throw new Error("the shim daemon is not running");
+      const vmms = (await Promise.all((await vmmPids(h)).map(memoryOf))).filter((m) => !!m);
+      const guest: number[] = [];
+      const guestTotal: number[] = [];
+      for (const pod of pods.slice(0, 5)) {
+        const r = await h.cri.execSync(pod.containerId, ["cat", "/proc/meminfo"]);
+        const used = guestMemoryUsedKiB(r.stdout);
+        if (used) {
+          guest.push(used.usedKiB);
+          guestTotal.push(used.totalKiB);
+        }
+      }
+      shimAt.set(level, shim.rssKiB);
+      levels.push({
+        pods: level,
+        shimRssKiB: shim.rssKiB,
+        shimPssKiB: shim.pssKiB,
+        vmms: vmms.length,
+        vmmRssKiB: stat(vmms.map((m) => m.rssKiB)),
+        vmmPssKiB: stat(vmms.map((m) => m.pssKiB)),
+        guestUsedKiB: stat(guest),
+        guestTotalKiB: stat(guestTotal),
+      });
+      say(`memory: ${level} pods: shim RSS ${Math.round(shim.rssKiB / 1024)} MiB, ${vmms.length} VMMs`);
+    }
+  } catch (err) {
+    error = `with ${pods.length} pods running: ${errorText(err)}`;
+  } finally {
+    await Promise.all(pods.map((p) => deletePod(h.cri, p).catch(() => {})));
+  }
+  const base = shimAt.get(0);
+  const increment: Record<string, number | null> = {};
+  for (const level of plan.memoryLevels.filter((l) => l > 0)) {
+    const at = shimAt.get(level);
+    increment[String(level)] =
+      base !== undefined && at !== undefined ? Math.round((at - base) / level) : null;
+  }
+  const top = levels.at(-1) ?? {};
+  return {
+    ok: !error && levels.length === plan.memoryLevels.length,
+    ...(error ? { error } : {}),
+    what: "RSS/PSS from /proc/<pid>/smaps_rollup; pods each run one `sleep` container; guest used = MemTotal − MemAvailable",
+    vmMemoryMb: 256,
+    levels,
+    shimRssIncrementPerPodKiB: increment,
+    vmmRssPerPodKiB: top.vmmRssKiB ?? null,
+    vmmPssPerPodKiB: top.vmmPssKiB ?? null,
+    guestUsedKiB: top.guestUsedKiB ?? null,
+  };
+}
+
+// ---- figure 5: rootfs prep ---------------------------------------------------------------------
+
+interface BenchImage {
+  name: string;
+  compressedBytes: number;
+}
+
+/** Images that share their big layers but differ in a top layer: each is a rootfs cache miss. */
+async function buildImages(h: Harness, kind: string, count: number, bigMiB: number): Promise<BenchImage[]> {
+  const work = await mkdtemp(path.join(h.dir, `img-${kind}-`));
+  try {
+    const base = path.join(work, "base");
+    await mkdir(base);
+    await stageBusyboxRoot(base);
+    const layers = [base];
+    if (bigMiB > 0) {
+      const big = path.join(work, "big");
+      await writePseudoRandomFile(path.join(big, "data", "big.bin"), bigMiB, `bench-${kind}`);
+      layers.push(big);
+    }
+    const images: BenchImage[] = [];
+    for (let i = 0; i < count; i++) {
+      const name = `docker.io/cloudhv-test/bench-${kind}:${i}`;
+      const top = path.join(work, `top-${i}`);
+      await mkdir(path.join(top, "etc"), { recursive: true });
+      await writeFile(path.join(top, "etc", "cloudhv-image"), `${name}\n`);
+      const built = await buildOciArchive(
+        { name, layers: [...layers, top], config: { cmd: ["/bin/sh"] } },
+        path.join(work, `${i}.tar`),
+      );
+      await importOciArchive(h.containerd, built.archivePath, { namespace: "k8s.io" });
+      await rm(built.archivePath, { force: true });
+      images.push({ name, compressedBytes: built.layers.reduce((a, l) => a + l.size, 0) });
+    }
+    return images;
+  } finally {
+    await rm(work, { recursive: true, force: true });
+  }
+}
+
+async function rootfsPrep(h: Harness, plan: Plan): Promise<Figure> {
+  const result: Figure = {
+    ok: false,
+    what: "the shim's rootfsMs for an app container (erofs image of the layers + ext4 scratch disk): first container of an image = cache miss, a second one of the same image = hit",
+  };
+  try {
+    say(`rootfs: building ${plan.runs} small and ${plan.runs} ${plan.bigImageMiB} MiB test images`);
+    const small = await buildImages(h, "small", plan.runs, 0);
+    const large = await buildImages(h, "large", plan.runs, plan.bigImageMiB);
+    const ms: Record<string, { rootfs: number[]; start: number[]; hits: boolean[] }> = {};
+    for (const k of ["small.miss", "small.hit", "large.miss", "large.hit"])
+      ms[k] = { rootfs: [], start: [], hits: [] };
+    for (let i = 0; i < plan.runs; i++) {
+      const config = podConfig(h, "rootfs", { hostNetwork: true });
+      await mkdir(config.logDirectory as string, { recursive: true });
+      const podId = await h.cri.runPodSandbox(config, HANDLER);
+      const ids: string[] = [];
+      try {
+        for (const [kind, images] of [
+          ["small", small],
+          ["large", large],
+        ] as const) {
+          const image = images[i] as BenchImage;
+          for (const which of ["miss", "hit"]) {
+            const id = await h.cri.createContainer(
+              podId,
+              {
+                metadata: { name: `${kind}-${which}` },
+                image: { image: image.name },
+                command: ["sleep", "600"],
+              },
+              config,
+            );
+            ids.push(id);
+            const t = performance.now();
+            await h.cri.startContainer(id);
+            const bucket = ms[`${kind}.${which}`] as (typeof ms)[string];
+            bucket.start.push(since(t));
+            const entry = (
+              await waitForPhaseEntries(h.runtime.stateDir, [{ task: id, msg: "task created" }])
+            ).find((e) => e.task === id && e.msg === "task created");
+            if (entry) {
+              bucket.rootfs.push(entry.phases.rootfsMs ?? 0);
+              bucket.hits.push(entry.cacheHit === true);
+            }
+          }
+        }
+        say(
+          `rootfs ${i + 1}/${plan.runs}: small miss ${Math.round(ms["small.miss"]?.rootfs.at(-1) ?? 0)} ms, large miss ${Math.round(ms["large.miss"]?.rootfs.at(-1) ?? 0)} ms`,
+        );
+      } finally {
+        await h.cri.stopPodSandbox(podId).catch(() => {});
+        for (const id of ids) await h.cri.removeContainer(id).catch(() => {});
+        await h.cri.removePodSandbox(podId).catch(() => {});
+      }
+    }
+    const part = (kind: "small" | "large", images: BenchImage[]) => {
+      const miss = ms[`${kind}.miss`] as (typeof ms)[string];
+      const hit = ms[`${kind}.hit`] as (typeof ms)[string];
+      return {
+        imageCompressedMiB: Math.round(((images[0]?.compressedBytes ?? 0) / 2 ** 20) * 10) / 10,
+        miss: {
+          rootfsMs: stat(miss.rootfs),
+          startContainerMs: stat(miss.start),
+          cacheHits: miss.hits.filter(Boolean).length,
+        },
+        hit: {
+          rootfsMs: stat(hit.rootfs),
+          startContainerMs: stat(hit.start),
+          cacheHits: hit.hits.filter(Boolean).length,
+        },
+      };
+    };
+    result.small = part("small", small);
+    result.large = part("large", large);
+    const consistent =
+      ms["small.miss"]?.hits.every((x) => !x) &&
+      ms["large.miss"]?.hits.every((x) => !x) &&
+      ms["small.hit"]?.hits.every((x) => x) &&
+      ms["large.hit"]?.hits.every((x) => x);
+    result.ok = !!consistent && (ms["large.hit"]?.rootfs.length ?? 0) === plan.runs;
+    if (!result.ok) result.error = "a miss was served from the cache, a hit was not, or timings are missing";
+  } catch (err) {
+    result.ok = false;
+    result.error = errorText(err);
+  }
+  return result;
+}
+
+// ---- figure 5 (concurrent) + 7: burst ----------------------------------------------------------
+
+async function leftovers(h: Harness, netnsBefore: Set<string>, netnsDuring: Set<string>) {
+  const netnsNow = new Set(await netnsList());
+  const bridgePorts = await exec(["ip", "-o", "link", "show", "master", h.bridge]);
+  return {
+    vmmProcesses: (await vmmPids(h)).length,
+    vmStateDirs: (await entriesOf(path.join(h.runtime.stateDir, "vm"))).length,
+    scratchFiles: (await entriesOf(path.join(h.dir, "scratch"))).length,
+    podSandboxes: (await h.cri.listPodSandbox()).length,
+    bridgePorts: bridgePorts.stdout.split("\n").filter(Boolean).length,
+    netns: [...netnsDuring].filter((n) => !netnsBefore.has(n) && netnsNow.has(n)).length,
+    mountsUnderHarness: (await mountsUnder(h.dir)).filter((m) => !m.includes("/cache")).length,
+  };
+}
+
+async function netnsList(): Promise<string[]> {
+  return entriesOf("/run/netns");
+}
+
+async function burst(h: Harness, plan: Plan): Promise<{ burst: Figure; concurrentRootfs: Figure }> {
+  const n = plan.burstPods;
+  const [image] = await buildImages(h, "burst", 1, 0);
+  const netnsBefore = new Set(await netnsList());
+  const errors: string[] = [];
+  const t0 = performance.now();
+  // 1. n RunPodSandbox at once (n VMs booting together).
+  const configs = Array.from({ length: n }, () => podConfig(h, "burst"));
+  for (const c of configs) await mkdir(c.logDirectory as string, { recursive: true });
+  const podIds = await Promise.all(
+    configs.map((c) =>
+      h.cri.runPodSandbox(c, HANDLER).catch((err: unknown) => {
+        errors.push(`RunPodSandbox: ${errorText(err)}`);
+        return "";
+      }),
+    ),
+  );
+  const sandboxesMs = since(t0);
+  // 2. One container per pod, all from one image nobody used yet, started at once: the rootfs
+  //    cache builds its erofs image once while the other starts wait for it.
+  const t1 = performance.now();
+  const containerIds = await Promise.all(
+    podIds.map(async (podId, i) => {
+      if (!podId) return "";
+      try {
+        const id = await h.cri.createContainer(
+          podId,
+          {
+            metadata: { name: "app" },
+            image: { image: image?.name ?? SMALL_IMAGE },
+            command: ["sleep", "600"],
+          },
+          configs[i] as PodSandboxConfig,
+        );
+        await h.cri.startContainer(id);
+        return id;
+      } catch (err) {
+        errors.push(`container: ${errorText(err)}`);
+        return "";
+      }
+    }),
+  );
+  const containersMs = since(t1);
+  const allRunningMs = since(t0);
+  const running = containerIds.filter(Boolean).length;
+  const netnsDuring = new Set(await netnsList());
+  say(`burst: ${running}/${n} pods running after ${Math.round(allRunningMs)} ms`);
+  // 3. Everything deleted at once.
+  const t2 = performance.now();
+  await Promise.all(
+    podIds.map(async (podId, i) => {
+      if (!podId) return;
+      try {
+        await h.cri.stopPodSandbox(podId);
+        const id = containerIds[i];
+        if (id) await h.cri.removeContainer(id);
+        await h.cri.removePodSandbox(podId);
+      } catch (err) {
+        errors.push(`delete: ${errorText(err)}`);
+      }
+    }),
+  );
+  const deleteMs = since(t2);
+  await sleep(1000);
+  const left = await leftovers(h, netnsBefore, netnsDuring);
+  const clean = Object.values(left).every((v) => v === 0);
+  const entries = await waitForPhaseEntries(
+    h.runtime.stateDir,
+    containerIds.filter(Boolean).map((task) => ({ task, msg: "task created" as const })),
+  );
+  const created = entries.filter((e) => e.msg === "task created" && containerIds.includes(e.task));
+  const builds = created.filter((e) => e.cacheHit === false).length;
+  return {
+    burst: {
+      ok: running === n && errors.length === 0 && clean,
+      ...(errors.length ? { error: errors[0] } : !clean ? { error: "something was left behind" } : {}),
+      what: `${n} RunPodSandbox at once, then ${n} CreateContainer+StartContainer at once, then every pod stopped and removed at once`,
+      pods: n,
+      succeeded: running,
+      failures: errors,
+      sandboxesReadyMs: Math.round(sandboxesMs),
+      containersRunningMs: Math.round(containersMs),
+      allRunningMs: Math.round(allRunningMs),
+      deleteAllMs: Math.round(deleteMs),
+      leftovers: left,
+    },
+    concurrentRootfs: {
+      ok: created.length === running && running === n && builds === 1,
+      ...(builds !== 1
+        ? { error: `the erofs image was built ${builds} times for ${created.length} containers` }
+        : {}),
+      what: `${n} containers of one uncached image started at once (the burst's containers)`,
+      containers: n,
+      succeeded: created.length,
+      cacheBuilds: builds,
+      rootfsMs: stat(created.map((e) => e.phases.rootfsMs ?? 0)),
+      wallMs: Math.round(containersMs),
+    },
+  };
+}
+
+// ---- figure 6: shim start ----------------------------------------------------------------------
+
+async function timeCommand(
+  argv: string[],
+  opts: { cwd: string; env: NodeJS.ProcessEnv },
+): Promise<{ ms: number; out: string; code: number | null }> {
+  const t = performance.now();
+  const child = spawn(argv[0] as string, argv.slice(1), { ...opts, stdio: ["ignore", "pipe", "pipe"] });
+  let out = "";
+  child.stdout.on("data", (d: Buffer) => {
+    out += d;
+  });
+  child.stderr.on("data", (d: Buffer) => {
+    out += d;
+  });
+  const code = await new Promise<number | null>((resolve) => child.on("close", resolve));
+  return { ms: since(t), out, code };
+}
+
+async function shimStart(h: Harness, plan: Plan): Promise<Figure> {
+  // A running pod keeps the daemon (and its k8s.io listener) up: the fast path containerd takes.
+  let pod: RunningPod | undefined;
+  const bundle = await mkdtemp(path.join(h.dir, "start-"));
+  try {
+    pod = await runSleepingPod(h, "start");
+    const env = { ...h.runtime.env, TTRPC_ADDRESS: h.containerd.ttrpcAddress };
+    const shim = path.join(h.runtime.dir, "bin", "containerd-shim-cloudhv-v1");
+    const argv = [
+      shim,
+      "-namespace",
+      "k8s.io",
+      "-address",
+      h.containerd.address,
+      "-publish-binary",
+      "containerd",
+      "-id",
+      "bench-start",
+      "start",
+    ];
+    const samples: number[] = [];
+    const node: number[] = [];
+    let address = "";
+    for (let i = 0; i <= plan.shimStartRuns; i++) {
+      const r = await timeCommand(argv, { cwd: bundle, env });
+      if (r.code !== 0) throw new Error(`shim start exited ${r.code}: ${r.out.trim()}`);
+      address = r.out.trim();
+      const base = await timeCommand([process.execPath, "-e", "0"], { cwd: bundle, env });
+      if (i > 0) {
+        samples.push(r.ms);
+        node.push(base.ms);
+      }
+    }
+    return {
+      ok: address.startsWith("unix://"),
+      what: "wall time of `containerd-shim-cloudhv-v1 … start` as containerd runs it, with the daemon already serving the namespace",
+      address,
+      wallMs: stat(samples),
+      nodeStartupMs: stat(node),
+      entry: path.relative(REPO_ROOT, SHIM_ENTRY),
+    };
+  } catch (err) {
+    return { ok: false, error: errorText(err) };
+  } finally {
+    if (pod) await deletePod(h.cri, pod).catch(() => {});
+    await rm(bundle, { recursive: true, force: true });
+  }
+}
+
+// ---- figure 8: sizes ---------------------------------------------------------------------------
+
+async function findInstallerImage(explicit?: string): Promise<string | undefined> {
+  if (explicit) return explicit;
+  for (const dir of [path.join(REPO_ROOT, "build"), path.join(REPO_ROOT, "build/installer")]) {
+    for (const name of await entriesOf(dir)) {
+      if (/installer.*\.(tar|oci|tar\.gz)$/.test(name)) return path.join(dir, name);
+    }
+  }
+  return undefined;
+}
+
+async function sizes(installerImage?: string): Promise<Figure> {
+  const { kernelPath, rootfsPath } = guestArtifacts();
+  const shimDir = path.join(REPO_ROOT, "shim");
+  const shimJs = await bytesOf(path.join(shimDir, "dist/src"));
+  const depDirs = await dependencyDirs(shimDir, [path.join(REPO_ROOT, "node_modules")]);
+  let deps = 0;
+  for (const d of depDirs) deps += (await bytesOf(d)) ?? 0;
+  const image = await findInstallerImage(installerImage);
+  const imageBytes = image ? await bytesOf(image) : null;
+  return {
+    ok: shimJs !== null,
+    shimBundle: {
+      bytes: (shimJs ?? 0) + deps,
+      compiledJsBytes: shimJs,
+      dependencyBytes: deps,
+      dependencies: depDirs.map((d) => path.relative(REPO_ROOT, d)),
+      what: "shim/dist/src + its runtime npm dependency closure as installed (the Node.js binary not included)",
+    },
+    nodeBinaryBytes: await bytesOf(process.execPath),
+    kernelBytes: await bytesOf(kernelPath),
+    rootfsBytes: await bytesOf(rootfsPath),
+    agentBytes: await bytesOf(path.join(REPO_ROOT, "build/guest/cloudhv-agent")),
+    installerImage: imageBytes
+      ? { bytes: imageBytes, path: path.relative(REPO_ROOT, image as string) }
+      : {
+          bytes: null,
+          reason: image
+            ? `${image} is missing`
+            : "no installer image artifact (build/*installer*.tar) in this tree yet; pass --installer-image FILE",
+        },
+  };
+}
+
+// ---- the table ---------------------------------------------------------------------------------
+
+function mib(kib: number | null | undefined): string {
+  return kib == null ? "—" : `${(kib / 1024).toFixed(1)} MiB`;
+}
+
+function statMib(s: unknown): string {
+  const x = s as Stat | null;
+  if (!x) return "—";
+  return x.n === 1
+    ? mib(x.median)
+    : `${mib(x.median)} (${(x.min / 1024).toFixed(1)}–${(x.max / 1024).toFixed(1)})`;
+}
+
+function failed(f: Figure | undefined): string | undefined {
+  return f && !f.ok && f.error ? `FAILED: ${f.error}` : undefined;
+}
+
+export function renderTable(doc: {
+  machine: Machine;
+  commit: string;
+  options: Plan;
+  figures: Record<string, Figure>;
+}): string {
+  const f = doc.figures;
+  const rows: Array<[string, string, string]> = [];
+  const add = (what: string, value: string, note = "") => rows.push([what, value, note]);
+  const life = f.podLifecycle ?? { ok: false };
+  for (const h of ["cloudhv", "runc"]) {
+    const l = life[h] as Figure | undefined;
+    const p = (l?.phasesMs ?? {}) as Record<string, Stat | null>;
+    add(
+      `1. pod lifecycle via CRI, ${h}`,
+      l?.ok ? fmt(l.totalMs as Stat, " ms") : (failed(l) ?? "—"),
+      l?.ok ? LIFECYCLE_STEPS.map((s) => `${s} ${fmt(p[s], "", 0).split(" ")[0]}`).join(", ") : "",
+    );
+  }
+  const hs = f.hostShim;
+  if (hs?.ok) {
+    const ranked = (hs.hostCostsRanked as Array<{ phase: string; medianMs: number }>).slice(0, 3);
+    add(
+      "2. host-side shim time per lifecycle",
+      fmt(hs.hostMs as Stat, " ms"),
+      `guest waits ${fmt(hs.guestWaitMs as Stat, " ms")}; top: ${ranked.map((r) => `${r.phase} ${Math.round(r.medianMs)}`).join(", ")}`,
+    );
+  } else add("2. host-side shim time per lifecycle", failed(hs) ?? "—");
+  const gb = f.guestBoot;
+  if (gb?.ok) {
+    for (const [k, label] of [
+      ["cloudhv", "our kernel"],
+      ["debianStock", "Debian stock kernel"],
+    ] as const) {
+      const r = gb[k] as { version: string; sizeBytes: number; bootMs: Stat } | null;
+      add(
+        `3. guest boot, ${label}`,
+        fmt(r?.bootMs, " ms"),
+        r ? `${r.version}, ${(r.sizeBytes / 2 ** 20).toFixed(1)} MiB, accel ${gb.accel}` : "",
+      );
+    }
+  } else add("3. guest boot", failed(gb) ?? "—");
+  const mem = f.memory;
+  if (mem?.levels) {
+    const levels = mem.levels as Array<Record<string, unknown>>;
+    add(
+      "4. shim daemon RSS by running pods",
+      levels.map((l) => `${l.pods}: ${mib(l.shimRssKiB as number)}`).join(", "),
+      failed(mem) ?? "",
+    );
+    const inc = mem.shimRssIncrementPerPodKiB as Record<string, number | null>;
+    add(
+      "4. shim RSS increment per pod",
+      Object.entries(inc)
+        .map(([k, v]) => `@${k}: ${v == null ? "—" : `${(v / 1024).toFixed(2)} MiB`}`)
+        .join(", "),
+    );
+    add(
+      "4. VMM RSS per pod (PSS)",
+      `${statMib(mem.vmmRssPerPodKiB)}`,
+      `PSS ${statMib(mem.vmmPssPerPodKiB)}; ${mem.vmMemoryMb} MiB VMs`,
+    );
+    add("4. guest memory used", statMib(mem.guestUsedKiB), "MemTotal − MemAvailable");
+  } else add("4. memory", failed(mem) ?? "—");
+  const rf = f.rootfsPrep;
+  if (rf?.small && rf.large) {
+    for (const k of ["small", "large"] as const) {
+      const part = rf[k] as { imageCompressedMiB: number; miss: { rootfsMs: Stat }; hit: { rootfsMs: Stat } };
+      add(
+        `5. rootfs prep, ${k} image (${part.imageCompressedMiB} MiB)`,
+        `miss ${fmt(part.miss.rootfsMs, " ms")} / hit ${fmt(part.hit.rootfsMs, " ms")}`,
+        failed(rf) ?? "",
+      );
+    }
+  } else add("5. rootfs prep", failed(rf) ?? "—");
+  const cr = f.concurrentRootfs;
+  add(
+    `5. ${cr?.containers ?? "?"} containers of one image at once`,
+    cr ? `${cr.succeeded}/${cr.containers} ok, ${cr.cacheBuilds} build(s)` : "—",
+    cr?.ok ? `rootfs ${fmt(cr.rootfsMs as Stat, " ms")}` : (failed(cr) ?? ""),
+  );
+  const ss = f.shimStart;
+  add(
+    "6. shim `start`, daemon running",
+    ss?.ok ? fmt(ss.wallMs as Stat, " ms") : (failed(ss) ?? "—"),
+    ss?.ok ? `bare \`node -e 0\`: ${fmt(ss.nodeStartupMs as Stat, " ms")}` : "",
+  );
+  const b = f.burst;
+  add(
+    `7. burst of ${b?.pods ?? "?"} pods`,
+    b ? `${b.succeeded}/${b.pods} running in ${b.allRunningMs} ms, deleted in ${b.deleteAllMs} ms` : "—",
+    b
+      ? `leftovers: ${
+          Object.entries((b.leftovers ?? {}) as Record<string, number>)
+            .filter(([, v]) => v)
+            .map(([k, v]) => `${k} ${v}`)
+            .join(", ") || "none"
+        }${b.ok ? "" : `; ${failed(b) ?? ""}`}`
+      : "",
+  );
+  const sz = f.sizes;
+  if (sz?.ok) {
+    const m = (x: unknown) => (typeof x === "number" ? `${(x / 2 ** 20).toFixed(1)} MiB` : "—");
+    const shim = sz.shimBundle as { bytes: number; compiledJsBytes: number; dependencyBytes: number };
+    const img = sz.installerImage as { bytes: number | null; reason?: string };
+    add(
+      "8. sizes",
+      `shim ${m(shim.bytes)}, kernel ${m(sz.kernelBytes)}, rootfs ${m(sz.rootfsBytes)}, installer image ${img.bytes ? m(img.bytes) : "—"}`,
+      `shim = ${m(shim.compiledJsBytes)} JS + ${m(shim.dependencyBytes)} deps (+ node ${m(sz.nodeBinaryBytes)})${img.bytes ? "" : `; installer: ${img.reason}`}`,
+    );
+  } else add("8. sizes", failed(sz) ?? "—");
+
+  const m = doc.machine;
+  const head = [
+    `${m.cores} cores (${m.cpuModel}), ${m.memoryGiB} GiB, accel ${m.accel}, ${m.containerdVersion}, ${m.qemuVersion}`,
+    `commit ${doc.commit}, ${doc.options.runs} runs per figure${doc.options.quick ? " (--quick)" : ""}, load average ${m.loadAverageStart.join(" ")} at start, ${m.loadAverageEnd?.join(" ") ?? "?"} at end`,
+    "",
+    "| figure | median (min–max) | notes |",
+    "| --- | --- | --- |",
+  ];
+  return [...head, ...rows.map((r) => `| ${r.join(" | ")} |`)].join("\n");
+}
+
+// ---- main --------------------------------------------------------------------------------------
+
+interface Options {
+  runs?: number;
+  quick?: boolean;
+  out?: string;
+  table?: string;
+  installerImage?: string;
+}
+
+async function main(opts: Options): Promise<void> {
+  const quick = !!opts.quick;
+  const runs = opts.runs ?? (quick ? 1 : 5);
+  const plan: Plan = {
+    runs,
+    quick,
+    memoryLevels: quick ? [0, 1, 2] : [0, 1, 10, 30],
+    burstPods: quick ? 3 : 20,
+    bigImageMiB: quick ? 20 : 100,
+    shimStartRuns: quick ? 3 : 10,
+  };
+  const started = new Date();
+  const cpus = os.cpus();
+  const machine: Machine = {
+    cores: cpus.length,
+    cpuModel: cpus[0]?.model.trim() ?? "unknown",
+    memoryGiB: Math.round(os.totalmem() / 2 ** 30),
+    hostKernel: os.release(),
+    accel: "unknown",
+    accelReason: "",
+    containerdVersion: await firstLine(["containerd", "--version"]),
+    qemuVersion: await firstLine(["qemu-system-x86_64", "--version"]),
+    nodeVersion: process.version,
+    loadAverageStart: os.loadavg().map((x) => Math.round(x * 100) / 100),
+  };
+  const figures: Record<string, Figure> = {};
+  const teardown = new Teardown();
+  const onSignal = (sig: NodeJS.Signals) => {
+    say(`${sig}: cleaning up`);
+    void teardown.run().finally(() => process.exit(130));
+  };
+  process.once("SIGINT", onSignal);
+  process.once("SIGTERM", onSignal);
+  try {
+    say(`plan: ${JSON.stringify(plan)}`);
+    say("guest boot (boot-bench) …");
+    figures.guestBoot = await guestBoot(plan);
+    if (figures.guestBoot.ok) {
+      machine.accel = String(figures.guestBoot.accel);
+      machine.accelReason = String(figures.guestBoot.accelReason);
+    }
+    say("starting the harness (private containerd, CRI, CNI bridge) …");
+    const h = await startHarness({ images: [SMALL_IMAGE] });
+    teardown.add(() => h.stop());
+    teardown.add(() => removeAllPods(h.cri));
+    const figure = async (name: string, fn: () => Promise<Figure>) => {
+      const t = performance.now();
+      try {
+        figures[name] = await fn();
+      } catch (err) {
+        figures[name] = { ok: false, error: errorText(err) };
+      }
+      await removeAllPods(h.cri); // a failed figure leaves nothing for the next one
+      say(
+        `${name}: ${figures[name]?.ok ? "ok" : `FAILED (${figures[name]?.error})`} in ${Math.round(since(t) / 1000)} s`,
+      );
+    };
+    let lifecycle: Awaited<ReturnType<typeof podLifecycle>> | undefined;
+    await figure("podLifecycle", async () => {
+      lifecycle = await podLifecycle(h, plan);
+      return lifecycle.lifecycle;
+    });
+    figures.hostShim = lifecycle?.hostShim ?? { ok: false, error: "the lifecycle runs did not complete" };
+    await figure("shimStart", () => shimStart(h, plan));
+    await figure("memory", () => memory(h, plan));
+    await figure("rootfsPrep", () => rootfsPrep(h, plan));
+    let concurrent: Figure | undefined;
+    await figure("burst", async () => {
+      const r = await burst(h, plan);
+      concurrent = r.concurrentRootfs;
+      return r.burst;
+    });
+    figures.concurrentRootfs = concurrent ?? { ok: false, error: "the burst did not complete" };
+  } catch (err) {
+    figures.harness = { ok: false, error: errorText(err) };
+  } finally {
+    await teardown.run();
+  }
+  try {
+    figures.sizes = await sizes(opts.installerImage);
+  } catch (err) {
+    figures.sizes = { ok: false, error: errorText(err) };
+  }
+  // Every figure has a key, even one that never ran.
+  for (const name of [
+    "podLifecycle",
+    "hostShim",
+    "guestBoot",
+    "memory",
+    "rootfsPrep",
+    "concurrentRootfs",
+    "shimStart",
+    "burst",
+    "sizes",
+  ])
+    figures[name] ??= { ok: false, error: "not run (an earlier step failed)" };
+  machine.loadAverageEnd = os.loadavg().map((x) => Math.round(x * 100) / 100);
+  const finished = new Date();
+  const doc = {
+    schema: SCHEMA,
+    startedAt: started.toISOString(),
+    finishedAt: finished.toISOString(),
+    durationS: Math.round((finished.getTime() - started.getTime()) / 1000),
+    commit: await gitCommit(),
+    options: plan,
+    machine,
+    figures,
+  };
+  const table = renderTable(doc);
+  process.stderr.write(`\n${table}\n\n`);
+  if (opts.table) await writeFile(opts.table, `${table}\n`);
+  const json = `${JSON.stringify(doc, null, 2)}\n`;
+  if (opts.out) await writeFile(opts.out, json);
+  else process.stdout.write(json);
+  const failedFigures = Object.entries(figures)
+    .filter(([, f]) => !f.ok)
+    .map(([k]) => k);
+  say(`done in ${doc.durationS} s${failedFigures.length ? `; not ok: ${failedFigures.join(", ")}` : ""}`);
+}
+
+const program = new Command()
+  .name("bench")
+  .description(
+    [
+      "Benchmarks the cloudhv runtime on a private containerd (CRI plugin, `cloudhv` and `runc` handlers,",
+      "CNI bridge) built from this tree: pod lifecycle, host-side shim time, guest boot, memory per pod,",
+      "rootfs preparation, shim `start`, a burst of pods, sizes. Writes one JSON document (stdout or",
+      "--out) and a table (stderr, and --table FILE). Needs root and scripts/dev.sh setup.",
+    ].join("\n"),
+  )
+  .option("--runs <n>", "runs per figure (median, min and max over them)", positiveInt)
+  .option(
+    "--quick",
+    "a smoke run: 1 run, memory at 0/1/2 pods, a burst of 3, a 20 MiB large image (default runs: 5)",
+  )
+  .option("--out <file>", "write the JSON document here instead of stdout")
+  .option("--table <file>", "also write the table (Markdown) here")
+  .option(
+    "--installer-image <file>",
+    "the installer image archive to report the size of (default: build/*installer*.tar)",
+  )
+  .addHelpText(
+    "after",
+    "\nExamples:\n  npm run bench -- --quick\n  npm run bench -- --runs 7 --out bench.json --table bench.md\n",
+  )
+  .action(main);
+
+program.parseAsync().catch((err: unknown) => {
+  console.error(`bench: ${errorText(err)}`);
+  process.exit(1);
+});
