@@ -7,6 +7,7 @@ export {
   type HealthResponse,
   type VersionResponse,
 } from "./agent/client.js";
+export { ConfigError, configSchema, DEFAULT_CONFIG_PATH, parseConfig, type RuntimeConfig } from "./config/config.js";
 export { type AnyMessage, type Envelope, EVENTS_SERVICE, eventsForwardRequest } from "./containerd/events.js";
 export {
   type CacheEntry,
