@@ -15,6 +15,14 @@ export interface ContainerdOptions {
   binary?: string;
   /** Environment for containerd and so for the shims it starts (PATH, CLOUDHV_CONFIG). */
   env?: NodeJS.ProcessEnv;
+  /**
+   * Start from this config file as it is (read again on every restart) instead of a generated
+   * one; `extraConfig` is then ignored. Its root, state and sockets must point somewhere
+   * private, and `address` must name its `[grpc] address`.
+   */
+  configFile?: string;
+  /** The gRPC socket `configFile` sets; required with it. */
+  address?: string;
 }
 
 export class PrivateContainerd implements AsyncDisposable {
@@ -42,23 +50,25 @@ export class PrivateContainerd implements AsyncDisposable {
   static async start(opts: ContainerdOptions = {}): Promise<PrivateContainerd> {
     const base = opts.baseDir ?? "/run";
     await mkdir(base, { recursive: true });
+    if (opts.configFile && !opts.address) throw new Error("PrivateContainerd: configFile needs address");
     const dir = await mkdtemp(path.join(base, "ctrd-"));
-    const address = path.join(dir, "c.sock");
-    const configPath = path.join(dir, "config.toml");
+    const address = opts.configFile && opts.address ? opts.address : path.join(dir, "c.sock");
+    const configPath = opts.configFile ?? path.join(dir, "config.toml");
     const logPath = path.join(dir, "containerd.log");
-    await writeFile(
-      configPath,
-      [
-        "version = 2",
-        `root = "${dir}/root"`,
-        `state = "${dir}/state"`,
-        `[grpc]`,
-        `  address = "${address}"`,
-        `[ttrpc]`,
-        `  address = "${address}.ttrpc"`,
-        opts.extraConfig ?? "",
-      ].join("\n"),
-    );
+    if (!opts.configFile)
+      await writeFile(
+        configPath,
+        [
+          "version = 2",
+          `root = "${dir}/root"`,
+          `state = "${dir}/state"`,
+          `[grpc]`,
+          `  address = "${address}"`,
+          `[ttrpc]`,
+          `  address = "${address}.ttrpc"`,
+          opts.extraConfig ?? "",
+        ].join("\n"),
+      );
     const launch = () => {
       const out = createWriteStream(logPath, { flags: "a" });
       const child = spawn(opts.binary ?? "containerd", ["--config", configPath, "--log-level", "debug"], {
