@@ -1007,6 +1007,7 @@ async function main(opts: Options): Promise<void> {
     loadAverageStart: os.loadavg().map((x) => Math.round(x * 100) / 100),
   };
   const figures: Record<string, Figure> = {};
+  let harnessDir: string | undefined;
   const teardown = new Teardown();
   const onSignal = (sig: NodeJS.Signals) => {
     say(`${sig}: cleaning up`);
@@ -1024,6 +1025,7 @@ async function main(opts: Options): Promise<void> {
     }
     say("starting the harness (private containerd, CRI, CNI bridge) …");
     const h = await startHarness({ images: [SMALL_IMAGE] });
+    harnessDir = h.dir;
     teardown.add(() => h.stop());
     teardown.add(() => removeAllPods(h.cri));
     const figure = async (name: string, fn: () => Promise<Figure>) => {
@@ -1087,6 +1089,8 @@ async function main(opts: Options): Promise<void> {
     commit: await gitCommit(),
     options: plan,
     machine,
+    /** Removed by now; named so a caller can check that nothing under it lives on. */
+    harnessDir: harnessDir ?? null,
     figures,
   };
   const table = renderTable(doc);
