@@ -73,6 +73,10 @@ export async function startHarness(opts: HarnessOptions = {}): Promise<Harness> 
       extraConfig: [
         `[plugins."io.containerd.grpc.v1.cri"]`,
         `  sandbox_image = "${PAUSE_IMAGE}"`,
+        // Hosts that refuse negative oom_score_adj (some sandboxed CI VMs) make runc fail the
+        // pause container (-998) with "can't get final child's PID from pipe: EOF"; clamp it
+        // to containerd's own, as in a user namespace. No effect on cloudhv's VMs.
+        `  restrict_oom_score_adj = true`,
         `  [plugins."io.containerd.grpc.v1.cri".cni]`,
         `    bin_dir = "/usr/lib/cni"`,
         `    conf_dir = "${dir}/cni"`,
