@@ -114,7 +114,7 @@ const deviceNodeSchema = z.looseObject({
 
 const vmInfoSchema = z.looseObject({
   config: z.looseObject({}),
-  state: z.enum(["Created", "Running", "Shutdown", "Paused"]),
+  state: z.enum(["Created", "Running", "Shutdown", "Paused", "BreakPoint"]),
   memory_actual_size: z.number().optional(),
   device_tree: z.record(z.string(), deviceNodeSchema).optional(),
 });

@@ -383,7 +383,9 @@ export class ChVm implements VmHandle {
     const devices: VmInfo["devices"] = {};
     for (const [id, node] of Object.entries(info.device_tree ?? {}))
       devices[id] = node.pci_bdf ? { pciBdf: node.pci_bdf } : {};
-    const state = info.state.toLowerCase() as VmInfo["state"];
+    // A gdb breakpoint stops every vCPU: to us that is a paused VM.
+    const state: VmInfo["state"] =
+      info.state === "BreakPoint" ? "paused" : (info.state.toLowerCase() as VmInfo["state"]);
     return {
       state,
       devices,
