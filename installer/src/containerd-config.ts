@@ -13,6 +13,7 @@
 // Debian's containerd 1.6), so version 2 files are edited in place. containerd 2.x merges
 // imports deeply, so version 3 files get a drop-in file plus one `imports` line.
 import { isDeepStrictEqual } from "node:util";
+
 import { parse, stringify, TomlError } from "smol-toml";
 import { HANDLER, LAUNCHER, RUNTIME_TYPE } from "./paths.js";
 
@@ -110,8 +111,15 @@ function deletePath(doc: Table, keys: readonly string[]): void {
   if (parent && typeof parent === "object") delete (parent as Table)[keys[keys.length - 1] as string];
 }
 
-function clone<T>(value: T): T {
-  return structuredClone(value);
+/** Plain objects all the way down (smol-toml's tables have no prototype; comparisons need one kind). */
+function plain<T>(value: T): T {
+  return value === undefined ? value : (JSON.parse(JSON.stringify(value)) as T);
+}
+
+const clone = plain;
+
+function same(a: unknown, b: unknown): boolean {
+  return isDeepStrictEqual(plain(a), plain(b));
 }
 
 /** TOML key path as a table header: `plugins."io.containerd.grpc.v1.cri".containerd`. */
@@ -191,15 +199,14 @@ export function addRuntime(original: string, version: ConfigVersion, source: str
   }
   tables.push([[...rtPath, HANDLER], cloudhvRuntime()]);
   setPath(expected, [...rtPath, HANDLER], cloudhvRuntime());
-  if (isDeepStrictEqual(getPath(doc, [...rtPath, HANDLER]), cloudhvRuntime()) && base === original)
+  if (same(getPath(doc, [...rtPath, HANDLER]), cloudhvRuntime()) && base === original)
     return { text: original, method: "unchanged" };
 
   if (HANDLER in existing)
     return rewrite(expected, `${source} already defines a "${HANDLER}" runtime of its own`);
   const text = appendBlock(base, renderBlock(tables, `the ${HANDLER} runtime (${RUNTIME_TYPE})`));
   const check = tryParse(text);
-  if (check && isDeepStrictEqual(check, expected))
-    return { text, method: text === original ? "unchanged" : "text" };
+  if (check && same(check, expected)) return { text, method: text === original ? "unchanged" : "text" };
   return rewrite(expected, `appending tables to ${source} would not mean the same (inline tables?)`);
 }
 
@@ -287,7 +294,7 @@ export function addImport(original: string, file: string, configDir: string, sou
     const at = firstTable === -1 ? lines.length : firstTable;
     const text = [...lines.slice(0, at), line.trimEnd(), ...lines.slice(at)].join("\n");
     const check = tryParse(text);
-    if (check && isDeepStrictEqual(check, expected)) return { text, method: "text" };
+    if (check && same(check, expected)) return { text, method: "text" };
   }
   return rewrite(expected, `${source} has an imports list without our drop-in`);
 }
@@ -311,5 +318,5 @@ export function removeImport(current: string, file: string, source: string): Pat
 
 /** Is our runtime registered, as we would register it, in this parsed config? */
 export function hasRuntime(doc: Table, version: ConfigVersion): boolean {
-  return isDeepStrictEqual(getPath(doc, [...runtimesPath(version), HANDLER]), cloudhvRuntime());
+  return same(getPath(doc, [...runtimesPath(version), HANDLER]), cloudhvRuntime());
 }

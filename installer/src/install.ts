@@ -6,7 +6,7 @@
 //   uninstall: node label off → containerd config restored → restart → files removed
 // Everything the installer changed on the node is recorded in installer-state.json before the
 // change is made, so an interrupted run can always be undone by the next one.
-import { mkdir, readFile, rm, rmdir, stat } from "node:fs/promises";
+import { mkdir, readdir, readFile, rm, rmdir, stat } from "node:fs/promises";
 import path from "node:path";
 import { parseConfig } from "@cloudhv/shim";
 import type { Logger } from "pino";
@@ -483,18 +483,21 @@ export async function uninstall(opts: CommonOptions & { purgeCache?: boolean }):
 
   // 4. Files. A version a running process still uses stays (its pods keep working); the rest goes.
   const runtime = await readRuntimeConfig(root);
+  await stopIdleDaemons(log);
   const used = await pathsInUse(`${INSTALL_DIR}/`);
   if (state?.pathLink && (await isLinkTo(root, PATH_LINK, LAUNCHER))) await removeFile(root.path(PATH_LINK));
   if (used.length === 0) {
     await rm(root.path(INSTALL_DIR), { recursive: true, force: true });
-    for (const dir of [
+    const dirs = [
       runtime.state_dir ?? STATE_DIR,
       ...(opts.purgeCache === false
         ? []
         : [runtime.cache_dir ?? `${CACHE_DIR}/cache`, runtime.scratch_dir ?? `${CACHE_DIR}/scratch`]),
-    ])
-      await rm(root.path(dir), { recursive: true, force: true });
-    await rmEmpty(root.path(CACHE_DIR));
+    ];
+    for (const dir of dirs) await rm(root.path(dir), { recursive: true, force: true });
+    // /var/lib/cloudhv itself, once its cache and scratch are gone.
+    for (const dir of new Set([...dirs.slice(1).map((d) => path.dirname(d)), CACHE_DIR]))
+      await rmEmpty(root.path(dir));
     result.removed.push(INSTALL_DIR);
   } else {
     for (const version of await listVersions(root)) {
@@ -507,6 +510,40 @@ export async function uninstall(opts: CommonOptions & { purgeCache?: boolean }):
   }
   log.info({ restored: result.restored }, "cloudhv uninstalled");
   return result;
+}
+
+/**
+ * Shim daemons with no VM left (no child processes) would linger for their idle timeout and
+ * keep /opt/cloudhv in use: stop them. One that still has VMs keeps running, and its version
+ * stays on disk with it.
+ */
+async function stopIdleDaemons(log: Logger, proc = "/proc"): Promise<void> {
+  const pids = (await readdir(proc).catch(() => [] as string[])).filter((p) => /^\d+$/.test(p));
+  const parents = new Map<string, string>();
+  const daemons: string[] = [];
+  for (const pid of pids) {
+    const stat = await readFile(`${proc}/${pid}/stat`, "utf8").catch(() => "");
+    const ppid = stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1];
+    if (ppid) parents.set(pid, ppid);
+    const cmdline = (await readFile(`${proc}/${pid}/cmdline`, "utf8").catch(() => "")).split("\0");
+    if (
+      cmdline.some((w) => w.startsWith(`${INSTALL_DIR}/versions/`)) &&
+      cmdline.some((w) => w.endsWith("/daemon/main.js"))
+    )
+      daemons.push(pid);
+  }
+  for (const pid of daemons) {
+    const children = [...parents].filter(([, ppid]) => ppid === pid).length;
+    if (children > 0) continue;
+    log.info({ pid: Number(pid) }, "stopping an idle shim daemon (no VMs)");
+    try {
+      process.kill(Number(pid), "SIGTERM");
+    } catch {
+      continue;
+    }
+    for (let i = 0; i < 50 && (await readFile(`${proc}/${pid}/stat`, "utf8").catch(() => "")); i++)
+      await new Promise((r) => setTimeout(r, 100));
+  }
 }
 
 async function rmEmpty(dir: string): Promise<void> {
