@@ -79,6 +79,8 @@ const stateSchema = z.strictObject({
   configVersion: z.union([z.literal(1), z.literal(2), z.literal(3)]),
   files: z.array(fileSchema),
   pathLink: z.boolean(),
+  /** Directories we created for config files (conf.d/): removed again when empty. */
+  createdDirs: z.array(z.string().startsWith("/")).default([]),
   updatedAt: z.string(),
 });
 
@@ -325,6 +327,11 @@ export async function install(opts: InstallOptions): Promise<InstallResult> {
     }
     files.push({ path: change.path, backup, written, kind: change.kind });
   }
+  const createdDirs = [...(previousState?.createdDirs ?? [])];
+  for (const change of changes) {
+    const dir = path.dirname(change.path);
+    if (!(await exists(root.path(dir))) && !createdDirs.includes(dir)) createdDirs.push(dir);
+  }
   const state: InstallerState = {
     schema: 1,
     version: manifest.version,
@@ -332,6 +339,7 @@ export async function install(opts: InstallOptions): Promise<InstallResult> {
     configVersion: target.version,
     files,
     pathLink,
+    createdDirs,
     updatedAt: "",
   };
   await writeState(root, state);
@@ -461,7 +469,8 @@ export async function uninstall(opts: CommonOptions & { purgeCache?: boolean }):
     );
     result.restored.push({ path: file.path, how: "edited" });
   }
-  if (state) await writeState(root, { ...state, files: [] });
+  for (const dir of state?.createdDirs ?? []) await rmEmpty(root.path(dir));
+  if (state) await writeState(root, { ...state, files: [], createdDirs: [] });
 
   // 3. containerd without the runtime.
   const changed = result.restored.some((r) => r.how !== "gone");

@@ -2,12 +2,18 @@
 // and a real containerd that sees that root's /opt, /etc/containerd and /usr/local/bin as its own, through a
 // private mount namespace, so the host paths the installer writes (/opt/cloudhv/bin/…,
 // imports = ["/etc/containerd/conf.d/…"]) are exactly what containerd and the shim resolve.
-import { chmod, mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
+import { execFile } from "node:child_process";
+import { chmod, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import path from "node:path";
+import { promisify } from "node:util";
 import { guestArtifacts } from "@cloudhv/e2e/dist/src/artifacts.js";
 import { PrivateContainerd } from "@cloudhv/e2e/dist/src/containerd.js";
+import { CriClient, type PodSandboxConfig } from "@cloudhv/e2e/dist/src/cri/client.js";
 import { processesMatching } from "@cloudhv/e2e/dist/src/leaks.js";
+import { buildBusyboxImage, importOciArchive } from "@cloudhv/e2e/dist/src/oci-image.js";
 import { assembleBundle } from "../../src/bundle.js";
+
+const run = promisify(execFile);
 
 export const INSTALLER = path.resolve(import.meta.dirname, "../../src/bin/installer.js");
 
@@ -179,4 +185,127 @@ export function testRuntimeConfig(): Record<string, unknown> {
     scratch_dir: `${TEST_STATE}/cloudhv-cache/scratch`,
     scratch_disk_bytes: 1024 ** 3,
   };
+}
+
+export const PAUSE = "docker.io/cloudhv-test/pause:1";
+export const BUSYBOX = "docker.io/cloudhv-test/busybox:installer";
+
+/** The pause image (the realistic configs name it) and a busybox image, in k8s.io. */
+export async function importTestImages(containerd: PrivateContainerd, dir: string): Promise<void> {
+  for (const [i, image] of [
+    { name: PAUSE, config: { entrypoint: ["/bin/sleep", "2147483647"] } },
+    { name: BUSYBOX },
+  ].entries()) {
+    const built = await buildBusyboxImage({ archivePath: path.join(dir, `image-${i}.tar`), ...image });
+    await importOciArchive(containerd, built.archivePath, { namespace: "k8s.io" });
+    await rm(built.archivePath);
+  }
+}
+
+/**
+ * Runs a pod with handler `cloudhv` whose VM is sized by a kata annotation (so the CRI plugin
+ * passed pod annotations on), and returns what its container printed: a greeting and the
+ * guest's MemTotal in kB. The pod is gone afterwards.
+ */
+export async function runTestPod(
+  address: string,
+  dir: string,
+): Promise<{ log: string; memTotalKb: number; vms: number }> {
+  const cri = new CriClient(address);
+  try {
+    const logDirectory = path.join(dir, "pods", "p1");
+    await mkdir(logDirectory, { recursive: true });
+    const sandbox: PodSandboxConfig = {
+      metadata: { name: "p1", uid: "uid-p1", namespace: "default", attempt: 0 },
+      hostname: "p1",
+      logDirectory,
+      annotations: { "io.katacontainers.config.hypervisor.default_memory": "448" },
+      linux: { securityContext: { namespaceOptions: { network: "NODE" } } },
+    };
+    const pod = await cri.runPodSandbox(sandbox, "cloudhv");
+    try {
+      const status = await cri.podSandboxStatus(pod);
+      if (status.runtimeHandler !== "cloudhv")
+        throw new Error(`pod runs with handler ${status.runtimeHandler}`);
+      const vms = (await processesMatching(`${TEST_STATE}/cloudhv/`)).length;
+      const id = await cri.createContainer(
+        pod,
+        {
+          metadata: { name: "hello" },
+          image: { image: BUSYBOX },
+          command: [
+            "sh",
+            "-c",
+            "echo hello from an installed runtime; grep MemTotal /proc/meminfo; sleep 600",
+          ],
+          logPath: "hello.log",
+        },
+        sandbox,
+      );
+      await cri.startContainer(id);
+      let log = "";
+      const deadline = Date.now() + 30_000;
+      while (!/MemTotal/.test(log) && Date.now() < deadline) {
+        log = await readFile(path.join(logDirectory, "hello.log"), "utf8").catch(() => "");
+        await new Promise((r) => setTimeout(r, 200));
+      }
+      await cri.stopContainer(id, 2);
+      await cri.removeContainer(id);
+      return { log, memTotalKb: Number(/MemTotal:\s+(\d+) kB/.exec(log)?.[1]), vms };
+    } finally {
+      await cri.stopPodSandbox(pod);
+      await cri.removePodSandbox(pod);
+    }
+  } finally {
+    cri.close();
+  }
+}
+
+/** Runs the installer CLI; its pino lines parsed. */
+export async function cli(
+  args: string[],
+): Promise<{ code: number; lines: Array<Record<string, unknown>>; stdout: string }> {
+  try {
+    const { stdout } = await run(process.execPath, [INSTALLER, ...args], {
+      env: { ...process.env, NODE_NAME: "" },
+    });
+    return { code: 0, lines: jsonLines(stdout), stdout };
+  } catch (err) {
+    const e = err as { code?: number; stdout?: string; stderr?: string };
+    if (e.stdout === undefined) throw err;
+    return { code: e.code ?? -1, lines: jsonLines(e.stdout), stdout: `${e.stdout}${e.stderr ?? ""}` };
+  }
+}
+
+function jsonLines(text: string): Array<Record<string, unknown>> {
+  return text
+    .split("\n")
+    .filter((l) => l.startsWith(`{"`))
+    .map((l) => JSON.parse(l) as Record<string, unknown>);
+}
+
+/** Every file and directory under `dir`, relative, directories with a trailing slash. */
+export async function tree(dir: string, prefix = ""): Promise<string[]> {
+  const out: string[] = [];
+  for (const e of await readdir(path.join(dir, prefix), { withFileTypes: true })) {
+    const rel = prefix ? `${prefix}/${e.name}` : e.name;
+    out.push(e.isDirectory() ? `${rel}/` : rel);
+    if (e.isDirectory()) out.push(...(await tree(dir, rel)));
+  }
+  return out.sort();
+}
+
+/** `doc.a.b.c` of a parsed TOML document, without `any`. */
+export function at(doc: unknown, ...keys: string[]): unknown {
+  let node = doc;
+  for (const k of keys)
+    node = node && typeof node === "object" ? (node as Record<string, unknown>)[k] : undefined;
+  return node;
+}
+
+/** containerd 2.x built from the Go module proxy (cached by version; minutes the first time). */
+export async function containerd2(): Promise<string> {
+  const script = path.resolve(import.meta.dirname, "../../../scripts/build-containerd2.sh");
+  const { stdout } = await run(script, [], { maxBuffer: 1 << 24 });
+  return stdout.trim().split("\n").pop() as string;
 }
