@@ -281,6 +281,10 @@ export async function install(opts: InstallOptions): Promise<InstallResult> {
   parseConfig(runtimeConfig, "the runtime config given to the installer");
   const manifest = await readManifest(opts.artifacts);
 
+  // Directories the node did not have (/opt, /usr/local/bin on a minimal root) go again on uninstall.
+  const createdDirs = [...(previousState?.createdDirs ?? [])];
+  for (const dir of [INSTALL_DIR, path.dirname(PATH_LINK)]) await noteMissing(root, dir, createdDirs);
+
   // 2. Artifacts: copied whole into versions/<version>, then switched to atomically.
   const installed = await installVersion(root, opts.artifacts);
   log.info(
@@ -327,11 +331,7 @@ export async function install(opts: InstallOptions): Promise<InstallResult> {
     }
     files.push({ path: change.path, backup, written, kind: change.kind });
   }
-  const createdDirs = [...(previousState?.createdDirs ?? [])];
-  for (const change of changes) {
-    const dir = path.dirname(change.path);
-    if (!(await exists(root.path(dir))) && !createdDirs.includes(dir)) createdDirs.push(dir);
-  }
+  for (const change of changes) await noteMissing(root, path.dirname(change.path), createdDirs);
   const state: InstallerState = {
     schema: 1,
     version: manifest.version,
@@ -469,8 +469,7 @@ export async function uninstall(opts: CommonOptions & { purgeCache?: boolean }):
     );
     result.restored.push({ path: file.path, how: "edited" });
   }
-  for (const dir of state?.createdDirs ?? []) await rmEmpty(root.path(dir));
-  if (state) await writeState(root, { ...state, files: [], createdDirs: [] });
+  if (state) await writeState(root, { ...state, files: [] });
 
   // 3. containerd without the runtime.
   const changed = result.restored.some((r) => r.how !== "gone");
@@ -517,8 +516,19 @@ export async function uninstall(opts: CommonOptions & { purgeCache?: boolean }):
       "cloudhv pods still run on this node: their version stays until they are gone",
     );
   }
+  if (result.inUse.length === 0)
+    for (const dir of [...(state?.createdDirs ?? [])].sort((a, b) => b.length - a.length))
+      await rmEmpty(root.path(dir));
   log.info({ restored: result.restored }, "cloudhv uninstalled");
   return result;
+}
+
+/** Records `dir` and each of its ancestors that does not exist yet. */
+async function noteMissing(root: HostRoot, dir: string, into: string[]): Promise<void> {
+  for (let d = dir; d !== "/"; d = path.dirname(d)) {
+    if (await exists(root.path(d))) return;
+    if (!into.includes(d)) into.push(d);
+  }
 }
 
 /**
