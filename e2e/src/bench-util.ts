@@ -143,3 +143,49 @@ export async function dependencyDirs(pkgDir: string, roots: readonly string[]): 
   await visit(pkgDir);
   return [...seen].sort();
 }
+
+/** Where a VMM's resident memory is: guest RAM, QEMU's TCG code buffer, everything else (KiB). */
+export interface VmmMemoryBreakdown {
+  guestRamRssKiB: number;
+  tcgCodeBufferRssKiB: number;
+  otherRssKiB: number;
+}
+
+/**
+ * Splits a VMM's RSS by mapping (/proc/<pid>/smaps): guest RAM is the anonymous mapping of
+ * exactly the VM's memory size; TCG's translated-code buffer is a huge rwx anonymous one.
+ * Guest RAM pages stay resident once the guest touched them (no balloon or free page
+ * reporting), whatever the guest uses now.
+ */
+export async function vmmMemoryBreakdown(pid: number, guestMiB: number): Promise<VmmMemoryBreakdown | null> {
+  let smaps: string;
+  try {
+    smaps = await readFile(`/proc/${pid}/smaps`, "utf8");
+  } catch {
+    return null;
+  }
+  const out = { guestRamRssKiB: 0, tcgCodeBufferRssKiB: 0, otherRssKiB: 0 };
+  let perms = "";
+  let anon = false;
+  let sizeKiB = 0;
+  for (const line of smaps.split("\n")) {
+    const header = /^[0-9a-f]+-[0-9a-f]+ (\S+) \S+ \S+ (\d+)\s*(.*)$/.exec(line);
+    if (header) {
+      perms = header[1] as string;
+      anon = header[2] === "0" && !(header[3] ?? "").trim();
+      continue;
+    }
+    const size = /^Size:\s+(\d+) kB/.exec(line);
+    if (size) {
+      sizeKiB = Number(size[1]);
+      continue;
+    }
+    const rss = /^Rss:\s+(\d+) kB/.exec(line);
+    if (!rss) continue;
+    const kib = Number(rss[1]);
+    if (anon && sizeKiB === guestMiB * 1024) out.guestRamRssKiB += kib;
+    else if (anon && perms.startsWith("rwx") && sizeKiB >= 256 * 1024) out.tcgCodeBufferRssKiB += kib;
+    else out.otherRssKiB += kib;
+  }
+  return out;
+}

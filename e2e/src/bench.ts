@@ -20,6 +20,7 @@ import {
   type PhaseEntry,
   type Stat,
   stat,
+  vmmMemoryBreakdown,
   waitForPhaseEntries,
 } from "./bench-util.js";
 import { mountsUnder } from "./containerd.js";
@@ -31,6 +32,8 @@ import { SHIM_ENTRY } from "./runtime-install.js";
 
 const SMALL_IMAGE = "docker.io/cloudhv-test/busybox:bench";
 const SCHEMA = "cloudhv-bench/1";
+/** default_memory_mb of the harness's runtime config (the shim's default). */
+const VM_MEMORY_MB = 256;
 
 interface Plan {
   runs: number;
@@ -438,7 +441,11 @@ async function memory(h: Harness, plan: Plan): Promise<Figure> {
       const pid = await shimDaemonPid(h);
       const shim = pid ? await memoryOf(pid) : null;
       if (!shim) throw new Error("the shim daemon is not running");
-      const vmms = (await Promise.all((await vmmPids(h)).map(memoryOf))).filter((m) => !!m);
+      const pids = await vmmPids(h);
+      const vmms = (await Promise.all(pids.map(memoryOf))).filter((m) => !!m);
+      const split = (
+        await Promise.all(pids.slice(0, 5).map((p) => vmmMemoryBreakdown(p, VM_MEMORY_MB)))
+      ).filter((b) => !!b);
       const guest: number[] = [];
       const guestTotal: number[] = [];
       for (const pod of pods.slice(0, 5)) {
@@ -457,6 +464,11 @@ async function memory(h: Harness, plan: Plan): Promise<Figure> {
         vmms: vmms.length,
         vmmRssKiB: stat(vmms.map((m) => m.rssKiB)),
         vmmPssKiB: stat(vmms.map((m) => m.pssKiB)),
+        vmmRssSplitKiB: {
+          guestRam: stat(split.map((b) => b.guestRamRssKiB)),
+          tcgCodeBuffer: stat(split.map((b) => b.tcgCodeBufferRssKiB)),
+          other: stat(split.map((b) => b.otherRssKiB)),
+        },
         guestUsedKiB: stat(guest),
         guestTotalKiB: stat(guestTotal),
       });
@@ -479,11 +491,12 @@ async function memory(h: Harness, plan: Plan): Promise<Figure> {
     ok: !error && levels.length === plan.memoryLevels.length,
     ...(error ? { error } : {}),
     what: "RSS/PSS from /proc/<pid>/smaps_rollup; pods each run one `sleep` container; guest used = MemTotal − MemAvailable",
-    vmMemoryMb: 256,
+    vmMemoryMb: VM_MEMORY_MB,
     levels,
     shimRssIncrementPerPodKiB: increment,
     vmmRssPerPodKiB: top.vmmRssKiB ?? null,
     vmmPssPerPodKiB: top.vmmPssKiB ?? null,
+    vmmRssSplitKiB: top.vmmRssSplitKiB ?? null,
     guestUsedKiB: top.guestUsedKiB ?? null,
   };
 }
@@ -868,6 +881,11 @@ function statMib(s: unknown): string {
     : `${mib(x.median)} (${(x.min / 1024).toFixed(1)}–${(x.max / 1024).toFixed(1)})`;
 }
 
+function splitOf(mem: Figure, part: string): string {
+  const split = mem.vmmRssSplitKiB as Record<string, Stat | null> | null;
+  return mib(split?.[part]?.median);
+}
+
 function failed(f: Figure | undefined): string | undefined {
   return f && !f.ok && f.error ? `FAILED: ${f.error}` : undefined;
 }
@@ -932,7 +950,7 @@ export function renderTable(doc: {
     add(
       "4. VMM RSS per pod (PSS)",
       `${statMib(mem.vmmRssPerPodKiB)}`,
-      `PSS ${statMib(mem.vmmPssPerPodKiB)}; ${mem.vmMemoryMb} MiB VMs`,
+      `PSS ${statMib(mem.vmmPssPerPodKiB)}; ${mem.vmMemoryMb} MiB VMs; RSS = guest RAM touched ${splitOf(mem, "guestRam")} + TCG code ${splitOf(mem, "tcgCodeBuffer")} + QEMU ${splitOf(mem, "other")}`,
     );
     add("4. guest memory used", statMib(mem.guestUsedKiB), "MemTotal − MemAvailable");
   } else add("4. memory", failed(mem) ?? "—");
