@@ -1,0 +1,174 @@
+// Level 1: the Helm chart with a real helm (built from the Go module proxy by
+// installer/scripts/build-helm.sh, pinned, cached): lint, the objects it renders with default
+// and custom values, and values the schema must reject.
+import assert from "node:assert/strict";
+import { execFile } from "node:child_process";
+import path from "node:path";
+import { before, describe, it } from "node:test";
+import { promisify } from "node:util";
+import { parseConfig } from "@cloudhv/shim";
+import { parseAllDocuments } from "yaml";
+import { REPO_ROOT } from "../src/bundle.js";
+
+const run = promisify(execFile);
+const CHART = path.join(REPO_ROOT, "charts/cloudhv");
+type Obj = {
+  kind: string;
+  metadata: { name: string; annotations?: Record<string, string> };
+  [k: string]: unknown;
+};
+
+let helm: string;
+
+async function render(...set: string[]): Promise<Obj[]> {
+  const args = ["template", "r", CHART, "--namespace", "kube-system", "--kube-version", "1.30.0"];
+  for (const s of set) args.push("--set", s);
+  const { stdout } = await run(helm, args, { maxBuffer: 1 << 24 });
+  return parseAllDocuments(stdout)
+    .map((d) => d.toJS() as Obj | null)
+    .filter((o): o is Obj => o !== null);
+}
+
+// biome-ignore lint/suspicious/noExplicitAny: rendered manifests are untyped JSON; the assertions check their shape.
+function one(objs: Obj[], kind: string, name?: string): Record<string, any> {
+  const found = objs.filter((o) => o.kind === kind && (name === undefined || o.metadata.name === name));
+  assert.equal(found.length, 1, `one ${kind}${name ? ` ${name}` : ""}, got ${found.length}`);
+  // biome-ignore lint/suspicious/noExplicitAny: as above.
+  return found[0] as Record<string, any>;
+}
+
+describe("charts/cloudhv with a real helm", () => {
+  before(async () => {
+    const { stdout } = await run(path.join(REPO_ROOT, "installer/scripts/build-helm.sh"), [], {
+      maxBuffer: 1 << 24,
+    });
+    helm = stdout.trim().split("\n").pop() as string;
+    const { stdout: version } = await run(helm, ["version", "--short"]);
+    assert.match(version, /^v3\./);
+  });
+
+  it("passes helm lint --strict", async () => {
+    const { stdout } = await run(helm, ["lint", "--strict", CHART]);
+    assert.match(stdout, /1 chart\(s\) linted, 0 chart\(s\) failed/);
+  });
+
+  it("renders the DaemonSet, RBAC, RuntimeClass, runtime config and cleanup hooks from the defaults", async () => {
+    const objs = await render();
+    assert.deepEqual(objs.map((o) => `${o.kind}/${o.metadata.name}`).sort(), [
+      "ClusterRole/r-cloudhv",
+      "ClusterRoleBinding/r-cloudhv",
+      "ConfigMap/r-cloudhv",
+      "DaemonSet/r-cloudhv",
+      "DaemonSet/r-cloudhv-cleanup",
+      "Job/r-cloudhv-cleanup-wait",
+      "Role/r-cloudhv-cleanup",
+      "RoleBinding/r-cloudhv-cleanup",
+      "RuntimeClass/cloudhv",
+      "ServiceAccount/r-cloudhv",
+    ]);
+    const rc = one(objs, "RuntimeClass");
+    assert.equal(rc.handler, "cloudhv");
+    // 256 MiB default VM + 40 MiB VMM; the VMM's 100m (vCPUs are not reserved by default).
+    assert.deepEqual(rc.overhead, { podFixed: { memory: "296Mi", cpu: "100m" } });
+    assert.deepEqual(rc.scheduling, { nodeSelector: { "cloudhv.io/runtime": "ready" } });
+
+    const ds = one(objs, "DaemonSet", "r-cloudhv");
+    const pod = ds.spec.template.spec;
+    assert.equal(pod.hostPID, true);
+    assert.equal(pod.serviceAccountName, "r-cloudhv");
+    assert.deepEqual(pod.nodeSelector, { "kubernetes.io/os": "linux" });
+    assert.deepEqual(pod.tolerations, [{ operator: "Exists" }]);
+    assert.deepEqual(pod.volumes[0], { name: "host", hostPath: { path: "/", type: "Directory" } });
+    const c = pod.containers[0];
+    assert.equal(c.image, "ghcr.io/cloudhv/cloudhv-installer:0.1.0");
+    assert.equal(c.securityContext.privileged, true);
+    assert.deepEqual(c.args.slice(0, 5), ["install", "--host-root", "/host", "--restart", "auto"]);
+    assert.ok(c.args.includes("--stay"));
+    assert.deepEqual(c.env, [{ name: "NODE_NAME", valueFrom: { fieldRef: { fieldPath: "spec.nodeName" } } }]);
+    assert.deepEqual(c.readinessProbe.exec.command, ["cat", c.args[c.args.indexOf("--ready-file") + 1]]);
+    assert.deepEqual(c.resources, { requests: { cpu: "10m", memory: "64Mi" }, limits: { memory: "512Mi" } });
+
+    const role = one(objs, "ClusterRole");
+    assert.deepEqual(role.rules, [{ apiGroups: [""], resources: ["nodes"], verbs: ["get", "patch"] }]);
+
+    // The rendered runtime config is one the shim itself accepts.
+    const cfg = JSON.parse(one(objs, "ConfigMap").data["runtime-config.json"]);
+    assert.equal(parseConfig(cfg, "chart").default_memory_mb, 256);
+
+    const cleanup = one(objs, "DaemonSet", "r-cloudhv-cleanup");
+    assert.equal(cleanup.metadata.annotations["helm.sh/hook"], "pre-delete");
+    assert.equal(cleanup.spec.template.spec.containers[0].args[0], "uninstall");
+    assert.deepEqual(
+      cleanup.spec.template.spec.nodeSelector,
+      pod.nodeSelector,
+      "cleanup runs where the installer ran",
+    );
+    const job = one(objs, "Job");
+    assert.equal(job.metadata.annotations["helm.sh/hook"], "pre-delete");
+    assert.ok(
+      Number(job.metadata.annotations["helm.sh/hook-weight"]) >
+        Number(cleanup.metadata.annotations["helm.sh/hook-weight"]),
+    );
+    assert.deepEqual(job.spec.template.spec.containers[0].args.slice(0, 5), [
+      "wait-daemonset",
+      "--namespace",
+      "kube-system",
+      "--name",
+      "r-cloudhv-cleanup",
+    ]);
+  });
+
+  it("follows custom values: VM size → overhead and config, selectors, image, restart mode, no cleanup", async () => {
+    const objs = await render(
+      "runtime.defaultMemoryMiB=512",
+      "runtime.defaultVcpus=2",
+      "runtimeClass.overhead.reserveVcpus=true",
+      "runtimeClass.name=microvm",
+      "runtime.extra.cache_max_bytes=1073741824",
+      "nodeSelector.pool=sandbox",
+      "tolerations[0].key=sandbox,tolerations[0].operator=Exists,tolerations[0].effect=NoSchedule",
+      "image.repository=registry.local/cloudhv-installer,image.tag=dev",
+      "containerd.restart=none,containerd.configVersion=3",
+      "cleanup.enabled=false",
+    );
+    const rc = one(objs, "RuntimeClass", "microvm");
+    assert.deepEqual(rc.overhead.podFixed, { memory: "552Mi", cpu: "2100m" });
+    const cfg = parseConfig(JSON.parse(one(objs, "ConfigMap").data["runtime-config.json"]), "chart");
+    assert.equal(cfg.default_memory_mb, 512);
+    assert.equal(cfg.default_vcpus, 2);
+    assert.equal(cfg.cache_max_bytes, 1073741824);
+    const pod = one(objs, "DaemonSet").spec.template.spec;
+    assert.deepEqual(pod.nodeSelector, { "kubernetes.io/os": "linux", pool: "sandbox" });
+    assert.deepEqual(pod.tolerations, [{ key: "sandbox", operator: "Exists", effect: "NoSchedule" }]);
+    const c = pod.containers[0];
+    assert.equal(c.image, "registry.local/cloudhv-installer:dev");
+    assert.deepEqual(c.args.slice(3, 5), ["--restart", "none"]);
+    assert.deepEqual(
+      c.args.slice(c.args.indexOf("--config-version"), c.args.indexOf("--config-version") + 2),
+      ["--config-version", "3"],
+    );
+    assert.equal(objs.filter((o) => o.metadata.annotations?.["helm.sh/hook"]).length, 0);
+    assert.equal(objs.filter((o) => o.kind === "Role").length, 0);
+    assert.equal(
+      (await render("runtimeClass.create=false")).filter((o) => o.kind === "RuntimeClass").length,
+      0,
+    );
+  });
+
+  for (const [set, why] of [
+    ["runtime.defaultMemoryMiB=32", /runtime\/defaultMemoryMiB.*minimum/s],
+    ["containerd.restart=sometimes", /containerd\/restart.*(value must be one of|enum)/s],
+    ["runtime.vcpus=2", /runtime.*additional properties 'vcpus' not allowed/s],
+    ["image.pullPolicy=Sometimes", /image\/pullPolicy/],
+    ["runtime.enableAnnotations[0]=kernel_params", /runtime\/enableAnnotations\/0/],
+    ["containerd.configVersion=4", /containerd\/configVersion/],
+  ] as const) {
+    it(`rejects ${set} through values.schema.json`, async () => {
+      await assert.rejects(render(set), (err: Error & { stderr?: string }) => {
+        assert.match(err.stderr ?? "", /values don't meet the specifications of the schema/);
+        assert.match(err.stderr ?? "", why);
+        return true;
+      });
+    });
+  }
+});
