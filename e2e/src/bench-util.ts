@@ -144,16 +144,20 @@ export async function dependencyDirs(pkgDir: string, roots: readonly string[]): 
   return [...seen].sort();
 }
 
-/** Where a VMM's resident memory is: guest RAM, QEMU's TCG code buffer, everything else (KiB). */
+/** Where a VMM's resident memory is (KiB). */
 export interface VmmMemoryBreakdown {
   guestRamRssKiB: number;
+  /** TCG's translated code (anonymous rwx regions); zero under KVM. */
   tcgCodeBufferRssKiB: number;
-  otherRssKiB: number;
+  /** Files mapped: the VMM binary, its libraries, the guest kernel image (page cache, shared). */
+  fileBackedRssKiB: number;
+  /** The VMM's own heap and buffers. */
+  otherAnonRssKiB: number;
 }
 
 /**
  * Splits a VMM's RSS by mapping (/proc/<pid>/smaps): guest RAM is the anonymous mapping of
- * exactly the VM's memory size; TCG's translated-code buffer is a huge rwx anonymous one.
+ * exactly the VM's memory size; TCG's translated-code buffer is anonymous rwx (per-vCPU regions).
  * Guest RAM pages stay resident once the guest touched them (no balloon or free page
  * reporting), whatever the guest uses now.
  */
@@ -164,15 +168,15 @@ export async function vmmMemoryBreakdown(pid: number, guestMiB: number): Promise
   } catch {
     return null;
   }
-  const out = { guestRamRssKiB: 0, tcgCodeBufferRssKiB: 0, otherRssKiB: 0 };
+  const out = { guestRamRssKiB: 0, tcgCodeBufferRssKiB: 0, fileBackedRssKiB: 0, otherAnonRssKiB: 0 };
   let perms = "";
-  let anon = false;
+  let anon = false; // not a file: plain anonymous memory, [heap], [stack]
   let sizeKiB = 0;
   for (const line of smaps.split("\n")) {
     const header = /^[0-9a-f]+-[0-9a-f]+ (\S+) \S+ \S+ (\d+)\s*(.*)$/.exec(line);
     if (header) {
       perms = header[1] as string;
-      anon = header[2] === "0" && !(header[3] ?? "").trim();
+      anon = !(header[3] ?? "").trim().startsWith("/");
       continue;
     }
     const size = /^Size:\s+(\d+) kB/.exec(line);
@@ -184,8 +188,22 @@ export async function vmmMemoryBreakdown(pid: number, guestMiB: number): Promise
     if (!rss) continue;
     const kib = Number(rss[1]);
     if (anon && sizeKiB === guestMiB * 1024) out.guestRamRssKiB += kib;
-    else if (anon && perms.startsWith("rwx") && sizeKiB >= 256 * 1024) out.tcgCodeBufferRssKiB += kib;
-    else out.otherRssKiB += kib;
+    else if (anon && perms.startsWith("rwx")) out.tcgCodeBufferRssKiB += kib;
+    else if (!anon) out.fileBackedRssKiB += kib;
+    else out.otherAnonRssKiB += kib;
   }
   return out;
+}
+
+/** How many lines of the daemon logs (`shim-*.log`) in `stateDir` carry log message `msg`. */
+export async function countLogMessages(stateDir: string, msg: string): Promise<number> {
+  const needle = `"msg":${JSON.stringify(msg)}`;
+  let n = 0;
+  for (const name of (await readdir(stateDir).catch(() => [] as string[])).filter((x) =>
+    /^shim-.*\.log$/.test(x),
+  )) {
+    const text = await readFile(path.join(stateDir, name), "utf8");
+    for (const line of text.split("\n")) if (line.includes(needle)) n++;
+  }
+  return n;
 }
