@@ -72,6 +72,18 @@ build_all() {
   guest/rootfs/build-rootfs.sh
   say "host: TypeScript build"
   npm run --silent build
+  build_go_tools
+}
+
+# helm (the chart tests) and containerd 2.x (the installer's version 3 test), built from the Go
+# module proxy and cached by version under $CLOUDHV_BUILD_CACHE; a cached one costs a second.
+build_go_tools() {
+  export PATH="$PATH:/usr/local/go/bin"
+  command -v go >/dev/null || die "Go >= 1.22 is required to build helm and containerd 2 (from the Go module proxy): install it to /usr/local/go or put it on PATH (e.g. golang-1.23-go from bookworm-backports)"
+  say "tools: helm (pinned, Go module proxy; ~3 min the first time)"
+  installer/scripts/build-helm.sh >/dev/null
+  say "tools: containerd 2 (pinned, Go module proxy; ~2 min the first time)"
+  installer/scripts/build-containerd2.sh >/dev/null
 }
 
 case "${1:-}" in
