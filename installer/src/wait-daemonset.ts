@@ -13,8 +13,9 @@ export async function waitForDaemonSet(
   name: string,
   timeoutMs: number,
   log: Logger,
+  serviceAccountDir?: string,
 ): Promise<void> {
-  const ep = inClusterEndpoint();
+  const ep = serviceAccountDir ? inClusterEndpoint(process.env, serviceAccountDir) : inClusterEndpoint();
   const deadline = Date.now() + timeoutMs;
   let last = "";
   for (;;) {
