@@ -173,10 +173,15 @@ describe("Cloud Hypervisor driver against a test double of its documented REST A
       ],
       rng: { src: "/dev/urandom" },
       vsock: { cid: body.vsock.cid, socket: path.join(state, "vsock.sock") },
-      console: { mode: "File", file: path.join(state, "console.log") },
+      console: { mode: "File", file: path.join(state, "console.fifo") },
       serial: { mode: "Off" },
     });
     assert.equal(vm.consoleLogPath, path.join(state, "console.log"));
+    // The VMM writes the console into the FIFO; the driver drains it into console.log.
+    await eventually(
+      async () => (await readFile(vm.consoleLogPath, "utf8").catch(() => "")).includes("guest console up"),
+      "the console line to reach console.log",
+    );
 
     const agent = await vm.connectAgent({ timeoutMs: 10_000 });
     assert.equal((await agent.health()).status, "SERVING");

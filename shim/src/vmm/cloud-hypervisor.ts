@@ -13,6 +13,7 @@ import { TtrpcClient } from "../ttrpc/client.js";
 import { log } from "../util/log.js";
 import { TIMED_OUT, within } from "../util/time.js";
 import { ChApiClient, ChApiError, type ChDiskConfig, type ChVmConfig } from "./ch-api.js";
+import { ConsoleLog } from "./console-log.js";
 import { findExecutable } from "./find-executable.js";
 import {
   AGENT_VSOCK_PORT,
@@ -44,7 +45,9 @@ export interface CloudHypervisorDriverOptions {
 export interface ChVmPaths {
   api: string;
   vsock: string;
+  /** The guest console, capped (see ConsoleLog); CH writes it into consoleFifo. */
   console: string;
+  consoleFifo: string;
 }
 
 export function chPaths(stateDir: string): ChVmPaths {
@@ -52,6 +55,7 @@ export function chPaths(stateDir: string): ChVmPaths {
     api: path.join(stateDir, "ch-api.sock"),
     vsock: path.join(stateDir, "vsock.sock"),
     console: path.join(stateDir, "console.log"),
+    consoleFifo: path.join(stateDir, "console.fifo"),
   };
 }
 
@@ -113,7 +117,7 @@ export function chVmConfig(
     ...(config.network ? { net: [{ tap: config.network.tap, mac: config.network.mac, id: "net0" }] } : {}),
     rng: { src: "/dev/urandom" },
     vsock: { cid, socket: paths.vsock },
-    console: { mode: "File", file: paths.console },
+    console: { mode: "File", file: paths.consoleFifo },
     serial: { mode: "Off" },
   };
 }
@@ -146,7 +150,9 @@ export class CloudHypervisorDriver implements HypervisorDriver {
       ...(this.opts.hotplugMemoryMb ? { hotplugMemoryMb: this.opts.hotplugMemoryMb } : {}),
     });
     let vm: ChVm | undefined;
+    let consoleLog: ConsoleLog | undefined;
     try {
+      consoleLog = await ConsoleLog.create({ fifo: paths.consoleFifo, log: paths.console });
       // With a pod network the VMM runs inside the pod's netns, where the TAP is. setpriv
       // execs it with a parent-death signal: if the shim daemon dies, its VMs die with it.
       const netns = config.network ? ["nsenter", `--net=${config.network.netnsPath}`, "--"] : [];
@@ -163,14 +169,17 @@ export class CloudHypervisorDriver implements HypervisorDriver {
       log.debug({ vm: config.id, argv, config: body }, "starting cloud-hypervisor");
       const [command, ...args] = argv;
       const child = spawn(command as string, args, { stdio: ["ignore", "ignore", "pipe"] });
-      vm = new ChVm(config, child, paths, this.opts.apiTimeoutMs);
+      vm = new ChVm(config, child, paths, consoleLog, this.opts.apiTimeoutMs);
       await vm.waitForApi();
       await vm.call("vm.create", (api) => api.createVm(body));
       await vm.call("vm.boot", (api) => api.bootVm());
       return vm;
     } catch (err) {
       if (vm) await vm.stop();
-      else await rm(config.stateDir, { recursive: true, force: true });
+      else {
+        await consoleLog?.close();
+        await rm(config.stateDir, { recursive: true, force: true });
+      }
       throw err;
     }
   }
@@ -193,6 +202,7 @@ export class ChVm implements VmHandle {
     private readonly config: VmConfig,
     private readonly child: ChildProcess,
     readonly paths: ChVmPaths,
+    private readonly consoleLog: ConsoleLog,
     apiTimeoutMs?: number,
   ) {
     this.id = config.id;
@@ -437,6 +447,7 @@ export class ChVm implements VmHandle {
       }
       await this.exited;
     }
+    await this.consoleLog.close();
     await rm(this.config.stateDir, { recursive: true, force: true });
   }
 }

@@ -11,6 +11,7 @@ import { TtrpcClient } from "../ttrpc/client.js";
 import { log } from "../util/log.js";
 import { TIMED_OUT, within } from "../util/time.js";
 import { type Accel, probeAccel } from "./accel.js";
+import { ConsoleLog } from "./console-log.js";
 import { QmpClient, type QmpEvent } from "./qmp.js";
 import {
   AGENT_PORT_NAME,
@@ -54,35 +55,45 @@ export class QemuDriver implements HypervisorDriver {
       qmp: path.join(config.stateDir, "qmp.sock"),
       agent: path.join(config.stateDir, "agent.sock"),
       console: path.join(config.stateDir, "console.log"),
+      consoleFifo: path.join(config.stateDir, "console.fifo"),
     };
     const argv = qemuArgv(config, accel, paths);
     log.debug({ vm: config.id, argv: [this.binary, ...argv] }, "starting qemu");
     // setpriv execs QEMU with a parent-death signal: if the shim daemon dies, its VMs die too
     // instead of running on unmanaged (same pid, no extra process).
     let vm: QemuVm | undefined;
+    let consoleLog: ConsoleLog | undefined;
     try {
+      consoleLog = await ConsoleLog.create({ fifo: paths.consoleFifo, log: paths.console });
       // With a pod network, QEMU runs inside the pod's netns, where the TAP is.
       const netns = config.network ? ["nsenter", `--net=${config.network.netnsPath}`, "--"] : [];
       const [command, ...args] = [...netns, "setpriv", "--pdeathsig", "KILL", "--", this.binary, ...argv];
       const child = spawn(command as string, args, {
         stdio: ["ignore", "ignore", "pipe"],
       });
-      vm = new QemuVm(config, child, paths);
+      vm = new QemuVm(config, child, paths, consoleLog);
       await vm.waitForSockets();
       return vm;
     } catch (err) {
       if (vm) await vm.stop();
-      else await rm(config.stateDir, { recursive: true, force: true });
+      else {
+        await consoleLog?.close();
+        await rm(config.stateDir, { recursive: true, force: true });
+      }
       throw err;
     }
   }
 }
 
-function qemuArgv(
-  config: VmConfig,
-  accel: Accel,
-  paths: { qmp: string; agent: string; console: string },
-): string[] {
+interface QemuPaths {
+  qmp: string;
+  agent: string;
+  /** The guest console, capped (see ConsoleLog); QEMU writes it into consoleFifo. */
+  console: string;
+  consoleFifo: string;
+}
+
+function qemuArgv(config: VmConfig, accel: Accel, paths: QemuPaths): string[] {
   const cmdline = [BASE_KERNEL_ARGS, config.extraKernelArgs].filter(Boolean).join(" ");
   return [
     "-name",
@@ -138,7 +149,7 @@ function qemuArgv(
     "-device",
     `virtserialport,bus=vser0.0,chardev=agent,name=${AGENT_PORT_NAME}`,
     "-chardev",
-    `file,id=console,path=${paths.console}`,
+    `file,id=console,path=${paths.consoleFifo}`,
     "-serial",
     "chardev:console",
     "-qmp",
@@ -162,7 +173,8 @@ class QemuVm implements VmHandle {
   constructor(
     private readonly config: VmConfig,
     private readonly child: ChildProcess,
-    private readonly paths: { qmp: string; agent: string; console: string },
+    private readonly paths: QemuPaths,
+    private readonly consoleLog: ConsoleLog,
   ) {
     this.id = config.id;
     if (child.pid === undefined) throw new Error(`qemu for VM ${config.id} did not start`);
@@ -335,6 +347,7 @@ class QemuVm implements VmHandle {
       await this.exited;
     }
     this.qmp?.close();
+    await this.consoleLog.close();
     await rm(this.config.stateDir, { recursive: true, force: true });
   }
 }

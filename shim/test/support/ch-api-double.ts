@@ -16,7 +16,7 @@
 // The scenario comes from the JSON file named by $CH_DOUBLE_SCENARIO (see Scenario); every
 // request and notable event is appended to its `log` file as one JSON line.
 import { type ChildProcess, spawn } from "node:child_process";
-import { appendFileSync, existsSync, readFileSync, rmSync } from "node:fs";
+import { appendFileSync, closeSync, existsSync, openSync, readFileSync, rmSync, writeSync } from "node:fs";
 import http from "node:http";
 import net from "node:net";
 import path from "node:path";
@@ -368,6 +368,13 @@ class Vmm {
       if (c.vsock) this.attach("vsock", { ...c.vsock, id: c.vsock.id ?? "_vsock0" });
     }
     this.state = "Running";
+    // CH opens a File console with create+truncate and writes the guest's output to it; a
+    // FIFO without a reader would block here, as it would block CH.
+    if (c.console?.mode === "File" && c.console.file) {
+      const fd = openSync(c.console.file, "w");
+      writeSync(fd, "double: guest console up\n");
+      closeSync(fd);
+    }
     if (c.vsock) void this.powerOn(c.vsock.socket);
     return { status: 204 };
   }
