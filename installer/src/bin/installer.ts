@@ -6,6 +6,7 @@ import { Command, InvalidArgumentError, Option } from "commander";
 import { pino } from "pino";
 import type { ConfigVersion } from "../containerd-config.js";
 import { detectTarget } from "../containerd-target.js";
+import { exists } from "../fsutil.js";
 import { type CommonOptions, install, status, uninstall } from "../install.js";
 import { kubeLabeler } from "../node-label.js";
 import { DEFAULT_ARTIFACTS, DEFAULT_HOST_ROOT, HostRoot } from "../paths.js";
@@ -60,6 +61,7 @@ function common(cmd: Command): Command {
 
 async function commonOptions(flags: Flags): Promise<CommonOptions> {
   const root = new HostRoot(flags.hostRoot);
+  if (!(await exists(root.root))) throw new Error(`host root ${root.root} does not exist (--host-root)`);
   let restarter: CommonOptions["restarter"];
   if (flags.restart === "auto") {
     const target = await detectTarget(root, {
@@ -113,9 +115,17 @@ function fail(err: unknown): never {
 const program = new Command()
   .name("cloudhv-installer")
   .description(
-    "Installs the cloudhv runtime (io.containerd.cloudhv.v1) on a node: copies the shim, kernel and rootfs\n" +
-      "into /opt/cloudhv, registers the `cloudhv` handler with containerd, restarts it and labels the node\n" +
-      "cloudhv.io/runtime=ready. Every path is a host path, reached under --host-root.",
+    "Installs the cloudhv runtime (io.containerd.cloudhv.v1) on a node: copies the shim, kernel and rootfs into /opt/cloudhv, registers the `cloudhv` handler with containerd, restarts it and labels the node cloudhv.io/runtime=ready. Every path is a host path, reached under --host-root.",
+  )
+  .addHelpText(
+    "after",
+    `
+Examples:
+  cloudhv-installer install --host-root /host                   what the DaemonSet runs
+  cloudhv-installer status --host-root /                        on the node itself
+  cloudhv-installer uninstall --host-root /host --restart none  leave the containerd restart to you
+
+Logs are JSON lines on stdout. More: docs/operations.md.`,
   )
   .showHelpAfterError();
 
