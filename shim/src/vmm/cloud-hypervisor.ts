@@ -4,7 +4,7 @@
 // the host: `CONNECT <port>\n` → `OK <port>\n`, then the stream is the guest's vsock).
 // The same binary runs on KVM (/dev/kvm) and on the Microsoft Hypervisor (/dev/mshv).
 import { type ChildProcess, spawn } from "node:child_process";
-import { access, constants, mkdir, readFile, rm, stat } from "node:fs/promises";
+import { mkdir, rm } from "node:fs/promises";
 import net from "node:net";
 import path from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -14,7 +14,7 @@ import { log } from "../util/log.js";
 import { TIMED_OUT, within } from "../util/time.js";
 import { ChApiClient, ChApiError, type ChDiskConfig, type ChVmConfig } from "./ch-api.js";
 import { ConsoleLog } from "./console-log.js";
-import { findExecutable } from "./find-executable.js";
+import { assertBootFiles, assertReadable, exists, findExecutable } from "./files.js";
 import {
   AGENT_VSOCK_PORT,
   checkDiskSerial,
@@ -137,13 +137,7 @@ export class CloudHypervisorDriver implements HypervisorDriver {
       throw new Error(
         `cloud-hypervisor binary ${this.binary} not found or not executable (runtime config cloud_hypervisor_binary)`,
       );
-    await assertReadable(config.kernelPath, "guest kernel");
-    await assertReadable(config.rootfsPath, "guest rootfs image");
-    if (config.initrdPath) await assertReadable(config.initrdPath, "guest initramfs");
-    for (const disk of config.disks ?? []) {
-      checkDiskSerial(disk.serial);
-      await assertReadable(disk.path, `disk ${disk.serial}`);
-    }
+    await assertBootFiles(config);
     await mkdir(config.stateDir, { recursive: true, mode: 0o700 });
     const paths = chPaths(config.stateDir);
     const body = chVmConfig(config, paths, nextCid(), {
@@ -302,7 +296,7 @@ export class ChVm implements VmHandle {
       sock = await Promise.race([this.dialAgent(deadline), vmExited]);
     } catch (err) {
       throw new Error(
-        `VM ${this.id}: no agent on vsock port ${AGENT_VSOCK_PORT} (${(err as Error).message}); ${await this.consoleTail()}`,
+        `VM ${this.id}: no agent on vsock port ${AGENT_VSOCK_PORT} (${(err as Error).message}); ${await this.consoleLog.tail()}`,
       );
     }
     const agent = new AgentClient(new TtrpcClient(sock));
@@ -313,7 +307,7 @@ export class ChVm implements VmHandle {
     } catch (err) {
       agent.close();
       throw new Error(
-        `VM ${this.id}: no answer from the guest agent (${(err as Error).message}); ${await this.consoleTail()}`,
+        `VM ${this.id}: no answer from the guest agent (${(err as Error).message}); ${await this.consoleLog.tail()}`,
       );
     }
     return agent;
@@ -338,23 +332,6 @@ export class ChVm implements VmHandle {
         if (this.exit) throw err;
       }
       await sleep(Math.min(20 * attempts, 200, Math.max(0, deadline - Date.now())));
-    }
-  }
-
-  /** The end of the guest console, for errors: what the kernel and agent said last. */
-  private async consoleTail(): Promise<string> {
-    try {
-      const text = await readFile(this.paths.console, "utf8");
-      const lines = text
-        // biome-ignore lint/suspicious/noControlCharactersInRegex: strips terminal escape sequences
-        .replace(/\x1b\[[0-9;?]*[A-Za-z]/g, "")
-        .trim()
-        .split("\n")
-        .slice(-12)
-        .join("\n");
-      return lines ? `guest console (last lines):\n${lines.slice(-2000)}` : "the guest console is empty";
-    } catch {
-      return "no guest console log";
     }
   }
 
@@ -509,21 +486,4 @@ export async function connectHybridVsock(
     sock.on("error", onError);
     sock.on("close", onClose);
   });
-}
-
-async function assertReadable(file: string, what: string): Promise<void> {
-  try {
-    await access(file, constants.R_OK);
-  } catch (err) {
-    throw new Error(`${what} ${file} is not readable: ${(err as NodeJS.ErrnoException).code}`);
-  }
-}
-
-async function exists(p: string): Promise<boolean> {
-  try {
-    await stat(p);
-    return true;
-  } catch {
-    return false;
-  }
 }

@@ -3,7 +3,7 @@
 // forever costs at most 2 × maxBytes of host storage (the state dir is on tmpfs: host RAM).
 // The guest is untrusted; a file the VMM appends to directly would have no bound.
 import { constants, createWriteStream, openSync, type WriteStream } from "node:fs";
-import { rename, rm } from "node:fs/promises";
+import { readFile, rename, rm } from "node:fs/promises";
 import net from "node:net";
 import { execOk } from "../util/exec.js";
 
@@ -76,6 +76,23 @@ export class ConsoleLog {
     await rename(this.paths.log, `${this.paths.log}.1`).catch(() => {});
     this.out = createWriteStream(this.paths.log, { flags: "a" });
     this.written = 0;
+  }
+
+  /** The end of the console, for error messages: what the kernel and agent said last. */
+  async tail(): Promise<string> {
+    try {
+      const text = await readFile(this.paths.log, "utf8");
+      const lines = text
+        // biome-ignore lint/suspicious/noControlCharactersInRegex: strips terminal escape sequences
+        .replace(/\x1b\[[0-9;?]*[A-Za-z]/g, "")
+        .trim()
+        .split("\n")
+        .slice(-12)
+        .join("\n");
+      return lines ? `guest console (last lines):\n${lines.slice(-2000)}` : "the guest console is empty";
+    } catch {
+      return "no guest console log";
+    }
   }
 
   /** Stops reading (call after the VMM exited: what it wrote is drained first) and closes. */

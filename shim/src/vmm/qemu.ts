@@ -2,7 +2,7 @@
 // control, the agent over a virtio-serial port backed by a unix socket, console to a file.
 import { type ChildProcess, spawn } from "node:child_process";
 import { once } from "node:events";
-import { access, constants, mkdir, readFile, rm, stat } from "node:fs/promises";
+import { mkdir, rm } from "node:fs/promises";
 import net from "node:net";
 import path from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -12,6 +12,7 @@ import { log } from "../util/log.js";
 import { TIMED_OUT, within } from "../util/time.js";
 import { type Accel, probeAccel } from "./accel.js";
 import { ConsoleLog } from "./console-log.js";
+import { assertBootFiles, assertReadable, exists } from "./files.js";
 import { QmpClient, type QmpEvent } from "./qmp.js";
 import {
   AGENT_PORT_NAME,
@@ -43,12 +44,7 @@ export class QemuDriver implements HypervisorDriver {
   }
 
   async launch(config: VmConfig): Promise<VmHandle> {
-    await assertReadable(config.kernelPath, "guest kernel");
-    await assertReadable(config.rootfsPath, "guest rootfs image");
-    for (const disk of config.disks ?? []) {
-      checkDiskSerial(disk.serial);
-      await assertReadable(disk.path, `disk ${disk.serial}`);
-    }
+    await assertBootFiles(config);
     const accel = this.opts.accel ?? (await probeAccel(this.binary)).accel;
     await mkdir(config.stateDir, { recursive: true, mode: 0o700 });
     const paths = {
@@ -236,27 +232,10 @@ class QemuVm implements VmHandle {
     } catch (err) {
       agent.close();
       throw new Error(
-        `VM ${this.id}: no answer from the guest agent (${(err as Error).message}); ${await this.consoleTail()}`,
+        `VM ${this.id}: no answer from the guest agent (${(err as Error).message}); ${await this.consoleLog.tail()}`,
       );
     }
     return agent;
-  }
-
-  /** The end of the guest console, for errors: what the kernel and agent said last. */
-  private async consoleTail(): Promise<string> {
-    try {
-      const text = await readFile(this.paths.console, "utf8");
-      const lines = text
-        // biome-ignore lint/suspicious/noControlCharactersInRegex: strips terminal escape sequences
-        .replace(/\x1b\[[0-9;?]*[A-Za-z]/g, "")
-        .trim()
-        .split("\n")
-        .slice(-12)
-        .join("\n");
-      return lines ? `guest console (last lines):\n${lines.slice(-2000)}` : "the guest console is empty";
-    } catch {
-      return "no guest console log";
-    }
   }
 
   async addDisk(disk: DiskSpec): Promise<string> {
@@ -365,22 +344,5 @@ async function retryRefused<T>(connect: () => Promise<T>, deadline: number): Pro
       if ((code !== "ECONNREFUSED" && code !== "ENOENT") || Date.now() > deadline) throw err;
       await sleep(5);
     }
-  }
-}
-
-async function assertReadable(file: string, what: string): Promise<void> {
-  try {
-    await access(file, constants.R_OK);
-  } catch (err) {
-    throw new Error(`${what} ${file} is not readable: ${(err as NodeJS.ErrnoException).code}`);
-  }
-}
-
-async function exists(p: string): Promise<boolean> {
-  try {
-    await stat(p);
-    return true;
-  } catch {
-    return false;
   }
 }

@@ -5,7 +5,7 @@ import { stat } from "node:fs/promises";
 import type { RuntimeConfig } from "../config/config.js";
 import { type AccelProbe, probeAccel } from "./accel.js";
 import { CloudHypervisorDriver } from "./cloud-hypervisor.js";
-import { findExecutable } from "./find-executable.js";
+import { findExecutable } from "./files.js";
 import { QemuDriver } from "./qemu.js";
 import type { HypervisorDriver } from "./types.js";
 
