@@ -477,7 +477,10 @@ export async function uninstall(opts: CommonOptions & { purgeCache?: boolean }):
     const target = await detectTarget(root, {
       configPath: opts.containerdConfig,
       version: opts.configVersion ?? (state.configVersion as ConfigVersion),
-    }).catch(() => undefined);
+    }).catch((err: Error) => {
+      log.warn({ err: err.message }, "cannot tell which containerd to restart; restart it yourself");
+      return undefined;
+    });
     if (target) {
       await restartAndWait(opts, target, false).catch((err: Error) => {
         throw new InstallError(
