@@ -515,8 +515,8 @@ export async function uninstall(opts: CommonOptions & { purgeCache?: boolean }):
       if (used.some((p) => p.startsWith(`${INSTALL_DIR}/versions/${version}/`))) result.inUse.push(version);
     }
     log.warn(
-      { versions: result.inUse },
-      "cloudhv pods still run on this node: their version stays until they are gone",
+      { versions: result.inUse, paths: used.slice(0, 5) },
+      "cloudhv pods still run on this node: /opt/cloudhv stays until they are gone (run uninstall again then)",
     );
   }
   if (result.inUse.length === 0)
@@ -539,32 +539,47 @@ async function noteMissing(root: HostRoot, dir: string, into: string[]): Promise
  * keep /opt/cloudhv in use: stop them. One that still has VMs keeps running, and its version
  * stays on disk with it.
  */
-async function stopIdleDaemons(log: Logger, proc = "/proc"): Promise<void> {
-  const pids = (await readdir(proc).catch(() => [] as string[])).filter((p) => /^\d+$/.test(p));
-  const parents = new Map<string, string>();
-  const daemons: string[] = [];
-  for (const pid of pids) {
-    const stat = await readFile(`${proc}/${pid}/stat`, "utf8").catch(() => "");
-    const ppid = stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1];
-    if (ppid) parents.set(pid, ppid);
-    const cmdline = (await readFile(`${proc}/${pid}/cmdline`, "utf8").catch(() => "")).split("\0");
-    if (
-      cmdline.some((w) => w.startsWith(`${INSTALL_DIR}/versions/`)) &&
-      cmdline.some((w) => w.endsWith("/daemon/main.js"))
-    )
-      daemons.push(pid);
+async function stopIdleDaemons(log: Logger, proc = "/proc", graceMs = 5000): Promise<void> {
+  // pid → [ppid, state] for every process, zombies left out (they hold nothing).
+  const scan = async () => {
+    const out = new Map<string, { ppid: string; daemon: boolean }>();
+    for (const pid of (await readdir(proc).catch(() => [] as string[])).filter((p) => /^\d+$/.test(p))) {
+      const stat = await readFile(`${proc}/${pid}/stat`, "utf8").catch(() => "");
+      const [state, ppid] = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+      if (!ppid || state === "Z") continue;
+      const cmdline = (await readFile(`${proc}/${pid}/cmdline`, "utf8").catch(() => "")).split("\0");
+      const daemon =
+        cmdline.some((w) => w.startsWith(`${INSTALL_DIR}/versions/`)) &&
+        cmdline.some((w) => w.endsWith("/daemon/main.js"));
+      out.set(pid, { ppid, daemon });
+    }
+    return out;
+  };
+  // A pod deleted a moment ago may still be taking its VM down: give VMs a few seconds.
+  const deadline = Date.now() + graceMs;
+  let procs = await scan();
+  const busy = () =>
+    [...procs]
+      .filter(([pid, p]) => p.daemon && [...procs.values()].some((c) => c.ppid === pid))
+      .map(([pid]) => pid);
+  while (busy().length > 0 && Date.now() < deadline) {
+    await new Promise((r) => setTimeout(r, 250));
+    procs = await scan();
   }
-  for (const pid of daemons) {
-    const children = [...parents].filter(([, ppid]) => ppid === pid).length;
-    if (children > 0) continue;
+  const stillBusy = busy();
+  for (const [pid, p] of procs) {
+    if (!p.daemon || stillBusy.includes(pid)) continue;
     log.info({ pid: Number(pid) }, "stopping an idle shim daemon (no VMs)");
     try {
       process.kill(Number(pid), "SIGTERM");
     } catch {
       continue;
     }
-    for (let i = 0; i < 50 && (await readFile(`${proc}/${pid}/stat`, "utf8").catch(() => "")); i++)
-      await new Promise((r) => setTimeout(r, 100));
+    const gone = async () => {
+      const stat = await readFile(`${proc}/${pid}/stat`, "utf8").catch(() => "");
+      return stat === "" || stat.slice(stat.lastIndexOf(")") + 2).startsWith("Z");
+    };
+    for (let i = 0; i < 50 && !(await gone()); i++) await new Promise((r) => setTimeout(r, 100));
   }
 }
 
