@@ -2,10 +2,12 @@
 // allows it, the parsed meaning checked every time, the fallbacks, k3s/rke2 templates, and the
 // errors a bad input gets. Every install/uninstall here uses --restart none on a temp root.
 import assert from "node:assert/strict";
-import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { execFile } from "node:child_process";
+import { chmod, copyFile, mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
+import { promisify } from "node:util";
 import { pino } from "pino";
 import { parse } from "smol-toml";
 import {
@@ -20,7 +22,12 @@ import {
 import { detectTarget } from "../src/containerd-target.js";
 import { install, planInstall, uninstall } from "../src/install.js";
 import { HostRoot } from "../src/paths.js";
-import { at, realisticV2, testBundle, tree } from "./support/node.js";
+import { at, containerd2, realisticV2, testBundle, tree } from "./support/node.js";
+
+async function libsOf(binary: string): Promise<string[]> {
+  const { stdout } = await promisify(execFile)("ldd", [binary]);
+  return [...stdout.matchAll(/(\/\S+)\s+\(0x/g)].map((m) => m[1] as string);
+}
 
 const log = pino({ level: "silent" });
 const RT2 = ["plugins", "io.containerd.grpc.v1.cri", "containerd", "runtimes"];
@@ -96,13 +103,27 @@ describe("containerd config edits", () => {
     assert.ok(!importsInclude(["/etc/containerd/other/*.toml"], "/etc/containerd/conf.d/cloudhv.toml", "/"));
   });
 
-  it("names the file, line and column of invalid TOML, and an unknown version", () => {
+  it("names the file, line and column of invalid TOML", () => {
     assert.throws(
       () => addRuntime("version = 2\n[plugins\nx = 1\n", 2, "/etc/containerd/config.toml"),
       (err: Error) =>
         err instanceof ContainerdConfigError &&
         /\/etc\/containerd\/config\.toml is not valid TOML \(line 2, column \d+/.test(err.message),
     );
+  });
+
+  it("refuses a config version it does not know", async () => {
+    const dir = await mkdtemp(path.join(os.tmpdir(), "chv-ver-"));
+    try {
+      await mkdir(path.join(dir, "etc/containerd"), { recursive: true });
+      await writeFile(path.join(dir, "etc/containerd/config.toml"), "version = 9\n");
+      await assert.rejects(
+        detectTarget(new HostRoot(dir)),
+        /\/etc\/containerd\/config\.toml declares version = 9; cloudhv knows versions 1, 2 and 3/,
+      );
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 });
 
@@ -130,6 +151,22 @@ describe("install on a temp root (--restart none)", () => {
     assert.deepEqual(Object.keys(at(parse(created), ...RT2) as object).sort(), ["cloudhv", "runc"]);
     await uninstall({ root, log });
     assert.deepEqual(await tree(root.root), []);
+  });
+
+  it("without a config file: asks the node's containerd binary (2.x → version 3, 1.x → version 2)", async () => {
+    const v2root = await freshRoot("probe-2");
+    await mkdir(v2root.path("/usr/local/bin"), { recursive: true });
+    await copyFile(await containerd2(), v2root.path("/usr/local/bin/containerd"));
+    await chmod(v2root.path("/usr/local/bin/containerd"), 0o755);
+    assert.equal((await detectTarget(v2root)).version, 3);
+    // Debian's 1.6 is dynamically linked: give it the libraries ldd names.
+    const v1root = await freshRoot("probe-1");
+    for (const file of ["/usr/bin/containerd", ...(await libsOf("/usr/bin/containerd"))]) {
+      await mkdir(path.dirname(v1root.path(file)), { recursive: true });
+      await copyFile(file, v1root.path(file));
+      await chmod(v1root.path(file), 0o755);
+    }
+    assert.equal((await detectTarget(v1root)).version, 2);
   });
 
   it("without a config file or a containerd to ask: refuses, naming the flag to pass", async () => {
