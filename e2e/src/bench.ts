@@ -7,7 +7,7 @@ import { spawn } from "node:child_process";
 import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
-import { exec } from "@cloudhv/shim";
+import { exec, probeAccel, QemuDriver } from "@cloudhv/shim";
 import { Command, InvalidArgumentError } from "commander";
 import { guestArtifacts, REPO_ROOT } from "./artifacts.js";
 import {
@@ -1081,6 +1081,10 @@ async function main(opts: Options): Promise<void> {
     if (figures.guestBoot.ok) {
       machine.accel = String(figures.guestBoot.accel);
       machine.accelReason = String(figures.guestBoot.accelReason);
+    } else {
+      const probe = await probeAccel(new QemuDriver().binary).catch(() => undefined);
+      machine.accel = probe?.accel ?? "unknown";
+      machine.accelReason = probe?.reason ?? "the probe failed";
     }
     say("starting the harness (private containerd, CRI, CNI bridge) …");
     const h = await startHarness({ images: [SMALL_IMAGE] });
