@@ -72,7 +72,6 @@ build_all() {
   guest/rootfs/build-rootfs.sh
   say "host: TypeScript build"
   npm run --silent build
-  build_go_tools
 }
 
 # helm (the chart tests) and containerd 2.x (the installer's version 3 test), built from the Go
@@ -87,9 +86,16 @@ build_go_tools() {
 }
 
 case "${1:-}" in
-  setup) build_all ;;
+  setup) build_all && build_go_tools ;;
+  # The demo needs neither helm nor containerd 2: it does not wait for their builds.
   demo) build_all && say "demo" && node e2e/dist/src/demo.js "${@:2}" ;;
-  test) build_all && say "tests" && npm test ;;
+  test)
+    build_all && build_go_tools
+    say "tests"
+    npm test
+    say "guest agent: cargo test (unit tests and the agent run as a process)"
+    (cd guest/agent && cargo test)
+    ;;
   *)
     sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'
     exit 2

@@ -10,6 +10,23 @@ const GUEST_MOUNT_TYPES: &[&str] = &[
     "proc", "sysfs", "tmpfs", "devpts", "mqueue", "cgroup", "cgroup2", "shm",
 ];
 
+/// The newest runtime-spec version the guest's crun (Debian bookworm's 1.8.1) accepts: it
+/// refuses "1.2.0" and later with "unknown version specified", and containerd 2.x writes
+/// "1.2.1". Newer specs only add fields; crun ignores what it does not know.
+const CRUN_MAX_OCI_VERSION: (u64, u64) = (1, 1);
+
+/// `ociVersion` as crun will take it: a 1.x newer than crun knows becomes "1.1.0".
+fn crun_oci_version(version: Option<&str>) -> Option<String> {
+    let version = version?;
+    let mut parts = version.split('.').map(|p| p.parse::<u64>().ok());
+    let (Some(Some(major)), Some(Some(minor))) = (parts.next(), parts.next()) else {
+        return None;
+    };
+    (major == CRUN_MAX_OCI_VERSION.0 && minor > CRUN_MAX_OCI_VERSION.1).then(|| {
+        format!("{}.{}.0", CRUN_MAX_OCI_VERSION.0, CRUN_MAX_OCI_VERSION.1)
+    })
+}
+
 #[derive(Debug)]
 pub struct Rewritten {
     pub spec: Value,
@@ -69,6 +86,9 @@ pub fn rewrite(
         .ok_or("OCI spec is not a JSON object")?;
     if !obj.get("process").is_some_and(Value::is_object) {
         return Err("OCI spec has no process".into());
+    }
+    if let Some(version) = crun_oci_version(obj.get("ociVersion").and_then(Value::as_str)) {
+        obj.insert("ociVersion".into(), Value::String(version));
     }
     let mut root = Map::new();
     root.insert("path".into(), Value::String(rootfs.display().to_string()));
@@ -190,6 +210,21 @@ mod tests {
         "resources": {"memory": {"limit": 1048576}}
       }
     }"#;
+
+    #[test]
+    fn lowers_a_spec_version_crun_does_not_know() {
+        let rewrite_version = |v: &str| {
+            let spec = SPEC.replace(r#""ociVersion": "1.0.2""#, &format!(r#""ociVersion": "{v}""#));
+            let out = rewrite(spec.as_bytes(), Path::new("/r"), "c", false, &|_| false).unwrap();
+            out.spec["ociVersion"].as_str().unwrap().to_string()
+        };
+        assert_eq!(rewrite_version("1.2.1"), "1.1.0", "containerd 2.x");
+        assert_eq!(rewrite_version("1.3.0"), "1.1.0");
+        assert_eq!(rewrite_version("1.1.0"), "1.1.0");
+        assert_eq!(rewrite_version("1.0.2"), "1.0.2", "containerd 1.6");
+        assert_eq!(rewrite_version("1.0.2-dev"), "1.0.2-dev");
+        assert_eq!(rewrite_version("2.0.0"), "2.0.0", "a major crun cannot run is left for it to refuse");
+    }
 
     fn dests(spec: &Value) -> Vec<&str> {
         spec["mounts"]
