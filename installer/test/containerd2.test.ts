@@ -2,8 +2,8 @@
 // scripts/build-containerd2.sh, cached): a version 3 config gets a drop-in through `imports`
 // (containerd 2 merges imports deeply — checked here by the other runtimes surviving), the CRI
 // plugin serves handler `cloudhv` with our runtime type, and uninstall restores the original
-// byte-for-byte. No pod here yet: containerd 2.1 writes OCI spec 1.2 and the guest's crun 1.8
-// refuses it ("unknown version specified") — a shim/guest gap, not an installer one.
+// byte-for-byte. A pod runs with handler `cloudhv` (containerd 2.1 writes OCI spec 1.2.1; the
+// agent hands the guest's crun 1.8 a spec version it knows).
 import assert from "node:assert/strict";
 import { readFile, writeFile } from "node:fs/promises";
 import path from "node:path";
@@ -18,13 +18,14 @@ import {
   importTestImages,
   makeNode,
   realisticV3,
+  runTestPod,
   type TestNode,
   testBundle,
   testRuntimeConfig,
   tree,
 } from "./support/node.js";
 
-describe("installer with a real containerd 2.1 (config version 3, drop-in through imports)", () => {
+describe("installer with a real containerd 2.1 (config version 3, drop-in through imports, a pod runs)", () => {
   let node: TestNode;
   let containerd: PrivateContainerd;
   let original: Buffer;
@@ -84,6 +85,16 @@ describe("installer with a real containerd 2.1 (config version 3, drop-in throug
     const status = await criStatus(node.address);
     assert.equal(status.conditions.RuntimeReady?.status, true);
     assert.deepEqual(status.handlers.sort(), ["cloudhv", "crun", "runc"]);
+  });
+
+  it("runs a pod with handler cloudhv through containerd 2's CRI, sized by its annotation", async () => {
+    const pod = await runTestPod(node.address, node.dir);
+    assert.ok(pod.vms >= 1, "the pod got a VM");
+    assert.match(pod.log, /stdout F hello from an installed runtime$/m);
+    assert.ok(
+      pod.memTotalKb > 350 * 1024 && pod.memTotalKb <= 448 * 1024,
+      `guest MemTotal ${pod.memTotalKb} kB`,
+    );
   });
 
   it("uninstalls: the original config byte-for-byte, the drop-in gone, containerd 2 starts", async () => {
