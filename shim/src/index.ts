@@ -1,5 +1,7 @@
 // @cloudhv/shim's public surface for installer/ and e2e/.
+import { join } from "node:path";
 import { TtrpcClient } from "./ttrpc/client.js";
+import { PROTO_DIR } from "./ttrpc/proto.js";
 
 export {
   AGENT_PROTOCOL_VERSION,
@@ -7,7 +9,13 @@ export {
   type HealthResponse,
   type VersionResponse,
 } from "./agent/client.js";
-export { ConfigError, configSchema, DEFAULT_CONFIG_PATH, parseConfig, type RuntimeConfig } from "./config/config.js";
+export {
+  ConfigError,
+  configSchema,
+  DEFAULT_CONFIG_PATH,
+  parseConfig,
+  type RuntimeConfig,
+} from "./config/config.js";
 export { type AnyMessage, type Envelope, EVENTS_SERVICE, eventsForwardRequest } from "./containerd/events.js";
 export {
   type CacheEntry,
@@ -45,6 +53,9 @@ export {
   type HypervisorChoice,
 } from "./vmm/select.js";
 export type { HypervisorDriver, VmConfig, VmExit, VmHandle } from "./vmm/types.js";
+
+/** Our CRI (runtime.v1) proto, shipped with this package: e2e's CRI client, the installer's health check. */
+export const CRI_PROTO = join(PROTO_DIR, "cri.proto");
 
 /** Connects a ttrpc client to a unix socket. */
 export const connectTtrpc = (path: string, opts?: { timeoutMs?: number }) => TtrpcClient.connect(path, opts);
