@@ -1,11 +1,11 @@
 // A CRI client (what kubelet and crictl speak to containerd's CRI plugin): gRPC over the
-// containerd socket with @grpc/grpc-js, messages from our own cri.proto via protobufjs.
-import { fileURLToPath } from "node:url";
+// containerd socket with @grpc/grpc-js, messages from our own cri.proto (shipped by the shim
+// package, shared with the installer) via protobufjs.
+import { CRI_PROTO } from "@cloudhv/shim";
 import * as grpc from "@grpc/grpc-js";
 import protobuf from "protobufjs";
 
-const PROTO = fileURLToPath(new URL("../../../proto/cri.proto", import.meta.url));
-const root = protobuf.loadSync(PROTO);
+const root = protobuf.loadSync(CRI_PROTO);
 const SERVICE = "runtime.v1.RuntimeService";
 
 export type Obj = Record<string, unknown>;
