@@ -1,9 +1,10 @@
-// The one CRI call the installer needs — RuntimeService/Status with verbose info — spoken
-// directly over HTTP/2 on containerd's unix socket. It tells whether containerd came back
-// healthy and which runtime handlers its CRI plugin loaded; a gRPC library would be most of
-// the installer's size for this one unary call.
-import http2 from "node:http2";
-import net from "node:net";
+// The one CRI call the installer needs — RuntimeService/Status with verbose info — over
+// containerd's unix socket with @grpc/grpc-js, messages from the shim package's cri.proto via
+// protobufjs. It tells whether containerd came back healthy and which runtime handlers its CRI
+// plugin loaded.
+import { CRI_PROTO } from "@cloudhv/shim";
+import * as grpc from "@grpc/grpc-js";
+import protobuf from "protobufjs";
 
 export interface CriStatus {
   /** RuntimeReady / NetworkReady → status. */
@@ -18,106 +19,49 @@ export class CriError extends Error {
   override readonly name = "CriError";
 }
 
-/** Minimal protobuf reader: enough for StatusResponse. */
-class Reader {
-  private pos = 0;
-  constructor(private readonly buf: Buffer) {}
-  get done(): boolean {
-    return this.pos >= this.buf.length;
-  }
-  varint(): number {
-    let result = 0;
-    let shift = 0;
-    for (;;) {
-      if (this.pos >= this.buf.length) throw new CriError("truncated protobuf varint");
-      const byte = this.buf[this.pos++] as number;
-      result += (byte & 0x7f) * 2 ** shift;
-      if (byte < 0x80) return result;
-      shift += 7;
-      if (shift > 63) throw new CriError("protobuf varint too long");
-    }
-  }
-  bytes(): Buffer {
-    const len = this.varint();
-    if (this.pos + len > this.buf.length) throw new CriError("truncated protobuf field");
-    const out = this.buf.subarray(this.pos, this.pos + len);
-    this.pos += len;
-    return out;
-  }
-  skip(wire: number): void {
-    if (wire === 0) this.varint();
-    else if (wire === 2) this.bytes();
-    else if (wire === 1) this.pos += 8;
-    else if (wire === 5) this.pos += 4;
-    else throw new CriError(`unsupported protobuf wire type ${wire}`);
-  }
-  /** Calls `field(number, wire)` for each field; it must consume the value or return false. */
-  fields(field: (no: number, wire: number) => boolean): void {
-    while (!this.done) {
-      const key = this.varint();
-      const no = Math.floor(key / 8);
-      const wire = key & 7;
-      if (!field(no, wire)) this.skip(wire);
-    }
-  }
+const METHOD = "/runtime.v1.RuntimeService/Status";
+
+interface StatusResponse {
+  status?: { conditions: Array<{ type: string; status: boolean; reason: string; message: string }> };
+  info: Record<string, string>;
+  runtimeHandlers: Array<{ name: string }>;
 }
 
-export function decodeStatusResponse(buf: Buffer): CriStatus {
+let types: { request: protobuf.Type; response: protobuf.Type } | undefined;
+
+/** Loaded on first use, so that a missing proto fails the health check, not the whole CLI. */
+function statusTypes(): { request: protobuf.Type; response: protobuf.Type } {
+  if (!types) {
+    const root = protobuf.loadSync(CRI_PROTO);
+    types = {
+      request: root.lookupType("runtime.v1.StatusRequest"),
+      response: root.lookupType("runtime.v1.StatusResponse"),
+    };
+  }
+  return types;
+}
+
+/** A StatusResponse's bytes as what the installer looks at. */
+export function decodeStatusResponse(buf: Uint8Array): CriStatus {
+  const { response } = statusTypes();
+  let res: StatusResponse;
+  try {
+    res = response.toObject(response.decode(buf), {
+      defaults: true,
+      arrays: true,
+      objects: true,
+    }) as StatusResponse;
+  } catch (err) {
+    throw new CriError(`malformed StatusResponse: ${(err as Error).message}`);
+  }
   const out: CriStatus = { conditions: {}, handlers: [] };
-  const info: Record<string, string> = {};
-  const root = new Reader(buf);
-  root.fields((no, wire) => {
-    if (wire !== 2) return false;
-    const value = root.bytes();
-    if (no === 1) {
-      // RuntimeStatus { repeated RuntimeCondition conditions = 1; }
-      const rs = new Reader(value);
-      rs.fields((cno, cwire) => {
-        if (cno !== 1 || cwire !== 2) return false;
-        const cond = new Reader(rs.bytes());
-        let type = "";
-        const c = { status: false, reason: "", message: "" };
-        cond.fields((f, w) => {
-          if (f === 2 && w === 0) c.status = cond.varint() !== 0;
-          else if (w === 2 && f >= 1 && f <= 4) {
-            const s = cond.bytes().toString("utf8");
-            if (f === 1) type = s;
-            else if (f === 3) c.reason = s;
-            else if (f === 4) c.message = s;
-          } else return false;
-          return true;
-        });
-        out.conditions[type] = c;
-        return true;
-      });
-    } else if (no === 2) {
-      // map<string,string> info = 2: entries { key = 1; value = 2; }
-      const entry = new Reader(value);
-      let k = "";
-      let v = "";
-      entry.fields((f, w) => {
-        if (w !== 2 || (f !== 1 && f !== 2)) return false;
-        const s = entry.bytes().toString("utf8");
-        if (f === 1) k = s;
-        else v = s;
-        return true;
-      });
-      info[k] = v;
-    } else if (no === 3) {
-      // RuntimeHandler { string name = 1; ... }
-      const h = new Reader(value);
-      h.fields((f, w) => {
-        if (f !== 1 || w !== 2) return false;
-        const name = h.bytes().toString("utf8");
-        if (name && !out.handlers.includes(name)) out.handlers.push(name);
-        return true;
-      });
-    }
-    return true;
-  });
-  if (info.config) {
+  for (const c of res.status?.conditions ?? [])
+    out.conditions[c.type] = { status: c.status, reason: c.reason, message: c.message };
+  for (const { name } of res.runtimeHandlers)
+    if (name && !out.handlers.includes(name)) out.handlers.push(name);
+  if (res.info.config) {
     try {
-      out.config = JSON.parse(info.config) as Record<string, unknown>;
+      out.config = JSON.parse(res.info.config) as Record<string, unknown>;
     } catch {
       // Leave config out; the conditions are what matter most.
     }
@@ -129,73 +73,38 @@ export function decodeStatusResponse(buf: Buffer): CriStatus {
 
 /** CRI Status (verbose) from the containerd socket at `socketPath`. */
 export async function criStatus(socketPath: string, timeoutMs = 5000): Promise<CriStatus> {
-  const body = await unaryCall(
-    socketPath,
-    "/runtime.v1.RuntimeService/Status",
-    Buffer.from([0x08, 0x01]),
-    timeoutMs,
-  );
-  return decodeStatusResponse(body);
-}
-
-function unaryCall(socketPath: string, method: string, message: Buffer, timeoutMs: number): Promise<Buffer> {
-  return new Promise((resolve, reject) => {
-    const session = http2.connect("http://localhost", { createConnection: () => net.connect(socketPath) });
-    const timer = setTimeout(() => {
-      session.destroy();
-      reject(new CriError(`CRI ${method} on ${socketPath}: no answer in ${timeoutMs} ms`));
-    }, timeoutMs);
-    const fail = (err: Error) => {
-      clearTimeout(timer);
-      session.destroy();
-      reject(new CriError(`CRI ${method} on ${socketPath}: ${err.message}`));
-    };
-    session.on("error", fail);
-    const frame = Buffer.alloc(5 + message.length);
-    frame.writeUInt8(0, 0);
-    frame.writeUInt32BE(message.length, 1);
-    message.copy(frame, 5);
-    const req = session.request({
-      ":method": "POST",
-      ":path": method,
-      "content-type": "application/grpc",
-      te: "trailers",
+  let codec: ReturnType<typeof statusTypes>;
+  try {
+    codec = statusTypes();
+  } catch (err) {
+    throw new CriError(`CRI ${METHOD}: cannot load ${CRI_PROTO}: ${(err as Error).message}`);
+  }
+  const target = socketPath.startsWith("/") ? `unix://${socketPath}` : `unix:${socketPath}`;
+  const client = new grpc.Client(target, grpc.credentials.createInsecure());
+  try {
+    return await new Promise<CriStatus>((resolve, reject) => {
+      client.makeUnaryRequest(
+        METHOD,
+        (req: { verbose: boolean }) =>
+          Buffer.from(codec.request.encode(codec.request.fromObject(req)).finish()),
+        (bytes: Buffer) => decodeStatusResponse(bytes),
+        { verbose: true },
+        new grpc.Metadata(),
+        { deadline: Date.now() + timeoutMs },
+        (err, value) => {
+          if (!err) resolve(value as CriStatus);
+          else if (err.code === grpc.status.DEADLINE_EXCEEDED)
+            reject(new CriError(`CRI ${METHOD} on ${socketPath}: no answer in ${timeoutMs} ms`));
+          else {
+            // grpc-js ends a connection failure with an empty "Resolution note:".
+            const details = err.details.replace(/\s*Resolution note:\s*$/, "");
+            const code = `grpc-status ${err.code} (${grpc.status[err.code] ?? "?"})`;
+            reject(new CriError(`CRI ${METHOD} on ${socketPath}: ${code} ${details}`.trim()));
+          }
+        },
+      );
     });
-    const chunks: Buffer[] = [];
-    let grpcStatus: string | undefined;
-    let grpcMessage = "";
-    req.on("response", (headers) => {
-      if (headers["grpc-status"] !== undefined) grpcStatus = String(headers["grpc-status"]);
-    });
-    req.on("trailers", (trailers) => {
-      grpcStatus = String(trailers["grpc-status"] ?? grpcStatus ?? "");
-      grpcMessage = decodeURIComponent(String(trailers["grpc-message"] ?? ""));
-    });
-    req.on("data", (chunk: Buffer) => chunks.push(chunk));
-    req.on("error", fail);
-    req.on("end", () => {
-      clearTimeout(timer);
-      session.close();
-      if (grpcStatus !== "0") {
-        reject(
-          new CriError(
-            `CRI ${method} on ${socketPath}: grpc-status ${grpcStatus ?? "missing"} ${grpcMessage}`.trim(),
-          ),
-        );
-        return;
-      }
-      const data = Buffer.concat(chunks);
-      if (data.length < 5 || data.readUInt8(0) !== 0) {
-        reject(new CriError(`CRI ${method} on ${socketPath}: malformed gRPC reply (${data.length} bytes)`));
-        return;
-      }
-      const len = data.readUInt32BE(1);
-      if (5 + len > data.length) {
-        reject(new CriError(`CRI ${method} on ${socketPath}: truncated gRPC reply`));
-        return;
-      }
-      resolve(data.subarray(5, 5 + len));
-    });
-    req.end(frame);
-  });
+  } finally {
+    client.close();
+  }
 }

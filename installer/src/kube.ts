@@ -1,17 +1,22 @@
 // The two Kubernetes API calls the installer makes (merge-patch a node's labels, read a
-// DaemonSet's status), over node:https with the pod's service account. @kubernetes/client-node
-// 2.x needs Node ≥ 22 (its undici uses zlib zstd) and is 65 MB; this is the part we use.
-import { readFileSync } from "node:fs";
-import https from "node:https";
+// DaemonSet's status) with @kubernetes/client-node, as the pod's service account. 1.4 is the
+// line that runs on Node 20 (2.x needs Node ≥ 22: its undici uses zlib zstd).
+import { accessSync, constants } from "node:fs";
+import {
+  ApiException,
+  AppsV1Api,
+  type ConfigurationOptions,
+  CoreV1Api,
+  KubeConfig,
+  Observable,
+  type ObservableMiddleware,
+  PatchStrategy,
+  setHeaderOptions,
+  type V1DaemonSet,
+} from "@kubernetes/client-node";
 
 const SA = "/var/run/secrets/kubernetes.io/serviceaccount";
-
-export interface KubeEndpoint {
-  /** https://host:port */
-  server: string;
-  token: string;
-  ca: Buffer;
-}
+const TIMEOUT_MS = 15_000;
 
 export class KubeError extends Error {
   override readonly name = "KubeError";
@@ -23,70 +28,89 @@ export class KubeError extends Error {
   }
 }
 
-/** In-cluster: KUBERNETES_SERVICE_HOST/PORT plus the mounted service account token and CA. */
-export function inClusterEndpoint(env = process.env, saDir = SA): KubeEndpoint {
-  const host = env.KUBERNETES_SERVICE_HOST;
-  const port = env.KUBERNETES_SERVICE_PORT ?? "443";
-  if (!host) throw new KubeError("not running in a cluster: KUBERNETES_SERVICE_HOST is not set");
+/**
+ * In-cluster: KUBERNETES_SERVICE_HOST/PORT plus the mounted service account token and CA
+ * (KubeConfig.loadFromCluster: it reads the token file again after a minute, so a rotated
+ * token is picked up). `pathPrefix` goes in front of the service account's path (tests).
+ */
+export function inClusterConfig(pathPrefix = ""): KubeConfig {
+  const env = process.env;
+  if (!env.KUBERNETES_SERVICE_HOST)
+    throw new KubeError("not running in a cluster: KUBERNETES_SERVICE_HOST is not set");
+  if (!env.KUBERNETES_SERVICE_PORT)
+    throw new KubeError("not running in a cluster: KUBERNETES_SERVICE_PORT is not set");
+  const dir = `${pathPrefix}${SA}`;
   try {
-    return {
-      server: `https://${host.includes(":") ? `[${host}]` : host}:${port}`,
-      token: readFileSync(`${saDir}/token`, "utf8").trim(),
-      ca: readFileSync(`${saDir}/ca.crt`),
-    };
+    for (const file of ["token", "ca.crt"]) accessSync(`${dir}/${file}`, constants.R_OK);
   } catch (err) {
-    throw new KubeError(`cannot read the service account in ${saDir}: ${(err as Error).message}`);
+    throw new KubeError(`cannot read the service account in ${dir}: ${(err as Error).message}`);
+  }
+  const kc = new KubeConfig();
+  kc.loadFromCluster(pathPrefix);
+  return kc;
+}
+
+/** Gives up on a request after TIMEOUT_MS. */
+const timeoutMiddleware: ObservableMiddleware = {
+  pre: (request) => {
+    request.setSignal(AbortSignal.timeout(TIMEOUT_MS));
+    return new Observable(Promise.resolve(request));
+  },
+  post: (response) => new Observable(Promise.resolve(response)),
+};
+
+function options(contentType?: string): ConfigurationOptions<ObservableMiddleware> {
+  const base: ConfigurationOptions<ObservableMiddleware> = {
+    middleware: [timeoutMiddleware],
+    middlewareMergeStrategy: "append",
+  };
+  return contentType ? setHeaderOptions("Content-Type", contentType, base) : base;
+}
+
+/** An API error as `what: HTTP code: the Status message`, or what failed on the way. */
+function kubeError(what: string, err: unknown): KubeError {
+  if (err instanceof ApiException) {
+    const body = typeof err.body === "string" ? err.body : "";
+    let message = body.slice(0, 300);
+    try {
+      message = (JSON.parse(body) as { message?: string }).message ?? message;
+    } catch {
+      // Not a Status object; keep the text.
+    }
+    return new KubeError(`${what}: HTTP ${err.code}: ${message || "no message"}`, err.code);
+  }
+  const e = err as Error;
+  if (e?.name === "AbortError" || e?.name === "TimeoutError")
+    return new KubeError(`${what}: no answer in ${TIMEOUT_MS / 1000} s`);
+  return new KubeError(`${what}: ${e?.message ?? String(err)}`);
+}
+
+/** Sets (string) or removes (null) labels on a node with a JSON merge patch. */
+export async function patchNodeLabels(
+  kc: KubeConfig,
+  node: string,
+  labels: Record<string, string | null>,
+): Promise<void> {
+  try {
+    await kc
+      .makeApiClient(CoreV1Api)
+      .patchNode({ name: node, body: { metadata: { labels } } }, options(PatchStrategy.MergePatch));
+  } catch (err) {
+    throw kubeError(`PATCH /api/v1/nodes/${encodeURIComponent(node)}`, err);
   }
 }
 
-export async function kubeRequest(
-  ep: KubeEndpoint,
-  method: "GET" | "PATCH",
-  apiPath: string,
-  body?: unknown,
-  contentType = "application/merge-patch+json",
-): Promise<unknown> {
-  const url = new URL(apiPath, ep.server);
-  const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
-  return new Promise((resolve, reject) => {
-    const req = https.request(
-      url,
-      {
-        method,
-        ca: ep.ca,
-        headers: {
-          authorization: `Bearer ${ep.token}`,
-          accept: "application/json",
-          ...(payload ? { "content-type": contentType, "content-length": payload.length } : {}),
-        },
-        timeout: 15_000,
-      },
-      (res) => {
-        const chunks: Buffer[] = [];
-        res.on("data", (c: Buffer) => chunks.push(c));
-        res.on("end", () => {
-          const text = Buffer.concat(chunks).toString("utf8");
-          const code = res.statusCode ?? 0;
-          if (code < 200 || code >= 300) {
-            let message = text.slice(0, 300);
-            try {
-              message = (JSON.parse(text) as { message?: string }).message ?? message;
-            } catch {
-              // Not a Status object; keep the text.
-            }
-            reject(new KubeError(`${method} ${apiPath}: HTTP ${code}: ${message}`, code));
-            return;
-          }
-          try {
-            resolve(text ? JSON.parse(text) : {});
-          } catch {
-            reject(new KubeError(`${method} ${apiPath}: the answer is not JSON`));
-          }
-        });
-      },
+/**
+ * A DaemonSet with its status. GET on the object itself, not its /status subresource: the
+ * chart's Role grants `get` on daemonsets only.
+ */
+export async function readDaemonSet(kc: KubeConfig, namespace: string, name: string): Promise<V1DaemonSet> {
+  try {
+    return await kc.makeApiClient(AppsV1Api).readNamespacedDaemonSet({ name, namespace }, options());
+  } catch (err) {
+    throw kubeError(
+      `GET /apis/apps/v1/namespaces/${encodeURIComponent(namespace)}/daemonsets/${encodeURIComponent(name)}`,
+      err,
     );
-    req.on("timeout", () => req.destroy(new Error("no answer in 15 s")));
-    req.on("error", (err) => reject(new KubeError(`${method} ${apiPath}: ${err.message}`)));
-    req.end(payload);
-  });
+  }
 }

@@ -1,7 +1,8 @@
 // The node label that tells the scheduler (through the RuntimeClass's nodeSelector) that this
 // node can run cloudhv pods. Set only after containerd serves the handler; removed first on
 // uninstall so no new pod lands here while the runtime goes away.
-import { inClusterEndpoint, type KubeEndpoint, kubeRequest } from "./kube.js";
+import type { KubeConfig } from "@kubernetes/client-node";
+import { inClusterConfig, patchNodeLabels } from "./kube.js";
 import { NODE_LABEL, NODE_LABEL_VALUE } from "./paths.js";
 
 export interface NodeLabeler {
@@ -9,16 +10,12 @@ export interface NodeLabeler {
   remove(node: string): Promise<void>;
 }
 
-/** A JSON merge patch of the node's labels (null deletes the key). */
-export function labelPatch(value: string | null): unknown {
-  return { metadata: { labels: { [NODE_LABEL]: value } } };
-}
-
-export function kubeLabeler(endpoint?: KubeEndpoint): NodeLabeler {
+/** Labels the node through the API server: `kc`, or else the pod's service account. */
+export function kubeLabeler(kc?: KubeConfig): NodeLabeler {
   const patch = async (node: string, value: string | null) => {
-    const ep = endpoint ?? inClusterEndpoint();
     try {
-      await kubeRequest(ep, "PATCH", `/api/v1/nodes/${encodeURIComponent(node)}`, labelPatch(value));
+      // A JSON merge patch of the node's labels: null deletes the key.
+      await patchNodeLabels(kc ?? inClusterConfig(), node, { [NODE_LABEL]: value });
     } catch (err) {
       throw new Error(
         `cannot ${value === null ? "remove" : "set"} label ${NODE_LABEL} on node ${node}: ${(err as Error).message}`,

@@ -1,29 +1,21 @@
 // The helm uninstall hook's wait: the cleanup DaemonSet's pods turn ready once `uninstall` is
 // done on their node, so "all ready" means every node is clean and helm may delete the rest.
+import type { KubeConfig } from "@kubernetes/client-node";
 import type { Logger } from "pino";
-import { inClusterEndpoint, kubeRequest } from "./kube.js";
-
-interface DaemonSet {
-  metadata?: { generation?: number };
-  status?: { desiredNumberScheduled?: number; numberReady?: number; observedGeneration?: number };
-}
+import { inClusterConfig, readDaemonSet } from "./kube.js";
 
 export async function waitForDaemonSet(
   namespace: string,
   name: string,
   timeoutMs: number,
   log: Logger,
-  serviceAccountDir?: string,
+  /** Default: the pod's service account. */
+  kc: KubeConfig = inClusterConfig(),
 ): Promise<void> {
-  const ep = serviceAccountDir ? inClusterEndpoint(process.env, serviceAccountDir) : inClusterEndpoint();
   const deadline = Date.now() + timeoutMs;
   let last = "";
   for (;;) {
-    const ds = (await kubeRequest(
-      ep,
-      "GET",
-      `/apis/apps/v1/namespaces/${namespace}/daemonsets/${name}`,
-    )) as DaemonSet;
+    const ds = await readDaemonSet(kc, namespace, name);
     const want = ds.status?.desiredNumberScheduled ?? 0;
     const ready = ds.status?.numberReady ?? 0;
     const seen = `${ready}/${want}`;

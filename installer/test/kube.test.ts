@@ -1,18 +1,20 @@
-// The installer's two Kubernetes calls, against a local HTTPS endpoint that records requests
-// (no API server on these machines: this checks what goes on the wire — path, verb, merge
-// patch, bearer token, CA verification — and how API errors read).
+// The installer's two Kubernetes calls (@kubernetes/client-node), against a local HTTPS endpoint
+// that records requests (no API server on these machines: this checks what goes on the wire —
+// path, verb, merge patch, bearer token, CA verification — and how API errors read).
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
-import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import https from "node:https";
 import type { AddressInfo } from "node:net";
 import os from "node:os";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
 import { promisify } from "node:util";
+import { KubeConfig } from "@kubernetes/client-node";
 import { pino } from "pino";
-import { inClusterEndpoint, type KubeEndpoint } from "../src/kube.js";
+import { inClusterConfig } from "../src/kube.js";
 import { kubeLabeler } from "../src/node-label.js";
+import { waitForDaemonSet } from "../src/wait-daemonset.js";
 
 const run = promisify(execFile);
 
@@ -26,7 +28,9 @@ interface Seen {
 describe("Kubernetes API calls (node label, DaemonSet wait)", () => {
   let dir: string;
   let server: https.Server;
-  let ep: KubeEndpoint;
+  let port: number;
+  /** Server URL, CA and token, the way a kubeconfig gives them. */
+  let kc: KubeConfig;
   const seen: Seen[] = [];
   let reply: (s: Seen) => { status: number; body: unknown } = () => ({ status: 200, body: {} });
 
@@ -67,13 +71,43 @@ describe("Kubernetes API calls (node label, DaemonSet wait)", () => {
       });
     });
     await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-    const port = (server.address() as AddressInfo).port;
-    await writeFile(path.join(dir, "token"), "secret-token\n");
-    ep = inClusterEndpoint(
-      { KUBERNETES_SERVICE_HOST: "127.0.0.1", KUBERNETES_SERVICE_PORT: String(port) },
-      dir,
-    );
+    port = (server.address() as AddressInfo).port;
+    kc = kubeConfig(ca.toString("base64"));
   });
+
+  function kubeConfig(caData: string | undefined): KubeConfig {
+    const config = new KubeConfig();
+    config.loadFromOptions({
+      clusters: [{ name: "test", server: `https://127.0.0.1:${port}`, caData, skipTLSVerify: false }],
+      users: [{ name: "installer", token: "secret-token" }],
+      contexts: [{ name: "test", cluster: "test", user: "installer" }],
+      currentContext: "test",
+    });
+    return config;
+  }
+
+  /** `fn` as a pod would run it: the service account mounted under `dir`, the service env set. */
+  async function inPod<T>(fn: (prefix: string) => Promise<T>, env = true): Promise<T> {
+    const sa = path.join(dir, "var/run/secrets/kubernetes.io/serviceaccount");
+    await mkdir(sa, { recursive: true });
+    // As kubelet writes it: the bare token.
+    await writeFile(path.join(sa, "token"), "secret-token");
+    await writeFile(path.join(sa, "ca.crt"), await readFile(path.join(dir, "ca.crt")));
+    const saved = process.env;
+    process.env = { ...saved };
+    delete process.env.KUBERNETES_SERVICE_HOST;
+    delete process.env.KUBERNETES_SERVICE_PORT;
+    if (env)
+      Object.assign(process.env, {
+        KUBERNETES_SERVICE_HOST: "127.0.0.1",
+        KUBERNETES_SERVICE_PORT: String(port),
+      });
+    try {
+      return await fn(dir);
+    } finally {
+      process.env = saved;
+    }
+  }
 
   after(async () => {
     server?.close();
@@ -82,9 +116,10 @@ describe("Kubernetes API calls (node label, DaemonSet wait)", () => {
 
   it("labels and unlabels a node with a JSON merge patch and the service account token", async () => {
     seen.length = 0;
-    const labeler = kubeLabeler(ep);
-    await labeler.set("node-a");
-    await labeler.remove("node-a");
+    await inPod(async (prefix) => {
+      await kubeLabeler(inClusterConfig(prefix)).set("node-a");
+      await kubeLabeler(inClusterConfig(prefix)).remove("node-a");
+    });
     assert.deepEqual(
       seen.map((s) => [
         s.method,
@@ -118,25 +153,33 @@ describe("Kubernetes API calls (node label, DaemonSet wait)", () => {
       body: { kind: "Status", message: 'nodes "node-a" is forbidden: User cannot patch resource' },
     });
     await assert.rejects(
-      kubeLabeler(ep).set("node-a"),
+      kubeLabeler(kc).set("node-a"),
       /cannot set label cloudhv\.io\/runtime on node node-a: PATCH \/api\/v1\/nodes\/node-a: HTTP 403: nodes "node-a" is forbidden/,
+    );
+    await assert.rejects(
+      kubeLabeler(kc).remove("node-a"),
+      /cannot remove label cloudhv\.io\/runtime on node node-a: PATCH \/api\/v1\/nodes\/node-a: HTTP 403: nodes "node-a" is forbidden/,
     );
     reply = () => ({ status: 200, body: {} });
   });
 
   it("refuses a server whose certificate is not the service account's CA", async () => {
-    const other = { ...ep, ca: Buffer.from("") };
+    seen.length = 0;
+    // No CA of its own: only the system's roots, which do not know the test server's.
     await assert.rejects(
-      kubeLabeler(other).set("node-a"),
-      /cannot set label .*PATCH \/api\/v1\/nodes\/node-a: /,
+      kubeLabeler(kubeConfig(undefined)).set("node-a"),
+      /cannot set label .*PATCH \/api\/v1\/nodes\/node-a: .*certificate/,
     );
+    assert.equal(seen.length, 0, "nothing reached the server");
   });
 
   it("waits for the cleanup DaemonSet until every pod is ready", async () => {
-    const { waitForDaemonSet } = await import("../src/wait-daemonset.js");
     let calls = 0;
     reply = (s) => {
+      // The object, not its /status subresource: the chart's Role grants get on daemonsets.
       assert.equal(s.url, "/apis/apps/v1/namespaces/kube-system/daemonsets/r-cloudhv-cleanup");
+      assert.equal(s.method, "GET");
+      assert.equal(s.headers.authorization, "Bearer secret-token");
       calls++;
       const ready = calls >= 2 ? 3 : 1;
       return {
@@ -147,24 +190,33 @@ describe("Kubernetes API calls (node label, DaemonSet wait)", () => {
         },
       };
     };
-    const env = process.env;
-    process.env = {
-      ...env,
-      KUBERNETES_SERVICE_HOST: "127.0.0.1",
-      KUBERNETES_SERVICE_PORT: new URL(ep.server).port,
-    };
-    try {
-      await waitForDaemonSet("kube-system", "r-cloudhv-cleanup", 30_000, pino({ level: "silent" }), dir);
-    } finally {
-      process.env = env;
-    }
+    await inPod((prefix) =>
+      waitForDaemonSet(
+        "kube-system",
+        "r-cloudhv-cleanup",
+        30_000,
+        pino({ level: "silent" }),
+        inClusterConfig(prefix),
+      ),
+    );
     assert.equal(calls, 2);
+    reply = () => ({ status: 404, body: { kind: "Status", message: 'daemonsets.apps "gone" not found' } });
+    await assert.rejects(
+      waitForDaemonSet("kube-system", "gone", 30_000, pino({ level: "silent" }), kc),
+      /GET \/apis\/apps\/v1\/namespaces\/kube-system\/daemonsets\/gone: HTTP 404: daemonsets.apps "gone" not found/,
+    );
+    reply = () => ({ status: 200, body: {} });
   });
 
-  it("outside a cluster: says so", () => {
-    assert.throws(
-      () => inClusterEndpoint({}),
-      /not running in a cluster: KUBERNETES_SERVICE_HOST is not set/,
-    );
+  it("outside a cluster: says so", async () => {
+    await inPod(async () => {
+      assert.throws(() => inClusterConfig(), /not running in a cluster: KUBERNETES_SERVICE_HOST is not set/);
+    }, false);
+    await inPod(async () => {
+      assert.throws(
+        () => inClusterConfig("/nonexistent"),
+        /cannot read the service account in \/nonexistent\/var\/run/,
+      );
+    });
   });
 });
