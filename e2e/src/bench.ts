@@ -107,7 +107,16 @@ class Teardown {
 
 let podSeq = 0;
 
+/** Set by SIGINT/SIGTERM: no new pod, image or run starts; the teardown then runs once. */
+let aborted: string | undefined;
+let abortChild: (() => void) | undefined;
+
+function checkAbort(): void {
+  if (aborted) throw new Error(aborted);
+}
+
 function podConfig(h: Harness, name: string, opts: { hostNetwork?: boolean } = {}): PodSandboxConfig {
+  checkAbort(); // every pod the benchmark makes starts here
   const n = `${name}-${++podSeq}`;
   return {
     metadata: { name: n, uid: `uid-${n}`, namespace: "bench", attempt: 0 },
@@ -334,8 +343,9 @@ async function podLifecycle(h: Harness, plan: Plan): Promise<{ lifecycle: Figure
   const failures = new Map<string, string[]>(handlers.map((x) => [x, []]));
   // One warm-up each (the first cloudhv pod starts the shim daemon and fills the rootfs
   // cache), then measured runs interleaved so load drift hits both handlers alike.
-  for (let round = 0; round <= plan.runs; round++) {
+  for (let round = 0; round <= plan.runs && !aborted; round++) {
     for (const handler of handlers) {
+      const label = round === 0 ? "warm-up" : `run ${round}/${plan.runs}`;
       try {
         const r = await lifecycleOnce(h, handler);
         say(
@@ -346,7 +356,7 @@ async function podLifecycle(h: Harness, plan: Plan): Promise<{ lifecycle: Figure
         say(
           `lifecycle ${handler} ${round === 0 ? "warm-up" : `${round}/${plan.runs}`} failed: ${errorText(err)}`,
         );
-        if (round > 0 || runs.get(handler)?.length === 0) failures.get(handler)?.push(errorText(err));
+        failures.get(handler)?.push(`${label}: ${errorText(err)}`);
       }
     }
   }
@@ -363,8 +373,8 @@ async function podLifecycle(h: Harness, plan: Plan): Promise<{ lifecycle: Figure
   const lifecycle: Figure = {
     ok: handlers.every((x) => (runs.get(x)?.length ?? 0) > 0),
     what: "CRI RunPodSandbox → CreateContainer → StartContainer → container exited → StopPodSandbox → RemoveContainer + RemovePodSandbox, CNI bridge network, container `echo hello`",
-    cloudhv: lifecycleFigure(HANDLER, measured, failures.get(HANDLER) ?? [], plan.runs),
-    runc: lifecycleFigure("runc", runs.get("runc") ?? [], failures.get("runc") ?? [], plan.runs),
+    cloudhv: lifecycleFigure(HANDLER, measured, failures.get(HANDLER) ?? [], plan.runs + 1),
+    runc: lifecycleFigure("runc", runs.get("runc") ?? [], failures.get("runc") ?? [], plan.runs + 1),
   };
   if (!lifecycle.ok) lifecycle.error = "a handler had no successful lifecycle (see its failures)";
   return { lifecycle, hostShim: hostShimFigure(entries, measured) };
@@ -374,9 +384,12 @@ async function podLifecycle(h: Harness, plan: Plan): Promise<{ lifecycle: Figure
 
 async function guestBoot(plan: Plan): Promise<Figure> {
   const script = path.join(REPO_ROOT, "e2e/dist/src/boot-bench.js");
+  checkAbort();
   const child = spawn(process.execPath, [script, "--runs", String(plan.runs), "--json"], {
     stdio: ["ignore", "pipe", "pipe"],
   });
+  // Its VMs die with it (QEMU runs under a parent-death signal); its state dir is in tmp.
+  abortChild = () => child.kill("SIGTERM");
   let out = "";
   let err = "";
   child.stdout.on("data", (d: Buffer) => {
@@ -530,6 +543,7 @@ async function buildImages(h: Harness, kind: string, count: number, bigMiB: numb
     }
     const images: BenchImage[] = [];
     for (let i = 0; i < count; i++) {
+      checkAbort();
       const name = `docker.io/cloudhv-test/bench-${kind}:${i}`;
       const top = path.join(work, `top-${i}`);
       await mkdir(path.join(top, "etc"), { recursive: true });
@@ -820,6 +834,7 @@ async function shimStart(h: Harness, plan: Plan): Promise<Figure> {
     const node: number[] = [];
     let address = "";
     for (let i = 0; i <= plan.shimStartRuns; i++) {
+      checkAbort();
       const r = await timeCommand(argv, { cwd: bundle, env });
       if (r.code !== 0) throw new Error(`shim start exited ${r.code}: ${r.out.trim()}`);
       address = r.out.trim();
@@ -995,13 +1010,13 @@ export function renderTable(doc: {
     }
   } else add("5. rootfs prep", failed(rf) ?? "—");
   const cr = f.concurrentRootfs;
-  add(
-    `5. ${cr?.containers ?? "?"} containers of one image at once`,
-    cr
-      ? `${cr.succeeded}/${cr.containers} ok, ${cr.cacheBuilds} build(s), ${cr.servedByThatBuild} waited for it`
-      : "—",
-    cr?.ok ? `rootfs ${fmt(cr.rootfsMs as Stat, " ms")}` : (failed(cr) ?? ""),
-  );
+  if (typeof cr?.containers === "number") {
+    add(
+      `5. ${cr.containers} containers of one image at once`,
+      `${cr.succeeded}/${cr.containers} ok, ${cr.cacheBuilds} build(s), ${cr.servedByThatBuild} waited for it`,
+      cr.ok ? `rootfs ${fmt(cr.rootfsMs as Stat, " ms")}` : (failed(cr) ?? ""),
+    );
+  } else add("5. containers of one image at once", failed(cr) ?? "—");
   const ss = f.shimStart;
   add(
     "6. shim `start`, daemon running",
@@ -1009,18 +1024,16 @@ export function renderTable(doc: {
     ss?.ok ? `bare \`node -e 0\`: ${fmt(ss.nodeStartupMs as Stat, " ms")}` : "",
   );
   const b = f.burst;
-  add(
-    `7. burst of ${b?.pods ?? "?"} pods`,
-    b ? `${b.succeeded}/${b.pods} running in ${b.allRunningMs} ms, deleted in ${b.deleteAllMs} ms` : "—",
-    b
-      ? `leftovers: ${
-          Object.entries((b.leftovers ?? {}) as Record<string, number>)
-            .filter(([, v]) => v)
-            .map(([k, v]) => `${k} ${v}`)
-            .join(", ") || "none"
-        }${b.ok ? "" : `; ${failed(b) ?? ""}`}`
-      : "",
-  );
+  if (typeof b?.pods === "number") {
+    const left = Object.entries((b.leftovers ?? {}) as Record<string, number>)
+      .filter(([, v]) => v)
+      .map(([k, v]) => `${k} ${v}`);
+    add(
+      `7. burst of ${b.pods} pods`,
+      `${b.succeeded}/${b.pods} running in ${b.allRunningMs} ms, deleted in ${b.deleteAllMs} ms`,
+      `leftovers: ${left.join(", ") || "none"}${b.ok ? "" : `; ${failed(b) ?? ""}`}`,
+    );
+  } else add("7. burst", failed(b) ?? "—");
   const sz = f.sizes;
   if (sz?.ok) {
     const m = (x: unknown) => (typeof x === "number" ? `${(x / 2 ** 20).toFixed(1)} MiB` : "—");
@@ -1082,12 +1095,20 @@ async function main(opts: Options): Promise<void> {
   const figures: Record<string, Figure> = {};
   let harnessDir: string | undefined;
   const teardown = new Teardown();
+  // First signal: finish the step in flight (a CRI call), start nothing new, clean up, write
+  // what was measured. A second one: clean up now and exit.
   const onSignal = (sig: NodeJS.Signals) => {
-    say(`${sig}: cleaning up`);
-    void teardown.run().finally(() => process.exit(130));
+    if (aborted) {
+      say(`${sig} again: cleaning up now`);
+      void teardown.run().finally(() => process.exit(130));
+      return;
+    }
+    aborted = `interrupted by ${sig}`;
+    say(`${sig}: stopping after the current step, then cleaning up (${sig} again to hurry)`);
+    abortChild?.();
   };
-  process.once("SIGINT", onSignal);
-  process.once("SIGTERM", onSignal);
+  process.on("SIGINT", onSignal);
+  process.on("SIGTERM", onSignal);
   try {
     say(`plan: ${JSON.stringify(plan)}`);
     say("guest boot (boot-bench) …");
@@ -1101,6 +1122,7 @@ async function main(opts: Options): Promise<void> {
       machine.accelReason = probe?.reason ?? "the probe failed";
     }
     say("starting the harness (private containerd, CRI, CNI bridge) …");
+    checkAbort();
     const h = await startHarness({ images: [SMALL_IMAGE] });
     harnessDir = h.dir;
     teardown.add(() => h.stop());
@@ -1108,6 +1130,7 @@ async function main(opts: Options): Promise<void> {
     const figure = async (name: string, fn: () => Promise<Figure>) => {
       const t = performance.now();
       try {
+        checkAbort();
         figures[name] = await fn();
       } catch (err) {
         figures[name] = { ok: false, error: errorText(err) };
@@ -1180,6 +1203,7 @@ async function main(opts: Options): Promise<void> {
     .filter(([, f]) => !f.ok)
     .map(([k]) => k);
   say(`done in ${doc.durationS} s${failedFigures.length ? `; not ok: ${failedFigures.join(", ")}` : ""}`);
+  if (aborted) process.exitCode = 130;
 }
 
 const program = new Command()
