@@ -1209,12 +1209,10 @@ async function main(opts: Options): Promise<void> {
 const program = new Command()
   .name("bench")
   .description(
-    [
-      "Benchmarks the cloudhv runtime on a private containerd (CRI plugin, `cloudhv` and `runc` handlers,",
-      "CNI bridge) built from this tree: pod lifecycle, host-side shim time, guest boot, memory per pod,",
-      "rootfs preparation, shim `start`, a burst of pods, sizes. Writes one JSON document (stdout or",
-      "--out) and a table (stderr, and --table FILE). Needs root and scripts/dev.sh setup.",
-    ].join("\n"),
+    "Benchmarks the cloudhv runtime on a private containerd (CRI plugin, `cloudhv` and `runc` handlers, " +
+      "CNI bridge) built from this tree: pod lifecycle, host-side shim time, guest boot, memory per pod, " +
+      "rootfs preparation, shim `start`, a burst of pods, sizes. Writes one JSON document (stdout or " +
+      "--out) and a table (stderr, and --table FILE). Needs root and scripts/dev.sh setup; see docs/performance.md.",
   )
   .option("--runs <n>", "runs per figure (median, min and max over them)", positiveInt)
   .option(
@@ -1225,7 +1223,7 @@ const program = new Command()
   .option("--table <file>", "also write the table (Markdown) here")
   .option(
     "--installer-image <file>",
-    "the installer image archive to report the size of (default: build/*installer*.tar)",
+    "the installer image archive to report the size of (default: the first build/**/*installer*.tar)",
   )
   .addHelpText(
     "after",
