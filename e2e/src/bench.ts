@@ -1013,7 +1013,7 @@ export function renderTable(doc: {
   if (typeof cr?.containers === "number") {
     add(
       `5. ${cr.containers} containers of one image at once`,
-      `${cr.succeeded}/${cr.containers} ok, ${cr.cacheBuilds} build(s), ${cr.servedByThatBuild} waited for it`,
+      `${cr.succeeded}/${cr.containers} ok, ${cr.cacheBuilds} build(s), ${cr.servedByThatBuild} served by it`,
       cr.ok ? `rootfs ${fmt(cr.rootfsMs as Stat, " ms")}` : (failed(cr) ?? ""),
     );
   } else add("5. containers of one image at once", failed(cr) ?? "—");
