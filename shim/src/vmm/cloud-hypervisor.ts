@@ -28,8 +28,9 @@ import {
   type VmInfo,
 } from "./types.js";
 
-/** hvc0 is the virtio-console; the legacy UART is off. */
-export const CH_BASE_KERNEL_ARGS = "console=hvc0 root=/dev/vda ro rootfstype=erofs init=/init panic=-1 quiet";
+/** hvc0 is the virtio-console; the legacy UART is off. no_timer_check: see BASE_KERNEL_ARGS (qemu.ts). */
+export const CH_BASE_KERNEL_ARGS =
+  "console=hvc0 root=/dev/vda ro rootfstype=erofs init=/init panic=-1 quiet no_timer_check";
 export const CH_ROOTFS_SERIAL = "cloudhv-rootfs";
 export const CH_DEFAULT_BINARY = "cloud-hypervisor";
 

@@ -27,7 +27,10 @@ import {
 /** Free PCIe root ports per VM, i.e. how many devices can be hot-plugged at once. */
 export const HOTPLUG_PORTS = 8;
 
-export const BASE_KERNEL_ARGS = "console=ttyS0 root=/dev/vda ro rootfstype=erofs init=/init panic=-1 quiet";
+// no_timer_check: under load (TCG, a burst of boots) the IO-APIC timer check can fail and panic
+// the guest ("IO-APIC + timer doesn't work!"). Virtual timers are known good; Kata skips it too.
+export const BASE_KERNEL_ARGS =
+  "console=ttyS0 root=/dev/vda ro rootfstype=erofs init=/init panic=-1 quiet no_timer_check";
 
 export interface QemuDriverOptions {
   binary?: string;

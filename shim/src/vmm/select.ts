@@ -105,21 +105,24 @@ export async function cloudHypervisorAvailability(
     binary = await findExecutable(c);
     if (binary) break;
   }
+  // Every reason, not the first: "no binary" alone would hide that KVM is broken too.
+  const reasons: string[] = [];
   if (!binary)
-    return {
-      reason: `cloud-hypervisor binary not found (looked for: ${candidates
+    reasons.push(
+      `cloud-hypervisor binary not found (looked for: ${candidates
         .map((c) => (c.includes("/") ? c : `${c} on PATH`))
         .join(", ")})`,
-    };
+    );
   const devices = await hypervisorDevices();
-  if (devices.mshv) return { binary };
-  if (!devices.kvm) return { reason: "neither /dev/kvm nor /dev/mshv exists" };
-  const qemu = await findExecutable(qemuBinary);
-  if (qemu) {
-    const probe = await probeAccel(qemu);
-    if (probe.accel !== "kvm") return { reason: `KVM does not run guests here (${probe.reason})` };
+  if (!devices.mshv) {
+    if (!devices.kvm) reasons.push("neither /dev/kvm nor /dev/mshv exists");
+    else {
+      const qemu = await findExecutable(qemuBinary);
+      const probe = qemu ? await probeAccel(qemu) : undefined;
+      if (probe && probe.accel !== "kvm") reasons.push(`KVM does not run guests here (${probe.reason})`);
+    }
   }
-  return { binary };
+  return binary && !reasons.length ? { binary } : { reason: reasons.join("; ") };
 }
 
 /** The driver for a choice made by chooseHypervisor (see it for `auto`). */
