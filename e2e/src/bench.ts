@@ -862,20 +862,28 @@ async function shimStart(h: Harness, plan: Plan): Promise<Figure> {
 
 // ---- figure 8: sizes ---------------------------------------------------------------------------
 
-async function findInstallerImage(explicit?: string): Promise<string | undefined> {
-  if (explicit) return explicit;
-  // Wherever the image build leaves it under build/ (two levels deep): an OCI/Docker archive.
-  const build = path.join(REPO_ROOT, "build");
-  const dirs = [build, ...(await entriesOf(build)).map((d) => path.join(build, d))];
-  for (const dir of dirs) {
-    for (const name of await entriesOf(dir).catch(() => [])) {
-      if (/installer.*\.(tar|oci|tar\.gz|tgz)$/.test(name)) return path.join(dir, name);
-    }
-  }
-  return undefined;
+/**
+ * The installer image to weigh: the one named, else one built now from this tree (a stale
+ * archive lying in build/ would describe another commit). The build takes seconds.
+ */
+async function installerImage(
+  explicit: string | undefined,
+  scratch: string,
+): Promise<{ path: string; buildMs?: number } | { error: string }> {
+  if (explicit) return { path: explicit };
+  const out = path.join(scratch, "cloudhv-installer.tar");
+  const t0 = performance.now();
+  const built = await exec([path.join(REPO_ROOT, "installer/scripts/build-image.sh"), "--out", out], {
+    timeoutMs: 300_000,
+  });
+  if (built.code !== 0)
+    return {
+      error: `installer/scripts/build-image.sh failed (exit ${built.code}): ${built.stderr.trim().split("\n").at(-1)}`,
+    };
+  return { path: out, buildMs: Math.round(performance.now() - t0) };
 }
 
-async function sizes(installerImage?: string): Promise<Figure> {
+async function sizes(explicitImage?: string): Promise<Figure> {
   const { kernelPath, rootfsPath } = guestArtifacts();
   const shimDir = path.join(REPO_ROOT, "shim");
   const shimJs = await bytesOf(path.join(shimDir, "dist/src"));
@@ -885,8 +893,10 @@ async function sizes(installerImage?: string): Promise<Figure> {
   );
   let deps = 0;
   for (const d of depDirs) deps += (await bytesOf(d)) ?? 0;
-  const image = await findInstallerImage(installerImage);
-  const imageBytes = image ? await bytesOf(image) : null;
+  const scratch = await mkdtemp(path.join(os.tmpdir(), "cloudhv-bench-image-"));
+  const image = await installerImage(explicitImage, scratch);
+  const imageBytes = "path" in image ? await bytesOf(image.path) : null;
+  await rm(scratch, { recursive: true, force: true });
   return {
     ok: shimJs !== null,
     shimBundle: {
@@ -900,14 +910,15 @@ async function sizes(installerImage?: string): Promise<Figure> {
     kernelBytes: await bytesOf(kernelPath),
     rootfsBytes: await bytesOf(rootfsPath),
     agentBytes: await bytesOf(path.join(REPO_ROOT, "build/guest/cloudhv-agent")),
-    installerImage: imageBytes
-      ? { bytes: imageBytes, path: path.relative(REPO_ROOT, image as string) }
-      : {
-          bytes: null,
-          reason: image
-            ? `${image} is missing`
-            : "no installer image in build/ yet (installer/scripts/build-image.sh writes build/image/cloudhv-installer.tar); or pass --installer-image FILE",
-        },
+    installerImage:
+      "path" in image && imageBytes
+        ? {
+            bytes: imageBytes,
+            ...(explicitImage
+              ? { path: explicitImage }
+              : { builtFromThisTree: true, buildMs: image.buildMs }),
+          }
+        : { bytes: null, reason: "error" in image ? image.error : `${explicitImage} is missing` },
   };
 }
 
@@ -1223,7 +1234,7 @@ const program = new Command()
   .option("--table <file>", "also write the table (Markdown) here")
   .option(
     "--installer-image <file>",
-    "the installer image archive to report the size of (default: the first build/**/*installer*.tar)",
+    "the installer image archive to report the size of (default: build one from this tree with installer/scripts/build-image.sh)",
   )
   .addHelpText(
     "after",
