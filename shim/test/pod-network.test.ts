@@ -59,6 +59,18 @@ describe("pod network: TAP + tc redirect in the pod's netns", () => {
     assert.match(await inNs("ip", "addr", "show", "eth0"), /10\.99\.7\.2\/24/);
   });
 
+  it("a redirect that cannot be set up fails the attach, removes the TAP and keeps what was not ours", async () => {
+    // Someone else's ingress qdisc on the veth: ours cannot be added.
+    await inNs("tc", "qdisc", "add", "dev", "eth0", "ingress");
+    try {
+      await assert.rejects(attachPodNetwork(NETNS), /tc -batch - exited with 1: .*Command failed -:1/s);
+      assert.doesNotMatch(await inNs("ip", "link"), /tap0_chv/, "the TAP is gone");
+      assert.match(await inNs("tc", "qdisc", "show", "dev", "eth0"), /ingress/, "their qdisc stays");
+    } finally {
+      await inNs("tc", "qdisc", "del", "dev", "eth0", "ingress");
+    }
+  });
+
   it("fails with the netns named when there is no CNI interface, leaving nothing", async () => {
     await execOk(["ip", "netns", "add", `${NS}-empty`]);
     try {

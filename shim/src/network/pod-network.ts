@@ -3,7 +3,7 @@
 // NIC (on the TAP, with the veth's MAC) is the pod's interface. The guest then takes the
 // veth's addresses and routes (the agent configures eth0 from what we read here).
 import { Cleanup } from "../util/cleanup.js";
-import { execOk } from "../util/exec.js";
+import { exec, execOk } from "../util/exec.js";
 
 export interface PodAddress {
   family: "inet" | "inet6";
@@ -40,8 +40,11 @@ export class NetworkError extends Error {
 }
 
 /** Runs a tool inside the netns at `netnsPath` (any path, not only /var/run/netns names). */
-function inNetns(netnsPath: string, argv: string[]) {
-  return execOk(["nsenter", `--net=${netnsPath}`, "--", ...argv], { timeoutMs: 10_000 });
+function inNetns(netnsPath: string, argv: string[], batch?: string[]) {
+  return execOk(["nsenter", `--net=${netnsPath}`, "--", ...argv], {
+    timeoutMs: 10_000,
+    ...(batch ? { input: `${batch.join("\n")}\n` } : {}),
+  });
 }
 
 interface IpLink {
@@ -60,7 +63,12 @@ interface IpRoute {
 
 /** The pod's interface as CNI left it: the one ethernet link with a global address. */
 export async function readPodInterface(netnsPath: string): Promise<PodInterface> {
-  const links = JSON.parse((await inNetns(netnsPath, ["ip", "-j", "addr", "show"])).stdout) as IpLink[];
+  // Both listings at once (the spawns are the cost here); the routes are filtered below.
+  const [addrOut, routeOut] = await Promise.all([
+    inNetns(netnsPath, ["ip", "-j", "addr", "show"]),
+    inNetns(netnsPath, ["ip", "-j", "route", "show"]),
+  ]);
+  const links = JSON.parse(addrOut.stdout) as IpLink[];
   const link = links.find(
     (l) =>
       l.link_type === "ether" &&
@@ -72,9 +80,7 @@ export async function readPodInterface(netnsPath: string): Promise<PodInterface>
   const addresses = (link.addr_info ?? [])
     .filter((a) => a.scope === "global" && (a.family === "inet" || a.family === "inet6"))
     .map((a) => ({ family: a.family as "inet" | "inet6", address: a.local, prefixLen: a.prefixlen }));
-  const routes = JSON.parse(
-    (await inNetns(netnsPath, ["ip", "-j", "route", "show", "dev", link.ifname])).stdout,
-  ) as IpRoute[];
+  const routes = (JSON.parse(routeOut.stdout) as IpRoute[]).filter((r) => r.dev === link.ifname);
   return {
     name: link.ifname,
     mac: link.address,
@@ -85,44 +91,52 @@ export async function readPodInterface(netnsPath: string): Promise<PodInterface>
   };
 }
 
+/** tc's ingress redirect of every frame arriving on `from` to the egress of `to`. */
+function redirect(from: string, to: string): string {
+  return `filter add dev ${from} parent ffff: protocol all u32 match u8 0 0 action mirred egress redirect dev ${to}`;
+}
+
+/**
+ * Adds the TAP and both redirects with one `ip -batch` and one `tc -batch` (each spawn costs
+ * milliseconds, and this is on every pod's start). Interface names come from the kernel and
+ * our own constant, never from the pod's spec.
+ */
 export async function attachPodNetwork(netnsPath: string, tap = "tap0_chv"): Promise<PodNetwork> {
   const iface = await readPodInterface(netnsPath);
   const undo = new Cleanup();
+  // A batch that fails halfway leaves part of it done: these remove what may exist, quietly.
+  const dropTap = () => exec(["nsenter", `--net=${netnsPath}`, "--", "ip", "link", "del", tap]);
+  const dropVethQdisc = () =>
+    exec(["nsenter", `--net=${netnsPath}`, "--", "tc", "qdisc", "del", "dev", iface.name, "ingress"]);
   try {
-    await inNetns(netnsPath, ["ip", "tuntap", "add", "dev", tap, "mode", "tap"]);
+    await inNetns(
+      netnsPath,
+      ["ip", "-batch", "-"],
+      [`tuntap add dev ${tap} mode tap`, `link set ${tap} mtu ${iface.mtu} up`],
+    ).catch(async (err: unknown) => {
+      await dropTap();
+      throw err;
+    });
     undo.defer(`delete ${tap}`, () => inNetns(netnsPath, ["ip", "link", "del", tap]));
-    await inNetns(netnsPath, ["ip", "link", "set", tap, "mtu", String(iface.mtu), "up"]);
-    for (const [from, to] of [
-      [iface.name, tap],
-      [tap, iface.name],
-    ] as const) {
-      await inNetns(netnsPath, ["tc", "qdisc", "add", "dev", from, "ingress"]);
-      undo.defer(`remove ingress qdisc of ${from}`, () =>
-        inNetns(netnsPath, ["tc", "qdisc", "del", "dev", from, "ingress"]),
-      );
-      await inNetns(netnsPath, [
-        "tc",
-        "filter",
-        "add",
-        "dev",
-        from,
-        "parent",
-        "ffff:",
-        "protocol",
-        "all",
-        "u32",
-        "match",
-        "u8",
-        "0",
-        "0",
-        "action",
-        "mirred",
-        "egress",
-        "redirect",
-        "dev",
-        to,
-      ]);
-    }
+    await inNetns(
+      netnsPath,
+      ["tc", "-batch", "-"],
+      [
+        `qdisc add dev ${iface.name} ingress`,
+        `qdisc add dev ${tap} ingress`,
+        redirect(iface.name, tap),
+        redirect(tap, iface.name),
+      ],
+    ).catch(async (err: unknown) => {
+      // Line 1 is the veth's qdisc: if that failed, a qdisc already there is not ours to drop.
+      const line = Number(/Command failed -:(\d+)/.exec((err as Error).message)?.[1] ?? 0);
+      if (line > 1) await dropVethQdisc();
+      throw err;
+    });
+    // The TAP's own qdisc goes with the TAP; the veth's stays unless removed.
+    undo.defer(`remove ingress qdisc of ${iface.name}`, () =>
+      inNetns(netnsPath, ["tc", "qdisc", "del", "dev", iface.name, "ingress"]),
+    );
   } catch (err) {
     await undo.run();
     throw err;
