@@ -341,6 +341,31 @@ for (const hv of await hypervisorSuites())
       await ctr(["container", "delete", "badsize"]);
     });
 
+    it("fails a task whose network namespace has no CNI interface, naming it, and releases its rootfs", async () => {
+      const ns = `chv-nonet-${process.pid}`;
+      assert.equal((await exec(["ip", "netns", "add", ns])).code, 0);
+      try {
+        const res = await ctr([
+          "run",
+          "--rm",
+          "--runtime",
+          RUNTIME,
+          "--with-ns",
+          `network:/var/run/netns/${ns}`,
+          IMAGE_A,
+          "nonet",
+          "true",
+        ]);
+        assert.notEqual(res.code, 0);
+        assert.match(res.stderr, new RegExp(`pod netns /var/run/netns/${ns} has no ethernet interface`));
+        await ctr(["container", "delete", "nonet"]);
+        // The rootfs was prepared at the same time: its scratch disk is gone again.
+        assert.deepEqual(await entriesOf(path.join(dir, "scratch")), []);
+      } finally {
+        await exec(["ip", "netns", "del", ns]);
+      }
+    });
+
     it("leaves no VM, scratch disk, mount or state behind after the tests above", async () => {
       assert.deepEqual(
         await processesMatching(path.join(runtime.stateDir, "vm")),

@@ -162,11 +162,30 @@ export class TaskService {
       // `guest*` phases wait on the guest (boot, agent RPCs); the rest is the host's own work.
       const phases = new PhaseClock();
       const t0 = performance.now();
-      const rootfs = await phases.time("rootfsMs", this.deps.prepareRootfs(ns, req.id, req.rootfs));
+      // A VM of its own needs its pod network too: CNI made the pod's netns (its path is in the
+      // spec) and the VM's NIC takes its place. Both are host work independent of each other,
+      // so they run at once; whichever succeeded is undone if the other failed.
+      const netnsPath = pod
+        ? undefined
+        : spec.linux?.namespaces?.find((n) => n.type === "network" && n.path)?.path;
+      const [rootfsDone, networkDone] = await Promise.allSettled([
+        phases.time("rootfsMs", this.deps.prepareRootfs(ns, req.id, req.rootfs)),
+        netnsPath ? phases.time("networkMs", attachPodNetwork(netnsPath)) : Promise.resolve(undefined),
+      ]);
       const t1 = performance.now();
-      undo.defer("release rootfs", () => rootfs.release());
+      if (rootfsDone.status === "fulfilled") {
+        const prepared = rootfsDone.value;
+        undo.defer("release rootfs", () => prepared.release());
+      }
+      if (networkDone.status === "fulfilled" && networkDone.value) {
+        const attached = networkDone.value;
+        undo.defer("detach pod network", () => attached.detach());
+      }
+      if (rootfsDone.status === "rejected") throw rootfsDone.reason;
+      if (networkDone.status === "rejected") throw networkDone.reason;
+      const rootfs = rootfsDone.value;
+      const podNetwork: PodNetwork | undefined = networkDone.value;
       let sandbox: Sandbox;
-      let podNetwork: PodNetwork | undefined;
       const hotplugged: string[] = [];
       if (pod) {
         sandbox = pod.sandbox;
@@ -176,13 +195,6 @@ export class TaskService {
           undo.defer(`unplug ${device}`, () => sandbox.vm.removeDevice(device));
         }
       } else {
-        // CNI made the pod's netns (its path is in the spec): the VM's NIC takes its place.
-        const netnsPath = spec.linux?.namespaces?.find((n) => n.type === "network" && n.path)?.path;
-        if (netnsPath) {
-          const attached = await phases.time("networkMs", attachPodNetwork(netnsPath));
-          podNetwork = attached;
-          undo.defer("detach pod network", () => attached.detach());
-        }
         const booted = await Sandbox.boot(
           {
             id: sandboxId(ns, role.kind === "sandbox" ? role.sandboxId : req.id),
