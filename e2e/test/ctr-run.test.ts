@@ -2,7 +2,7 @@
 // containerd 1.6 runs the command inside a microVM and behaves like runc from the outside.
 import assert from "node:assert/strict";
 import { existsSync } from "node:fs";
-import { mkdtemp, readdir, readFile, rm } from "node:fs/promises";
+import { mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -339,6 +339,39 @@ for (const hv of await hypervisorSuites())
         /io\.katacontainers\.config\.hypervisor\.default_memory="lots" must be an integer from 64 to \d+ MiB/,
       );
       await ctr(["container", "delete", "badsize"]);
+    });
+
+    it("a changed runtime config reaches the next task through a new daemon; the old one keeps its task", async () => {
+      const daemons = () => processesMatching(`--containerd-ttrpc ${containerd.ttrpcAddress}`);
+      assert.equal(
+        (await ctr(["run", "-d", "--runtime", RUNTIME, IMAGE_A, "cfg-old", "sleep", "600"])).code,
+        0,
+      );
+      const original = await readFile(runtime.configPath, "utf8");
+      try {
+        const before = await daemons();
+        const config = JSON.parse(original) as Record<string, unknown>;
+        await writeFile(runtime.configPath, JSON.stringify({ ...config, default_memory_mb: 384 }, null, 2));
+        const sized = await ctr([
+          ...["run", "--rm", "--runtime", RUNTIME, IMAGE_A, "cfg-new"],
+          ...["sh", "-c", "grep MemTotal /proc/meminfo"],
+        ]);
+        assert.equal(sized.code, 0, sized.stderr);
+        const memKiB = Number(/(\d+) kB/.exec(sized.stdout)?.[1]);
+        assert.ok(
+          memKiB > 300 * 1024 && memKiB <= 384 * 1024,
+          `the new task's VM has the new size: ${sized.stdout}`,
+        );
+        const after = await daemons();
+        assert.equal(after.length, before.length + 1, "a second daemon serves the new config");
+        for (const pid of before) assert.ok(after.includes(pid), "the first daemon still runs");
+      } finally {
+        await writeFile(runtime.configPath, original);
+        // The old task is still the old daemon's: kill and delete reach it.
+        assert.equal((await ctr(["task", "kill", "--signal", "SIGKILL", "cfg-old"])).code, 0);
+        await taskStatus("cfg-old", "STOPPED");
+        assert.equal(await remove("cfg-old"), 137);
+      }
     });
 
     it("fails a task whose network namespace has no CNI interface, naming it, and releases its rootfs", async () => {

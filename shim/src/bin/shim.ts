@@ -9,6 +9,7 @@ import net from "node:net";
 import path from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import {
+  controlSocketOf,
   DAEMON_ENTRY,
   daemonSocketPath,
   namespaceSocketPath,
@@ -19,15 +20,25 @@ import { FlagError, parseShimFlags, type ShimInvocation } from "../shim/flags.js
 
 const DEFAULT_STATE_DIR = "/run/cloudhv";
 
-/** state_dir from the runtime config, read without loading the validator (the daemon validates). */
-function stateDir(): string {
+/**
+ * The runtime config's bytes and its state_dir, read without loading the validator (the daemon
+ * validates; a bad file makes the daemon fail with the key named).
+ */
+function runtimeConfig(): { text: string; stateDir: string } {
   const file = process.env.CLOUDHV_CONFIG ?? "/opt/cloudhv/config.json";
+  let text = "";
   try {
-    const doc = JSON.parse(readFileSync(file, "utf8")) as { state_dir?: unknown };
-    return typeof doc.state_dir === "string" ? doc.state_dir : DEFAULT_STATE_DIR;
+    text = readFileSync(file, "utf8");
+    const doc = JSON.parse(text) as { state_dir?: unknown };
+    return { text, stateDir: typeof doc.state_dir === "string" ? doc.state_dir : DEFAULT_STATE_DIR };
   } catch {
-    return DEFAULT_STATE_DIR;
+    return { text, stateDir: DEFAULT_STATE_DIR };
   }
+}
+
+function controlSocketFor(inv: ShimInvocation): string {
+  const config = runtimeConfig();
+  return daemonSocketPath(config.stateDir, containerdTtrpcAddress(inv), config.text);
 }
 
 function canConnect(socketPath: string): Promise<boolean> {
@@ -49,7 +60,7 @@ function containerdTtrpcAddress(inv: ShimInvocation): string {
 
 async function start(inv: ShimInvocation): Promise<void> {
   if (!inv.namespace) throw new FlagError("start needs -namespace");
-  const controlSocket = daemonSocketPath(stateDir(), containerdTtrpcAddress(inv));
+  const controlSocket = controlSocketFor(inv);
   const nsSocket = namespaceSocketPath(controlSocket, inv.namespace);
   // Fast path: the daemon already serves this namespace.
   let address = (await canConnect(nsSocket)) ? `${SOCKET_SCHEME}${nsSocket}` : undefined;
@@ -108,7 +119,16 @@ async function deleteTask(inv: ShimInvocation): Promise<void> {
     "admin.proto",
     "cloudhv.shim.v1.ForceDeleteRequest",
   );
-  const socketPath = daemonSocketPath(stateDir(), containerdTtrpcAddress(inv));
+  // The daemon that started this task wrote its address into the bundle (our cwd); after an
+  // upgrade or a config change that is not the daemon `start` would pick today.
+  const started = (() => {
+    try {
+      return controlSocketOf(readFileSync("address", "utf8").trim().replace(SOCKET_SCHEME, ""));
+    } catch {
+      return undefined;
+    }
+  })();
+  const socketPath = started ?? controlSocketFor(inv);
   let reply: Uint8Array;
   if (await canConnect(socketPath)) {
     const client = await TtrpcClient.connect(socketPath, { timeoutMs: 5000 });

@@ -1,6 +1,8 @@
-// Where the shim daemon for this build and this containerd listens. The build id is in the
-// name, so an upgraded shim starts a new daemon for new tasks while the old one keeps serving
-// its own; containerd's address is in it so two containerds never share event streams.
+// Where the shim daemon for this build, this runtime config and this containerd listens. The
+// build id is in the name, so an upgraded shim starts a new daemon for new tasks while the old
+// one keeps serving its own; so is a digest of the runtime config, because the daemon reads it
+// once: a changed config.json reaches the next pod the same way an upgrade does. containerd's
+// address is in it so two containerds never share event streams.
 import { createHash } from "node:crypto";
 import { statSync } from "node:fs";
 import path from "node:path";
@@ -17,12 +19,23 @@ export function buildId(): string {
   return createHash("sha256").update(`${SHIM_VERSION}:${mtime}`).digest("hex").slice(0, 12);
 }
 
-export function daemonSocketPath(stateDir: string, containerdTtrpcAddress: string): string {
+/** `configText`: the runtime config file's bytes as read ("" when there is none). */
+export function daemonSocketPath(
+  stateDir: string,
+  containerdTtrpcAddress: string,
+  configText: string,
+): string {
   const which = createHash("sha256")
-    .update(`${buildId()}\0${containerdTtrpcAddress}`)
+    .update(`${buildId()}\0${containerdTtrpcAddress}\0${configText}`)
     .digest("hex")
     .slice(0, 16);
   return path.join(stateDir, `shim-${which}.sock`);
+}
+
+/** The daemon's control socket for a namespace socket (the inverse of namespaceSocketPath). */
+export function controlSocketOf(namespaceSocket: string): string | undefined {
+  const control = namespaceSocket.replace(/-[0-9a-f]{12}\.sock$/, ".sock");
+  return control === namespaceSocket ? undefined : control;
 }
 
 export const SOCKET_SCHEME = "unix://";
