@@ -109,7 +109,8 @@ for (const hv of await hypervisorSuites())
       // Attached, like a user's `ctr run`: its exit code is the task's exit status.
       const attached = ctr(["run", "--rm", "--runtime", RUNTIME, IMAGE_A, "sleeper", "sleep", "600"]);
       await taskStatus("sleeper", "RUNNING");
-      assert.equal((await ctr(["task", "kill", "--signal", "SIGKILL", "sleeper"])).code, 0);
+      const kill = await ctr(["task", "kill", "--signal", "SIGKILL", "sleeper"]);
+      assert.equal(kill.code, 0, kill.stderr);
       assert.equal((await attached).code, 137);
     });
 
