@@ -103,6 +103,16 @@ export async function startHarness(opts: HarnessOptions = {}): Promise<Harness> 
     const stop = async () => {
       if (stopped) return;
       stopped = true;
+      // Pods a failed test or an interrupted benchmark left behind: StopPodSandbox is what
+      // tears down their CNI netns and veth (containerd stopping does not), so remove them first.
+      try {
+        for (const pod of await cri.listPodSandbox()) {
+          await cri.stopPodSandbox(pod.id).catch(() => {});
+          await cri.removePodSandbox(pod.id).catch(() => {});
+        }
+      } catch {
+        // containerd already gone: nothing to ask it
+      }
       cri.close();
       await started.stop();
       // The shim daemon of this containerd has nothing left to serve.
