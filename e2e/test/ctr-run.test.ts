@@ -237,6 +237,30 @@ for (const hv of await hypervisorSuites())
       assert.deepEqual(await processesMatching(victimVm), []);
     });
 
+    it("a wedged VM (its VMM stopped) does not hold up another task: exec, task ls, kill and delete answer", async () => {
+      for (const id of ["wedged", "healthy"])
+        assert.equal((await ctr(["run", "-d", "--runtime", RUNTIME, IMAGE_A, id, "sleep", "600"])).code, 0);
+      const [vmm] = await processesMatching(path.join(runtime.stateDir, "vm", "default-wedged"));
+      assert.ok(vmm, "the wedged task's VMM runs");
+      // Every vCPU and device thread of that VM stops: its agent answers nothing any more.
+      process.kill(vmm, "SIGSTOP");
+      try {
+        const alive = await ctr(["task", "exec", "--exec-id", "e1", "healthy", "echo", "alive"], 60_000);
+        assert.equal(alive.stdout, "alive\n", alive.stderr);
+        const ls = await ctr(["task", "ls"], 60_000);
+        assert.match(ls.stdout, /^wedged\s+\d+\s+RUNNING/m);
+        assert.match(ls.stdout, /^healthy\s+\d+\s+RUNNING/m);
+        assert.equal((await ctr(["task", "kill", "--signal", "SIGKILL", "healthy"], 60_000)).code, 0);
+        await taskStatus("healthy", "STOPPED");
+        assert.equal(await remove("healthy"), 137);
+      } finally {
+        process.kill(vmm, "SIGCONT");
+      }
+      assert.equal((await ctr(["task", "kill", "--signal", "SIGKILL", "wedged"])).code, 0);
+      await taskStatus("wedged", "STOPPED");
+      assert.equal(await remove("wedged"), 137);
+    });
+
     it("runs a CRI pod's containers in the one VM its sandbox booted (disks hot-plugged)", async () => {
       const cri = (type: string, sandbox: string) => [
         "--annotation",
