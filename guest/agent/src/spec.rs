@@ -22,9 +22,8 @@ fn crun_oci_version(version: Option<&str>) -> Option<String> {
     let (Some(Some(major)), Some(Some(minor))) = (parts.next(), parts.next()) else {
         return None;
     };
-    (major == CRUN_MAX_OCI_VERSION.0 && minor > CRUN_MAX_OCI_VERSION.1).then(|| {
-        format!("{}.{}.0", CRUN_MAX_OCI_VERSION.0, CRUN_MAX_OCI_VERSION.1)
-    })
+    (major == CRUN_MAX_OCI_VERSION.0 && minor > CRUN_MAX_OCI_VERSION.1)
+        .then(|| format!("{}.{}.0", CRUN_MAX_OCI_VERSION.0, CRUN_MAX_OCI_VERSION.1))
 }
 
 #[derive(Debug)]
@@ -214,7 +213,10 @@ mod tests {
     #[test]
     fn lowers_a_spec_version_crun_does_not_know() {
         let rewrite_version = |v: &str| {
-            let spec = SPEC.replace(r#""ociVersion": "1.0.2""#, &format!(r#""ociVersion": "{v}""#));
+            let spec = SPEC.replace(
+                r#""ociVersion": "1.0.2""#,
+                &format!(r#""ociVersion": "{v}""#),
+            );
             let out = rewrite(spec.as_bytes(), Path::new("/r"), "c", false, &|_| false).unwrap();
             out.spec["ociVersion"].as_str().unwrap().to_string()
         };
@@ -223,7 +225,11 @@ mod tests {
         assert_eq!(rewrite_version("1.1.0"), "1.1.0");
         assert_eq!(rewrite_version("1.0.2"), "1.0.2", "containerd 1.6");
         assert_eq!(rewrite_version("1.0.2-dev"), "1.0.2-dev");
-        assert_eq!(rewrite_version("2.0.0"), "2.0.0", "a major crun cannot run is left for it to refuse");
+        assert_eq!(
+            rewrite_version("2.0.0"),
+            "2.0.0",
+            "a major crun cannot run is left for it to refuse"
+        );
     }
 
     fn dests(spec: &Value) -> Vec<&str> {
