@@ -10,65 +10,35 @@
 //! `lower` (the image disk, erofs, read-only), `scratch` (the scratch disk, ext4, or a tmpfs)
 //! with `upper` and `work`, `rootfs` (the overlay), `bundle/config.json` (the rewritten spec),
 //! and per process a pid file and crun's log while crun runs.
+//!
+//! The parts: `error.rs` (the error type), `mounts.rs` (disks by serial, mounting),
+//! `crun.rs` (running crun), `console.rs` (a terminal's pty from crun's console socket),
+//! `stats.rs` (cgroup readings); this file is the lifecycle.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::Write;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::net::UnixListener;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::mount::MsFlags;
 
-use crate::reaper::{ExitStatus, Reaper};
+use crate::crun::{CrunRun, run_crun};
+use crate::error::{Error, Result, err, internal};
+use crate::mounts::{do_mount, unmount, unmount_all, wait_for_disk};
+use crate::reaper::Reaper;
+use crate::stats::{Stats, cgroup_pids, oom_kills, read_stats};
 use crate::stream::StreamBuffer;
 
 pub const CONTAINERS_DIR: &str = "/run/cloudhv/containers";
-/// Console sockets live apart from the state dirs: a unix socket path has at most 107 bytes
-/// and container and exec ids may be 128 characters each.
-const CONSOLE_DIR: &str = "/run/cloudhv/console";
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
-const CRUN_ROOT: &str = "/run/crun";
-/// How long a disk may take to show up in /sys/block (hot-plug, slow TCG guests).
-const DISK_WAIT: Duration = Duration::from_secs(10);
-const CRUN_TIMEOUT: Duration = Duration::from_secs(60);
 /// Finished execs kept per container (for late Wait/ReadStream calls) before pruning.
 const MAX_EXECS: usize = 128;
 /// Status reported for a process that ended without us seeing a status.
 const KILLED: u32 = 128 + 9;
-
-/// An error with the ttrpc code it should be answered with.
-#[derive(Debug)]
-pub struct Error {
-    pub code: ttrpc::Code,
-    pub message: String,
-}
-
-pub type Result<T> = std::result::Result<T, Error>;
-
-fn err<T>(code: ttrpc::Code, message: impl Into<String>) -> Result<T> {
-    Err(Error {
-        code,
-        message: message.into(),
-    })
-}
-
-fn internal(message: impl Into<String>) -> Error {
-    Error {
-        code: ttrpc::Code::INTERNAL,
-        message: message.into(),
-    }
-}
-
-impl From<Error> for ttrpc::Error {
-    fn from(e: Error) -> Self {
-        ttrpc::Error::RpcStatus(ttrpc::get_status(e.code, e.message))
-    }
-}
 
 /// Container and exec ids: `[A-Za-z0-9][A-Za-z0-9_.-]{0,127}` (they name files and cgroups).
 pub fn valid_id(id: &str) -> bool {
@@ -78,59 +48,6 @@ pub fn valid_id(id: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
 }
 
-/// Finds the block device whose virtio serial is `serial`, looking in a directory laid out
-/// like /sys/block/<dev>/serial. Never guesses by name.
-pub fn find_disk(sys_block: &Path, serial: &str) -> Option<PathBuf> {
-    if serial.is_empty() {
-        return None;
-    }
-    let mut names: Vec<_> = fs::read_dir(sys_block)
-        .ok()?
-        .flatten()
-        .map(|e| e.file_name())
-        .collect();
-    names.sort();
-    names.into_iter().find_map(|name| {
-        let found = fs::read_to_string(Path::new(sys_block).join(&name).join("serial"))
-            .map(|s| s.trim_end_matches(['\0', '\n', ' ']) == serial)
-            .unwrap_or(false);
-        found.then(|| Path::new("/dev").join(name))
-    })
-}
-
-fn wait_for_disk(serial: &str, what: &str) -> Result<PathBuf> {
-    if !serial
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        || serial.is_empty()
-        || serial.len() > 20
-    {
-        return err(
-            ttrpc::Code::INVALID_ARGUMENT,
-            format!("{what} serial {serial:?} is not a virtio-blk serial (1-20 of [A-Za-z0-9_-])"),
-        );
-    }
-    let deadline = Instant::now() + DISK_WAIT;
-    loop {
-        if let Some(dev) = find_disk(Path::new("/sys/block"), serial) {
-            // The sysfs entry can precede the device node by a moment.
-            if dev.exists() {
-                return Ok(dev);
-            }
-        }
-        if Instant::now() > deadline {
-            return err(
-                ttrpc::Code::NOT_FOUND,
-                format!(
-                    "{what}: no disk with serial {serial:?} appeared in /sys/block within {} s",
-                    DISK_WAIT.as_secs()
-                ),
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 fn now_ns() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -138,7 +55,7 @@ fn now_ns() -> u64 {
         .unwrap_or(0)
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -159,16 +76,16 @@ struct ExecSpec {
 
 /// One process: a container's init or an exec.
 pub struct Proc {
-    pid: Mutex<i32>,
+    pub(crate) pid: Mutex<i32>,
     exit: Mutex<Option<Exit>>,
     exited: Condvar,
     /// Exist from the start, so a ReadStream before StartProcess waits for output.
-    stdout: Arc<StreamBuffer>,
-    stderr: Arc<StreamBuffer>,
+    pub(crate) stdout: Arc<StreamBuffer>,
+    pub(crate) stderr: Arc<StreamBuffer>,
     /// Our end of the process's stdin pipe (dropped by CloseStdin).
-    stdin: Mutex<Option<File>>,
+    pub(crate) stdin: Mutex<Option<File>>,
     /// The pty master, for a terminal process.
-    pty: Mutex<Option<File>>,
+    pub(crate) pty: Mutex<Option<File>>,
     pty_eof_sent: AtomicBool,
     /// None for a container's init.
     exec: Option<ExecSpec>,
@@ -799,100 +716,6 @@ impl Containers {
     }
 }
 
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Stats {
-    pub cpu_usage_ns: u64,
-    pub memory_usage_bytes: u64,
-    /// 0 when unlimited ("max").
-    pub memory_limit_bytes: u64,
-    pub pids_current: u64,
-}
-
-/// Reads a cgroup v2 directory's usage; missing files read as 0.
-pub fn read_stats(cgroup: &Path) -> Stats {
-    let read = |f: &str| fs::read_to_string(cgroup.join(f)).unwrap_or_default();
-    let number = |f: &str| read(f).trim().parse::<u64>().unwrap_or(0);
-    let usage_usec = read("cpu.stat")
-        .lines()
-        .find_map(|l| l.strip_prefix("usage_usec ")?.trim().parse::<u64>().ok())
-        .unwrap_or(0);
-    Stats {
-        cpu_usage_ns: usage_usec.saturating_mul(1000),
-        memory_usage_bytes: number("memory.current"),
-        memory_limit_bytes: number("memory.max"),
-        pids_current: number("pids.current"),
-    }
-}
-
-fn do_mount(
-    source: Option<&Path>,
-    target: &Path,
-    fstype: &str,
-    flags: MsFlags,
-    data: Option<&str>,
-) -> Result<()> {
-    let source = source
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from(fstype));
-    mount(Some(&source), target, Some(fstype), flags, data).map_err(|e| {
-        internal(format!(
-            "mount {fstype} {} on {}: {e}",
-            source.display(),
-            target.display()
-        ))
-    })
-}
-
-/// Unmounts one mount point, retrying briefly while busy, detaching as a last resort.
-fn unmount(target: &Path) -> nix::Result<()> {
-    for _ in 0..25 {
-        match umount2(target, MntFlags::empty()) {
-            Ok(()) => return Ok(()),
-            Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => return Ok(()), // not mounted
-            Err(nix::errno::Errno::EBUSY) => std::thread::sleep(Duration::from_millis(20)),
-            Err(e) => return Err(e),
-        }
-    }
-    umount2(target, MntFlags::MNT_DETACH)
-}
-
-/// Unmounts in reverse order (innermost last mounted first); errors are logged.
-fn unmount_all(mounts: &[PathBuf]) {
-    for m in mounts.iter().rev() {
-        if let Err(e) = unmount(m) {
-            crate::warn!("unmount {}: {e}", m.display());
-        }
-    }
-}
-
-/// Every pid in a cgroup and its descendants.
-pub fn cgroup_pids(cgroup: &Path) -> Vec<u32> {
-    let mut pids = Vec::new();
-    let mut dirs = vec![cgroup.to_path_buf()];
-    while let Some(d) = dirs.pop() {
-        if let Ok(text) = fs::read_to_string(d.join("cgroup.procs")) {
-            pids.extend(text.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
-        }
-        if let Ok(entries) = fs::read_dir(&d) {
-            dirs.extend(
-                entries
-                    .flatten()
-                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                    .map(|e| e.path()),
-            );
-        }
-    }
-    pids
-}
-
-fn oom_kills(cgroup: &Path) -> u64 {
-    fs::read_to_string(cgroup.join("memory.events"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok())
-        .unwrap_or(0)
-}
-
 /// One thread per process claims its exit from the reaper and wakes every waiter. `mark` was
 /// taken before crun started the process (see [`Reaper::watch_since`]).
 fn watch_exit(c: &Arc<Container>, p: Arc<Proc>, is_init: bool, mark: u64) {
@@ -929,311 +752,9 @@ fn watch_exit(c: &Arc<Container>, p: Arc<Proc>, is_init: bool, mark: u64) {
     }
 }
 
-fn crun_command(crun: &Path, log: Option<&Path>) -> Command {
-    let mut cmd = Command::new(crun);
-    cmd.arg("--root").arg(CRUN_ROOT);
-    if let Some(log) = log {
-        cmd.arg("--log")
-            .arg(format!("file:{}", log.display()))
-            .arg("--log-format=text");
-    }
-    cmd.env_clear().env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
-    cmd
-}
-
-/// Runs a short crun command to completion; its stderr becomes the error message.
-fn run_crun(crun: &Path, args: &[&str]) -> Result<()> {
-    let mut cmd = crun_command(crun, None);
-    cmd.args(args);
-    match crate::reaper::spawn_and_wait(&mut cmd, CRUN_TIMEOUT) {
-        Ok(out) if out.status.success() => Ok(()),
-        Ok(out) => err(
-            ttrpc::Code::INTERNAL,
-            format!(
-                "crun {}: {}: {}",
-                args.join(" "),
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            ),
-        ),
-        Err(e) => err(
-            ttrpc::Code::INTERNAL,
-            format!("crun {}: {e}", args.join(" ")),
-        ),
-    }
-}
-
-static CONSOLE_SEQ: AtomicU64 = AtomicU64::new(0);
-
-/// A `crun create` or `crun exec --detach` whose process gets our pipes, or a pty whose
-/// master crun hands us over a console socket.
-struct CrunRun<'a> {
-    crun: &'a Path,
-    dir: &'a Path,
-    /// "init" or "exec-<id>": names the log file and the stream threads.
-    name: &'a str,
-    id: &'a str,
-    terminal: bool,
-    want_stdin: bool,
-    pid_file: &'a Path,
-}
-
-impl CrunRun<'_> {
-    /// Runs crun, attaches the process's stdio to `p` and sets its pid. Returns the reaper
-    /// mark taken before crun started (for [`watch_exit`]).
-    fn exec(&self, mut args: Vec<String>, p: &Proc) -> Result<u64> {
-        let reaper = Reaper::get().ok_or_else(|| internal("no reaper"))?;
-        let log = self.dir.join(format!("{}.crun.log", self.name));
-        let _ = fs::remove_file(self.pid_file);
-        let _ = fs::remove_file(&log);
-        let console = Path::new(CONSOLE_DIR).join(format!(
-            "{}.sock",
-            CONSOLE_SEQ.fetch_add(1, Ordering::SeqCst)
-        ));
-        let listener = if self.terminal {
-            fs::create_dir_all(CONSOLE_DIR)
-                .map_err(|e| internal(format!("mkdir {CONSOLE_DIR}: {e}")))?;
-            let _ = fs::remove_file(&console);
-            let l = UnixListener::bind(&console)
-                .map_err(|e| internal(format!("console socket {}: {e}", console.display())))?;
-            l.set_nonblocking(true)
-                .map_err(|e| internal(format!("console socket: {e}")))?;
-            args.push("--console-socket".into());
-            args.push(console.display().to_string());
-            Some(l)
-        } else {
-            None
-        };
-        args.push(self.id.to_string());
-        let mut cmd = crun_command(self.crun, Some(&log));
-        cmd.args(&args);
-        if self.terminal {
-            cmd.stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null());
-        } else {
-            cmd.stdin(if self.want_stdin {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        }
-        let mark = reaper.mark();
-        let spawned = reaper.spawn(&mut cmd);
-        let result = spawned
-            .map_err(|e| internal(format!("spawn {}: {e}", self.crun.display())))
-            .and_then(|mut child| {
-                let crun_pid = child.id() as i32;
-                // Our copies of the pipe ends the process writes to must be gone (std closes
-                // them after spawn), or the streams would never reach EOF.
-                let stdin = child.stdin.take().map(|s| File::from(OwnedFd::from(s)));
-                let stdout = child.stdout.take().map(|s| File::from(OwnedFd::from(s)));
-                let stderr = child.stderr.take().map(|s| File::from(OwnedFd::from(s)));
-                let (status, pty) = match &listener {
-                    Some(l) => wait_with_console(reaper, crun_pid, l),
-                    None => (wait_crun(reaper, crun_pid), None),
-                };
-                let crun_log = || {
-                    let text = fs::read_to_string(&log).unwrap_or_default();
-                    let text = text.trim();
-                    if text.is_empty() {
-                        "(no log)".to_string()
-                    } else {
-                        text.to_string()
-                    }
-                };
-                match status {
-                    Ok(s) if s.success() => {}
-                    Ok(s) => {
-                        return err(
-                            ttrpc::Code::INTERNAL,
-                            format!("crun {} {}: {s}: {}", args[0], self.id, crun_log()),
-                        );
-                    }
-                    Err(e) => {
-                        return err(
-                            ttrpc::Code::INTERNAL,
-                            format!("crun {} {}: {e}", args[0], self.id),
-                        );
-                    }
-                }
-                let pid: i32 = fs::read_to_string(self.pid_file)
-                    .ok()
-                    .and_then(|s| s.trim().parse().ok())
-                    .filter(|p| *p > 0)
-                    .ok_or_else(|| {
-                        internal(format!(
-                            "crun {} wrote no pid file: {}",
-                            args[0],
-                            crun_log()
-                        ))
-                    })?;
-                if self.terminal {
-                    let Some(master) = pty else {
-                        return err(
-                            ttrpc::Code::INTERNAL,
-                            format!("crun {} sent no terminal: {}", args[0], crun_log()),
-                        );
-                    };
-                    let reader = master
-                        .try_clone()
-                        .map_err(|e| internal(format!("dup pty master: {e}")))?;
-                    p.stdout.pump(reader, &format!("{}-pty", self.name));
-                    p.stderr.close();
-                    *lock(&p.pty) = Some(master);
-                } else {
-                    match stdout {
-                        Some(f) => p.stdout.pump(f, &format!("{}-out", self.name)),
-                        None => p.stdout.close(),
-                    }
-                    match stderr {
-                        Some(f) => p.stderr.pump(f, &format!("{}-err", self.name)),
-                        None => p.stderr.close(),
-                    }
-                    *lock(&p.stdin) = stdin;
-                }
-                *lock(&p.pid) = pid;
-                Ok(mark)
-            });
-        if listener.is_some() {
-            let _ = fs::remove_file(&console);
-        }
-        if result.is_ok() {
-            let _ = fs::remove_file(&log);
-        }
-        result
-    }
-}
-
-/// Waits for crun to finish, killing it after [`CRUN_TIMEOUT`].
-fn wait_crun(
-    reaper: &Reaper,
-    pid: i32,
-) -> std::result::Result<ExitStatus, crate::reaper::WaitError> {
-    match reaper.wait_pid(pid, Some(CRUN_TIMEOUT)) {
-        Err(crate::reaper::WaitError::TimedOut(_)) => {
-            // SAFETY: kill(2) with plain integers; the pid is our unreaped child.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-            reaper.wait_pid(pid, None)?;
-            Err(crate::reaper::WaitError::TimedOut(pid))
-        }
-        other => other,
-    }
-}
-
-/// Accepts crun's console-socket connection and receives the pty master, while watching for
-/// crun to exit (it sends the fd before it exits, so after its exit one more accept is tried).
-fn wait_with_console(
-    reaper: &Reaper,
-    crun_pid: i32,
-    listener: &UnixListener,
-) -> (
-    std::result::Result<ExitStatus, crate::reaper::WaitError>,
-    Option<File>,
-) {
-    let deadline = Instant::now() + CRUN_TIMEOUT;
-    let mut pty = None;
-    let mut status = None;
-    while pty.is_none() {
-        match listener.accept() {
-            Ok((conn, _)) => {
-                pty = receive_fd(&conn);
-                if pty.is_none() {
-                    crate::warn!("console socket: a connection without a pty fd");
-                }
-                continue;
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(e) => {
-                crate::error!("console socket accept: {e}");
-                break;
-            }
-        }
-        if status.is_some() {
-            break; // crun is gone and nothing is queued: it sent nothing
-        }
-        if Instant::now() > deadline {
-            break;
-        }
-        match reaper.wait_pid(crun_pid, Some(Duration::from_millis(5))) {
-            Ok(st) => status = Some(st),
-            Err(crate::reaper::WaitError::TimedOut(_)) => {}
-            Err(e) => return (Err(e), pty),
-        }
-    }
-    let status = match status {
-        Some(s) => Ok(s),
-        None => wait_crun(reaper, crun_pid),
-    };
-    (status, pty)
-}
-
-/// Receives one fd sent with SCM_RIGHTS (crun's console socket protocol).
-fn receive_fd(conn: &std::os::unix::net::UnixStream) -> Option<File> {
-    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
-    let _ = conn.set_nonblocking(false);
-    let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
-    let mut buf = [0u8; 4096];
-    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
-    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 4]);
-    let msg = recvmsg::<()>(
-        conn.as_raw_fd(),
-        &mut iov,
-        Some(&mut space),
-        MsgFlags::MSG_CMSG_CLOEXEC,
-    )
-    .ok()?;
-    let mut first = None;
-    for cmsg in msg.cmsgs().ok()? {
-        if let ControlMessageOwned::ScmRights(fds) = cmsg {
-            for fd in fds {
-                // SAFETY: the kernel just gave us these descriptors; nothing else owns them.
-                let file = unsafe { File::from_raw_fd(fd) };
-                if first.is_none() {
-                    first = Some(file);
-                }
-            }
-        }
-    }
-    first
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn finds_disks_by_serial_only() {
-        let dir = std::env::temp_dir().join(format!("cloudhv-sysblock-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        for (name, serial) in [
-            ("vda", "cloudhv-rootfs"),
-            ("vdb", "s123\0\0"),
-            ("vdc", "i456\n"),
-            ("vdd", "i4567"),
-        ] {
-            fs::create_dir_all(dir.join(name)).unwrap();
-            fs::write(dir.join(name).join("serial"), serial).unwrap();
-        }
-        fs::create_dir_all(dir.join("loop0")).unwrap(); // no serial file
-        assert_eq!(find_disk(&dir, "i456"), Some(PathBuf::from("/dev/vdc")));
-        assert_eq!(find_disk(&dir, "i4567"), Some(PathBuf::from("/dev/vdd")));
-        assert_eq!(find_disk(&dir, "s123"), Some(PathBuf::from("/dev/vdb")));
-        assert_eq!(find_disk(&dir, "s12"), None, "no prefix matches");
-        assert_eq!(find_disk(&dir, ""), None);
-        assert_eq!(find_disk(&dir.join("missing"), "s123"), None);
-        fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn rejects_bad_serials_before_waiting() {
-        let e = wait_for_disk("../vda", "rootfs disk").unwrap_err();
-        assert_eq!(e.code, ttrpc::Code::INVALID_ARGUMENT);
-        assert!(wait_for_disk("", "x").is_err());
-        assert!(wait_for_disk(&"a".repeat(21), "x").is_err());
-    }
 
     #[test]
     fn validates_ids() {
@@ -1247,45 +768,6 @@ mod tests {
         assert!(!valid_id("a b"));
         assert!(!valid_id("é"));
         assert!(!valid_id(&"a".repeat(129)));
-    }
-
-    #[test]
-    fn reads_cgroup_v2_stats() {
-        let dir = std::env::temp_dir().join(format!("cloudhv-cgroup-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(dir.join("sub")).unwrap();
-        fs::write(
-            dir.join("cpu.stat"),
-            "usage_usec 1500\nuser_usec 1000\nsystem_usec 500\n",
-        )
-        .unwrap();
-        fs::write(dir.join("memory.current"), "4096\n").unwrap();
-        fs::write(dir.join("memory.max"), "max\n").unwrap();
-        fs::write(dir.join("pids.current"), "3\n").unwrap();
-        fs::write(dir.join("cgroup.procs"), "10\n11\n").unwrap();
-        fs::write(dir.join("sub").join("cgroup.procs"), "12\n").unwrap();
-        fs::write(
-            dir.join("memory.events"),
-            "low 0\nhigh 0\nmax 2\noom 1\noom_kill 1\n",
-        )
-        .unwrap();
-        assert_eq!(
-            read_stats(&dir),
-            Stats {
-                cpu_usage_ns: 1_500_000,
-                memory_usage_bytes: 4096,
-                memory_limit_bytes: 0,
-                pids_current: 3
-            }
-        );
-        fs::write(dir.join("memory.max"), "1048576\n").unwrap();
-        assert_eq!(read_stats(&dir).memory_limit_bytes, 1_048_576);
-        let mut pids = cgroup_pids(&dir);
-        pids.sort();
-        assert_eq!(pids, [10, 11, 12]);
-        assert_eq!(oom_kills(&dir), 1);
-        assert_eq!(read_stats(&dir.join("missing")), Stats::default());
-        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

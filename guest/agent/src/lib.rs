@@ -4,13 +4,18 @@
 
 #[macro_use]
 pub mod log;
+pub mod console;
 pub mod container;
+pub mod crun;
+pub mod error;
+pub mod mounts;
 pub mod network;
 pub mod reaper;
 pub mod serial;
 pub mod service;
 pub mod setup;
 pub mod spec;
+pub mod stats;
 pub mod stream;
 pub mod volumes;
 pub mod vsock;

@@ -7,7 +7,7 @@ use std::fs;
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
-use crate::container::Error;
+use crate::error::Error;
 
 fn fail<T>(message: String) -> Result<T, Error> {
     Err(Error {

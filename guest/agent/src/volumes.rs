@@ -41,7 +41,7 @@ use nix::fcntl::{AtFlags, OFlag, openat, readlinkat, renameat};
 use nix::sys::stat::{Mode, SFlag, fchmod, fstat, fstatat, mkdirat};
 use nix::unistd::{UnlinkatFlags, ftruncate, symlinkat, unlinkat};
 
-use crate::container::Error;
+use crate::error::Error;
 
 pub const VOLUMES_ROOT: &str = "/run/cloudhv/volumes";
 /// kubelet's atomic writer points this link at the current timestamped data directory.
