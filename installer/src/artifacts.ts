@@ -10,6 +10,7 @@ import { z } from "zod";
 import { atomicSymlink, atomicWrite, exists, sha256File } from "./fsutil.js";
 import {
   BIN_DIR,
+  CLI_LAUNCHER,
   CLOUD_HYPERVISOR,
   CURRENT_LINK,
   type HostRoot,
@@ -27,6 +28,7 @@ export const MANIFEST = "manifest.json";
 export const REQUIRED_FILES = [
   "node/bin/node",
   "shim/dist/src/bin/shim.js",
+  "shim/dist/src/bin/cloudhv.js",
   "vmlinux",
   "rootfs.erofs",
 ] as const;
@@ -157,6 +159,17 @@ export function launcherScript(version: string): string {
   ].join("\n");
 }
 
+/** `/opt/cloudhv/bin/cloudhv`: the operator's command (`cloudhv doctor`) of this version. */
+export function cliLauncherScript(version: string): string {
+  const dir = `${VERSIONS_DIR}/${version}`;
+  return [
+    "#!/bin/sh",
+    `# cloudhv ${version} (cloudhv doctor): written by cloudhv-installer, replaced on upgrade.`,
+    `exec ${dir}/node/bin/node ${dir}/shim/dist/src/bin/cloudhv.js "$@"`,
+    "",
+  ].join("\n");
+}
+
 /** The version the launcher and the links point at now, if any. */
 export async function currentVersion(root: HostRoot): Promise<string | undefined> {
   return versionOfLink(root, CURRENT_LINK);
@@ -173,7 +186,7 @@ async function versionOfLink(root: HostRoot, link: string): Promise<string | und
 
 /**
  * Makes `version` current: the kernel/rootfs links, the optional cloud-hypervisor link, the
- * launcher, then `current` (and `previous` → the version that was current before).
+ * launchers (the shim's and the `cloudhv` command), then `current` (and `previous` → the version that was current before).
  */
 export async function activate(root: HostRoot, version: string): Promise<{ previous: string | undefined }> {
   const before = await currentVersion(root);
@@ -185,6 +198,7 @@ export async function activate(root: HostRoot, version: string): Promise<{ previ
   if (await exists(path.join(dir, OPTIONAL_CLOUD_HYPERVISOR)))
     await atomicSymlink(`../${rel}/${OPTIONAL_CLOUD_HYPERVISOR}`, root.path(CLOUD_HYPERVISOR));
   await atomicWrite(root.path(LAUNCHER), launcherScript(version), 0o755);
+  await atomicWrite(root.path(CLI_LAUNCHER), cliLauncherScript(version), 0o755);
   await atomicSymlink(rel, root.path(CURRENT_LINK));
   const previous = before !== undefined && before !== version ? before : await previousVersion(root);
   if (previous !== undefined && previous !== version)

@@ -180,7 +180,12 @@ export interface PatchResult {
  * `containerd.runtimes.cloudhv` (and runc, when the file has no runtimes of its own — any
  * `runtimes` table replaces containerd's default one, so runc would otherwise vanish).
  */
-export function addRuntime(original: string, version: ConfigVersion, source: string): PatchResult {
+export function addRuntime(
+  original: string,
+  version: ConfigVersion,
+  source: string,
+  opts: { takeOver?: boolean } = {},
+): PatchResult {
   const base = stripBlock(original) ?? original;
   const doc = parseToml(base, source);
   const rtPath = runtimesPath(version);
@@ -202,12 +207,33 @@ export function addRuntime(original: string, version: ConfigVersion, source: str
   if (same(getPath(doc, [...rtPath, HANDLER]), cloudhvRuntime()) && base === original)
     return { text: original, method: "unchanged" };
 
-  if (HANDLER in existing)
-    return rewrite(expected, `${source} already defines a "${HANDLER}" runtime of its own`);
+  if (HANDLER in existing) {
+    const theirs = existing[HANDLER];
+    // Someone's table that is exactly ours (or our own earlier take-over): nothing to do.
+    if (same(theirs, cloudhvRuntime())) return { text: original, method: "unchanged" };
+    if (!opts.takeOver) throw foreignRuntime(source, theirs);
+    return rewrite(
+      expected,
+      `took over the "${HANDLER}" runtime defined in ${source} (${describeRuntime(theirs)}) because take-over was asked for (--take-over-runtime); uninstall puts the original back`,
+    );
+  }
   const text = appendBlock(base, renderBlock(tables, `the ${HANDLER} runtime (${RUNTIME_TYPE})`));
   const check = tryParse(text);
   if (check && same(check, expected)) return { text, method: text === original ? "unchanged" : "text" };
   return rewrite(expected, `appending tables to ${source} would not mean the same (inline tables?)`);
+}
+
+/** `runtime_type = "…"` of a runtime table, for messages. */
+export function describeRuntime(table: unknown): string {
+  const type = (table as { runtime_type?: unknown } | undefined)?.runtime_type;
+  return typeof type === "string" ? `runtime_type = ${JSON.stringify(type)}` : "no runtime_type";
+}
+
+/** The refusal for a `cloudhv` runtime the installer did not write. */
+export function foreignRuntime(source: string, table: unknown): ContainerdConfigError {
+  return new ContainerdConfigError(
+    `${source} already defines a "${HANDLER}" runtime (${describeRuntime(table)}) that cloudhv-installer did not write; it is not replaced silently. Remove or rename that runtime, or let cloudhv take it over with --take-over-runtime (chart: containerd.takeOverRuntime=true): the file is backed up first and uninstall restores it`,
+  );
 }
 
 /** Takes our runtime out of a file we patched but someone changed since. */
@@ -258,18 +284,22 @@ export function dropInConfig(): string {
   return `version = 3\n\n${renderBlock([[[...runtimesPath(3), HANDLER], cloudhvRuntime()]], `the ${HANDLER} runtime (${RUNTIME_TYPE})`)}`;
 }
 
+/** A path glob (`*`, `?`) as a regular expression; `*` does not cross `/`. */
+export function globToRegExp(glob: string): RegExp {
+  return new RegExp(
+    `^${glob
+      .split("")
+      .map((c) => (c === "*" ? "[^/]*" : c === "?" ? "[^/]" : c.replace(/[.+^${}()|\\[\]]/g, "\\$&")))
+      .join("")}$`,
+  );
+}
+
 /** Does one of `imports` (paths or `*` globs, relative to `configDir`) name `file`? */
 export function importsInclude(imports: readonly string[], file: string, configDir: string): boolean {
   return imports.some((entry) => {
     const abs = entry.startsWith("/") ? entry : `${configDir.replace(/\/$/, "")}/${entry}`;
     if (!abs.includes("*") && !abs.includes("?") && !abs.includes("[")) return abs === file;
-    const re = new RegExp(
-      `^${abs
-        .split("")
-        .map((c) => (c === "*" ? "[^/]*" : c === "?" ? "[^/]" : c.replace(/[.+^${}()|\\[\]]/g, "\\$&")))
-        .join("")}$`,
-    );
-    return re.test(file);
+    return globToRegExp(abs).test(file);
   });
 }
 
@@ -314,6 +344,11 @@ export function removeImport(current: string, file: string, source: string): Pat
     return { text: current, method: "unchanged" };
   doc.imports = doc.imports.filter((entry) => entry !== file);
   return rewrite(doc, `the imports line in ${source} was edited`);
+}
+
+/** Is `table` exactly the runtime the installer registers? */
+export function isOurRuntime(table: unknown): boolean {
+  return same(table, cloudhvRuntime());
 }
 
 /** Is our runtime registered, as we would register it, in this parsed config? */

@@ -1,17 +1,21 @@
 // install / uninstall / status: the installer's three jobs, as functions the CLI and the tests
 // call. The order matters and is the same every time:
-//   install:   artifacts → runtime config → containerd config (backed up first) → restart and
-//              wait for the handler → (roll the config back if containerd does not come up) →
-//              node label → prune old versions
-//   uninstall: node label off → containerd config restored → restart → files removed
-// Everything the installer changed on the node is recorded in installer-state.json before the
-// change is made, so an interrupted run can always be undone by the next one.
+//   install:   check everything (runtime config, bundle, containerd's config, host tools) →
+//              state file → artifacts → runtime config → containerd config (backed up first) →
+//              restart and wait for the handler (roll everything back if containerd does not
+//              come up) → node label → prune old versions
+//   uninstall: "uninstalling" in the state → node label off → containerd config restored →
+//              restart → what the installer created removed → node label off again
+// Everything the installer changes on the node is recorded in installer-state.json before the
+// change is made, so an interrupted run can always be undone by the next one, and uninstall
+// removes only what the state says the installer created.
 import { mkdir, readdir, readFile, rm, rmdir, stat } from "node:fs/promises";
 import path from "node:path";
-import { parseConfig } from "@cloudhv/shim";
+import { parseConfig, type RuntimeConfig } from "@cloudhv/shim";
 import type { Logger } from "pino";
 import { z } from "zod";
 import {
+  ArtifactError,
   activate,
   currentVersion,
   installVersion,
@@ -21,52 +25,78 @@ import {
   previousVersion,
   pruneVersions,
   readManifest,
+  verifyBundle,
 } from "./artifacts.js";
 import {
   addImport,
   addRuntime,
+  BLOCK_BEGIN,
   type ConfigVersion,
+  ContainerdConfigError,
   cloudhvRuntime,
+  describeRuntime,
   dropInConfig,
-  hasRuntime,
+  foreignRuntime,
+  isOurRuntime,
   newConfig,
-  parseToml,
   removeImport,
   removeRuntime,
   renderBlock,
   runtimesPath,
   stripBlock,
 } from "./containerd-config.js";
+import { criTableOwner, effectiveRuntime, loadWithImports, ownerDefinitions } from "./containerd-imports.js";
 import { type ContainerdTarget, DEFAULT_CONFIG, DROP_IN, detectTarget } from "./containerd-target.js";
 import { criStatus } from "./cri-status.js";
+import { CodedError, EXIT, type ExitCode } from "./exit-codes.js";
 import { atomicSymlink, atomicWrite, exists, readIfExists, removeFile, sha256 } from "./fsutil.js";
+import { checkHostTools, requiredTools } from "./host-tools.js";
+import type { NodeEvents } from "./kube.js";
 import type { NodeLabeler } from "./node-label.js";
 import {
   BACKUP_DIR,
-  CACHE_DIR,
+  BIN_DIR,
+  CLI_LAUNCHER,
+  CLOUD_HYPERVISOR,
+  CURRENT_LINK,
   HANDLER,
   type HostRoot,
   INSTALL_DIR,
+  KERNEL,
   LAUNCHER,
   NODE_LABEL,
   NODE_LABEL_VALUE,
   PATH_LINK,
+  PREVIOUS_LINK,
+  ROOTFS,
   RUNTIME_CONFIG,
   RUNTIME_TYPE,
-  STATE_DIR,
   STATE_FILE,
+  VERSIONS_DIR,
 } from "./paths.js";
-import { healthProblem, type Restarter, waitHealthy } from "./restart.js";
+import {
+  HealthError,
+  healthProblem,
+  RestartError,
+  type Restarter,
+  readProc,
+  waitHealthy,
+} from "./restart.js";
 
-export class InstallError extends Error {
+export class InstallError extends CodedError {
   override readonly name = "InstallError";
+  constructor(message: string, exitCode: ExitCode = EXIT.FAILED) {
+    super(message, exitCode);
+  }
 }
+
+const hostPath = z.string().startsWith("/");
 
 const fileSchema = z.strictObject({
   /** Host path of a file we wrote. */
-  path: z.string().startsWith("/"),
+  path: hostPath,
   /** Host path of the byte-for-byte copy from before our first change; null: it did not exist. */
-  backup: z.string().startsWith("/").nullable(),
+  backup: hostPath.nullable(),
   /** sha256 of what we wrote: if the file still has it, nobody changed it since. */
   written: z.string().regex(/^[0-9a-f]{64}$/),
   kind: z.enum(["config", "drop-in", "template"]),
@@ -79,8 +109,16 @@ const stateSchema = z.strictObject({
   configVersion: z.union([z.literal(1), z.literal(2), z.literal(3)]),
   files: z.array(fileSchema),
   pathLink: z.boolean(),
-  /** Directories we created for config files (conf.d/): removed again when empty. */
-  createdDirs: z.array(z.string().startsWith("/")).default([]),
+  /** Directories the installer created around its files (conf.d/, /opt): removed again when empty. */
+  createdDirs: z.array(hostPath).default([]),
+  /**
+   * Directories the installer created whose whole content is cloudhv's (/opt/cloudhv, the
+   * shim's state, cache and scratch directories): removed with their content on uninstall.
+   * Absent in states written before it existed: then /opt/cloudhv counts as created.
+   */
+  ownedDirs: z.array(hostPath).optional(),
+  /** Set by uninstall before it changes anything; install and the DaemonSet's watch stand back. */
+  uninstalling: z.strictObject({ pid: z.number().int(), since: z.string() }).optional(),
   updatedAt: z.string(),
 });
 
@@ -95,13 +133,15 @@ export async function readState(root: HostRoot): Promise<InstallerState | undefi
     doc = JSON.parse(text.toString("utf8"));
   } catch (err) {
     throw new InstallError(
-      `${root.path(STATE_FILE)} is not JSON (${(err as Error).message}); it records what to undo: fix or remove it by hand`,
+      `${STATE_FILE} is not JSON (${(err as Error).message}); it records what to undo: fix or remove it by hand`,
+      EXIT.HOST,
     );
   }
   const parsed = stateSchema.safeParse(doc);
   if (!parsed.success)
     throw new InstallError(
-      `${root.path(STATE_FILE)} is not an installer state: ${z.prettifyError(parsed.error).replaceAll("\n", " ")}`,
+      `${STATE_FILE} is not an installer state: ${z.prettifyError(parsed.error).replaceAll("\n", " ")}`,
+      EXIT.HOST,
     );
   return parsed.data;
 }
@@ -116,17 +156,23 @@ async function writeState(root: HostRoot, state: InstallerState): Promise<void> 
 export interface CommonOptions {
   root: HostRoot;
   log: Logger;
-  /** undefined: `--restart none`. */
+  /** undefined: containerd is not restarted (`--restart none`, or `auto` found no way to). */
   restarter?: Restarter | undefined;
+  /** Why this restart mode (logged with the pending-restart message). */
+  restartWhy?: string | undefined;
   /** Local path of containerd's socket (default: the config's, under the host root). */
   containerdAddress?: string | undefined;
   /** Kubernetes node to label; undefined: labeling is skipped (and said so). */
   nodeName?: string | undefined;
   labeler?: NodeLabeler | undefined;
+  /** Kubernetes Events on the node (what the admin must do); optional. */
+  events?: NodeEvents | undefined;
   healthTimeoutMs?: number;
   /** containerd config (host path) when not the default; plain containerd only. */
   containerdConfig?: string | undefined;
   configVersion?: ConfigVersion | undefined;
+  /** The host's /proc as seen here (tests); default /proc. */
+  proc?: string;
 }
 
 export interface InstallOptions extends CommonOptions {
@@ -134,6 +180,12 @@ export interface InstallOptions extends CommonOptions {
   artifacts: string;
   /** Runtime config (config.json) values; validated with the shim's own schema. */
   runtimeConfig?: Record<string, unknown>;
+  /** Replace a `cloudhv` runtime someone else defined in containerd's config (else: refuse). */
+  takeOverRuntime?: boolean;
+  /** false: skip the host tools check (default: check). */
+  checkHostTools?: boolean;
+  /** true: a failed node label is logged, not thrown (the DaemonSet's watch retries it). */
+  labelLater?: boolean;
 }
 
 export interface FileChange {
@@ -144,6 +196,8 @@ export interface FileChange {
   /** undefined: remove the file. */
   after: string | undefined;
   method: string;
+  /** Why this file, or why a rewrite (for the log). */
+  note?: string | undefined;
 }
 
 export interface InstallResult {
@@ -153,6 +207,8 @@ export interface InstallResult {
   target: ContainerdTarget;
   changes: FileChange[];
   restarted: boolean;
+  /** containerd serves the cloudhv handler now. */
+  live: boolean;
   labeled: boolean;
   pruned: string[];
 }
@@ -161,8 +217,15 @@ function localAddress(opts: CommonOptions, target: ContainerdTarget): string {
   return opts.containerdAddress ?? opts.root.path(target.address);
 }
 
-/** The files to write so that `target` has our runtime. */
-export async function planInstall(root: HostRoot, target: ContainerdTarget): Promise<FileChange[]> {
+/** A `cloudhv` table in a k3s/rke2 template outside our block: templates cannot be taken over. */
+const TEMPLATE_RUNTIME = /runtimes\.(?:cloudhv|"cloudhv")\s*\]/;
+
+/** The files to write so that `target` has our runtime; throws when that cannot be done safely. */
+export async function planInstall(
+  root: HostRoot,
+  target: ContainerdTarget,
+  opts: { takeOverRuntime?: boolean | undefined } = {},
+): Promise<FileChange[]> {
   const before = await readIfExists(root.path(target.configPath));
   const text = before?.toString("utf8");
   const changes: FileChange[] = [];
@@ -172,13 +235,18 @@ export async function planInstall(root: HostRoot, target: ContainerdTarget): Pro
     b: Buffer | undefined,
     after: string,
     method: string,
+    note?: string,
   ) => {
     if (b === undefined || b.toString("utf8") !== after)
-      changes.push({ path: p, kind, before: b, after, method });
+      changes.push({ path: p, kind, before: b, after, method, note });
   };
   if (target.flavor !== "containerd") {
     // A Go template, not TOML: keep the owner's text (or containerd's base) and append our block.
     const base = text === undefined ? '{{ template "base" . }}\n' : (stripBlock(text) ?? text);
+    if (TEMPLATE_RUNTIME.test(base))
+      throw new ContainerdConfigError(
+        `${target.configPath} (${target.flavor}'s containerd template) already defines a "${HANDLER}" runtime that cloudhv-installer did not write; a template cannot be taken over: remove or rename that runtime there`,
+      );
     const block = renderBlock(
       [[[...runtimesPath(target.version), HANDLER], cloudhvRuntime()]],
       `the ${HANDLER} runtime (${RUNTIME_TYPE})`,
@@ -196,17 +264,50 @@ export async function planInstall(root: HostRoot, target: ContainerdTarget): Pro
     push(target.configPath, "config", undefined, newConfig(target.version), "created");
     return changes;
   }
-  const source = root.path(target.configPath);
-  if (target.version === 3 && !hasRuntime(parseToml(text, source), 3)) {
-    const dropIn = dropInPath(target.configPath);
-    const current = await readIfExists(root.path(dropIn));
-    push(dropIn, "drop-in", current, dropInConfig(), "drop-in");
-    const patched = addImport(text, dropIn, path.dirname(target.configPath), source);
-    push(target.configPath, "config", before, patched.text, patched.method);
+  // A file this installer created: already what it should be.
+  if (text === newConfig(target.version)) return changes;
+  const loaded = await loadWithImports(root, target.configPath, text);
+  if (loaded.missing.length > 0)
+    throw new ContainerdConfigError(
+      `${target.configPath} imports ${loaded.missing.join(", ")}, which does not exist: containerd cannot load this config; fix the imports first`,
+    );
+  const takeOver = opts.takeOverRuntime === true;
+  const patchFile = (file: { path: string; text: string }, note?: string) => {
+    const patched = addRuntime(file.text, target.version, file.path, { takeOver });
+    push(file.path, "config", Buffer.from(file.text), patched.text, patched.method, patched.note ?? note);
+  };
+  if (target.version !== 3) {
+    // containerd 1.x: the CRI runtimes are in the last file with the CRI plugin's table.
+    const owner = criTableOwner(loaded, target.version);
+    if (owner && owner.path !== target.configPath)
+      patchFile(
+        owner,
+        `${owner.path} (imported by ${target.configPath}) holds the CRI plugin's table, which replaces the main file's in containerd 1.x: the runtime goes there`,
+      );
+    else patchFile({ path: target.configPath, text });
     return changes;
   }
-  const patched = addRuntime(text, target.version, source);
-  push(target.configPath, "config", before, patched.text, patched.method);
+  // containerd 2.x merges imports deeply: a drop-in, unless a `cloudhv` runtime is defined somewhere.
+  const defs = ownerDefinitions(loaded, 3);
+  const foreign = defs.filter((d) => !isOurRuntime(d.table));
+  const identical = defs.filter((d) => !foreign.includes(d));
+  if (foreign.length > 1)
+    throw new ContainerdConfigError(
+      `a "${HANDLER}" runtime is defined in ${foreign.map((d) => `${d.file} (${describeRuntime(d.table)})`).join(" and ")}; cloudhv-installer did not write them and does not replace them: remove them`,
+    );
+  if (foreign.length === 1) {
+    const def = foreign[0] as (typeof foreign)[number];
+    if (!takeOver) throw foreignRuntime(def.file, def.table);
+    const file = loaded.files.find((f) => f.path === def.file);
+    if (file) patchFile(file);
+    return changes;
+  }
+  if (identical.length > 0) return changes;
+  const dropIn = dropInPath(target.configPath);
+  const current = await readIfExists(root.path(dropIn));
+  push(dropIn, "drop-in", current, dropInConfig(), "drop-in");
+  const patched = addImport(text, dropIn, path.dirname(target.configPath), target.configPath);
+  push(target.configPath, "config", before, patched.text, patched.method, patched.note);
   return changes;
 }
 
@@ -217,8 +318,8 @@ export function dropInPath(configPath: string): string {
     : path.join(path.dirname(configPath), "conf.d", "cloudhv.toml");
 }
 
-function backupPath(hostPath: string): string {
-  return `${BACKUP_DIR}/${hostPath.replace(/^\//, "").replaceAll("/", "__")}`;
+function backupPath(hostFile: string): string {
+  return `${BACKUP_DIR}/${hostFile.replace(/^\//, "").replaceAll("/", "__")}`;
 }
 
 async function applyChanges(
@@ -261,144 +362,369 @@ async function restartAndWait(
   opts.log.info({ ms: Date.now() - started, handler: handler ? "live" : "gone" }, "containerd is healthy");
 }
 
-/** Is the handler live right now (without restarting)? undefined: containerd did not answer. */
-async function handlerLive(opts: CommonOptions, target: ContainerdTarget): Promise<boolean | undefined> {
+/** Does containerd serve the handler right now? undefined: containerd did not answer. */
+export async function handlerLiveAt(address: string): Promise<boolean | undefined> {
   try {
-    return healthProblem(await criStatus(localAddress(opts, target), 3000), true) === undefined;
+    return healthProblem(await criStatus(address, 3000), true) === undefined;
   } catch {
     return undefined;
   }
 }
 
+function handlerLive(opts: CommonOptions, target: ContainerdTarget): Promise<boolean | undefined> {
+  return handlerLiveAt(localAddress(opts, target));
+}
+
+/** Directories cloudhv may never remove as a whole, whoever created them. */
+const PROTECTED_DIRS = new Set([
+  "/",
+  "/bin",
+  "/boot",
+  "/dev",
+  "/etc",
+  "/etc/containerd",
+  "/home",
+  "/lib",
+  "/lib64",
+  "/media",
+  "/mnt",
+  "/opt",
+  "/proc",
+  "/root",
+  "/run",
+  "/run/containerd",
+  "/sbin",
+  "/srv",
+  "/sys",
+  "/tmp",
+  "/usr",
+  "/usr/bin",
+  "/usr/lib",
+  "/usr/local",
+  "/usr/local/bin",
+  "/usr/sbin",
+  "/var",
+  "/var/lib",
+  "/var/lib/containerd",
+  "/var/log",
+  "/var/run",
+  "/var/tmp",
+]);
+
+/** The shim's directories of a runtime config, checked: absolute, normalized, not a system directory. */
+function runtimeDirs(config: RuntimeConfig): Array<{ key: string; dir: string }> {
+  const dirs = [
+    { key: "state_dir", dir: config.state_dir },
+    { key: "cache_dir", dir: config.cache_dir },
+    { key: "scratch_dir", dir: config.scratch_dir },
+  ];
+  for (const { key, dir } of dirs) {
+    if (
+      !path.posix.isAbsolute(dir) ||
+      path.posix.normalize(dir) !== dir.replace(/\/+$/, "") ||
+      dir.includes("/../")
+    )
+      throw new InstallError(
+        `runtime config ${key} = ${JSON.stringify(dir)}: must be an absolute, normalized path`,
+        EXIT.INVALID_INPUT,
+      );
+    if (PROTECTED_DIRS.has(path.posix.normalize(dir)))
+      throw new InstallError(
+        `runtime config ${key} = ${JSON.stringify(dir)} is a system directory; cloudhv needs a directory of its own there (e.g. ${path.posix.join(dir, "cloudhv")})`,
+        EXIT.INVALID_INPUT,
+      );
+  }
+  return dirs.map((d) => ({ ...d, dir: path.posix.normalize(d.dir) }));
+}
+
+/** `dir` and its missing ancestors, outermost first (host paths). */
+async function missingChain(root: HostRoot, dir: string): Promise<string[]> {
+  const out: string[] = [];
+  for (let d = dir; d !== "/"; d = path.posix.dirname(d)) {
+    if (await exists(root.path(d))) break;
+    out.unshift(d);
+  }
+  return out;
+}
+
+/** Is the uninstall that marked the state still running (its pid alive, running `uninstall`)? */
+async function uninstallRunning(mark: { pid: number }, proc = "/proc"): Promise<boolean> {
+  if (mark.pid === process.pid) return false;
+  const p = await readProc(proc, mark.pid);
+  return p?.argv.includes("uninstall") ?? false;
+}
+
+/** What the installer created, removed: the file part of uninstall, and the undo of a failed first install. */
+async function removeCreated(
+  root: HostRoot,
+  state: Pick<InstallerState, "createdDirs" | "ownedDirs" | "pathLink">,
+  log: Logger,
+  keep: readonly string[] = [],
+): Promise<void> {
+  if (state.pathLink && (await isLinkTo(root, PATH_LINK, LAUNCHER))) await removeFile(root.path(PATH_LINK));
+  const owned = state.ownedDirs ?? [INSTALL_DIR];
+  if (owned.includes(INSTALL_DIR)) await rm(root.path(INSTALL_DIR), { recursive: true, force: true });
+  else {
+    // /opt/cloudhv was there before the installer: only the installer's own entries go.
+    for (const entry of [
+      VERSIONS_DIR,
+      BACKUP_DIR,
+      LAUNCHER,
+      CLI_LAUNCHER,
+      CLOUD_HYPERVISOR,
+      CURRENT_LINK,
+      PREVIOUS_LINK,
+      KERNEL,
+      ROOTFS,
+      RUNTIME_CONFIG,
+      STATE_FILE,
+    ])
+      await rm(root.path(entry), { recursive: true, force: true });
+    await rmdir(root.path(BIN_DIR)).catch(() => undefined);
+  }
+  for (const dir of owned) {
+    if (dir === INSTALL_DIR) continue;
+    if (keep.includes(dir)) {
+      log.info({ dir }, "kept (--keep-cache)");
+      continue;
+    }
+    if (PROTECTED_DIRS.has(path.posix.normalize(dir)) || !path.posix.isAbsolute(dir) || dir.includes("..")) {
+      log.error(
+        { dir },
+        "refusing to remove a system directory the state names; remove what cloudhv left there by hand",
+      );
+      continue;
+    }
+    await rm(root.path(dir), { recursive: true, force: true });
+  }
+  for (const dir of [...state.createdDirs].sort((a, b) => b.length - a.length))
+    await rmdir(root.path(dir)).catch(() => undefined);
+}
+
 export async function install(opts: InstallOptions): Promise<InstallResult> {
   const { root, log } = opts;
   const started = Date.now();
-  if (!(await exists(root.root))) throw new InstallError(`host root ${root.root} does not exist`);
+  if (!(await exists(root.root))) throw new InstallError(`host root ${root.root} does not exist`, EXIT.HOST);
   const previousState = await readState(root);
+  if (previousState?.uninstalling) {
+    const mark = previousState.uninstalling;
+    if (await uninstallRunning(mark, opts.proc))
+      throw new InstallError(
+        `an uninstall (pid ${mark.pid}, since ${mark.since}) is running on this node: not installing (helm uninstall removes this installer next)`,
+        EXIT.UNINSTALL_IN_PROGRESS,
+      );
+    log.warn({ since: mark.since }, "an earlier uninstall did not finish; installing over what it left");
+  }
 
-  // 1. The runtime config, validated by the shim's own schema before anything is copied.
+  // 1. Everything is checked before anything on the node changes.
   const runtimeConfig = opts.runtimeConfig ?? {};
-  parseConfig(runtimeConfig, "the runtime config given to the installer");
+  const config = parseConfig(runtimeConfig, "the runtime config given to the installer");
+  const dirs = runtimeDirs(config);
   const manifest = await readManifest(opts.artifacts);
-
-  // Directories the node did not have (/opt, /usr/local/bin on a minimal root) go again on uninstall.
-  const createdDirs = [...(previousState?.createdDirs ?? [])];
-  for (const dir of [INSTALL_DIR, path.dirname(PATH_LINK)]) await noteMissing(root, dir, createdDirs);
-
-  // 2. Artifacts: copied whole into versions/<version>, then switched to atomically.
-  const installed = await installVersion(root, opts.artifacts);
-  log.info(
-    { version: installed.version, copied: installed.copied, dir: installed.dir },
-    "artifacts in place",
-  );
-  await atomicWrite(root.path(RUNTIME_CONFIG), `${JSON.stringify(runtimeConfig, null, 2)}\n`);
-  const { previous } = await activate(root, manifest.version);
-  // ctr run --runtime io.containerd.cloudhv.v1 finds the shim on containerd's PATH; never take
-  // over a file that is not ours.
-  const linkFile = root.path(PATH_LINK);
-  let pathLink = previousState?.pathLink ?? false;
-  if (!(await exists(linkFile)) || (await isLinkTo(root, PATH_LINK, LAUNCHER))) {
-    await atomicSymlink(LAUNCHER, linkFile);
-    pathLink = true;
-  } else
-    log.warn(
-      { path: PATH_LINK },
-      "a file that is not ours is in the way; ctr run --runtime will not find the shim",
-    );
-
-  // 3. containerd's config: state first (with backups), then the files.
+  const damaged = await verifyBundle(opts.artifacts, manifest);
+  if (damaged) throw new ArtifactError(`artifact bundle ${opts.artifacts} is damaged: ${damaged}`);
   const target = await detectTarget(root, { configPath: opts.containerdConfig, version: opts.configVersion });
   if (
     previousState &&
     (previousState.flavor !== target.flavor || previousState.configVersion !== target.version)
   )
     log.warn({ was: previousState.flavor, now: target.flavor }, "containerd changed since the last install");
-  const changes = await planInstall(root, target);
-  const filesBefore = structuredClone(previousState?.files ?? []);
-  const files = structuredClone(filesBefore);
-  await mkdir(root.path(BACKUP_DIR), { recursive: true });
-  for (const change of changes) {
-    const known = files.find((f) => f.path === change.path);
-    const written = sha256(change.after ?? "");
-    if (known) {
-      known.written = written;
+  const changes = await planInstall(root, target, { takeOverRuntime: opts.takeOverRuntime });
+  if (opts.checkHostTools !== false)
+    await checkHostTools(root, await requiredTools(root, config, "bin/cloud-hypervisor" in manifest.files));
+  log.info(
+    { version: manifest.version, containerd: target.flavor, config: target.configPath },
+    "checks passed",
+  );
+
+  // 2. The state first: it names every directory this run creates, so a failure can take them back.
+  const createdDirs = [...(previousState?.createdDirs ?? [])];
+  const ownedDirs = [...(previousState?.ownedDirs ?? (previousState ? [INSTALL_DIR] : []))];
+  /** Directories this run creates: owned ones go with their content on undo, the rest when empty. */
+  const newDirs: Array<{ dir: string; owned: boolean }> = [];
+  const note = (list: string[], dir: string) => {
+    if (!list.includes(dir)) list.push(dir);
+    newDirs.push({ dir, owned: list === ownedDirs });
+  };
+  const installChain = await missingChain(root, INSTALL_DIR);
+  for (const d of installChain) note(d === INSTALL_DIR ? ownedDirs : createdDirs, d);
+  for (const d of await missingChain(root, path.posix.dirname(PATH_LINK))) note(createdDirs, d);
+  for (const { key, dir } of dirs) {
+    const chain = await missingChain(root, dir);
+    if (chain.length === 0) {
+      if (!ownedDirs.includes(dir)) log.info({ [key]: dir }, "existed before cloudhv: uninstall leaves it");
       continue;
     }
-    let backup: string | null = null;
-    if (change.before !== undefined) {
-      backup = backupPath(change.path);
-      await atomicWrite(root.path(backup), change.before, 0o600);
-    }
-    files.push({ path: change.path, backup, written, kind: change.kind });
+    for (const d of chain) note(d === dir ? ownedDirs : createdDirs, d);
   }
-  for (const change of changes) await noteMissing(root, path.dirname(change.path), createdDirs);
+  for (const c of changes)
+    for (const d of await missingChain(root, path.posix.dirname(c.path))) note(createdDirs, d);
+  const stateBefore = await readIfExists(root.path(STATE_FILE));
+  const filesBefore = structuredClone(previousState?.files ?? []);
   const state: InstallerState = {
     schema: 1,
     version: manifest.version,
     flavor: target.flavor,
     configVersion: target.version,
-    files,
-    pathLink,
+    files: structuredClone(filesBefore),
+    pathLink: previousState?.pathLink ?? false,
     createdDirs,
+    ownedDirs,
     updatedAt: "",
   };
-  await writeState(root, state);
-  await applyChanges(root, changes, true);
-  for (const c of changes) log.info({ file: c.path, method: c.method }, "containerd config updated");
+  const versionBefore = await currentVersion(root);
+  const previousBefore = await previousVersion(root);
+  const hadVersion = await exists(root.path(`${VERSIONS_DIR}/${manifest.version}`));
+  const configBefore = await readIfExists(root.path(RUNTIME_CONFIG));
+  const newBackups: string[] = [];
+
+  /** Takes back what this run did to the node (containerd's config included). */
+  const undo = async (configApplied: boolean) => {
+    try {
+      if (configApplied) await applyChanges(root, changes, false);
+      for (const b of newBackups) await removeFile(root.path(b));
+      if (!previousState) {
+        await removeCreated(root, state, log);
+        return;
+      }
+      if (!hadVersion)
+        await rm(root.path(`${VERSIONS_DIR}/${manifest.version}`), { recursive: true, force: true });
+      if (versionBefore && versionBefore !== manifest.version) {
+        await activate(root, versionBefore);
+        if (previousBefore) await atomicSymlink(`versions/${previousBefore}`, root.path(PREVIOUS_LINK));
+        else await removeFile(root.path(PREVIOUS_LINK));
+      }
+      if (configBefore) await atomicWrite(root.path(RUNTIME_CONFIG), configBefore);
+      if (stateBefore) await atomicWrite(root.path(STATE_FILE), stateBefore);
+      for (const d of [...newDirs].reverse())
+        if (d.owned) await rm(root.path(d.dir), { recursive: true, force: true });
+        else await rmdir(root.path(d.dir)).catch(() => undefined);
+    } catch (err) {
+      log.error({ err: (err as Error).message }, "could not take back everything this install did");
+    }
+  };
+
+  let installed: Awaited<ReturnType<typeof installVersion>>;
+  let previous: string | undefined;
+  try {
+    await mkdir(root.path(INSTALL_DIR), { recursive: true });
+    await writeState(root, state);
+    for (const { key, dir } of dirs)
+      await mkdir(root.path(dir), { recursive: true, mode: key === "scratch_dir" ? 0o700 : 0o755 });
+
+    // 3. Artifacts: copied whole into versions/<version>, then switched to atomically.
+    installed = await installVersion(root, opts.artifacts);
+    log.info(
+      { version: installed.version, copied: installed.copied, dir: installed.dir },
+      "artifacts in place",
+    );
+    await atomicWrite(root.path(RUNTIME_CONFIG), `${JSON.stringify(runtimeConfig, null, 2)}\n`);
+    ({ previous } = await activate(root, manifest.version));
+    // ctr run --runtime io.containerd.cloudhv.v1 finds the shim on containerd's PATH; never take
+    // over a file that is not ours.
+    const linkFile = root.path(PATH_LINK);
+    if (!(await exists(linkFile)) || (await isLinkTo(root, PATH_LINK, LAUNCHER))) {
+      await atomicSymlink(LAUNCHER, linkFile);
+      state.pathLink = true;
+    } else
+      log.warn(
+        { path: PATH_LINK },
+        "a file that is not ours is in the way; ctr run --runtime will not find the shim",
+      );
+
+    // 4. containerd's config: backups and state first, then the files.
+    await mkdir(root.path(BACKUP_DIR), { recursive: true });
+    for (const change of changes) {
+      const written = sha256(change.after ?? "");
+      const known = state.files.find((f) => f.path === change.path);
+      if (known) {
+        known.written = written;
+        continue;
+      }
+      let backup: string | null = null;
+      if (change.before !== undefined) {
+        backup = backupPath(change.path);
+        await atomicWrite(root.path(backup), change.before, 0o600);
+        newBackups.push(backup);
+      }
+      state.files.push({ path: change.path, backup, written, kind: change.kind });
+    }
+    await writeState(root, state);
+    await applyChanges(root, changes, true);
+  } catch (err) {
+    await undo(true);
+    throw err;
+  }
+  for (const c of changes) {
+    const fields = { file: c.path, method: c.method, ...(c.note ? { note: c.note } : {}) };
+    if (c.method === "rewritten")
+      log.warn(fields, "containerd config rewritten (comments are lost; the original is in the backup)");
+    else log.info(fields, "containerd config updated");
+  }
   if (changes.length === 0)
     log.info({ file: target.configPath }, "containerd config already has the runtime");
 
-  // 4. Restart and verify; roll back if containerd does not come up with our change.
+  // 5. Restart and verify; take everything back if containerd does not come up with our change.
   let restarted = false;
+  let live = false;
   if (opts.restarter) {
     const needRestart = changes.length > 0 || (await handlerLive(opts, target)) !== true;
     if (needRestart) {
       try {
         await restartAndWait(opts, target, true);
         restarted = true;
+        live = true;
       } catch (err) {
-        const why = (err as Error).message;
-        log.error({ err: why }, "containerd did not come up with the runtime; rolling the config back");
-        await applyChanges(root, changes, false);
-        // The state must say what is on disk again: what it said before this run.
-        await writeState(root, { ...state, files: filesBefore });
-        for (const c of changes)
-          if (!filesBefore.some((f) => f.path === c.path)) await removeFile(root.path(backupPath(c.path)));
-        try {
-          await restartAndWait(opts, target, false);
-        } catch (again) {
-          throw new InstallError(
-            `containerd did not come up with the cloudhv runtime (${why}); the previous config was restored, but containerd is still not healthy: ${(again as Error).message}`,
-          );
-        }
-        throw new InstallError(
-          `containerd did not come up with the cloudhv runtime (${why}); the previous config was restored and containerd is healthy again`,
+        throw await failedRestart(
+          opts,
+          target,
+          err,
+          async () => {
+            await applyChanges(root, changes, false);
+            // The state must say what is on disk again: what it said before this run.
+            await writeState(root, { ...state, files: filesBefore });
+          },
+          () => undo(false),
         );
       }
-    } else log.info("the cloudhv handler is already live; containerd not restarted");
-  } else if (changes.length > 0)
-    log.info("containerd not restarted (--restart none): the runtime is live after its next restart");
+    } else {
+      live = true;
+      log.info("the cloudhv handler is already live; containerd not restarted");
+    }
+  } else live = (await handlerLive(opts, target)) === true;
 
-  // 5. The label, only once the handler is live.
+  // 6. The label, only once the handler is live; otherwise say what the admin must do.
   let labeled = false;
-  if (!opts.nodeName) log.info("NODE_NAME is not set: node labeling skipped");
-  else if (!opts.restarter && (await handlerLive(opts, target)) !== true)
-    log.warn(
-      { node: opts.nodeName },
-      "containerd does not serve the cloudhv handler yet (--restart none): node labeling skipped",
-    );
+  let labelError: Error | undefined;
+  if (!live) await pendingRestart(opts, target, changes.length > 0);
+  else if (!opts.nodeName) log.info("NODE_NAME is not set: node labeling skipped");
   else if (opts.labeler) {
-    await opts.labeler.set(opts.nodeName);
-    labeled = true;
-    log.info({ node: opts.nodeName, label: `${NODE_LABEL}=${NODE_LABEL_VALUE}` }, "node labeled");
+    try {
+      await opts.labeler.set(opts.nodeName);
+      labeled = true;
+      log.info({ node: opts.nodeName, label: `${NODE_LABEL}=${NODE_LABEL_VALUE}` }, "node labeled");
+    } catch (err) {
+      labelError = err as Error;
+      log.warn(
+        { err: labelError.message },
+        "cloudhv is installed and live, but the node could not be labeled",
+      );
+    }
   }
 
-  // 6. Old versions go once nothing runs from them; current and previous always stay.
+  // 7. Old versions go once nothing runs from them; current and previous always stay.
   const keep = [manifest.version, ...(previous ? [previous] : [])];
-  const pruned = await pruneVersions(root, keep);
-  if (pruned.inUse.length)
-    log.info({ versions: pruned.inUse }, "older versions still serve running pods; kept");
-  log.info({ version: manifest.version, ms: Date.now() - started }, "cloudhv installed");
+  let pruned: string[] = [];
+  try {
+    const result = await pruneVersions(root, keep);
+    pruned = result.removed;
+    if (result.inUse.length)
+      log.info({ versions: result.inUse }, "older versions still serve running pods; kept");
+  } catch (err) {
+    log.warn({ err: (err as Error).message }, "could not remove old versions (the next install tries again)");
+  }
+  log.info({ version: manifest.version, live, ms: Date.now() - started }, "cloudhv installed");
+  if (labelError && !opts.labelLater) throw labelError;
   return {
     version: manifest.version,
     copied: installed.copied,
@@ -406,9 +732,74 @@ export async function install(opts: InstallOptions): Promise<InstallResult> {
     target,
     changes,
     restarted,
+    live,
     labeled,
-    pruned: pruned.removed,
+    pruned,
   };
+}
+
+/** The log line and Event that tell the admin containerd must be restarted. */
+async function pendingRestart(
+  opts: CommonOptions,
+  target: ContainerdTarget,
+  changed: boolean,
+): Promise<void> {
+  const live = await handlerLive(opts, target);
+  const unit = target.flavor === "containerd" ? "containerd" : (target.services[0] as string);
+  const message =
+    live === undefined
+      ? `containerd does not answer at ${target.address}; once it runs with the new config the node is labeled ${NODE_LABEL}=${NODE_LABEL_VALUE}`
+      : `containerd must be restarted on this node to load the cloudhv runtime (${changed ? "its config was just changed" : "its config has it"}; e.g. systemctl restart ${unit}, or however ${unit} is run here); the installer waits and labels the node ${NODE_LABEL}=${NODE_LABEL_VALUE} once containerd serves the handler`;
+  opts.log.warn({ restart: opts.restartWhy ?? "--restart none", node: opts.nodeName }, message);
+  if (opts.events && opts.nodeName)
+    await opts.events
+      .warn(opts.nodeName, "ContainerdRestartNeeded", `cloudhv: ${message}`)
+      .catch((err: Error) =>
+        opts.log.warn({ err: err.message }, "could not post a Kubernetes Event on the node"),
+      );
+}
+
+/**
+ * After a failed restart: the config is put back; containerd is restarted again only if the
+ * failed attempt may have stopped it; the error says what containerd runs now.
+ */
+async function failedRestart(
+  opts: CommonOptions,
+  target: ContainerdTarget,
+  err: unknown,
+  rollback: () => Promise<void>,
+  undoRest: () => Promise<void>,
+): Promise<Error> {
+  const { log } = opts;
+  const why = (err as Error).message;
+  const how = opts.restarter?.describe ?? "restart";
+  await rollback();
+  if (err instanceof RestartError && !err.stopped) {
+    await undoRest();
+    const answers = await handlerLive(opts, target);
+    log.error({ err: why }, "containerd was not restarted; the config change was undone");
+    return new InstallError(
+      `containerd was not restarted (${why}). It still runs its previous config${answers === undefined ? ", though it does not answer at the moment" : " and serves CRI"}; the config change was undone and nothing of cloudhv was left on the node. Fix the restart, or choose another --restart mode (chart: containerd.restart): none leaves the restart to you`,
+      EXIT.RESTART_FAILED,
+    );
+  }
+  const hint =
+    err instanceof HealthError && !err.answered && opts.restarter?.hint ? ` (${opts.restarter.hint})` : "";
+  log.error({ err: why }, "containerd did not come up with the runtime; rolling the config back");
+  try {
+    await restartAndWait(opts, target, false);
+  } catch (again) {
+    await undoRest();
+    return new InstallError(
+      `containerd did not come up with the cloudhv runtime after ${how} (${why})${hint}; the previous config was restored, but containerd is still not healthy: ${(again as Error).message}`,
+      EXIT.CONTAINERD_UNHEALTHY,
+    );
+  }
+  await undoRest();
+  return new InstallError(
+    `containerd did not come up with the cloudhv runtime (${why})${hint}; the previous config was restored and containerd is healthy again`,
+    EXIT.CONTAINERD_UNHEALTHY,
+  );
 }
 
 export interface UninstallResult {
@@ -421,19 +812,27 @@ export interface UninstallResult {
 
 export async function uninstall(opts: CommonOptions & { purgeCache?: boolean }): Promise<UninstallResult> {
   const { root, log } = opts;
-  if (!(await exists(root.root))) throw new InstallError(`host root ${root.root} does not exist`);
-  const state = await readState(root);
+  if (!(await exists(root.root))) throw new InstallError(`host root ${root.root} does not exist`, EXIT.HOST);
+  let state = await readState(root);
   const result: UninstallResult = { restored: [], restarted: false, inUse: [], removed: [] };
+  // The DaemonSet's installer on this node sees this and stands back (no label, no install).
+  if (state) {
+    state = { ...state, uninstalling: { pid: process.pid, since: new Date().toISOString() } };
+    await writeState(root, state);
+  }
 
   // 1. No new pods here while the runtime goes away.
+  const unlabel = async () => {
+    if (opts.nodeName && opts.labeler) await opts.labeler.remove(opts.nodeName);
+  };
   if (!opts.nodeName) log.info("NODE_NAME is not set: node label removal skipped");
   else if (opts.labeler) {
-    await opts.labeler.remove(opts.nodeName);
+    await unlabel();
     log.info({ node: opts.nodeName, label: NODE_LABEL }, "node label removed");
   }
 
   // 2. containerd's config: byte-for-byte when nobody touched it since, else only our part out.
-  if (!state) log.info("no installer state: containerd config not touched");
+  if (!state) log.info("no installer state: containerd config not touched, nothing to remove");
   for (const file of state?.files ?? []) {
     const local = root.path(file.path);
     const current = await readIfExists(local);
@@ -459,8 +858,8 @@ export async function uninstall(opts: CommonOptions & { purgeCache?: boolean }):
     if (file.kind === "template") next = stripBlock(text) ?? text;
     else {
       const dropIn = state?.files.find((f) => f.kind === "drop-in");
-      next = removeRuntime(text, state?.configVersion ?? 2, local).text;
-      if (dropIn) next = removeImport(next, dropIn.path, local).text;
+      next = removeRuntime(text, state?.configVersion ?? 2, file.path).text;
+      if (dropIn) next = removeImport(next, dropIn.path, file.path).text;
     }
     if (next !== text) await atomicWrite(local, next, await modeOf(local));
     log.warn(
@@ -469,9 +868,13 @@ export async function uninstall(opts: CommonOptions & { purgeCache?: boolean }):
     );
     result.restored.push({ path: file.path, how: "edited" });
   }
-  if (state) await writeState(root, { ...state, files: [] });
+  if (state) {
+    state = { ...state, files: [] };
+    await writeState(root, state);
+  }
 
-  // 3. containerd without the runtime.
+  // 3. containerd without the runtime. A failure is reported after the files are gone.
+  let restartFailure: Error | undefined;
   const changed = result.restored.some((r) => r.how !== "gone");
   if (changed && opts.restarter && state) {
     const target = await detectTarget(root, {
@@ -482,56 +885,61 @@ export async function uninstall(opts: CommonOptions & { purgeCache?: boolean }):
       return undefined;
     });
     if (target) {
-      await restartAndWait(opts, target, false).catch((err: Error) => {
-        throw new InstallError(
-          `the containerd config was restored but containerd is not healthy: ${err.message}`,
-        );
-      });
-      result.restarted = true;
+      try {
+        await restartAndWait(opts, target, false);
+        result.restarted = true;
+      } catch (err) {
+        restartFailure =
+          err instanceof RestartError && !err.stopped
+            ? new InstallError(
+                `the containerd config was restored, but containerd was not restarted (${err.message}); it serves the cloudhv handler until its next restart: restart it yourself`,
+                EXIT.RESTART_FAILED,
+              )
+            : new InstallError(
+                `the containerd config was restored and containerd restarted (${opts.restarter.describe}), but it is not healthy: ${(err as Error).message}${err instanceof HealthError && !err.answered && opts.restarter.hint ? ` (${opts.restarter.hint})` : ""}`,
+                EXIT.CONTAINERD_UNHEALTHY,
+              );
+        log.error({ err: restartFailure.message }, "containerd restart after uninstall failed");
+      }
     }
   } else if (changed)
-    log.info("containerd not restarted (--restart none): the runtime is gone after its next restart");
-
-  // 4. Files. A version a running process still uses stays (its pods keep working); the rest goes.
-  const runtime = await readRuntimeConfig(root);
-  await stopIdleDaemons(log);
-  const used = await pathsInUse(`${INSTALL_DIR}/`);
-  if (state?.pathLink && (await isLinkTo(root, PATH_LINK, LAUNCHER))) await removeFile(root.path(PATH_LINK));
-  if (used.length === 0) {
-    await rm(root.path(INSTALL_DIR), { recursive: true, force: true });
-    const dirs = [
-      runtime.state_dir ?? STATE_DIR,
-      ...(opts.purgeCache === false
-        ? []
-        : [runtime.cache_dir ?? `${CACHE_DIR}/cache`, runtime.scratch_dir ?? `${CACHE_DIR}/scratch`]),
-    ];
-    for (const dir of dirs) await rm(root.path(dir), { recursive: true, force: true });
-    // /var/lib/cloudhv itself, once its cache and scratch are gone.
-    for (const dir of new Set([...dirs.slice(1).map((d) => path.dirname(d)), CACHE_DIR]))
-      await rmEmpty(root.path(dir));
-    result.removed.push(INSTALL_DIR);
-  } else {
-    for (const version of await listVersions(root)) {
-      if (used.some((p) => p.startsWith(`${INSTALL_DIR}/versions/${version}/`))) result.inUse.push(version);
-    }
-    log.warn(
-      { versions: result.inUse, paths: used.slice(0, 5) },
-      "cloudhv pods still run on this node: /opt/cloudhv stays until they are gone (run uninstall again then)",
+    log.info(
+      "containerd not restarted: it serves the cloudhv handler until its next restart (the node label is off, so no new cloudhv pods land here)",
     );
-  }
-  if (result.inUse.length === 0)
-    for (const dir of [...(state?.createdDirs ?? [])].sort((a, b) => b.length - a.length))
-      await rmEmpty(root.path(dir));
-  log.info({ restored: result.restored }, "cloudhv uninstalled");
-  return result;
-}
 
-/** Records `dir` and each of its ancestors that does not exist yet. */
-async function noteMissing(root: HostRoot, dir: string, into: string[]): Promise<void> {
-  for (let d = dir; d !== "/"; d = path.dirname(d)) {
-    if (await exists(root.path(d))) return;
-    if (!into.includes(d)) into.push(d);
+  // 4. What the installer created. A version a running process still uses stays (its pods keep
+  // working), and so does everything else until the next uninstall.
+  if (state) {
+    const runtime = await readRuntimeConfig(root);
+    await stopIdleDaemons(log, opts.proc);
+    const used = await pathsInUse(`${INSTALL_DIR}/`, opts.proc);
+    if (used.length === 0) {
+      const keep = opts.purgeCache === false && runtime.cache_dir ? [runtime.cache_dir] : [];
+      if (opts.purgeCache === false && !runtime.cache_dir) keep.push("/var/lib/cloudhv/cache");
+      await removeCreated(root, state, log, keep);
+      result.removed.push(
+        INSTALL_DIR,
+        ...(state.ownedDirs ?? []).filter((d) => d !== INSTALL_DIR && !keep.includes(d)),
+      );
+    } else {
+      for (const version of await listVersions(root)) {
+        if (used.some((p) => p.startsWith(`${VERSIONS_DIR}/${version}/`))) result.inUse.push(version);
+      }
+      log.warn(
+        { versions: result.inUse, paths: used.slice(0, 5) },
+        "cloudhv pods still run on this node: /opt/cloudhv stays until they are gone (run uninstall again then)",
+      );
+    }
   }
+
+  // 5. Off again: an installer that labeled in the meantime does not leave the label behind.
+  if (opts.nodeName && opts.labeler)
+    await unlabel().catch((err: Error) =>
+      log.warn({ err: err.message }, "could not check the node label again"),
+    );
+  log.info({ restored: result.restored, removed: result.removed }, "cloudhv uninstalled");
+  if (restartFailure) throw restartFailure;
+  return result;
 }
 
 /**
@@ -583,10 +991,6 @@ async function stopIdleDaemons(log: Logger, proc = "/proc", graceMs = 5000): Pro
   }
 }
 
-async function rmEmpty(dir: string): Promise<void> {
-  await rmdir(dir).catch(() => undefined);
-}
-
 async function readRuntimeConfig(
   root: HostRoot,
 ): Promise<{ state_dir?: string; cache_dir?: string; scratch_dir?: string }> {
@@ -605,8 +1009,21 @@ export interface StatusReport {
   versions: string[];
   flavor: string | undefined;
   configFiles: Array<{ path: string; intact: boolean }>;
+  /** What containerd loads (its config and imports; for k3s/rke2 the config they generated). */
+  containerd: {
+    files: string[];
+    /** The file the `cloudhv` runtime comes from, if any. */
+    runtimeFrom: string | undefined;
+    /** "ours": the installer's runtime; "other": a different `cloudhv` runtime; "absent". */
+    runtime: "ours" | "other" | "absent";
+    /** k3s/rke2: whether the template (rendered at their next start) has our block. */
+    templateHasRuntime?: boolean;
+  };
   /** true/false: what containerd's CRI says; undefined: it did not answer. */
   handlerLive: boolean | undefined;
+  /** The `cloudhv` command (doctor) installed at /opt/cloudhv/bin/cloudhv. */
+  cli: string | undefined;
+  uninstalling: boolean;
   problems: string[];
 }
 
@@ -620,21 +1037,59 @@ export async function status(opts: CommonOptions): Promise<StatusReport> {
     const current = await readIfExists(root.path(f.path));
     configFiles.push({ path: f.path, intact: current !== undefined && sha256(current) === f.written });
   }
+  const containerd: StatusReport["containerd"] = { files: [], runtimeFrom: undefined, runtime: "absent" };
   let live: boolean | undefined;
+  let address = "";
   try {
     const target = await detectTarget(root, {
       configPath: opts.containerdConfig,
       version: opts.configVersion ?? state?.configVersion,
     });
+    address = target.address;
+    const loadedPath = target.generatedPath ?? target.configPath;
+    const text = (await readIfExists(root.path(loadedPath)))?.toString("utf8");
+    if (text !== undefined) {
+      const effective = effectiveRuntime(await loadWithImports(root, loadedPath, text), target.version);
+      containerd.files = effective.files;
+      containerd.runtimeFrom = effective.from;
+      containerd.runtime = !effective.table ? "absent" : isOurRuntime(effective.table) ? "ours" : "other";
+      for (const m of effective.missing)
+        problems.push(`containerd's config imports ${m}, which does not exist`);
+    }
+    if (target.generatedPath) {
+      const template = (await readIfExists(root.path(target.configPath)))?.toString("utf8");
+      containerd.templateHasRuntime = template?.includes(BLOCK_BEGIN) ?? false;
+    }
     live = await handlerLive(opts, target);
   } catch (err) {
     problems.push((err as Error).message);
   }
   if (!state) problems.push("not installed (no installer state)");
-  else if (state.files.length === 0) problems.push("containerd config does not have the cloudhv runtime");
+  else if (state.files.length === 0 && containerd.runtime !== "ours")
+    problems.push("the installer has not registered the cloudhv runtime with containerd");
+  if (state?.uninstalling)
+    problems.push(`an uninstall started ${state.uninstalling.since} (pid ${state.uninstalling.pid})`);
   if (!version) problems.push("no current version in /opt/cloudhv");
-  if (live === false) problems.push("containerd does not serve the cloudhv handler");
+  if (containerd.runtime === "other")
+    problems.push(
+      `containerd loads a "${HANDLER}" runtime from ${containerd.runtimeFrom} that is not the installer's`,
+    );
+  else if (containerd.runtime === "absent" && state) {
+    if (containerd.templateHasRuntime)
+      problems.push(
+        `${state.flavor} renders the cloudhv runtime into its containerd config at its next restart: restart ${state.flavor}`,
+      );
+    else problems.push("the config containerd loads has no cloudhv runtime");
+  }
+  if (live === undefined && address) problems.push(`containerd does not answer at ${address}`);
+  if (live === false)
+    problems.push(
+      containerd.runtime === "ours"
+        ? "containerd's config has the cloudhv runtime but containerd does not serve it yet: restart containerd"
+        : "containerd does not serve the cloudhv handler",
+    );
   if (!(await exists(root.path(LAUNCHER)))) problems.push(`${LAUNCHER} is missing`);
+  const cli = (await exists(root.path(CLI_LAUNCHER))) ? CLI_LAUNCHER : undefined;
   return {
     installed: problems.length === 0,
     version,
@@ -642,7 +1097,10 @@ export async function status(opts: CommonOptions): Promise<StatusReport> {
     versions: await listVersions(root),
     flavor: state?.flavor,
     configFiles,
+    containerd,
     handlerLive: live,
+    cli,
+    uninstalling: state?.uninstalling !== undefined,
     problems,
   };
 }

@@ -1,7 +1,8 @@
-// The two Kubernetes API calls the installer makes (merge-patch a node's labels, read a
-// DaemonSet's status) with @kubernetes/client-node, as the pod's service account. 1.4 is the
-// line that runs on Node 20 (2.x needs Node ≥ 22: its undici uses zlib zstd).
-import { accessSync, constants } from "node:fs";
+// The Kubernetes API calls the installer makes, with @kubernetes/client-node as the pod's
+// service account: merge-patch its node's labels, post an Event on the node, and for helm
+// uninstall's hooks read or delete a DaemonSet and list its pods. 1.4 is the line that runs on
+// Node 20 (2.x needs Node ≥ 22: its undici uses zlib zstd).
+import { accessSync, constants, readFileSync } from "node:fs";
 import {
   ApiException,
   AppsV1Api,
@@ -14,12 +15,14 @@ import {
   setHeaderOptions,
   type V1DaemonSet,
 } from "@kubernetes/client-node";
+import { EXIT, type ExitCode } from "./exit-codes.js";
 
 const SA = "/var/run/secrets/kubernetes.io/serviceaccount";
 const TIMEOUT_MS = 15_000;
 
 export class KubeError extends Error {
   override readonly name = "KubeError";
+  readonly exitCode: ExitCode = EXIT.KUBE;
   constructor(
     message: string,
     readonly status?: number,
@@ -113,4 +116,97 @@ export async function readDaemonSet(kc: KubeConfig, namespace: string, name: str
       err,
     );
   }
+}
+
+/** Deletes a DaemonSet (its pods go in the background); false when it was not there. */
+export async function deleteDaemonSet(kc: KubeConfig, namespace: string, name: string): Promise<boolean> {
+  try {
+    await kc
+      .makeApiClient(AppsV1Api)
+      .deleteNamespacedDaemonSet({ name, namespace, propagationPolicy: "Background" }, options());
+    return true;
+  } catch (err) {
+    if (err instanceof ApiException && err.code === 404) return false;
+    throw kubeError(
+      `DELETE /apis/apps/v1/namespaces/${encodeURIComponent(namespace)}/daemonsets/${encodeURIComponent(name)}`,
+      err,
+    );
+  }
+}
+
+export interface PodSummary {
+  name: string;
+  node: string | undefined;
+  ready: boolean;
+}
+
+/** Pods matching a label selector in a namespace. */
+export async function listPods(
+  kc: KubeConfig,
+  namespace: string,
+  labelSelector: string,
+): Promise<PodSummary[]> {
+  try {
+    const list = await kc.makeApiClient(CoreV1Api).listNamespacedPod({ namespace, labelSelector }, options());
+    return list.items.map((p) => ({
+      name: p.metadata?.name ?? "?",
+      node: p.spec?.nodeName,
+      ready: p.status?.conditions?.some((c) => c.type === "Ready" && c.status === "True") ?? false,
+    }));
+  } catch (err) {
+    throw kubeError(
+      `GET /api/v1/namespaces/${encodeURIComponent(namespace)}/pods?labelSelector=${encodeURIComponent(labelSelector)}`,
+      err,
+    );
+  }
+}
+
+/** Kubernetes Events about a node (`kubectl describe node` shows them). */
+export interface NodeEvents {
+  warn(node: string, reason: string, message: string): Promise<void>;
+}
+
+/** The namespace this pod runs in: $POD_NAMESPACE, else the service account's, else "default". */
+export function podNamespace(pathPrefix = ""): string {
+  if (process.env.POD_NAMESPACE) return process.env.POD_NAMESPACE;
+  try {
+    return readFileSync(`${pathPrefix}${SA}/namespace`, "utf8").trim() || "default";
+  } catch {
+    return "default";
+  }
+}
+
+/**
+ * Events in `namespace` whose involvedObject is the node. Like kubelet's, the object's uid is
+ * the node's name, which `kubectl describe node` also looks for.
+ */
+export function kubeNodeEvents(namespace: string, kc?: KubeConfig): NodeEvents {
+  return {
+    async warn(node, reason, message) {
+      const now = new Date();
+      try {
+        await (kc ?? inClusterConfig()).makeApiClient(CoreV1Api).createNamespacedEvent(
+          {
+            namespace,
+            body: {
+              metadata: { generateName: "cloudhv-installer.", namespace },
+              involvedObject: { apiVersion: "v1", kind: "Node", name: node, uid: node },
+              reason,
+              message: message.slice(0, 1024),
+              type: "Warning",
+              source: { component: "cloudhv-installer", host: node },
+              reportingComponent: "cloudhv-installer",
+              reportingInstance: node,
+              firstTimestamp: now,
+              lastTimestamp: now,
+              count: 1,
+            },
+          },
+          options(),
+        );
+      } catch (err) {
+        throw kubeError(`POST /api/v1/namespaces/${encodeURIComponent(namespace)}/events`, err);
+      }
+    },
+  };
 }

@@ -2,7 +2,7 @@
 // node can run cloudhv pods. Set only after containerd serves the handler; removed first on
 // uninstall so no new pod lands here while the runtime goes away.
 import type { KubeConfig } from "@kubernetes/client-node";
-import { inClusterConfig, patchNodeLabels } from "./kube.js";
+import { inClusterConfig, KubeError, patchNodeLabels } from "./kube.js";
 import { NODE_LABEL, NODE_LABEL_VALUE } from "./paths.js";
 
 export interface NodeLabeler {
@@ -17,8 +17,9 @@ export function kubeLabeler(kc?: KubeConfig): NodeLabeler {
       // A JSON merge patch of the node's labels: null deletes the key.
       await patchNodeLabels(kc ?? inClusterConfig(), node, { [NODE_LABEL]: value });
     } catch (err) {
-      throw new Error(
+      throw new KubeError(
         `cannot ${value === null ? "remove" : "set"} label ${NODE_LABEL} on node ${node}: ${(err as Error).message}`,
+        (err as KubeError).status,
       );
     }
   };

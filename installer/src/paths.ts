@@ -14,6 +14,8 @@ export const VERSIONS_DIR = `${INSTALL_DIR}/versions`;
 export const BIN_DIR = `${INSTALL_DIR}/bin`;
 /** What containerd runs (CRI `runtime_path`): a launcher script for the current version. */
 export const LAUNCHER = `${BIN_DIR}/${SHIM_NAME}`;
+/** The operator's command (`cloudhv doctor`): a launcher for the current version's shim CLI. */
+export const CLI_LAUNCHER = `${BIN_DIR}/cloudhv`;
 /** A link to the launcher on containerd's default PATH (for `ctr run --runtime …`). */
 export const PATH_LINK = `/usr/local/bin/${SHIM_NAME}`;
 export const RUNTIME_CONFIG = `${INSTALL_DIR}/config.json`;
@@ -26,9 +28,6 @@ export const PREVIOUS_LINK = `${INSTALL_DIR}/previous`;
 export const STATE_FILE = `${INSTALL_DIR}/installer-state.json`;
 /** Byte-for-byte copies of the containerd config files as they were before the first install. */
 export const BACKUP_DIR = `${INSTALL_DIR}/backup`;
-/** The shim's cache (erofs images, scratch disks); removed only by `uninstall --purge`. */
-export const CACHE_DIR = "/var/lib/cloudhv";
-export const STATE_DIR = "/run/cloudhv";
 
 /** Where the installer image keeps what it copies onto nodes. */
 export const DEFAULT_ARTIFACTS = "/opt/cloudhv-dist";
