@@ -146,7 +146,14 @@ export async function readState(root: HostRoot): Promise<InstallerState | undefi
   return parsed.data;
 }
 
+/** Writes the state unless it says what the file already says (install twice = install once, byte for byte). */
 async function writeState(root: HostRoot, state: InstallerState): Promise<void> {
+  const current = await readState(root).catch(() => undefined);
+  if (
+    current &&
+    JSON.stringify({ ...current, updatedAt: "" }) === JSON.stringify({ ...state, updatedAt: "" })
+  )
+    return;
   await atomicWrite(
     root.path(STATE_FILE),
     `${JSON.stringify({ ...state, updatedAt: new Date().toISOString() }, null, 2)}\n`,
@@ -613,7 +620,7 @@ export async function install(opts: InstallOptions): Promise<InstallResult> {
       await mkdir(root.path(dir), { recursive: true, mode: key === "scratch_dir" ? 0o700 : 0o755 });
 
     // 3. Artifacts: copied whole into versions/<version>, then switched to atomically.
-    installed = await installVersion(root, opts.artifacts);
+    installed = await installVersion(root, opts.artifacts, { verified: true });
     log.info(
       { version: installed.version, copied: installed.copied, dir: installed.dir },
       "artifacts in place",

@@ -68,11 +68,25 @@ describe("containerd config edits", () => {
     assert.equal(at(doc, "version"), 2);
   });
 
-  it("replaces a different cloudhv runtime someone defined by hand", () => {
+  it("refuses a different cloudhv runtime someone defined by hand; takes it over only when asked, saying so in the file", () => {
     const original = `version = 2\n[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.cloudhv]\n  runtime_type = "io.containerd.kata.v2"\n`;
-    const patched = addRuntime(original, 2, "c");
+    assert.throws(
+      () => addRuntime(original, 2, "/etc/containerd/config.toml"),
+      (err: Error) =>
+        err instanceof ContainerdConfigError &&
+        /\/etc\/containerd\/config\.toml already defines a "cloudhv" runtime \(runtime_type = "io\.containerd\.kata\.v2"\) that cloudhv-installer did not write; it is not replaced silently.*--take-over-runtime \(chart: containerd\.takeOverRuntime=true\)/.test(
+          err.message,
+        ),
+    );
+    const patched = addRuntime(original, 2, "/etc/containerd/config.toml", { takeOver: true });
     assert.equal(patched.method, "rewritten");
+    assert.match(
+      patched.text.split("\n")[0] as string,
+      /^# Rewritten by cloudhv-installer \(took over the "cloudhv" runtime defined in \/etc\/containerd\/config\.toml \(runtime_type = "io\.containerd\.kata\.v2"\)/,
+    );
     assert.equal(at(parse(patched.text), ...RT2, "cloudhv", "runtime_type"), "io.containerd.cloudhv.v1");
+    // Taken over once: the next install changes nothing.
+    assert.equal(addRuntime(patched.text, 2, "c", { takeOver: true }).method, "unchanged");
   });
 
   it("writes version 1 (plugins.cri), 2 and 3 layouts for new files", () => {
@@ -146,7 +160,7 @@ describe("install on a temp root (--restart none)", () => {
 
   it("without a config file: creates one (version from --config-version), uninstall deletes it", async () => {
     const root = await freshRoot("missing");
-    await install({ root, log, artifacts: bundle, configVersion: 2 });
+    await install({ root, log, checkHostTools: false, artifacts: bundle, configVersion: 2 });
     const created = await readFile(root.path("/etc/containerd/config.toml"), "utf8");
     assert.deepEqual(Object.keys(at(parse(created), ...RT2) as object).sort(), ["cloudhv", "runc"]);
     await uninstall({ root, log });
@@ -188,7 +202,7 @@ describe("install on a temp root (--restart none)", () => {
       const target = await detectTarget(root);
       assert.equal(target.flavor, flavor);
       assert.equal(target.address, "/run/k3s/containerd/containerd.sock");
-      const res = await install({ root, log, artifacts: bundle });
+      const res = await install({ root, log, checkHostTools: false, artifacts: bundle });
       assert.equal(res.changes[0]?.path, `${etc}/${template}`);
       const text = await readFile(root.path(`${etc}/${template}`), "utf8");
       assert.ok(text.startsWith('{{ template "base" . }}\n'));
@@ -222,7 +236,7 @@ describe("install on a temp root (--restart none)", () => {
     await writeFile(root.path(`${etc}/config.toml.tmpl`), own);
     const plan = await planInstall(root, await detectTarget(root));
     assert.ok(plan[0]?.after?.startsWith(own));
-    await install({ root, log, artifacts: bundle });
+    await install({ root, log, checkHostTools: false, artifacts: bundle });
     await uninstall({ root, log });
     assert.equal(await readFile(root.path(`${etc}/config.toml.tmpl`), "utf8"), own);
   });
@@ -232,7 +246,7 @@ describe("install on a temp root (--restart none)", () => {
     await mkdir(root.path("/etc/containerd"), { recursive: true });
     const original = realisticV2("/run/x");
     await writeFile(root.path("/etc/containerd/config.toml"), original);
-    await install({ root, log, artifacts: bundle });
+    await install({ root, log, checkHostTools: false, artifacts: bundle });
     const edited = `${await readFile(root.path("/etc/containerd/config.toml"), "utf8")}\n[metrics]\n  address = "127.0.0.1:1338"\n`;
     await writeFile(root.path("/etc/containerd/config.toml"), edited);
     await uninstall({ root, log });
@@ -247,11 +261,17 @@ describe("install on a temp root (--restart none)", () => {
     await mkdir(root.path("/etc/containerd"), { recursive: true });
     await writeFile(root.path("/etc/containerd/config.toml"), "version = 2\n");
     await assert.rejects(
-      install({ root, log, artifacts: bundle, runtimeConfig: { default_vcpus: "two" } }),
+      install({
+        root,
+        log,
+        checkHostTools: false,
+        artifacts: bundle,
+        runtimeConfig: { default_vcpus: "two" },
+      }),
       /invalid runtime config the runtime config given to the installer: "default_vcpus"/,
     );
     await assert.rejects(
-      install({ root, log, artifacts: bundle, runtimeConfig: { vcpus: 2 } }),
+      install({ root, log, checkHostTools: false, artifacts: bundle, runtimeConfig: { vcpus: 2 } }),
       /unknown key "vcpus"/,
     );
     assert.deepEqual(await tree(root.root), ["etc/", "etc/containerd/", "etc/containerd/config.toml"]);
@@ -260,7 +280,13 @@ describe("install on a temp root (--restart none)", () => {
   it("rejects an artifact directory that is not a bundle, naming it", async () => {
     const root = await freshRoot("bad-artifacts");
     await assert.rejects(
-      install({ root, log, artifacts: path.join(dir, "nothing-here"), configVersion: 2 }),
+      install({
+        root,
+        log,
+        checkHostTools: false,
+        artifacts: path.join(dir, "nothing-here"),
+        configVersion: 2,
+      }),
       /cannot read the artifact manifest .*nothing-here\/manifest\.json/,
     );
     assert.deepEqual(await tree(root.root), []);

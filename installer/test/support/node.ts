@@ -18,9 +18,14 @@ const run = promisify(execFile);
 
 export const INSTALLER = path.resolve(import.meta.dirname, "../../src/bin/installer.js");
 
-/** One bundle per test process (node + shim + guest: ~110 MB, a few seconds). */
+/**
+ * One bundle per test process (node + shim + guest: ~110 MB, a few seconds).
+ * $CLOUDHV_TEST_BUNDLE names one built before (kept), to run single test files faster.
+ */
 let bundle: Promise<string> | undefined;
 export function testBundle(): Promise<string> {
+  const given = process.env.CLOUDHV_TEST_BUNDLE;
+  if (given) return Promise.resolve(given);
   bundle ??= (async () => {
     const out = await mkdtemp("/var/tmp/chv-bundle-");
     const { kernelPath, rootfsPath } = guestArtifacts();
