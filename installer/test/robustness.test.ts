@@ -413,9 +413,9 @@ describe("install and uninstall, byte for byte, on temp roots", () => {
     assert.equal((await stat(launcher)).mode & 0o777, 0o755);
     const script = await readFile(launcher, "utf8");
     const vdir = `/opt/cloudhv/versions/${res.version}`;
-    assert.match(
+    assert.ok(
+      script.split("\n").includes(`exec ${vdir}/node/bin/node ${vdir}/shim/dist/src/bin/cloudhv.js "$@"`),
       script,
-      new RegExp(`^exec ${vdir}/node/bin/node ${vdir}/shim/dist/src/bin/cloudhv\\.js "\\$@"$`, "m"),
     );
     // The file it runs is there and is the doctor's CLI.
     const { stdout } = await execFileP(root.path(`${vdir}/node/bin/node`), [
