@@ -703,9 +703,9 @@ export async function install(opts: InstallOptions): Promise<InstallResult> {
   // 6. The label, only once the handler is live; otherwise say what the admin must do.
   let labeled = false;
   let labelError: Error | undefined;
+  if (!opts.nodeName) log.info("NODE_NAME is not set: node labeling skipped");
   if (!live) await pendingRestart(opts, target, changes.length > 0);
-  else if (!opts.nodeName) log.info("NODE_NAME is not set: node labeling skipped");
-  else if (opts.labeler) {
+  else if (opts.nodeName && opts.labeler) {
     try {
       await opts.labeler.set(opts.nodeName);
       labeled = true;

@@ -41,7 +41,15 @@ describe("installer with a real containerd 1.6 (config version 2, edited in plac
     const runtimeConfig = path.join(node.dir, "runtime-config.json");
     await writeFile(runtimeConfig, JSON.stringify(testRuntimeConfig()));
     base = ["--host-root", node.root, "--restart", "none", "--containerd-address", node.address];
-    installArgs = [...base, "--artifacts", await testBundle(), "--runtime-config", runtimeConfig];
+    installArgs = [
+      ...base,
+      "--artifacts",
+      await testBundle(),
+      "--runtime-config",
+      runtimeConfig,
+      // The pretend root has no /usr/bin of its own (containerd's namespace uses this machine's).
+      "--skip-host-tools-check",
+    ];
   });
 
   after(async () => {
@@ -117,7 +125,7 @@ describe("installer with a real containerd 1.6 (config version 2, edited in plac
       "usr/local/bin/",
     ]);
     const st = await cli(["status", ...base]);
-    assert.equal(st.code, 1);
+    assert.equal(st.code, 11, "status: not installed");
     assert.match(st.stdout, /installed: {4}no/);
   });
 });

@@ -49,6 +49,7 @@ describe("installer with a real containerd 2.1 (config version 3, drop-in throug
       await testBundle(),
       "--runtime-config",
       runtimeConfig,
+      "--skip-host-tools-check",
     ]);
     assert.equal(res.code, 0, res.stdout);
   });

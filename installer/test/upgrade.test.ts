@@ -82,6 +82,7 @@ describe("upgrade while a cloudhv pod runs (real containerd 1.6)", () => {
     const common = {
       root,
       log,
+      checkHostTools: false,
       containerdAddress: node.address,
       restarter: {
         describe: "restart the test's containerd",
