@@ -1,6 +1,6 @@
-// The installer's two Kubernetes calls (@kubernetes/client-node), against a local HTTPS endpoint
+// The installer's Kubernetes calls (@kubernetes/client-node), against a local HTTPS endpoint
 // that records requests (no API server on these machines: this checks what goes on the wire —
-// path, verb, merge patch, bearer token, CA verification — and how API errors read).
+// path, verb, merge patch, Event body, bearer token, CA verification — and how API errors read).
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
 import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
@@ -12,9 +12,10 @@ import { after, before, describe, it } from "node:test";
 import { promisify } from "node:util";
 import { KubeConfig } from "@kubernetes/client-node";
 import { pino } from "pino";
-import { inClusterConfig } from "../src/kube.js";
+import { EXIT, exitCodeFor } from "../src/exit-codes.js";
+import { inClusterConfig, kubeNodeEvents } from "../src/kube.js";
 import { kubeLabeler } from "../src/node-label.js";
-import { waitForDaemonSet } from "../src/wait-daemonset.js";
+import { deleteDaemonSetAndWait, waitForDaemonSet } from "../src/wait-daemonset.js";
 
 const run = promisify(execFile);
 
@@ -204,6 +205,119 @@ describe("Kubernetes API calls (node label, DaemonSet wait)", () => {
     await assert.rejects(
       waitForDaemonSet("kube-system", "gone", 30_000, pino({ level: "silent" }), kc),
       /GET \/apis\/apps\/v1\/namespaces\/kube-system\/daemonsets\/gone: HTTP 404: daemonsets.apps "gone" not found/,
+    );
+    reply = () => ({ status: 200, body: {} });
+  });
+
+  it("posts a Warning Event about the node (what the admin must do)", async () => {
+    seen.length = 0;
+    reply = () => ({ status: 201, body: { kind: "Event", metadata: { name: "cloudhv-installer.x" } } });
+    await kubeNodeEvents("kube-system", kc).warn(
+      "node-a",
+      "ContainerdRestartNeeded",
+      "cloudhv: restart containerd",
+    );
+    assert.equal(seen.length, 1);
+    const s = seen[0] as Seen;
+    assert.equal(s.method, "POST");
+    assert.equal(s.url, "/api/v1/namespaces/kube-system/events");
+    const body = JSON.parse(s.body);
+    assert.deepEqual(body.involvedObject, { apiVersion: "v1", kind: "Node", name: "node-a", uid: "node-a" });
+    assert.equal(body.metadata.generateName, "cloudhv-installer.");
+    assert.equal(body.reason, "ContainerdRestartNeeded");
+    assert.equal(body.type, "Warning");
+    assert.equal(body.message, "cloudhv: restart containerd");
+    assert.equal(body.source.component, "cloudhv-installer");
+    reply = () => ({ status: 403, body: { kind: "Status", message: "events is forbidden" } });
+    await assert.rejects(
+      kubeNodeEvents("kube-system", kc).warn("node-a", "R", "m"),
+      /POST \/api\/v1\/namespaces\/kube-system\/events: HTTP 403: events is forbidden/,
+    );
+    reply = () => ({ status: 200, body: {} });
+  });
+
+  it("deletes the installer DaemonSet and waits until its pods are gone (uninstall's first hook)", async () => {
+    seen.length = 0;
+    let lists = 0;
+    reply = (s) => {
+      if (s.method === "DELETE") return { status: 200, body: { kind: "Status", status: "Success" } };
+      lists++;
+      const items =
+        lists < 3
+          ? [{ metadata: { name: "r-cloudhv-abcde" }, spec: { nodeName: "node-a" }, status: {} }]
+          : [];
+      return { status: 200, body: { kind: "PodList", items } };
+    };
+    await deleteDaemonSetAndWait(
+      "kube-system",
+      "r-cloudhv",
+      "app.kubernetes.io/instance=r,app.kubernetes.io/component=installer",
+      30_000,
+      pino({ level: "silent" }),
+      kc,
+      10,
+    );
+    assert.equal(seen[0]?.method, "DELETE");
+    assert.match(
+      seen[0]?.url ?? "",
+      /^\/apis\/apps\/v1\/namespaces\/kube-system\/daemonsets\/r-cloudhv\?propagationPolicy=Background$/,
+    );
+    assert.deepEqual(
+      seen.slice(1).map((s) => [s.method, decodeURIComponent(s.url)]),
+      Array.from({ length: 3 }, () => [
+        "GET",
+        "/api/v1/namespaces/kube-system/pods?labelSelector=app.kubernetes.io/instance=r,app.kubernetes.io/component=installer",
+      ]),
+    );
+    // Already gone (a second helm uninstall): fine; pods that never go: TIMEOUT.
+    reply = (s) =>
+      s.method === "DELETE"
+        ? { status: 404, body: { kind: "Status", message: "not found" } }
+        : {
+            status: 200,
+            body: { kind: "PodList", items: [{ metadata: { name: "stuck" }, spec: { nodeName: "node-b" } }] },
+          };
+    await assert.rejects(
+      deleteDaemonSetAndWait("kube-system", "r-cloudhv", "a=b", 1, pino({ level: "silent" }), kc, 10),
+      (err: Error) =>
+        exitCodeFor(err) === EXIT.TIMEOUT &&
+        /daemonset kube-system\/r-cloudhv was deleted but its pods stuck \(node node-b\) still run/.test(
+          err.message,
+        ),
+    );
+    reply = () => ({ status: 200, body: {} });
+  });
+
+  it("a cleanup that runs out of time names the nodes not done", async () => {
+    reply = (s) =>
+      s.url.startsWith("/apis/apps")
+        ? {
+            status: 200,
+            body: {
+              metadata: { generation: 1 },
+              spec: { selector: { matchLabels: { "app.kubernetes.io/component": "cleanup" } } },
+              status: { observedGeneration: 1, desiredNumberScheduled: 2, numberReady: 1 },
+            },
+          }
+        : {
+            status: 200,
+            body: {
+              kind: "PodList",
+              items: [
+                {
+                  metadata: { name: "c-1" },
+                  spec: { nodeName: "node-a" },
+                  status: { conditions: [{ type: "Ready", status: "True" }] },
+                },
+                { metadata: { name: "c-2" }, spec: { nodeName: "node-b" }, status: { conditions: [] } },
+              ],
+            },
+          };
+    await assert.rejects(
+      waitForDaemonSet("kube-system", "r-cloudhv-cleanup", 1, pino({ level: "silent" }), kc),
+      (err: Error) =>
+        exitCodeFor(err) === EXIT.TIMEOUT &&
+        /only 1 of 2 nodes cleaned up in 0\.001 s; not done: node-b \(pod c-2\)/.test(err.message),
     );
     reply = () => ({ status: 200, body: {} });
   });
