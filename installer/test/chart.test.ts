@@ -61,7 +61,10 @@ describe("charts/cloudhv with a real helm", () => {
       "DaemonSet/r-cloudhv",
       "DaemonSet/r-cloudhv-cleanup",
       "Job/r-cloudhv-cleanup-wait",
+      "Job/r-cloudhv-stop-installer",
+      "Role/r-cloudhv",
       "Role/r-cloudhv-cleanup",
+      "RoleBinding/r-cloudhv",
       "RoleBinding/r-cloudhv-cleanup",
       "RuntimeClass/cloudhv",
       "ServiceAccount/r-cloudhv",
@@ -84,12 +87,38 @@ describe("charts/cloudhv with a real helm", () => {
     assert.equal(c.securityContext.privileged, true);
     assert.deepEqual(c.args.slice(0, 5), ["install", "--host-root", "/host", "--restart", "auto"]);
     assert.ok(c.args.includes("--stay"));
-    assert.deepEqual(c.env, [{ name: "NODE_NAME", valueFrom: { fieldRef: { fieldPath: "spec.nodeName" } } }]);
+    assert.deepEqual(c.env, [
+      { name: "NODE_NAME", valueFrom: { fieldRef: { fieldPath: "spec.nodeName" } } },
+      { name: "POD_NAMESPACE", valueFrom: { fieldRef: { fieldPath: "metadata.namespace" } } },
+    ]);
+    assert.ok(
+      !c.args.includes("--take-over-runtime"),
+      "someone else's cloudhv runtime is refused by default",
+    );
+    assert.deepEqual(c.volumeMounts[0], {
+      name: "host",
+      mountPath: "/host",
+      mountPropagation: "HostToContainer",
+    });
     assert.deepEqual(c.readinessProbe.exec.command, ["cat", c.args[c.args.indexOf("--ready-file") + 1]]);
     assert.deepEqual(c.resources, { requests: { cpu: "10m", memory: "64Mi" }, limits: { memory: "512Mi" } });
 
     const role = one(objs, "ClusterRole");
     assert.deepEqual(role.rules, [{ apiGroups: [""], resources: ["nodes"], verbs: ["get", "patch"] }]);
+    // Events about the node, in the release's namespace only.
+    assert.deepEqual(one(objs, "Role", "r-cloudhv").rules, [
+      { apiGroups: [""], resources: ["events"], verbs: ["create"] },
+    ]);
+    assert.deepEqual(one(objs, "Role", "r-cloudhv-cleanup").rules, [
+      {
+        apiGroups: ["apps"],
+        resources: ["daemonsets"],
+        resourceNames: ["r-cloudhv-cleanup"],
+        verbs: ["get"],
+      },
+      { apiGroups: ["apps"], resources: ["daemonsets"], resourceNames: ["r-cloudhv"], verbs: ["delete"] },
+      { apiGroups: [""], resources: ["pods"], verbs: ["list"] },
+    ]);
 
     // The rendered runtime config is one the shim itself accepts.
     const cfg = JSON.parse(one(objs, "ConfigMap").data["runtime-config.json"]);
@@ -103,12 +132,18 @@ describe("charts/cloudhv with a real helm", () => {
       pod.nodeSelector,
       "cleanup runs where the installer ran",
     );
-    const job = one(objs, "Job");
-    assert.equal(job.metadata.annotations["helm.sh/hook"], "pre-delete");
-    assert.ok(
-      Number(job.metadata.annotations["helm.sh/hook-weight"]) >
-        Number(cleanup.metadata.annotations["helm.sh/hook-weight"]),
-    );
+    const job = one(objs, "Job", "r-cloudhv-cleanup-wait");
+    const stop = one(objs, "Job", "r-cloudhv-stop-installer");
+    const weight = (o: ReturnType<typeof one>) => Number(o.metadata.annotations["helm.sh/hook-weight"]);
+    for (const hook of [stop, cleanup, job]) {
+      assert.equal(hook.metadata.annotations["helm.sh/hook"], "pre-delete");
+      assert.equal(
+        hook.metadata.annotations["helm.sh/hook-delete-policy"],
+        "before-hook-creation,hook-succeeded",
+      );
+    }
+    // helm runs hooks by weight and waits for each Job: installers gone, then the cleanup, then the wait.
+    assert.ok(weight(stop) < weight(cleanup) && weight(cleanup) < weight(job));
     assert.deepEqual(job.spec.template.spec.containers[0].args.slice(0, 5), [
       "wait-daemonset",
       "--namespace",
@@ -116,6 +151,30 @@ describe("charts/cloudhv with a real helm", () => {
       "--name",
       "r-cloudhv-cleanup",
     ]);
+    const stopArgs: string[] = stop.spec.template.spec.containers[0].args;
+    assert.deepEqual(stopArgs.slice(0, 5), [
+      "delete-daemonset",
+      "--namespace",
+      "kube-system",
+      "--name",
+      "r-cloudhv",
+    ]);
+    // The selector the hook waits on is the installer pods' own.
+    const selector = stopArgs[stopArgs.indexOf("--selector") + 1] as string;
+    assert.deepEqual(
+      Object.fromEntries(selector.split(",").map((kv) => kv.split("="))),
+      ds.spec.selector.matchLabels,
+    );
+    assert.deepEqual(ds.spec.template.metadata.labels, ds.spec.selector.matchLabels);
+    // Each hook Job ends on its own deadline, well before helm's default --timeout of 300 s.
+    for (const j of [stop, job]) assert.ok(j.spec.activeDeadlineSeconds < 300, `${j.metadata.name} deadline`);
+    assert.equal(job.spec.activeDeadlineSeconds, 210);
+    const waitArgs: string[] = job.spec.template.spec.containers[0].args;
+    assert.ok(Number(waitArgs[waitArgs.indexOf("--timeout") + 1]) < job.spec.activeDeadlineSeconds);
+    assert.ok(
+      Number(stopArgs[stopArgs.indexOf("--timeout") + 1]) < stop.spec.activeDeadlineSeconds,
+      "the stop hook gives up (and says why) before its Job is killed",
+    );
   });
 
   it("follows custom values: VM size → overhead and config, selectors, image, restart mode, no cleanup", async () => {
@@ -148,14 +207,50 @@ describe("charts/cloudhv with a real helm", () => {
       ["--config-version", "3"],
     );
     assert.equal(objs.filter((o) => o.metadata.annotations?.["helm.sh/hook"]).length, 0);
-    assert.equal(objs.filter((o) => o.kind === "Role").length, 0);
+    assert.deepEqual(
+      objs.filter((o) => o.kind === "Role").map((o) => o.metadata.name),
+      ["r-cloudhv"],
+      "only the Events role without cleanup",
+    );
     assert.equal(
       (await render("runtimeClass.create=false")).filter((o) => o.kind === "RuntimeClass").length,
       0,
     );
   });
 
+  it("restart modes, the pid file, taking over a runtime, and a host mount that needs no shared /", async () => {
+    const objs = await render(
+      "containerd.restart=signal,containerd.pidFile=/run/containerd/containerd.pid",
+      "containerd.takeOverRuntime=true",
+      "hostRootPropagation=None",
+    );
+    const install = one(objs, "DaemonSet", "r-cloudhv").spec.template.spec.containers[0];
+    const cleanup = one(objs, "DaemonSet", "r-cloudhv-cleanup").spec.template.spec.containers[0];
+    for (const c of [install, cleanup]) {
+      const args: string[] = c.args;
+      assert.deepEqual(args.slice(args.indexOf("--restart"), args.indexOf("--restart") + 2), [
+        "--restart",
+        "signal",
+      ]);
+      assert.deepEqual(
+        args.slice(args.indexOf("--containerd-pidfile"), args.indexOf("--containerd-pidfile") + 2),
+        ["--containerd-pidfile", "/run/containerd/containerd.pid"],
+      );
+      assert.equal(c.volumeMounts[0].mountPropagation, "None");
+    }
+    assert.ok(install.args.includes("--take-over-runtime"));
+    assert.ok(!cleanup.args.includes("--take-over-runtime"));
+    for (const mode of ["auto", "systemd", "signal", "none"]) {
+      const c = one(await render(`containerd.restart=${mode}`), "DaemonSet", "r-cloudhv").spec.template.spec
+        .containers[0];
+      assert.equal(c.args[c.args.indexOf("--restart") + 1], mode);
+    }
+  });
+
   for (const [set, why] of [
+    ["hostRootPropagation=Bidirectional", /hostRootPropagation/],
+    ["containerd.pidFile=run/containerd.pid", /containerd\/pidFile/],
+    ["containerd.takeOverRuntime=yes", /containerd\/takeOverRuntime/],
     ["runtime.defaultMemoryMiB=32", /runtime\/defaultMemoryMiB.*minimum/s],
     ["containerd.restart=sometimes", /containerd\/restart.*(value must be one of|enum)/s],
     ["runtime.vcpus=2", /runtime.*additional properties 'vcpus' not allowed/s],

@@ -47,6 +47,15 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - --config-version
 - {{ . | quote }}
 {{- end }}
+{{- with .Values.containerd.pidFile }}
+- --containerd-pidfile
+- {{ . }}
+{{- end }}
+{{- end -}}
+
+{{/* The pods' selector labels for one component (the hooks find the installer's pods by it). */}}
+{{- define "cloudhv.componentSelector" -}}
+{{- printf "app.kubernetes.io/name=%s,app.kubernetes.io/instance=%s,app.kubernetes.io/component=%s" .root.Chart.Name .root.Release.Name .component -}}
 {{- end -}}
 
 {{/* The node-level pod spec both DaemonSets share: privileged, host PID, the host's root. */}}
