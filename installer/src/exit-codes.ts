@@ -18,9 +18,9 @@ export const EXIT = {
   CONTAINERD_CONFIG: 5,
   /** The runtime config or the artifact bundle is invalid. */
   INVALID_INPUT: 6,
-  /** containerd could not be restarted (the restart itself failed); what it runs now is said in the message. */
+  /** The restart itself failed (containerd still runs its previous config); the message says what it runs now. */
   RESTART_FAILED: 7,
-  /** containerd was restarted but did not come up as expected (the config change was rolled back). */
+  /** containerd was restarted but did not come back as expected (install rolls its config change back). */
   CONTAINERD_UNHEALTHY: 8,
   /** A Kubernetes API call failed (node label, DaemonSet, pods). */
   KUBE: 9,
@@ -43,8 +43,8 @@ export const EXIT_MEANINGS: Record<ExitCode, string> = {
   4: "tools the shim needs are missing on the node (each named with its package)",
   5: "containerd's config cannot be changed safely (invalid, unknown format, someone else's `cloudhv` runtime)",
   6: "invalid runtime config or artifact bundle",
-  7: "containerd could not be restarted (the restart itself failed); nothing was changed",
-  8: "containerd was restarted but did not come up with the change; the config was rolled back",
+  7: "the containerd restart itself failed: containerd still runs its previous config (install took its changes back)",
+  8: "containerd was restarted but did not come back as expected (install rolled its config change back)",
   9: "a Kubernetes API call failed",
   10: "an uninstall is running on this node; install did nothing",
   11: "status: not installed, or containerd does not serve the cloudhv handler",
