@@ -6,16 +6,18 @@
 // Once an uninstall starts on the node it does nothing more. Real containerd 1.6.
 import assert from "node:assert/strict";
 import { type ChildProcess, spawn } from "node:child_process";
-import { readFile, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { afterEach, describe, it } from "node:test";
 import { pino } from "pino";
+import { EXIT } from "../src/exit-codes.js";
 import { install, uninstall } from "../src/install.js";
 import type { NodeEvents } from "../src/kube.js";
 import type { NodeLabeler } from "../src/node-label.js";
 import { HostRoot } from "../src/paths.js";
 import { watchNode } from "../src/watch.js";
 import {
+  cli,
   INSTALLER,
   makeNode,
   realisticV2,
@@ -199,5 +201,74 @@ describe("install --stay converges when the installer does not restart container
     assert.deepEqual(ops, ["set node-a", "remove node-a", "remove node-a"]);
     assert.equal(await fileExists(ready), false);
     ac.abort();
+  });
+});
+
+describe("the CLI's exit statuses and staying up (no containerd needed)", () => {
+  it("uninstall --stay writes its ready file and stays up until SIGTERM, then exits 0 (the cleanup DaemonSet)", async () => {
+    const dir = await mkdtemp("/var/tmp/chv-stay-");
+    try {
+      const ready = path.join(dir, "uninstalled");
+      const run = startCli([
+        "uninstall",
+        "--host-root",
+        dir,
+        "--restart",
+        "none",
+        "--ready-file",
+        ready,
+        "--stay",
+      ]);
+      await until("the ready file", () => fileExists(ready));
+      await new Promise((r) => setTimeout(r, 1500));
+      assert.equal(run.child.exitCode, null, `still running (stderr: ${run.stderr()})`);
+      run.child.kill("SIGTERM");
+      assert.equal(await run.exited, 0);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("a failure exits with its own status and says what it means", async () => {
+    const dir = await mkdtemp("/var/tmp/chv-exit-");
+    try {
+      const missing = await cli(["install", "--host-root", path.join(dir, "nope"), "--restart", "none"]);
+      assert.equal(missing.code, EXIT.HOST, missing.stdout);
+      const usage = await cli(["install", "--no-such-flag"]);
+      assert.equal(usage.code, EXIT.USAGE, usage.stdout);
+      await mkdir(path.join(dir, "etc/containerd"), { recursive: true });
+      await writeFile(path.join(dir, "etc/containerd/config.toml"), realisticV2(dir));
+      const tools = await cli([
+        "install",
+        "--host-root",
+        dir,
+        "--restart",
+        "none",
+        "--artifacts",
+        await testBundle(),
+      ]);
+      assert.equal(tools.code, EXIT.MISSING_TOOLS, tools.stdout);
+      const failed = tools.lines.find((l) => l.msg === "failed");
+      assert.equal(failed?.exitCode, 4);
+      assert.equal(
+        failed?.meaning,
+        "tools the shim needs are missing on the node (each named with its package)",
+      );
+      assert.match(
+        String(failed?.err),
+        /mkfs\.erofs \(container images as erofs disks; package erofs-utils\)/,
+      );
+      const st = await cli([
+        "status",
+        "--host-root",
+        dir,
+        "--containerd-address",
+        path.join(dir, "none.sock"),
+      ]);
+      assert.equal(st.code, EXIT.NOT_READY);
+      assert.match(st.stdout, /cloudhv runtime absent/);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 });
