@@ -12,7 +12,7 @@
 //            in a systemd unit (its cgroup says which); signal when containerd's parent is a
 //            known supervisor; none otherwise (and the log says why)
 import { execFile } from "node:child_process";
-import { readdir, readFile } from "node:fs/promises";
+import { readdir, readFile, readlink } from "node:fs/promises";
 import path from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { promisify } from "node:util";
@@ -276,7 +276,11 @@ export async function chooseRestart(
   if (mode === "signal") return { mode, why: "--restart signal", restarter: signalRestarter(target, opts) };
 
   const pid1 = (await readFile(`${proc}/1/comm`, "utf8").catch(() => "")).trim();
-  const systemd = pid1 === "systemd";
+  // As sd_booted() decides: /run/systemd/system exists; or PID 1 is named systemd.
+  const systemd =
+    pid1 === "systemd" ||
+    path.basename(await readlink(`${proc}/1/exe`).catch(() => "")) === "systemd" ||
+    (await exists(opts.root.path("/run/systemd/system")));
   let containerd: ProcInfo | undefined;
   let notFound = "";
   try {
