@@ -8,9 +8,10 @@
 //            /proc); whatever supervises it (runit, s6, OpenRC's supervise-daemon, supervisord, a
 //            shell loop) must start it again: the installer only waits for that
 //   none     nothing: the admin restarts containerd; the installer waits for the handler
-//   auto     the first that fits: systemd when the host's PID 1 is systemd and containerd runs
-//            in a systemd unit (its cgroup says which); signal when containerd's parent is a
-//            known supervisor; none otherwise (and the log says why)
+//   auto     the first that fits: systemd when the host runs systemd and containerd runs in a
+//            systemd unit (its cgroup says which); signal when containerd's parent is a known
+//            supervisor; none otherwise (and the log says why). It never guesses: nsenter is
+//            not even tried on a host that does not run systemd.
 import { execFile } from "node:child_process";
 import { readdir, readFile, readlink } from "node:fs/promises";
 import path from "node:path";
