@@ -3,7 +3,7 @@
 # machine (as root), builds the host side and the guest, then runs the demo or the tests.
 #
 #   scripts/dev.sh demo     boot a microVM and talk to its agent (the main job)
-#   scripts/dev.sh test     the whole test suite (what CI runs)
+#   scripts/dev.sh test     lint, then the whole test suite (what CI runs)
 #   scripts/dev.sh setup    install and build only
 #
 # Every step is cached by its inputs, so a second run only does what changed.
@@ -17,11 +17,12 @@ say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 die() { printf 'dev.sh: %s\n' "$*" >&2; exit 1; }
 
 # Debian packages: the VMM, the guest's container runtime and image tools, the kernel source
-# and its build tools, containerd and the tools the shim drives.
+# and its build tools, containerd and the tools the shim drives, and shellcheck for the lint.
 APT_PACKAGES=(
   qemu-system-x86 crun erofs-utils e2fsprogs util-linux iproute2 kmod
   linux-source-6.1 bc bison flex libelf-dev libssl-dev cpio xz-utils make gcc
   protobuf-compiler containerd runc containernetworking-plugins file busybox-static
+  shellcheck
 )
 
 install_apt() {
@@ -74,6 +75,45 @@ build_all() {
   npm run --silent build
 }
 
+# rustfmt and clippy for the lint: added through rustup when missing; a cargo without rustup
+# (Debian's) must bring them itself.
+install_rust_lint() {
+  if command -v rustup >/dev/null; then
+    local installed missing=()
+    installed=$(rustup component list --installed)
+    for c in rustfmt clippy; do
+      grep -q "^$c-" <<<"$installed" || missing+=("$c")
+    done
+    if ((${#missing[@]})); then
+      say "rust: adding ${missing[*]} (rustup component add)"
+      rustup component add "${missing[@]}"
+    else
+      say "rust: rustfmt and clippy present"
+    fi
+  else
+    cargo fmt --version >/dev/null 2>&1 || die "cargo fmt is missing and there is no rustup to add rustfmt"
+    cargo clippy --version >/dev/null 2>&1 || die "cargo clippy is missing and there is no rustup to add clippy"
+  fi
+}
+
+# Every shell script in the tree (not dependencies or build outputs), and CI's entry point.
+shell_scripts() {
+  find . \( -name node_modules -o -name target -o -name .git -o -path ./build \) -prune -o \
+    -type f -name '*.sh' -print | LC_ALL=C sort
+  if [ -f .ci/run ]; then echo .ci/run; fi
+}
+
+lint() {
+  local scripts
+  mapfile -t scripts < <(shell_scripts)
+  say "lint: shellcheck (${#scripts[@]} scripts)"
+  shellcheck "${scripts[@]}"
+  say "lint: guest agent: cargo fmt --check"
+  (cd guest/agent && cargo fmt --check)
+  say "lint: guest agent: cargo clippy --all-targets -- -D warnings"
+  (cd guest/agent && cargo clippy --all-targets -- -D warnings)
+}
+
 # helm (the chart tests) and containerd 2.x (the installer's version 3 test), built from the Go
 # module proxy and cached by version under $CLOUDHV_BUILD_CACHE; a cached one costs a second.
 build_go_tools() {
@@ -85,12 +125,25 @@ build_go_tools() {
   installer/scripts/build-containerd2.sh >/dev/null
 }
 
+# One step per line: a function called in an `&&` list runs with `set -e` off, so a failed
+# step inside it would not stop the script.
 case "${1:-}" in
-  setup) build_all && build_go_tools ;;
+  setup)
+    build_all
+    install_rust_lint
+    build_go_tools
+    ;;
   # The demo needs neither helm nor containerd 2: it does not wait for their builds.
-  demo) build_all && say "demo" && node e2e/dist/src/demo.js "${@:2}" ;;
+  demo)
+    build_all
+    say "demo"
+    node e2e/dist/src/demo.js "${@:2}"
+    ;;
   test)
-    build_all && build_go_tools
+    build_all
+    install_rust_lint
+    build_go_tools
+    lint
     say "tests"
     npm test
     say "guest agent: cargo test (unit tests and the agent run as a process)"
