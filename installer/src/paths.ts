@@ -1,4 +1,4 @@
-// The names and host paths the installer owns (DESIGN.md's names table), and the mapping from a
+// The names and host paths the installer owns (docs/operations.md, Install), and the mapping from a
 // host path (/opt/cloudhv) to where it is seen from here (<host root>/opt/cloudhv).
 import path from "node:path";
 
