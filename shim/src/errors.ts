@@ -2,6 +2,7 @@
 // `kind` says what went wrong; `statusOf` maps kinds to ttrpc/gRPC codes in this one place,
 // and containerd turns the codes back into its errdefs (NotFound, AlreadyExists, …).
 import { Code, codeName, TtrpcError } from "./ttrpc/status.js";
+import { ExecError } from "./util/exec.js";
 
 export const KIND_CODES = {
   /** The request (or a pod spec, a config value) is wrong. */
@@ -95,6 +96,8 @@ export function fromAgentCall(method: string, err: unknown): ShimError {
 /** The ttrpc status for any error a handler threw: the one mapping to containerd's codes. */
 export function statusOf(err: unknown): { code: number; message: string } {
   if (err instanceof ShimError) return { code: KIND_CODES[err.kind], message: err.message };
+  // A host tool failed (util/ stays below this module, so ExecError is not a ShimError).
+  if (err instanceof ExecError) return { code: Code.UNAVAILABLE, message: err.message };
   // Our own transport failures (a peer gone, a timeout) keep their code.
   if (err instanceof TtrpcError && !err.remote) return { code: err.code, message: err.detail };
   if (err instanceof TtrpcError) return { code: Code.INTERNAL, message: truncateUntrusted(err.detail) };

@@ -1,7 +1,6 @@
 // The one way the host side runs a tool: argv only (never a shell), logged, with a timeout,
 // returning stdout/stderr/exit code. Callers decide what a non-zero exit means.
 import { spawn } from "node:child_process";
-import { ShimError } from "../errors.js";
 import { log } from "./log.js";
 
 export interface ExecResult {
@@ -19,13 +18,13 @@ export interface ExecOptions {
   cwd?: string;
 }
 
-/** A host tool that failed: Unavailable, as a retry may succeed (and the message says why). */
-export class ExecError extends ShimError {
+/** A host tool that failed (errors.ts maps it to Unavailable: a retry may succeed). */
+export class ExecError extends Error {
   override readonly name = "ExecError";
   constructor(readonly result: ExecResult) {
     const how = result.signal ? `was killed by ${result.signal}` : `exited with ${result.code}`;
     const detail = result.stderr.trim().split("\n").slice(-5).join("\n");
-    super("Unavailable", `${result.argv.join(" ")} ${how}${detail ? `: ${detail}` : ""}`);
+    super(`${result.argv.join(" ")} ${how}${detail ? `: ${detail}` : ""}`);
   }
 }
 
