@@ -17,6 +17,7 @@ export {
   type RuntimeConfig,
 } from "./config/config.js";
 export { type AnyMessage, type Envelope, EVENTS_SERVICE, eventsForwardRequest } from "./containerd/events.js";
+export { type ErrorKind, ShimError, statusOf } from "./errors.js";
 export {
   type CacheEntry,
   type ContainerdMount,

@@ -1,112 +1,65 @@
-// Typed client for the guest agent's ttrpc service (shim/proto/agent.proto). The guest is
-// untrusted: every reply is bounded and checked before the host uses it.
+// Typed client for the guest agent's ttrpc service (shim/proto/agent.proto; the types are
+// generated from it). The guest is untrusted: every reply is bounded and checked before the
+// host uses it, and its errors reach containerd only through the allow-list of errors.ts.
+import { fromAgentCall, ShimError, truncateUntrusted } from "../errors.js";
 import type { CallOptions, TtrpcClient } from "../ttrpc/client.js";
-import { messageCodec } from "../ttrpc/proto.js";
-import { Code, TtrpcError } from "../ttrpc/status.js";
+import { type MessageCodec, messageCodec, type ProtoMessage, type ProtoName } from "../ttrpc/proto.js";
 
 const SERVICE = "cloudhv.agent.v1.Agent";
-const PROTO = "agent.proto";
 
-export interface HealthResponse {
-  status: "STATUS_UNSPECIFIED" | "SERVING";
-  uptimeNs: number;
-}
+/** The agent's messages by short name ("HealthResponse" for cloudhv.agent.v1.HealthResponse). */
+type AgentMessage = ProtoName extends infer P ? (P extends `cloudhv.agent.v1.${infer S}` ? S : never) : never;
+type M<N extends AgentMessage> = ProtoMessage<`cloudhv.agent.v1.${N}`>;
 
-export interface VersionResponse {
-  agentVersion: string;
-  protocolVersion: number;
-  kernelRelease: string;
-  runtimeVersion: string;
-}
+// Requests are the full generated shapes (not ProtoInput): a field added or renamed in
+// agent.proto must fail the build where the host builds the request.
+export type HealthResponse = M<"HealthResponse">;
+export type VersionResponse = M<"VersionResponse">;
+export type ProcessRef = M<"ProcessRef">;
+export type CreateContainerRequest = M<"CreateContainerRequest">;
+export type ExecProcessRequest = M<"ExecProcessRequest">;
+export type WaitProcessResponse = M<"WaitProcessResponse">;
+export type ContainerStats = M<"ContainerStatsResponse">;
+export type StdStream = M<"ReadStreamRequest">["stream"];
+export type PutFile = M<"PutFile">;
+export type GuestNetwork = M<"ConfigureNetworkRequest">;
 
-export interface ProcessRef {
-  containerId: string;
-  /** "" for the container's init process. */
-  execId: string;
-}
-
-export interface CreateContainerRequest {
-  containerId: string;
-  ociSpec: Uint8Array;
-  rootfsSerial: string;
-  scratchSerial: string;
-  terminal: boolean;
-  stdin: boolean;
-}
-
-export interface ExecProcessRequest extends ProcessRef {
-  processSpec: Uint8Array;
-  terminal: boolean;
-  stdin: boolean;
-}
-
-export interface WaitProcessResponse {
-  exitStatus: number;
-  exitedAtUnixNs: number;
-  oomKilled: boolean;
-}
-
-export interface ContainerStats {
-  cpuUsageNs: number;
-  memoryUsageBytes: number;
-  memoryLimitBytes: number;
-  pidsCurrent: number;
-}
-
-export type StdStream = "STDOUT" | "STDERR";
-
-export interface PutFile {
-  path: string;
-  data: Uint8Array;
-  mode: number;
-  symlink: string;
-  isDir: boolean;
-}
-
-export interface GuestNetwork {
-  interfaces: Array<{ mac: string; mtu: number; addresses: Array<{ address: string; prefixLen: number }> }>;
-  routes: Array<{ dest: string; gateway: string; mac: string }>;
-}
-
-type Empty = Record<string, never>;
-
-function codec<T>(name: string) {
-  return messageCodec<T>(PROTO, `cloudhv.agent.v1.${name}`);
-}
+const codec = <N extends AgentMessage>(name: N) => messageCodec(`cloudhv.agent.v1.${name}`);
 
 const codecs = {
-  Empty: codec<Empty>("Empty"),
-  HealthRequest: codec<Empty>("HealthRequest"),
-  HealthResponse: codec<HealthResponse>("HealthResponse"),
-  VersionRequest: codec<Empty>("VersionRequest"),
-  VersionResponse: codec<VersionResponse>("VersionResponse"),
-  ContainerRef: codec<{ containerId: string }>("ContainerRef"),
-  ProcessRef: codec<ProcessRef>("ProcessRef"),
-  CreateContainerRequest: codec<CreateContainerRequest>("CreateContainerRequest"),
-  CreateContainerResponse: codec<{ pid: number }>("CreateContainerResponse"),
-  ExecProcessRequest: codec<ExecProcessRequest>("ExecProcessRequest"),
-  StartProcessResponse: codec<{ pid: number }>("StartProcessResponse"),
-  SignalProcessRequest: codec<ProcessRef & { signal: number; all: boolean }>("SignalProcessRequest"),
-  WaitProcessResponse: codec<WaitProcessResponse>("WaitProcessResponse"),
-  ReadStreamRequest: codec<ProcessRef & { stream: StdStream; maxBytes: number }>("ReadStreamRequest"),
-  ReadStreamResponse: codec<{ data: Buffer; eof: boolean }>("ReadStreamResponse"),
-  WriteStdinRequest: codec<ProcessRef & { data: Uint8Array }>("WriteStdinRequest"),
-  WriteStdinResponse: codec<{ written: number }>("WriteStdinResponse"),
-  ResizePtyRequest: codec<ProcessRef & { width: number; height: number }>("ResizePtyRequest"),
-  ListPidsResponse: codec<{ pids: number[] }>("ListPidsResponse"),
-  ContainerStatsResponse: codec<ContainerStats>("ContainerStatsResponse"),
-  ConfigureNetworkRequest: codec<GuestNetwork>("ConfigureNetworkRequest"),
-  PutFilesRequest: codec<{ dir: string; files: PutFile[] }>("PutFilesRequest"),
+  Empty: codec("Empty"),
+  HealthRequest: codec("HealthRequest"),
+  HealthResponse: codec("HealthResponse"),
+  VersionRequest: codec("VersionRequest"),
+  VersionResponse: codec("VersionResponse"),
+  ContainerRef: codec("ContainerRef"),
+  ProcessRef: codec("ProcessRef"),
+  CreateContainerRequest: codec("CreateContainerRequest"),
+  CreateContainerResponse: codec("CreateContainerResponse"),
+  ExecProcessRequest: codec("ExecProcessRequest"),
+  StartProcessResponse: codec("StartProcessResponse"),
+  SignalProcessRequest: codec("SignalProcessRequest"),
+  WaitProcessResponse: codec("WaitProcessResponse"),
+  ReadStreamRequest: codec("ReadStreamRequest"),
+  ReadStreamResponse: codec("ReadStreamResponse"),
+  WriteStdinRequest: codec("WriteStdinRequest"),
+  WriteStdinResponse: codec("WriteStdinResponse"),
+  ResizePtyRequest: codec("ResizePtyRequest"),
+  ListPidsResponse: codec("ListPidsResponse"),
+  ContainerStatsResponse: codec("ContainerStatsResponse"),
+  ConfigureNetworkRequest: codec("ConfigureNetworkRequest"),
+  PutFilesRequest: codec("PutFilesRequest"),
 };
 
-/** The protocol version this host side speaks; the agent reports its own in Version. */
+/** The protocol version this host side speaks; `checkProtocol` refuses an agent with another. */
 export const AGENT_PROTOCOL_VERSION = 1;
 /** Largest stdout/stderr chunk asked for in one ReadStream. */
 export const READ_CHUNK_BYTES = 256 * 1024;
 const MAX_PID = 4_194_304;
+const MAX_VERSION_TEXT = 256;
 
 function invalid(what: string): never {
-  throw new TtrpcError(Code.DATA_LOSS, `guest agent sent an invalid ${what}`);
+  throw new ShimError("DataLoss", `guest agent sent an invalid ${truncateUntrusted(what)}`);
 }
 
 function checkPid(pid: number, what: string): number {
@@ -119,12 +72,22 @@ export class AgentClient {
 
   private async call<Req, Res>(
     method: string,
-    reqCodec: { encode(v: Req): Uint8Array },
+    reqCodec: MessageCodec<Req>,
     req: Req,
-    resCodec: { decode(b: Uint8Array): Res },
+    resCodec: MessageCodec<Res>,
     opts?: CallOptions,
   ): Promise<Res> {
-    return resCodec.decode(await this.ttrpc.call(SERVICE, method, reqCodec.encode(req), opts));
+    let reply: Buffer;
+    try {
+      reply = await this.ttrpc.call(SERVICE, method, reqCodec.encode(req), opts);
+    } catch (err) {
+      throw fromAgentCall(method, err);
+    }
+    try {
+      return resCodec.decode(reply);
+    } catch (err) {
+      invalid(`${method} reply (${(err as Error).message})`);
+    }
   }
 
   health(opts?: CallOptions): Promise<HealthResponse> {
@@ -133,8 +96,21 @@ export class AgentClient {
 
   async version(opts?: CallOptions): Promise<VersionResponse> {
     const version = await this.call("Version", codecs.VersionRequest, {}, codecs.VersionResponse, opts);
-    for (const key of ["agentVersion", "kernelRelease", "runtimeVersion"] as const) {
-      if (version[key].length > 256) version[key] = `${version[key].slice(0, 256)}…`;
+    for (const key of ["agentVersion", "kernelRelease", "runtimeVersion"] as const)
+      version[key] = truncateUntrusted(version[key], MAX_VERSION_TEXT);
+    return version;
+  }
+
+  /** Asks the agent its protocol version; one this host does not speak fails with both named. */
+  async checkProtocol(opts?: CallOptions): Promise<VersionResponse> {
+    const version = await this.version(opts);
+    if (version.protocolVersion !== AGENT_PROTOCOL_VERSION) {
+      throw new ShimError(
+        "FailedPrecondition",
+        `the guest agent (${version.agentVersion}) speaks agent protocol ${version.protocolVersion}, ` +
+          `this shim speaks ${AGENT_PROTOCOL_VERSION}: install the guest rootfs built with this shim ` +
+          "(rootfs_path in the runtime config)",
+      );
     }
     return version;
   }
@@ -185,7 +161,8 @@ export class AgentClient {
     const req = { ...ref, stream, maxBytes: READ_CHUNK_BYTES };
     const res = await this.call("ReadStream", codecs.ReadStreamRequest, req, codecs.ReadStreamResponse, opts);
     if (res.data.length > READ_CHUNK_BYTES) invalid(`${stream} chunk of ${res.data.length} bytes`);
-    return res;
+    // Decoded bytes are Buffers (messageCodec's bytes option); this is a view, not a copy.
+    return { data: Buffer.from(res.data.buffer, res.data.byteOffset, res.data.length), eof: res.eof };
   }
 
   async writeStdin(ref: ProcessRef, data: Uint8Array, opts?: CallOptions): Promise<number> {

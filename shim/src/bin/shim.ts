@@ -98,8 +98,8 @@ async function spawnDaemon(controlSocket: string, ttrpcAddress: string): Promise
 async function requestListener(controlSocket: string, namespace: string): Promise<string> {
   const { messageCodec } = await import("../ttrpc/proto.js");
   const { TtrpcClient } = await import("../ttrpc/client.js");
-  const request = messageCodec<{ namespace: string }>("admin.proto", "cloudhv.shim.v1.ListenRequest");
-  const response = messageCodec<{ address: string }>("admin.proto", "cloudhv.shim.v1.ListenResponse");
+  const request = messageCodec("cloudhv.shim.v1.ListenRequest");
+  const response = messageCodec("cloudhv.shim.v1.ListenResponse");
   const client = await TtrpcClient.connect(controlSocket, { timeoutMs: 5000 });
   try {
     const reply = await client.call("cloudhv.shim.v1.Admin", "Listen", request.encode({ namespace }), {
@@ -114,11 +114,8 @@ async function requestListener(controlSocket: string, namespace: string): Promis
 async function deleteTask(inv: ShimInvocation): Promise<void> {
   const { messageCodec } = await import("../ttrpc/proto.js");
   const { TtrpcClient } = await import("../ttrpc/client.js");
-  const response = messageCodec<unknown>("containerd/task.proto", "containerd.task.v2.DeleteResponse");
-  const request = messageCodec<{ namespace: string; id: string }>(
-    "admin.proto",
-    "cloudhv.shim.v1.ForceDeleteRequest",
-  );
+  const response = messageCodec("containerd.task.v2.DeleteResponse");
+  const request = messageCodec("cloudhv.shim.v1.ForceDeleteRequest");
   // The daemon that started this task wrote its address into the bundle (our cwd); after an
   // upgrade or a config change that is not the daemon `start` would pick today.
   const started = (() => {

@@ -3,41 +3,26 @@
 // in order, reconnecting after containerd restarts.
 import { setTimeout as sleep } from "node:timers/promises";
 import { TtrpcClient } from "../ttrpc/client.js";
-import { messageCodec } from "../ttrpc/proto.js";
+import { messageCodec, type ProtoMessage } from "../ttrpc/proto.js";
 import type { Logger } from "../util/log.js";
 import { EVENTS_SERVICE, eventsForwardRequest } from "./events.js";
 
-export interface Timestamp {
-  seconds: number;
-  nanos: number;
-}
+export type Timestamp = ProtoMessage<"cloudhv.wellknown.Timestamp">;
+export type Mount = ProtoMessage<"containerd.task.v2.Mount">;
 
-export interface Mount {
-  type: string;
-  source: string;
-  target: string;
-  options: string[];
-}
+type EventName =
+  | "TaskCreate"
+  | "TaskStart"
+  | "TaskExit"
+  | "TaskDelete"
+  | "TaskOOM"
+  | "TaskExecAdded"
+  | "TaskExecStarted"
+  | "TaskPaused"
+  | "TaskResumed";
 
-/** Event name → its fields (containerd.events.*). */
-export interface TaskEvents {
-  TaskCreate: {
-    containerId: string;
-    bundle: string;
-    rootfs: Mount[];
-    io: { stdin: string; stdout: string; stderr: string; terminal: boolean };
-    checkpoint: string;
-    pid: number;
-  };
-  TaskStart: { containerId: string; pid: number };
-  TaskExit: { containerId: string; id: string; pid: number; exitStatus: number; exitedAt: Timestamp };
-  TaskDelete: { containerId: string; pid: number; exitStatus: number; exitedAt: Timestamp; id: string };
-  TaskOOM: { containerId: string };
-  TaskExecAdded: { containerId: string; execId: string };
-  TaskExecStarted: { containerId: string; execId: string; pid: number };
-  TaskPaused: { containerId: string };
-  TaskResumed: { containerId: string };
-}
+/** Event name → its fields (containerd.events.*, generated from task-events.proto). */
+export type TaskEvents = { [K in EventName]: ProtoMessage<`containerd.events.${K}`> };
 
 const TOPICS: Record<keyof TaskEvents, string> = {
   TaskCreate: "/tasks/create",
@@ -73,8 +58,8 @@ export class EventPublisher {
 
   publish<K extends keyof TaskEvents>(namespace: string, name: K, event: TaskEvents[K]): void {
     if (this.closed) return;
-    const typeName = `containerd.events.${name}`;
-    const value = messageCodec<TaskEvents[K]>("containerd/task-events.proto", typeName).encode(event);
+    const typeName = `containerd.events.${name}` as const;
+    const value = messageCodec(typeName).encode(event);
     if (this.queue.length >= MAX_QUEUE) {
       const dropped = this.queue.shift();
       this.log.warn({ topic: dropped?.topic }, "event queue full; dropped the oldest event");

@@ -7,13 +7,14 @@ import path from "node:path";
 import pino from "pino";
 import { loadConfig } from "../config/config.js";
 import { EventPublisher } from "../containerd/publisher.js";
+import { invalid, statusOf } from "../errors.js";
 import { namespaceSocketPath, SHIM_VERSION, SOCKET_SCHEME } from "../shim/daemon-address.js";
-import { ShimError } from "../task/errors.js";
 import { erofsRootfsPreparer } from "../task/rootfs.js";
 import { TaskService, toTimestamp } from "../task/service.js";
 import { bindTaskService } from "../task/ttrpc-binding.js";
 import { messageCodec } from "../ttrpc/proto.js";
 import { TtrpcServer } from "../ttrpc/server.js";
+import { configureLogging } from "../util/log.js";
 import { chooseHypervisor, driverForChoice } from "../vmm/select.js";
 
 function arg(name: string): string {
@@ -62,10 +63,7 @@ async function main(): Promise<void> {
     append: true,
     mkdir: true,
   });
-  const log = pino(
-    { name: "cloudhv-shim", level: config.log_level, base: { pid: process.pid } },
-    logDestination,
-  );
+  const log = configureLogging({ level: config.log_level, destination: logDestination });
   const idleMs = Number(process.env.CLOUDHV_DAEMON_IDLE_MS ?? 300_000);
   const events = new EventPublisher(containerdTtrpc, log);
   // Chosen once per daemon: `auto` probes KVM by running a guest, too slow for every pod.
@@ -80,7 +78,7 @@ async function main(): Promise<void> {
     logDestination,
     version: SHIM_VERSION,
   });
-  const server = new TtrpcServer();
+  const server = new TtrpcServer({ statusOf });
   let idleTimer: NodeJS.Timeout | undefined;
   const exit = async (why: string) => {
     log.info({ why }, "shim daemon exiting");
@@ -98,18 +96,15 @@ async function main(): Promise<void> {
     if (tasks.size === 0) idleTimer = setTimeout(() => tasks.size === 0 && void exit("idle"), idleMs);
   };
   bindTaskService(server, tasks, armIdle);
-  const deleteCodec = messageCodec<{ namespace: string; id: string }>(
-    "admin.proto",
-    "cloudhv.shim.v1.ForceDeleteRequest",
-  );
-  const deleteResponse = messageCodec<unknown>("containerd/task.proto", "containerd.task.v2.DeleteResponse");
-  const listenRequest = messageCodec<{ namespace: string }>("admin.proto", "cloudhv.shim.v1.ListenRequest");
-  const listenResponse = messageCodec<{ address: string }>("admin.proto", "cloudhv.shim.v1.ListenResponse");
+  const deleteCodec = messageCodec("cloudhv.shim.v1.ForceDeleteRequest");
+  const deleteResponse = messageCodec("containerd.task.v2.DeleteResponse");
+  const listenRequest = messageCodec("cloudhv.shim.v1.ListenRequest");
+  const listenResponse = messageCodec("cloudhv.shim.v1.ListenResponse");
   const opening = new Map<string, Promise<void>>();
   server.register("cloudhv.shim.v1.Admin", {
     Listen: async (payload) => {
       const { namespace } = listenRequest.decode(payload);
-      if (!namespace) throw new ShimError("InvalidArgument", "Listen: empty namespace");
+      if (!namespace) throw invalid("Listen: empty namespace");
       const nsSocket = namespaceSocketPath(socketPath, namespace);
       if (!server.isListening(nsSocket)) {
         let open = opening.get(nsSocket);

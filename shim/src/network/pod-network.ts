@@ -2,6 +2,7 @@
 // a TAP next to it and redirect every frame both ways with tc ingress + mirred, so the VM's
 // NIC (on the TAP, with the veth's MAC) is the pod's interface. The guest then takes the
 // veth's addresses and routes (the agent configures eth0 from what we read here).
+import { ShimError } from "../errors.js";
 import { Cleanup } from "../util/cleanup.js";
 import { exec, execOk } from "../util/exec.js";
 
@@ -34,9 +35,12 @@ export interface PodNetwork {
   detach(): Promise<void>;
 }
 
-export class NetworkError extends Error {
+/** The pod's netns is not as CNI should have left it. */
+export class NetworkError extends ShimError {
   override readonly name = "NetworkError";
-  readonly kind = "FailedPrecondition";
+  constructor(message: string) {
+    super("FailedPrecondition", message);
+  }
 }
 
 /** Runs a tool inside the netns at `netnsPath` (any path, not only /var/run/netns names). */

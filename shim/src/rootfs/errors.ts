@@ -1,5 +1,7 @@
-// The one error type of rootfs delivery. `kind` says what went wrong for the caller (and maps to
-// a ttrpc code at the service boundary); the message names the thing, the value and the rule.
+// The one error type of rootfs delivery. `kind` says what went wrong for the caller (a subset of
+// the host's error kinds, so errors.ts statusOf maps it); the message names the thing, the value
+// and the rule.
+import { ShimError } from "../errors.js";
 
 export type RootfsErrorKind =
   /** The request is wrong: an unsupported mount, option or path. */
@@ -11,13 +13,10 @@ export type RootfsErrorKind =
   /** A tool or the kernel failed, or a build timed out: may work later. */
   | "Unavailable";
 
-export class RootfsError extends Error {
+export class RootfsError extends ShimError {
   override readonly name = "RootfsError";
-  constructor(
-    readonly kind: RootfsErrorKind,
-    message: string,
-    options?: { cause?: unknown },
-  ) {
-    super(message, options);
+  declare readonly kind: RootfsErrorKind;
+  constructor(kind: RootfsErrorKind, message: string, options?: { cause?: unknown }) {
+    super(kind, message, options);
   }
 }

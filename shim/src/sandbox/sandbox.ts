@@ -30,6 +30,7 @@ export class Sandbox {
     log: Logger,
   ): Promise<Sandbox> {
     const started = performance.now();
+    const vmLog = log.child({ vm: spec.id });
     const vm = await driver.launch({
       id: spec.id,
       kernelPath: config.kernel_path,
@@ -41,11 +42,17 @@ export class Sandbox {
       stateDir: path.join(config.state_dir, "vm", spec.id),
       disks: spec.disks,
       ...(spec.network ? { network: spec.network } : {}),
+      log: vmLog,
     });
     try {
       const agent = await vm.connectAgent({ timeoutMs: config.agent_boot_timeout_ms });
       const bootMs = performance.now() - started;
-      log.info({ sandbox: spec.id, vmmPid: vm.pid, bootMs: Math.round(bootMs) }, "sandbox VM ready");
+      // A guest rootfs from another build fails here, by name, not later as a garbled call.
+      const version = await agent.checkProtocol({ timeoutMs: 5000 });
+      vmLog.info(
+        { vmmPid: vm.pid, bootMs: Math.round(bootMs), agentVersion: version.agentVersion },
+        "sandbox VM ready",
+      );
       return new Sandbox(spec.id, vm, agent, bootMs);
     } catch (err) {
       await vm.stop();

@@ -5,7 +5,7 @@ import { constants, openSync } from "node:fs";
 import net from "node:net";
 import { setTimeout as sleep } from "node:timers/promises";
 import type { AgentClient, ProcessRef, StdStream } from "../agent/client.js";
-import { invalid } from "../task/errors.js";
+import { invalid } from "../errors.js";
 import type { Logger } from "../util/log.js";
 
 export interface StdioPaths {

@@ -1,7 +1,8 @@
 // One container process (init or exec) as an explicit state machine: created → running →
 // stopped, with "stopped" reachable from any state (the VM can die at any time).
+
+import { precondition } from "../errors.js";
 import type { StdioPaths } from "../stdio/forward.js";
-import { precondition } from "./errors.js";
 
 export type ProcessState =
   | { readonly kind: "created"; readonly pid: number }

@@ -5,12 +5,12 @@ import { mkdir } from "node:fs/promises";
 import path from "node:path";
 import type { RuntimeConfig } from "../config/config.js";
 import type { Mount } from "../containerd/publisher.js";
+import { invalid } from "../errors.js";
 import { ErofsCache } from "../rootfs/erofs-cache.js";
 import { parseRootfsMounts } from "../rootfs/mounts.js";
 import { createScratchDisk } from "../rootfs/scratch.js";
 import { log } from "../util/log.js";
 import type { PreparedRootfs } from "./container.js";
-import { invalid } from "./errors.js";
 import type { RootfsPreparer } from "./service.js";
 
 /** virtio-blk serials are 20 bytes: a letter for the role and 19 hex digits of the owner. */

@@ -8,6 +8,7 @@ import type { DestinationStream, LevelWithSilent } from "pino";
 import type { GuestNetwork } from "../agent/client.js";
 import type { RuntimeConfig } from "../config/config.js";
 import type { EventPublisher, Mount, Timestamp } from "../containerd/publisher.js";
+import { invalid, notFound, precondition, ShimError } from "../errors.js";
 import { attachPodNetwork, type PodInterface, type PodNetwork } from "../network/pod-network.js";
 import { Sandbox } from "../sandbox/sandbox.js";
 import { StdioForwarder, type StdioPaths } from "../stdio/forward.js";
@@ -18,7 +19,6 @@ import { within } from "../util/time.js";
 import type { HypervisorDriver } from "../vmm/types.js";
 import { ContainerVolumes } from "../volumes/volumes.js";
 import { Container, type PreparedRootfs } from "./container.js";
-import { invalid, notFound, precondition, ShimError } from "./errors.js";
 import { PhaseClock } from "./phases.js";
 import { Process } from "./process.js";
 import { vmSize } from "./sizing.js";
@@ -84,11 +84,7 @@ export interface ExitInfo {
   exitedAt: Timestamp;
 }
 
-const metricsCodec = messageCodec<{
-  pids: { current: number; limit: number };
-  cpu: { usageUsec: number };
-  memory: { usage: number; usageLimit: number };
-}>("containerd/cgroups-v2-metrics.proto", "io.containerd.cgroups.v2.Metrics");
+const metricsCodec = messageCodec("io.containerd.cgroups.v2.Metrics");
 
 /** How long Delete waits for a process's output to reach containerd's FIFOs. */
 const OUTPUT_DRAIN_MS = 5000;
@@ -418,7 +414,12 @@ export class TaskService {
     container.execs.set(req.execId, proc);
     container.forwarders.set(
       req.execId,
-      new StdioForwarder(container.sandbox.agent, container.ref(req.execId), io, this.deps.log),
+      new StdioForwarder(
+        container.sandbox.agent,
+        container.ref(req.execId),
+        io,
+        (container.log?.log ?? this.deps.log.child({ ns, task: req.id })).child({ exec: req.execId }),
+      ),
     );
     this.deps.events.publish(ns, "TaskExecAdded", { containerId: req.id, execId: req.execId });
   }

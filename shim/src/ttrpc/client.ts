@@ -134,7 +134,7 @@ export class TtrpcClient {
         continue;
       }
       const status = response.status;
-      if (status && status.code !== Code.OK) waiter.reject(new TtrpcError(status.code, status.message));
+      if (status && status.code !== Code.OK) waiter.reject(new TtrpcError(status.code, status.message, true));
       else waiter.resolve(Buffer.from(response.payload));
     }
   }

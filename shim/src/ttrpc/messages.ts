@@ -1,28 +1,10 @@
 // The ttrpc envelope (Request/Response) as typed codecs.
-import { messageCodec } from "./proto.js";
+import { messageCodec, type ProtoMessage } from "./proto.js";
 
-export interface KeyValue {
-  key: string;
-  value: string;
-}
+export type KeyValue = ProtoMessage<"ttrpc.KeyValue">;
+export type TtrpcRequest = ProtoMessage<"ttrpc.Request">;
+export type RpcStatus = ProtoMessage<"ttrpc.Status">;
+export type TtrpcResponse = ProtoMessage<"ttrpc.Response">;
 
-export interface TtrpcRequest {
-  service: string;
-  method: string;
-  payload: Uint8Array;
-  timeoutNano: number;
-  metadata: KeyValue[];
-}
-
-export interface RpcStatus {
-  code: number;
-  message: string;
-}
-
-export interface TtrpcResponse {
-  status?: RpcStatus | null;
-  payload: Uint8Array;
-}
-
-export const requestCodec = messageCodec<TtrpcRequest>("ttrpc.proto", "ttrpc.Request");
-export const responseCodec = messageCodec<TtrpcResponse>("ttrpc.proto", "ttrpc.Response");
+export const requestCodec = messageCodec("ttrpc.Request");
+export const responseCodec = messageCodec("ttrpc.Response");

@@ -1,6 +1,8 @@
-// Loads our .proto files (shim/proto) with protobufjs and gives typed encode/decode pairs.
+// Loads our .proto files (shim/proto) with protobufjs and gives typed encode/decode pairs. The
+// types come from generated/proto-types.ts, which is generated from the same .proto files.
 import { fileURLToPath } from "node:url";
 import protobuf from "protobufjs";
+import { PROTO_FILE_OF, type ProtoMessages } from "../generated/proto-types.js";
 
 /** shim/proto, found from this module's location in both src/ (tests via tsc) and dist/. */
 export const PROTO_DIR = fileURLToPath(new URL("../../../proto/", import.meta.url));
@@ -19,31 +21,46 @@ export function loadProto(file: string): protobuf.Root {
   return root;
 }
 
+export type ProtoName = keyof ProtoMessages;
+/** A message as decode returns it. */
+export type ProtoMessage<N extends ProtoName> = ProtoMessages[N];
+
+/** What encode accepts: any subset of the fields (protobuf fills the rest with defaults). */
+export type ProtoInput<T> = T extends Uint8Array
+  ? Uint8Array
+  : T extends Array<infer E>
+    ? Array<ProtoInput<E>>
+    : T extends object
+      ? { [K in keyof T]?: ProtoInput<T[K]> | null }
+      : T;
+
 export interface MessageCodec<T> {
   readonly typeName: string;
-  encode(value: T): Uint8Array;
+  /** Takes a decoded message as it is, or any subset of its fields. */
+  encode(value: T | ProtoInput<T>): Uint8Array;
   decode(bytes: Uint8Array): T;
 }
 
 /**
- * A codec for one message type. Decoding fills defaults and turns 64-bit integers into numbers
- * and enums into their names, so the TypeScript interface `T` describes exactly what comes back.
+ * The codec for message `typeName`. Decoding fills defaults and turns 64-bit integers into
+ * numbers and enums into their names: exactly the generated shape, which is why the one cast
+ * below is sound (a unit test regenerates the shapes and compares).
  */
-export function messageCodec<T>(file: string, typeName: string): MessageCodec<T> {
-  const type = loadProto(file).lookupType(typeName);
+export function messageCodec<N extends ProtoName>(typeName: N): MessageCodec<ProtoMessage<N>> {
+  const type = loadProto(PROTO_FILE_OF[typeName]).lookupType(typeName);
   return {
     typeName,
-    encode(value: T): Uint8Array {
+    encode(value) {
       return type.encode(type.fromObject(value as Record<string, unknown>)).finish();
     },
-    decode(bytes: Uint8Array): T {
+    decode(bytes) {
       return type.toObject(type.decode(bytes), {
         longs: Number,
         enums: String,
         bytes: Buffer,
         defaults: true,
         arrays: true,
-      }) as T;
+      }) as ProtoMessage<N>;
     },
   };
 }

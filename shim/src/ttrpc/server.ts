@@ -7,7 +7,7 @@ import type { Duplex } from "node:stream";
 import { log } from "../util/log.js";
 import { DEFAULT_MAX_FRAME_DATA, encodeFrame, FrameDecoder, MessageType } from "./frame.js";
 import { type KeyValue, requestCodec, responseCodec, type TtrpcRequest } from "./messages.js";
-import { Code, type ErrorKind, KIND_CODES, TtrpcError } from "./status.js";
+import { Code, TtrpcError } from "./status.js";
 
 export interface CallContext {
   service: string;
@@ -21,24 +21,28 @@ export interface CallContext {
 
 export type MethodHandler = (payload: Buffer, ctx: CallContext) => Promise<Uint8Array>;
 
-/** Errors with a known `kind` keep their meaning on the wire; anything else is UNKNOWN. */
-export function statusOf(err: unknown): { code: number; message: string } {
-  if (err instanceof TtrpcError) return { code: err.code, message: err.message.replace(/^[A-Z_]+: /, "") };
-  const kind = (err as { kind?: unknown })?.kind;
-  const message = err instanceof Error ? err.message : String(err);
-  const code =
-    typeof kind === "string" && Object.hasOwn(KIND_CODES, kind)
-      ? KIND_CODES[kind as ErrorKind]
-      : Code.UNKNOWN;
-  return { code, message };
-}
+export type StatusMapper = (err: unknown) => { code: number; message: string };
+
+/** Without a mapper: a TtrpcError keeps its code, anything else is UNKNOWN. */
+const defaultStatusOf: StatusMapper = (err) =>
+  err instanceof TtrpcError
+    ? { code: err.code, message: err.detail }
+    : { code: Code.UNKNOWN, message: err instanceof Error ? err.message : String(err) };
 
 export class TtrpcServer {
   private readonly services = new Map<string, Map<string, MethodHandler>>();
   private readonly listeners: Array<{ server: net.Server; path: string }> = [];
   private readonly connections = new Set<Duplex>();
 
-  constructor(private readonly maxFrameData = DEFAULT_MAX_FRAME_DATA) {}
+  constructor(private readonly options: { maxFrameData?: number; statusOf?: StatusMapper } = {}) {}
+
+  private get maxFrameData(): number {
+    return this.options.maxFrameData ?? DEFAULT_MAX_FRAME_DATA;
+  }
+
+  private statusOf(err: unknown): { code: number; message: string } {
+    return (this.options.statusOf ?? defaultStatusOf)(err);
+  }
 
   register(service: string, methods: Record<string, MethodHandler>): this {
     const table = this.services.get(service) ?? new Map<string, MethodHandler>();
@@ -47,7 +51,6 @@ export class TtrpcServer {
     return this;
   }
 
-  /** Listens on a unix socket path (replacing a stale socket file). */
   /**
    * Listens on a unix socket path (replacing a stale socket file). `attrs` reach every handler
    * called through this listener as `ctx.listener`.
@@ -100,7 +103,7 @@ export class TtrpcServer {
               ),
             );
           } catch (err) {
-            const tooBig = statusOf(err);
+            const tooBig = this.statusOf(err);
             const fallback = responseCodec.encode({
               status: { code: Code.RESOURCE_EXHAUSTED, message: tooBig.message },
               payload: Buffer.alloc(0),
@@ -174,8 +177,9 @@ export class TtrpcServer {
       });
       return { status: null, payload };
     } catch (err) {
-      const status = statusOf(err);
-      if (status.code === Code.UNKNOWN) {
+      const status = this.statusOf(err);
+      // Bugs (ours, or a guest failure outside the allow-list) get the whole error in the log.
+      if (status.code === Code.UNKNOWN || status.code === Code.INTERNAL) {
         log.error({ service: request.service, method: request.method, err }, "ttrpc handler failed");
       }
       return { status, payload: Buffer.alloc(0) };

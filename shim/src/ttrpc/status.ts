@@ -27,26 +27,18 @@ export function codeName(code: number): string {
   return names.get(code) ?? `CODE_${code}`;
 }
 
-/** A call that ended with a non-OK status, locally (timeout, closed connection) or from the peer. */
+/**
+ * A call that ended with a non-OK status: `remote` when the peer answered with it, else a local
+ * failure (timeout, closed connection, undecodable frame). `detail` is the message without the
+ * code name.
+ */
 export class TtrpcError extends Error {
   override readonly name = "TtrpcError";
   constructor(
     readonly code: number,
-    message: string,
+    readonly detail: string,
+    readonly remote = false,
   ) {
-    super(`${codeName(code)}: ${message}`);
+    super(`${codeName(code)}: ${detail}`);
   }
 }
-
-/** Error kinds used across the host side (errors carry `kind`), and the status each maps to. */
-export const KIND_CODES = {
-  InvalidArgument: Code.INVALID_ARGUMENT,
-  NotFound: Code.NOT_FOUND,
-  AlreadyExists: Code.ALREADY_EXISTS,
-  FailedPrecondition: Code.FAILED_PRECONDITION,
-  Unavailable: Code.UNAVAILABLE,
-  Unimplemented: Code.UNIMPLEMENTED,
-  ResourceExhausted: Code.RESOURCE_EXHAUSTED,
-  Internal: Code.INTERNAL,
-} as const;
-export type ErrorKind = keyof typeof KIND_CODES;

@@ -18,6 +18,7 @@ export interface ExecOptions {
   cwd?: string;
 }
 
+/** A host tool that failed (errors.ts maps it to Unavailable: a retry may succeed). */
 export class ExecError extends Error {
   override readonly name = "ExecError";
   constructor(readonly result: ExecResult) {

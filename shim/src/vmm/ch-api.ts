@@ -4,6 +4,7 @@
 // Oldest version these bodies suit: v49 (a NIC without `ip`/`mask`; v35 added disk `serial`).
 import http from "node:http";
 import { z } from "zod";
+import { ShimError } from "../errors.js";
 
 export const CH_API_ROOT = "/api/v1";
 /** The Cloud Hypervisor release whose API document this client follows. */
@@ -128,9 +129,10 @@ export type ChVmCounters = z.infer<typeof countersSchema>;
 /**
  * A request that did not succeed. `status` is set when CH answered (non-2xx); then `messages`
  * is CH's error chain (v53 sends a JSON array of strings; older releases a plain string).
- * Without `status` the request never got an answer (socket gone, VMM died, timeout).
+ * Without `status` the request never got an answer (socket gone, VMM died, timeout): Unavailable;
+ * a refused request is Internal (we sent something CH does not take).
  */
-export class ChApiError extends Error {
+export class ChApiError extends ShimError {
   override readonly name = "ChApiError";
   constructor(
     readonly method: string,
@@ -142,6 +144,7 @@ export class ChApiError extends Error {
     const what = `cloud-hypervisor API ${method} ${endpoint}`;
     const detail = messages.join(": ");
     super(
+      status === undefined ? "Unavailable" : "Internal",
       status === undefined
         ? `${what}: no answer: ${detail}`
         : `${what} answered ${status}${detail ? `: ${detail}` : ""}`,

@@ -9,8 +9,9 @@ import net from "node:net";
 import path from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { AgentClient } from "../agent/client.js";
+import { deadline, precondition, ShimError, unavailable } from "../errors.js";
 import { TtrpcClient } from "../ttrpc/client.js";
-import { log } from "../util/log.js";
+import { log as rootLog } from "../util/log.js";
 import { TIMED_OUT, within } from "../util/time.js";
 import { ChApiClient, ChApiError, type ChDiskConfig, type ChVmConfig } from "./ch-api.js";
 import { ConsoleLog } from "./console-log.js";
@@ -135,7 +136,7 @@ export class CloudHypervisorDriver implements HypervisorDriver {
     // Found before spawning: setpriv's own "failed to execute" would hide which key is wrong.
     const binary = await findExecutable(this.binary);
     if (!binary)
-      throw new Error(
+      throw precondition(
         `cloud-hypervisor binary ${this.binary} not found or not executable (runtime config cloud_hypervisor_binary)`,
       );
     await assertBootFiles(config);
@@ -161,7 +162,7 @@ export class CloudHypervisorDriver implements HypervisorDriver {
         "--api-socket",
         `path=${paths.api}`,
       ];
-      log.debug({ vm: config.id, argv, config: body }, "starting cloud-hypervisor");
+      (config.log ?? rootLog).debug({ argv, config: body }, "starting cloud-hypervisor");
       const [command, ...args] = argv;
       const child = spawn(command as string, args, { stdio: ["ignore", "ignore", "pipe"] });
       vm = new ChVm(config, child, paths, consoleLog, this.opts.apiTimeoutMs);
@@ -192,6 +193,7 @@ export class ChVm implements VmHandle {
   private stderr = "";
   private stopping: Promise<void> | undefined;
   private exit: VmExit | undefined;
+  private readonly log;
 
   constructor(
     private readonly config: VmConfig,
@@ -201,7 +203,8 @@ export class ChVm implements VmHandle {
     apiTimeoutMs?: number,
   ) {
     this.id = config.id;
-    if (child.pid === undefined) throw new Error(`cloud-hypervisor for VM ${config.id} did not start`);
+    this.log = config.log ?? rootLog.child({ vm: config.id });
+    if (child.pid === undefined) throw unavailable(`cloud-hypervisor for VM ${config.id} did not start`);
     this.pid = child.pid;
     this.consoleLogPath = paths.console;
     this.api = new ChApiClient(paths.api, {
@@ -238,10 +241,10 @@ export class ChVm implements VmHandle {
 
   /** CH creates the API socket right after start; wait until it answers vmm.ping. */
   async waitForApi(): Promise<void> {
-    const deadline = Date.now() + 10_000;
+    const until = Date.now() + 10_000;
     for (;;) {
       if (this.exit)
-        throw new Error(
+        throw unavailable(
           `cloud-hypervisor for VM ${this.id} exited at start (${this.exitText()})${this.stderrTail()}`,
         );
       if (await exists(this.paths.api)) {
@@ -253,8 +256,8 @@ export class ChVm implements VmHandle {
           if (code !== "ECONNREFUSED" && code !== "ENOENT" && !this.exit) throw err;
         }
       }
-      if (Date.now() > deadline)
-        throw new Error(
+      if (Date.now() > until)
+        throw deadline(
           `cloud-hypervisor for VM ${this.id} did not open its API socket in 10 s${this.stderrTail()}`,
         );
       await sleep(5);
@@ -267,7 +270,7 @@ export class ChVm implements VmHandle {
    */
   async call<T>(what: string, fn: (api: ChApiClient) => Promise<T>): Promise<T> {
     if (this.exit)
-      throw new Error(
+      throw unavailable(
         `VM ${this.id}: cloud-hypervisor is not running (${this.exitText()}); ${what} not sent`,
       );
     try {
@@ -277,7 +280,8 @@ export class ChVm implements VmHandle {
         // A reset socket usually arrives a moment before the exit event.
         await within(this.exited, 500);
         if (this.exit)
-          throw new Error(
+          throw new ShimError(
+            "Unavailable",
             `VM ${this.id}: cloud-hypervisor exited (${this.exitText()}) during ${what}${this.stderrTail()}`,
             { cause: err },
           );
@@ -287,16 +291,17 @@ export class ChVm implements VmHandle {
   }
 
   async connectAgent(opts: { timeoutMs: number }): Promise<AgentClient> {
-    const deadline = Date.now() + opts.timeoutMs;
+    const until = Date.now() + opts.timeoutMs;
     const vmExited = this.exited.then(() => {
-      throw new Error(`VM ${this.id} exited while booting (${this.exitText()})${this.stderrTail()}`);
+      throw unavailable(`VM ${this.id} exited while booting (${this.exitText()})${this.stderrTail()}`);
     });
     vmExited.catch(() => {});
     let sock: net.Socket;
     try {
-      sock = await Promise.race([this.dialAgent(deadline), vmExited]);
+      sock = await Promise.race([this.dialAgent(until), vmExited]);
     } catch (err) {
-      throw new Error(
+      throw new ShimError(
+        this.exit ? "Unavailable" : "DeadlineExceeded",
         `VM ${this.id}: no agent on vsock port ${AGENT_VSOCK_PORT} (${(err as Error).message}); ${await this.consoleLog.tail()}`,
       );
     }
@@ -304,10 +309,11 @@ export class ChVm implements VmHandle {
     sock.resume();
     this.agents.push(agent);
     try {
-      await Promise.race([agent.health({ timeoutMs: Math.max(1, deadline - Date.now()) }), vmExited]);
+      await Promise.race([agent.health({ timeoutMs: Math.max(1, until - Date.now()) }), vmExited]);
     } catch (err) {
       agent.close();
-      throw new Error(
+      throw new ShimError(
+        this.exit ? "Unavailable" : "DeadlineExceeded",
         `VM ${this.id}: no answer from the guest agent (${(err as Error).message}); ${await this.consoleLog.tail()}`,
       );
     }
@@ -357,11 +363,11 @@ export class ChVm implements VmHandle {
    */
   async removeDevice(id: string): Promise<void> {
     await this.call("vm.remove-device", (api) => api.removeDevice(id));
-    const deadline = Date.now() + 30_000;
+    const until = Date.now() + 30_000;
     for (;;) {
       const info = await this.call("vm.info", (api) => api.info());
       if (!info.device_tree || !Object.hasOwn(info.device_tree, id)) return;
-      if (Date.now() > deadline) throw new Error(`VM ${this.id}: the guest did not release ${id} in 30 s`);
+      if (Date.now() > until) throw deadline(`VM ${this.id}: the guest did not release ${id} in 30 s`);
       await sleep(25);
     }
   }
@@ -417,10 +423,10 @@ export class ChVm implements VmHandle {
           2000,
         );
         if (outcome !== "ok")
-          log.debug({ vm: this.id, step, outcome: String(outcome) }, "cloud-hypervisor stop step");
+          this.log.debug({ step, outcome: String(outcome) }, "cloud-hypervisor stop step");
       }
       if ((await within(this.exited, 3000)) === TIMED_OUT) {
-        log.warn({ vm: this.id, pid: this.pid }, "cloud-hypervisor did not exit; killing it");
+        this.log.warn({ vmmPid: this.pid }, "cloud-hypervisor did not exit; killing it");
         this.child.kill("SIGKILL");
       }
       await this.exited;

@@ -2,6 +2,7 @@
 // names it rather than a VMM that exits with its own words.
 import { access, constants, stat } from "node:fs/promises";
 import path from "node:path";
+import { precondition } from "../errors.js";
 import { checkDiskSerial, type VmConfig } from "./types.js";
 
 /** Resolves a binary the way spawn would (a path, or a name looked up on PATH); undefined if absent. */
@@ -27,7 +28,7 @@ export async function assertReadable(file: string, what: string): Promise<void> 
   try {
     await access(file, constants.R_OK);
   } catch (err) {
-    throw new Error(`${what} ${file} is not readable: ${(err as NodeJS.ErrnoException).code}`);
+    throw precondition(`${what} ${file} is not readable: ${(err as NodeJS.ErrnoException).code}`);
   }
 }
 

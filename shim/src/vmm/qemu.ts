@@ -7,8 +7,9 @@ import net from "node:net";
 import path from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { AgentClient } from "../agent/client.js";
+import { deadline, exhausted, notFound, ShimError, unavailable } from "../errors.js";
 import { TtrpcClient } from "../ttrpc/client.js";
-import { log } from "../util/log.js";
+import { log as rootLog } from "../util/log.js";
 import { TIMED_OUT, within } from "../util/time.js";
 import { type Accel, probeAccel } from "./accel.js";
 import { ConsoleLog } from "./console-log.js";
@@ -57,7 +58,7 @@ export class QemuDriver implements HypervisorDriver {
       consoleFifo: path.join(config.stateDir, "console.fifo"),
     };
     const argv = qemuArgv(config, accel, paths);
-    log.debug({ vm: config.id, argv: [this.binary, ...argv] }, "starting qemu");
+    (config.log ?? rootLog).debug({ argv: [this.binary, ...argv] }, "starting qemu");
     // setpriv execs QEMU with a parent-death signal: if the shim daemon dies, its VMs die too
     // instead of running on unmanaged (same pid, no extra process).
     let vm: QemuVm | undefined;
@@ -168,6 +169,7 @@ class QemuVm implements VmHandle {
   /** Root port index → the hot-plugged device on it. */
   private readonly busyPorts = new Map<number, string>();
   private hasExited = false;
+  private readonly log;
 
   constructor(
     private readonly config: VmConfig,
@@ -176,7 +178,8 @@ class QemuVm implements VmHandle {
     private readonly consoleLog: ConsoleLog,
   ) {
     this.id = config.id;
-    if (child.pid === undefined) throw new Error(`qemu for VM ${config.id} did not start`);
+    this.log = config.log ?? rootLog.child({ vm: config.id });
+    if (child.pid === undefined) throw unavailable(`qemu for VM ${config.id} did not start`);
     this.pid = child.pid;
     this.consoleLogPath = paths.console;
     child.stderr?.setEncoding("utf8");
@@ -198,44 +201,47 @@ class QemuVm implements VmHandle {
 
   /** QEMU creates its sockets before running the guest; then QMP is ready to take commands. */
   async waitForSockets(): Promise<void> {
-    const deadline = Date.now() + 10_000;
+    const until = Date.now() + 10_000;
     for (;;) {
-      if (this.hasExited) throw new Error(`qemu for VM ${this.id} exited at start: ${this.stderr.trim()}`);
+      if (this.hasExited) throw unavailable(`qemu for VM ${this.id} exited at start: ${this.stderr.trim()}`);
       if ((await exists(this.paths.qmp)) && (await exists(this.paths.agent))) break;
-      if (Date.now() > deadline) throw new Error(`qemu for VM ${this.id} did not create its sockets in 10 s`);
+      if (Date.now() > until) throw deadline(`qemu for VM ${this.id} did not create its sockets in 10 s`);
       await sleep(5);
     }
-    this.qmp = await retryRefused(() => QmpClient.connect(this.paths.qmp), deadline);
+    this.qmp = await retryRefused(() => QmpClient.connect(this.paths.qmp), until);
   }
 
   async connectAgent(opts: { timeoutMs: number }): Promise<AgentClient> {
-    const deadline = Date.now() + opts.timeoutMs;
+    const until = Date.now() + opts.timeoutMs;
     const sock = await Promise.race([
       retryRefused(async () => {
         const s = net.createConnection({ path: this.paths.agent });
         await once(s, "connect");
         return s;
-      }, deadline),
+      }, until),
       this.exited.then(() => {
-        throw new Error(`VM ${this.id} exited before the agent channel opened`);
+        throw unavailable(`VM ${this.id} exited before the agent channel opened`);
       }),
     ]);
     const agent = new AgentClient(new TtrpcClient(sock));
     this.agents.push(agent);
     // The request waits in the socket until the agent opens its port; QEMU does not read the
     // chardev before the guest side is open, so nothing is lost while the guest boots.
-    const remaining = Math.max(1, deadline - Date.now());
+    const remaining = Math.max(1, until - Date.now());
     try {
       await Promise.race([
         agent.health({ timeoutMs: remaining }),
         this.exited.then(() => {
-          throw new Error(`VM ${this.id} exited while booting: ${this.stderr.trim() || "see console log"}`);
+          throw unavailable(`VM ${this.id} exited while booting: ${this.stderr.trim() || "see console log"}`);
         }),
       ]);
     } catch (err) {
       agent.close();
-      throw new Error(
-        `VM ${this.id}: no answer from the guest agent (${(err as Error).message}); ${await this.consoleLog.tail()}`,
+      const kind = this.hasExited ? "Unavailable" : "DeadlineExceeded";
+      throw new ShimError(
+        kind,
+        `VM ${this.id}: no answer from the guest agent in ${opts.timeoutMs} ms (${(err as Error).message}); ${await this.consoleLog.tail()}`,
+        { cause: err },
       );
     }
     return agent;
@@ -246,7 +252,7 @@ class QemuVm implements VmHandle {
     await assertReadable(disk.path, `disk ${disk.serial}`);
     const qmp = this.control();
     const port = [...Array(HOTPLUG_PORTS).keys()].find((i) => !this.busyPorts.has(i));
-    if (port === undefined) throw new Error(`VM ${this.id}: all ${HOTPLUG_PORTS} hot-plug ports are in use`);
+    if (port === undefined) throw exhausted(`VM ${this.id}: all ${HOTPLUG_PORTS} hot-plug ports are in use`);
     const id = `hd-${disk.serial}`;
     const node = `node-${disk.serial}`;
     await qmp.execute("blockdev-add", {
@@ -274,7 +280,7 @@ class QemuVm implements VmHandle {
   async removeDevice(id: string): Promise<void> {
     const qmp = this.control();
     const port = [...this.busyPorts].find(([, dev]) => dev === id)?.[0];
-    if (port === undefined) throw new Error(`VM ${this.id}: no hot-plugged device ${id}`);
+    if (port === undefined) throw notFound(`VM ${this.id}: hot-plugged device ${id}`);
     const deleted = new Promise<void>((resolve) => {
       const onEvent = (event: QmpEvent) => {
         if (event.event === "DEVICE_DELETED" && event.data?.device === id) {
@@ -287,7 +293,7 @@ class QemuVm implements VmHandle {
     await qmp.execute("device_del", { id });
     // The guest's PCIe hotplug driver releases the device after its attention-button delay.
     if ((await within(deleted, 30_000)) === TIMED_OUT)
-      throw new Error(`VM ${this.id}: the guest did not release ${id} in 30 s`);
+      throw deadline(`VM ${this.id}: the guest did not release ${id} in 30 s`);
     await qmp.execute("blockdev-del", { "node-name": id.replace(/^hd-/, "node-") });
     this.busyPorts.delete(port);
   }
@@ -301,7 +307,7 @@ class QemuVm implements VmHandle {
   }
 
   private control(): QmpClient {
-    if (!this.qmp || this.hasExited) throw new Error(`VM ${this.id} is not running`);
+    if (!this.qmp || this.hasExited) throw unavailable(`VM ${this.id} is not running`);
     return this.qmp;
   }
 
@@ -323,7 +329,7 @@ class QemuVm implements VmHandle {
         // QMP gone: the process is exiting or wedged; the kill below settles it.
       }
       if ((await within(this.exited, 3000)) === TIMED_OUT) {
-        log.warn({ vm: this.id, pid: this.pid }, "qemu did not quit; killing it");
+        this.log.warn({ vmmPid: this.pid }, "qemu did not quit; killing it");
         this.child.kill("SIGKILL");
       }
       await this.exited;

@@ -2,6 +2,7 @@
 // in flight per id, asynchronous events delivered to listeners.
 import { EventEmitter, once } from "node:events";
 import net from "node:net";
+import { ShimError } from "../errors.js";
 
 export interface QmpEvent {
   event: string;
@@ -9,8 +10,12 @@ export interface QmpEvent {
   timestamp?: { seconds: number; microseconds: number };
 }
 
-export class QmpError extends Error {
+export class QmpError extends ShimError {
   override readonly name = "QmpError";
+  /** A closed QMP means QEMU is gone (Unavailable); a refused command is ours to explain (Internal). */
+  constructor(kind: "Unavailable" | "Internal", message: string) {
+    super(kind, message);
+  }
 }
 
 interface Waiter {
@@ -47,7 +52,7 @@ export class QmpClient extends EventEmitter<{ event: [QmpEvent]; close: [] }> {
     sock.on("close", () => {
       this.closed = true;
       for (const w of this.waiters.values())
-        w.reject(new QmpError(`QMP closed before ${w.command} answered`));
+        w.reject(new QmpError("Unavailable", `QMP closed before ${w.command} answered`));
       this.waiters.clear();
       this.emit("close");
     });
@@ -63,7 +68,7 @@ export class QmpClient extends EventEmitter<{ event: [QmpEvent]; close: [] }> {
   }
 
   async execute<T = unknown>(command: string, args?: Record<string, unknown>): Promise<T> {
-    if (this.closed) throw new QmpError(`QMP is closed; cannot run ${command}`);
+    if (this.closed) throw new QmpError("Unavailable", `QMP is closed; cannot run ${command}`);
     const id = `c${this.nextId++}`;
     const reply = new Promise<unknown>((resolve, reject) =>
       this.waiters.set(id, { command, resolve, reject }),
@@ -94,7 +99,10 @@ export class QmpClient extends EventEmitter<{ event: [QmpEvent]; close: [] }> {
     if ("error" in msg) {
       const error = msg.error as { class?: string; desc?: string };
       waiter.reject(
-        new QmpError(`QMP ${waiter.command} failed: ${error.desc ?? "unknown error"} (${error.class})`),
+        new QmpError(
+          "Internal",
+          `QMP ${waiter.command} failed: ${error.desc ?? "unknown error"} (${error.class})`,
+        ),
       );
     } else {
       waiter.resolve(msg.return);

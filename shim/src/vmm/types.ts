@@ -1,6 +1,8 @@
 // The hypervisor seam: everything above it (task service, agent client, rootfs, network) is
 // shared by the drivers below it (qemu, cloud-hypervisor).
 import type { AgentClient } from "../agent/client.js";
+import { invalid } from "../errors.js";
+import type { Logger } from "../util/log.js";
 
 export interface VmConfig {
   /** Unique per host; names the VM in process lists and logs. */
@@ -22,6 +24,8 @@ export interface VmConfig {
   network?: { netnsPath: string; tap: string; mac: string };
   /** Disks present at boot besides the guest rootfs (container images, scratch disks). */
   disks?: DiskSpec[];
+  /** Where the driver logs about this VM (a child logger with the pod's fields). */
+  log?: Logger;
 }
 
 export interface DiskSpec {
@@ -36,7 +40,7 @@ export const MAX_DISK_SERIAL = 20;
 
 export function checkDiskSerial(serial: string): void {
   if (!/^[A-Za-z0-9_-]{1,20}$/.test(serial)) {
-    throw new Error(`disk serial "${serial}" must be 1-${MAX_DISK_SERIAL} characters of [A-Za-z0-9_-]`);
+    throw invalid(`disk serial "${serial}" must be 1-${MAX_DISK_SERIAL} characters of [A-Za-z0-9_-]`);
   }
 }
 

@@ -6,7 +6,7 @@ import { createHash } from "node:crypto";
 import { lstat, readdir, readFile, readlink, stat } from "node:fs/promises";
 import path from "node:path";
 import type { AgentClient, PutFile } from "../agent/client.js";
-import { invalid } from "../task/errors.js";
+import { invalid } from "../errors.js";
 import type { Logger } from "../util/log.js";
 
 export const GUEST_VOLUMES = "/run/cloudhv/volumes";

@@ -579,11 +579,8 @@ async function startRealAgent(
 }
 
 async function startBuiltinAgent(socket: string): Promise<{ socket: string; stop(): Promise<void> }> {
-  const health = messageCodec<{ status: string; uptimeNs: number }>(
-    "agent.proto",
-    "cloudhv.agent.v1.HealthResponse",
-  );
-  const version = messageCodec<Record<string, unknown>>("agent.proto", "cloudhv.agent.v1.VersionResponse");
+  const health = messageCodec("cloudhv.agent.v1.HealthResponse");
+  const version = messageCodec("cloudhv.agent.v1.VersionResponse");
   const started = process.hrtime.bigint();
   const server = new TtrpcServer().register("cloudhv.agent.v1.Agent", {
     Health: async () =>
