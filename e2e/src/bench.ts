@@ -9,6 +9,7 @@ import os from "node:os";
 import path from "node:path";
 import { exec, probeAccel, QemuDriver } from "@cloudhv/shim";
 import { Command, InvalidArgumentError } from "commander";
+import { QEMU_ACCEL } from "./accel.js";
 import { guestArtifacts, REPO_ROOT } from "./artifacts.js";
 import {
   bytesOf,
@@ -1129,8 +1130,10 @@ async function main(opts: Options): Promise<void> {
       machine.accelReason = String(figures.guestBoot.accelReason);
     } else {
       const probe = await probeAccel(new QemuDriver().binary).catch(() => undefined);
-      machine.accel = probe?.accel ?? "unknown";
-      machine.accelReason = probe?.reason ?? "the probe failed";
+      machine.accel = QEMU_ACCEL;
+      machine.accelReason = probe
+        ? `asked for; KVM here: ${probe.reason}`
+        : "asked for; the KVM probe failed";
     }
     say("starting the harness (private containerd, CRI, CNI bridge) …");
     checkAbort();

@@ -9,6 +9,7 @@ import {
   type VersionResponse,
   type VmHandle,
 } from "@cloudhv/shim";
+import { QEMU_ACCEL } from "./accel.js";
 import { guestArtifacts } from "./artifacts.js";
 
 export interface BootReport {
@@ -39,8 +40,10 @@ export async function bootAndProbe(opts: BootOptions = {}): Promise<BootReport> 
     ...(opts.kernelPath ? { kernelPath: opts.kernelPath } : {}),
     ...(opts.rootfsPath ? { rootfsPath: opts.rootfsPath } : {}),
   });
-  const driver = new QemuDriver();
-  const accel = await probeAccel(driver.binary);
+  const driver = new QemuDriver({ accel: QEMU_ACCEL });
+  const probe = await probeAccel(driver.binary);
+  const accel: AccelProbe =
+    QEMU_ACCEL === "tcg" ? { accel: "tcg", reason: `asked for; KVM here: ${probe.reason}` } : probe;
   const vmId = `boot-${randomUUID().slice(0, 8)}`;
   const started = performance.now();
   await using vm = await driver.launch({

@@ -2,6 +2,7 @@
 // node can run it (a cloud-hypervisor binary and MSHV or a working KVM). A suite that cannot
 // run here says "skipped: <exact reason>" instead of passing quietly.
 import { cloudHypervisorAvailability } from "@cloudhv/shim";
+import { QEMU_ACCEL } from "./accel.js";
 
 export interface HypervisorSuite {
   name: "qemu" | "cloud-hypervisor";
@@ -20,7 +21,7 @@ export function cloudHypervisorCandidates(): string[] {
 export async function hypervisorSuites(): Promise<HypervisorSuite[]> {
   const ch = await cloudHypervisorAvailability(cloudHypervisorCandidates());
   return [
-    { name: "qemu", runtimeConfig: { hypervisor: "qemu" } },
+    { name: "qemu", runtimeConfig: { hypervisor: "qemu", qemu_accel: QEMU_ACCEL } },
     {
       name: "cloud-hypervisor",
       runtimeConfig: {

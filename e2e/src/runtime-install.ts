@@ -2,6 +2,7 @@
 // binary on a PATH directory of its own, and a runtime config pointing at build/guest/.
 import { chmod, mkdir, rm, symlink, writeFile } from "node:fs/promises";
 import path from "node:path";
+import { QEMU_ACCEL } from "./accel.js";
 import { guestArtifacts, REPO_ROOT } from "./artifacts.js";
 
 export interface RuntimeInstall {
@@ -34,6 +35,7 @@ export async function installRuntime(
     JSON.stringify(
       {
         hypervisor: "qemu",
+        qemu_accel: QEMU_ACCEL,
         kernel_path: kernelPath,
         rootfs_path: rootfsPath,
         state_dir: stateDir,

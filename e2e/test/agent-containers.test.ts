@@ -10,6 +10,7 @@ import os from "node:os";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
 import { type AgentClient, Code, createScratchDisk, execOk, QemuDriver, type VmHandle } from "@cloudhv/shim";
+import { QEMU_ACCEL } from "../src/accel.js";
 import { guestArtifacts } from "../src/artifacts.js";
 import { entriesOf, processesMatching } from "../src/leaks.js";
 import { stageBusyboxRoot } from "../src/oci-image.js";
@@ -61,7 +62,7 @@ describe("guest agent runs containers with crun (QEMU microVM)", () => {
         const disk = await createScratchDisk(path.join(tmp, `${serial}.ext4`), 64 * 1024 * 1024);
         disks.push({ path: disk.path, serial, readOnly: false });
       }
-      vm = await new QemuDriver().launch({
+      vm = await new QemuDriver({ accel: QEMU_ACCEL }).launch({
         id: vmId,
         ...guestArtifacts(),
         vcpus: 2,

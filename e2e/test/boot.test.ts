@@ -6,6 +6,7 @@ import os from "node:os";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
 import { QemuDriver } from "@cloudhv/shim";
+import { QEMU_ACCEL } from "../src/accel.js";
 import { guestArtifacts } from "../src/artifacts.js";
 import { bootAndProbe } from "../src/boot.js";
 import { entriesOf, processesMatching } from "../src/leaks.js";
@@ -45,7 +46,7 @@ describe("guest boot under QEMU", () => {
 
   it("reports a VMM that dies while the guest boots, and still cleans up", async () => {
     const artifacts = guestArtifacts();
-    const vm = await new QemuDriver().launch({
+    const vm = await new QemuDriver({ accel: QEMU_ACCEL }).launch({
       id: "boot-killed",
       ...artifacts,
       vcpus: 1,
@@ -66,7 +67,7 @@ describe("guest boot under QEMU", () => {
     try {
       const { rootfsPath } = guestArtifacts();
       await assert.rejects(
-        new QemuDriver().launch({
+        new QemuDriver({ accel: QEMU_ACCEL }).launch({
           id: "boot-nokernel",
           kernelPath: path.join(tmp, "no-such-vmlinux"),
           rootfsPath,

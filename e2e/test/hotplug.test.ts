@@ -6,6 +6,7 @@ import os from "node:os";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
 import { type AgentClient, createScratchDisk, execOk, QemuDriver, type VmHandle } from "@cloudhv/shim";
+import { QEMU_ACCEL } from "../src/accel.js";
 import { guestArtifacts } from "../src/artifacts.js";
 import { processesMatching } from "../src/leaks.js";
 import { stageBusyboxRoot } from "../src/oci-image.js";
@@ -34,7 +35,7 @@ describe("QEMU hot-plug and pause", () => {
     await stageBusyboxRoot(root);
     image = path.join(tmp, "image.erofs");
     await execOk(["mkfs.erofs", "--quiet", "--all-root", image, root]);
-    vm = await new QemuDriver().launch({
+    vm = await new QemuDriver({ accel: QEMU_ACCEL }).launch({
       id: "hotplug",
       ...guestArtifacts(),
       vcpus: 1,

@@ -123,6 +123,8 @@ describe("charts/cloudhv with a real helm", () => {
     // The rendered runtime config is one the shim itself accepts.
     const cfg = JSON.parse(one(objs, "ConfigMap").data["runtime-config.json"]);
     assert.equal(parseConfig(cfg, "chart").default_memory_mb, 256);
+    // KVM by default: TCG is an explicit opt-in (runtime.qemuAccel), never a fallback.
+    assert.equal(cfg.qemu_accel, "kvm");
 
     const cleanup = one(objs, "DaemonSet", "r-cloudhv-cleanup");
     assert.equal(cleanup.metadata.annotations["helm.sh/hook"], "pre-delete");
@@ -181,6 +183,7 @@ describe("charts/cloudhv with a real helm", () => {
     const objs = await render(
       "runtime.defaultMemoryMiB=512",
       "runtime.defaultVcpus=2",
+      "runtime.qemuAccel=tcg",
       "runtimeClass.overhead.reserveVcpus=true",
       "runtimeClass.name=microvm",
       "runtime.extra.cache_max_bytes=1073741824",
@@ -195,6 +198,7 @@ describe("charts/cloudhv with a real helm", () => {
     const cfg = parseConfig(JSON.parse(one(objs, "ConfigMap").data["runtime-config.json"]), "chart");
     assert.equal(cfg.default_memory_mb, 512);
     assert.equal(cfg.default_vcpus, 2);
+    assert.equal(cfg.qemu_accel, "tcg");
     assert.equal(cfg.cache_max_bytes, 1073741824);
     const pod = one(objs, "DaemonSet").spec.template.spec;
     assert.deepEqual(pod.nodeSelector, { "kubernetes.io/os": "linux", pool: "sandbox" });

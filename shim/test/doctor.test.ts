@@ -4,7 +4,7 @@
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
 import { existsSync } from "node:fs";
-import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -117,8 +117,14 @@ describe("cloudhv doctor", () => {
     }
   });
 
-  it("reports whether KVM really runs a guest here, and that QEMU (TCG) is used when it does not", async (t) => {
+  it("reports whether KVM really runs a guest here; without KVM, QEMU fails unless TCG is opted into", async (t) => {
+    const tcgConfig = path.join(dir, "tcg.json");
+    await writeFile(
+      tcgConfig,
+      JSON.stringify({ ...JSON.parse(await readFile(goodConfig, "utf8")), qemu_accel: "tcg" }),
+    );
     const { checks } = parse(await doctor(["--config", goodConfig, "--json"]));
+    const tcgChecks = parse(await doctor(["--config", tcgConfig, "--json"])).checks;
     const kvm = byId(checks, "kvm");
     const hypervisor = byId(checks, "hypervisor");
     if (!existsSync("/dev/kvm")) {
@@ -131,11 +137,16 @@ describe("cloudhv doctor", () => {
     t.diagnostic(`independent probe on this node: ${probe.accel} (${probe.reason})`);
     if (probe.accel === "tcg") {
       // Our development machines: /dev/kvm exists, but nested KVM fails on the first guest.
-      assert.equal(kvm.status, "warn");
+      // The default (KVM) fails with the fix; the TCG opt-in warns that it is no boundary.
+      assert.equal(kvm.status, "fail");
       assert.match(kvm.detail, /^\/dev\/kvm is present but unusable: /);
       assert.ok(kvm.fix);
-      assert.equal(hypervisor.status, "warn");
-      assert.match(hypervisor.detail, /^qemu: .*QEMU with TCG/);
+      assert.equal(hypervisor.status, "fail");
+      assert.match(hypervisor.detail, /^qemu: .*QEMU with KVM, which does not work here/);
+      assert.match(hypervisor.fix ?? "", /"qemu_accel": "tcg"/);
+      assert.equal(byId(tcgChecks, "kvm").status, "warn");
+      assert.equal(byId(tcgChecks, "hypervisor").status, "warn");
+      assert.match(byId(tcgChecks, "hypervisor").detail, /^qemu: .*QEMU with TCG .*not a security boundary/);
     } else {
       assert.equal(kvm.status, "pass");
       assert.match(hypervisor.detail, /^qemu: .*QEMU with KVM/);

@@ -3,6 +3,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { parseConfig } from "../src/config/config.js";
+import type { QemuDriver } from "../src/vmm/qemu.js";
 import { type ChoiceInputs, decideHypervisor, driverForChoice } from "../src/vmm/select.js";
 
 const BROKEN_KVM = { accel: "tcg", reason: "/dev/kvm is present but unusable: failed to set MSR" } as const;
@@ -34,11 +35,29 @@ describe("hypervisor choice", () => {
     assert.equal(driverForChoice(auto, kvm).name, "cloud-hypervisor");
   });
 
-  it("auto: QEMU with TCG where /dev/kvm exists but cannot run a guest (our CI machines)", () => {
+  it("auto where /dev/kvm cannot run a guest: QEMU with KVM, marked broken; never a silent TCG", () => {
     const choice = decideHypervisor(auto, facts({ kvmProbe: BROKEN_KVM }));
     assert.equal(choice.name, "qemu");
-    assert.match(choice.reason, /KVM does not run guests here: QEMU with TCG .*failed to set MSR/);
-    assert.equal(driverForChoice(auto, choice).name, "qemu");
+    assert.equal(choice.accel, "kvm");
+    assert.equal(choice.broken, true);
+    assert.match(
+      choice.reason,
+      /KVM does not run guests here: QEMU with KVM, which does not work here .*failed to set MSR.*qemu_accel/,
+    );
+    const driver = driverForChoice(auto, choice);
+    assert.equal(driver.name, "qemu");
+    assert.equal((driver as QemuDriver).accel, "kvm");
+  });
+
+  it("qemu_accel=tcg is the explicit opt-in to software emulation, and says it is no boundary", () => {
+    const tcg = parseConfig({ qemu_accel: "tcg" }, "test");
+    const choice = decideHypervisor(tcg, facts({ kvmProbe: BROKEN_KVM }));
+    assert.equal(choice.name, "qemu");
+    assert.equal(choice.accel, "tcg");
+    assert.equal(choice.broken, undefined);
+    assert.match(choice.reason, /QEMU with TCG \(qemu_accel=tcg: .*not a security boundary\)/);
+    assert.equal((driverForChoice(tcg, choice) as QemuDriver).accel, "tcg");
+    assert.throws(() => parseConfig({ qemu_accel: "auto" }, "test"), /"qemu_accel"/);
   });
 
   it("auto: QEMU when cloud-hypervisor is not installed, or there is no hypervisor device", () => {

@@ -7,6 +7,7 @@ import { rmSync } from "node:fs";
 import { chmod, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { promisify } from "node:util";
+import { QEMU_ACCEL } from "@cloudhv/e2e/dist/src/accel.js";
 import { guestArtifacts } from "@cloudhv/e2e/dist/src/artifacts.js";
 import { PrivateContainerd } from "@cloudhv/e2e/dist/src/containerd.js";
 import { CriClient, type PodSandboxConfig } from "@cloudhv/e2e/dist/src/cri/client.js";
@@ -177,13 +178,14 @@ state = "${dir}/state"
 }
 
 /**
- * The runtime config the tests install: QEMU (no KVM here), and state under the pretend root's
+ * The runtime config the tests install: QEMU with the tests' accelerator (TCG here), and state under the pretend root's
  * /opt/node-state (the one other node directory containerd's namespace sees as the root's).
  */
 export const TEST_STATE = "/opt/node-state";
 export function testRuntimeConfig(): Record<string, unknown> {
   return {
     hypervisor: "qemu",
+    qemu_accel: QEMU_ACCEL,
     state_dir: `${TEST_STATE}/cloudhv`,
     cache_dir: `${TEST_STATE}/cloudhv-cache/cache`,
     scratch_dir: `${TEST_STATE}/cloudhv-cache/scratch`,

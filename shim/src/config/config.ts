@@ -9,6 +9,8 @@ export const configSchema = z
   .strictObject({
     hypervisor: z.enum(["qemu", "cloud-hypervisor", "auto"]).default("auto"),
     qemu_binary: z.string().min(1).default("qemu-system-x86_64"),
+    // TCG only when asked for: it is not a security boundary (see vmm/accel.ts).
+    qemu_accel: z.enum(["kvm", "tcg"]).default("kvm"),
     cloud_hypervisor_binary: z.string().min(1).default("/opt/cloudhv/bin/cloud-hypervisor"),
     kernel_path: z.string().min(1).default("/opt/cloudhv/vmlinux"),
     rootfs_path: z.string().min(1).default("/opt/cloudhv/rootfs.erofs"),

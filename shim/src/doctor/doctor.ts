@@ -377,7 +377,9 @@ export async function doctor(opts: DoctorOptions): Promise<Check[]> {
   // KVM: really run a guest (QEMU's probe), /dev/kvm can exist and still not work (nested).
   const kvmFix =
     "enable VT-x/AMD-V in the firmware and load kvm_intel/kvm_amd; inside a VM, enable nested virtualisation on its host";
-  const noHv = chNeeded && !devices.mshv ? "fail" : "warn";
+  // KVM is needed by Cloud Hypervisor (unless MSHV) and by QEMU unless the config opted into TCG.
+  const kvmNeeded = (chNeeded && !devices.mshv) || (choice.name === "qemu" && choice.accel === "kvm");
+  const noHv = kvmNeeded ? "fail" : "warn";
   if (!devices.kvm)
     checks.push({ id: "kvm", title: "KVM", status: noHv, detail: "/dev/kvm is absent", fix: kvmFix });
   else if (!kvmProbe)
@@ -386,13 +388,6 @@ export async function doctor(opts: DoctorOptions): Promise<Check[]> {
       title: "KVM",
       status: "info",
       detail: `/dev/kvm is present; not probed (the probe runs a guest with ${config.qemu_binary}, which is not installed)`,
-    });
-  else if (kvmProbe.reason === "CLOUDHV_QEMU_ACCEL")
-    checks.push({
-      id: "kvm",
-      title: "KVM",
-      status: "info",
-      detail: `/dev/kvm is present; not probed: CLOUDHV_QEMU_ACCEL=${kvmProbe.accel} decides`,
     });
   else if (kvmProbe.accel === "kvm")
     checks.push({
@@ -426,17 +421,22 @@ export async function doctor(opts: DoctorOptions): Promise<Check[]> {
         },
   );
 
-  const tcg = choice.name === "qemu" && choice.accel?.accel === "tcg";
+  const tcg = choice.name === "qemu" && choice.accel === "tcg";
+  const chMissing = chNeeded && (!chBinary || (!devices.kvm && !devices.mshv));
   checks.push({
     id: "hypervisor",
     title: "hypervisor in use",
-    status: chNeeded && (!chBinary || (!devices.kvm && !devices.mshv)) ? "fail" : tcg ? "warn" : "pass",
+    status: chMissing || choice.broken ? "fail" : tcg ? "warn" : "pass",
     detail: `${choice.name}: ${choice.reason}`,
     ...(tcg
       ? {
-          fix: `pods run, but slowly (TCG); make KVM work (see "KVM") and ${chBinary ? "Cloud Hypervisor" : "QEMU with KVM"} is used`,
+          fix: `pods run slowly and TCG is not a security boundary; make KVM work (see "KVM") and remove "qemu_accel": "tcg"`,
         }
-      : {}),
+      : choice.broken
+        ? {
+            fix: `make KVM work (see "KVM"), or set "qemu_accel": "tcg" for software emulation (not a security boundary)`,
+          }
+        : {}),
   });
 
   checks.push(

@@ -11,7 +11,7 @@ import { deadline, exhausted, notFound, ShimError, unavailable } from "../errors
 import { TtrpcClient } from "../ttrpc/client.js";
 import { log as rootLog } from "../util/log.js";
 import { TIMED_OUT, within } from "../util/time.js";
-import { type Accel, probeAccel } from "./accel.js";
+import { type Accel, kvmUnusableMessage, probeAccel } from "./accel.js";
 import { ConsoleLog } from "./console-log.js";
 import { assertBootFiles, assertReadable, exists } from "./files.js";
 import { QmpClient, type QmpEvent } from "./qmp.js";
@@ -35,21 +35,31 @@ export const BASE_KERNEL_ARGS =
 
 export interface QemuDriverOptions {
   binary?: string;
-  /** Force an accelerator; by default it is probed once per process. */
+  /**
+   * The accelerator (the runtime config's `qemu_accel`); default KVM. TCG is never chosen on
+   * the driver's own: it is not a security boundary.
+   */
   accel?: Accel;
 }
 
 export class QemuDriver implements HypervisorDriver {
   readonly name = "qemu";
   readonly binary: string;
+  readonly accel: Accel;
 
-  constructor(private readonly opts: QemuDriverOptions = {}) {
+  constructor(opts: QemuDriverOptions = {}) {
     this.binary = opts.binary ?? "qemu-system-x86_64";
+    this.accel = opts.accel ?? "kvm";
   }
 
   async launch(config: VmConfig): Promise<VmHandle> {
     await assertBootFiles(config);
-    const accel = this.opts.accel ?? (await probeAccel(this.binary)).accel;
+    const accel = this.accel;
+    if (accel === "kvm") {
+      // Fail fast, naming the fix, rather than a QEMU error or a guest that never answers.
+      const probe = await probeAccel(this.binary);
+      if (probe.accel !== "kvm") throw new ShimError("FailedPrecondition", kvmUnusableMessage(probe));
+    }
     await mkdir(config.stateDir, { recursive: true, mode: 0o700 });
     const paths = {
       qmp: path.join(config.stateDir, "qmp.sock"),

@@ -1,9 +1,9 @@
 // Which driver runs the VMs: the config's `hypervisor` key, and for `auto` what this node has.
 // Cloud Hypervisor needs a working KVM (/dev/kvm) or the Microsoft Hypervisor (/dev/mshv);
-// QEMU runs everywhere (TCG when KVM does not work).
+// QEMU runs with KVM, or with TCG where the config asks for it (`qemu_accel`).
 import { stat } from "node:fs/promises";
 import type { RuntimeConfig } from "../config/config.js";
-import { type AccelProbe, probeAccel } from "./accel.js";
+import { type Accel, type AccelProbe, probeAccel } from "./accel.js";
 import { CloudHypervisorDriver } from "./cloud-hypervisor.js";
 import { findExecutable } from "./files.js";
 import { QemuDriver } from "./qemu.js";
@@ -30,8 +30,10 @@ export interface HypervisorChoice {
   name: "qemu" | "cloud-hypervisor";
   /** One sentence: why this driver (and for QEMU, which accelerator). */
   reason: string;
-  /** For QEMU: the accelerator it will use. */
-  accel?: AccelProbe;
+  /** For QEMU: the accelerator it will use (the config's `qemu_accel`). */
+  accel?: Accel;
+  /** For QEMU with KVM: true when the probe says KVM does not work, so every pod will fail. */
+  broken?: boolean;
 }
 
 export interface ChoiceInputs {
@@ -57,13 +59,24 @@ export async function gatherChoiceInputs(config: RuntimeConfig): Promise<ChoiceI
 /** The decision itself, from facts gathered beforehand (pure, so it is tested directly). */
 export function decideHypervisor(config: RuntimeConfig, facts: ChoiceInputs): HypervisorChoice {
   const qemuChoice = (why: string): HypervisorChoice => {
-    const accel = facts.kvmProbe;
-    const how = accel
-      ? accel.accel === "kvm"
-        ? "QEMU with KVM"
-        : `QEMU with TCG (software emulation, slow: ${accel.reason})`
-      : `QEMU (${config.qemu_binary} not found, so KVM was not probed)`;
-    return { name: "qemu", reason: `${why}: ${how}`, ...(accel ? { accel } : {}) };
+    const accel = config.qemu_accel;
+    const probe = facts.kvmProbe;
+    if (accel === "tcg")
+      return {
+        name: "qemu",
+        accel,
+        reason: `${why}: QEMU with TCG (qemu_accel=tcg: software emulation, slow, not a security boundary)`,
+      };
+    if (!probe)
+      return { name: "qemu", accel, reason: `${why}: QEMU with KVM (${config.qemu_binary} not found)` };
+    if (probe.accel !== "kvm")
+      return {
+        name: "qemu",
+        accel,
+        broken: true,
+        reason: `${why}: QEMU with KVM, which does not work here (${probe.reason}): pods will fail until KVM works or qemu_accel is "tcg"`,
+      };
+    return { name: "qemu", accel, reason: `${why}: QEMU with KVM` };
   };
   if (config.hypervisor === "qemu") return qemuChoice("config hypervisor=qemu");
   if (config.hypervisor === "cloud-hypervisor")
@@ -129,7 +142,7 @@ export async function cloudHypervisorAvailability(
 export function driverForChoice(config: RuntimeConfig, choice: HypervisorChoice): HypervisorDriver {
   return choice.name === "cloud-hypervisor"
     ? new CloudHypervisorDriver({ binary: config.cloud_hypervisor_binary })
-    : new QemuDriver({ binary: config.qemu_binary });
+    : new QemuDriver({ binary: config.qemu_binary, accel: config.qemu_accel });
 }
 
 export { findExecutable };
