@@ -3,7 +3,7 @@
 // then the config's defaults. An annotation the config does not enable, a malformed value or
 // one outside the config's bounds fails the sandbox with a message naming all three.
 import type { RuntimeConfig } from "../config/config.js";
-import { invalid } from "./errors.js";
+import { invalid } from "../task/errors.js";
 
 export const ANNOTATION_PREFIXES = [
   "io.cloudhv.config.hypervisor.",
