@@ -132,6 +132,7 @@ describe("TaskService with a fake VMM and an in-process agent", () => {
     // One leaves, one more fits.
     await rig.tasks.delete(NS, "app1", "");
     assert.equal(vm.plugged.size, 2, "app1's disks were unplugged");
+    assert.ok(!vm.agent.containers.has("app1"), "app1 was removed in the guest");
     await rig.create("app3", { role: "container", sandbox: "pod" });
   });
 
