@@ -127,18 +127,8 @@ export class TaskService {
       // Phase timings go to the log on every create: the benchmarks read them from there.
       const phases = new PhaseClock();
       const io = stdioOf(req);
-      const member = await this.pods.create(
-        {
-          namespace: ns,
-          id: req.id,
-          bundle: req.bundle,
-          rootfs: req.rootfs,
-          terminal: req.terminal,
-          stdin: StdioForwarder.wantsStdin(io),
-        },
-        taskLog.log,
-        phases,
-      );
+      const wanted = { ...req, namespace: ns, stdin: StdioForwarder.wantsStdin(io) };
+      const member = await this.pods.create(wanted, taskLog.log, phases);
       undo.defer("remove container from its pod", () => this.pods.remove(member, new PhaseClock()));
       const container = new Container(
         ns,
@@ -157,7 +147,7 @@ export class TaskService {
         containerId: req.id,
         bundle: req.bundle,
         rootfs: req.rootfs,
-        io: { stdin: req.stdin, stdout: req.stdout, stderr: req.stderr, terminal: req.terminal },
+        io,
         checkpoint: "",
         pid: member.pid,
       });
