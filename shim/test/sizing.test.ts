@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { parseConfig } from "../src/config/config.js";
-import { vmSize } from "../src/task/sizing.js";
+import { vmSize } from "../src/pod/sizing.js";
 
 const config = parseConfig(
   { default_vcpus: 1, default_memory_mb: 256, max_vcpus: 4, max_memory_mb: 2048 },

@@ -1,40 +1,35 @@
-// The task service: validates, finds the container or process, delegates to the sandbox's
-// agent, and publishes the events containerd expects. It knows nothing of ttrpc framing
-// (task/ttrpc-binding.ts maps it onto the wire), so tests can call it directly.
-import { createHash } from "node:crypto";
-import { readFile } from "node:fs/promises";
+// The task service: containerd's task API. It keeps task and exec ids, process state and
+// stdio, and publishes the events containerd expects; the VM and everything else a container
+// needs come from its pod (pod/). It knows nothing of ttrpc framing (task/ttrpc-binding.ts maps
+// it onto the wire), so unit tests drive it directly (shim/test/task-service.test.ts).
 import path from "node:path";
 import type { DestinationStream, LevelWithSilent } from "pino";
-import type { GuestNetwork } from "../agent/client.js";
 import type { RuntimeConfig } from "../config/config.js";
 import type { EventPublisher, Mount, Timestamp } from "../containerd/publisher.js";
 import { invalid, notFound, precondition, ShimError } from "../errors.js";
-import { attachPodNetwork, type PodInterface, type PodNetwork } from "../network/pod-network.js";
-import { Sandbox } from "../sandbox/sandbox.js";
+import type { NetworkAttacher } from "../pod/pod.js";
+import { Pods } from "../pod/pods.js";
+import type { RootfsPreparer } from "../pod/rootfs.js";
 import { StdioForwarder, type StdioPaths } from "../stdio/forward.js";
 import { messageCodec } from "../ttrpc/proto.js";
 import { Cleanup } from "../util/cleanup.js";
+import { ID_PATTERN } from "../util/ids.js";
 import type { Logger } from "../util/log.js";
+import { PhaseClock } from "../util/phases.js";
 import { within } from "../util/time.js";
 import type { HypervisorDriver } from "../vmm/types.js";
-import { ContainerVolumes } from "../volumes/volumes.js";
-import { Container, type PreparedRootfs } from "./container.js";
-import { PhaseClock } from "./phases.js";
+import { Container } from "./container.js";
 import { Process } from "./process.js";
-import { vmSize } from "./sizing.js";
-import { openTaskLog } from "./task-log.js";
-
-export type RootfsPreparer = (
-  namespace: string,
-  containerId: string,
-  mounts: Mount[],
-) => Promise<PreparedRootfs>;
+import { openTaskLog, type TaskLog } from "./task-log.js";
 
 export interface TaskServiceDeps {
   config: RuntimeConfig;
   driver: HypervisorDriver;
-  events: EventPublisher;
+  /** Where task events go (containerd's Events service; a recorder in unit tests). */
+  events: Pick<EventPublisher, "publish">;
   prepareRootfs: RootfsPreparer;
+  /** Default: network/pod-network.ts (needs root); unit tests pass a fake. */
+  attachNetwork?: NetworkAttacher;
   log: Logger;
   /** Where `log` writes; with it, each task also logs to its bundle's `log` FIFO. */
   logDestination?: DestinationStream;
@@ -90,7 +85,6 @@ const metricsCodec = messageCodec("io.containerd.cgroups.v2.Metrics");
 const OUTPUT_DRAIN_MS = 5000;
 /** runc reports a SIGKILLed process as 128 + 9; a VM that died takes its processes with it. */
 const KILLED_STATUS = 137;
-const ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/;
 
 const round = (ms: number) => Math.round(ms * 10) / 10;
 
@@ -102,10 +96,11 @@ export function toTimestamp(date: Date): Timestamp {
 export class TaskService {
   private readonly containers = new Map<string, Container>();
   private readonly creating = new Set<string>();
-  /** CRI pods by namespace/sandbox id: the VM their sandbox booted and their app containers. */
-  private readonly pods = new Map<string, Pod>();
+  private readonly pods: Pods;
 
-  constructor(private readonly deps: TaskServiceDeps) {}
+  constructor(private readonly deps: TaskServiceDeps) {
+    this.pods = new Pods(deps);
+  }
 
   get size(): number {
     return this.containers.size;
@@ -121,169 +116,38 @@ export class TaskService {
       throw new ShimError("Unimplemented", "restoring a task from a checkpoint is not supported");
     if (!path.isAbsolute(req.bundle)) throw invalid(`bundle "${req.bundle}" is not an absolute path`);
     this.creating.add(key);
+    const taskLog = this.openTaskLog(ns, req);
     const undo = new Cleanup();
-    const taskLog = this.deps.logDestination
-      ? openTaskLog(this.deps.logDestination, this.deps.log.level as LevelWithSilent, req.bundle, {
-          ns,
-          task: req.id,
-        })
-      : { log: this.deps.log.child({ ns, task: req.id }), close() {} };
     undo.defer("close task log", () => taskLog.close());
-    const log = taskLog.log;
     try {
-      const specPath = path.join(req.bundle, "config.json");
-      const specBytes = await readFile(specPath).catch((err: Error) => {
-        throw invalid(`cannot read the OCI spec ${specPath}: ${err.message}`);
-      });
-      let spec: {
-        annotations?: Record<string, unknown>;
-        linux?: { namespaces?: Array<{ type?: string; path?: string }> };
-        mounts?: Array<{ destination: string; type?: string; source?: string; options?: string[] }>;
-      };
-      try {
-        spec = JSON.parse(specBytes.toString("utf8"));
-      } catch (err) {
-        throw invalid(`OCI spec ${specPath} is not valid JSON: ${(err as Error).message}`);
-      }
-      const role = podRole(spec.annotations ?? {}, req.id);
-      // A pod's app container joins the VM its sandbox booted; anything else gets a VM of its own.
-      const pod = role.kind === "container" ? this.podFor(ns, role.sandboxId, req.id) : undefined;
-      const size = pod ? undefined : vmSize(spec.annotations ?? {}, this.deps.config);
-      // Bind mounts become guest paths (copies, shared emptyDirs); a volume the VM cannot
-      // have fails here, before anything was built.
-      const podKey = `${ns}/${role.kind === "standalone" ? req.id : role.sandboxId}`;
-      const volumes = await ContainerVolumes.plan(spec, req.id, podKey, log);
-      const guestSpec = volumes.empty ? specBytes : Buffer.from(JSON.stringify(spec));
       // Phase timings go to the log on every create: the benchmarks read them from there.
-      // `guest*` phases wait on the guest (boot, agent RPCs); the rest is the host's own work.
       const phases = new PhaseClock();
-      const t0 = performance.now();
-      // A VM of its own needs its pod network too: CNI made the pod's netns (its path is in the
-      // spec) and the VM's NIC takes its place. Both are host work independent of each other,
-      // so they run at once; whichever succeeded is undone if the other failed.
-      const netnsPath = pod
-        ? undefined
-        : spec.linux?.namespaces?.find((n) => n.type === "network" && n.path)?.path;
-      const [rootfsDone, networkDone] = await Promise.allSettled([
-        phases.time("rootfsMs", this.deps.prepareRootfs(ns, req.id, req.rootfs)),
-        netnsPath ? phases.time("networkMs", attachPodNetwork(netnsPath)) : Promise.resolve(undefined),
-      ]);
-      const t1 = performance.now();
-      if (rootfsDone.status === "fulfilled") {
-        const prepared = rootfsDone.value;
-        undo.defer("release rootfs", () => prepared.release());
-      }
-      if (networkDone.status === "fulfilled" && networkDone.value) {
-        const attached = networkDone.value;
-        undo.defer("detach pod network", () => attached.detach());
-      }
-      if (rootfsDone.status === "rejected") throw rootfsDone.reason;
-      if (networkDone.status === "rejected") throw networkDone.reason;
-      const rootfs = rootfsDone.value;
-      const podNetwork: PodNetwork | undefined = networkDone.value;
-      let sandbox: Sandbox;
-      const hotplugged: string[] = [];
-      if (pod) {
-        sandbox = pod.sandbox;
-        for (const disk of rootfs.disks) {
-          const device = await phases.time("hotplugMs", sandbox.vm.addDisk(disk));
-          hotplugged.push(device);
-          undo.defer(`unplug ${device}`, () => sandbox.vm.removeDevice(device));
-        }
-      } else {
-        const booted = await Sandbox.boot(
-          {
-            id: sandboxId(ns, role.kind === "sandbox" ? role.sandboxId : req.id),
-            vcpus: size?.vcpus ?? this.deps.config.default_vcpus,
-            maxVcpus: size?.maxVcpus ?? this.deps.config.default_vcpus,
-            memoryMb: size?.memoryMb ?? this.deps.config.default_memory_mb,
-            disks: rootfs.disks,
-            ...(podNetwork
-              ? {
-                  network: {
-                    netnsPath: podNetwork.netnsPath,
-                    tap: podNetwork.tap,
-                    mac: podNetwork.iface.mac,
-                  },
-                }
-              : {}),
-          },
-          phases.timedDriver(this.deps.driver),
-          this.deps.config,
-          log,
-        );
-        // Sandbox.boot = VMM launch (host) + waiting for the agent's first answer (guest).
-        phases.add("guestBootMs", booted.bootMs - phases.get("vmmLaunchMs"));
-        sandbox = booted;
-        undo.defer("stop VM", () => booted.destroy());
-        if (podNetwork)
-          await phases.time("guestNetworkMs", booted.agent.configureNetwork(guestNetwork(podNetwork.iface)));
-      }
-      const io: StdioPaths = {
-        stdin: req.stdin,
-        stdout: req.stdout,
-        stderr: req.stderr,
-        terminal: req.terminal,
-      };
-      const t2 = performance.now();
-      await phases.time("guestVolumesMs", volumes.apply(sandbox.agent));
-      const pid = await phases.time(
-        "guestCreateContainerMs",
-        sandbox.agent.createContainer({
-          containerId: req.id,
-          ociSpec: guestSpec,
-          rootfsSerial: rootfs.rootfsSerial,
-          scratchSerial: rootfs.scratchSerial,
-          terminal: req.terminal,
-          stdin: StdioForwarder.wantsStdin(io),
-        }),
-      );
+      const io = stdioOf(req);
+      const wanted = { ...req, namespace: ns, stdin: StdioForwarder.wantsStdin(io) };
+      const member = await this.pods.create(wanted, taskLog.log, phases);
+      undo.defer("remove container from its pod", () => this.pods.remove(member, new PhaseClock()));
       const container = new Container(
         ns,
         req.id,
         req.bundle,
-        new Process(req.id, "", io, pid),
-        sandbox,
-        !pod,
-        rootfs,
+        new Process(req.id, "", io, member.pid),
+        member,
+        taskLog,
       );
-      container.log = taskLog;
-      container.hotplugged.push(...hotplugged);
-      container.network = podNetwork;
-      container.volumes = volumes;
-      volumes.startSync(sandbox.agent);
-      if (pod) pod.members.add(req.id);
-      if (role.kind === "sandbox")
-        this.pods.set(this.key(ns, role.sandboxId), { sandbox, members: new Set() });
-      container.forwarders.set("", new StdioForwarder(sandbox.agent, container.ref(""), io, log));
+      container.forwarders.set("", new StdioForwarder(container.agent, container.ref(""), io, taskLog.log));
       undo.disarm();
       this.containers.set(key, container);
-      this.watchSandbox(container);
-      const t3 = performance.now();
-      log.info(
-        {
-          pid,
-          cacheHit: rootfs.cacheHit,
-          ...(size ? { vm: { vcpus: size.vcpus, memoryMb: size.memoryMb, from: size.sources } } : {}),
-          phases: {
-            rootfsMs: round(t1 - t0),
-            vmBootMs: round(t2 - t1),
-            guestCreateMs: round(t3 - t2),
-            totalMs: round(t3 - t0),
-            ...phases.summary(t3 - t0),
-          },
-        },
-        "task created",
-      );
+      this.watchPod(container);
+      this.logCreated(container, phases);
       this.deps.events.publish(ns, "TaskCreate", {
         containerId: req.id,
         bundle: req.bundle,
         rootfs: req.rootfs,
-        io: { stdin: req.stdin, stdout: req.stdout, stderr: req.stderr, terminal: req.terminal },
+        io,
         checkpoint: "",
-        pid,
+        pid: member.pid,
       });
-      return { pid };
+      return { pid: member.pid };
     } catch (err) {
       await undo.run();
       throw err;
@@ -296,7 +160,7 @@ export class TaskService {
     const container = this.container(ns, id);
     const proc = this.process(container, execId);
     if (proc.state.kind !== "created") throw precondition(`${proc.label} is ${proc.state.kind}, not created`);
-    const pid = await container.sandbox.agent.startProcess(container.ref(execId));
+    const pid = await container.agent.startProcess(container.ref(execId));
     proc.started(pid);
     if (execId) this.deps.events.publish(ns, "TaskExecStarted", { containerId: id, execId, pid });
     else this.deps.events.publish(ns, "TaskStart", { containerId: id, pid });
@@ -310,7 +174,7 @@ export class TaskService {
     if (proc.state.kind === "stopped") throw notFound(`${proc.label}: process already finished`);
     if (!Number.isInteger(signal) || signal <= 0 || signal > 64)
       throw invalid(`signal ${signal} is not a valid signal`);
-    await container.sandbox.agent.signalProcess(container.ref(execId), signal, all);
+    await container.agent.signalProcess(container.ref(execId), signal, all);
   }
 
   async wait(ns: string, id: string, execId: string): Promise<ExitInfo> {
@@ -385,7 +249,7 @@ export class TaskService {
   async pids(ns: string, id: string): Promise<number[]> {
     const container = this.container(ns, id);
     if (container.init.state.kind === "stopped") return [];
-    return container.sandbox.agent.listPids(id);
+    return container.agent.listPids(id);
   }
 
   async exec(ns: string, req: ExecRequest): Promise<void> {
@@ -398,13 +262,8 @@ export class TaskService {
       throw precondition(`cannot exec in container ${req.id}: it is ${container.init.state.kind}`);
     }
     if (!req.spec) throw invalid(`exec ${req.execId} has no process spec`);
-    const io: StdioPaths = {
-      stdin: req.stdin,
-      stdout: req.stdout,
-      stderr: req.stderr,
-      terminal: req.terminal,
-    };
-    await container.sandbox.agent.execProcess({
+    const io = stdioOf(req);
+    await container.agent.execProcess({
       ...container.ref(req.execId),
       processSpec: req.spec.value,
       terminal: req.terminal,
@@ -415,10 +274,10 @@ export class TaskService {
     container.forwarders.set(
       req.execId,
       new StdioForwarder(
-        container.sandbox.agent,
+        container.agent,
         container.ref(req.execId),
         io,
-        (container.log?.log ?? this.deps.log.child({ ns, task: req.id })).child({ exec: req.execId }),
+        container.log.log.child({ exec: req.execId }),
       ),
     );
     this.deps.events.publish(ns, "TaskExecAdded", { containerId: req.id, execId: req.execId });
@@ -427,20 +286,20 @@ export class TaskService {
   async resizePty(ns: string, id: string, execId: string, width: number, height: number): Promise<void> {
     const container = this.container(ns, id);
     this.process(container, execId);
-    await container.sandbox.agent.resizePty(container.ref(execId), width, height);
+    await container.agent.resizePty(container.ref(execId), width, height);
   }
 
   async closeIO(ns: string, id: string, execId: string, stdin: boolean): Promise<void> {
     const container = this.container(ns, id);
     this.process(container, execId);
-    if (stdin) await container.sandbox.agent.closeStdin(container.ref(execId));
+    if (stdin) await container.agent.closeStdin(container.ref(execId));
   }
 
   /** Pausing stops every vCPU, so it is offered only where the VM holds this container alone. */
   async pause(ns: string, id: string): Promise<void> {
     const container = this.pausable(ns, id);
     if (container.paused) throw precondition(`task ${id} is already paused`);
-    await container.sandbox.vm.pause();
+    await container.pod.pause();
     container.paused = true;
     this.deps.events.publish(ns, "TaskPaused", { containerId: id });
   }
@@ -448,14 +307,14 @@ export class TaskService {
   async resume(ns: string, id: string): Promise<void> {
     const container = this.pausable(ns, id);
     if (!container.paused) throw precondition(`task ${id} is not paused`);
-    await container.sandbox.vm.resume();
+    await container.pod.resume();
     container.paused = false;
     this.deps.events.publish(ns, "TaskResumed", { containerId: id });
   }
 
   private pausable(ns: string, id: string): Container {
     const container = this.container(ns, id);
-    if (!container.ownsSandbox) {
+    if (!container.member.ownsPod) {
       throw new ShimError(
         "Unimplemented",
         `task ${id} shares its VM with other containers; only whole VMs can be paused`,
@@ -470,7 +329,7 @@ export class TaskService {
   async stats(ns: string, id: string): Promise<{ typeUrl: string; value: Uint8Array }> {
     const container = this.container(ns, id);
     if (container.init.state.kind === "stopped") throw precondition(`task ${id} is stopped`);
-    const s = await container.sandbox.agent.containerStats(id);
+    const s = await container.agent.containerStats(id);
     const value = metricsCodec.encode({
       pids: { current: s.pidsCurrent, limit: 0 },
       cpu: { usageUsec: Math.floor(s.cpuUsageNs / 1000) },
@@ -522,7 +381,7 @@ export class TaskService {
     let exitedAt = new Date();
     let oom = false;
     try {
-      const exit = await container.sandbox.agent.waitProcess(container.ref(proc.execId));
+      const exit = await container.agent.waitProcess(container.ref(proc.execId));
       status = exit.exitStatus;
       exitedAt = exit.exitedAtUnixNs > 0 ? new Date(exit.exitedAtUnixNs / 1e6) : new Date();
       oom = exit.oomKilled;
@@ -552,8 +411,8 @@ export class TaskService {
   }
 
   /** A VM that dies takes every process in it along; containerd must hear about each. */
-  private watchSandbox(container: Container): void {
-    void container.sandbox.exited.then((exit) => {
+  private watchPod(container: Container): void {
+    void container.pod.exited.then((exit) => {
       if (!this.containers.has(this.key(container.namespace, container.id))) return;
       this.deps.log.warn({ task: container.id, exit }, "sandbox VM exited");
       for (const forwarder of container.forwarders.values()) forwarder.close();
@@ -564,114 +423,40 @@ export class TaskService {
 
   private async teardown(container: Container, phases = new PhaseClock()): Promise<void> {
     this.containers.delete(this.key(container.namespace, container.id));
-    const cleanup = new Cleanup();
-    cleanup.defer("close task log", () => container.log?.close());
-    container.volumes?.stop();
-    cleanup.defer(
-      "release rootfs",
-      phases.wrap("rootfsReleaseMs", () => container.rootfs.release()),
-    );
-    if (container.ownsSandbox) {
-      for (const [key, pod] of this.pods) if (pod.sandbox === container.sandbox) this.pods.delete(key);
-      // Runs after the VM is gone (newest first): the TAP outlives the VMM that uses it.
-      const network = container.network;
-      if (network)
-        cleanup.defer(
-          "detach pod network",
-          phases.wrap("networkDetachMs", () => network.detach()),
-        );
-      cleanup.defer(
-        "stop VM",
-        phases.wrap("vmStopMs", () => container.sandbox.destroy()),
-      );
-    } else {
-      for (const pod of this.pods.values()) pod.members.delete(container.id);
-      // Undo steps run newest first: the guest lets go of the disks before they are unplugged.
-      for (const device of container.hotplugged) {
-        cleanup.defer(
-          `unplug ${device}`,
-          phases.wrap("guestUnplugMs", () => container.sandbox.vm.removeDevice(device)),
-        );
-      }
-      cleanup.defer(
-        "remove container in guest",
-        phases.wrap("guestRemoveMs", () =>
-          container.sandbox.agent.removeContainer(container.id, { timeoutMs: 10_000 }),
-        ),
-      );
-    }
-    await cleanup.run();
+    await this.pods.remove(container.member, phases);
+    container.log.close();
   }
 
-  /** The running pod a CRI app container belongs to, with room for one more container. */
-  private podFor(ns: string, sandboxId: string, containerId: string): Pod {
-    const pod = this.pods.get(this.key(ns, sandboxId));
-    if (!pod) {
-      throw notFound(
-        `sandbox ${sandboxId} of container ${containerId} (no running cloudhv pod VM has that id)`,
-      );
-    }
-    const max = this.deps.config.max_containers_per_vm;
-    if (pod.members.size >= max) {
-      throw new ShimError(
-        "ResourceExhausted",
-        `pod ${sandboxId} already runs ${pod.members.size} containers; max_containers_per_vm is ${max}`,
-      );
-    }
-    return pod;
+  private openTaskLog(ns: string, req: CreateTaskRequest): TaskLog {
+    const { log, logDestination } = this.deps;
+    if (!logDestination) return { log: log.child({ ns, task: req.id }), close() {} };
+    return openTaskLog(logDestination, log.level as LevelWithSilent, req.bundle, { ns, task: req.id });
   }
-}
 
-/** What the agent needs to give the guest the pod's interface (IPv4 for now). */
-function guestNetwork(iface: PodInterface): GuestNetwork {
-  return {
-    interfaces: [
+  /** The create's line in the log, with its phase timings (the benchmarks read them). */
+  private logCreated(container: Container, phases: PhaseClock): void {
+    phases.mark("end");
+    const totalMs = phases.span("start", "end");
+    const { member } = container;
+    const size = member.pod.size;
+    container.log.log.info(
       {
-        mac: iface.mac,
-        mtu: iface.mtu,
-        addresses: iface.addresses
-          .filter((a) => a.family === "inet")
-          .map((a) => ({ address: a.address, prefixLen: a.prefixLen })),
+        pid: member.pid,
+        cacheHit: member.rootfs.cacheHit,
+        ...(member.ownsPod ? { vm: { vcpus: size.vcpus, memoryMb: size.memoryMb, from: size.sources } } : {}),
+        phases: {
+          rootfsMs: phases.span("start", "disksReady"),
+          vmBootMs: phases.span("disksReady", "vmReady"),
+          guestCreateMs: phases.span("vmReady", "end"),
+          totalMs,
+          ...phases.summary(totalMs),
+        },
       },
-    ],
-    routes: iface.routes
-      .filter((r) => r.dest === "default" || !r.dest.includes(":"))
-      .map((r) => ({ dest: r.dest, gateway: r.gateway ?? "", mac: iface.mac })),
-  };
-}
-
-interface Pod {
-  sandbox: Sandbox;
-  members: Set<string>;
-}
-
-type PodRole = { kind: "standalone" } | { kind: "sandbox" | "container"; sandboxId: string };
-
-/** containerd's CRI plugin marks a pod's sandbox and its containers with these annotations. */
-export const CRI_CONTAINER_TYPE = "io.kubernetes.cri.container-type";
-export const CRI_SANDBOX_ID = "io.kubernetes.cri.sandbox-id";
-
-export function podRole(annotations: Record<string, unknown>, taskId: string): PodRole {
-  const type = annotations[CRI_CONTAINER_TYPE];
-  if (type === undefined) return { kind: "standalone" };
-  const sandboxId = annotations[CRI_SANDBOX_ID];
-  if (type !== "sandbox" && type !== "container") {
-    throw invalid(
-      `task ${taskId}: annotation ${CRI_CONTAINER_TYPE}="${String(type)}" must be "sandbox" or "container"`,
+      "task created",
     );
   }
-  if (typeof sandboxId !== "string" || !ID_PATTERN.test(sandboxId)) {
-    throw invalid(
-      `task ${taskId}: annotation ${CRI_SANDBOX_ID}="${String(sandboxId)}" must name the pod's sandbox`,
-    );
-  }
-  return { kind: type, sandboxId };
 }
 
-/** VM ids must be short (they name sockets) and unique per namespace and task. */
-function sandboxId(ns: string, id: string): string {
-  const safe = `${ns}-${id}`.replace(/[^A-Za-z0-9_.-]/g, "_");
-  return safe.length <= 48
-    ? safe
-    : `${safe.slice(0, 31)}-${createHash("sha256").update(safe).digest("hex").slice(0, 16)}`;
+function stdioOf(req: { stdin: string; stdout: string; stderr: string; terminal: boolean }): StdioPaths {
+  return { stdin: req.stdin, stdout: req.stdout, stderr: req.stderr, terminal: req.terminal };
 }

@@ -1,5 +1,6 @@
-// Turns containerd's rootfs mounts into the disks a VM boots with: a cached read-only erofs
-// image of the image layers and a per-container sparse ext4 scratch disk for its writes.
+// Turns containerd's rootfs mounts into a container's disks (the VM boots with them, or they are
+// hot-plugged into a running pod): a cached read-only erofs image of the image layers and a
+// per-container sparse ext4 scratch disk for its writes.
 import { createHash } from "node:crypto";
 import { mkdir } from "node:fs/promises";
 import path from "node:path";
@@ -10,8 +11,23 @@ import { ErofsCache } from "../rootfs/erofs-cache.js";
 import { parseRootfsMounts } from "../rootfs/mounts.js";
 import { createScratchDisk } from "../rootfs/scratch.js";
 import { log } from "../util/log.js";
-import type { PreparedRootfs } from "./container.js";
-import type { RootfsPreparer } from "./service.js";
+import type { DiskSpec } from "../vmm/types.js";
+
+export interface PreparedRootfs {
+  /** Disks the VM needs for this container (image, scratch). */
+  disks: DiskSpec[];
+  rootfsSerial: string;
+  scratchSerial: string;
+  cacheHit: boolean;
+  release(): Promise<void>;
+}
+
+/** A seam: the daemon uses the erofs cache below; unit tests hand out fake disks. */
+export type RootfsPreparer = (
+  namespace: string,
+  containerId: string,
+  mounts: Mount[],
+) => Promise<PreparedRootfs>;
 
 /** virtio-blk serials are 20 bytes: a letter for the role and 19 hex digits of the owner. */
 function serial(role: "i" | "s", owner: string): string {

@@ -1,12 +1,11 @@
 // Phase timings of one task operation, logged with it (always on: a few performance.now()
 // calls). Phases named `guest*` wait on the guest (boot, agent RPCs, unplug handshakes);
 // the rest is the host's own work, which is what the benchmark's host-side figure adds up.
-import type { HypervisorDriver } from "../vmm/types.js";
-
 const round = (ms: number) => Math.round(ms * 10) / 10;
 
 export class PhaseClock {
   private readonly ms = new Map<string, number>();
+  private readonly marks = new Map<string, number>();
 
   /** Adds the time `work` takes to phase `name` (phases may repeat: their times add up). */
   async time<T>(name: string, work: Promise<T> | (() => Promise<T>)): Promise<T> {
@@ -31,9 +30,16 @@ export class PhaseClock {
     return this.ms.get(name) ?? 0;
   }
 
-  /** The driver, with `vmmLaunchMs` measured around its launch (the VMM up, sockets ready). */
-  timedDriver(driver: HypervisorDriver): HypervisorDriver {
-    return { name: driver.name, launch: (config) => this.time("vmmLaunchMs", driver.launch(config)) };
+  /** Notes that the operation reached step `name` now (for the coarse spans of the log line). */
+  mark(name: string): void {
+    this.marks.set(name, performance.now());
+  }
+
+  /** Milliseconds from mark `from` to mark `to`; 0 when either was not reached. */
+  span(from: string, to: string): number {
+    const start = this.marks.get(from);
+    const end = this.marks.get(to);
+    return start === undefined || end === undefined ? 0 : round(Math.max(0, end - start));
   }
 
   /**

@@ -1,0 +1,319 @@
+// A pod: one microVM and everything that lives and dies with it: the pod network, the boot
+// disks, the guest's network, and its member containers (their disks, volumes and guest
+// containers). Each step that builds something registers its undo at once, so a create that
+// fails halfway leaves nothing behind, and teardown undoes in the reverse order of building.
+import { createHash } from "node:crypto";
+import path from "node:path";
+import type { AgentClient, GuestNetwork } from "../agent/client.js";
+import type { RuntimeConfig } from "../config/config.js";
+import type { Mount } from "../containerd/publisher.js";
+import { ShimError } from "../errors.js";
+import type { PodInterface, PodNetwork } from "../network/pod-network.js";
+import { Cleanup } from "../util/cleanup.js";
+import type { Logger } from "../util/log.js";
+import type { PhaseClock } from "../util/phases.js";
+import type { HypervisorDriver, VmExit, VmHandle } from "../vmm/types.js";
+import { ContainerVolumes } from "../volumes/volumes.js";
+import type { PreparedRootfs, RootfsPreparer } from "./rootfs.js";
+import type { VmSize } from "./sizing.js";
+import { type OciSpecFile, podNetnsPath } from "./spec.js";
+
+/** Puts the VM's NIC in place of the pod's interface (network/pod-network.ts; faked in unit tests). */
+export type NetworkAttacher = (netnsPath: string) => Promise<PodNetwork>;
+
+export interface PodDeps {
+  config: RuntimeConfig;
+  driver: HypervisorDriver;
+  prepareRootfs: RootfsPreparer;
+  attachNetwork: NetworkAttacher;
+}
+
+/** One container to create in a pod, as the task service asks for it. */
+export interface ContainerRequest {
+  namespace: string;
+  id: string;
+  rootfs: Mount[];
+  terminal: boolean;
+  /** Whether the host will feed the container's stdin. */
+  stdin: boolean;
+}
+
+/** A container in a pod's VM, with what the pod holds for it until it leaves. */
+export interface PodMember {
+  readonly id: string;
+  readonly pod: Pod;
+  /** Guest pid of the container's init process. */
+  readonly pid: number;
+  /** The container booted the VM (a plain task, a CRI sandbox): the VM goes when it goes. */
+  readonly ownsPod: boolean;
+  readonly rootfs: PreparedRootfs;
+  /** Devices hot-plugged into the VM for this container (none for the VM's owner). */
+  readonly devices: readonly string[];
+  /** Copied volumes kept in sync with the host while the container lives. */
+  readonly volumes: ContainerVolumes;
+}
+
+export class Pod {
+  /** App containers that joined (or are joining) the VM, for max_containers_per_vm. */
+  private readonly joined = new Set<string>();
+
+  private constructor(
+    /** The CRI sandbox id, or the plain task's id. */
+    readonly id: string,
+    /** namespace/pod id: unique on the node; groups the pod's emptyDirs. */
+    readonly key: string,
+    readonly vm: VmHandle,
+    readonly agent: AgentClient,
+    /** How the VM is sized (from annotations, CRI resources or the config). */
+    readonly size: VmSize,
+    private readonly network: PodNetwork | undefined,
+    private readonly deps: PodDeps,
+  ) {}
+
+  /**
+   * Boots the VM for its first container (a plain task or a CRI sandbox), with that container's
+   * disks attached and the pod network in place, and creates the container in it.
+   */
+  static async boot(
+    where: { id: string; key: string; vmId: string; size: VmSize },
+    first: ContainerRequest,
+    spec: OciSpecFile,
+    deps: PodDeps,
+    log: Logger,
+    phases: PhaseClock,
+  ): Promise<PodMember> {
+    // Bind mounts become guest paths; a volume the VM cannot have fails before anything is built.
+    const volumes = await ContainerVolumes.plan(spec.doc, first.id, where.key, log);
+    const undo = new Cleanup();
+    try {
+      phases.mark("start");
+      // Disks and the pod network are host work independent of each other, so they run at once;
+      // whichever succeeded is undone if the other failed.
+      const netnsPath = podNetnsPath(spec.doc);
+      const [rootfsDone, networkDone] = await Promise.allSettled([
+        phases.time("rootfsMs", deps.prepareRootfs(first.namespace, first.id, first.rootfs)),
+        netnsPath ? phases.time("networkMs", deps.attachNetwork(netnsPath)) : Promise.resolve(undefined),
+      ]);
+      if (rootfsDone.status === "fulfilled") {
+        const prepared = rootfsDone.value;
+        undo.defer("release rootfs", () => prepared.release());
+      }
+      if (networkDone.status === "fulfilled" && networkDone.value) {
+        const attached = networkDone.value;
+        undo.defer("detach pod network", () => attached.detach());
+      }
+      if (rootfsDone.status === "rejected") throw rootfsDone.reason;
+      if (networkDone.status === "rejected") throw networkDone.reason;
+      const rootfs = rootfsDone.value;
+      const network = networkDone.value;
+      phases.mark("disksReady");
+
+      const started = performance.now();
+      const { config } = deps;
+      const vm = await phases.time(
+        "vmmLaunchMs",
+        deps.driver.launch({
+          id: where.vmId,
+          kernelPath: config.kernel_path,
+          rootfsPath: config.rootfs_path,
+          ...(config.kernel_args ? { extraKernelArgs: config.kernel_args } : {}),
+          vcpus: where.size.vcpus,
+          maxVcpus: where.size.maxVcpus,
+          memoryMb: where.size.memoryMb,
+          stateDir: path.join(config.state_dir, "vm", where.vmId),
+          disks: rootfs.disks,
+          log: log.child({ vm: where.vmId }),
+          ...(network
+            ? { network: { netnsPath: network.netnsPath, tap: network.tap, mac: network.iface.mac } }
+            : {}),
+        }),
+      );
+      undo.defer("stop VM", () => vm.stop());
+      const agent = await vm.connectAgent({ timeoutMs: config.agent_boot_timeout_ms });
+      undo.defer("close agent", () => agent.close());
+      // Boot = VMM launch (host) + waiting for the agent's first answer (guest).
+      const bootMs = performance.now() - started;
+      phases.add("guestBootMs", bootMs - phases.get("vmmLaunchMs"));
+      // A guest rootfs from another build fails here, by name, not later as a garbled call.
+      const version = await agent.checkProtocol({ timeoutMs: 5000 });
+      log.info(
+        {
+          sandbox: where.vmId,
+          vmmPid: vm.pid,
+          bootMs: Math.round(bootMs),
+          agentVersion: version.agentVersion,
+        },
+        "sandbox VM ready",
+      );
+      if (network) await phases.time("guestNetworkMs", agent.configureNetwork(guestNetwork(network.iface)));
+      phases.mark("vmReady");
+
+      const pod = new Pod(where.id, where.key, vm, agent, where.size, network, deps);
+      const owner = await pod.createInGuest(
+        first,
+        spec,
+        volumes,
+        { rootfs, devices: [], ownsPod: true },
+        phases,
+      );
+      undo.disarm();
+      return owner;
+    } catch (err) {
+      await undo.run();
+      throw err;
+    }
+  }
+
+  get exited(): Promise<VmExit> {
+    return this.vm.exited;
+  }
+
+  /** Creates a CRI app container in this running VM: its disks are hot-plugged. */
+  async join(req: ContainerRequest, spec: OciSpecFile, log: Logger, phases: PhaseClock): Promise<PodMember> {
+    const max = this.deps.config.max_containers_per_vm;
+    if (this.joined.size >= max) {
+      throw new ShimError(
+        "ResourceExhausted",
+        `pod ${this.id} already runs ${this.joined.size} containers; max_containers_per_vm is ${max}`,
+      );
+    }
+    // The slot is taken now, so that creates running at once cannot overfill the VM.
+    this.joined.add(req.id);
+    const undo = new Cleanup();
+    undo.defer("give back the pod slot", () => this.joined.delete(req.id));
+    try {
+      const volumes = await ContainerVolumes.plan(spec.doc, req.id, this.key, log);
+      phases.mark("start");
+      const rootfs = await phases.time(
+        "rootfsMs",
+        this.deps.prepareRootfs(req.namespace, req.id, req.rootfs),
+      );
+      undo.defer("release rootfs", () => rootfs.release());
+      phases.mark("disksReady");
+      const devices: string[] = [];
+      for (const disk of rootfs.disks) {
+        const device = await phases.time("hotplugMs", this.vm.addDisk(disk));
+        devices.push(device);
+        undo.defer(`unplug ${device}`, () => this.vm.removeDevice(device));
+      }
+      phases.mark("vmReady");
+      const member = await this.createInGuest(
+        req,
+        spec,
+        volumes,
+        { rootfs, devices, ownsPod: false },
+        phases,
+      );
+      undo.disarm();
+      return member;
+    } catch (err) {
+      await undo.run();
+      throw err;
+    }
+  }
+
+  /**
+   * Takes a container out: an app container leaves the VM (guest container removed, disks
+   * unplugged, rootfs released); the VM's owner takes the whole pod down. Never throws: a
+   * step that fails is logged and the rest still run.
+   */
+  async remove(member: PodMember, phases: PhaseClock): Promise<void> {
+    member.volumes.stop();
+    const cleanup = new Cleanup();
+    cleanup.defer(
+      "release rootfs",
+      phases.wrap("rootfsReleaseMs", () => member.rootfs.release()),
+    );
+    if (member.ownsPod) {
+      // Runs after the VM is gone (newest first): the TAP outlives the VMM that uses it.
+      const network = this.network;
+      if (network)
+        cleanup.defer(
+          "detach pod network",
+          phases.wrap("networkDetachMs", () => network.detach()),
+        );
+      cleanup.defer(
+        "stop VM",
+        phases.wrap("vmStopMs", async () => {
+          this.agent.close();
+          await this.vm.stop();
+        }),
+      );
+    } else {
+      this.joined.delete(member.id);
+      // Newest first: the guest lets go of the disks before they are unplugged.
+      for (const device of member.devices) {
+        cleanup.defer(
+          `unplug ${device}`,
+          phases.wrap("guestUnplugMs", () => this.vm.removeDevice(device)),
+        );
+      }
+      cleanup.defer(
+        "remove container in guest",
+        phases.wrap("guestRemoveMs", () => this.agent.removeContainer(member.id, { timeoutMs: 10_000 })),
+      );
+    }
+    await cleanup.run();
+  }
+
+  /** Stops / continues every vCPU: the whole VM, every container in it. */
+  pause(): Promise<void> {
+    return this.vm.pause();
+  }
+
+  resume(): Promise<void> {
+    return this.vm.resume();
+  }
+
+  /** The guest side of a create: volumes in place, then the container (created, not started). */
+  private async createInGuest(
+    req: ContainerRequest,
+    spec: OciSpecFile,
+    volumes: ContainerVolumes,
+    held: Pick<PodMember, "rootfs" | "devices" | "ownsPod">,
+    phases: PhaseClock,
+  ): Promise<PodMember> {
+    const { rootfs } = held;
+    await phases.time("guestVolumesMs", volumes.apply(this.agent));
+    const pid = await phases.time(
+      "guestCreateContainerMs",
+      this.agent.createContainer({
+        containerId: req.id,
+        // planned volumes rewrote the spec's mounts to guest paths
+        ociSpec: volumes.empty ? spec.bytes : Buffer.from(JSON.stringify(spec.doc)),
+        rootfsSerial: rootfs.rootfsSerial,
+        scratchSerial: rootfs.scratchSerial,
+        terminal: req.terminal,
+        stdin: req.stdin,
+      }),
+    );
+    volumes.startSync(this.agent);
+    return { id: req.id, pod: this, pid, volumes, ...held };
+  }
+}
+
+/** VM ids must be short (they name sockets) and unique per namespace and pod. */
+export function vmId(namespace: string, podId: string): string {
+  const safe = `${namespace}-${podId}`.replace(/[^A-Za-z0-9_.-]/g, "_");
+  return safe.length <= 48
+    ? safe
+    : `${safe.slice(0, 31)}-${createHash("sha256").update(safe).digest("hex").slice(0, 16)}`;
+}
+
+/** What the agent needs to give the guest the pod's interface (IPv4 for now). */
+export function guestNetwork(iface: PodInterface): GuestNetwork {
+  return {
+    interfaces: [
+      {
+        mac: iface.mac,
+        mtu: iface.mtu,
+        addresses: iface.addresses
+          .filter((a) => a.family === "inet")
+          .map((a) => ({ address: a.address, prefixLen: a.prefixLen })),
+      },
+    ],
+    routes: iface.routes
+      .filter((r) => r.dest === "default" || !r.dest.includes(":"))
+      .map((r) => ({ dest: r.dest, gateway: r.gateway ?? "", mac: iface.mac })),
+  };
+}

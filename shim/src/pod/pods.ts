@@ -1,0 +1,63 @@
+// Where a container runs: a plain task and a CRI sandbox each boot a VM of their own; a CRI app
+// container joins the VM its sandbox booted. Keeps the running CRI pods by namespace/sandbox id.
+
+import { notFound } from "../errors.js";
+import { attachPodNetwork } from "../network/pod-network.js";
+import type { Logger } from "../util/log.js";
+import type { PhaseClock } from "../util/phases.js";
+import { podRole } from "./cri.js";
+import {
+  type ContainerRequest,
+  type NetworkAttacher,
+  Pod,
+  type PodDeps,
+  type PodMember,
+  vmId,
+} from "./pod.js";
+import { vmSize } from "./sizing.js";
+import { readOciSpec } from "./spec.js";
+
+export type PodsDeps = Omit<PodDeps, "attachNetwork"> & { attachNetwork?: NetworkAttacher };
+
+export class Pods {
+  private readonly deps: PodDeps;
+  /** CRI pods whose sandbox runs, for their app containers to join. */
+  private readonly sandboxes = new Map<string, Pod>();
+
+  constructor(deps: PodsDeps) {
+    this.deps = { ...deps, attachNetwork: deps.attachNetwork ?? ((netns) => attachPodNetwork(netns)) };
+  }
+
+  /** Creates the container (not started) from the OCI bundle at `bundle`, in the VM its role gives it. */
+  async create(
+    req: ContainerRequest & { bundle: string },
+    log: Logger,
+    phases: PhaseClock,
+  ): Promise<PodMember> {
+    const spec = await readOciSpec(req.bundle);
+    const annotations = spec.doc.annotations ?? {};
+    const role = podRole(annotations, req.id);
+    if (role.kind === "container") {
+      const pod = this.sandboxes.get(`${req.namespace}/${role.sandboxId}`);
+      if (!pod) {
+        throw notFound(
+          `sandbox ${role.sandboxId} of container ${req.id} (no running cloudhv pod VM has that id)`,
+        );
+      }
+      return pod.join(req, spec, log, phases);
+    }
+    const podId = role.kind === "sandbox" ? role.sandboxId : req.id;
+    const size = vmSize(annotations, this.deps.config);
+    const where = { id: podId, key: `${req.namespace}/${podId}`, vmId: vmId(req.namespace, podId), size };
+    const owner = await Pod.boot(where, req, spec, this.deps, log, phases);
+    if (role.kind === "sandbox") this.sandboxes.set(where.key, owner.pod);
+    return owner;
+  }
+
+  /** Removes a container from its pod; the pod's owner takes the VM down (see Pod.remove). */
+  async remove(member: PodMember, phases: PhaseClock): Promise<void> {
+    if (member.ownsPod && this.sandboxes.get(member.pod.key) === member.pod)
+      this.sandboxes.delete(member.pod.key);
+    await member.pod.remove(member, phases);
+  }
+}

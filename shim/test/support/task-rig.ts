@@ -1,0 +1,216 @@
+// A TaskService on fakes, for unit tests: the fake VMM (fake-vmm.ts) with in-process agents,
+// a rootfs preparer and a pod network that only count what is held, and an event recorder.
+// Bundles are real directories with a config.json, as containerd writes them.
+import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
+import pino from "pino";
+import { parseConfig, type RuntimeConfig } from "../../src/config/config.js";
+import type { TaskEvents } from "../../src/containerd/publisher.js";
+import { statusOf } from "../../src/errors.js";
+import type { PodNetwork } from "../../src/network/pod-network.js";
+import { CRI_CONTAINER_TYPE, CRI_SANDBOX_ID } from "../../src/pod/cri.js";
+import type { PreparedRootfs } from "../../src/pod/rootfs.js";
+import { type CreateTaskRequest, TaskService } from "../../src/task/service.js";
+import { log } from "../../src/util/log.js";
+import { FakeDriver } from "./fake-vmm.js";
+
+export const NS = "unit";
+
+// Undo steps that fail on purpose (a dead VM's guest) log errors; CLOUDHV_LOG_LEVEL shows them.
+if (!process.env.CLOUDHV_LOG_LEVEL) log.level = "silent";
+
+/** The gRPC status code an error reaches containerd with. */
+export function codeOf(err: unknown): number {
+  return statusOf(err).code;
+}
+
+export interface RecordedEvent {
+  namespace: string;
+  name: keyof TaskEvents;
+  event: Record<string, unknown>;
+}
+
+export class EventRecorder {
+  readonly events: RecordedEvent[] = [];
+
+  publish<K extends keyof TaskEvents>(namespace: string, name: K, event: TaskEvents[K]): void {
+    this.events.push({ namespace, name, event: { ...event } });
+  }
+
+  named(name: keyof TaskEvents): Array<Record<string, unknown>> {
+    return this.events.filter((e) => e.name === name).map((e) => e.event);
+  }
+
+  /** Waits (briefly) until `count` events called `name` arrived. */
+  async waitFor(name: keyof TaskEvents, count: number): Promise<Array<Record<string, unknown>>> {
+    const deadline = Date.now() + 2000;
+    while (this.named(name).length < count && Date.now() < deadline)
+      await new Promise((r) => setTimeout(r, 5));
+    return this.named(name);
+  }
+}
+
+/** Hands out disks and remembers which containers still hold theirs. */
+export class FakeRootfs {
+  readonly held = new Set<string>();
+  private failing = false;
+
+  failNext(): void {
+    this.failing = true;
+  }
+
+  prepare = async (namespace: string, containerId: string): Promise<PreparedRootfs> => {
+    if (this.failing) {
+      this.failing = false;
+      throw new Error("no space left for the rootfs (fake)");
+    }
+    const owner = `${namespace}/${containerId}`;
+    this.held.add(owner);
+    return {
+      disks: [
+        { path: `/fake/${containerId}.erofs`, serial: `i${containerId}`.slice(0, 20), readOnly: true },
+        { path: `/fake/${containerId}.ext4`, serial: `s${containerId}`.slice(0, 20), readOnly: false },
+      ],
+      rootfsSerial: `i${containerId}`.slice(0, 20),
+      scratchSerial: `s${containerId}`.slice(0, 20),
+      cacheHit: false,
+      release: async () => {
+        this.held.delete(owner);
+      },
+    };
+  };
+}
+
+/** A pod network as CNI's bridge leaves it; counts what is attached. */
+export class FakeNetwork {
+  readonly attached = new Set<string>();
+  private failing = false;
+
+  failNext(): void {
+    this.failing = true;
+  }
+
+  attach = async (netnsPath: string): Promise<PodNetwork> => {
+    if (this.failing) {
+      this.failing = false;
+      throw new Error(`pod netns ${netnsPath} has no ethernet interface (fake)`);
+    }
+    this.attached.add(netnsPath);
+    return {
+      netnsPath,
+      tap: "tap0_chv",
+      iface: {
+        name: "eth0",
+        mac: "02:42:0a:58:00:07",
+        mtu: 1500,
+        addresses: [
+          { family: "inet", address: "10.88.0.7", prefixLen: 16 },
+          { family: "inet6", address: "fd00::7", prefixLen: 64 },
+        ],
+        routes: [{ dest: "default", gateway: "10.88.0.1" }],
+      },
+      detach: async () => {
+        this.attached.delete(netnsPath);
+      },
+    };
+  };
+}
+
+export interface TaskOptions {
+  /** CRI role: "sandbox" boots the pod's VM, "container" joins the sandbox named by `sandbox`. */
+  role?: "sandbox" | "container";
+  sandbox?: string;
+  /** A pod network namespace in the spec (CNI's), which makes the VM get a NIC. */
+  netns?: string;
+  annotations?: Record<string, string>;
+}
+
+export class TaskRig {
+  readonly events = new EventRecorder();
+  readonly rootfs = new FakeRootfs();
+  readonly network = new FakeNetwork();
+  readonly driver: FakeDriver;
+  readonly tasks: TaskService;
+  readonly config: RuntimeConfig;
+
+  private constructor(
+    readonly dir: string,
+    config: Record<string, unknown>,
+  ) {
+    this.config = parseConfig({ state_dir: path.join(dir, "state"), ...config }, "unit test");
+    this.driver = new FakeDriver(dir);
+    this.tasks = new TaskService({
+      config: this.config,
+      driver: this.driver,
+      events: this.events,
+      prepareRootfs: this.rootfs.prepare,
+      attachNetwork: this.network.attach,
+      log: pino({ level: "silent" }),
+      version: "unit",
+    });
+  }
+
+  static async open(config: Record<string, unknown> = {}): Promise<TaskRig> {
+    return new TaskRig(await mkdtemp(path.join(os.tmpdir(), "cloudhv-unit-")), config);
+  }
+
+  /** Writes an OCI bundle for task `id` and returns containerd's CreateTask request for it. */
+  async request(id: string, opts: TaskOptions = {}): Promise<CreateTaskRequest> {
+    const bundle = path.join(this.dir, "bundles", id);
+    await mkdir(bundle, { recursive: true });
+    const annotations: Record<string, string> = { ...opts.annotations };
+    if (opts.role) {
+      annotations[CRI_CONTAINER_TYPE] = opts.role;
+      annotations[CRI_SANDBOX_ID] = opts.sandbox ?? id;
+    }
+    const spec = {
+      ociVersion: "1.0.2",
+      process: { args: ["/bin/true"], cwd: "/" },
+      annotations,
+      linux: {
+        namespaces: [{ type: "pid" }, ...(opts.netns ? [{ type: "network", path: opts.netns }] : [])],
+      },
+      mounts: [],
+    };
+    await writeFile(path.join(bundle, "config.json"), JSON.stringify(spec));
+    return {
+      id,
+      bundle,
+      rootfs: [{ type: "overlay", source: "overlay", target: "", options: ["lowerdir=/l"] }],
+      terminal: false,
+      stdin: "",
+      stdout: "",
+      stderr: "",
+      checkpoint: "",
+    };
+  }
+
+  async create(id: string, opts: TaskOptions = {}): Promise<number> {
+    return (await this.tasks.create(NS, await this.request(id, opts))).pid;
+  }
+
+  /** The only VM still running (fails the test when there is not exactly one). */
+  get vm() {
+    const running = this.driver.running;
+    if (running.length !== 1) throw new Error(`${running.length} VMs run, expected one`);
+    return running[0] as (typeof running)[number];
+  }
+
+  /** What a create or delete left behind, for "nothing left" assertions. */
+  leftovers() {
+    return {
+      tasks: this.tasks.list().map((c) => c.id),
+      vms: this.driver.running.map((vm) => vm.id),
+      rootfs: [...this.rootfs.held],
+      network: [...this.network.attached],
+    };
+  }
+
+  async close(): Promise<void> {
+    for (const container of this.tasks.list())
+      await this.tasks.forceDelete(container.namespace, container.id);
+    for (const vm of this.driver.vms) await vm.stop();
+    await rm(this.dir, { recursive: true, force: true });
+  }
+}

@@ -1,0 +1,256 @@
+// TaskService and the pod module through a fake VMM whose agents are in-process ttrpc servers
+// (test/support): the containerd contract and its failure paths, without root, VM or containerd.
+import assert from "node:assert/strict";
+import { afterEach, beforeEach, describe, it } from "node:test";
+import { Code } from "../src/ttrpc/status.js";
+import type { FakeVm, VmStep } from "./support/fake-vmm.js";
+import { codeOf, NS, TaskRig } from "./support/task-rig.js";
+
+const NETNS = "/var/run/netns/cni-unit";
+const EXEC_SPEC = {
+  typeUrl: "types.containerd.io/opencontainers/runtime-spec/1/Process",
+  value: Buffer.from("{}"),
+};
+
+function execRequest(id: string, execId: string) {
+  return { id, execId, terminal: false, stdin: "", stdout: "", stderr: "", spec: EXEC_SPEC };
+}
+
+/** Asserts `work` fails with error kind `kind`, which reaches containerd as `code`. */
+async function rejectsWith(work: Promise<unknown>, kind: string, code: number): Promise<void> {
+  await assert.rejects(work, (err: unknown) => {
+    assert.equal((err as { kind?: string }).kind, kind, String(err));
+    assert.equal(codeOf(err), code, String(err));
+    return true;
+  });
+}
+
+const NOTHING_LEFT = { tasks: [], vms: [], rootfs: [], network: [] };
+
+describe("TaskService with a fake VMM and an in-process agent", () => {
+  let rig: TaskRig;
+  beforeEach(async () => {
+    rig = await TaskRig.open({ max_containers_per_vm: 2 });
+  });
+  afterEach(async () => {
+    await rig.close();
+  });
+
+  it("runs a plain task in a VM of its own and leaves nothing after delete", async () => {
+    const pid = await rig.create("t1", { netns: NETNS });
+    const vm = rig.vm;
+    assert.deepEqual(
+      vm.config.disks?.map((d) => d.serial),
+      ["it1", "st1"],
+    );
+    assert.equal(vm.config.network?.mac, "02:42:0a:58:00:07");
+    assert.deepEqual(vm.agent.network, {
+      interfaces: [
+        { mac: "02:42:0a:58:00:07", mtu: 1500, addresses: [{ address: "10.88.0.7", prefixLen: 16 }] },
+      ],
+      routes: [{ dest: "default", gateway: "10.88.0.1", mac: "02:42:0a:58:00:07" }],
+    });
+    assert.equal(rig.tasks.state(NS, "t1", "").status, "CREATED");
+    assert.equal((await rig.tasks.start(NS, "t1", "")).pid, pid);
+    assert.equal(rig.tasks.state(NS, "t1", "").status, "RUNNING");
+    vm.agent.exitProcess("t1", "", 3);
+    assert.equal((await rig.tasks.wait(NS, "t1", "")).exitStatus, 3);
+    assert.equal((await rig.tasks.delete(NS, "t1", "")).exitStatus, 3);
+    assert.deepEqual(
+      rig.events.events.map((e) => e.name),
+      ["TaskCreate", "TaskStart", "TaskExit", "TaskDelete"],
+    );
+    assert.deepEqual(rig.leftovers(), NOTHING_LEFT);
+  });
+
+  describe("undo of a half-done create", () => {
+    it("agent CreateContainer fails: VM stopped, rootfs released, network detached, no task", async () => {
+      rig.driver.onLaunch = (vm) => vm.agent.failNext("CreateContainer", Code.INTERNAL, "crun: boom");
+      await assert.rejects(rig.create("t1", { netns: NETNS }), /crun: boom/);
+      assert.equal(rig.driver.vms.length, 1, "the VM was booted");
+      assert.deepEqual(rig.leftovers(), NOTHING_LEFT);
+      assert.deepEqual(rig.events.events, [], "no event for a task that never was");
+      // The id is free again: nothing of the failed create is remembered.
+      rig.driver.onLaunch = () => {};
+      await rig.create("t1", { netns: NETNS });
+      assert.deepEqual(rig.leftovers().tasks, ["t1"]);
+    });
+
+    const failures: Array<[string, (r: TaskRig) => void]> = [
+      ["rootfs", (r) => r.rootfs.failNext()],
+      ["pod network", (r) => r.network.failNext()],
+      ...(["launch", "connectAgent"] as VmStep[]).map((step): [string, (r: TaskRig) => void] => [
+        step,
+        (r) => r.driver.failNext(step),
+      ]),
+      [
+        "guest network",
+        (r) => {
+          r.driver.onLaunch = (vm) => vm.agent.failNext("ConfigureNetwork");
+        },
+      ],
+    ];
+    for (const [step, fail] of failures) {
+      it(`${step} fails: whatever was built is undone`, async () => {
+        fail(rig);
+        await assert.rejects(rig.create("t1", { netns: NETNS }));
+        assert.deepEqual(rig.leftovers(), NOTHING_LEFT);
+      });
+    }
+
+    it("an app container's CreateContainer fails: disks unplugged, rootfs released, pod slot given back", async () => {
+      await rig.create("pod", { role: "sandbox", netns: NETNS });
+      const vm = rig.vm;
+      await rig.create("app1", { role: "container", sandbox: "pod" });
+      vm.agent.failNext("CreateContainer");
+      await assert.rejects(rig.create("app2", { role: "container", sandbox: "pod" }));
+      assert.deepEqual(
+        [...vm.plugged.values()].map((d) => d.serial),
+        ["iapp1", "sapp1"],
+      );
+      assert.deepEqual(rig.leftovers().rootfs.sort(), [`${NS}/app1`, `${NS}/pod`]);
+      assert.deepEqual(rig.leftovers().tasks.sort(), ["app1", "pod"]);
+      assert.equal(vm.stopped, false, "the pod's VM keeps running");
+      // max_containers_per_vm is 2: the failed create must not hold the second slot.
+      await rig.create("app2", { role: "container", sandbox: "pod" });
+    });
+  });
+
+  it("refuses an app container beyond max_containers_per_vm with RESOURCE_EXHAUSTED", async () => {
+    await rig.create("pod", { role: "sandbox" });
+    const vm = rig.vm;
+    await rig.create("app1", { role: "container", sandbox: "pod" });
+    await rig.create("app2", { role: "container", sandbox: "pod" });
+    await rejectsWith(
+      rig.create("app3", { role: "container", sandbox: "pod" }),
+      "ResourceExhausted",
+      Code.RESOURCE_EXHAUSTED,
+    );
+    assert.ok(!rig.rootfs.held.has(`${NS}/app3`), "nothing prepared for a refused container");
+    assert.equal(vm.plugged.size, 4);
+    assert.equal(rig.driver.vms.length, 1, "no VM of its own either");
+    // One leaves, one more fits.
+    await rig.tasks.delete(NS, "app1", "");
+    assert.equal(vm.plugged.size, 2, "app1's disks were unplugged");
+    assert.ok(!vm.agent.containers.has("app1"), "app1 was removed in the guest");
+    await rig.create("app3", { role: "container", sandbox: "pod" });
+  });
+
+  it("refuses an app container whose sandbox runs no VM with NOT_FOUND", async () => {
+    await rejectsWith(
+      rig.create("orphan", { role: "container", sandbox: "nopod" }),
+      "NotFound",
+      Code.NOT_FOUND,
+    );
+    assert.deepEqual(rig.leftovers(), NOTHING_LEFT);
+  });
+
+  it("refuses to delete a running process with FAILED_PRECONDITION and keeps it", async () => {
+    await rig.create("t1");
+    await rig.tasks.start(NS, "t1", "");
+    await rig.tasks.exec(NS, execRequest("t1", "e1"));
+    await rig.tasks.start(NS, "t1", "e1");
+    await rejectsWith(rig.tasks.delete(NS, "t1", ""), "FailedPrecondition", Code.FAILED_PRECONDITION);
+    await rejectsWith(rig.tasks.delete(NS, "t1", "e1"), "FailedPrecondition", Code.FAILED_PRECONDITION);
+    assert.equal(rig.tasks.state(NS, "t1", "").status, "RUNNING");
+    assert.equal(rig.tasks.state(NS, "t1", "e1").status, "RUNNING");
+    assert.equal(rig.vm.stopped, false);
+    assert.deepEqual(rig.events.named("TaskDelete"), []);
+  });
+
+  it("reports TaskExit for every process of a pod whose VM dies, started or not", async () => {
+    await rig.create("pod", { role: "sandbox", netns: NETNS });
+    const vm: FakeVm = rig.vm;
+    await rig.tasks.start(NS, "pod", "");
+    await rig.tasks.exec(NS, execRequest("pod", "e1")); // added, never started
+    await rig.create("app", { role: "container", sandbox: "pod" }); // created, never started
+    await vm.die();
+    const exits = await rig.events.waitFor("TaskExit", 3);
+    assert.deepEqual(exits.map((e) => `${e.containerId}/${e.id}:${e.exitStatus}`).sort(), [
+      "app/app:137",
+      "pod/e1:137",
+      "pod/pod:137",
+    ]);
+    for (const [id, execId] of [
+      ["pod", ""],
+      ["pod", "e1"],
+      ["app", ""],
+    ] as const) {
+      assert.equal((await rig.tasks.wait(NS, id, execId)).exitStatus, 137);
+      assert.equal(rig.tasks.state(NS, id, execId).status, "STOPPED");
+    }
+    // containerd then deletes them; the dead pod's leftovers are released all the same.
+    await rig.tasks.delete(NS, "app", "");
+    await rig.tasks.delete(NS, "pod", "");
+    assert.deepEqual(rig.leftovers(), NOTHING_LEFT);
+  });
+
+  describe("exec ids", () => {
+    beforeEach(async () => {
+      await rig.create("t1");
+      await rig.tasks.start(NS, "t1", "");
+    });
+
+    it("a duplicate exec id is ALREADY_EXISTS and never reaches the guest", async () => {
+      await rig.tasks.exec(NS, execRequest("t1", "e1"));
+      await rejectsWith(rig.tasks.exec(NS, execRequest("t1", "e1")), "AlreadyExists", Code.ALREADY_EXISTS);
+      assert.equal(rig.vm.agent.called("ExecProcess").length, 1);
+      assert.deepEqual(rig.events.named("TaskExecAdded"), [{ containerId: "t1", execId: "e1" }]);
+    });
+
+    it("a malformed exec id is INVALID_ARGUMENT and never reaches the guest", async () => {
+      for (const bad of ["", "../e", "-e", "e/1", "x".repeat(129)]) {
+        await rejectsWith(
+          rig.tasks.exec(NS, execRequest("t1", bad)),
+          "InvalidArgument",
+          Code.INVALID_ARGUMENT,
+        );
+      }
+      assert.equal(rig.vm.agent.called("ExecProcess").length, 0);
+    });
+
+    it("an unknown exec id is NOT_FOUND; exec in a stopped container is FAILED_PRECONDITION", async () => {
+      await rejectsWith(rig.tasks.start(NS, "t1", "nope"), "NotFound", Code.NOT_FOUND);
+      assert.throws(
+        () => rig.tasks.state(NS, "t1", "nope"),
+        (err) => codeOf(err) === Code.NOT_FOUND,
+      );
+      await rig.tasks.kill(NS, "t1", "", 9, false);
+      await rig.tasks.wait(NS, "t1", "");
+      await rejectsWith(
+        rig.tasks.exec(NS, execRequest("t1", "e2")),
+        "FailedPrecondition",
+        Code.FAILED_PRECONDITION,
+      );
+    });
+  });
+
+  it("a malformed task id is INVALID_ARGUMENT before anything is built; an unknown one NOT_FOUND", async () => {
+    for (const bad of ["../etc", "", "a/b", "-t"]) {
+      const req = await rig.request("placeholder");
+      await rejectsWith(rig.tasks.create(NS, { ...req, id: bad }), "InvalidArgument", Code.INVALID_ARGUMENT);
+    }
+    assert.equal(rig.driver.vms.length, 0);
+    assert.deepEqual(rig.leftovers(), NOTHING_LEFT);
+    await rejectsWith(rig.tasks.start(NS, "nope", ""), "NotFound", Code.NOT_FOUND);
+    await rejectsWith(rig.tasks.delete(NS, "nope", ""), "NotFound", Code.NOT_FOUND);
+    await rejectsWith(rig.tasks.kill(NS, "nope", "", 9, false), "NotFound", Code.NOT_FOUND);
+    await rejectsWith(rig.tasks.wait(NS, "nope", ""), "NotFound", Code.NOT_FOUND);
+    // The same id in another namespace is another task.
+    await rig.create("t1");
+    await rejectsWith(rig.tasks.start("other", "t1", ""), "NotFound", Code.NOT_FOUND);
+  });
+
+  it("pauses only a VM a task owns: a pod's app container is UNIMPLEMENTED", async () => {
+    await rig.create("pod", { role: "sandbox" });
+    await rig.create("app", { role: "container", sandbox: "pod" });
+    await rig.tasks.start(NS, "pod", "");
+    await rig.tasks.start(NS, "app", "");
+    await rejectsWith(rig.tasks.pause(NS, "app"), "Unimplemented", Code.UNIMPLEMENTED);
+    await rig.tasks.pause(NS, "pod");
+    assert.equal(rig.vm.paused, true);
+    assert.equal(rig.tasks.state(NS, "pod", "").status, "PAUSED");
+    await rig.tasks.resume(NS, "pod");
+    assert.equal(rig.vm.paused, false);
+  });
+});
