@@ -9,7 +9,15 @@ import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
-import { type AgentClient, Code, createScratchDisk, execOk, QemuDriver, type VmHandle } from "@cloudhv/shim";
+import {
+  type AgentClient,
+  Code,
+  createScratchDisk,
+  execOk,
+  QemuDriver,
+  statusOf,
+  type VmHandle,
+} from "@cloudhv/shim";
 import { QEMU_ACCEL } from "../src/accel.js";
 import { guestArtifacts } from "../src/artifacts.js";
 import { entriesOf, processesMatching } from "../src/leaks.js";
@@ -30,12 +38,15 @@ const T = 180_000;
 
 const ref = (containerId: string, execId = ""): Ref => ({ containerId, execId });
 
-/** Whether a promise rejects with a ttrpc status `code` (and, if given, a message match). */
+/**
+ * Whether a promise rejects with the ttrpc status `code` the shim would send containerd (the
+ * guest's code, through the shim's allow-list) and, if given, a message match.
+ */
 function rejectsWith(code: number, message?: RegExp) {
   return (err: unknown) => {
-    const e = err as { code?: number; message?: string };
-    assert.equal(e.code, code, `expected code ${code}, got ${e.code}: ${e.message}`);
-    if (message) assert.match(e.message ?? "", message);
+    const status = statusOf(err);
+    assert.equal(status.code, code, `expected code ${code}, got ${status.code}: ${status.message}`);
+    if (message) assert.match(status.message, message);
     return true;
   };
 }

@@ -312,9 +312,12 @@ export class ChVm implements VmHandle {
       await Promise.race([agent.health({ timeoutMs: Math.max(1, until - Date.now()) }), vmExited]);
     } catch (err) {
       agent.close();
+      // A reset channel usually means the VMM is going away: let its exit land first.
+      const timedOut = err instanceof ShimError && err.kind === "DeadlineExceeded";
+      if (!this.exit && !timedOut) await Promise.race([this.exited, sleep(1000)]);
       throw new ShimError(
         this.exit ? "Unavailable" : "DeadlineExceeded",
-        `VM ${this.id}: no answer from the guest agent (${(err as Error).message}); ${await this.consoleLog.tail()}`,
+        `VM ${this.id}: ${this.exit ? "exited while booting" : "no answer from the guest agent"} (${(err as Error).message}); ${await this.consoleLog.tail()}`,
       );
     }
     return agent;

@@ -247,11 +247,19 @@ class QemuVm implements VmHandle {
       ]);
     } catch (err) {
       agent.close();
-      const kind = this.hasExited ? "Unavailable" : "DeadlineExceeded";
+      // A reset channel usually means QEMU is going away: give its exit a moment to land, so
+      // the error says the VM died rather than "no answer".
+      const timedOut = err instanceof ShimError && err.kind === "DeadlineExceeded";
+      if (!this.hasExited && !timedOut) await Promise.race([this.exited, sleep(1000)]);
+      const message = this.hasExited
+        ? `VM ${this.id} exited while booting (${(err as Error).message})`
+        : `VM ${this.id}: no answer from the guest agent in ${opts.timeoutMs} ms (${(err as Error).message})`;
       throw new ShimError(
-        kind,
-        `VM ${this.id}: no answer from the guest agent in ${opts.timeoutMs} ms (${(err as Error).message}); ${await this.consoleLog.tail()}`,
-        { cause: err },
+        this.hasExited ? "Unavailable" : "DeadlineExceeded",
+        `${message}; ${await this.consoleLog.tail()}`,
+        {
+          cause: err,
+        },
       );
     }
     return agent;
