@@ -4,7 +4,13 @@ import { parseConfig } from "../src/config/config.js";
 import { vmSize } from "../src/pod/sizing.js";
 
 const config = parseConfig(
-  { default_vcpus: 1, default_memory_mb: 256, max_vcpus: 4, max_memory_mb: 2048 },
+  {
+    default_vcpus: 1,
+    default_memory_mb: 256,
+    max_vcpus: 4,
+    max_memory_mb: 2048,
+    enable_annotations: ["default_vcpus", "default_memory", "default_maxvcpus"],
+  },
   "test",
 );
 const CH = "io.cloudhv.config.hypervisor.";
