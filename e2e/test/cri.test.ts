@@ -1,7 +1,7 @@
 // Level 4 (CRI): our CRI client drives containerd's CRI plugin like kubelet does; the pod
 // runs with RuntimeClass handler `cloudhv` in one microVM, on CNI's bridge network.
 import assert from "node:assert/strict";
-import { mkdir, readFile, writeFile } from "node:fs/promises";
+import { mkdir, readFile, stat, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
 import { exec } from "@cloudhv/shim";
@@ -19,7 +19,11 @@ for (const hv of await hypervisorSuites())
     let cri: CriClient;
 
     before(async () => {
-      harness = await startHarness({ images: [IMAGE_A, IMAGE_B], runtimeConfig: hv.runtimeConfig });
+      harness = await startHarness({
+        images: [IMAGE_A, IMAGE_B],
+        // Sizing annotations are off by default; the sizing test below uses them.
+        runtimeConfig: { ...hv.runtimeConfig, enable_annotations: ["default_vcpus", "default_memory"] },
+      });
       cri = harness.cri;
     });
 
@@ -293,5 +297,101 @@ for (const hv of await hypervisorSuites())
         (await cri.listPodSandbox()).filter((p) => p.state === "SANDBOX_READY").length,
         before.filter((p) => p.state === "SANDBOX_READY").length,
       );
+    });
+
+    it("puts the pod's VMM in the pod's cgroup (cgroupfs and systemd names) with the QoS's oom_score_adj, sizes it within the pod's limits, and removes the cgroup", async () => {
+      const logDirectory = path.join(harness.dir, "pods", "cg");
+      await mkdir(logDirectory, { recursive: true });
+      const vmms = () => processesMatching(path.join(harness.runtime.stateDir, "vm"));
+      const uid = `c0ffee${process.pid}`;
+      // Under a cgroup root of our own (kubelet's --cgroup-root): a kubelet running on this
+      // host reaps pod cgroups under /kubepods that it does not know.
+      const root = `chve2e${process.pid}`;
+      const pods = [
+        {
+          name: "cg-burstable",
+          parent: `/${root}/kubepods/burstable/pod${uid}`,
+          cgroup: (id: string) => `/${root}/kubepods/burstable/pod${uid}/${id}`,
+          ours: `/${root}`,
+          // kubelet: a Burstable container's score from its memory request
+          containerScore: 640,
+          expect: [999, 640],
+        },
+        {
+          name: "cg-besteffort",
+          parent: `${root}-kubepods-besteffort-pod${uid}.slice`,
+          cgroup: (id: string) =>
+            `/${root}.slice/${root}-kubepods.slice/${root}-kubepods-besteffort.slice/${root}-kubepods-besteffort-pod${uid}.slice/cri-containerd-${id}.scope`,
+          ours: `/${root}.slice`,
+          containerScore: 1000,
+          expect: [1000, 1000],
+        },
+      ];
+      for (const pod of pods) {
+        const sandboxConfig: PodSandboxConfig = {
+          metadata: { name: pod.name, uid: `uid-${pod.name}`, namespace: "default" },
+          logDirectory,
+          linux: {
+            cgroupParent: pod.parent,
+            securityContext: { namespaceOptions: { network: "NODE" } },
+            resources: {
+              cpuPeriod: 100000,
+              cpuQuota: 100000,
+              cpuShares: 1024,
+              memoryLimitInBytes: 300 * 2 ** 20,
+            },
+          },
+        };
+        const podId = await cri.runPodSandbox(sandboxConfig, HANDLER);
+        const [pid] = await vmms();
+        assert.ok(pid, "the pod's VMM runs");
+        const expected = pod.cgroup(podId);
+        const cgroups = (await readFile(`/proc/${pid}/cgroup`, "utf8")).trim().split("\n");
+        // Every hierarchy (v1 controllers, name=systemd, the unified one) has the VMM in the pod's cgroup.
+        for (const line of cgroups) assert.equal(line.split(":").slice(2).join(":"), expected, line);
+        const score = async () => Number((await readFile(`/proc/${pid}/oom_score_adj`, "utf8")).trim());
+        assert.equal(await score(), pod.expect[0]);
+        const id = await cri.createContainer(
+          podId,
+          {
+            metadata: { name: "probe" },
+            image: { image: IMAGE_A },
+            command: ["sleep", "600"],
+            logPath: `${pod.name}.log`,
+            linux: { resources: { oomScoreAdj: pod.containerScore } },
+          },
+          sandboxConfig,
+        );
+        await cri.startContainer(id);
+        assert.equal(await score(), pod.expect[1]);
+        // Sized from the CRI sandbox resources: 1 vCPU, 300 MiB + the guest's own 256.
+        assert.equal((await cri.execSync(id, ["sh", "-c", "nproc"])).stdout.trim(), "1");
+        const mem = (await cri.execSync(id, ["sh", "-c", "grep MemTotal /proc/meminfo"])).stdout;
+        const kib = Number(/(\d+) kB/.exec(mem)?.[1]);
+        assert.ok(kib > 450 * 1024 && kib <= 556 * 1024, mem);
+        await cri.stopContainer(id, 2);
+        await cri.removeContainer(id);
+        await cri.stopPodSandbox(podId);
+        await cri.removePodSandbox(podId);
+        assert.deepEqual(await vmms(), []);
+        // Every directory the runtime made for the pod is gone (it made them all, up to the root).
+        for (const hierarchy of ["memory", "cpuset", "unified", ""]) {
+          const dir = path.join("/sys/fs/cgroup", hierarchy, pod.ours);
+          await assert.rejects(stat(dir), `${dir} was removed`);
+        }
+        // An annotation asking for more than the pod's limits is refused, naming both.
+        await assert.rejects(
+          cri.runPodSandbox(
+            {
+              ...sandboxConfig,
+              metadata: { ...sandboxConfig.metadata, name: `${pod.name}-big` },
+              annotations: { "io.cloudhv.config.hypervisor.default_memory": "2048" },
+            },
+            HANDLER,
+          ),
+          /default_memory=2048 asks for 2048 MiB, more than the pod's limit of 556 MiB \(io\.kubernetes\.cri\.sandbox-memory=314572800 bytes/,
+        );
+        assert.deepEqual(await vmms(), []);
+      }
     });
   });

@@ -4,7 +4,13 @@ import { parseConfig } from "../src/config/config.js";
 import { vmSize } from "../src/pod/sizing.js";
 
 const config = parseConfig(
-  { default_vcpus: 1, default_memory_mb: 256, max_vcpus: 4, max_memory_mb: 2048 },
+  {
+    default_vcpus: 1,
+    default_memory_mb: 256,
+    max_vcpus: 4,
+    max_memory_mb: 2048,
+    enable_annotations: ["default_vcpus", "default_memory", "default_maxvcpus"],
+  },
   "test",
 );
 const CH = "io.cloudhv.config.hypervisor.";
@@ -69,6 +75,76 @@ describe("VM sizing from annotations and pod resources", () => {
     assert.throws(
       () => vmSize({ [`${CH}default_vcpus`]: "3", [`${CH}default_maxvcpus`]: "2" }, config),
       /asks for 3 vCPUs, more than the maximum of 2/,
+    );
+  });
+
+  it("refuses every sizing annotation with the default config: a pod does not size its own VM", () => {
+    const defaults = parseConfig({}, "test");
+    assert.deepEqual(defaults.enable_annotations, []);
+    assert.equal(defaults.allow_sizing_above_pod_limits, false);
+    for (const key of ["default_vcpus", "default_memory", "default_maxvcpus"]) {
+      assert.throws(
+        () => vmSize({ [`${KATA}${key}`]: "2" }, defaults),
+        new RegExp(`${key} is not enabled: the runtime config's enable_annotations does not list "${key}"`),
+      );
+    }
+    // The pod's own resources still size it.
+    const cri = vmSize({ "io.kubernetes.cri.sandbox-memory": String(300 * 2 ** 20) }, defaults);
+    assert.equal(cri.memoryMb, 300 + 256);
+  });
+
+  it("never sizes the VM above the pod's limits, naming both values, unless the config allows it", () => {
+    const limited = {
+      "io.kubernetes.cri.sandbox-cpu-quota": "100000",
+      "io.kubernetes.cri.sandbox-cpu-period": "100000",
+      "io.kubernetes.cri.sandbox-cpu-shares": "1024",
+      "io.kubernetes.cri.sandbox-memory": String(300 * 2 ** 20),
+    };
+    assert.throws(() => vmSize({ ...limited, [`${CH}default_vcpus`]: "2" }, config), {
+      message:
+        `annotation ${CH}default_vcpus=2 asks for 2 vCPUs, more than the pod's limit of 1 vCPUs ` +
+        "(io.kubernetes.cri.sandbox-cpu-quota=100000/io.kubernetes.cri.sandbox-cpu-period=100000); " +
+        "the runtime config's allow_sizing_above_pod_limits would allow it",
+    });
+    assert.throws(
+      () => vmSize({ ...limited, [`${KATA}default_memory`]: "1024" }, config),
+      /default_memory=1024 asks for 1024 MiB, more than the pod's limit of 556 MiB \(io\.kubernetes\.cri\.sandbox-memory=314572800 bytes plus default_memory_mb 256\)/,
+    );
+    // At or below the limits, an enabled annotation is taken.
+    const within = vmSize(
+      { ...limited, [`${KATA}default_memory`]: "512", [`${CH}default_vcpus`]: "1" },
+      config,
+    );
+    assert.deepEqual([within.vcpus, within.memoryMb], [1, 512]);
+    // No limit (BestEffort: quota -1, memory 0): nothing but the config bounds it.
+    const unlimited = {
+      "io.kubernetes.cri.sandbox-cpu-quota": "-1",
+      "io.kubernetes.cri.sandbox-cpu-period": "100000",
+      "io.kubernetes.cri.sandbox-memory": "0",
+    };
+    assert.deepEqual(
+      [
+        vmSize({ ...unlimited, [`${CH}default_vcpus`]: "3" }, config).vcpus,
+        vmSize(unlimited, config).memoryMb,
+      ],
+      [3, 256],
+    );
+    const generous = parseConfig({ ...config, allow_sizing_above_pod_limits: true }, "test");
+    assert.equal(vmSize({ ...limited, [`${CH}default_memory`]: "1024" }, generous).memoryMb, 1024);
+  });
+
+  it("takes a standalone task's limits from its spec's linux.resources", () => {
+    const resources = { cpu: { quota: 200000, period: 100000 }, memory: { limit: 128 * 2 ** 20 } };
+    const size = vmSize({}, config, resources);
+    assert.deepEqual([size.vcpus, size.memoryMb], [2, 128 + 256]);
+    assert.throws(
+      () => vmSize({ [`${CH}default_vcpus`]: "3" }, config, resources),
+      /asks for 3 vCPUs, more than the pod's limit of 2 vCPUs \(linux\.resources\.cpu quota=200000\/period=100000\)/,
+    );
+    // The CRI annotations win over the sandbox spec's own resources (the pause container's).
+    assert.equal(
+      vmSize({ "io.kubernetes.cri.sandbox-memory": String(64 * 2 ** 20) }, config, resources).memoryMb,
+      64 + 256,
     );
   });
 });

@@ -18,6 +18,8 @@ export interface PodSandboxConfig {
   annotations?: Record<string, string>;
   linux?: {
     cgroupParent?: string;
+    /** kubelet's sum of the pod's containers (containerd puts it in io.kubernetes.cri.sandbox-* annotations). */
+    resources?: LinuxContainerResources;
     securityContext?: { namespaceOptions?: { network?: string; pid?: string; ipc?: string } };
   };
 }
@@ -34,6 +36,16 @@ export interface ContainerConfig {
   annotations?: Record<string, string>;
   logPath?: string;
   tty?: boolean;
+  /** kubelet sets oomScoreAdj from the pod's QoS and the container's memory request. */
+  linux?: { resources?: LinuxContainerResources };
+}
+
+export interface LinuxContainerResources {
+  cpuPeriod?: number;
+  cpuQuota?: number;
+  cpuShares?: number;
+  memoryLimitInBytes?: number;
+  oomScoreAdj?: number;
 }
 
 export interface ContainerStatus {

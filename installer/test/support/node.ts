@@ -190,6 +190,8 @@ export function testRuntimeConfig(): Record<string, unknown> {
     cache_dir: `${TEST_STATE}/cloudhv-cache/cache`,
     scratch_dir: `${TEST_STATE}/cloudhv-cache/scratch`,
     scratch_disk_bytes: 1024 ** 3,
+    // runTestPod sizes its VM with an annotation; sizing annotations are off by default.
+    enable_annotations: ["default_memory"],
   };
 }
 

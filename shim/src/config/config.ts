@@ -30,7 +30,9 @@ export const configSchema = z
       .default(8192),
     enable_annotations: z
       .array(z.enum(["default_vcpus", "default_memory", "default_maxvcpus"]))
-      .default(["default_vcpus", "default_memory", "default_maxvcpus"]),
+      // Off unless the admin enables them: a pod must not size its own VM (pod/sizing.ts).
+      .default([]),
+    allow_sizing_above_pod_limits: z.boolean().default(false),
     state_dir: z.string().min(1).default("/run/cloudhv"),
     cache_dir: z.string().min(1).default("/var/lib/cloudhv/cache"),
     cache_max_bytes: z

@@ -357,6 +357,7 @@ export interface ProtoMessages {
     stdin: boolean;
     stdinOnce: boolean;
     tty: boolean;
+    linux: ProtoMessages["runtime.v1.LinuxContainerConfig"] | null;
   };
   "runtime.v1.ContainerIdRequest": {
     containerId: string;
@@ -410,9 +411,20 @@ export interface ProtoMessages {
     key: string;
     value: string;
   };
+  "runtime.v1.LinuxContainerConfig": {
+    resources: ProtoMessages["runtime.v1.LinuxContainerResources"] | null;
+  };
+  "runtime.v1.LinuxContainerResources": {
+    cpuPeriod: number;
+    cpuQuota: number;
+    cpuShares: number;
+    memoryLimitInBytes: number;
+    oomScoreAdj: number;
+  };
   "runtime.v1.LinuxPodSandboxConfig": {
     cgroupParent: string;
     securityContext: ProtoMessages["runtime.v1.LinuxSandboxSecurityContext"] | null;
+    resources: ProtoMessages["runtime.v1.LinuxContainerResources"] | null;
   };
   "runtime.v1.LinuxSandboxSecurityContext": {
     namespaceOptions: ProtoMessages["runtime.v1.NamespaceOption"] | null;
@@ -632,6 +644,8 @@ export const PROTO_FILE_OF: { readonly [K in keyof ProtoMessages]: string } = {
   "runtime.v1.ExecSyncResponse": "cri.proto",
   "runtime.v1.ImageSpec": "cri.proto",
   "runtime.v1.KeyValue": "cri.proto",
+  "runtime.v1.LinuxContainerConfig": "cri.proto",
+  "runtime.v1.LinuxContainerResources": "cri.proto",
   "runtime.v1.LinuxPodSandboxConfig": "cri.proto",
   "runtime.v1.LinuxSandboxSecurityContext": "cri.proto",
   "runtime.v1.ListPodSandboxRequest": "cri.proto",

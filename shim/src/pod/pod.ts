@@ -5,12 +5,15 @@
 import { createHash } from "node:crypto";
 import path from "node:path";
 import type { AgentClient, GuestNetwork } from "../agent/client.js";
+import { PodCgroup } from "../cgroup/cgroup.js";
+import { type ContainmentHost, type ContainmentPlan, planContainment } from "../cgroup/containment.js";
+import { oomScoreAdjFor } from "../cgroup/oom.js";
 import type { RuntimeConfig } from "../config/config.js";
 import type { Mount } from "../containerd/publisher.js";
 import { ShimError } from "../errors.js";
 import type { PodInterface, PodNetwork } from "../network/pod-network.js";
 import { Cleanup } from "../util/cleanup.js";
-import type { Logger } from "../util/log.js";
+import { type Logger, log as rootLog } from "../util/log.js";
 import type { PhaseClock } from "../util/phases.js";
 import type { HypervisorDriver, VmExit, VmHandle } from "../vmm/types.js";
 import { ContainerVolumes } from "../volumes/volumes.js";
@@ -26,6 +29,8 @@ export interface PodDeps {
   driver: HypervisorDriver;
   prepareRootfs: RootfsPreparer;
   attachNetwork: NetworkAttacher;
+  /** The host's cgroups and OOM scores (cgroup/containment.ts; faked in unit tests). */
+  containment: ContainmentHost;
 }
 
 /** One container to create in a pod, as the task service asks for it. */
@@ -56,6 +61,9 @@ export interface PodMember {
 export class Pod {
   /** App containers that joined (or are joining) the VM, for max_containers_per_vm. */
   private readonly joined = new Set<string>();
+  /** kubelet's OOM score of each app container, for a Burstable pod's VMM (cgroup/oom.ts). */
+  private readonly containerScores = new Map<string, number>();
+  private oomScoreAdj: number | undefined;
 
   private constructor(
     /** The CRI sandbox id, or the plain task's id. */
@@ -68,6 +76,9 @@ export class Pod {
     readonly size: VmSize,
     private readonly network: PodNetwork | undefined,
     private readonly deps: PodDeps,
+    private readonly containment: ContainmentPlan,
+    /** The pod's cgroup, which the VMM joined; removed with the pod if we created it. */
+    readonly cgroup: PodCgroup | undefined,
   ) {}
 
   /**
@@ -84,9 +95,21 @@ export class Pod {
   ): Promise<PodMember> {
     // Bind mounts become guest paths; a volume the VM cannot have fails before anything is built.
     const volumes = await ContainerVolumes.plan(spec.doc, first.id, where.key, log);
+    const containment = planContainment(spec.doc);
     const undo = new Cleanup();
     try {
       phases.mark("start");
+      // The pod's cgroup exists before the VMM does: the VMM joins it before it runs (cgroup/join.ts).
+      let cgroup: PodCgroup | undefined;
+      if (containment.cgroup) {
+        const opened = await PodCgroup.open(
+          containment.cgroup.path,
+          await deps.containment.hierarchies(),
+          log,
+        );
+        cgroup = opened;
+        undo.defer("remove pod cgroup", () => opened.remove());
+      }
       // Disks and the pod network are host work independent of each other, so they run at once;
       // whichever succeeded is undone if the other failed.
       const netnsPath = podNetnsPath(spec.doc);
@@ -123,12 +146,15 @@ export class Pod {
           stateDir: path.join(config.state_dir, "vm", where.vmId),
           disks: rootfs.disks,
           log: log.child({ vm: where.vmId }),
+          ...(cgroup ? { cgroup: { procs: cgroup.procs } } : {}),
           ...(network
             ? { network: { netnsPath: network.netnsPath, tap: network.tap, mac: network.iface.mac } }
             : {}),
         }),
       );
       undo.defer("stop VM", () => vm.stop());
+      const oomScoreAdj = oomScoreAdjFor(containment.qos, [], containment.specOomScoreAdj);
+      if (oomScoreAdj !== undefined) await deps.containment.setOomScoreAdj(vm.pid, oomScoreAdj, log);
       const agent = await vm.connectAgent({ timeoutMs: config.agent_boot_timeout_ms });
       undo.defer("close agent", () => agent.close());
       // Boot = VMM launch (host) + waiting for the agent's first answer (guest).
@@ -140,6 +166,9 @@ export class Pod {
         {
           sandbox: where.vmId,
           vmmPid: vm.pid,
+          cgroup: cgroup?.path,
+          qos: containment.qos,
+          oomScoreAdj,
           bootMs: Math.round(bootMs),
           agentVersion: version.agentVersion,
         },
@@ -148,7 +177,8 @@ export class Pod {
       if (network) await phases.time("guestNetworkMs", agent.configureNetwork(guestNetwork(network.iface)));
       phases.mark("vmReady");
 
-      const pod = new Pod(where.id, where.key, vm, agent, where.size, network, deps);
+      const pod = new Pod(where.id, where.key, vm, agent, where.size, network, deps, containment, cgroup);
+      pod.oomScoreAdj = oomScoreAdj;
       const owner = await pod.createInGuest(
         first,
         spec,
@@ -204,6 +234,11 @@ export class Pod {
         { rootfs, devices, ownsPod: false },
         phases,
       );
+      const score = spec.doc.process?.oomScoreAdj;
+      if (typeof score === "number" && Number.isInteger(score)) {
+        this.containerScores.set(req.id, score);
+        await this.updateOomScore(log);
+      }
       undo.disarm();
       return member;
     } catch (err) {
@@ -225,7 +260,9 @@ export class Pod {
       phases.wrap("rootfsReleaseMs", () => member.rootfs.release()),
     );
     if (member.ownsPod) {
-      // Runs after the VM is gone (newest first): the TAP outlives the VMM that uses it.
+      // Runs after the VM is gone (newest first): the TAP and the cgroup outlive the VMM.
+      const cgroup = this.cgroup;
+      if (cgroup) cleanup.defer("remove pod cgroup", () => cgroup.remove());
       const network = this.network;
       if (network)
         cleanup.defer(
@@ -241,6 +278,8 @@ export class Pod {
       );
     } else {
       this.joined.delete(member.id);
+      if (this.containerScores.delete(member.id))
+        cleanup.defer("update OOM score", () => this.updateOomScore());
       // Newest first: the guest lets go of the disks before they are unplugged.
       for (const device of member.devices) {
         cleanup.defer(
@@ -254,6 +293,15 @@ export class Pod {
       );
     }
     await cleanup.run();
+  }
+
+  /** A Burstable pod's VMM is scored as its most protected container (cgroup/oom.ts). */
+  private async updateOomScore(log: Logger = rootLog): Promise<void> {
+    if (this.containment.qos !== "Burstable") return;
+    const score = oomScoreAdjFor("Burstable", [...this.containerScores.values()]);
+    if (score === undefined || score === this.oomScoreAdj) return;
+    this.oomScoreAdj = score;
+    await this.deps.containment.setOomScoreAdj(this.vm.pid, score, log);
   }
 
   /** Stops / continues every vCPU: the whole VM, every container in it. */

@@ -1,6 +1,7 @@
 // Where a container runs: a plain task and a CRI sandbox each boot a VM of their own; a CRI app
 // container joins the VM its sandbox booted. Keeps the running CRI pods by namespace/sandbox id.
 
+import { type ContainmentHost, hostContainment } from "../cgroup/containment.js";
 import { notFound } from "../errors.js";
 import { attachPodNetwork } from "../network/pod-network.js";
 import type { Logger } from "../util/log.js";
@@ -17,7 +18,10 @@ import {
 import { vmSize } from "./sizing.js";
 import { readOciSpec } from "./spec.js";
 
-export type PodsDeps = Omit<PodDeps, "attachNetwork"> & { attachNetwork?: NetworkAttacher };
+export type PodsDeps = Omit<PodDeps, "attachNetwork" | "containment"> & {
+  attachNetwork?: NetworkAttacher;
+  containment?: ContainmentHost;
+};
 
 export class Pods {
   private readonly deps: PodDeps;
@@ -25,7 +29,11 @@ export class Pods {
   private readonly sandboxes = new Map<string, Pod>();
 
   constructor(deps: PodsDeps) {
-    this.deps = { ...deps, attachNetwork: deps.attachNetwork ?? ((netns) => attachPodNetwork(netns)) };
+    this.deps = {
+      ...deps,
+      attachNetwork: deps.attachNetwork ?? ((netns) => attachPodNetwork(netns)),
+      containment: deps.containment ?? hostContainment,
+    };
   }
 
   /** Creates the container (not started) from the OCI bundle at `bundle`, in the VM its role gives it. */
@@ -47,7 +55,7 @@ export class Pods {
       return pod.join(req, spec, log, phases);
     }
     const podId = role.kind === "sandbox" ? role.sandboxId : req.id;
-    const size = vmSize(annotations, this.deps.config);
+    const size = vmSize(annotations, this.deps.config, spec.doc.linux?.resources);
     const where = { id: podId, key: `${req.namespace}/${podId}`, vmId: vmId(req.namespace, podId), size };
     const owner = await Pod.boot(where, req, spec, this.deps, log, phases);
     if (role.kind === "sandbox") this.sandboxes.set(where.key, owner.pod);

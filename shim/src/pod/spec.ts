@@ -6,8 +6,21 @@ import { invalid } from "../errors.js";
 
 export interface OciSpec {
   annotations?: Record<string, unknown>;
-  linux?: { namespaces?: Array<{ type?: string; path?: string }> };
+  /** containerd's CRI writes kubelet's score for the container (-998 for every sandbox). */
+  process?: { oomScoreAdj?: number };
+  linux?: {
+    namespaces?: Array<{ type?: string; path?: string }>;
+    /** The pod's cgroup (cgroup/path.ts). */
+    cgroupsPath?: string;
+    resources?: OciResources;
+  };
   mounts?: Array<{ destination: string; type?: string; source?: string; options?: string[] }>;
+}
+
+/** The part of linux.resources that bounds a VM's size (a standalone task's limits). */
+export interface OciResources {
+  cpu?: { quota?: number; period?: number; shares?: number };
+  memory?: { limit?: number };
 }
 
 export interface OciSpecFile {

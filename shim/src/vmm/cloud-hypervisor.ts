@@ -9,6 +9,7 @@ import net from "node:net";
 import path from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { AgentClient } from "../agent/client.js";
+import { cgroupJoinArgv } from "../cgroup/join.js";
 import { deadline, precondition, ShimError, unavailable } from "../errors.js";
 import { TtrpcClient } from "../ttrpc/client.js";
 import { log as rootLog } from "../util/log.js";
@@ -152,6 +153,8 @@ export class CloudHypervisorDriver implements HypervisorDriver {
       // With a pod network the VMM runs inside the pod's netns, where the TAP is. setpriv
       // execs it with a parent-death signal: if the shim daemon dies, its VMs die with it.
       const netns = config.network ? ["nsenter", `--net=${config.network.netnsPath}`, "--"] : [];
+      // First of all, the VMM joins the pod's cgroup, before it runs guest code (cgroup/join.ts).
+      netns.unshift(...cgroupJoinArgv(config.cgroup?.procs));
       const argv = [
         ...netns,
         "setpriv",

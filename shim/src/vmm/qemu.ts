@@ -7,6 +7,7 @@ import net from "node:net";
 import path from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { AgentClient } from "../agent/client.js";
+import { cgroupJoinArgv } from "../cgroup/join.js";
 import { deadline, exhausted, notFound, ShimError, unavailable } from "../errors.js";
 import { TtrpcClient } from "../ttrpc/client.js";
 import { log as rootLog } from "../util/log.js";
@@ -77,6 +78,8 @@ export class QemuDriver implements HypervisorDriver {
       consoleLog = await ConsoleLog.create({ fifo: paths.consoleFifo, log: paths.console });
       // With a pod network, QEMU runs inside the pod's netns, where the TAP is.
       const netns = config.network ? ["nsenter", `--net=${config.network.netnsPath}`, "--"] : [];
+      // First of all, the VMM joins the pod's cgroup, before it runs guest code (cgroup/join.ts).
+      netns.unshift(...cgroupJoinArgv(config.cgroup?.procs));
       const [command, ...args] = [...netns, "setpriv", "--pdeathsig", "KILL", "--", this.binary, ...argv];
       const child = spawn(command as string, args, {
         stdio: ["ignore", "ignore", "pipe"],

@@ -26,6 +26,8 @@ export interface VmConfig {
   disks?: DiskSpec[];
   /** Where the driver logs about this VM (a child logger with the pod's fields). */
   log?: Logger;
+  /** The pod's cgroup: the VMM writes its pid to these cgroup.procs files before it execs (cgroup/join.ts). */
+  cgroup?: { procs: readonly string[] };
 }
 
 export interface DiskSpec {

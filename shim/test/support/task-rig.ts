@@ -5,6 +5,8 @@ import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import pino from "pino";
+import type { CgroupHierarchy } from "../../src/cgroup/cgroup.js";
+import type { ContainmentHost } from "../../src/cgroup/containment.js";
 import { parseConfig, type RuntimeConfig } from "../../src/config/config.js";
 import type { TaskEvents } from "../../src/containerd/publisher.js";
 import { statusOf } from "../../src/errors.js";
@@ -82,6 +84,34 @@ export class FakeRootfs {
   };
 }
 
+/**
+ * The host's cgroups as two v1 hierarchies under a temp dir (mkdir there makes no control
+ * files, which the code tolerates), and the OOM scores the VMMs got, newest last.
+ */
+export class FakeContainment implements ContainmentHost {
+  readonly scores: Array<{ pid: number; score: number }> = [];
+
+  constructor(readonly root: string) {}
+
+  async hierarchies(): Promise<CgroupHierarchy[]> {
+    const found: CgroupHierarchy[] = [];
+    for (const name of ["cpu", "memory"]) {
+      await mkdir(path.join(this.root, name), { recursive: true });
+      found.push({ mount: path.join(this.root, name), version: 1, controllers: [name] });
+    }
+    return found;
+  }
+
+  setOomScoreAdj = async (pid: number, score: number): Promise<void> => {
+    this.scores.push({ pid, score });
+  };
+
+  /** The last score a VMM got. */
+  scoreOf(pid: number): number | undefined {
+    return this.scores.filter((s) => s.pid === pid).at(-1)?.score;
+  }
+}
+
 /** A pod network as CNI's bridge leaves it; counts what is attached. */
 export class FakeNetwork {
   readonly attached = new Set<string>();
@@ -124,12 +154,19 @@ export interface TaskOptions {
   /** A pod network namespace in the spec (CNI's), which makes the VM get a NIC. */
   netns?: string;
   annotations?: Record<string, string>;
+  /** linux.cgroupsPath, as containerd's CRI writes it. */
+  cgroupsPath?: string;
+  /** process.oomScoreAdj (kubelet's score for the container). */
+  oomScoreAdj?: number;
+  /** linux.resources (a standalone task's limits). */
+  resources?: Record<string, unknown>;
 }
 
 export class TaskRig {
   readonly events = new EventRecorder();
   readonly rootfs = new FakeRootfs();
   readonly network = new FakeNetwork();
+  readonly containment: FakeContainment;
   readonly driver: FakeDriver;
   readonly tasks: TaskService;
   readonly config: RuntimeConfig;
@@ -140,12 +177,14 @@ export class TaskRig {
   ) {
     this.config = parseConfig({ state_dir: path.join(dir, "state"), ...config }, "unit test");
     this.driver = new FakeDriver(dir);
+    this.containment = new FakeContainment(path.join(dir, "cgroup"));
     this.tasks = new TaskService({
       config: this.config,
       driver: this.driver,
       events: this.events,
       prepareRootfs: this.rootfs.prepare,
       attachNetwork: this.network.attach,
+      containment: this.containment,
       log: pino({ level: "silent" }),
       version: "unit",
     });
@@ -166,10 +205,16 @@ export class TaskRig {
     }
     const spec = {
       ociVersion: "1.0.2",
-      process: { args: ["/bin/true"], cwd: "/" },
+      process: {
+        args: ["/bin/true"],
+        cwd: "/",
+        ...(opts.oomScoreAdj !== undefined ? { oomScoreAdj: opts.oomScoreAdj } : {}),
+      },
       annotations,
       linux: {
         namespaces: [{ type: "pid" }, ...(opts.netns ? [{ type: "network", path: opts.netns }] : [])],
+        ...(opts.cgroupsPath ? { cgroupsPath: opts.cgroupsPath } : {}),
+        ...(opts.resources ? { resources: opts.resources } : {}),
       },
       mounts: [],
     };
