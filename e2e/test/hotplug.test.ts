@@ -5,7 +5,15 @@ import { mkdtemp, rm } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
-import { type AgentClient, createScratchDisk, execOk, QemuDriver, type VmHandle } from "@cloudhv/shim";
+import {
+  type AgentClient,
+  Code,
+  createScratchDisk,
+  execOk,
+  QemuDriver,
+  statusOf,
+  type VmHandle,
+} from "@cloudhv/shim";
 import { QEMU_ACCEL } from "../src/accel.js";
 import { guestArtifacts } from "../src/artifacts.js";
 import { processesMatching } from "../src/leaks.js";
@@ -84,7 +92,10 @@ describe("QEMU hot-plug and pause", () => {
 
   it("pauses and resumes the whole guest", async () => {
     await vm.pause();
-    await assert.rejects(agent.health({ timeoutMs: 1500 }), /DEADLINE_EXCEEDED/);
+    await assert.rejects(
+      agent.health({ timeoutMs: 1500 }),
+      (err: unknown) => statusOf(err).code === Code.DEADLINE_EXCEEDED,
+    );
     await vm.resume();
     assert.equal((await agent.health({ timeoutMs: 10_000 })).status, "SERVING");
   });
