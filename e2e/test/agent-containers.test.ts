@@ -9,6 +9,7 @@ import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
+import { setTimeout as sleep } from "node:timers/promises";
 import {
   type AgentClient,
   Code,
@@ -525,6 +526,8 @@ describe("guest agent runs containers with crun (QEMU microVM)", () => {
     await assert.rejects(agent.signalProcess(ref("nope"), 9, false), rejectsWith(Code.NOT_FOUND));
     // Removing a created, never started container ends its init: waiters hear 137.
     const waiting = agent.waitProcess(ref("dup"));
+    // The agent serves calls concurrently: let the wait reach it before the remove does.
+    await sleep(500);
     await agent.removeContainer("dup");
     assert.equal((await waiting).exitStatus, 137);
     await assert.rejects(agent.removeContainer("dup"), rejectsWith(Code.NOT_FOUND));
