@@ -99,6 +99,58 @@ for (const hv of await hypervisorSuites())
       assert.deepEqual(await vms(), [], "the pod's VM is gone");
     });
 
+    it("loses no line of a container's output across a containerd restart", async () => {
+      const logDirectory = path.join(harness.dir, "pods", "restart");
+      await mkdir(logDirectory, { recursive: true });
+      const sandboxConfig: PodSandboxConfig = {
+        metadata: { name: "restart", uid: "uid-restart", namespace: "default", attempt: 0 },
+        hostname: "restart",
+        logDirectory,
+        linux: { securityContext: { namespaceOptions: { network: "NODE" } } },
+      };
+      const podId = await cri.runPodSandbox(sandboxConfig, HANDLER);
+      const id = await cri.createContainer(
+        podId,
+        {
+          metadata: { name: "counter" },
+          image: { image: IMAGE_A },
+          command: ["sh", "-c", "i=0; while true; do echo line-$i; i=$((i+1)); usleep 20000; done"],
+          logPath: "counter.log",
+        },
+        sandboxConfig,
+      );
+      await cri.startContainer(id);
+      const numbers = async () =>
+        [
+          ...(await readFile(path.join(logDirectory, "counter.log"), "utf8").catch(() => "")).matchAll(
+            /^\S+ stdout F line-(\d+)$/gm,
+          ),
+        ].map((m) => Number(m[1]));
+      const waitFor = async (min: number, what: string) => {
+        const deadline = Date.now() + 90_000;
+        for (;;) {
+          const seen = await numbers();
+          if (seen.length && Math.max(...seen) >= min) return seen;
+          if (Date.now() > deadline) assert.fail(`${what}: the log reached line ${Math.max(-1, ...seen)}`);
+          await new Promise((r) => setTimeout(r, 200));
+        }
+      };
+      const before = Math.max(...(await waitFor(10, "before the restart")));
+      await harness.containerd.restart();
+      // containerd reopens the FIFOs; what the container wrote meanwhile must follow, in order.
+      const seen = await waitFor(before + 150, "after the restart");
+      const last = Math.max(...seen);
+      assert.deepEqual(
+        seen.slice(0, last + 1),
+        Array.from({ length: last + 1 }, (_, i) => i),
+        "every line, once, in order",
+      );
+      await cri.stopContainer(id, 2);
+      await cri.removeContainer(id);
+      await cri.stopPodSandbox(podId);
+      await cri.removePodSandbox(podId);
+    });
+
     it("gives the pod the CNI network: the host reaches the pod IP over TCP, the pod reaches its gateway", async () => {
       const logDirectory = path.join(harness.dir, "pods", "net");
       await mkdir(logDirectory, { recursive: true });

@@ -1,7 +1,12 @@
 // Copies a guest process's stdio between containerd's FIFOs and the agent. Memory stays
 // bounded: one chunk per stream is in flight, and the next ReadStream is only asked for after
 // the previous chunk was taken by the FIFO's reader.
-import { constants, openSync } from "node:fs";
+//
+// Each output FIFO also gets a read end of our own, never read, held until the process is
+// deleted: while containerd restarts, its read end is gone, and without ours the next write
+// would fail with EPIPE and the output would be lost. With ours, output waits in the pipe
+// (then in the guest, by backpressure) until containerd opens the FIFO again.
+import { closeSync, constants, fstatSync, openSync } from "node:fs";
 import net from "node:net";
 import { setTimeout as sleep } from "node:timers/promises";
 import type { AgentClient, ProcessRef, StdStream } from "../agent/client.js";
@@ -48,10 +53,20 @@ async function openWriter(path: string, isStopped: () => boolean): Promise<net.S
   }
 }
 
+/** Opens a read end that keeps a FIFO's writer from EPIPE; undefined for a regular file. */
+function holdFifo(path: string): number | undefined {
+  const fd = openSync(path, constants.O_RDONLY | constants.O_NONBLOCK);
+  if (fstatSync(fd).isFIFO()) return fd;
+  closeSync(fd);
+  return undefined;
+}
+
 export class StdioForwarder {
   /** Settles when stdout and stderr reached EOF and their FIFOs were closed. */
   readonly outputDone: Promise<void>;
   private readonly sockets: net.Socket[] = [];
+  /** Our own read ends of the output FIFOs (see the header). */
+  private readonly held: number[] = [];
   private stopped = false;
 
   constructor(
@@ -80,6 +95,7 @@ export class StdioForwarder {
   close(): void {
     this.stopped = true;
     for (const socket of this.sockets) socket.destroy();
+    for (const fd of this.held.splice(0)) closeSync(fd);
   }
 
   private track(socket: net.Socket): net.Socket {
@@ -91,6 +107,8 @@ export class StdioForwarder {
   private async pump(stream: StdStream, path: string): Promise<void> {
     let out: net.Socket | undefined;
     try {
+      const held = holdFifo(path);
+      if (held !== undefined) this.held.push(held);
       out = this.track(await openWriter(path, () => this.stopped));
       while (!this.stopped) {
         const { data, eof } = await this.agent.readStream(this.ref, stream);
