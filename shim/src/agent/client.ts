@@ -56,6 +56,13 @@ export const AGENT_PROTOCOL_VERSION = 1;
 /** Largest stdout/stderr chunk asked for in one ReadStream. */
 export const READ_CHUNK_BYTES = 256 * 1024;
 const MAX_PID = 4_194_304;
+/**
+ * Every call without its own deadline gets this one: a guest that never answers must not hold
+ * a containerd request (and the resources behind it) forever. The long polls are exempt: they
+ * wait, by design, as long as the process runs or its pipe is full.
+ */
+export const DEFAULT_CALL_TIMEOUT_MS = 120_000;
+const LONG_POLLS = new Set(["WaitProcess", "ReadStream", "WriteStdin"]);
 const MAX_VERSION_TEXT = 256;
 
 function invalid(what: string): never {
@@ -68,7 +75,10 @@ function checkPid(pid: number, what: string): number {
 }
 
 export class AgentClient {
-  constructor(readonly ttrpc: TtrpcClient) {}
+  constructor(
+    readonly ttrpc: TtrpcClient,
+    private readonly defaultTimeoutMs = DEFAULT_CALL_TIMEOUT_MS,
+  ) {}
 
   private async call<Req, Res>(
     method: string,
@@ -78,8 +88,12 @@ export class AgentClient {
     opts?: CallOptions,
   ): Promise<Res> {
     let reply: Buffer;
+    const deadline =
+      opts?.timeoutMs !== undefined || LONG_POLLS.has(method)
+        ? opts
+        : { ...opts, timeoutMs: this.defaultTimeoutMs };
     try {
-      reply = await this.ttrpc.call(SERVICE, method, reqCodec.encode(req), opts);
+      reply = await this.ttrpc.call(SERVICE, method, reqCodec.encode(req), deadline);
     } catch (err) {
       throw fromAgentCall(method, err);
     }

@@ -110,8 +110,17 @@ export class StdioForwarder {
       const held = holdFifo(path);
       if (held !== undefined) this.held.push(held);
       out = this.track(await openWriter(path, () => this.stopped));
+      let idle = 0;
       while (!this.stopped) {
         const { data, eof } = await this.agent.readStream(this.ref, stream);
+        // ReadStream waits for data; a guest that answers at once with nothing, again and
+        // again, would make this loop spin for every pod on the node: back off, up to 100 ms.
+        if (data.length === 0 && !eof) {
+          idle = Math.min(idle + 1, 7);
+          await sleep(Math.min(2 ** idle, 100));
+          continue;
+        }
+        idle = 0;
         const sink = out;
         if (data.length > 0 && !sink.destroyed && !sink.write(data)) {
           await new Promise<void>((resolve) => {

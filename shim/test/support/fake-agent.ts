@@ -59,6 +59,10 @@ export class FakeAgent {
   readonly containers = new Map<string, Map<string, GuestProcess>>();
   /** What ConfigureNetwork was given last. */
   network: unknown;
+  /** Methods that never answer (a wedged guest). */
+  readonly hanging = new Set<string>();
+  /** ReadStream answers at once with no data and no end, as a hostile guest could. */
+  emptyReads = false;
   /** The protocol version Version answers with (a test makes it another build's). */
   protocolVersion = AGENT_PROTOCOL_VERSION;
   private readonly failures = new Map<string, TtrpcError>();
@@ -131,7 +135,8 @@ export class FakeAgent {
         codec("ReadStreamResponse"),
         () => ({
           data: Buffer.alloc(0),
-          eof: true,
+          // A hostile guest can answer "nothing yet" at once, forever (see forward.ts).
+          eof: !this.emptyReads,
         }),
       ),
       CloseStdin: this.method("CloseStdin", processRef, E, () => ({})),
@@ -195,6 +200,7 @@ export class FakeAgent {
       const decoded = req.decode(payload);
       const ref = decoded as Partial<Ref>;
       this.calls.push({ method: name, containerId: ref.containerId ?? "", execId: ref.execId ?? "" });
+      if (this.hanging.has(name)) await new Promise(() => {});
       const failure = this.failures.get(name);
       if (failure) {
         this.failures.delete(name);
