@@ -24,7 +24,9 @@ describe("agent calls", () => {
     try {
       agent.hanging.add("ListPids");
       agent.hanging.add("WaitProcess");
-      const tooLate = sleep(5000, undefined, { ref: false }).then(() => assert.fail("ListPids still pending after 5 s"));
+      const tooLate = sleep(5000, undefined, { ref: false }).then(() =>
+        assert.fail("ListPids still pending after 5 s"),
+      );
       await assert.rejects(Promise.race([client.listPids("c"), tooLate]), (err: unknown) => {
         assert.equal(statusOf(err).code, Code.DEADLINE_EXCEEDED, String(err));
         return true;
