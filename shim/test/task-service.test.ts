@@ -36,6 +36,17 @@ describe("TaskService with a fake VMM and an in-process agent", () => {
     await rig.close();
   });
 
+  it("counts a create in flight as a task, so the daemon's idle exit waits for it", async () => {
+    rig.driver.onLaunch = (vm) => vm.agent.hanging.add("CreateContainer");
+    const creating = rig.create("slow").catch((err: unknown) => err);
+    while (!rig.driver.vms[0]?.agent.called("CreateContainer").length)
+      await new Promise((r) => setTimeout(r, 10));
+    assert.equal(rig.tasks.size, 1);
+    await rig.driver.vms[0]?.stop();
+    await creating;
+    assert.equal(rig.tasks.size, 0);
+  });
+
   it("runs a plain task in a VM of its own and leaves nothing after delete", async () => {
     const pid = await rig.create("t1", { netns: NETNS });
     const vm = rig.vm;

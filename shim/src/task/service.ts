@@ -105,8 +105,9 @@ export class TaskService {
     this.pods = new Pods(deps);
   }
 
+  /** Tasks held, creates in flight included: the daemon's idle exit must not cut one short. */
   get size(): number {
-    return this.containers.size;
+    return this.containers.size + this.creating.size;
   }
 
   async create(ns: string, req: CreateTaskRequest): Promise<{ pid: number }> {
