@@ -72,6 +72,8 @@ interface State {
   /** iptables chains per family and table before the cluster ran. */
   chains: Record<string, string[]>;
   createdPaths: string[];
+  /** Top-level cgroups (kubelet's kubepods, containerd's k8s.io) per hierarchy before the cluster ran. */
+  cgroups: string[];
   /** containerd's config before the cluster wrote its own (null: there was none). */
   originalConfig: string | null;
   /** false until the cluster's own config is in place. */
@@ -364,6 +366,7 @@ export class LocalCluster {
       sysctls: {},
       chains: {},
       createdPaths: [],
+      cgroups: [],
       originalConfig: null,
       configWritten: false,
     };
@@ -396,6 +399,7 @@ export class LocalCluster {
     }
     this.state.chains = await iptablesChains();
     for (const p of HOST_PATHS) if (!(await exists(p))) this.state.createdPaths.push(p);
+    this.state.cgroups = await nodeCgroups();
     this.state.originalConfig = await readFile(CONTAINERD_CONFIG, "utf8").catch(() => null);
     this.state.nodeIp = await detectNodeIp();
     await this.save();
@@ -846,6 +850,14 @@ export class LocalCluster {
     if (Object.keys(this.state.chains).length) await removeNewChains(this.state.chains, note);
     if ((await exec(["ip", "link", "show", BRIDGE])).code === 0) await exec(["ip", "link", "del", BRIDGE]);
 
+    // kubelet's cgroups (and containerd's k8s.io) that were not there before: rmdir only removes
+    // empty ones, so a cgroup someone else's process still uses stays.
+    const hadCgroups = new Set(this.state.cgroups ?? []);
+    for (const cg of await nodeCgroups())
+      if (!hadCgroups.has(cg)) {
+        const r = await exec(["find", cg, "-depth", "-type", "d", "-exec", "rmdir", "{}", "+"]);
+        if (r.code !== 0) note(`cgroup ${cg}: ${r.stderr.trim().split("\n")[0]}`);
+      }
     for (const [sysctl, value] of Object.entries(this.state.sysctls)) {
       const now = (await readFile(`/proc/sys/${sysctl}`, "utf8").catch(() => value)).trim();
       if (now !== value)
@@ -892,6 +904,15 @@ export class LocalCluster {
     this.state.ownerStart = (await startTimeOf(owner)) ?? "";
     await this.save();
   }
+}
+
+/** /sys/fs/cgroup/<hierarchy>/{kubepods,k8s.io} that exist now. */
+async function nodeCgroups(): Promise<string[]> {
+  const out: string[] = [];
+  for (const h of await readdir("/sys/fs/cgroup").catch(() => [] as string[]))
+    for (const top of ["kubepods", "k8s.io"])
+      if (await exists(`/sys/fs/cgroup/${h}/${top}`)) out.push(`/sys/fs/cgroup/${h}/${top}`);
+  return out;
 }
 
 async function readlinkSafe(p: string): Promise<string | undefined> {
