@@ -340,6 +340,140 @@ describe("Kubernetes: helm install → cloudhv pods → helm uninstall (docs/ope
     assert.equal((await inPod("vols", "exit 7")).code, 7);
   });
 
+  step("kubectl exec -it on a tty, with its exit code", 2 * 60_000, async () => {
+    // A pty for kubectl (script(1)), as a person's terminal would be.
+    const cmd = [
+      ...target.kubectlCommand,
+      "exec",
+      "-it",
+      "vols",
+      "--",
+      "sh",
+      "-c",
+      "test -t 0 && test -t 1 && echo on-a-tty; exit 5",
+    ]
+      .map((a) => `'${a.replaceAll("'", "'\\''")}'`)
+      .join(" ");
+    const r = await exec(["script", "-qec", cmd, "/dev/null"], { timeoutMs: 120_000, input: "" });
+    assert.match(r.stdout, /on-a-tty/, `stdout ${JSON.stringify(r.stdout)} stderr ${r.stderr}`);
+    assert.equal(r.code, 5);
+  });
+
+  step("exec, HTTP and TCP probes pass against the VM", 10 * 60_000, async () => {
+    await apply({
+      apiVersion: "v1",
+      kind: "Pod",
+      metadata: { name: "probes", namespace: NS },
+      spec: {
+        runtimeClassName: "cloudhv",
+        terminationGracePeriodSeconds: 5,
+        containers: [
+          {
+            name: "web",
+            image: BUSYBOX_IMAGE,
+            command: [
+              "/bin/busybox",
+              "sh",
+              "-c",
+              "echo ok > /tmp/ok && exec /bin/busybox httpd -f -p 8080 -h /tmp",
+            ],
+            startupProbe: { exec: { command: ["cat", "/tmp/ok"] }, periodSeconds: 2, failureThreshold: 60 },
+            readinessProbe: { httpGet: { path: "/ok", port: 8080 }, periodSeconds: 2 },
+            livenessProbe: { tcpSocket: { port: 8080 }, periodSeconds: 3 },
+          },
+        ],
+      },
+    });
+    must(
+      await kubectl(["wait", "--for=condition=Ready", "pod/probes", `--timeout=${POD_TIMEOUT}`], {
+        timeoutMs: 620_000,
+      }),
+      "probes pod Ready",
+    );
+    await new Promise((r) => setTimeout(r, 10_000)); // a few liveness periods
+    const restarts = await k(
+      ["get", "pod", "probes", "-o", "jsonpath={.status.containerStatuses[0].restartCount}"],
+      "restarts",
+    );
+    assert.equal(restarts.trim(), "0", "liveness never failed");
+  });
+
+  step("a configMap update reaches the running pod", 5 * 60_000, async () => {
+    await k(
+      ["patch", "configmap", "e2e-cm", "-p", JSON.stringify({ data: { greeting: "updated" } })],
+      "patch configmap",
+    );
+    const started = Date.now();
+    for (;;) {
+      const direct = (await inPod("vols", "cat /etc/cm/greeting")).stdout.trim();
+      const projected = (await inPod("vols", "cat /etc/proj/cm-greeting")).stdout.trim();
+      if (direct === "updated" && projected === "updated") break;
+      if (Date.now() - started > 240_000)
+        throw new Error(`after 240 s the pod sees ${JSON.stringify({ direct, projected })}, not "updated"`);
+      await new Promise((r) => setTimeout(r, 3000));
+    }
+    say(`  the update arrived after ${((Date.now() - started) / 1000).toFixed(0)} s (kubelet's sync period)`);
+  });
+
+  step(
+    "annotations size the VM; a bad one is a clear FailedCreatePodSandBox event",
+    10 * 60_000,
+    async () => {
+      const pod = (name: string, annotations: Record<string, string>) => ({
+        apiVersion: "v1",
+        kind: "Pod",
+        metadata: { name, namespace: NS, annotations },
+        spec: {
+          runtimeClassName: "cloudhv",
+          terminationGracePeriodSeconds: 5,
+          containers: [{ name: "main", image: BUSYBOX_IMAGE, command: ["sleep", "3600"] }],
+        },
+      });
+      const ann = "io.katacontainers.config.hypervisor";
+      await apply(pod("sized", { [`${ann}.default_memory`]: "512", [`${ann}.default_vcpus`]: "2" }));
+      await apply(pod("badsize", { [`${ann}.default_memory`]: "lots" }));
+      must(
+        await kubectl(["wait", "--for=condition=Ready", "pod/sized", `--timeout=${POD_TIMEOUT}`], {
+          timeoutMs: 620_000,
+        }),
+        "sized pod Ready",
+      );
+      const memKb = Number(/MemTotal:\s+(\d+)/.exec((await inPod("sized", "cat /proc/meminfo")).stdout)?.[1]);
+      const cpus = (await inPod("sized", "/bin/busybox nproc")).stdout.trim();
+      say(`  sized: MemTotal ${Math.round(memKb / 1024)} MiB, ${cpus} vCPUs`);
+      assert.ok(memKb > 400 * 1024 && memKb <= 512 * 1024, `MemTotal ${memKb} kB for 512 MiB`);
+      assert.equal(cpus, "2");
+      const deadline = Date.now() + 300_000;
+      for (;;) {
+        const events = await k(
+          [
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=badsize,reason=FailedCreatePodSandBox",
+            "-o",
+            "jsonpath={.items[*].message}",
+          ],
+          "events",
+        );
+        if (events.includes('default_memory="lots"')) {
+          say(`  badsize: ${events.slice(0, 240)}`);
+          break;
+        }
+        if (Date.now() > deadline)
+          throw new Error(`no FailedCreatePodSandBox event naming the annotation: ${events}`);
+        await new Promise((r) => setTimeout(r, 3000));
+      }
+      await k(
+        ["delete", "pod", "sized", "badsize", "probes", "--wait=true", "--timeout=300s"],
+        "delete pods",
+        {
+          timeoutMs: 320_000,
+        },
+      );
+    },
+  );
+
   let crashStatus: { exitCode?: number; message?: string } | undefined;
   step(
     "a crashing container is restarted by kubelet; its exit code is in the pod status",

@@ -13,6 +13,8 @@ export interface Target {
   readonly kind: "local" | "kind";
   readonly nodeName: string;
   readonly kubeconfig: string;
+  /** kubectl with the kubeconfig, as argv (for commands run through a pty). */
+  readonly kubectlCommand: readonly string[];
   /** The restart mode `--restart auto` must pick on this node. */
   readonly expectedRestartMode: "signal" | "systemd";
   kubectl(args: readonly string[], opts?: { timeoutMs?: number; input?: string }): Promise<ExecResult>;
@@ -45,6 +47,7 @@ export async function localTarget(bin: { k8s: string; etcd: string }, log: Log):
     kind: "local",
     nodeName: cluster.nodeName,
     kubeconfig: cluster.kubeconfig,
+    kubectlCommand: [`${bin.k8s}/kubectl`, `--kubeconfig=${cluster.kubeconfig}`],
     expectedRestartMode: "signal",
     kubectl: (args, opts) => cluster.kubectl(args, opts),
     onNode: (argv, opts) => cluster.onNode(argv, opts),
@@ -77,6 +80,7 @@ export async function kindTarget(name: string, kubectlBin: string): Promise<Targ
     kind: "kind",
     nodeName: node,
     kubeconfig,
+    kubectlCommand: [kubectlBin, `--kubeconfig=${kubeconfig}`],
     expectedRestartMode: "systemd",
     kubectl: (args, opts = {}) =>
       exec([kubectlBin, `--kubeconfig=${kubeconfig}`, ...args], { timeoutMs: 60_000, ...opts }),
