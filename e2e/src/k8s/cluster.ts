@@ -34,8 +34,14 @@ const SERVICE_RANGE = "10.96.0.0/16";
 const KUBERNETES_SERVICE_IP = "10.96.0.1";
 const BRIDGE = "chvk8s0";
 
-/** Paths the cluster may create on the host; those that were not there are removed by down(). */
+/**
+ * Paths the cluster may create on the host. Other suites' private containerds share some of them
+ * (runc shims' sockets in /run/containerd/s, CNI's result cache in /var/lib/cni): down() removes
+ * only the empty directories of those that were not there before, never a file in them.
+ */
 const HOST_PATHS = ["/run/containerd", "/run/netns", "/var/log/containers", "/var/lib/cni", "/etc/cni"];
+/** containerd 1.6 puts every shim's socket here, whatever its config says. */
+const SHIM_SOCKETS = "/run/containerd/s";
 
 /** Sysctls kubelet (without protectKernelDefaults), kube-proxy and the CNI bridge may change. */
 const SYSCTLS = [
@@ -72,6 +78,8 @@ interface State {
   /** iptables chains per family and table before the cluster ran. */
   chains: Record<string, string[]>;
   createdPaths: string[];
+  /** /run/containerd/s before the cluster ran (other suites' shims use it too). */
+  shimSockets: string[];
   /** Top-level cgroups (kubelet's kubepods, containerd's k8s.io) per hierarchy before the cluster ran. */
   cgroups: string[];
   /** containerd's config before the cluster wrote its own (null: there was none). */
@@ -367,6 +375,7 @@ export class LocalCluster {
       chains: {},
       createdPaths: [],
       cgroups: [],
+      shimSockets: [],
       originalConfig: null,
       configWritten: false,
     };
@@ -400,6 +409,7 @@ export class LocalCluster {
     this.state.chains = await iptablesChains();
     for (const p of HOST_PATHS) if (!(await exists(p))) this.state.createdPaths.push(p);
     this.state.cgroups = await nodeCgroups();
+    this.state.shimSockets = await readdir(SHIM_SOCKETS).catch(() => [] as string[]);
     this.state.originalConfig = await readFile(CONTAINERD_CONFIG, "utf8").catch(() => null);
     this.state.nodeIp = await detectNodeIp();
     await this.save();
@@ -495,7 +505,10 @@ export class LocalCluster {
         "# back when the cluster goes down.",
         "version = 2",
         `root = "${dir}/containerd"`,
-        `state = "/run/containerd"`,
+        `state = "${dir}/containerd-state"`,
+        "",
+        "[grpc]",
+        `  address = "${CONTAINERD_SOCKET}"`,
         "",
         "[plugins]",
         `  [plugins."io.containerd.grpc.v1.cri"]`,
@@ -506,6 +519,11 @@ export class LocalCluster {
         `    [plugins."io.containerd.grpc.v1.cri".cni]`,
         `      bin_dir = "/usr/lib/cni"`,
         `      conf_dir = "${dir}/cni"`,
+        // runc's state of this node's containers stays in the cluster's directory.
+        `    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]`,
+        `      runtime_type = "io.containerd.runc.v2"`,
+        `    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]`,
+        `      Root = "${dir}/runc"`,
         `  [plugins."io.containerd.internal.v1.opt"]`,
         `    path = "${dir}/containerd-opt"`,
         "",
@@ -869,10 +887,18 @@ export class LocalCluster {
       if (this.state.originalConfig === null) await rm(CONTAINERD_CONFIG, { force: true });
       else await writeFile(CONTAINERD_CONFIG, this.state.originalConfig);
     }
+    // containerd's sockets (nothing serves them now) and the shim sockets nobody listens on
+    // that appeared while the cluster ran.
+    for (const f of [CONTAINERD_SOCKET, `${CONTAINERD_SOCKET}.ttrpc`])
+      if (!(await socketAnswers(f))) await rm(f, { force: true });
+    const listening = await listeningSockets();
+    const hadSockets = new Set(this.state.shimSockets ?? []);
+    for (const f of await readdir(SHIM_SOCKETS).catch(() => [] as string[]))
+      if (!hadSockets.has(f) && !listening.has(`${SHIM_SOCKETS}/${f}`))
+        await rm(`${SHIM_SOCKETS}/${f}`, { force: true });
     for (const p of [...this.state.createdPaths].reverse()) {
-      if (p === "/run/netns")
-        await rmdir(p).catch(() => {}); // only when empty: others use it
-      else await rm(p, { recursive: true, force: true });
+      if (p === "/run/netns") await rmdir(p).catch(() => {});
+      else await exec(["find", p, "-depth", "-type", "d", "-empty", "-delete"]);
     }
     await rm(this.dir, { recursive: true, force: true });
     return problems;
@@ -904,6 +930,18 @@ export class LocalCluster {
     this.state.ownerStart = (await startTimeOf(owner)) ?? "";
     await this.save();
   }
+}
+
+/** Paths of the unix sockets something listens on (/proc/net/unix). */
+async function listeningSockets(): Promise<Set<string>> {
+  const text = await readFile("/proc/net/unix", "utf8").catch(() => "");
+  return new Set(
+    text
+      .split("\n")
+      .slice(1)
+      .map((l) => l.trim().split(/\s+/)[7])
+      .filter((p): p is string => !!p && p.startsWith("/")),
+  );
 }
 
 /** /sys/fs/cgroup/<hierarchy>/{kubepods,k8s.io} that exist now. */
