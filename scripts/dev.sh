@@ -17,12 +17,14 @@ say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 die() { printf 'dev.sh: %s\n' "$*" >&2; exit 1; }
 
 # Debian packages: the VMM, the guest's container runtime and image tools, the kernel source
-# and its build tools, containerd and the tools the shim drives, and shellcheck for the lint.
+# and its build tools, containerd and the tools the shim drives, shellcheck for the lint, and
+# for the Kubernetes level: s6 (supervises the node's containerd), openssl (certificates),
+# iptables (kube-proxy).
 APT_PACKAGES=(
   qemu-system-x86 crun erofs-utils e2fsprogs util-linux iproute2 kmod
   linux-source-6.1 bc bison flex libelf-dev libssl-dev cpio xz-utils make gcc
   protobuf-compiler containerd runc containernetworking-plugins file busybox-static
-  shellcheck
+  shellcheck s6 openssl iptables
 )
 
 install_apt() {
@@ -114,15 +116,18 @@ lint() {
   (cd guest/agent && cargo clippy --all-targets -- -D warnings)
 }
 
-# helm (the chart tests) and containerd 2.x (the installer's version 3 test), built from the Go
-# module proxy and cached by version under $CLOUDHV_BUILD_CACHE; a cached one costs a second.
+# helm (the chart tests), containerd 2.x (the installer's version 3 test) and Kubernetes with
+# etcd (the Kubernetes level, e2e/test/k8s), built from the Go module proxy and cached by
+# version under $CLOUDHV_BUILD_CACHE; a cached one costs a second.
 build_go_tools() {
   export PATH="$PATH:/usr/local/go/bin"
-  command -v go >/dev/null || die "Go >= 1.22 is required to build helm and containerd 2 (from the Go module proxy): install it to /usr/local/go or put it on PATH (e.g. golang-1.23-go from bookworm-backports)"
+  command -v go >/dev/null || die "Go >= 1.24 is required to build helm, containerd 2 and Kubernetes (from the Go module proxy): install it to /usr/local/go or put it on PATH (Kubernetes 1.34 needs Go 1.24)"
   say "tools: helm (pinned, Go module proxy; ~3 min the first time)"
   installer/scripts/build-helm.sh >/dev/null
   say "tools: containerd 2 (pinned, Go module proxy; ~2 min the first time)"
   installer/scripts/build-containerd2.sh >/dev/null
+  say "tools: Kubernetes and etcd (pinned, Go module proxy; ~25 min on 2 cores the first time)"
+  e2e/k8s/build-k8s.sh >/dev/null
 }
 
 # One step per line: a function called in an `&&` list runs with `set -e` off, so a failed
