@@ -17,12 +17,13 @@ say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 die() { printf 'dev.sh: %s\n' "$*" >&2; exit 1; }
 
 # Debian packages: the VMM, the guest's container runtime and image tools, the kernel source
-# and its build tools, containerd and the tools the shim drives, and shellcheck for the lint.
+# and its build tools, containerd and the tools the shim drives, shellcheck for the lint, and
+# virtiofsd's build dependencies (seccomp, capabilities).
 APT_PACKAGES=(
   qemu-system-x86 crun erofs-utils e2fsprogs util-linux iproute2 kmod
   linux-source-6.1 bc bison flex libelf-dev libssl-dev cpio xz-utils make gcc
   protobuf-compiler containerd runc containernetworking-plugins file busybox-static
-  shellcheck
+  shellcheck libseccomp-dev libcap-ng-dev
 )
 
 install_apt() {
@@ -67,6 +68,8 @@ build_all() {
   install_npm
   say "guest: agent"
   guest/agent/build.sh
+  say "host: virtiofsd (shared volumes)"
+  host/virtiofsd/build.sh
   say "guest: kernel"
   guest/kernel/build-kernel.sh
   say "guest: rootfs"
