@@ -13,7 +13,7 @@ import { Cleanup } from "../util/cleanup.js";
 import { type Logger, log as rootLog } from "../util/log.js";
 import type { PhaseClock } from "../util/phases.js";
 import type { HypervisorDriver, VmExit, VmHandle } from "../vmm/types.js";
-import { PodShare } from "../volumes/virtiofs.js";
+import { PodShare, volumesFailed } from "../volumes/virtiofs.js";
 import { ContainerVolumes } from "../volumes/volumes.js";
 import type { PreparedRootfs, RootfsPreparer } from "./rootfs.js";
 import type { VmSize } from "./sizing.js";
@@ -121,14 +121,18 @@ export class Pod {
       // stopped after the VM (undo runs newest first).
       let share: PodShare | undefined;
       if (volumes.shared.length > 0) {
-        share = await phases.time(
-          "virtiofsdMs",
-          PodShare.start({
-            binary: deps.config.virtiofsd_binary,
-            dir: podDir(deps.config, where.vmId),
-            log: log.child({ vm: where.vmId }),
-          }),
-        );
+        share = await phases
+          .time(
+            "virtiofsdMs",
+            PodShare.start({
+              binary: deps.config.virtiofsd_binary,
+              dir: podDir(deps.config, where.vmId),
+              log: log.child({ vm: where.vmId }),
+            }),
+          )
+          .catch((err: unknown) => {
+            throw volumesFailed(volumes.shared, err);
+          });
         const started = share;
         undo.defer("stop virtiofsd", () => started.stop());
       }
@@ -350,7 +354,11 @@ export class Pod {
     const undo = new Cleanup();
     try {
       if (volumes.shared.length > 0) {
-        const share = await phases.time("virtiofsdMs", this.sharedFs(this.log(req.id)));
+        const share = await phases
+          .time("virtiofsdMs", this.sharedFs(this.log(req.id)))
+          .catch((err: unknown) => {
+            throw volumesFailed(volumes.shared, err);
+          });
         for (const volume of volumes.shared) {
           await share.add(volume);
           undo.defer(`unbind ${volume.name}`, () => share.remove([volume.name]));

@@ -10,10 +10,11 @@ import { type ChildProcess, spawn } from "node:child_process";
 import { lstat, mkdir, rmdir, stat, unlink, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
-import { ShimError, unavailable } from "../errors.js";
+import { precondition, ShimError, unavailable } from "../errors.js";
 import { exec, execOk } from "../util/exec.js";
 import type { Logger } from "../util/log.js";
 import { TIMED_OUT, within } from "../util/time.js";
+import { findExecutable } from "../vmm/files.js";
 import type { FsSpec } from "../vmm/types.js";
 
 /** The tag the guest agent mounts (guest/agent/src/shared.rs). */
@@ -64,6 +65,12 @@ export class PodShare {
    */
   static async start(opts: { binary: string; dir: string; log: Logger }): Promise<PodShare> {
     const { dir, log } = opts;
+    // Found first: setpriv's own "failed to execute" would not say which key is wrong.
+    const binary = await findExecutable(opts.binary);
+    if (!binary)
+      throw precondition(
+        `virtiofsd ${opts.binary} not found or not executable (runtime config virtiofsd_binary)`,
+      );
     const shared = path.join(dir, "shared");
     await mkdir(shared, { recursive: true, mode: 0o700 });
     let share: PodShare | undefined;
@@ -78,7 +85,7 @@ export class PodShare {
         "--pdeathsig",
         "KILL",
         "--",
-        opts.binary,
+        binary,
         "--socket-path",
         socketPath(dir),
         "--shared-dir",
@@ -191,6 +198,14 @@ export class PodShare {
       await unlink(file).catch(() => {});
     await removeIfEmpty(this.dir);
   }
+}
+
+/** An error about serving `volumes`, naming each one and why. */
+export function volumesFailed(volumes: readonly SharedVolume[], err: unknown): ShimError {
+  const names = volumes.map((v) => `${v.hostPath} (mounted at ${v.destination})`).join(", ");
+  const why = (err as Error).message;
+  const kind = err instanceof ShimError ? err.kind : "Unavailable";
+  return new ShimError(kind, `volume ${names} cannot be shared into the VM: ${why}`, { cause: err });
 }
 
 function socketPath(dir: string): string {
