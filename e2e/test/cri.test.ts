@@ -238,6 +238,9 @@ for (const hv of await hypervisorSuites())
       await mkdir(ro, { recursive: true });
       await writeFile(path.join(ro, "hello"), "read me\n");
       await exec(["mkfifo", fifo]);
+      // kubelet's termination-log file: a file bind, shared, so the message reaches the host.
+      const termination = path.join(base, "termination-log");
+      await writeFile(termination, "");
       const logDirectory = path.join(harness.dir, "pods", "share");
       await mkdir(logDirectory, { recursive: true });
       const sandboxConfig: PodSandboxConfig = {
@@ -256,6 +259,7 @@ for (const hv of await hypervisorSuites())
           mounts: [
             { containerPath: "/data", hostPath: rw },
             { containerPath: "/ro", hostPath: ro, readonly: true },
+            { containerPath: "/dev/termination-log", hostPath: termination },
           ],
           logPath: "writer.log",
         },
@@ -308,6 +312,13 @@ for (const hv of await hypervisorSuites())
       assert.notEqual(denied.exitCode, 0);
       assert.match(denied.stderr, /Read-only file system/);
       await assert.rejects(readFile(path.join(ro, "new")), { code: "ENOENT" });
+
+      await cri.execSync(id, ["sh", "-c", "echo goodbye > /dev/termination-log"]);
+      assert.equal(
+        await readFile(termination, "utf8"),
+        "goodbye\n",
+        "the termination message reaches the host",
+      );
 
       // A file created on the host appears in the running container.
       await writeFile(path.join(rw, "from-host"), "hello guest\n");
