@@ -313,6 +313,12 @@ for (const hv of await hypervisorSuites())
       assert.match(denied.stderr, /Read-only file system/);
       await assert.rejects(readFile(path.join(ro, "new")), { code: "ENOENT" });
 
+      // A FIFO can be made in a volume; a device node cannot (virtiofsd runs without CAP_MKNOD).
+      assert.equal((await cri.execSync(id, ["sh", "-c", "mkfifo /data/fifo"])).exitCode, 0);
+      const node = await cri.execSync(id, ["sh", "-c", "mknod /data/null c 1 3"]);
+      assert.notEqual(node.exitCode, 0, "no device node in a host volume");
+      await assert.rejects(readFile(path.join(rw, "null")), { code: "ENOENT" });
+      await cri.execSync(id, ["sh", "-c", "rm /data/fifo"]);
       await cri.execSync(id, ["sh", "-c", "echo goodbye > /dev/termination-log"]);
       assert.equal(
         await readFile(termination, "utf8"),

@@ -79,7 +79,7 @@ export class PodShare {
       await execOk(["mount", "--make-shared", shared]);
       // Sandboxed: its own mount/pid/net namespaces with the shared directory as its root, and
       // a seccomp filter that kills it on any other syscall. It runs as root (it must act as
-      // any file owner in the volumes) with virtiofsd's reduced capability set.
+      // any file owner in the volumes) with virtiofsd's reduced capability set, less mknod.
       const argv = [
         "setpriv",
         "--pdeathsig",
@@ -94,6 +94,8 @@ export class PodShare {
         "namespace",
         "--seccomp",
         "kill",
+        // No device nodes in the user's volumes: the guest could plant one for host programs.
+        "--modcaps=-mknod",
         "--cache",
         "auto",
         "--log-level",
