@@ -41,12 +41,17 @@ async function pidsNaming(needle: string): Promise<number[]> {
 describe("PodShare: one virtiofsd per pod, one bind mount per volume", { skip }, () => {
   let root: string;
   let n = 0;
+  /** Stopped before the directory is removed, even after a failed assertion: a recursive
+   * delete through a live bind would delete the volume's data. */
+  const started: PodShare[] = [];
 
   before(async () => {
     root = await mkdtemp(path.join(os.tmpdir(), "cloudhv-vfs-"));
   });
 
   after(async () => {
+    for (const share of started) await share.stop();
+    assert.deepEqual(await mountsUnder(root), [], "no mount left before the test data goes");
     await rm(root, { recursive: true, force: true });
   });
 
@@ -66,6 +71,7 @@ describe("PodShare: one virtiofsd per pod, one bind mount per volume", { skip },
   it("binds volumes (read-only ones read-only), reaches virtiofsd's namespace with later binds, and tears down leaving the data alone", async () => {
     const v = await volumeDirs();
     const share = await PodShare.start({ binary: VIRTIOFSD, dir: v.podDir, log });
+    started.push(share);
     const pids = await pidsNaming(share.fs.socket);
     assert.ok(pids.length > 0, "virtiofsd runs");
     assert.equal(share.fs.tag, "cloudhv");

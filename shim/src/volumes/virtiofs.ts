@@ -75,7 +75,11 @@ export class PodShare {
     await mkdir(shared, { recursive: true, mode: 0o700 });
     let share: PodShare | undefined;
     try {
+      // A peer group of its own (private first, then shared): the volumes' binds reach
+      // virtiofsd's namespace, and not, on a node whose mounts are shared (systemd's
+      // default), every other mount namespace that shares the state dir's mount.
       await execOk(["mount", "--bind", shared, shared]);
+      await execOk(["mount", "--make-private", shared]);
       await execOk(["mount", "--make-shared", shared]);
       // Sandboxed: its own mount/pid/net namespaces with the shared directory as its root, and
       // a seccomp filter that kills it on any other syscall. It runs as root (it must act as
