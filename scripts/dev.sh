@@ -19,12 +19,12 @@ die() { printf 'dev.sh: %s\n' "$*" >&2; exit 1; }
 # Debian packages: the VMM, the guest's container runtime and image tools, the kernel source
 # and its build tools, containerd and the tools the shim drives, shellcheck for the lint, and
 # for the Kubernetes level: s6 (supervises the node's containerd), openssl (certificates),
-# iptables (kube-proxy).
+# iptables (kube-proxy); virtiofsd's build dependencies (seccomp, capabilities).
 APT_PACKAGES=(
   qemu-system-x86 crun erofs-utils e2fsprogs util-linux iproute2 kmod
   linux-source-6.1 bc bison flex libelf-dev libssl-dev cpio xz-utils make gcc
   protobuf-compiler containerd runc containernetworking-plugins file busybox-static
-  shellcheck s6 openssl iptables
+  shellcheck s6 openssl iptables libseccomp-dev libcap-ng-dev
 )
 
 install_apt() {
@@ -69,6 +69,8 @@ build_all() {
   install_npm
   say "guest: agent"
   guest/agent/build.sh
+  say "host: virtiofsd (shared volumes)"
+  host/virtiofsd/build.sh
   say "guest: kernel"
   guest/kernel/build-kernel.sh
   say "guest: rootfs"

@@ -156,8 +156,8 @@ export interface VmmMemoryBreakdown {
 }
 
 /**
- * Splits a VMM's RSS by mapping (/proc/<pid>/smaps): guest RAM is the anonymous mapping of
- * exactly the VM's memory size; TCG's translated-code buffer is anonymous rwx (per-vCPU regions).
+ * Splits a VMM's RSS by mapping (/proc/<pid>/smaps): guest RAM is the anonymous (or memfd:
+ * QEMU shares it with virtiofsd) mapping of exactly the VM's memory size; TCG's translated-code buffer is anonymous rwx (per-vCPU regions).
  * Guest RAM pages stay resident once the guest touched them (no balloon or free page
  * reporting), whatever the guest uses now.
  */
@@ -176,7 +176,8 @@ export async function vmmMemoryBreakdown(pid: number, guestMiB: number): Promise
     const header = /^[0-9a-f]+-[0-9a-f]+ (\S+) \S+ \S+ (\d+)\s*(.*)$/.exec(line);
     if (header) {
       perms = header[1] as string;
-      anon = !(header[3] ?? "").trim().startsWith("/");
+      const name = (header[3] ?? "").trim();
+      anon = !name.startsWith("/") || name.startsWith("/memfd:");
       continue;
     }
     const size = /^Size:\s+(\d+) kB/.exec(line);

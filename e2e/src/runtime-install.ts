@@ -38,6 +38,8 @@ export async function installRuntime(
         qemu_accel: QEMU_ACCEL,
         kernel_path: kernelPath,
         rootfs_path: rootfsPath,
+        // Built by host/virtiofsd/build.sh (scripts/dev.sh setup).
+        virtiofsd_binary: path.join(REPO_ROOT, "build/host/virtiofsd"),
         state_dir: stateDir,
         cache_dir: cacheDir,
         scratch_dir: path.join(dir, "scratch"),

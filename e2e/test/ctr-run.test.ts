@@ -2,7 +2,7 @@
 // containerd 1.6 runs the command inside a microVM and behaves like runc from the outside.
 import assert from "node:assert/strict";
 import { existsSync } from "node:fs";
-import { mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -422,6 +422,30 @@ for (const hv of await hypervisorSuites())
       } finally {
         await exec(["ip", "netns", "del", ns]);
       }
+    });
+
+    it("shares a bind mount by virtio-fs from boot (`ctr run --mount`): the guest's write is on the host, the host's file in the guest", async () => {
+      const shared = path.join(dir, "bind-vol");
+      await mkdir(shared);
+      await writeFile(path.join(shared, "in"), "from the host\n");
+      const result = await ctr([
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--mount",
+        `type=bind,src=${shared},dst=/data,options=rbind:rw`,
+        IMAGE_A,
+        "t-vfs",
+        "sh",
+        "-c",
+        "cat /data/in && echo from the guest > /data/out && grep -c virtiofs /proc/mounts",
+      ]);
+      assert.equal(result.code, 0, result.stderr);
+      assert.match(result.stdout, /^from the host\n[1-9]\d*\n$/);
+      assert.equal(await readFile(path.join(shared, "out"), "utf8"), "from the guest\n");
+      assert.deepEqual(await entriesOf(path.join(runtime.stateDir, "pods")), [], "virtiofsd's dir is gone");
+      assert.deepEqual(await processesMatching(path.join(runtime.stateDir, "pods")), [], "no virtiofsd left");
     });
 
     it("leaves no VM, scratch disk, mount or state behind after the tests above", async () => {

@@ -255,6 +255,42 @@ describe("Cloud Hypervisor driver against a test double of its documented REST A
     assert.equal((await r.requests()).at(-1)?.method, "GET");
   });
 
+  it("shares a directory by virtio-fs: an fs device in vm.create, another hot-plugged with vm.add-fs, on shared guest memory", async () => {
+    const r = await rig();
+    // The double only checks that the vhost-user socket exists (CH connects to it).
+    const boot = { socket: path.join(r.dir, "boot.sock"), tag: "cloudhv", id: "fs0" };
+    const later = { socket: path.join(r.dir, "later.sock"), tag: "more", id: "fs1" };
+    for (const f of [boot.socket, later.socket]) await writeFile(f, "");
+    await using vm = await r.driver.launch({ ...r.config, sharedFs: boot });
+    const create = (await r.requests()).find((q) => q.path === "/api/v1/vm.create");
+    const body = create?.body as { fs?: unknown[]; memory?: { shared?: boolean } };
+    assert.deepEqual(body.fs, [
+      { tag: "cloudhv", socket: boot.socket, num_queues: 1, queue_size: 1024, id: "fs0" },
+    ]);
+    assert.equal(body.memory?.shared, true, "vhost-user needs shared guest memory");
+    assert.ok((await vm.info()).devices.fs0, "the boot-time fs device is in the device tree");
+
+    assert.equal(await vm.addFs?.(later), "fs1");
+    const add = (await r.requests()).find((q) => q.path === "/api/v1/vm.add-fs");
+    assert.equal(add?.status, 200);
+    assert.deepEqual(add?.body, {
+      tag: "more",
+      socket: later.socket,
+      num_queues: 1,
+      queue_size: 1024,
+      id: "fs1",
+    });
+    assert.ok((await vm.info()).devices.fs1);
+    await vm.removeDevice("fs1");
+    assert.equal((await vm.info()).devices.fs1, undefined);
+    // A backend that is not there: CH's error, with the endpoint, reaches the caller.
+    await assert.rejects(
+      vm.addFs?.({ socket: path.join(r.dir, "nobody.sock"), tag: "x", id: "fs2" }) ?? Promise.resolve(),
+      (err: Error) =>
+        err instanceof ChApiError && /vm\.add-fs/.test(err.message) && /nobody\.sock/.test(err.message),
+    );
+  });
+
   it("pauses and resumes the VM (vm.pause / vm.resume) and reports the state (vm.info)", async () => {
     const r = await rig();
     await using vm = await r.driver.launch(r.config);

@@ -21,6 +21,7 @@ const CHECK_IDS = [
   "hypervisor",
   "qemu",
   "cloud-hypervisor",
+  "virtiofsd",
   "kernel",
   "rootfs",
   "containerd",

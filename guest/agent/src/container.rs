@@ -302,6 +302,8 @@ impl Containers {
             do_mount(None, &rootfs, "overlay", MsFlags::empty(), Some(&options))?;
             mounted.push(rootfs.clone());
 
+            // Before the rewrite, which drops mounts whose source is not in the guest.
+            crate::shared::ensure_for(oci_spec)?;
             let rewritten =
                 crate::spec::rewrite(oci_spec, &rootfs, id, terminal, &|p| Path::new(p).exists())
                     .map_err(|m| Error {

@@ -14,6 +14,7 @@ pub mod reaper;
 pub mod serial;
 pub mod service;
 pub mod setup;
+pub mod shared;
 pub mod spec;
 pub mod stats;
 pub mod stream;

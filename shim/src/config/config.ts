@@ -12,6 +12,8 @@ export const configSchema = z
     // TCG only when asked for: it is not a security boundary (see vmm/accel.ts).
     qemu_accel: z.enum(["kvm", "tcg"]).default("kvm"),
     cloud_hypervisor_binary: z.string().min(1).default("/opt/cloudhv/bin/cloud-hypervisor"),
+    // Serves the pod's shared volumes (hostPath, PVC, disk-backed emptyDir) by virtio-fs.
+    virtiofsd_binary: z.string().min(1).default("/opt/cloudhv/bin/virtiofsd"),
     kernel_path: z.string().min(1).default("/opt/cloudhv/vmlinux"),
     rootfs_path: z.string().min(1).default("/opt/cloudhv/rootfs.erofs"),
     kernel_args: z.string().default(""),

@@ -354,20 +354,22 @@ async function checkCgroup(): Promise<Check> {
 
 export async function doctor(opts: DoctorOptions): Promise<Check[]> {
   const { check: configCheck, config } = await checkConfig(opts);
-  const [devices, chBinary, qemuBinary, facts, kernel, rootfs, cgroup, tools] = await Promise.all([
+  const [devices, chBinary, qemuBinary, virtiofsd, facts, kernel, rootfs, cgroup, tools] = await Promise.all([
     hypervisorDevices(),
     findExecutable(config.cloud_hypervisor_binary),
     findExecutable(config.qemu_binary),
+    findExecutable(config.virtiofsd_binary),
     containerdFacts(opts),
     checkKernel(config),
     checkRootfs(config),
     checkCgroup(),
     Promise.all(TOOLS.map(async ([tool, pkg, why]) => ({ tool, pkg, why, found: await findTool(tool) }))),
   ]);
-  const [kvmProbe, qemuVersion, chVersion, shim] = await Promise.all([
+  const [kvmProbe, qemuVersion, chVersion, virtiofsdVersion, shim] = await Promise.all([
     qemuBinary && devices.kvm ? probeAccel(qemuBinary) : Promise.resolve(undefined),
     qemuBinary ? firstLine([qemuBinary, "--version"]) : Promise.resolve(undefined),
     chBinary ? firstLine([chBinary, "--version"]) : Promise.resolve(undefined),
+    virtiofsd ? firstLine([virtiofsd, "--version"]) : Promise.resolve(undefined),
     checkShimBinary(facts),
   ]);
   const choice = decideHypervisor(config, { devices, cloudHypervisor: chBinary, qemu: qemuBinary, kvmProbe });
@@ -479,6 +481,23 @@ export async function doctor(opts: DoctorOptions): Promise<Check[]> {
       fix: "install the cloud-hypervisor static binary (a release from its GitHub project) at cloud_hypervisor_binary",
     });
 
+  // Only pods with shared volumes need it, so a missing one warns.
+  checks.push(
+    virtiofsd
+      ? {
+          id: "virtiofsd",
+          title: "virtiofsd",
+          status: "pass",
+          detail: `${virtiofsdVersion ?? "version unknown"} (${virtiofsd}): shared volumes`,
+        }
+      : {
+          id: "virtiofsd",
+          title: "virtiofsd",
+          status: "warn",
+          detail: `${config.virtiofsd_binary} not found: pods with hostPath, PVC or disk-backed emptyDir volumes fail`,
+          fix: "build virtiofsd (host/virtiofsd/build.sh: crates.io, needs libseccomp and libcap-ng) and install it at virtiofsd_binary",
+        },
+  );
   checks.push(kernel, rootfs, ...checkContainerd(facts), shim);
   for (const t of tools)
     checks.push(

@@ -16,6 +16,7 @@ import { Cleanup } from "../util/cleanup.js";
 import { type Logger, log as rootLog } from "../util/log.js";
 import type { PhaseClock } from "../util/phases.js";
 import type { HypervisorDriver, VmExit, VmHandle } from "../vmm/types.js";
+import { PodShare, volumesFailed } from "../volumes/virtiofs.js";
 import { ContainerVolumes } from "../volumes/volumes.js";
 import type { PreparedRootfs, RootfsPreparer } from "./rootfs.js";
 import type { VmSize } from "./sizing.js";
@@ -58,12 +59,19 @@ export interface PodMember {
   readonly volumes: ContainerVolumes;
 }
 
+/** Where a pod keeps its host-side files (virtiofsd's socket, the shared directory). */
+function podDir(config: RuntimeConfig, vmId: string): string {
+  return path.join(config.state_dir, "pods", vmId);
+}
+
 export class Pod {
   /** App containers that joined (or are joining) the VM, for max_containers_per_vm. */
   private readonly joined = new Set<string>();
   /** kubelet's OOM score of each app container, for a Burstable pod's VMM (cgroup/oom.ts). */
   private readonly containerScores = new Map<string, number>();
   private oomScoreAdj: number | undefined;
+  /** virtiofsd and its device, once a container has needed a shared volume. */
+  private share: Promise<PodShare> | undefined;
 
   private constructor(
     /** The CRI sandbox id, or the plain task's id. */
@@ -79,7 +87,10 @@ export class Pod {
     private readonly containment: ContainmentPlan,
     /** The pod's cgroup, which the VMM joined; removed with the pod if we created it. */
     readonly cgroup: PodCgroup | undefined,
-  ) {}
+    share: PodShare | undefined,
+  ) {
+    if (share) this.share = Promise.resolve(share);
+  }
 
   /**
    * Boots the VM for its first container (a plain task or a CRI sandbox), with that container's
@@ -129,6 +140,26 @@ export class Pod {
       if (networkDone.status === "rejected") throw networkDone.reason;
       const rootfs = rootfsDone.value;
       const network = networkDone.value;
+      // The first container's shared volumes: virtiofsd before the VMM, which connects at start;
+      // stopped after the VM (undo runs newest first).
+      let share: PodShare | undefined;
+      if (volumes.shared.length > 0) {
+        share = await phases
+          .time(
+            "virtiofsdMs",
+            PodShare.start({
+              binary: deps.config.virtiofsd_binary,
+              dir: podDir(deps.config, where.vmId),
+              log: log.child({ vm: where.vmId }),
+              cgroupProcs: cgroup?.procs,
+            }),
+          )
+          .catch((err: unknown) => {
+            throw volumesFailed(volumes.shared, err);
+          });
+        const started = share;
+        undo.defer("stop virtiofsd", () => started.stop());
+      }
       phases.mark("disksReady");
 
       const started = performance.now();
@@ -150,6 +181,7 @@ export class Pod {
           ...(network
             ? { network: { netnsPath: network.netnsPath, tap: network.tap, mac: network.iface.mac } }
             : {}),
+          ...(share ? { sharedFs: share.fs } : {}),
         }),
       );
       undo.defer("stop VM", () => vm.stop());
@@ -177,7 +209,18 @@ export class Pod {
       if (network) await phases.time("guestNetworkMs", agent.configureNetwork(guestNetwork(network.iface)));
       phases.mark("vmReady");
 
-      const pod = new Pod(where.id, where.key, vm, agent, where.size, network, deps, containment, cgroup);
+      const pod = new Pod(
+        where.id,
+        where.key,
+        vm,
+        agent,
+        where.size,
+        network,
+        deps,
+        containment,
+        cgroup,
+        share,
+      );
       pod.oomScoreAdj = oomScoreAdj;
       const owner = await pod.createInGuest(
         first,
@@ -196,6 +239,41 @@ export class Pod {
 
   get exited(): Promise<VmExit> {
     return this.vm.exited;
+  }
+
+  /**
+   * The pod's virtiofsd, started and its device hot-plugged the first time a container needs
+   * it; the containers that join later only add bind mounts.
+   */
+  private sharedFs(log: Logger): Promise<PodShare> {
+    if (this.share) return this.share;
+    const starting = (async () => {
+      const addFs = this.vm.addFs?.bind(this.vm);
+      if (!addFs)
+        throw new ShimError(
+          "Unimplemented",
+          `the ${this.deps.driver.name} driver cannot add a virtio-fs device`,
+        );
+      const share = await PodShare.start({
+        binary: this.deps.config.virtiofsd_binary,
+        dir: podDir(this.deps.config, this.vm.id),
+        log,
+        cgroupProcs: this.cgroup?.procs,
+      });
+      try {
+        await addFs(share.fs);
+      } catch (err) {
+        await share.stop();
+        throw err;
+      }
+      return share;
+    })();
+    this.share = starting;
+    // A failed start is not remembered: the next container tries again.
+    starting.catch(() => {
+      if (this.share === starting) this.share = undefined;
+    });
+    return starting;
   }
 
   /** Creates a CRI app container in this running VM: its disks are hot-plugged. */
@@ -259,6 +337,7 @@ export class Pod {
       "release rootfs",
       phases.wrap("rootfsReleaseMs", () => member.rootfs.release()),
     );
+    const share = this.share;
     if (member.ownsPod) {
       // Runs after the VM is gone (newest first): the TAP and the cgroup outlive the VMM.
       const cgroup = this.cgroup;
@@ -268,6 +347,12 @@ export class Pod {
         cleanup.defer(
           "detach pod network",
           phases.wrap("networkDetachMs", () => network.detach()),
+        );
+      // virtiofsd and every bind mount of the pod go once the VMM let go of them.
+      if (share)
+        cleanup.defer(
+          "stop virtiofsd",
+          phases.wrap("virtiofsdStopMs", async () => (await share.catch(() => undefined))?.stop()),
         );
       cleanup.defer(
         "stop VM",
@@ -280,6 +365,12 @@ export class Pod {
       this.joined.delete(member.id);
       if (this.containerScores.delete(member.id))
         cleanup.defer("update OOM score", () => this.updateOomScore());
+      // The container's volumes leave the shared directory after the guest container is gone.
+      const names = member.volumes.shared.map((v) => v.name);
+      if (share && names.length > 0)
+        cleanup.defer("unbind shared volumes", async () =>
+          (await share.catch(() => undefined))?.remove(names),
+        );
       // Newest first: the guest lets go of the disks before they are unplugged.
       for (const device of member.devices) {
         cleanup.defer(
@@ -315,6 +406,39 @@ export class Pod {
 
   /** The guest side of a create: volumes in place, then the container (created, not started). */
   private async createInGuest(
+    req: ContainerRequest,
+    spec: OciSpecFile,
+    volumes: ContainerVolumes,
+    held: Pick<PodMember, "rootfs" | "devices" | "ownsPod">,
+    phases: PhaseClock,
+  ): Promise<PodMember> {
+    const undo = new Cleanup();
+    try {
+      if (volumes.shared.length > 0) {
+        const share = await phases
+          .time("virtiofsdMs", this.sharedFs(this.log(req.id)))
+          .catch((err: unknown) => {
+            throw volumesFailed(volumes.shared, err);
+          });
+        for (const volume of volumes.shared) {
+          await share.add(volume);
+          undo.defer(`unbind ${volume.name}`, () => share.remove([volume.name]));
+        }
+      }
+      const member = await this.createGuestContainer(req, spec, volumes, held, phases);
+      undo.disarm();
+      return member;
+    } catch (err) {
+      await undo.run();
+      throw err;
+    }
+  }
+
+  private log(containerId: string): Logger {
+    return rootLog.child({ vm: this.vm.id, container: containerId });
+  }
+
+  private async createGuestContainer(
     req: ContainerRequest,
     spec: OciSpecFile,
     volumes: ContainerVolumes,

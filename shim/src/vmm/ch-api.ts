@@ -60,6 +60,17 @@ export interface ChNetConfig {
   queue_size?: number;
 }
 
+/** A virtio-fs device served by a vhost-user daemon (virtiofsd) on `socket`. */
+export interface ChFsConfig {
+  tag: string;
+  socket: string;
+  /** Required by the document (defaults there: 1 and 1024). */
+  num_queues: number;
+  queue_size: number;
+  id?: string;
+  pci_segment?: number;
+}
+
 export interface ChRngConfig {
   src: string;
 }
@@ -86,6 +97,7 @@ export interface ChVmConfig {
   memory?: ChMemoryConfig;
   disks?: ChDiskConfig[];
   net?: ChNetConfig[];
+  fs?: ChFsConfig[];
   rng?: ChRngConfig;
   vsock?: ChVsockConfig;
   /** virtio-console (hvc0 in the guest). */
@@ -231,6 +243,10 @@ export class ChApiClient {
   /** Hot-plugs a disk; on a booted VM CH answers its PCI address (a cold add answers 204). */
   addDisk(disk: ChDiskConfig): Promise<ChPciDeviceInfo | undefined> {
     return this.optionalJson("vm.add-disk", disk, pciDeviceInfoSchema);
+  }
+
+  addFs(fs: ChFsConfig): Promise<ChPciDeviceInfo | undefined> {
+    return this.optionalJson("vm.add-fs", fs, pciDeviceInfoSchema);
   }
 
   addNet(nic: ChNetConfig): Promise<ChPciDeviceInfo | undefined> {

@@ -14,13 +14,14 @@ import { deadline, precondition, ShimError, unavailable } from "../errors.js";
 import { TtrpcClient } from "../ttrpc/client.js";
 import { log as rootLog } from "../util/log.js";
 import { TIMED_OUT, within } from "../util/time.js";
-import { ChApiClient, ChApiError, type ChDiskConfig, type ChVmConfig } from "./ch-api.js";
+import { ChApiClient, ChApiError, type ChDiskConfig, type ChFsConfig, type ChVmConfig } from "./ch-api.js";
 import { ConsoleLog } from "./console-log.js";
 import { assertBootFiles, assertReadable, exists, findExecutable } from "./files.js";
 import {
   AGENT_VSOCK_PORT,
   checkDiskSerial,
   type DiskSpec,
+  type FsSpec,
   type HypervisorDriver,
   type NicSpec,
   type VmConfig,
@@ -84,6 +85,11 @@ function chDisk(disk: DiskSpec): ChDiskConfig {
   };
 }
 
+/** One request queue of CH's default depth: virtiofsd serves one queue per device. */
+export function chFs(fs: FsSpec): ChFsConfig {
+  return { tag: fs.tag, socket: fs.socket, num_queues: 1, queue_size: 1024, id: fs.id };
+}
+
 /** The vm.create body for a VmConfig (pure; exported for tests). */
 export function chVmConfig(
   config: VmConfig,
@@ -118,6 +124,7 @@ export function chVmConfig(
       ...(config.disks ?? []).map(chDisk),
     ],
     ...(config.network ? { net: [{ tap: config.network.tap, mac: config.network.mac, id: "net0" }] } : {}),
+    ...(config.sharedFs ? { fs: [chFs(config.sharedFs)] } : {}),
     rng: { src: "/dev/urandom" },
     vsock: { cid, socket: paths.vsock },
     console: { mode: "File", file: paths.consoleFifo },
@@ -354,6 +361,11 @@ export class ChVm implements VmHandle {
     const body = chDisk(disk);
     const info = await this.call("vm.add-disk", (api) => api.addDisk(body));
     return info?.id ?? diskId(disk.serial);
+  }
+
+  async addFs(fs: FsSpec): Promise<string> {
+    const info = await this.call("vm.add-fs", (api) => api.addFs(chFs(fs)));
+    return info?.id ?? fs.id;
   }
 
   async addNet(nic: NicSpec): Promise<string> {

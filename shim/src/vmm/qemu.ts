@@ -20,6 +20,7 @@ import {
   AGENT_PORT_NAME,
   checkDiskSerial,
   type DiskSpec,
+  type FsSpec,
   type HypervisorDriver,
   type VmConfig,
   type VmExit,
@@ -121,6 +122,12 @@ function qemuArgv(config: VmConfig, accel: Accel, paths: QemuPaths): string[] {
     `${config.vcpus},maxcpus=${Math.max(config.vcpus, config.maxVcpus ?? config.vcpus)}`,
     "-m",
     `${config.memoryMb}M`,
+    // Guest RAM in a shared memfd: vhost-user devices (virtiofsd) map it, also when the
+    // virtio-fs device is hot-plugged later.
+    "-object",
+    `memory-backend-memfd,id=mem,size=${config.memoryMb}M,share=on`,
+    "-numa",
+    "node,memdev=mem",
     "-nodefaults",
     "-no-user-config",
     "-nographic",
@@ -145,6 +152,14 @@ function qemuArgv(config: VmConfig, accel: Accel, paths: QemuPaths): string[] {
       "-device",
       `pcie-root-port,id=hp${i},bus=pcie.0,chassis=${i + 1},slot=${i + 1}`,
     ]).flat(),
+    ...(config.sharedFs
+      ? [
+          "-chardev",
+          `socket,id=chr-${config.sharedFs.id},path=${config.sharedFs.socket}`,
+          "-device",
+          `vhost-user-fs-pci,chardev=chr-${config.sharedFs.id},tag=${config.sharedFs.tag},id=${config.sharedFs.id}`,
+        ]
+      : []),
     ...(config.network
       ? [
           "-netdev",
@@ -181,6 +196,8 @@ class QemuVm implements VmHandle {
   private stopping: Promise<void> | undefined;
   /** Root port index → the hot-plugged device on it. */
   private readonly busyPorts = new Map<number, string>();
+  /** Hot-plugged virtio-fs devices (a chardev to remove with them, not a block node). */
+  private readonly fsDevices = new Set<string>();
   private hasExited = false;
   private readonly log;
 
@@ -298,6 +315,32 @@ class QemuVm implements VmHandle {
     return id;
   }
 
+  async addFs(fs: FsSpec): Promise<string> {
+    const qmp = this.control();
+    const port = [...Array(HOTPLUG_PORTS).keys()].find((i) => !this.busyPorts.has(i));
+    if (port === undefined) throw exhausted(`VM ${this.id}: all ${HOTPLUG_PORTS} hot-plug ports are in use`);
+    const chardev = `chr-${fs.id}`;
+    await qmp.execute("chardev-add", {
+      id: chardev,
+      backend: { type: "socket", data: { addr: { type: "unix", data: { path: fs.socket } }, server: false } },
+    });
+    try {
+      await qmp.execute("device_add", {
+        driver: "vhost-user-fs-pci",
+        id: fs.id,
+        chardev,
+        tag: fs.tag,
+        bus: `hp${port}`,
+      });
+    } catch (err) {
+      await qmp.execute("chardev-remove", { id: chardev }).catch(() => {});
+      throw err;
+    }
+    this.busyPorts.set(port, fs.id);
+    this.fsDevices.add(fs.id);
+    return fs.id;
+  }
+
   async removeDevice(id: string): Promise<void> {
     const qmp = this.control();
     const port = [...this.busyPorts].find(([, dev]) => dev === id)?.[0];
@@ -315,7 +358,8 @@ class QemuVm implements VmHandle {
     // The guest's PCIe hotplug driver releases the device after its attention-button delay.
     if ((await within(deleted, 30_000)) === TIMED_OUT)
       throw deadline(`VM ${this.id}: the guest did not release ${id} in 30 s`);
-    await qmp.execute("blockdev-del", { "node-name": id.replace(/^hd-/, "node-") });
+    if (this.fsDevices.delete(id)) await qmp.execute("chardev-remove", { id: `chr-${id}` });
+    else await qmp.execute("blockdev-del", { "node-name": id.replace(/^hd-/, "node-") });
     this.busyPorts.delete(port);
   }
 

@@ -28,6 +28,18 @@ export interface VmConfig {
   log?: Logger;
   /** The pod's cgroup: the VMM writes its pid to these cgroup.procs files before it execs (cgroup/join.ts). */
   cgroup?: { procs: readonly string[] };
+  /** A virtio-fs device present at boot (the pod's shared volumes). */
+  sharedFs?: FsSpec;
+}
+
+/** A virtio-fs device backed by a vhost-user daemon (virtiofsd) listening on `socket`. */
+export interface FsSpec {
+  /** The vhost-user socket virtiofsd listens on. */
+  socket: string;
+  /** What the guest mounts (`mount -t virtiofs <tag>`): at most 36 bytes. */
+  tag: string;
+  /** Device id, for removeDevice. */
+  id: string;
 }
 
 export interface DiskSpec {
@@ -69,6 +81,8 @@ export interface VmHandle extends AsyncDisposable {
   /** Stops / continues every vCPU: the whole VM, every container in it. */
   pause(): Promise<void>;
   resume(): Promise<void>;
+  /** Hot-plugs a virtio-fs device (guest memory is shared from boot). Returns the device id. */
+  addFs?(fs: FsSpec): Promise<string>;
   /** Hot-plugs a NIC on an existing TAP (in the VMM's netns). Returns the device id. */
   addNet?(nic: NicSpec): Promise<string>;
   /** What the VMM reports about the VM: state, memory, devices. */

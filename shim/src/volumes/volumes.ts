@@ -1,18 +1,26 @@
-// Volumes kubelet bind-mounts into a container, made real inside the VM. Small files and
-// directories (resolv.conf, hosts, configmaps, secrets, service-account tokens) are copied in
-// through the agent and re-copied when they change on the host; emptyDir becomes a directory
-// in the guest shared by the pod's containers; anything else is refused with its path named.
+// Volumes kubelet bind-mounts into a container, made real inside the VM. kubelet's small
+// managed files (resolv.conf, hosts, hostname, configmaps, secrets, projected and downwardAPI
+// volumes) are copied in through the agent and re-copied when they change on the host; an
+// emptyDir on tmpfs (medium: Memory) becomes a directory in guest memory shared by the pod's
+// containers; every other bind mount (hostPath, PVC/CSI, disk-backed emptyDir, the termination
+// log) is shared by virtio-fs (virtiofs.ts), so writes land on the host at once.
 import { createHash } from "node:crypto";
-import { lstat, readdir, readFile, readlink, stat } from "node:fs/promises";
+import { lstat, readdir, readFile, readlink, stat, statfs } from "node:fs/promises";
 import path from "node:path";
 import type { AgentClient, PutFile } from "../agent/client.js";
 import { invalid } from "../errors.js";
 import type { Logger } from "../util/log.js";
+import { GUEST_SHARED, type SharedVolume } from "./virtiofs.js";
 
 export const GUEST_VOLUMES = "/run/cloudhv/volumes";
 /** Kubernetes caps a configmap or secret at 1 MiB; larger trees are not "small". */
 export const MAX_COPIED_BYTES = 1024 * 1024;
 const SYNC_INTERVAL_MS = 1000;
+/** statfs f_type of tmpfs: an emptyDir with medium Memory. */
+const TMPFS_MAGIC = 0x01021994;
+/** Files kubelet and containerd write for every container: small, theirs, copied. */
+const MANAGED_DESTINATIONS = new Set(["/etc/hosts", "/etc/hostname", "/etc/resolv.conf"]);
+const MANAGED_VOLUME = /\/kubernetes\.io~(configmap|secret|projected|downward-api)\//;
 
 interface OciMount {
   destination: string;
@@ -31,6 +39,8 @@ interface Copied {
 export class ContainerVolumes {
   private readonly copied: Copied[] = [];
   private readonly sharedDirs: string[] = [];
+  /** Volumes the pod's virtio-fs serves (their spec sources already point at the guest path). */
+  readonly shared: SharedVolume[] = [];
   private timer: NodeJS.Timeout | undefined;
   private syncing = false;
 
@@ -48,10 +58,27 @@ export class ContainerVolumes {
       if (!bind || !source) continue;
       // containerd's per-sandbox /dev/shm: the agent gives the container a tmpfs instead.
       if (mount.destination === "/dev/shm") continue;
-      if (source.includes("/kubernetes.io~empty-dir/")) {
+      const readOnly = (mount.options ?? []).includes("ro");
+      if (source.includes("/kubernetes.io~empty-dir/") && (await onTmpfs(source))) {
         const dir = `${GUEST_VOLUMES}/pods/${hash(podKey)}/empty-dir/${path.basename(source)}`;
         volumes.sharedDirs.push(dir);
         mount.source = dir;
+        continue;
+      }
+      if (!MANAGED_DESTINATIONS.has(mount.destination) && !MANAGED_VOLUME.test(source)) {
+        // Checked now, so that a volume the VM cannot have fails before anything is built.
+        const info = await stat(source).catch((err: NodeJS.ErrnoException) => {
+          throw invalid(
+            `volume ${source} (mounted at ${mount.destination}) cannot be shared: ${err.code} on the host`,
+          );
+        });
+        if (!info.isFile() && !info.isDirectory())
+          throw invalid(
+            `volume ${source} (mounted at ${mount.destination}) cannot be shared: neither a file nor a directory`,
+          );
+        const name = `${containerId}-${index}`;
+        volumes.shared.push({ name, hostPath: source, readOnly, destination: mount.destination });
+        mount.source = `${GUEST_SHARED}/${name}`;
         continue;
       }
       const info = await stat(source).catch((err: NodeJS.ErrnoException) => {
@@ -65,8 +92,8 @@ export class ContainerVolumes {
       const size = info.isFile() ? info.size : await treeSize(source);
       if (size > MAX_COPIED_BYTES) {
         throw invalid(
-          `hostPath ${source} (mounted at ${mount.destination}) holds ${size} bytes; the VM gets copies of volumes ` +
-            `up to ${MAX_COPIED_BYTES} bytes (configmaps, secrets, tokens) and emptyDir, not larger host directories`,
+          `volume ${source} (mounted at ${mount.destination}) holds ${size} bytes; kubelet's managed volumes ` +
+            `(configmaps, secrets, projected, downwardAPI) are copied into the VM up to ${MAX_COPIED_BYTES} bytes`,
         );
       }
       const guestPath = `${GUEST_VOLUMES}/containers/${containerId}/${index}`;
@@ -77,7 +104,7 @@ export class ContainerVolumes {
   }
 
   get empty(): boolean {
-    return this.copied.length === 0 && this.sharedDirs.length === 0;
+    return this.copied.length === 0 && this.sharedDirs.length === 0 && this.shared.length === 0;
   }
 
   /** Puts everything in the guest (before the container is created). */
@@ -118,6 +145,13 @@ export class ContainerVolumes {
     const files = await collect(volume.hostPath);
     await agent.putFiles(volume.guestPath, files);
   }
+}
+
+async function onTmpfs(dir: string): Promise<boolean> {
+  return statfs(dir).then(
+    (s) => s.type === TMPFS_MAGIC,
+    () => false,
+  );
 }
 
 function hash(text: string): string {

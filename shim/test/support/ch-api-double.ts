@@ -115,6 +115,15 @@ const netConfig = obj({
   offload_csum: bool,
 });
 
+// FsConfig: tag, socket, num_queues and queue_size are required (the document's defaults are
+// for the CLI); pci_segment and id as for other devices.
+const fsConfig = obj({ tag: str, socket: str, num_queues: u64, queue_size: u16, ...pci, id: str }, [
+  "num_queues",
+  "queue_size",
+  "socket",
+  "tag",
+]);
+
 const vmConfig = obj(
   {
     payload: obj({ firmware: str, kernel: str, cmdline: str, initramfs: str, igvm: str, host_data: str }),
@@ -154,7 +163,7 @@ const vmConfig = obj(
     net: { kind: "array", items: netConfig },
     rng: obj({ id: str, ...pci, iommu: bool, src: str }, ["src"]),
     balloon: NM,
-    fs: NM,
+    fs: { kind: "array", items: fsConfig },
     "generic-vhost-user": NM,
     pmem: NM,
     serial: obj({ file: str, socket: str, mode: consoleMode }, ["mode"]),
@@ -226,7 +235,7 @@ type State = "NotCreated" | "Created" | "Running" | "Paused" | "Shutdown";
 
 interface Device {
   id: string;
-  kind: "disk" | "net" | "rng" | "vsock" | "console";
+  kind: "disk" | "net" | "fs" | "rng" | "vsock" | "console";
   bdf: string;
   config: Record<string, unknown>;
 }
@@ -305,6 +314,8 @@ class Vmm {
         return this.addDevice("disk", body as Record<string, unknown>);
       case "vm.add-net":
         return this.addDevice("net", body as Record<string, unknown>);
+      case "vm.add-fs":
+        return this.addDevice("fs", body as Record<string, unknown>);
       case "vm.remove-device":
         return this.remove((body as { id: string }).id);
       default:
@@ -328,6 +339,8 @@ class Vmm {
       cpus?: { boot_vcpus: number; max_vcpus: number };
       disks?: Array<Record<string, unknown>>;
       net?: Array<Record<string, unknown>>;
+      fs?: Array<Record<string, unknown>>;
+      memory?: { shared?: boolean };
       console?: { mode: string; file?: string };
       serial?: { mode: string; file?: string };
       vsock?: { cid: number; socket: string; id?: string };
@@ -342,7 +355,8 @@ class Vmm {
     for (const con of [c.console, c.serial])
       if (con?.mode === "File" && !con.file) problems.push("console mode File needs a file");
     const ids = new Set<string>();
-    for (const dev of [...(c.disks ?? []), ...(c.net ?? []), c.vsock ?? {}]) {
+    for (const fs of c.fs ?? []) problems.push(...this.fsProblems(fs, c.memory));
+    for (const dev of [...(c.disks ?? []), ...(c.net ?? []), ...(c.fs ?? []), c.vsock ?? {}]) {
       const id = (dev as { id?: string }).id;
       if (id === undefined) continue;
       if (id.startsWith("__")) problems.push(`identifier ${id} is reserved`);
@@ -363,6 +377,7 @@ class Vmm {
     if (this.devices.size === 0) {
       for (const disk of c.disks ?? []) this.attach("disk", disk);
       for (const nic of c.net ?? []) this.attach("net", nic);
+      for (const fs of c.fs ?? []) this.attach("fs", fs);
       if (c.rng) this.attach("rng", { ...c.rng, id: "__rng" });
       if (c.console && c.console.mode !== "Off") this.attach("console", { ...c.console, id: "__console" });
       if (c.vsock) this.attach("vsock", { ...c.vsock, id: c.vsock.id ?? "_vsock0" });
@@ -391,11 +406,30 @@ class Vmm {
     return device;
   }
 
-  private addDevice(kind: "disk" | "net", body: Record<string, unknown>): { status: number; json?: unknown } {
-    const what =
-      kind === "disk"
-        ? "The disk could not be added to the VM"
-        : "The network device could not be added to the VM";
+  /**
+   * What CH refuses for a virtio-fs device: vhost-user needs shared guest memory, and CH
+   * connects to the backend's socket at once (a socket nobody listens on is an error).
+   */
+  private fsProblems(fs: Record<string, unknown>, memory: { shared?: boolean } | undefined): string[] {
+    const problems: string[] = [];
+    if (memory?.shared !== true)
+      problems.push("Using vhost-user requires using shared memory or huge pages (memory.shared)");
+    if (typeof fs.tag !== "string" || fs.tag.length === 0 || Buffer.byteLength(fs.tag) > 36)
+      problems.push(`virtio-fs tag ${JSON.stringify(fs.tag)} must be 1-36 bytes`);
+    if (typeof fs.socket !== "string" || !existsSync(fs.socket))
+      problems.push(`Failed connecting the backend after trying for 1 minute: ${String(fs.socket)}`);
+    return problems;
+  }
+
+  private addDevice(
+    kind: "disk" | "net" | "fs",
+    body: Record<string, unknown>,
+  ): { status: number; json?: unknown } {
+    const what = {
+      disk: "The disk could not be added to the VM",
+      net: "The network device could not be added to the VM",
+      fs: "The virtio-fs device could not be added to the VM",
+    }[kind];
     if (!this.config) throw notCreated(what);
     const id = body.id as string | undefined;
     if (id?.startsWith("__")) throw new ApiError(500, ["Error from API", what, `Invalid identifier: ${id}`]);
@@ -403,7 +437,11 @@ class Vmm {
       throw new ApiError(500, ["Error from API", what, `Identifier ${id} is not unique`]);
     if (kind === "disk" && (typeof body.path !== "string" || !existsSync(body.path)))
       throw new ApiError(500, ["Error from API", what, `Cannot open disk path ${String(body.path)}`]);
-    const list = kind === "disk" ? "disks" : "net";
+    if (kind === "fs") {
+      const problems = this.fsProblems(body, this.config.memory as { shared?: boolean } | undefined);
+      if (problems.length) throw new ApiError(500, ["Error from API", what, ...problems]);
+    }
+    const list = kind === "disk" ? "disks" : kind;
     const configs = ((this.config[list] as unknown[] | undefined) ?? []).slice();
     if (this.state === "Created") {
       // Cold add: recorded in the config, no PCI device yet.
@@ -611,6 +649,7 @@ const PUT_BODY: Record<string, Schema> = {
   "vm.create": vmConfig,
   "vm.add-disk": diskConfig,
   "vm.add-net": netConfig,
+  "vm.add-fs": fsConfig,
   "vm.remove-device": removeDevice,
 };
 

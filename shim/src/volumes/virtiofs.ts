@@ -1,0 +1,253 @@
+// A pod's shared volumes: one virtiofsd per pod serving one directory, <pod dir>/shared, into
+// which each shared volume is bind-mounted (read-only binds for readOnly volumes). A volume
+// for a container that joins later is one more bind mount under that directory, seen by the
+// running virtiofsd through mount propagation: no new device, no new daemon.
+//
+// Teardown never removes a directory recursively: the shared directory holds bind mounts of
+// the user's data. Mount points are unmounted first, then removed one by one with rmdir/unlink,
+// which fail rather than delete anything still mounted.
+import { type ChildProcess, spawn } from "node:child_process";
+import { lstat, mkdir, rmdir, stat, unlink, writeFile } from "node:fs/promises";
+import path from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
+import { cgroupJoinArgv } from "../cgroup/join.js";
+import { precondition, ShimError, unavailable } from "../errors.js";
+import { exec, execOk } from "../util/exec.js";
+import type { Logger } from "../util/log.js";
+import { TIMED_OUT, within } from "../util/time.js";
+import { findExecutable } from "../vmm/files.js";
+import type { FsSpec } from "../vmm/types.js";
+
+/** The tag the guest agent mounts (guest/agent/src/shared.rs). */
+export const SHARED_TAG = "cloudhv";
+/** Where the guest mounts the pod's virtio-fs (guest/agent/src/shared.rs). */
+export const GUEST_SHARED = "/run/cloudhv/shared";
+export const FS_DEVICE_ID = "fs0";
+
+/** One volume of one container, bound into the shared directory under `name`. */
+export interface SharedVolume {
+  /** A plain file name, unique in the pod (container id + mount index). */
+  name: string;
+  hostPath: string;
+  readOnly: boolean;
+  /** Where the container sees it (for error messages). */
+  destination: string;
+}
+
+export class PodShare {
+  private readonly bound = new Set<string>();
+  private stopping: Promise<void> | undefined;
+  private stderr = "";
+
+  private constructor(
+    /** <state_dir>/pods/<vm id>: the socket and the shared directory. */
+    readonly dir: string,
+    private readonly child: ChildProcess,
+    private readonly exited: Promise<void>,
+    private readonly log: Logger,
+  ) {
+    child.stderr?.setEncoding("utf8");
+    child.stderr?.on("data", (text: string) => {
+      this.stderr = (this.stderr + text).slice(-2048);
+    });
+  }
+
+  get sharedDir(): string {
+    return path.join(this.dir, "shared");
+  }
+
+  get fs(): FsSpec {
+    return { socket: socketPath(this.dir), tag: SHARED_TAG, id: FS_DEVICE_ID };
+  }
+
+  /**
+   * Prepares the shared directory (a shared mount, so later binds reach virtiofsd's own mount
+   * namespace) and starts virtiofsd on it; resolves once its socket listens.
+   */
+  static async start(opts: {
+    binary: string;
+    dir: string;
+    log: Logger;
+    /** The pod's cgroup.procs files: virtiofsd's memory and CPU count against the pod. */
+    cgroupProcs?: readonly string[] | undefined;
+  }): Promise<PodShare> {
+    const { dir, log } = opts;
+    // Found first: setpriv's own "failed to execute" would not say which key is wrong.
+    const binary = await findExecutable(opts.binary);
+    if (!binary)
+      throw precondition(
+        `virtiofsd ${opts.binary} not found or not executable (runtime config virtiofsd_binary)`,
+      );
+    const shared = path.join(dir, "shared");
+    await mkdir(shared, { recursive: true, mode: 0o700 });
+    let share: PodShare | undefined;
+    try {
+      // A peer group of its own (private first, then shared): the volumes' binds reach
+      // virtiofsd's namespace, and not, on a node whose mounts are shared (systemd's
+      // default), every other mount namespace that shares the state dir's mount.
+      await execOk(["mount", "--bind", shared, shared]);
+      await execOk(["mount", "--make-private", shared]);
+      await execOk(["mount", "--make-shared", shared]);
+      // Sandboxed: its own mount/pid/net namespaces with the shared directory as its root, and
+      // a seccomp filter that kills it on any other syscall. It runs as root (it must act as
+      // any file owner in the volumes) with virtiofsd's reduced capability set, less mknod.
+      const argv = [
+        ...cgroupJoinArgv(opts.cgroupProcs),
+        "setpriv",
+        "--pdeathsig",
+        "KILL",
+        "--",
+        binary,
+        "--socket-path",
+        socketPath(dir),
+        "--shared-dir",
+        shared,
+        "--sandbox",
+        "namespace",
+        "--seccomp",
+        "kill",
+        // No device nodes in the user's volumes: the guest could plant one for host programs.
+        "--modcaps=-mknod",
+        "--cache",
+        "auto",
+        "--log-level",
+        "warn",
+      ];
+      log.debug({ argv }, "starting virtiofsd");
+      const child = spawn(argv[0] as string, argv.slice(1), { stdio: ["ignore", "ignore", "pipe"] });
+      const exited = new Promise<void>((resolve) => {
+        child.on("exit", () => resolve());
+        child.on("error", () => resolve());
+      });
+      share = new PodShare(dir, child, exited, log);
+      await share.waitForSocket();
+      log.info({ virtiofsdPid: child.pid, dir }, "virtiofsd serving the pod's shared volumes");
+      return share;
+    } catch (err) {
+      if (share) await share.stop();
+      else await unmountAndRemove([shared], log).then(() => removeIfEmpty(dir));
+      throw err;
+    }
+  }
+
+  private async waitForSocket(): Promise<void> {
+    const until = Date.now() + 10_000;
+    for (;;) {
+      if (this.child.exitCode !== null || this.child.signalCode !== null || this.child.pid === undefined)
+        throw unavailable(`virtiofsd exited at start: ${this.stderr.trim() || "no message"}`);
+      if (
+        await lstat(socketPath(this.dir)).then(
+          (s) => s.isSocket(),
+          () => false,
+        )
+      )
+        return;
+      if (Date.now() > until) throw unavailable(`virtiofsd did not create its socket in 10 s`);
+      await sleep(10);
+    }
+  }
+
+  /** Binds each volume into the shared directory; returns its path in the guest. */
+  async add(volume: SharedVolume): Promise<string> {
+    if (!/^[A-Za-z0-9_.-]+$/.test(volume.name) || volume.name.startsWith("."))
+      throw new ShimError(
+        "Internal",
+        `shared volume name ${JSON.stringify(volume.name)} is not a plain name`,
+      );
+    const what = `volume ${volume.hostPath} (mounted at ${volume.destination})`;
+    const info = await stat(volume.hostPath).catch((err: NodeJS.ErrnoException) => {
+      throw new ShimError("InvalidArgument", `${what} cannot be read on the host: ${err.code}`);
+    });
+    if (!info.isFile() && !info.isDirectory())
+      throw new ShimError("InvalidArgument", `${what} is neither a file nor a directory`);
+    const target = path.join(this.sharedDir, volume.name);
+    if (this.bound.has(volume.name))
+      throw new ShimError("AlreadyExists", `${what}: ${target} is already bound`);
+    // The mount point is a file for a file volume (the termination log), else a directory.
+    if (info.isFile()) await writeFile(target, "", { flag: "wx", mode: 0o600 });
+    else await mkdir(target, { mode: 0o700 });
+    this.bound.add(volume.name);
+    try {
+      // A read-write volume keeps what is mounted below it (as runc's rbind); a read-only one
+      // is a single bind so that nothing below it stays writable.
+      await execOk(["mount", volume.readOnly ? "--bind" : "--rbind", volume.hostPath, target]);
+      if (volume.readOnly) await execOk(["mount", "-o", "remount,bind,ro", target]);
+    } catch (err) {
+      await this.remove([volume.name]);
+      throw unavailable(`${what} cannot be shared into the VM: ${(err as Error).message}`, err);
+    }
+    return `${GUEST_SHARED}/${volume.name}`;
+  }
+
+  /** Unbinds volumes (a container left the pod). Never throws: failures are logged. */
+  async remove(names: readonly string[]): Promise<void> {
+    const mine = names.filter((n) => this.bound.has(n));
+    await unmountAndRemove(
+      mine.map((n) => path.join(this.sharedDir, n)),
+      this.log,
+    );
+    for (const n of mine) this.bound.delete(n);
+  }
+
+  /** Stops virtiofsd, unbinds every volume, removes the pod's directory. Idempotent. */
+  stop(): Promise<void> {
+    this.stopping ??= this.doStop();
+    return this.stopping;
+  }
+
+  private async doStop(): Promise<void> {
+    if (this.child.exitCode === null && this.child.signalCode === null) {
+      // virtiofsd exits by itself when the VMM disconnects; this is for the other cases.
+      this.child.kill("SIGTERM");
+      if ((await within(this.exited, 3000)) === TIMED_OUT) {
+        this.log.warn({ virtiofsdPid: this.child.pid }, "virtiofsd did not exit; killing it");
+        this.child.kill("SIGKILL");
+        await this.exited;
+      }
+    }
+    await this.remove([...this.bound]);
+    await unmountAndRemove([this.sharedDir], this.log);
+    // virtiofsd's socket and the pid file it locks next to it.
+    for (const file of [socketPath(this.dir), `${socketPath(this.dir)}.pid`])
+      await unlink(file).catch(() => {});
+    await removeIfEmpty(this.dir);
+  }
+}
+
+/** An error about serving `volumes`, naming each one and why. */
+export function volumesFailed(volumes: readonly SharedVolume[], err: unknown): ShimError {
+  const names = volumes.map((v) => `${v.hostPath} (mounted at ${v.destination})`).join(", ");
+  const why = (err as Error).message;
+  const kind = err instanceof ShimError ? err.kind : "Unavailable";
+  return new ShimError(kind, `volume ${names} cannot be shared into the VM: ${why}`, { cause: err });
+}
+
+function socketPath(dir: string): string {
+  return path.join(dir, "virtiofsd.sock");
+}
+
+/**
+ * Detaches every mount on each target (lazily: virtiofsd may still hold files open in them;
+ * the data is on the host's disk either way), then removes the emptied mount point.
+ */
+async function unmountAndRemove(targets: readonly string[], log: Logger): Promise<void> {
+  for (const target of targets) {
+    // Stacked mounts (a bind over a bind) come off one at a time.
+    for (let i = 0; i < 16; i++) {
+      const r = await exec(["umount", "--lazy", target]);
+      if (r.code !== 0) break;
+    }
+    const info = await lstat(target).catch(() => undefined);
+    if (!info) continue;
+    try {
+      if (info.isDirectory()) await rmdir(target);
+      else await unlink(target);
+    } catch (err) {
+      log.error({ target, err: (err as Error).message }, "could not remove a shared volume's mount point");
+    }
+  }
+}
+
+async function removeIfEmpty(dir: string): Promise<void> {
+  await rmdir(dir).catch(() => {});
+}

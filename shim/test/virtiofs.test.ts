@@ -1,0 +1,154 @@
+// PodShare against the real virtiofsd (build/host/virtiofsd; skipped when not built) without a
+// VM: binds in the shared directory, read-only binds, propagation into virtiofsd's own mount
+// namespace, and a teardown that leaves nothing and never touches the volumes' data. Root only
+// (bind mounts), as the shim runs.
+import assert from "node:assert/strict";
+import { existsSync } from "node:fs";
+import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
+import { after, before, describe, it } from "node:test";
+import { fileURLToPath } from "node:url";
+import { log } from "../src/util/log.js";
+import { PodShare, volumesFailed } from "../src/volumes/virtiofs.js";
+
+const VIRTIOFSD = fileURLToPath(new URL("../../../build/host/virtiofsd", import.meta.url));
+const skip = !existsSync(VIRTIOFSD)
+  ? "build/host/virtiofsd is not built (host/virtiofsd/build.sh)"
+  : process.getuid?.() !== 0
+    ? "needs root (bind mounts)"
+    : false;
+
+async function mountsUnder(dir: string, mountinfo = "/proc/self/mountinfo"): Promise<string[]> {
+  const text = await readFile(mountinfo, "utf8").catch(() => "");
+  return text
+    .split("\n")
+    .map((line) => line.split(" ")[4] ?? "")
+    .filter((point) => point.startsWith(dir));
+}
+
+/** PIDs whose command line names `needle` (virtiofsd and its sandboxed child). */
+async function pidsNaming(needle: string): Promise<number[]> {
+  const pids: number[] = [];
+  for (const entry of await readdir("/proc")) {
+    if (!/^\d+$/.test(entry)) continue;
+    const cmdline = await readFile(`/proc/${entry}/cmdline`, "utf8").catch(() => "");
+    if (cmdline.includes(needle)) pids.push(Number(entry));
+  }
+  return pids;
+}
+
+describe("PodShare: one virtiofsd per pod, one bind mount per volume", { skip }, () => {
+  let root: string;
+  let n = 0;
+  /** Stopped before the directory is removed, even after a failed assertion: a recursive
+   * delete through a live bind would delete the volume's data. */
+  const started: PodShare[] = [];
+
+  before(async () => {
+    root = await mkdtemp(path.join(os.tmpdir(), "cloudhv-vfs-"));
+  });
+
+  after(async () => {
+    for (const share of started) await share.stop();
+    assert.deepEqual(await mountsUnder(root), [], "no mount left before the test data goes");
+    await rm(root, { recursive: true, force: true });
+  });
+
+  async function volumeDirs() {
+    const base = path.join(root, `case${++n}`);
+    const rw = path.join(base, "rw");
+    const ro = path.join(base, "ro");
+    await mkdir(rw, { recursive: true });
+    await mkdir(ro, { recursive: true });
+    await writeFile(path.join(rw, "data"), "rw data\n");
+    await writeFile(path.join(ro, "data"), "ro data\n");
+    const file = path.join(base, "termination-log");
+    await writeFile(file, "");
+    return { base, rw, ro, file, podDir: path.join(base, "pod") };
+  }
+
+  it("binds volumes (read-only ones read-only), reaches virtiofsd's namespace with later binds, and tears down leaving the data alone", async () => {
+    const v = await volumeDirs();
+    const share = await PodShare.start({ binary: VIRTIOFSD, dir: v.podDir, log });
+    started.push(share);
+    const pids = await pidsNaming(share.fs.socket);
+    assert.ok(pids.length > 0, "virtiofsd runs");
+    assert.equal(share.fs.tag, "cloudhv");
+
+    assert.equal(
+      await share.add({ name: "c1-0", hostPath: v.rw, readOnly: false, destination: "/data" }),
+      "/run/cloudhv/shared/c1-0",
+    );
+    await share.add({ name: "c1-1", hostPath: v.ro, readOnly: true, destination: "/ro" });
+    await share.add({ name: "c1-2", hostPath: v.file, readOnly: false, destination: "/dev/termination-log" });
+    const shared = share.sharedDir;
+    assert.equal(await readFile(path.join(shared, "c1-0", "data"), "utf8"), "rw data\n");
+    await writeFile(path.join(shared, "c1-0", "new"), "x");
+    assert.equal(await readFile(path.join(v.rw, "new"), "utf8"), "x", "a write lands in the volume");
+    await assert.rejects(writeFile(path.join(shared, "c1-1", "new"), "x"), { code: "EROFS" });
+    await writeFile(path.join(shared, "c1-2"), "bye\n");
+    assert.equal(await readFile(v.file, "utf8"), "bye\n", "a file volume is bound as a file");
+
+    // Binds made after virtiofsd started are in its own (sandboxed) mount namespace too.
+    const seen = await Promise.all(pids.map((pid) => mountsUnder("/", `/proc/${pid}/mountinfo`)));
+    assert.ok(
+      seen.some((points) => points.some((p) => p.endsWith("/c1-1"))),
+      `virtiofsd sees the later binds: ${JSON.stringify(seen)}`,
+    );
+
+    await assert.rejects(
+      share.add({ name: "c1-0", hostPath: v.rw, readOnly: false, destination: "/again" }),
+      /already bound/,
+    );
+    await assert.rejects(
+      share.add({ name: "c1-9", hostPath: path.join(v.base, "missing"), readOnly: false, destination: "/m" }),
+      /volume .*missing \(mounted at \/m\) cannot be read on the host: ENOENT/,
+    );
+
+    await share.remove(["c1-0"]);
+    assert.equal(existsSync(path.join(shared, "c1-0")), false, "a removed volume's mount point is gone");
+
+    await share.stop();
+    await share.stop(); // idempotent
+    assert.deepEqual(await pidsNaming(share.fs.socket), [], "no virtiofsd left");
+    assert.deepEqual(await mountsUnder(v.podDir), [], "no mount left");
+    assert.equal(existsSync(v.podDir), false, "the pod's directory is gone");
+    assert.equal(await readFile(path.join(v.rw, "data"), "utf8"), "rw data\n", "the volumes' data is intact");
+    assert.equal(await readFile(path.join(v.ro, "data"), "utf8"), "ro data\n");
+  });
+
+  it("a missing virtiofsd fails naming the config key, leaving nothing; the error names the volumes", async () => {
+    const v = await volumeDirs();
+    const err = await PodShare.start({ binary: path.join(v.base, "nope"), dir: v.podDir, log }).then(
+      () => assert.fail("started"),
+      (e: Error) => e,
+    );
+    assert.match(
+      err.message,
+      /virtiofsd .*nope not found or not executable \(runtime config virtiofsd_binary\)/,
+    );
+    assert.equal(existsSync(v.podDir), false);
+    const named = volumesFailed(
+      [{ name: "c-0", hostPath: v.rw, readOnly: false, destination: "/data" }],
+      err,
+    );
+    assert.match(
+      named.message,
+      /^volume .*\/rw \(mounted at \/data\) cannot be shared into the VM: virtiofsd/,
+    );
+    assert.equal(named.kind, "FailedPrecondition");
+  });
+
+  it("a virtiofsd that exits at start fails with its message and unmounts the shared directory", async () => {
+    const v = await volumeDirs();
+    const fake = path.join(v.base, "fake-virtiofsd");
+    await writeFile(fake, "#!/bin/sh\necho 'no shared dir for you' >&2\nexit 1\n", { mode: 0o755 });
+    await assert.rejects(
+      PodShare.start({ binary: fake, dir: v.podDir, log }),
+      /virtiofsd exited at start: no shared dir for you/,
+    );
+    assert.deepEqual(await mountsUnder(v.podDir), []);
+    assert.equal(existsSync(v.podDir), false);
+  });
+});
