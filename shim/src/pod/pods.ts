@@ -25,7 +25,12 @@ export class Pods {
   private readonly sandboxes = new Map<string, Pod>();
 
   constructor(deps: PodsDeps) {
-    this.deps = { ...deps, attachNetwork: deps.attachNetwork ?? ((netns) => attachPodNetwork(netns)) };
+    // The TAP belongs to the VMM group: the unprivileged VMM attaches to it (vmm/confine.ts).
+    const tapGroup = deps.config.vmm_uid_first;
+    this.deps = {
+      ...deps,
+      attachNetwork: deps.attachNetwork ?? ((netns) => attachPodNetwork(netns, "tap0_chv", { tapGroup })),
+    };
   }
 
   /** Creates the container (not started) from the OCI bundle at `bundle`, in the VM its role gives it. */
