@@ -121,7 +121,6 @@ describe("QEMU runs confined: own uid, seccomp, no capabilities, only its own fi
   it("leaves no VMM, no state and no uid lock behind", async () => {
     await vm.stop();
     assert.deepEqual(await processesMatching(stateRoot), []);
-    assert.deepEqual(await entriesOf(path.join(stateRoot, "vm")), [".vmm-uids"]);
-    assert.deepEqual(await entriesOf(path.join(stateRoot, "vm", ".vmm-uids")), []);
+    assert.deepEqual(await entriesOf(path.join(stateRoot, "vm")), []);
   });
 });

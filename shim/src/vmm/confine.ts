@@ -16,6 +16,7 @@ import {
   open,
   readFile,
   rm,
+  rmdir,
   writeFile,
 } from "node:fs/promises";
 import path from "node:path";
@@ -70,6 +71,12 @@ export async function allocateVmmUser(
     try {
       await writeFile(lock, `${process.pid}\n`, { flag: "wx", mode: 0o600 });
     } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === "ENOENT") {
+        // The last release removed the dir meanwhile.
+        await mkdir(lockDir, { recursive: true, mode: 0o700 });
+        i--;
+        continue;
+      }
       if ((err as NodeJS.ErrnoException).code !== "EEXIST") throw err;
       const owner = Number((await readFile(lock, "utf8").catch(() => "")).trim());
       if (owner > 0 && (owner === process.pid || alive(owner))) continue;
@@ -77,7 +84,12 @@ export async function allocateVmmUser(
       i--; // retry this uid (another daemon may win the race: then EEXIST again)
       continue;
     }
-    return { uid, gid: range.first, release: () => rm(lock, { force: true }) };
+    const release = async () => {
+      await rm(lock, { force: true });
+      // The last VM out removes the dir: a state dir with no VMs is empty.
+      await rmdir(lockDir).catch(() => {});
+    };
+    return { uid, gid: range.first, release };
   }
   throw exhausted(`all ${slots} VMM uids from ${range.first + 1} are in use (runtime config vmm_uid_count)`);
 }

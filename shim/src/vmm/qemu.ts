@@ -144,8 +144,10 @@ export async function qemuArgv(config: VmConfig, accel: Accel, files: PassedFile
   const cmdline = [BASE_KERNEL_ARGS, config.extraKernelArgs].filter(Boolean).join(" ");
   const fdsets: string[] = [];
   const fdset = async (file: string, readOnly: boolean) => {
-    const fd = await files.add(file, readOnly);
+    const fd = await files.add(file, true);
     fdsets.push("-add-fd", `fd=${fd},set=${fd}`);
+    // QEMU opens a writable image read-only first, then again read-write: the set needs both.
+    if (!readOnly) fdsets.push("-add-fd", `fd=${await files.add(file, false)},set=${fd}`);
     return `/dev/fdset/${fd}`;
   };
   const kernel = `/proc/self/fd/${await files.add(config.kernelPath, true)}`;
