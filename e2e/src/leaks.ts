@@ -1,14 +1,18 @@
 // Finds what a VM could leave behind on the host: its QEMU process and its state files.
-import { readdir, readFile } from "node:fs/promises";
+import { readdir, readFile, readlink } from "node:fs/promises";
 
-/** PIDs of live processes whose command line contains `needle`. */
+/**
+ * PIDs of live processes whose command line or working directory contains `needle` (a
+ * confined QEMU names its sockets relative to its own dir, its cwd: vmm/confine.ts).
+ */
 export async function processesMatching(needle: string): Promise<number[]> {
   const pids: number[] = [];
   for (const entry of await readdir("/proc")) {
     if (!/^\d+$/.test(entry) || Number(entry) === process.pid) continue;
     try {
       const cmdline = (await readFile(`/proc/${entry}/cmdline`, "utf8")).replaceAll("\0", " ");
-      if (cmdline.includes(needle)) pids.push(Number(entry));
+      const cwd = await readlink(`/proc/${entry}/cwd`).catch(() => "");
+      if (cmdline.includes(needle) || cwd.includes(needle)) pids.push(Number(entry));
     } catch {
       // The process exited while we looked.
     }

@@ -18,6 +18,7 @@ export {
 } from "./config/config.js";
 export { type AnyMessage, type Envelope, EVENTS_SERVICE, eventsForwardRequest } from "./containerd/events.js";
 export { type ErrorKind, ShimError, statusOf } from "./errors.js";
+export { attachPodNetwork, type PodNetwork } from "./network/pod-network.js";
 export {
   type CacheEntry,
   type ContainerdMount,
@@ -46,7 +47,14 @@ export { type Logger, log } from "./util/log.js";
 export { TIMED_OUT, within } from "./util/time.js";
 export { type Accel, type AccelProbe, probeAccel } from "./vmm/accel.js";
 export { CloudHypervisorDriver, type CloudHypervisorDriverOptions } from "./vmm/cloud-hypervisor.js";
-export { BASE_KERNEL_ARGS, QemuDriver, type QemuDriverOptions } from "./vmm/qemu.js";
+export { DEFAULT_VMM_UIDS, type VmmUidRange } from "./vmm/confine.js";
+export {
+  BASE_KERNEL_ARGS,
+  QEMU_SANDBOX,
+  QemuDriver,
+  type QemuDriverOptions,
+  type QemuVm,
+} from "./vmm/qemu.js";
 export {
   type CloudHypervisorAvailability,
   chooseHypervisor,

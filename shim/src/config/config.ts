@@ -11,6 +11,13 @@ export const configSchema = z
     qemu_binary: z.string().min(1).default("qemu-system-x86_64"),
     // TCG only when asked for: it is not a security boundary (see vmm/accel.ts).
     qemu_accel: z.enum(["kvm", "tcg"]).default("kvm"),
+    // Each VM's VMM runs as one uid of first+1 … first+count-1; gid `first` is the VMM group.
+    vmm_uid_first: z
+      .int()
+      .min(1)
+      .max(2 ** 32 - 65_538)
+      .default(2_000_000_000),
+    vmm_uid_count: z.int().min(2).max(65_536).default(65_536),
     cloud_hypervisor_binary: z.string().min(1).default("/opt/cloudhv/bin/cloud-hypervisor"),
     // Serves the pod's shared volumes (hostPath, PVC, disk-backed emptyDir) by virtio-fs.
     virtiofsd_binary: z.string().min(1).default("/opt/cloudhv/bin/virtiofsd"),

@@ -105,7 +105,11 @@ function redirect(from: string, to: string): string {
  * milliseconds, and this is on every pod's start). Interface names come from the kernel and
  * our own constant, never from the pod's spec.
  */
-export async function attachPodNetwork(netnsPath: string, tap = "tap0_chv"): Promise<PodNetwork> {
+export async function attachPodNetwork(
+  netnsPath: string,
+  tap = "tap0_chv",
+  opts: { tapGroup?: number } = {},
+): Promise<PodNetwork> {
   const iface = await readPodInterface(netnsPath);
   const undo = new Cleanup();
   // A batch that fails halfway leaves part of it done: these remove what may exist, quietly.
@@ -116,7 +120,11 @@ export async function attachPodNetwork(netnsPath: string, tap = "tap0_chv"): Pro
     await inNetns(
       netnsPath,
       ["ip", "-batch", "-"],
-      [`tuntap add dev ${tap} mode tap`, `link set ${tap} mtu ${iface.mtu} up`],
+      [
+        // The VMM runs unprivileged: it may attach to the TAP as a member of its group.
+        `tuntap add dev ${tap} mode tap${opts.tapGroup === undefined ? "" : ` group ${opts.tapGroup}`}`,
+        `link set ${tap} mtu ${iface.mtu} up`,
+      ],
     ).catch(async (err: unknown) => {
       await dropTap();
       throw err;

@@ -29,9 +29,11 @@ export class Pods {
   private readonly sandboxes = new Map<string, Pod>();
 
   constructor(deps: PodsDeps) {
+    // The TAP belongs to the VMM group: the unprivileged VMM attaches to it (vmm/confine.ts).
+    const tapGroup = deps.config.vmm_uid_first;
     this.deps = {
       ...deps,
-      attachNetwork: deps.attachNetwork ?? ((netns) => attachPodNetwork(netns)),
+      attachNetwork: deps.attachNetwork ?? ((netns) => attachPodNetwork(netns, "tap0_chv", { tapGroup })),
       containment: deps.containment ?? hostContainment,
     };
   }

@@ -2,17 +2,27 @@
 // control, the agent over a virtio-serial port backed by a unix socket, console to a file.
 import { type ChildProcess, spawn } from "node:child_process";
 import { once } from "node:events";
-import { mkdir, rm } from "node:fs/promises";
+import { chown, mkdir, rm, stat } from "node:fs/promises";
 import net from "node:net";
 import path from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { AgentClient } from "../agent/client.js";
 import { cgroupJoinArgv } from "../cgroup/join.js";
-import { deadline, exhausted, notFound, ShimError, unavailable } from "../errors.js";
+import { deadline, exhausted, notFound, precondition, ShimError, unavailable } from "../errors.js";
 import { TtrpcClient } from "../ttrpc/client.js";
 import { log as rootLog } from "../util/log.js";
 import { TIMED_OUT, within } from "../util/time.js";
 import { type Accel, kvmUnusableMessage, probeAccel } from "./accel.js";
+import {
+  allocateVmmUser,
+  bindIntoVmm,
+  confinedArgv,
+  DEFAULT_VMM_UIDS,
+  makeVmmDir,
+  PassedFiles,
+  type VmmUidRange,
+  type VmmUser,
+} from "./confine.js";
 import { ConsoleLog } from "./console-log.js";
 import { assertBootFiles, assertReadable, exists } from "./files.js";
 import { QmpClient, type QmpEvent } from "./qmp.js";
@@ -42,19 +52,30 @@ export interface QemuDriverOptions {
    * the driver's own: it is not a security boundary.
    */
   accel?: Accel;
+  /** Where each VMM's uid comes from (runtime config vmm_uid_first/vmm_uid_count). */
+  uids?: VmmUidRange;
 }
+
+/**
+ * QEMU's own seccomp filter: no obsolete syscalls, no set*uid/gid, no fork/exec, no
+ * scheduler/affinity changes. QEMU's -runas cannot be used with elevateprivileges=deny (its
+ * setuid would hit the filter), so the shim drops privileges before exec (confine.ts).
+ */
+export const QEMU_SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
 
 export class QemuDriver implements HypervisorDriver {
   readonly name = "qemu";
   readonly binary: string;
   readonly accel: Accel;
+  readonly uids: VmmUidRange;
 
   constructor(opts: QemuDriverOptions = {}) {
     this.binary = opts.binary ?? "qemu-system-x86_64";
     this.accel = opts.accel ?? "kvm";
+    this.uids = opts.uids ?? DEFAULT_VMM_UIDS;
   }
 
-  async launch(config: VmConfig): Promise<VmHandle> {
+  async launch(config: VmConfig): Promise<QemuVm> {
     await assertBootFiles(config);
     const accel = this.accel;
     if (accel === "kvm") {
@@ -63,36 +84,49 @@ export class QemuDriver implements HypervisorDriver {
       if (probe.accel !== "kvm") throw new ShimError("FailedPrecondition", kvmUnusableMessage(probe));
     }
     await mkdir(config.stateDir, { recursive: true, mode: 0o700 });
+    const vmmDir = path.join(config.stateDir, "vmm");
     const paths = {
-      qmp: path.join(config.stateDir, "qmp.sock"),
-      agent: path.join(config.stateDir, "agent.sock"),
+      qmp: path.join(vmmDir, "qmp.sock"),
+      agent: path.join(vmmDir, "agent.sock"),
       console: path.join(config.stateDir, "console.log"),
-      consoleFifo: path.join(config.stateDir, "console.fifo"),
+      consoleFifo: path.join(vmmDir, "console.fifo"),
     };
-    const argv = qemuArgv(config, accel, paths);
-    (config.log ?? rootLog).debug({ argv: [this.binary, ...argv] }, "starting qemu");
-    // setpriv execs QEMU with a parent-death signal: if the shim daemon dies, its VMs die too
-    // instead of running on unmanaged (same pid, no extra process).
     let vm: QemuVm | undefined;
     let consoleLog: ConsoleLog | undefined;
+    let user: VmmUser | undefined;
+    const files = new PassedFiles();
     try {
+      // Several daemons may share state_dir: the uid locks live next to the VMs' dirs.
+      user = await allocateVmmUser(path.join(path.dirname(config.stateDir), ".vmm-uids"), this.uids);
+      await makeVmmDir(config.stateDir, user);
       consoleLog = await ConsoleLog.create({ fifo: paths.consoleFifo, log: paths.console });
-      // With a pod network, QEMU runs inside the pod's netns, where the TAP is.
-      const netns = config.network ? ["nsenter", `--net=${config.network.netnsPath}`, "--"] : [];
+      await chown(paths.consoleFifo, user.uid, user.gid);
+      // virtiofsd's socket is root's: the VMM's own uid may connect to it, no other VMM.
+      if (config.sharedFs) await chown(config.sharedFs.socket, user.uid, user.gid);
+      const argv = await qemuArgv(config, accel, files);
+      (config.log ?? rootLog).debug({ argv: [this.binary, ...argv], uid: user.uid }, "starting qemu");
+      // Same pid all the way down (sh, nsenter, unshare, sh, setpriv all exec): see confine.ts.
       // First of all, the VMM joins the pod's cgroup, before it runs guest code (cgroup/join.ts).
-      netns.unshift(...cgroupJoinArgv(config.cgroup?.procs));
-      const [command, ...args] = [...netns, "setpriv", "--pdeathsig", "KILL", "--", this.binary, ...argv];
+      const [command, ...args] = [
+        ...cgroupJoinArgv(config.cgroup?.procs),
+        ...confinedArgv([this.binary, ...argv], user, config.network?.netnsPath),
+      ];
       const child = spawn(command as string, args, {
-        stdio: ["ignore", "ignore", "pipe"],
+        // Relative socket paths: QEMU needs no right on the dirs above its own.
+        cwd: vmmDir,
+        stdio: ["ignore", "ignore", "pipe", ...files.stdio()],
       });
-      vm = new QemuVm(config, child, paths, consoleLog);
+      await files.close();
+      vm = new QemuVm(config, child, { ...paths, vmmDir }, consoleLog, user);
       await vm.waitForSockets();
       return vm;
     } catch (err) {
+      await files.close();
       if (vm) await vm.stop();
       else {
         await consoleLog?.close();
         await rm(config.stateDir, { recursive: true, force: true });
+        await user?.release();
       }
       throw err;
     }
@@ -105,11 +139,34 @@ interface QemuPaths {
   /** The guest console, capped (see ConsoleLog); QEMU writes it into consoleFifo. */
   console: string;
   consoleFifo: string;
+  /** The VMM's own dir (its cwd), owned by its uid. */
+  vmmDir: string;
 }
 
-function qemuArgv(config: VmConfig, accel: Accel, paths: QemuPaths): string[] {
+/**
+ * QEMU's argv. Every file it boots from is opened here and passed as an fd: the kernel and
+ * initramfs as /proc/self/fd/N (QEMU's loader opens a path), disks through -add-fd fdsets (the
+ * block layer takes /dev/fdset/N); sockets and FIFO are relative to its cwd (see launch).
+ */
+export async function qemuArgv(config: VmConfig, accel: Accel, files: PassedFiles): Promise<string[]> {
   const cmdline = [BASE_KERNEL_ARGS, config.extraKernelArgs].filter(Boolean).join(" ");
+  const fdsets: string[] = [];
+  const fdset = async (file: string, readOnly: boolean) => {
+    const fd = await files.add(file, true);
+    fdsets.push("-add-fd", `fd=${fd},set=${fd}`);
+    // QEMU opens a writable image read-only first, then again read-write: the set needs both.
+    if (!readOnly) fdsets.push("-add-fd", `fd=${await files.add(file, false)},set=${fd}`);
+    return `/dev/fdset/${fd}`;
+  };
+  const kernel = `/proc/self/fd/${await files.add(config.kernelPath, true)}`;
+  const initrd = config.initrdPath ? `/proc/self/fd/${await files.add(config.initrdPath, true)}` : undefined;
+  const rootfs = await fdset(config.rootfsPath, true);
+  const disks: string[] = [];
+  for (const disk of config.disks ?? []) disks.push(await fdset(disk.path, disk.readOnly));
   return [
+    "-sandbox",
+    QEMU_SANDBOX,
+    ...fdsets,
     "-name",
     `cloudhv-${config.id}`,
     "-machine",
@@ -133,17 +190,17 @@ function qemuArgv(config: VmConfig, accel: Accel, paths: QemuPaths): string[] {
     "-nographic",
     "-no-reboot",
     "-kernel",
-    config.kernelPath,
+    kernel,
     "-append",
     cmdline,
-    ...(config.initrdPath ? ["-initrd", config.initrdPath] : []),
+    ...(initrd ? ["-initrd", initrd] : []),
     "-drive",
-    `file=${config.rootfsPath},if=none,id=rootfs,format=raw,readonly=on`,
+    `file=${rootfs},if=none,id=rootfs,format=raw,readonly=on`,
     "-device",
     "virtio-blk-pci,drive=rootfs,serial=cloudhv-rootfs",
     ...(config.disks ?? []).flatMap((disk, i) => [
       "-drive",
-      `file=${disk.path},if=none,id=disk${i},format=raw,readonly=${disk.readOnly ? "on" : "off"},cache=none,aio=threads`,
+      `file=${disks[i]},if=none,id=disk${i},format=raw,readonly=${disk.readOnly ? "on" : "off"},cache=none,aio=threads`,
       "-device",
       `virtio-blk-pci,drive=disk${i},serial=${disk.serial}`,
     ]),
@@ -173,19 +230,19 @@ function qemuArgv(config: VmConfig, accel: Accel, paths: QemuPaths): string[] {
     "-device",
     "virtio-serial-pci,id=vser0",
     "-chardev",
-    `socket,id=agent,path=${paths.agent},server=on,wait=off`,
+    "socket,id=agent,path=agent.sock,server=on,wait=off",
     "-device",
     `virtserialport,bus=vser0.0,chardev=agent,name=${AGENT_PORT_NAME}`,
     "-chardev",
-    `file,id=console,path=${paths.consoleFifo}`,
+    "file,id=console,path=console.fifo",
     "-serial",
     "chardev:console",
     "-qmp",
-    `unix:${paths.qmp},server=on,wait=off`,
+    "unix:qmp.sock,server=on,wait=off",
   ];
 }
 
-class QemuVm implements VmHandle {
+export class QemuVm implements VmHandle {
   readonly id: string;
   readonly pid: number;
   readonly consoleLogPath: string;
@@ -206,6 +263,7 @@ class QemuVm implements VmHandle {
     private readonly child: ChildProcess,
     private readonly paths: QemuPaths,
     private readonly consoleLog: ConsoleLog,
+    private readonly user: VmmUser,
   ) {
     this.id = config.id;
     this.log = config.log ?? rootLog.child({ vm: config.id });
@@ -293,12 +351,21 @@ class QemuVm implements VmHandle {
     if (port === undefined) throw exhausted(`VM ${this.id}: all ${HOTPLUG_PORTS} hot-plug ports are in use`);
     const id = `hd-${disk.serial}`;
     const node = `node-${disk.serial}`;
-    await qmp.execute("blockdev-add", {
-      driver: "raw",
-      "node-name": node,
-      "read-only": disk.readOnly,
-      file: { driver: "file", filename: disk.path, aio: "threads", "read-only": disk.readOnly },
-    });
+    const name = `disk-${disk.serial}`;
+    await this.grant(disk);
+    await bindIntoVmm(this.pid, disk.path, this.paths.vmmDir, name);
+    try {
+      await qmp.execute("blockdev-add", {
+        driver: "raw",
+        "node-name": node,
+        "read-only": disk.readOnly,
+        // Relative to QEMU's cwd, its own dir: it could not reach the path the shim uses.
+        file: { driver: "file", filename: name, aio: "threads", "read-only": disk.readOnly },
+      });
+    } catch (err) {
+      await rm(path.join(this.paths.vmmDir, name), { force: true });
+      throw err;
+    }
     try {
       await qmp.execute("device_add", {
         driver: "virtio-blk-pci",
@@ -309,6 +376,7 @@ class QemuVm implements VmHandle {
       });
     } catch (err) {
       await qmp.execute("blockdev-del", { "node-name": node }).catch(() => {});
+      await rm(path.join(this.paths.vmmDir, name), { force: true });
       throw err;
     }
     this.busyPorts.set(port, id);
@@ -320,6 +388,8 @@ class QemuVm implements VmHandle {
     const port = [...Array(HOTPLUG_PORTS).keys()].find((i) => !this.busyPorts.has(i));
     if (port === undefined) throw exhausted(`VM ${this.id}: all ${HOTPLUG_PORTS} hot-plug ports are in use`);
     const chardev = `chr-${fs.id}`;
+    // virtiofsd's socket is root's: this VMM's uid may connect to it, no other VMM.
+    await chown(fs.socket, this.user.uid, this.user.gid);
     await qmp.execute("chardev-add", {
       id: chardev,
       backend: { type: "socket", data: { addr: { type: "unix", data: { path: fs.socket } }, server: false } },
@@ -359,8 +429,33 @@ class QemuVm implements VmHandle {
     if ((await within(deleted, 30_000)) === TIMED_OUT)
       throw deadline(`VM ${this.id}: the guest did not release ${id} in 30 s`);
     if (this.fsDevices.delete(id)) await qmp.execute("chardev-remove", { id: `chr-${id}` });
-    else await qmp.execute("blockdev-del", { "node-name": id.replace(/^hd-/, "node-") });
+    else {
+      await qmp.execute("blockdev-del", { "node-name": id.replace(/^hd-/, "node-") });
+      // Unlinking the bind-mount target detaches it in QEMU's namespace.
+      await rm(path.join(this.paths.vmmDir, id.replace(/^hd-/, "disk-")), { force: true });
+    }
     this.busyPorts.delete(port);
+  }
+
+  /**
+   * A hot-plugged disk is opened by QEMU itself (QMP cannot take an fd from node), as the VM's
+   * uid: a writable disk (this container's scratch) becomes the VM's; a read-only one (shared
+   * image cache) must already be readable by all, and is never given away.
+   */
+  private async grant(disk: DiskSpec): Promise<void> {
+    if (!disk.readOnly) {
+      await chown(disk.path, this.user.uid, this.user.gid);
+      return;
+    }
+    if (((await stat(disk.path)).mode & 0o004) === 0)
+      throw precondition(
+        `read-only disk ${disk.path} is not world-readable; the VMM (uid ${this.user.uid}) cannot open it`,
+      );
+  }
+
+  /** One QMP command as is: for diagnostics and the tests of what QEMU itself refuses. */
+  qmpExecute<T = unknown>(command: string, args?: Record<string, unknown>): Promise<T> {
+    return this.control().execute<T>(command, args);
   }
 
   async pause(): Promise<void> {
@@ -402,6 +497,7 @@ class QemuVm implements VmHandle {
     this.qmp?.close();
     await this.consoleLog.close();
     await rm(this.config.stateDir, { recursive: true, force: true });
+    await this.user.release();
   }
 }
 

@@ -140,9 +140,10 @@ export async function cloudHypervisorAvailability(
 
 /** The driver for a choice made by chooseHypervisor (see it for `auto`). */
 export function driverForChoice(config: RuntimeConfig, choice: HypervisorChoice): HypervisorDriver {
+  const uids = { first: config.vmm_uid_first, count: config.vmm_uid_count };
   return choice.name === "cloud-hypervisor"
     ? new CloudHypervisorDriver({ binary: config.cloud_hypervisor_binary })
-    : new QemuDriver({ binary: config.qemu_binary, accel: config.qemu_accel });
+    : new QemuDriver({ binary: config.qemu_binary, accel: config.qemu_accel, uids });
 }
 
 export { findExecutable };
