@@ -2,7 +2,7 @@
 // control, the agent over a virtio-serial port backed by a unix socket, console to a file.
 import { type ChildProcess, spawn } from "node:child_process";
 import { once } from "node:events";
-import { chown, mkdir, rm, stat } from "node:fs/promises";
+import { chown, link, mkdir, rm, stat } from "node:fs/promises";
 import net from "node:net";
 import path from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -101,8 +101,7 @@ export class QemuDriver implements HypervisorDriver {
       await makeVmmDir(config.stateDir, user);
       consoleLog = await ConsoleLog.create({ fifo: paths.consoleFifo, log: paths.console });
       await chown(paths.consoleFifo, user.uid, user.gid);
-      // virtiofsd's socket is root's: the VMM's own uid may connect to it, no other VMM.
-      if (config.sharedFs) await chown(config.sharedFs.socket, user.uid, user.gid);
+      if (config.sharedFs) await handFsSocket(config.sharedFs, vmmDir, user);
       const argv = await qemuArgv(config, accel, files);
       (config.log ?? rootLog).debug({ argv: [this.binary, ...argv], uid: user.uid }, "starting qemu");
       // Same pid all the way down (sh, nsenter, unshare, sh, setpriv all exec): see confine.ts.
@@ -212,7 +211,7 @@ export async function qemuArgv(config: VmConfig, accel: Accel, files: PassedFile
     ...(config.sharedFs
       ? [
           "-chardev",
-          `socket,id=chr-${config.sharedFs.id},path=${config.sharedFs.socket}`,
+          `socket,id=chr-${config.sharedFs.id},path=${fsSocketName(config.sharedFs)}`,
           "-device",
           `vhost-user-fs-pci,chardev=chr-${config.sharedFs.id},tag=${config.sharedFs.tag},id=${config.sharedFs.id}`,
         ]
@@ -388,11 +387,13 @@ export class QemuVm implements VmHandle {
     const port = [...Array(HOTPLUG_PORTS).keys()].find((i) => !this.busyPorts.has(i));
     if (port === undefined) throw exhausted(`VM ${this.id}: all ${HOTPLUG_PORTS} hot-plug ports are in use`);
     const chardev = `chr-${fs.id}`;
-    // virtiofsd's socket is root's: this VMM's uid may connect to it, no other VMM.
-    await chown(fs.socket, this.user.uid, this.user.gid);
+    await handFsSocket(fs, this.paths.vmmDir, this.user);
     await qmp.execute("chardev-add", {
       id: chardev,
-      backend: { type: "socket", data: { addr: { type: "unix", data: { path: fs.socket } }, server: false } },
+      backend: {
+        type: "socket",
+        data: { addr: { type: "unix", data: { path: fsSocketName(fs) } }, server: false },
+      },
     });
     try {
       await qmp.execute("device_add", {
@@ -515,4 +516,21 @@ async function retryRefused<T>(connect: () => Promise<T>, deadline: number): Pro
       await sleep(5);
     }
   }
+}
+
+/** virtiofsd's socket as QEMU names it: relative to its working directory, its own dir. */
+function fsSocketName(fs: FsSpec): string {
+  return `${fs.id}.sock`;
+}
+
+/**
+ * Hands virtiofsd's socket to this VMM alone: the socket (root's, in the pod's dir, which the
+ * VMM's uid cannot reach) is given to the VM's uid and hard-linked into the VMM's own dir.
+ * A unix socket is found by its inode, so the link connects to the same virtiofsd.
+ */
+async function handFsSocket(fs: FsSpec, vmmDir: string, user: { uid: number; gid: number }): Promise<void> {
+  await chown(fs.socket, user.uid, user.gid);
+  const name = path.join(vmmDir, fsSocketName(fs));
+  await rm(name, { force: true });
+  await link(fs.socket, name);
 }

@@ -7,7 +7,7 @@
 // the user's data. Mount points are unmounted first, then removed one by one with rmdir/unlink,
 // which fail rather than delete anything still mounted.
 import { type ChildProcess, spawn } from "node:child_process";
-import { chmod, lstat, mkdir, rmdir, stat, unlink, writeFile } from "node:fs/promises";
+import { lstat, mkdir, rmdir, stat, unlink, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { cgroupJoinArgv } from "../cgroup/join.js";
@@ -80,10 +80,6 @@ export class PodShare {
       );
     const shared = path.join(dir, "shared");
     await mkdir(shared, { recursive: true, mode: 0o700 });
-    // The VMM runs as a uid of its own: it may pass through to virtiofsd's socket (which the
-    // driver hands to that uid), not list the pods or enter the shared directory.
-    await chmod(path.dirname(dir), 0o711);
-    await chmod(dir, 0o711);
     let share: PodShare | undefined;
     try {
       // A peer group of its own (private first, then shared): the volumes' binds reach
