@@ -129,7 +129,10 @@ describe("Kubernetes: helm install → cloudhv pods → helm uninstall (docs/ope
 
   after(
     async () => {
-      if (!target) return;
+      if (!target) {
+        if (work) await rm(work, { recursive: true, force: true });
+        return;
+      }
       if (failed) {
         // What a person would look at first.
         for (const args of [
