@@ -128,7 +128,7 @@ build_go_tools() {
   installer/scripts/build-helm.sh >/dev/null
   say "tools: containerd 2 (pinned, Go module proxy; ~2 min the first time)"
   installer/scripts/build-containerd2.sh >/dev/null
-  say "tools: Kubernetes and etcd (pinned, Go module proxy; ~25 min on 2 cores the first time)"
+  say "tools: Kubernetes and etcd (pinned, Go module proxy; ~6 min on 2 idle cores the first time)"
   e2e/k8s/build-k8s.sh >/dev/null
 }
 

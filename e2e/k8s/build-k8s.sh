@@ -52,7 +52,7 @@ trap 'rm -rf "$work"' EXIT
 
 if ! k8s_cached; then
   start=$(date +%s)
-  say "building Kubernetes $k8s_version (${components[*]}) from the Go module proxy (once per version, ~20 min on 2 cores)"
+  say "building Kubernetes $k8s_version (${components[*]}) from the Go module proxy (once per version, ~6 min on 2 idle cores)"
   gomod=$(go mod download -json "k8s.io/kubernetes@$k8s_version" | sed -n 's/^\t"GoMod": "\(.*\)",$/\1/p')
   [ -f "$gomod" ] || { say "could not download k8s.io/kubernetes $k8s_version from the module proxy"; exit 1; }
   minor_patch=${k8s_version#v1.}

@@ -103,10 +103,12 @@ describe("Kubernetes: helm install → cloudhv pods → helm uninstall (docs/ope
           skip = bin.missing;
           return;
         }
-        const tools = await exec(["sh", "-c", "command -v containerd && command -v s6-supervise"]);
-        if (tools.code !== 0) {
-          skip =
-            "needs containerd and s6-supervise (apt-get install containerd s6; scripts/dev.sh setup does)";
+        const need = ["containerd", "ctr", "s6-supervise", "openssl", "iptables-save", "unshare", "nsenter"];
+        const missing = [];
+        for (const tool of need)
+          if ((await exec(["sh", "-c", `command -v ${tool}`])).code !== 0) missing.push(tool);
+        if (missing.length) {
+          skip = `needs ${missing.join(", ")} on the PATH (apt-get install containerd s6 openssl iptables util-linux; scripts/dev.sh setup does)`;
           return;
         }
         helm = await helmBinary();
@@ -129,7 +131,10 @@ describe("Kubernetes: helm install → cloudhv pods → helm uninstall (docs/ope
 
   after(
     async () => {
-      if (!target) return;
+      if (!target) {
+        if (work) await rm(work, { recursive: true, force: true });
+        return;
+      }
       if (failed) {
         // What a person would look at first.
         for (const args of [

@@ -80,7 +80,7 @@ interface State {
   createdPaths: string[];
   /** /run/containerd/s before the cluster ran (other suites' shims use it too). */
   shimSockets: string[];
-  /** Top-level cgroups (kubelet's kubepods, containerd's k8s.io) per hierarchy before the cluster ran. */
+  /** kubelet's kubepods cgroup per hierarchy, where it was there before the cluster ran. */
   cgroups: string[];
   /** containerd's config before the cluster wrote its own (null: there was none). */
   originalConfig: string | null;
@@ -868,8 +868,8 @@ export class LocalCluster {
     if (Object.keys(this.state.chains).length) await removeNewChains(this.state.chains, note);
     if ((await exec(["ip", "link", "show", BRIDGE])).code === 0) await exec(["ip", "link", "del", BRIDGE]);
 
-    // kubelet's cgroups (and containerd's k8s.io) that were not there before: rmdir only removes
-    // empty ones, so a cgroup someone else's process still uses stays.
+    // kubelet's cgroups that were not there before: rmdir only removes empty ones, so one a
+    // process still uses stays (and is reported).
     const hadCgroups = new Set(this.state.cgroups ?? []);
     for (const cg of await nodeCgroups())
       if (!hadCgroups.has(cg)) {
@@ -944,12 +944,14 @@ async function listeningSockets(): Promise<Set<string>> {
   );
 }
 
-/** /sys/fs/cgroup/<hierarchy>/{kubepods,k8s.io} that exist now. */
+/**
+ * /sys/fs/cgroup/<hierarchy>/kubepods (kubelet's, its pods' cgroups below) that exist now. Not
+ * /k8s.io: other suites' CRI pods and ctr tasks in that namespace land there.
+ */
 async function nodeCgroups(): Promise<string[]> {
   const out: string[] = [];
   for (const h of await readdir("/sys/fs/cgroup").catch(() => [] as string[]))
-    for (const top of ["kubepods", "k8s.io"])
-      if (await exists(`/sys/fs/cgroup/${h}/${top}`)) out.push(`/sys/fs/cgroup/${h}/${top}`);
+    if (await exists(`/sys/fs/cgroup/${h}/kubepods`)) out.push(`/sys/fs/cgroup/${h}/kubepods`);
   return out;
 }
 
