@@ -20,6 +20,7 @@ import {
   ROOTFS,
   SHIM_NAME,
   VERSIONS_DIR,
+  VIRTIOFSD,
 } from "./paths.js";
 
 export const MANIFEST = "manifest.json";
@@ -33,6 +34,7 @@ export const REQUIRED_FILES = [
   "rootfs.erofs",
 ] as const;
 const OPTIONAL_CLOUD_HYPERVISOR = "bin/cloud-hypervisor";
+const OPTIONAL_VIRTIOFSD = "bin/virtiofsd";
 
 const manifestSchema = z.strictObject({
   name: z.literal("cloudhv"),
@@ -189,7 +191,7 @@ async function versionOfLink(root: HostRoot, link: string): Promise<string | und
 }
 
 /**
- * Makes `version` current: the kernel/rootfs links, the optional cloud-hypervisor link, the
+ * Makes `version` current: the kernel/rootfs links, the optional cloud-hypervisor and virtiofsd links, the
  * launchers (the shim's and the `cloudhv` command), then `current` (and `previous` → the version that was current before).
  */
 export async function activate(root: HostRoot, version: string): Promise<{ previous: string | undefined }> {
@@ -201,6 +203,8 @@ export async function activate(root: HostRoot, version: string): Promise<{ previ
   await atomicSymlink(`${rel}/rootfs.erofs`, root.path(ROOTFS));
   if (await exists(path.join(dir, OPTIONAL_CLOUD_HYPERVISOR)))
     await atomicSymlink(`../${rel}/${OPTIONAL_CLOUD_HYPERVISOR}`, root.path(CLOUD_HYPERVISOR));
+  if (await exists(path.join(dir, OPTIONAL_VIRTIOFSD)))
+    await atomicSymlink(`../${rel}/${OPTIONAL_VIRTIOFSD}`, root.path(VIRTIOFSD));
   await atomicWrite(root.path(LAUNCHER), launcherScript(version), 0o755);
   await atomicWrite(root.path(CLI_LAUNCHER), cliLauncherScript(version), 0o755);
   await atomicSymlink(rel, root.path(CURRENT_LINK));

@@ -20,6 +20,8 @@ export interface BundleOptions {
   node?: string;
   /** A cloud-hypervisor binary to ship as bin/cloud-hypervisor. */
   cloudHypervisor?: string | undefined;
+  /** A virtiofsd binary to ship as bin/virtiofsd (pods' shared volumes). */
+  virtiofsd?: string | undefined;
   repoRoot?: string;
 }
 
@@ -103,10 +105,16 @@ export async function assembleBundle(opts: BundleOptions): Promise<Manifest> {
   }
   await copyFile(opts.kernel, path.join(out, "vmlinux"));
   await copyFile(opts.rootfs, path.join(out, "rootfs.erofs"));
-  if (opts.cloudHypervisor) {
+  for (const [from, name] of [
+    [opts.cloudHypervisor, "bin/cloud-hypervisor"],
+    [opts.virtiofsd, "bin/virtiofsd"],
+  ] as const) {
+    if (!from) continue;
     await mkdir(path.join(out, "bin"), { recursive: true });
-    await copyFile(opts.cloudHypervisor, path.join(out, "bin/cloud-hypervisor"));
-    await chmod(path.join(out, "bin/cloud-hypervisor"), 0o755);
+    await copyFile(from, path.join(out, name)).catch((err: Error) => {
+      throw new Error(`cannot ship ${name} from ${from}: ${err.message}`);
+    });
+    await chmod(path.join(out, name), 0o755);
   }
   // Version = shim version + hash of the contents (the manifest without its version).
   const provisional = await writeManifest(out, "0");

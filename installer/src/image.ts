@@ -26,6 +26,7 @@ export interface ImageOptions {
   kernel: string;
   rootfs: string;
   cloudHypervisor?: string | undefined;
+  virtiofsd?: string | undefined;
   /** Scratch space (default: next to the archive). */
   workDir?: string;
   /** Write the image's root filesystem here (for the Dockerfile's `COPY --from`) instead of an archive. */
@@ -105,6 +106,8 @@ export async function buildImage(
       kernel: opts.kernel,
       rootfs: opts.rootfs,
       cloudHypervisor: opts.cloudHypervisor,
+      // Every image serves shared volumes: virtiofsd as host/virtiofsd/build.sh built it.
+      virtiofsd: opts.virtiofsd ?? path.join(repo, "build/host/virtiofsd"),
     });
     await mkdir(base);
     await baseLayer(base, path.join(bundle, DEFAULT_ARTIFACTS.slice(1), "node/bin/node"));

@@ -73,6 +73,7 @@ import {
   RUNTIME_TYPE,
   STATE_FILE,
   VERSIONS_DIR,
+  VIRTIOFSD,
 } from "./paths.js";
 import {
   HealthError,
@@ -479,6 +480,7 @@ async function removeCreated(
       LAUNCHER,
       CLI_LAUNCHER,
       CLOUD_HYPERVISOR,
+      VIRTIOFSD,
       CURRENT_LINK,
       PREVIOUS_LINK,
       KERNEL,

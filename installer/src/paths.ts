@@ -22,6 +22,8 @@ export const RUNTIME_CONFIG = `${INSTALL_DIR}/config.json`;
 export const KERNEL = `${INSTALL_DIR}/vmlinux`;
 export const ROOTFS = `${INSTALL_DIR}/rootfs.erofs`;
 export const CLOUD_HYPERVISOR = `${BIN_DIR}/cloud-hypervisor`;
+/** Serves pods' shared volumes (the runtime config's virtiofsd_binary default). */
+export const VIRTIOFSD = `${BIN_DIR}/virtiofsd`;
 export const CURRENT_LINK = `${INSTALL_DIR}/current`;
 export const PREVIOUS_LINK = `${INSTALL_DIR}/previous`;
 /** What the installer did (versions, containerd config hashes): uninstall and status read it. */

@@ -3,7 +3,7 @@
 // from this machine is visible inside but that mount, so this proves the image is complete
 // (Node runtime, installer, its dependencies, the bundle with shim, kernel and rootfs).
 import assert from "node:assert/strict";
-import { mkdir, mkdtemp, readdir, readFile, rm } from "node:fs/promises";
+import { mkdir, mkdtemp, readdir, readFile, readlink, rm } from "node:fs/promises";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
 import { guestArtifacts } from "@cloudhv/e2e/dist/src/artifacts.js";
@@ -83,6 +83,12 @@ describe("installer image (OCI archive, no Docker)", () => {
     assert.equal(await verifyBundle(installed, manifest), undefined, "the copy on the node is intact");
     assert.ok(
       "rootfs.erofs" in manifest.files && "vmlinux" in manifest.files && "node/bin/node" in manifest.files,
+    );
+    // virtiofsd ships with the runtime and is where the runtime config's default looks for it.
+    assert.ok("bin/virtiofsd" in manifest.files);
+    assert.equal(
+      await readlink(path.join(host, "opt/cloudhv/bin/virtiofsd")),
+      `../versions/${bundleVersion}/bin/virtiofsd`,
     );
     const config = parse(await readFile(path.join(host, "etc/containerd/config.toml"), "utf8"));
     assert.equal(

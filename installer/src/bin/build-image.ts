@@ -15,6 +15,11 @@ const program = new Command()
   .option("--kernel <file>", "guest kernel", path.join(REPO_ROOT, "build/guest/vmlinux"))
   .option("--rootfs <file>", "guest rootfs image", path.join(REPO_ROOT, "build/guest/rootfs.erofs"))
   .option("--cloud-hypervisor <file>", "a cloud-hypervisor binary to ship in the bundle")
+  .option(
+    "--virtiofsd <file>",
+    "the virtiofsd to ship (serves pods' shared volumes)",
+    path.join(REPO_ROOT, "build/host/virtiofsd"),
+  )
   .option("--rootfs-dir <dir>", "write the image's root filesystem to this directory instead (Dockerfile)")
   .action(
     async (flags: {
@@ -23,6 +28,7 @@ const program = new Command()
       kernel: string;
       rootfs: string;
       cloudHypervisor?: string;
+      virtiofsd?: string;
       rootfsDir?: string;
     }) => {
       const started = Date.now();
@@ -32,6 +38,7 @@ const program = new Command()
           kernel: flags.kernel,
           rootfs: flags.rootfs,
           cloudHypervisor: flags.cloudHypervisor,
+          virtiofsd: flags.virtiofsd,
           rootfsDir: flags.rootfsDir,
           ...(flags.name ? { name: flags.name } : {}),
         });
