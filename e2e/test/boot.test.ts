@@ -29,7 +29,11 @@ describe("guest boot under QEMU", () => {
       inspect: async (vm) => {
         qemuPid = vm.pid;
         stateDir = path.dirname(vm.consoleLogPath);
-        assert.ok(existsSync(path.join(stateDir, "agent.sock")), "agent socket exists while the VM runs");
+        // The VMM's own sockets live in its own dir (vmm/), which its uid owns.
+        assert.ok(
+          existsSync(path.join(stateDir, "vmm", "agent.sock")),
+          "agent socket exists while the VM runs",
+        );
         assert.deepEqual(await processesMatching(`cloudhv-${vm.id}`), [vm.pid]);
       },
     });

@@ -25,7 +25,11 @@ for (const hv of await hypervisorSuites())
 
     before(async () => {
       dir = await mkdtemp(path.join("/run", "chv-"));
-      runtime = await installRuntime(dir, hv.runtimeConfig);
+      // Sizing annotations are off by default; the sizing test below uses them.
+      runtime = await installRuntime(dir, {
+        ...hv.runtimeConfig,
+        enable_annotations: ["default_vcpus", "default_memory"],
+      });
       containerd = await PrivateContainerd.start({ baseDir: dir, env: runtime.env });
       const images = await mkdtemp(path.join(os.tmpdir(), "cloudhv-images-"));
       try {

@@ -967,7 +967,8 @@ async function stopIdleDaemons(log: Logger, proc = "/proc", graceMs = 5000): Pro
       const cmdline = (await readFile(`${proc}/${pid}/cmdline`, "utf8").catch(() => "")).split("\0");
       const daemon =
         cmdline.some((w) => w.startsWith(`${INSTALL_DIR}/versions/`)) &&
-        cmdline.some((w) => w.endsWith("/daemon/main.js"));
+        // bin/daemon.js since 0.1; daemon/main.js in versions before it (still running after an upgrade).
+        cmdline.some((w) => w.endsWith("/bin/daemon.js") || w.endsWith("/daemon/main.js"));
       out.set(pid, { ppid, daemon });
     }
     return out;

@@ -69,7 +69,7 @@ describe("upgrade while a cloudhv pod runs (real containerd 1.6)", () => {
     for (const pid of pids) {
       const cmdline = (await readFile(`/proc/${pid}/cmdline`, "utf8")).split("\0");
       const m = /\/opt\/cloudhv\/versions\/([^/]+)\//.exec(
-        cmdline.find((w) => w.endsWith("daemon/main.js")) ?? "",
+        cmdline.find((w) => w.endsWith("bin/daemon.js")) ?? "",
       );
       if (m) out.push(m[1] as string);
     }
@@ -101,7 +101,7 @@ describe("upgrade while a cloudhv pod runs (real containerd 1.6)", () => {
     const next = path.join(node.dir, "bundle-next");
     await cp(await testBundle(), next, { recursive: true, preserveTimestamps: true });
     const now = new Date();
-    await utimes(path.join(next, "shim/dist/src/daemon/main.js"), now, now);
+    await utimes(path.join(next, "shim/dist/src/bin/daemon.js"), now, now);
     const manifest = await writeManifest(next, `${(await readManifest(next)).version}-next`);
     const b = await install({ ...common, artifacts: next, runtimeConfig: testRuntimeConfig() });
     assert.equal(b.version, manifest.version);

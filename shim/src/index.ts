@@ -15,7 +15,7 @@ export {
   DEFAULT_CONFIG_PATH,
   parseConfig,
   type RuntimeConfig,
-} from "./config/config.js";
+} from "./config.js";
 export { type AnyMessage, type Envelope, EVENTS_SERVICE, eventsForwardRequest } from "./containerd/events.js";
 export { type ErrorKind, ShimError, statusOf } from "./errors.js";
 export { attachPodNetwork, type PodNetwork } from "./network/pod-network.js";

@@ -10,7 +10,7 @@ import path from "node:path";
 import { after, before, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
 import { AGENT_PROTOCOL_VERSION } from "../src/agent/client.js";
-import { loadConfig } from "../src/config/config.js";
+import { loadConfig } from "../src/config.js";
 import { CloudHypervisorDriver } from "../src/vmm/cloud-hypervisor.js";
 import { cloudHypervisorAvailability } from "../src/vmm/select.js";
 

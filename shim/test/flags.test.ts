@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { parseShimFlags } from "../src/shim/flags.js";
+import { parseShimFlags } from "../src/launcher/flags.js";
 
 describe("shim flags (Go flag syntax, as containerd passes them)", () => {
   it("parses containerd's start invocation", () => {

@@ -2,7 +2,7 @@
 // (decided from facts gathered beforehand, so every combination is checked here).
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { parseConfig } from "../src/config/config.js";
+import { parseConfig } from "../src/config.js";
 import type { QemuDriver } from "../src/vmm/qemu.js";
 import { type ChoiceInputs, decideHypervisor, driverForChoice } from "../src/vmm/select.js";
 

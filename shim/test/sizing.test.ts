@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { parseConfig } from "../src/config/config.js";
+import { parseConfig } from "../src/config.js";
 import { vmSize } from "../src/pod/sizing.js";
 
 const config = parseConfig(

@@ -2,8 +2,8 @@
 // cloudhv: the operator's tool. `cloudhv doctor` checks a node (see doctor/doctor.ts); exit
 // code 1 when a check fails (warnings do not).
 import { Command } from "commander";
-import { DEFAULT_CONFIG_PATH } from "../config/config.js";
-import { doctor, render } from "../doctor/doctor.js";
+import { DEFAULT_CONFIG_PATH } from "../config.js";
+import { doctor, render } from "../doctor.js";
 
 const program = new Command()
   .name("cloudhv")

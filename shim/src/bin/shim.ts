@@ -15,8 +15,8 @@ import {
   namespaceSocketPath,
   SHIM_VERSION,
   SOCKET_SCHEME,
-} from "../shim/daemon-address.js";
-import { FlagError, parseShimFlags, type ShimInvocation } from "../shim/flags.js";
+} from "../launcher/daemon-address.js";
+import { FlagError, parseShimFlags, type ShimInvocation } from "../launcher/flags.js";
 
 const DEFAULT_STATE_DIR = "/run/cloudhv";
 

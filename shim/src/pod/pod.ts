@@ -8,7 +8,7 @@ import type { AgentClient, GuestNetwork } from "../agent/client.js";
 import { PodCgroup } from "../cgroup/cgroup.js";
 import { type ContainmentHost, type ContainmentPlan, planContainment } from "../cgroup/containment.js";
 import { oomScoreAdjFor } from "../cgroup/oom.js";
-import type { RuntimeConfig } from "../config/config.js";
+import type { RuntimeConfig } from "../config.js";
 import type { Mount } from "../containerd/publisher.js";
 import { ShimError } from "../errors.js";
 import type { PodInterface, PodNetwork } from "../network/pod-network.js";

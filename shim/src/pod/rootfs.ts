@@ -4,7 +4,7 @@
 import { createHash } from "node:crypto";
 import { mkdir } from "node:fs/promises";
 import path from "node:path";
-import type { RuntimeConfig } from "../config/config.js";
+import type { RuntimeConfig } from "../config.js";
 import type { Mount } from "../containerd/publisher.js";
 import { invalid } from "../errors.js";
 import { ErofsCache } from "../rootfs/erofs-cache.js";

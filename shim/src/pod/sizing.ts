@@ -5,7 +5,7 @@
 // the VM above the pod's limits unless allow_sizing_above_pod_limits says so: a pod cannot
 // take more of the node through its VM than kubelet granted it. A malformed value or one
 // outside the bounds fails the sandbox with a message naming the annotation and the bound.
-import type { RuntimeConfig } from "../config/config.js";
+import type { RuntimeConfig } from "../config.js";
 import { invalid } from "../errors.js";
 import type { OciResources } from "./spec.js";
 

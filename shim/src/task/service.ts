@@ -5,7 +5,7 @@
 import path from "node:path";
 import type { DestinationStream, LevelWithSilent } from "pino";
 import type { ContainmentHost } from "../cgroup/containment.js";
-import type { RuntimeConfig } from "../config/config.js";
+import type { RuntimeConfig } from "../config.js";
 import type { EventPublisher, Mount, Timestamp } from "../containerd/publisher.js";
 import { invalid, notFound, precondition, ShimError } from "../errors.js";
 import type { NetworkAttacher } from "../pod/pod.js";

@@ -2,7 +2,7 @@
 // Cloud Hypervisor needs a working KVM (/dev/kvm) or the Microsoft Hypervisor (/dev/mshv);
 // QEMU runs with KVM, or with TCG where the config asks for it (`qemu_accel`).
 import { stat } from "node:fs/promises";
-import type { RuntimeConfig } from "../config/config.js";
+import type { RuntimeConfig } from "../config.js";
 import { type Accel, type AccelProbe, probeAccel } from "./accel.js";
 import { CloudHypervisorDriver } from "./cloud-hypervisor.js";
 import { findExecutable } from "./files.js";

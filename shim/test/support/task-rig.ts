@@ -7,7 +7,7 @@ import path from "node:path";
 import pino from "pino";
 import type { CgroupHierarchy } from "../../src/cgroup/cgroup.js";
 import type { ContainmentHost } from "../../src/cgroup/containment.js";
-import { parseConfig, type RuntimeConfig } from "../../src/config/config.js";
+import { parseConfig, type RuntimeConfig } from "../../src/config.js";
 import type { TaskEvents } from "../../src/containerd/publisher.js";
 import { statusOf } from "../../src/errors.js";
 import type { PodNetwork } from "../../src/network/pod-network.js";

@@ -11,7 +11,7 @@ import { fileURLToPath } from "node:url";
 export const SHIM_VERSION = "0.1.0";
 
 /** The daemon's entry script, next to this module in dist/. */
-export const DAEMON_ENTRY = fileURLToPath(new URL("../daemon/main.js", import.meta.url));
+export const DAEMON_ENTRY = fileURLToPath(new URL("../bin/daemon.js", import.meta.url));
 
 /** Version plus the daemon entry's mtime: changes with every build, costs one stat. */
 export function buildId(): string {

@@ -4,17 +4,11 @@
 import { access, constants, open, readFile, stat, statfs } from "node:fs/promises";
 import os from "node:os";
 import { parse as parseToml } from "smol-toml";
-import {
-  ConfigError,
-  DEFAULT_CONFIG_PATH,
-  loadConfig,
-  parseConfig,
-  type RuntimeConfig,
-} from "../config/config.js";
-import { exec } from "../util/exec.js";
-import { probeAccel } from "../vmm/accel.js";
-import { CH_MIN_VERSION } from "../vmm/ch-api.js";
-import { decideHypervisor, findExecutable, hypervisorDevices } from "../vmm/select.js";
+import { ConfigError, DEFAULT_CONFIG_PATH, loadConfig, parseConfig, type RuntimeConfig } from "./config.js";
+import { exec } from "./util/exec.js";
+import { probeAccel } from "./vmm/accel.js";
+import { CH_MIN_VERSION } from "./vmm/ch-api.js";
+import { decideHypervisor, findExecutable, hypervisorDevices } from "./vmm/select.js";
 
 export type Status = "pass" | "warn" | "fail" | "info";
 
