@@ -6,7 +6,6 @@ import { createHash } from "node:crypto";
 import path from "node:path";
 import type { AgentClient, GuestNetwork } from "../agent/client.js";
 import { PodCgroup } from "../cgroup/cgroup.js";
-import { type ContainmentHost, type ContainmentPlan, planContainment } from "../cgroup/containment.js";
 import { oomScoreAdjFor } from "../cgroup/oom.js";
 import type { RuntimeConfig } from "../config.js";
 import type { Mount } from "../containerd/publisher.js";
@@ -18,6 +17,7 @@ import type { PhaseClock } from "../util/phases.js";
 import type { HypervisorDriver, VmExit, VmHandle } from "../vmm/types.js";
 import { PodShare, volumesFailed } from "../volumes/virtiofs.js";
 import { ContainerVolumes } from "../volumes/volumes.js";
+import { type ContainmentHost, type ContainmentPlan, planContainment } from "./containment.js";
 import type { PreparedRootfs, RootfsPreparer } from "./rootfs.js";
 import type { VmSize } from "./sizing.js";
 import { type OciSpecFile, podNetnsPath } from "./spec.js";
@@ -30,7 +30,7 @@ export interface PodDeps {
   driver: HypervisorDriver;
   prepareRootfs: RootfsPreparer;
   attachNetwork: NetworkAttacher;
-  /** The host's cgroups and OOM scores (cgroup/containment.ts; faked in unit tests). */
+  /** The host's cgroups and OOM scores (pod/containment.ts; faked in unit tests). */
   containment: ContainmentHost;
 }
 

@@ -1,11 +1,11 @@
 // Where a container runs: a plain task and a CRI sandbox each boot a VM of their own; a CRI app
 // container joins the VM its sandbox booted. Keeps the running CRI pods by namespace/sandbox id.
 
-import { type ContainmentHost, hostContainment } from "../cgroup/containment.js";
 import { notFound } from "../errors.js";
 import { attachPodNetwork } from "../network/pod-network.js";
 import type { Logger } from "../util/log.js";
 import type { PhaseClock } from "../util/phases.js";
+import { type ContainmentHost, hostContainment } from "./containment.js";
 import { podRole } from "./cri.js";
 import {
   type ContainerRequest,

@@ -4,10 +4,10 @@
 // it onto the wire), so unit tests drive it directly (shim/test/task-service.test.ts).
 import path from "node:path";
 import type { DestinationStream, LevelWithSilent } from "pino";
-import type { ContainmentHost } from "../cgroup/containment.js";
 import type { RuntimeConfig } from "../config.js";
 import type { EventPublisher, Mount, Timestamp } from "../containerd/publisher.js";
 import { invalid, notFound, precondition, ShimError } from "../errors.js";
+import type { ContainmentHost } from "../pod/containment.js";
 import type { NetworkAttacher } from "../pod/pod.js";
 import { Pods } from "../pod/pods.js";
 import type { RootfsPreparer } from "../pod/rootfs.js";
@@ -31,7 +31,7 @@ export interface TaskServiceDeps {
   prepareRootfs: RootfsPreparer;
   /** Default: network/pod-network.ts (needs root); unit tests pass a fake. */
   attachNetwork?: NetworkAttacher;
-  /** Default: this host's cgroups and /proc (cgroup/containment.ts); unit tests pass a fake. */
+  /** Default: this host's cgroups and /proc (pod/containment.ts); unit tests pass a fake. */
   containment?: ContainmentHost;
   log: Logger;
   /** Where `log` writes; with it, each task also logs to its bundle's `log` FIFO. */

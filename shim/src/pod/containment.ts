@@ -1,9 +1,10 @@
 // What keeps a pod's VMM inside the pod on the host: its cgroup (the pod's limits and
 // kubelet's accounting cover the VM) and an OOM score that follows the pod's QoS class.
-import type { OciSpec } from "../pod/spec.js";
-import { type CgroupHierarchy, hostCgroupHierarchies } from "./cgroup.js";
-import { type OomScoreSetter, procOomScoreSetter } from "./oom.js";
-import { type PodCgroupPath, type PodQos, qosOf, resolveCgroupsPath } from "./path.js";
+
+import { type CgroupHierarchy, hostCgroupHierarchies } from "../cgroup/cgroup.js";
+import { type OomScoreSetter, procOomScoreSetter } from "../cgroup/oom.js";
+import { type PodCgroupPath, type PodQos, qosOf, resolveCgroupsPath } from "../cgroup/path.js";
+import type { OciSpec } from "./spec.js";
 
 /** The host's side of containment (faked in unit tests: a temp dir, recorded scores). */
 export interface ContainmentHost {
