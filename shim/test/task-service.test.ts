@@ -37,14 +37,17 @@ describe("TaskService with a fake VMM and an in-process agent", () => {
   });
 
   it("counts a create in flight as a task, so the daemon's idle exit waits for it", async () => {
-    rig.driver.onLaunch = (vm) => vm.agent.hanging.add("CreateContainer");
-    const creating = rig.create("slow").catch((err: unknown) => err);
+    let release = () => {};
+    rig.driver.onLaunch = (vm) => {
+      release = vm.agent.hold("CreateContainer");
+    };
+    const creating = rig.create("slow");
     while (!rig.driver.vms[0]?.agent.called("CreateContainer").length)
       await new Promise((r) => setTimeout(r, 10));
-    assert.equal(rig.tasks.size, 1);
-    await rig.driver.vms[0]?.stop();
+    assert.equal(rig.tasks.size, 1, "the create in flight counts");
+    release();
     await creating;
-    assert.equal(rig.tasks.size, 0);
+    assert.equal(rig.tasks.size, 1, "the created task counts");
   });
 
   it("runs a plain task in a VM of its own and leaves nothing after delete", async () => {

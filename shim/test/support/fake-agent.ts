@@ -61,6 +61,8 @@ export class FakeAgent {
   network: unknown;
   /** Methods that never answer (a wedged guest). */
   readonly hanging = new Set<string>();
+  /** Methods held until their release function runs (a slow guest). */
+  private readonly held = new Map<string, Promise<void>>();
   /** ReadStream answers at once with no data and no end, as a hostile guest could. */
   emptyReads = false;
   /** The protocol version Version answers with (a test makes it another build's). */
@@ -176,6 +178,21 @@ export class FakeAgent {
     return this.server.close();
   }
 
+  /** Calls of `method` wait until the returned function is called. */
+  hold(method: string): () => void {
+    let release = () => {};
+    this.held.set(
+      method,
+      new Promise<void>((resolve) => {
+        release = () => {
+          this.held.delete(method);
+          resolve();
+        };
+      }),
+    );
+    return release;
+  }
+
   /** The next call of `method` fails in the guest with `code`. */
   failNext(method: string, code: number = Code.INTERNAL, message = `${method} failed in the guest`): void {
     this.failures.set(method, new TtrpcError(code, message));
@@ -201,6 +218,7 @@ export class FakeAgent {
       const ref = decoded as Partial<Ref>;
       this.calls.push({ method: name, containerId: ref.containerId ?? "", execId: ref.execId ?? "" });
       if (this.hanging.has(name)) await new Promise(() => {});
+      await this.held.get(name);
       const failure = this.failures.get(name);
       if (failure) {
         this.failures.delete(name);
