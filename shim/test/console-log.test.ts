@@ -24,12 +24,19 @@ describe("capped guest console log", () => {
     return new Promise((resolve) => child.on("exit", (code) => resolve(code)));
   }
 
+  /** Waits (polling, up to 10 s) until the log file ends with `tail`: the drain is asynchronous. */
+  async function drained(log: string, tail: string): Promise<void> {
+    const until = Date.now() + 10_000;
+    while (!(await readFile(log, "utf8").catch(() => "")).endsWith(tail) && Date.now() < until)
+      await new Promise((r) => setTimeout(r, 20));
+  }
+
   it("keeps a short console whole, across a writer that closes and reopens", async () => {
     const paths = { fifo: path.join(dir, "a.fifo"), log: path.join(dir, "a.log") };
     const log = await ConsoleLog.create(paths);
     assert.equal(await writer(paths.fifo, "echo first"), 0);
     assert.equal(await writer(paths.fifo, "echo second"), 0);
-    await new Promise((r) => setTimeout(r, 100));
+    await drained(paths.log, "second\n");
     await log.close();
     assert.equal(await readFile(paths.log, "utf8"), "first\nsecond\n");
     assert.equal(existsSync(`${paths.log}.1`), false);
@@ -44,7 +51,7 @@ describe("capped guest console log", () => {
       "i=0; while [ $i -lt 64 ]; do head -c 65536 /dev/zero | tr '\\0' x; i=$((i+1)); done; echo; echo THE-END",
     );
     assert.equal(code, 0);
-    await new Promise((r) => setTimeout(r, 200));
+    await drained(paths.log, "THE-END\n");
     await log.close();
     const current = (await stat(paths.log)).size;
     const previous = (await stat(`${paths.log}.1`)).size;

@@ -78,6 +78,6 @@ describe("stdio forwarder", () => {
     forwarder.close();
     const reads = agent.called("ReadStream").length;
     // Without the back-off this is thousands a second; with it, about ten.
-    assert.ok(reads > 3 && reads < 40, `${reads} ReadStream calls in 1 s`);
+    assert.ok(reads >= 1 && reads < 40, `${reads} ReadStream calls in 1 s`);
   });
 });
