@@ -29,11 +29,18 @@ k8s_cached() {
   for c in "${components[@]}"; do
     [ -x "$k8s_dir/$c" ] || return 1
   done
-  "$k8s_dir/kubectl" version --client -o json 2>/dev/null | grep -q "\"gitVersion\": \"$k8s_version\""
+  # Output captured first: `cmd | grep -q` under pipefail fails whenever grep's early exit
+  # makes the writer die of SIGPIPE, which made a cached build look missing now and then.
+  local out
+  out=$("$k8s_dir/kubectl" version --client -o json 2>/dev/null) || return 1
+  grep -q "\"gitVersion\": \"$k8s_version\"" <<<"$out"
 }
 
 etcd_cached() {
-  [ -x "$etcd_dir/etcd" ] && "$etcd_dir/etcd" --version 2>/dev/null | grep -q "etcd Version: ${etcd_version#v}$"
+  [ -x "$etcd_dir/etcd" ] || return 1
+  local out
+  out=$("$etcd_dir/etcd" --version 2>/dev/null) || return 1
+  grep -q "etcd Version: ${etcd_version#v}$" <<<"$out"
 }
 
 if k8s_cached && etcd_cached; then
