@@ -435,33 +435,21 @@ describe("Kubernetes: helm install → cloudhv pods → helm uninstall (docs/ope
   });
 
   step(
-    "annotations size the VM; a bad one is a clear FailedCreatePodSandBox event",
+    "with the chart's defaults a pod cannot size its own VM: the annotation is refused by name in a FailedCreatePodSandBox event",
     10 * 60_000,
     async () => {
-      const pod = (name: string, annotations: Record<string, string>) => ({
+      // Sizing annotations are off unless the runtime config enables them (runtime.enableAnnotations).
+      const ann = "io.katacontainers.config.hypervisor";
+      await apply({
         apiVersion: "v1",
         kind: "Pod",
-        metadata: { name, namespace: NS, annotations },
+        metadata: { name: "sized", namespace: NS, annotations: { [`${ann}.default_memory`]: "4096" } },
         spec: {
           runtimeClassName: "cloudhv",
           terminationGracePeriodSeconds: 5,
           containers: [{ name: "main", image: BUSYBOX_IMAGE, command: ["sleep", "3600"] }],
         },
       });
-      const ann = "io.katacontainers.config.hypervisor";
-      await apply(pod("sized", { [`${ann}.default_memory`]: "512", [`${ann}.default_vcpus`]: "2" }));
-      await apply(pod("badsize", { [`${ann}.default_memory`]: "lots" }));
-      must(
-        await kubectl(["wait", "--for=condition=Ready", "pod/sized", `--timeout=${POD_TIMEOUT}`], {
-          timeoutMs: 620_000,
-        }),
-        "sized pod Ready",
-      );
-      const memKb = Number(/MemTotal:\s+(\d+)/.exec((await inPod("sized", "cat /proc/meminfo")).stdout)?.[1]);
-      const cpus = (await inPod("sized", "/bin/busybox nproc")).stdout.trim();
-      say(`  sized: MemTotal ${Math.round(memKb / 1024)} MiB, ${cpus} vCPUs`);
-      assert.ok(memKb > 400 * 1024 && memKb <= 512 * 1024, `MemTotal ${memKb} kB for 512 MiB`);
-      assert.equal(cpus, "2");
       const deadline = Date.now() + 300_000;
       for (;;) {
         const events = await k(
@@ -469,27 +457,23 @@ describe("Kubernetes: helm install → cloudhv pods → helm uninstall (docs/ope
             "get",
             "events",
             "--field-selector",
-            "involvedObject.name=badsize,reason=FailedCreatePodSandBox",
+            "involvedObject.name=sized,reason=FailedCreatePodSandBox",
             "-o",
             "jsonpath={.items[*].message}",
           ],
           "events",
         );
-        if (events.includes('default_memory="lots"')) {
-          say(`  badsize: ${events.slice(0, 240)}`);
+        if (/default_memory.*enable_annotations/.test(events)) {
+          say(`  sized: ${events.slice(0, 240)}`);
           break;
         }
         if (Date.now() > deadline)
           throw new Error(`no FailedCreatePodSandBox event naming the annotation: ${events}`);
         await new Promise((r) => setTimeout(r, 3000));
       }
-      await k(
-        ["delete", "pod", "sized", "badsize", "probes", "--wait=true", "--timeout=300s"],
-        "delete pods",
-        {
-          timeoutMs: 320_000,
-        },
-      );
+      await k(["delete", "pod", "sized", "probes", "--wait=true", "--timeout=300s"], "delete pods", {
+        timeoutMs: 320_000,
+      });
     },
   );
 

@@ -3,7 +3,7 @@
 // to both through this interface: kubectl with a kubeconfig, commands on the node, importing an
 // image into the node's containerd, and the VMM processes the node runs.
 import { execFile } from "node:child_process";
-import { mkdir, writeFile } from "node:fs/promises";
+import { mkdir, readdir, readFile, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { type ExecResult, exec, execOk } from "@cloudhv/shim";
 import { REPO_ROOT } from "../artifacts.js";
@@ -60,7 +60,20 @@ export async function localTarget(bin: { k8s: string; etcd: string }, log: Log):
     async vmms() {
       const ns = await cluster.nodeMountNs();
       if (!ns) return [];
-      return (await processesInMountNs(ns)).filter((p) => VMM.test(p.cmd)).map((p) => `${p.pid} ${p.cmd}`);
+      // A confined VMM has a mount namespace of its own (vmm/confine.ts): it is the node's when
+      // its parent, the shim daemon, is.
+      const node = new Set((await processesInMountNs(ns)).map((p) => p.pid));
+      const vmms: string[] = [];
+      for (const e of (await readdir("/proc")).filter((e) => /^\d+$/.test(e))) {
+        const cmd = (await readFile(`/proc/${e}/cmdline`, "utf8").catch(() => ""))
+          .replaceAll("\0", " ")
+          .trim();
+        if (!VMM.test(cmd)) continue;
+        const stat = await readFile(`/proc/${e}/stat`, "utf8").catch(() => "");
+        const ppid = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
+        if (node.has(Number(e)) || node.has(ppid)) vmms.push(`${e} ${cmd.slice(0, 200)}`);
+      }
+      return vmms;
     },
     close: () => cluster.down(),
   };
