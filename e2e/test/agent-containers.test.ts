@@ -482,12 +482,14 @@ describe("guest agent runs containers with crun (QEMU microVM)", () => {
     const stderr = drain(ref(id), "STDERR");
     await agent.startProcess(ref(id));
     const exit = await agent.waitProcess(ref(id));
-    await agent.removeContainer(id);
+    // Read both streams to their end before the container (and its pipes) goes away.
     const out = await stdout;
-    assert.equal(exit.exitStatus, 0, await stderr);
+    const err = await stderr;
+    await agent.removeContainer(id);
+    assert.equal(exit.exitStatus, 0, err);
     assert.match(out, /^shm \/dev\/shm tmpfs /m, "the host's /dev/shm bind became a guest tmpfs");
     assert.match(out, /^0::\/cloudhv\/cri$/m, "a systemd cgroup path falls back to /cloudhv/<id>");
-    assert.match(await stderr, /\/etc\/hosts: No such file/, "the host bind mount of /etc/hosts was skipped");
+    assert.match(err, /\/etc\/hosts: No such file/, "the host bind mount of /etc/hosts was skipped");
   });
 
   it("answers bad requests with ttrpc status errors and cleans up after a failed create", {
