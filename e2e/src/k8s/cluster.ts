@@ -464,7 +464,9 @@ export class LocalCluster {
       "--",
       "sh",
       "-c",
-      `mount --make-rshared / && mount -t tmpfs -o mode=0755 cloudhv-k8s-netns /run/netns && touch ${dir}/namespace-ready && exec sleep infinity`,
+      // The host's /run/netns may be a shared mount (ip netns makes it one): made private here
+      // first, or the node's tmpfs over it would propagate to the host and stay after teardown.
+      `mount --make-rshared / && { mount --make-rprivate /run/netns 2>/dev/null || true; } && mount -t tmpfs -o mode=0755 cloudhv-k8s-netns /run/netns && touch ${dir}/namespace-ready && exec sleep infinity`,
     ]);
     this.state.procs = this.state.procs.filter((p) => p.name !== "node-namespace");
     await this.save();
