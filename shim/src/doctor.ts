@@ -35,7 +35,8 @@ const CGROUP2_MAGIC = 0x63677270;
 /** Host tools the shim spawns, and the Debian package that has each. */
 const TOOLS: Array<[tool: string, pkg: string, why: string]> = [
   ["ip", "iproute2", "TAP devices in the pod netns"],
-  ["tc", "iproute2", "veth ⇄ TAP redirects"],
+  ["tc", "iproute2", "veth ⇄ TAP redirects, the TAP's anti-spoof filters"],
+  ["sysctl", "procps", "the TAP's own settings in the pod netns (no forwarding)"],
   ["nsenter", "util-linux", "starting the VMM in the pod netns"],
   ["mkfs.erofs", "erofs-utils", "container images as erofs disks"],
   ["mkfs.ext4", "e2fsprogs", "per-container scratch disks"],

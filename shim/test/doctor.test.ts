@@ -29,6 +29,7 @@ const CHECK_IDS = [
   "shim",
   "tool:ip",
   "tool:tc",
+  "tool:sysctl",
   "tool:nsenter",
   "tool:mkfs.erofs",
   "tool:mkfs.ext4",

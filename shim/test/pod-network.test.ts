@@ -2,8 +2,20 @@
 // the netns is set up the way CNI's bridge plugin leaves it.
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
+import { linkLocalFromMac } from "../src/network/anti-spoof.js";
 import { attachPodNetwork, readPodInterface } from "../src/network/pod-network.js";
 import { exec, execOk } from "../src/util/exec.js";
+import {
+  arp,
+  ether,
+  type Frame,
+  hopByHop,
+  icmp6,
+  ipv6,
+  marker,
+  sendThroughTap,
+  udp4,
+} from "./support/tap-frames.js";
 
 const NS = `chv-pn-${process.pid}`;
 const NETNS = `/var/run/netns/${NS}`;
@@ -82,5 +94,134 @@ describe("pod network: TAP + tc redirect in the pod's netns", () => {
     } finally {
       await execOk(["ip", "netns", "del", `${NS}-empty`]);
     }
+  });
+});
+
+// A hostile guest writes frames into its TAP; a neighbour on the same bridge must see only the
+// ones from the pod's own MAC and addresses. Worst case for the pod netns: forwarding on (as on
+// a Kubernetes node, whose setting new netns inherit), rp_filter off, the neighbour resolved.
+describe("pod network: the TAP lets out only the pod's own MAC and addresses", () => {
+  const POD = `chv-as-${process.pid}`;
+  const BR = `chv-asb-${process.pid}`;
+  const NB = `chv-asn-${process.pid}`;
+  const POD_IP = "10.99.8.2";
+  const NB_IP = "10.99.8.3";
+  const POD_IP6 = "fd00:99:8::2";
+  const NB_IP6 = "fd00:99:8::3";
+  const FORGED_MAC = "02:66:66:66:66:66";
+  const BCAST = "ff:ff:ff:ff:ff:ff";
+  const ALL_NODES = "33:33:00:00:00:01";
+  let podMac = "";
+  let net: Awaited<ReturnType<typeof attachPodNetwork>> | undefined;
+  const ip = (ns: string, ...argv: string[]) => execOk(["ip", "-n", ns, ...argv]);
+
+  before(async () => {
+    for (const ns of [POD, BR, NB]) await execOk(["ip", "netns", "add", ns]);
+    await ip(POD, "link", "add", "eth0", "type", "veth", "peer", "name", "brp", "netns", BR);
+    await ip(NB, "link", "add", "eth0", "type", "veth", "peer", "name", "brn", "netns", BR);
+    await ip(BR, "link", "add", "br0", "type", "bridge");
+    for (const dev of ["brp", "brn"]) await ip(BR, "link", "set", dev, "master", "br0", "up");
+    await ip(BR, "link", "set", "br0", "up");
+    for (const [ns, v4, v6] of [
+      [POD, POD_IP, POD_IP6],
+      [NB, NB_IP, NB_IP6],
+    ] as const) {
+      await ip(ns, "addr", "add", `${v4}/24`, "dev", "eth0");
+      await ip(ns, "addr", "add", `${v6}/64`, "dev", "eth0", "nodad");
+      await ip(ns, "link", "set", "eth0", "up");
+    }
+    await execOk([
+      "ip",
+      "netns",
+      "exec",
+      POD,
+      "sysctl",
+      "-q",
+      "-w",
+      "net.ipv4.ip_forward=1",
+      "net.ipv4.conf.all.rp_filter=0",
+      "net.ipv4.conf.default.rp_filter=0",
+    ]);
+    podMac = JSON.parse((await ip(POD, "-j", "link", "show", "eth0")).stdout)[0].address;
+    // A neighbour entry the pod netns already has (CNI's, or static): routing out of it needs
+    // no ARP, whose replies the veth's redirect would hand to the guest.
+    const nbMac = JSON.parse((await ip(NB, "-j", "link", "show", "eth0")).stdout)[0].address;
+    await ip(POD, "neigh", "add", NB_IP, "lladdr", nbMac, "dev", "eth0", "nud", "permanent");
+  });
+
+  after(async () => {
+    await net?.detach();
+    for (const ns of [POD, BR, NB]) await exec(["ip", "netns", "del", ns]);
+  });
+
+  it("forged MAC, IP, ARP sender, VLAN tag, ND target, RA: none reaches the neighbour; the pod's own frames do", async () => {
+    net = await attachPodNetwork(`/var/run/netns/${POD}`);
+    const podLL = linkLocalFromMac(podMac);
+    const tapMac = JSON.parse((await ip(POD, "-j", "link", "show", net.tap)).stdout)[0].address as string;
+    const m = marker;
+    const frames: Frame[] = [
+      // Allowed: must arrive (else the test proves nothing).
+      { name: "ok-udp4", bytes: ether(BCAST, podMac, 0x0800, udp4(POD_IP, NB_IP, m("ok-udp4"))) },
+      { name: "ok-arp", bytes: ether(BCAST, podMac, 0x0806, arp(podMac, POD_IP, NB_IP, m("ok-arp"))) },
+      { name: "ok-ip6", bytes: ether(ALL_NODES, podMac, 0x86dd, ipv6(POD_IP6, "ff02::1", 59, m("ok-ip6"))) },
+      {
+        name: "ok-na-ll",
+        bytes: ether(ALL_NODES, podMac, 0x86dd, ipv6(podLL, "ff02::1", 58, icmp6(136, podLL, m("ok-na-ll")))),
+      },
+      // Forged: must not.
+      { name: "mac4", bytes: ether(BCAST, FORGED_MAC, 0x0800, udp4(POD_IP, NB_IP, m("mac4"))) },
+      { name: "ip4", bytes: ether(BCAST, podMac, 0x0800, udp4("10.99.8.77", NB_IP, m("ip4"))) },
+      { name: "arp-sha", bytes: ether(BCAST, podMac, 0x0806, arp(FORGED_MAC, POD_IP, NB_IP, m("arp-sha"))) },
+      { name: "arp-spa", bytes: ether(BCAST, podMac, 0x0806, arp(podMac, "10.99.8.1", NB_IP, m("arp-spa"))) },
+      { name: "arp-eth", bytes: ether(BCAST, FORGED_MAC, 0x0806, arp(podMac, POD_IP, NB_IP, m("arp-eth"))) },
+      { name: "vlan", bytes: ether(BCAST, podMac, 0x0800, udp4(POD_IP, NB_IP, m("vlan")), 7) },
+      { name: "ethertype", bytes: ether(BCAST, podMac, 0x88b5, m("ethertype")) },
+      // To the TAP's own MAC, for the pod netns to route: it must not.
+      { name: "routed", bytes: ether(tapMac, podMac, 0x0800, udp4("10.99.8.77", NB_IP, m("routed"))) },
+      {
+        name: "ip6",
+        bytes: ether(ALL_NODES, podMac, 0x86dd, ipv6("fd00:99:8::77", "ff02::1", 59, m("ip6"))),
+      },
+      { name: "mac6", bytes: ether(ALL_NODES, FORGED_MAC, 0x86dd, ipv6(POD_IP6, "ff02::1", 59, m("mac6"))) },
+      {
+        name: "na-target",
+        bytes: ether(
+          ALL_NODES,
+          podMac,
+          0x86dd,
+          ipv6(POD_IP6, "ff02::1", 58, icmp6(136, NB_IP6, m("na-target"))),
+        ),
+      },
+      {
+        name: "na-hbh",
+        bytes: ether(
+          ALL_NODES,
+          podMac,
+          0x86dd,
+          ipv6(POD_IP6, "ff02::1", 0, hopByHop(58, icmp6(136, NB_IP6, m("na-hbh")))),
+        ),
+      },
+      {
+        name: "ra",
+        bytes: ether(ALL_NODES, podMac, 0x86dd, ipv6(podLL, "ff02::1", 58, icmp6(134, "::", m("ra")))),
+      },
+    ];
+    const seen = await sendThroughTap({
+      tapNetns: `/var/run/netns/${POD}`,
+      tap: net.tap,
+      watchNetns: `/var/run/netns/${NB}`,
+      watchIface: "eth0",
+      frames,
+    });
+    assert.deepEqual(seen, ["ok-arp", "ok-ip6", "ok-na-ll", "ok-udp4"]);
+  });
+
+  it("the rules go with the TAP", async () => {
+    assert.ok(net);
+    await net.detach();
+    const left = (await exec(["ip", "netns", "exec", POD, "tc", "filter", "show", "dev", net.tap, "ingress"]))
+      .code;
+    assert.notEqual(left, 0, "the TAP and its filters are gone");
+    assert.doesNotMatch((await ip(POD, "link")).stdout, /tap0_chv/);
   });
 });

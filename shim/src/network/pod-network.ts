@@ -1,10 +1,13 @@
 // Pod networking on the host: CNI has put a veth (with the pod's IP) in the pod's netns. We add
-// a TAP next to it and redirect every frame both ways with tc ingress + mirred, so the VM's
-// NIC (on the TAP, with the veth's MAC) is the pod's interface. The guest then takes the
-// veth's addresses and routes (the agent configures eth0 from what we read here).
+// a TAP next to it and redirect frames both ways with tc ingress + mirred, so the VM's NIC (on
+// the TAP, with the veth's MAC) is the pod's interface. The guest then takes the veth's
+// addresses and routes (the agent configures eth0 from what we read here). Towards the veth
+// only frames from the pod's own MAC and addresses pass (anti-spoof.ts).
+import { existsSync } from "node:fs";
 import { ShimError } from "../errors.js";
 import { Cleanup } from "../util/cleanup.js";
 import { exec, execOk } from "../util/exec.js";
+import { antiSpoofFilters, tapSysctls } from "./anti-spoof.js";
 
 export interface PodAddress {
   family: "inet" | "inet6";
@@ -95,7 +98,7 @@ export async function readPodInterface(netnsPath: string): Promise<PodInterface>
   };
 }
 
-/** tc's ingress redirect of every frame arriving on `from` to the egress of `to`. */
+/** tc's ingress redirect of every frame arriving on `from` (the veth) to the egress of `to`. */
 function redirect(from: string, to: string): string {
   return `filter add dev ${from} parent ffff: protocol all u32 match u8 0 0 action mirred egress redirect dev ${to}`;
 }
@@ -123,13 +126,16 @@ export async function attachPodNetwork(
       [
         // The VMM runs unprivileged: it may attach to the TAP as a member of its group.
         `tuntap add dev ${tap} mode tap${opts.tapGroup === undefined ? "" : ` group ${opts.tapGroup}`}`,
-        `link set ${tap} mtu ${iface.mtu} up`,
+        // No ARP on the TAP: a frame the filters refuse must get no answer from this netns.
+        `link set ${tap} mtu ${iface.mtu} arp off up`,
       ],
     ).catch(async (err: unknown) => {
       await dropTap();
       throw err;
     });
     undo.defer(`delete ${tap}`, () => inNetns(netnsPath, ["ip", "link", "del", tap]));
+    // Per-device settings of the TAP: they go with it. IPv6 may be absent from the kernel.
+    await inNetns(netnsPath, ["sysctl", "-q", "-w", ...tapSysctls(tap, existsSync("/proc/sys/net/ipv6"))]);
     await inNetns(
       netnsPath,
       ["tc", "-batch", "-"],
@@ -137,7 +143,7 @@ export async function attachPodNetwork(
         `qdisc add dev ${iface.name} ingress`,
         `qdisc add dev ${tap} ingress`,
         redirect(iface.name, tap),
-        redirect(tap, iface.name),
+        ...antiSpoofFilters(tap, iface),
       ],
     ).catch(async (err: unknown) => {
       // Line 1 is the veth's qdisc: if that failed, a qdisc already there is not ours to drop.
