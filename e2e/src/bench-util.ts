@@ -71,12 +71,12 @@ export interface PhaseEntry {
   time: number;
 }
 
-/** Every phase-timing line in the daemon logs (`shim-*.log`) of `stateDir`. */
-export async function readPhaseEntries(stateDir: string): Promise<PhaseEntry[]> {
+/** Every phase-timing line in the daemon logs (`shim-*.log`, rotated ones too) in `logDir`. */
+export async function readPhaseEntries(logDir: string): Promise<PhaseEntry[]> {
   const entries: PhaseEntry[] = [];
-  const names = await readdir(stateDir).catch(() => [] as string[]);
-  for (const name of names.filter((n) => /^shim-.*\.log$/.test(n))) {
-    const text = await readFile(path.join(stateDir, name), "utf8");
+  const names = await readdir(logDir).catch(() => [] as string[]);
+  for (const name of names.filter((n) => /^shim-.*\.log(\.\d+)?$/.test(n))) {
+    const text = await readFile(path.join(logDir, name), "utf8");
     for (const line of text.split("\n")) {
       if (!line.includes('"task created"') && !line.includes('"task deleted"')) continue;
       try {
@@ -93,13 +93,13 @@ export async function readPhaseEntries(stateDir: string): Promise<PhaseEntry[]> 
 
 /** Waits until the daemon has logged `want` for every task id (its log is written async). */
 export async function waitForPhaseEntries(
-  stateDir: string,
+  logDir: string,
   want: Array<{ task: string; msg: PhaseEntry["msg"] }>,
   timeoutMs = 5000,
 ): Promise<PhaseEntry[]> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
-    const entries = await readPhaseEntries(stateDir);
+    const entries = await readPhaseEntries(logDir);
     const complete = want.every((w) => entries.some((e) => e.task === w.task && e.msg === w.msg));
     if (complete || Date.now() > deadline) return entries;
     await new Promise((r) => setTimeout(r, 100));
@@ -196,14 +196,14 @@ export async function vmmMemoryBreakdown(pid: number, guestMiB: number): Promise
   return out;
 }
 
-/** How many lines of the daemon logs (`shim-*.log`) in `stateDir` carry log message `msg`. */
-export async function countLogMessages(stateDir: string, msg: string): Promise<number> {
+/** How many lines of the daemon logs (`shim-*.log`, rotated ones too) in `logDir` carry log message `msg`. */
+export async function countLogMessages(logDir: string, msg: string): Promise<number> {
   const needle = `"msg":${JSON.stringify(msg)}`;
   let n = 0;
-  for (const name of (await readdir(stateDir).catch(() => [] as string[])).filter((x) =>
-    /^shim-.*\.log$/.test(x),
+  for (const name of (await readdir(logDir).catch(() => [] as string[])).filter((x) =>
+    /^shim-.*\.log(\.\d+)?$/.test(x),
   )) {
-    const text = await readFile(path.join(stateDir, name), "utf8");
+    const text = await readFile(path.join(logDir, name), "utf8");
     for (const line of text.split("\n")) if (line.includes(needle)) n++;
   }
   return n;

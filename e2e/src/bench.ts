@@ -363,7 +363,7 @@ async function podLifecycle(h: Harness, plan: Plan): Promise<{ lifecycle: Figure
   }
   const measured = runs.get(HANDLER) ?? [];
   const entries = await waitForPhaseEntries(
-    h.runtime.stateDir,
+    h.runtime.logDir,
     measured.flatMap((r) =>
       [r.podId, r.containerId].flatMap((task) => [
         { task, msg: "task created" as const },
@@ -602,7 +602,7 @@ async function rootfsPrep(h: Harness, plan: Plan): Promise<Figure> {
             const bucket = ms[`${kind}.${which}`] as (typeof ms)[string];
             bucket.start.push(since(t));
             const entry = (
-              await waitForPhaseEntries(h.runtime.stateDir, [{ task: id, msg: "task created" }])
+              await waitForPhaseEntries(h.runtime.logDir, [{ task: id, msg: "task created" }])
             ).find((e) => e.task === id && e.msg === "task created");
             if (entry) {
               bucket.rootfs.push(entry.phases.rootfsMs ?? 0);
@@ -677,7 +677,7 @@ async function burst(h: Harness, plan: Plan): Promise<{ burst: Figure; concurren
   // The large image: its erofs build takes long enough that the other starts do have to wait.
   const [image] = await buildImages(h, "burst", 1, plan.bigImageMiB);
   const netnsBefore = new Set(await netnsList());
-  const buildsBefore = await countLogMessages(h.runtime.stateDir, BUILT_IMAGE);
+  const buildsBefore = await countLogMessages(h.runtime.logDir, BUILT_IMAGE);
   const errors: string[] = [];
   const t0 = performance.now();
   // 1. n RunPodSandbox at once (n VMs booting together).
@@ -753,13 +753,13 @@ async function burst(h: Harness, plan: Plan): Promise<{ burst: Figure; concurren
   const left = await leftovers(h, netnsBefore, netnsDuring);
   const clean = Object.values(left).every((v) => v === 0);
   const entries = await waitForPhaseEntries(
-    h.runtime.stateDir,
+    h.runtime.logDir,
     containerIds.filter(Boolean).map((task) => ({ task, msg: "task created" as const })),
   );
   const created = entries.filter((e) => e.msg === "task created" && containerIds.includes(e.task));
   // cacheHit is false for a container that waited for another's build too: count the builds
   // the cache itself logged during the burst (nothing else runs on this daemon meanwhile).
-  const builds = (await countLogMessages(h.runtime.stateDir, BUILT_IMAGE)) - buildsBefore;
+  const builds = (await countLogMessages(h.runtime.logDir, BUILT_IMAGE)) - buildsBefore;
   const waited = created.filter((e) => e.cacheHit === false).length;
   return {
     burst: {

@@ -9,6 +9,8 @@ export interface RuntimeInstall {
   dir: string;
   configPath: string;
   stateDir: string;
+  /** The shim daemons' logs (`shim-*.log`, rotated). */
+  logDir: string;
   cacheDir: string;
   /** Environment to start containerd with, so it finds our shim and the shim our config. */
   env: NodeJS.ProcessEnv;
@@ -28,6 +30,7 @@ export async function installRuntime(
   await rm(shimLink, { force: true });
   await symlink(SHIM_ENTRY, shimLink);
   const stateDir = path.join(dir, "run");
+  const logDir = path.join(dir, "log");
   const cacheDir = path.join(dir, "cache");
   const configPath = path.join(dir, "config.json");
   await writeFile(
@@ -41,6 +44,7 @@ export async function installRuntime(
         // Built by host/virtiofsd/build.sh (scripts/dev.sh setup).
         virtiofsd_binary: path.join(REPO_ROOT, "build/host/virtiofsd"),
         state_dir: stateDir,
+        log_dir: logDir,
         cache_dir: cacheDir,
         scratch_dir: path.join(dir, "scratch"),
         scratch_disk_bytes: 1024 ** 3,
@@ -54,6 +58,7 @@ export async function installRuntime(
     dir,
     configPath,
     stateDir,
+    logDir,
     cacheDir,
     env: {
       ...process.env,

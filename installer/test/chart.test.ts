@@ -125,6 +125,8 @@ describe("charts/cloudhv with a real helm", () => {
     assert.equal(parseConfig(cfg, "chart").default_memory_mb, 256);
     // KVM by default: TCG is an explicit opt-in (runtime.qemuAccel), never a fallback.
     assert.equal(cfg.qemu_accel, "kvm");
+    // The daemon's log: on the node's disk, rotated (10 MiB, 3 kept).
+    assert.deepEqual([cfg.log_dir, cfg.log_max_bytes, cfg.log_files], ["/var/log/cloudhv", 10485760, 3]);
 
     const cleanup = one(objs, "DaemonSet", "r-cloudhv-cleanup");
     assert.equal(cleanup.metadata.annotations["helm.sh/hook"], "pre-delete");

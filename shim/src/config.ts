@@ -55,6 +55,14 @@ export const configSchema = z
       .default(10 * 1024 ** 3),
     agent_boot_timeout_ms: z.int().min(100).default(60_000),
     log_level: z.enum(["trace", "debug", "info", "warn", "error"]).default("info"),
+    // The daemon's log: on disk (not the tmpfs state_dir), rotated by size (util/log-file.ts).
+    log_dir: z.string().min(1).default("/var/log/cloudhv"),
+    log_max_bytes: z
+      .int()
+      .min(64 * 1024)
+      .max(2 ** 40)
+      .default(10 * 1024 ** 2),
+    log_files: z.int().min(1).max(100).default(3),
   })
   .describe("cloudhv runtime config");
 

@@ -27,6 +27,8 @@ export type ErrorKind = keyof typeof KIND_CODES;
 
 export class ShimError extends Error {
   override readonly name: string = "ShimError";
+  /** The VM whose guest caused it (its text is the guest's, cut): its log lines are rate-limited. */
+  guest?: string;
   constructor(
     readonly kind: ErrorKind,
     message: string,
@@ -72,25 +74,45 @@ const GUEST_CODES = new Map<number, ErrorKind>([
   [Code.UNIMPLEMENTED, "Unimplemented"],
 ]);
 
-/** A failed call to the guest agent, as a ShimError: guest codes through the allow-list. */
-export function fromAgentCall(method: string, err: unknown): ShimError {
+/**
+ * A failed call to the guest agent, as a ShimError: guest codes through the allow-list. The
+ * guest's text is cut, in the message and in the cause (pino logs a cause's message and stack
+ * too), and the error names its `guest` (VM id) so that its log lines are rate-limited.
+ */
+export function fromAgentCall(method: string, err: unknown, guest?: string): ShimError {
   if (err instanceof ShimError) return err;
+  const tagged = (e: ShimError) => {
+    if (guest !== undefined) e.guest = guest;
+    return e;
+  };
   if (err instanceof TtrpcError && err.remote) {
     const kind = GUEST_CODES.get(err.code) ?? "Internal";
     const detail = truncateUntrusted(err.detail);
     const code = kind === "Internal" ? ` (${codeName(err.code)})` : "";
-    return new ShimError(kind, `guest agent ${method}${code}: ${detail}`, { cause: err });
+    return tagged(
+      new ShimError(kind, `guest agent ${method}${code}: ${detail}`, {
+        cause: new TtrpcError(err.code, detail, true),
+      }),
+    );
   }
   if (err instanceof TtrpcError && err.code === Code.DEADLINE_EXCEEDED)
-    return new ShimError("DeadlineExceeded", `guest agent ${method}: ${err.detail}`, { cause: err });
+    return tagged(new ShimError("DeadlineExceeded", `guest agent ${method}: ${err.detail}`, { cause: err }));
   // Our client could not read the guest's answer: the guest sent garbage.
-  if (err instanceof TtrpcError && err.code === Code.DATA_LOSS)
-    return new ShimError("DataLoss", `guest agent ${method}: ${truncateUntrusted(err.detail)}`, {
-      cause: err,
-    });
+  if (err instanceof TtrpcError && err.code === Code.DATA_LOSS) {
+    const detail = truncateUntrusted(err.detail);
+    return tagged(
+      new ShimError("DataLoss", `guest agent ${method}: ${detail}`, {
+        cause: new TtrpcError(err.code, detail, err.remote),
+      }),
+    );
+  }
   // A closed or failed connection: the VM (or its agent) is gone.
   const message = err instanceof TtrpcError ? err.detail : err instanceof Error ? err.message : String(err);
-  return new ShimError("Unavailable", `guest agent unreachable during ${method}: ${message}`, { cause: err });
+  return tagged(
+    new ShimError("Unavailable", `guest agent unreachable during ${method}: ${truncateUntrusted(message)}`, {
+      cause: err,
+    }),
+  );
 }
 
 /** The ttrpc status for any error a handler threw: the one mapping to containerd's codes. */

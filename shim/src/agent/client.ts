@@ -78,6 +78,8 @@ export class AgentClient {
   constructor(
     readonly ttrpc: TtrpcClient,
     private readonly defaultTimeoutMs = DEFAULT_CALL_TIMEOUT_MS,
+    /** The VM this agent runs in: errors name it, and its log lines are limited by it. */
+    readonly guest?: string,
   ) {}
 
   private async call<Req, Res>(
@@ -95,7 +97,7 @@ export class AgentClient {
     try {
       reply = await this.ttrpc.call(SERVICE, method, reqCodec.encode(req), deadline);
     } catch (err) {
-      throw fromAgentCall(method, err);
+      throw fromAgentCall(method, err, this.guest);
     }
     try {
       return resCodec.decode(reply);

@@ -4,7 +4,6 @@
 import { closeSync, openSync, readFileSync, rmSync, writeSync } from "node:fs";
 import { mkdir } from "node:fs/promises";
 import path from "node:path";
-import pino from "pino";
 import { loadConfig } from "../config.js";
 import { EventPublisher } from "../containerd/publisher.js";
 import { invalid, statusOf } from "../errors.js";
@@ -15,6 +14,7 @@ import { bindTaskService } from "../task/ttrpc-binding.js";
 import { messageCodec } from "../ttrpc/proto.js";
 import { TtrpcServer } from "../ttrpc/server.js";
 import { configureLogging } from "../util/log.js";
+import { openLogFile } from "../util/log-file.js";
 import { chooseHypervisor, driverForChoice } from "../vmm/select.js";
 
 function arg(name: string): string {
@@ -58,10 +58,13 @@ async function main(): Promise<void> {
   await mkdir(path.dirname(socketPath), { recursive: true });
   const lockPath = `${socketPath}.lock`;
   if (!takeLock(lockPath)) return; // another daemon serves this socket
-  const logDestination = pino.destination({
-    dest: socketPath.replace(/\.sock$/, ".log"),
-    append: true,
-    mkdir: true,
+  // Named like the control socket (one daemon per socket); the launcher's stdio file next to
+  // the socket gets only what the daemon cannot log (a crash before this point).
+  await mkdir(config.log_dir, { recursive: true, mode: 0o750 });
+  const logDestination = openLogFile({
+    file: path.join(config.log_dir, path.basename(socketPath).replace(/\.sock$/, ".log")),
+    maxBytes: config.log_max_bytes,
+    files: config.log_files,
   });
   const log = configureLogging({ level: config.log_level, destination: logDestination });
   const idleMs = Number(process.env.CLOUDHV_DAEMON_IDLE_MS ?? 300_000);
@@ -87,7 +90,7 @@ async function main(): Promise<void> {
     await events.flush(2000);
     events.close();
     rmSync(lockPath, { force: true });
-    log.flush();
+    await logDestination.close();
     process.exit(0);
   };
   // With no task left for a while, the daemon goes away; the next `start` brings it back.

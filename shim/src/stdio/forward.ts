@@ -11,6 +11,7 @@ import net from "node:net";
 import { setTimeout as sleep } from "node:timers/promises";
 import type { AgentClient, ProcessRef, StdStream } from "../agent/client.js";
 import { invalid } from "../errors.js";
+import { logFromGuest } from "../util/guest-log.js";
 import type { Logger } from "../util/log.js";
 
 export interface StdioPaths {
@@ -86,6 +87,12 @@ export class StdioForwarder {
     if (stdin) this.feedStdin(this.track(openReader(stdin)));
   }
 
+  /** A copy ended on the guest's side: within the guest's line budget. */
+  private logGuest(fields: Record<string, unknown>, msg: string): void {
+    if (this.agent.guest) logFromGuest(this.log, this.agent.guest, "warn", fields, msg);
+    else this.log.warn(fields, msg);
+  }
+
   /** Whether the process gets a stdin from the host. */
   static wantsStdin(paths: StdioPaths): boolean {
     return paths.stdin !== "";
@@ -132,7 +139,7 @@ export class StdioForwarder {
       }
     } catch (err) {
       if (!this.stopped)
-        this.log.warn({ stream, err: (err as Error).message }, "stdio copy from guest ended");
+        this.logGuest({ stream, err: (err as Error).message }, "stdio copy from guest ended");
     } finally {
       const opened = out;
       if (opened) await new Promise<void>((resolve) => (opened.destroyed ? resolve() : opened.end(resolve)));
@@ -153,7 +160,7 @@ export class StdioForwarder {
         }
         if (!this.stopped) await this.agent.closeStdin(ref);
       } catch (err) {
-        if (!this.stopped) this.log.warn({ err: (err as Error).message }, "stdin copy to guest ended");
+        if (!this.stopped) this.logGuest({ err: (err as Error).message }, "stdin copy to guest ended");
       }
     })();
   }

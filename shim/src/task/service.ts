@@ -14,6 +14,7 @@ import type { RootfsPreparer } from "../pod/rootfs.js";
 import { StdioForwarder, type StdioPaths } from "../stdio/forward.js";
 import { messageCodec } from "../ttrpc/proto.js";
 import { Cleanup } from "../util/cleanup.js";
+import { logFromGuest } from "../util/guest-log.js";
 import { ID_PATTERN } from "../util/ids.js";
 import type { Logger } from "../util/log.js";
 import { PhaseClock } from "../util/phases.js";
@@ -391,10 +392,10 @@ export class TaskService {
       oom = exit.oomKilled;
     } catch (err) {
       if (proc.state.kind === "stopped") return;
-      this.deps.log.warn(
-        { task: container.id, err: (err as Error).message },
-        "lost the agent while waiting; the process is gone",
-      );
+      const fields = { task: container.id, err: (err as Error).message };
+      const msg = "lost the agent while waiting; the process is gone";
+      if (container.agent.guest) logFromGuest(this.deps.log, container.agent.guest, "warn", fields, msg);
+      else this.deps.log.warn(fields, msg);
     }
     // Output first: containerd reads the FIFOs to EOF after it sees the exit.
     const forwarder = container.forwarders.get(proc.execId);

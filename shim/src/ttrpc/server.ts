@@ -4,6 +4,7 @@
 import { rm } from "node:fs/promises";
 import net from "node:net";
 import type { Duplex } from "node:stream";
+import { logFromGuest } from "../util/guest-log.js";
 import { log } from "../util/log.js";
 import { DEFAULT_MAX_FRAME_DATA, encodeFrame, FrameDecoder, MessageType } from "./frame.js";
 import { type KeyValue, requestCodec, responseCodec, type TtrpcRequest } from "./messages.js";
@@ -178,9 +179,19 @@ export class TtrpcServer {
       return { status: null, payload };
     } catch (err) {
       const status = this.statusOf(err);
-      // Bugs (ours, or a guest failure outside the allow-list) get the whole error in the log.
+      // Bugs of ours get the whole error in the log; a guest's failure outside the allow-list
+      // its (cut) message, within the guest's line budget.
       if (status.code === Code.UNKNOWN || status.code === Code.INTERNAL) {
-        log.error({ service: request.service, method: request.method, err }, "ttrpc handler failed");
+        const guest = (err as { guest?: unknown }).guest;
+        if (typeof guest === "string")
+          logFromGuest(
+            log,
+            guest,
+            "error",
+            { service: request.service, method: request.method, err: status.message },
+            "ttrpc handler failed in the guest",
+          );
+        else log.error({ service: request.service, method: request.method, err }, "ttrpc handler failed");
       }
       return { status, payload: Buffer.alloc(0) };
     } finally {

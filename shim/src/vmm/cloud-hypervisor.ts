@@ -315,7 +315,7 @@ export class ChVm implements VmHandle {
         `VM ${this.id}: no agent on vsock port ${AGENT_VSOCK_PORT} (${(err as Error).message}); ${await this.consoleLog.tail()}`,
       );
     }
-    const agent = new AgentClient(new TtrpcClient(sock));
+    const agent = new AgentClient(new TtrpcClient(sock), undefined, this.id);
     sock.resume();
     this.agents.push(agent);
     try {

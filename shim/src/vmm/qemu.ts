@@ -310,7 +310,7 @@ export class QemuVm implements VmHandle {
         throw unavailable(`VM ${this.id} exited before the agent channel opened`);
       }),
     ]);
-    const agent = new AgentClient(new TtrpcClient(sock));
+    const agent = new AgentClient(new TtrpcClient(sock), undefined, this.id);
     this.agents.push(agent);
     // The request waits in the socket until the agent opens its port; QEMU does not read the
     // chardev before the guest side is open, so nothing is lost while the guest boots.

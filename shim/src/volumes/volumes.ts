@@ -9,6 +9,7 @@ import { lstat, readdir, readFile, readlink, stat, statfs } from "node:fs/promis
 import path from "node:path";
 import type { AgentClient, PutFile } from "../agent/client.js";
 import { invalid } from "../errors.js";
+import { logFromGuest } from "../util/guest-log.js";
 import type { Logger } from "../util/log.js";
 import { GUEST_SHARED, type SharedVolume } from "./virtiofs.js";
 
@@ -134,7 +135,9 @@ export class ContainerVolumes {
         if ((await signature(volume.hostPath)) !== volume.signature) await this.push(agent, volume);
       }
     } catch (err) {
-      this.log.warn({ err: (err as Error).message }, "volume sync failed; retrying");
+      const fields = { err: (err as Error).message };
+      if (agent.guest) logFromGuest(this.log, agent.guest, "warn", fields, "volume sync failed; retrying");
+      else this.log.warn(fields, "volume sync failed; retrying");
     } finally {
       this.syncing = false;
     }

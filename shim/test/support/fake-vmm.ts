@@ -38,7 +38,11 @@ export class FakeVm implements VmHandle {
 
   async connectAgent(): Promise<AgentClient> {
     this.driver.check("connectAgent");
-    return new AgentClient(await TtrpcClient.connect(this.socketPath, { timeoutMs: 2000 }));
+    return new AgentClient(
+      await TtrpcClient.connect(this.socketPath, { timeoutMs: 2000 }),
+      undefined,
+      this.id,
+    );
   }
 
   async stop(): Promise<void> {
