@@ -6,6 +6,7 @@ import path from "node:path";
 import { after, before, describe, it } from "node:test";
 import { exec } from "@cloudhv/shim";
 import type { CriClient, PodSandboxConfig } from "../src/cri/client.js";
+import { watchFrames } from "../src/frame-watch.js";
 import { HANDLER, type Harness, startHarness } from "../src/harness.js";
 import { hypervisorSuites } from "../src/hypervisors.js";
 import { entriesOf, processesMatching } from "../src/leaks.js";
@@ -223,6 +224,72 @@ for (const hv of await hypervisorSuites())
       const taps = await exec(["ip", "-o", "link", "show", "type", "tun"]);
       assert.doesNotMatch(taps.stdout, /tap0_chv/, "no TAP left on the host");
       assert.deepEqual(await processesMatching(path.join(harness.runtime.stateDir, "vm")), []);
+    });
+
+    it("a container that forges its MAC or IP (CAP_NET_ADMIN) reaches nobody on the bridge; its real frames do", async (t) => {
+      const logDirectory = path.join(harness.dir, "pods", "spoof");
+      await mkdir(logDirectory, { recursive: true });
+      const sandboxConfig: PodSandboxConfig = {
+        metadata: { name: "spoof", uid: "uid-spoof", namespace: "default" },
+        hostname: "spoof",
+        logDirectory,
+      };
+      const podId = await cri.runPodSandbox(sandboxConfig, HANDLER);
+      const ip = (await cri.podSandboxStatus(podId)).network?.ip ?? "";
+      const id = await cri.createContainer(
+        podId,
+        {
+          metadata: { name: "forger" },
+          image: { image: IMAGE_A },
+          command: ["sleep", "600"],
+          logPath: "forger.log",
+          linux: { securityContext: { capabilities: { addCapabilities: ["NET_ADMIN", "NET_RAW"] } } },
+        },
+        sandboxConfig,
+      );
+      await cri.startContainer(id);
+      const sh = (script: string) => cri.execSync(id, ["/bin/sh", "-c", script], 60);
+      const mac = (await sh("cat /sys/class/net/eth0/address")).stdout.trim();
+      assert.match(mac, /^[0-9a-f:]{17}$/);
+      const forgedMac = "02:66:66:66:66:66";
+      // An address of the bridge's subnet that no pod has (host-local hands out from .2).
+      const forgedIp = `${harness.gateway.split(".").slice(0, 3).join(".")}.250`;
+      const watch = await watchFrames(harness.bridge, { macs: [mac, forgedMac], ips: [ip, forgedIp] });
+      let seen: Record<string, number> = {};
+      try {
+        const real = await sh(`ping -c 2 -W 2 ${harness.gateway}`);
+        assert.equal(real.exitCode, 0, real.stdout + real.stderr);
+        // Another source IP, by the book (an address on eth0) and by ARP.
+        const ipForge = await sh(
+          `ip addr add ${forgedIp}/32 dev eth0 && ping -c 3 -W 1 -I ${forgedIp} ${harness.gateway}; ` +
+            `arping -c 2 -w 2 -U -s ${forgedIp} -I eth0 ${harness.gateway}; ip addr del ${forgedIp}/32 dev eth0`,
+        );
+        assert.doesNotMatch(
+          ipForge.stderr,
+          /Operation not permitted|not found/,
+          "the forger has the tools and caps",
+        );
+        // Another MAC on the pod's NIC.
+        await sh(
+          `ip link set eth0 down && ip link set eth0 address ${forgedMac} && ip link set eth0 up && ` +
+            `ping -c 3 -W 1 ${harness.gateway}; arping -c 2 -w 2 -I eth0 ${harness.gateway}`,
+        );
+        assert.match((await sh("cat /sys/class/net/eth0/address")).stdout, new RegExp(forgedMac));
+      } finally {
+        seen = await watch.stop();
+      }
+      t.diagnostic(`frames on the bridge by source: ${JSON.stringify(seen)}`);
+      assert.ok(
+        (seen[mac] ?? 0) > 0 && (seen[ip] ?? 0) > 0,
+        `the pod's own frames reach the bridge: ${JSON.stringify(seen)}`,
+      );
+      assert.equal(seen[forgedMac], 0, `frames from the forged MAC: ${JSON.stringify(seen)}`);
+      assert.equal(seen[forgedIp], 0, `frames from the forged IP: ${JSON.stringify(seen)}`);
+
+      await cri.stopContainer(id, 2);
+      await cri.removeContainer(id);
+      await cri.stopPodSandbox(podId);
+      await cri.removePodSandbox(podId);
     });
 
     it("brings volumes into the VM: configmap-style dirs follow host updates, resolv.conf, an emptyDir shared by two containers", async () => {

@@ -37,7 +37,10 @@ export interface ContainerConfig {
   logPath?: string;
   tty?: boolean;
   /** kubelet sets oomScoreAdj from the pod's QoS and the container's memory request. */
-  linux?: { resources?: LinuxContainerResources };
+  linux?: {
+    resources?: LinuxContainerResources;
+    securityContext?: { capabilities?: { addCapabilities?: string[] } };
+  };
 }
 
 export interface LinuxContainerResources {

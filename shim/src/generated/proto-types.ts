@@ -343,6 +343,10 @@ export interface ProtoMessages {
     current: number;
     limit: number;
   };
+  "runtime.v1.Capability": {
+    addCapabilities: string[];
+    dropCapabilities: string[];
+  };
   "runtime.v1.ContainerConfig": {
     metadata: ProtoMessages["runtime.v1.ContainerMetadata"] | null;
     image: ProtoMessages["runtime.v1.ImageSpec"] | null;
@@ -413,6 +417,7 @@ export interface ProtoMessages {
   };
   "runtime.v1.LinuxContainerConfig": {
     resources: ProtoMessages["runtime.v1.LinuxContainerResources"] | null;
+    securityContext: ProtoMessages["runtime.v1.LinuxContainerSecurityContext"] | null;
   };
   "runtime.v1.LinuxContainerResources": {
     cpuPeriod: number;
@@ -420,6 +425,9 @@ export interface ProtoMessages {
     cpuShares: number;
     memoryLimitInBytes: number;
     oomScoreAdj: number;
+  };
+  "runtime.v1.LinuxContainerSecurityContext": {
+    capabilities: ProtoMessages["runtime.v1.Capability"] | null;
   };
   "runtime.v1.LinuxPodSandboxConfig": {
     cgroupParent: string;
@@ -631,6 +639,7 @@ export const PROTO_FILE_OF: { readonly [K in keyof ProtoMessages]: string } = {
   "io.containerd.cgroups.v2.MemoryStat": "containerd/cgroups-v2-metrics.proto",
   "io.containerd.cgroups.v2.Metrics": "containerd/cgroups-v2-metrics.proto",
   "io.containerd.cgroups.v2.PidsStat": "containerd/cgroups-v2-metrics.proto",
+  "runtime.v1.Capability": "cri.proto",
   "runtime.v1.ContainerConfig": "cri.proto",
   "runtime.v1.ContainerIdRequest": "cri.proto",
   "runtime.v1.ContainerMetadata": "cri.proto",
@@ -646,6 +655,7 @@ export const PROTO_FILE_OF: { readonly [K in keyof ProtoMessages]: string } = {
   "runtime.v1.KeyValue": "cri.proto",
   "runtime.v1.LinuxContainerConfig": "cri.proto",
   "runtime.v1.LinuxContainerResources": "cri.proto",
+  "runtime.v1.LinuxContainerSecurityContext": "cri.proto",
   "runtime.v1.LinuxPodSandboxConfig": "cri.proto",
   "runtime.v1.LinuxSandboxSecurityContext": "cri.proto",
   "runtime.v1.ListPodSandboxRequest": "cri.proto",
