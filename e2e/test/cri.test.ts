@@ -290,6 +290,13 @@ for (const hv of await hypervisorSuites())
       await cri.removeContainer(id);
       await cri.stopPodSandbox(podId);
       await cri.removePodSandbox(podId);
+      // The daemon logs to log_dir (on disk), not next to its socket in the state dir.
+      const logs = (await readdir(harness.runtime.logDir)).filter((n) => /^shim-.*\.log$/.test(n));
+      assert.ok(logs.length > 0, "a daemon log in log_dir");
+      const text = (
+        await Promise.all(logs.map((n) => readFile(path.join(harness.runtime.logDir, n), "utf8")))
+      ).join("");
+      assert.match(text, new RegExp(`"task":"${id}".*"msg":"task created"`));
     });
 
     it("brings volumes into the VM: configmap-style dirs follow host updates, resolv.conf, an emptyDir shared by two containers", async () => {
