@@ -1,6 +1,9 @@
 // Host side of pod networking against real network namespaces, veths and TAPs (iproute2, tc):
 // the netns is set up the way CNI's bridge plugin leaves it.
 import assert from "node:assert/strict";
+import { mkdtemp, rm, symlink } from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
 import { after, before, describe, it } from "node:test";
 import { linkLocalFromMac } from "../src/network/anti-spoof.js";
 import { attachPodNetwork, readPodInterface } from "../src/network/pod-network.js";
@@ -81,6 +84,28 @@ describe("pod network: TAP + tc redirect in the pod's netns", () => {
     } finally {
       await inNs("tc", "qdisc", "del", "dev", "eth0", "ingress");
     }
+  });
+
+  it("TAP settings that cannot be applied (no sysctl) fail the attach and leave no TAP and no qdisc", async () => {
+    const bin = await mkdtemp(path.join(os.tmpdir(), "cloudhv-nosysctl-"));
+    const savedPath = process.env.PATH;
+    try {
+      for (const tool of ["ip", "tc", "nsenter"]) {
+        const real = (await execOk(["sh", "-c", `command -v ${tool}`])).stdout.trim();
+        await symlink(real, path.join(bin, tool));
+      }
+      process.env.PATH = bin;
+      await assert.rejects(attachPodNetwork(NETNS), /sysctl/);
+    } finally {
+      process.env.PATH = savedPath;
+      await rm(bin, { recursive: true, force: true });
+    }
+    assert.doesNotMatch(await inNs("ip", "link"), /tap0_chv/, "the TAP is gone");
+    assert.doesNotMatch(
+      await inNs("tc", "qdisc", "show", "dev", "eth0"),
+      /ingress/,
+      "the veth's qdisc is gone",
+    );
   });
 
   it("fails with the netns named when there is no CNI interface, leaving nothing", async () => {

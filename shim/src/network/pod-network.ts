@@ -134,27 +134,32 @@ export async function attachPodNetwork(
       throw err;
     });
     undo.defer(`delete ${tap}`, () => inNetns(netnsPath, ["ip", "link", "del", tap]));
-    // Per-device settings of the TAP: they go with it. IPv6 may be absent from the kernel.
-    await inNetns(netnsPath, ["sysctl", "-q", "-w", ...tapSysctls(tap, existsSync("/proc/sys/net/ipv6"))]);
-    await inNetns(
-      netnsPath,
-      ["tc", "-batch", "-"],
-      [
-        `qdisc add dev ${iface.name} ingress`,
-        `qdisc add dev ${tap} ingress`,
-        redirect(iface.name, tap),
-        ...antiSpoofFilters(tap, iface),
-      ],
-    ).catch(async (err: unknown) => {
+    // The TAP's settings (they go with it; IPv6 may be absent from the kernel) and the filters,
+    // at once: no frame comes through the TAP before the VMM attaches to it.
+    const [settings, filters] = await Promise.allSettled([
+      inNetns(netnsPath, ["sysctl", "-q", "-w", ...tapSysctls(tap, existsSync("/proc/sys/net/ipv6"))]),
+      inNetns(
+        netnsPath,
+        ["tc", "-batch", "-"],
+        [
+          `qdisc add dev ${iface.name} ingress`,
+          `qdisc add dev ${tap} ingress`,
+          redirect(iface.name, tap),
+          ...antiSpoofFilters(tap, iface),
+        ],
+      ),
+    ]);
+    if (filters.status === "rejected") {
       // Line 1 is the veth's qdisc: if that failed, a qdisc already there is not ours to drop.
-      const line = Number(/Command failed -:(\d+)/.exec((err as Error).message)?.[1] ?? 0);
+      const line = Number(/Command failed -:(\d+)/.exec((filters.reason as Error).message)?.[1] ?? 0);
       if (line > 1) await dropVethQdisc();
-      throw err;
-    });
+      throw filters.reason;
+    }
     // The TAP's own qdisc goes with the TAP; the veth's stays unless removed.
     undo.defer(`remove ingress qdisc of ${iface.name}`, () =>
       inNetns(netnsPath, ["tc", "qdisc", "del", "dev", iface.name, "ingress"]),
     );
+    if (settings.status === "rejected") throw settings.reason;
   } catch (err) {
     await undo.run();
     throw err;
