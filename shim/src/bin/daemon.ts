@@ -60,7 +60,9 @@ async function main(): Promise<void> {
   if (!takeLock(lockPath)) return; // another daemon serves this socket
   // Named like the control socket (one daemon per socket); the launcher's stdio file next to
   // the socket gets only what the daemon cannot log (a crash before this point).
-  await mkdir(config.log_dir, { recursive: true, mode: 0o750 });
+  await mkdir(config.log_dir, { recursive: true, mode: 0o750 }).catch((err: Error) => {
+    throw new Error(`cannot create log_dir ${config.log_dir} (runtime config): ${err.message}`);
+  });
   const logDestination = openLogFile({
     file: path.join(config.log_dir, path.basename(socketPath).replace(/\.sock$/, ".log")),
     maxBytes: config.log_max_bytes,
