@@ -9,7 +9,8 @@ import { loadConfig } from "../config.js";
 import { EventPublisher } from "../containerd/publisher.js";
 import { invalid, statusOf } from "../errors.js";
 import { namespaceSocketPath, SHIM_VERSION, SOCKET_SCHEME } from "../launcher/daemon-address.js";
-import { erofsRootfsPreparer } from "../pod/rootfs.js";
+import { erofsRootfs } from "../pod/rootfs.js";
+import { RecordStore } from "../state/records.js";
 import { TaskService, toTimestamp } from "../task/service.js";
 import { bindTaskService } from "../task/ttrpc-binding.js";
 import { messageCodec } from "../ttrpc/proto.js";
@@ -69,11 +70,21 @@ async function main(): Promise<void> {
   // Chosen once per daemon: `auto` probes KVM by running a guest, too slow for every pod.
   const choice = await chooseHypervisor(config);
   log.info({ hypervisor: choice.name, reason: choice.reason }, "hypervisor chosen");
+  const rootfs = erofsRootfs(config);
+  // Records are this daemon identity's (the socket's name): a daemon restarted after a crash
+  // takes over the pods its predecessor left running.
+  const records = new RecordStore(
+    path.join(config.state_dir, "records"),
+    path.basename(socketPath, ".sock"),
+    log,
+  );
   const tasks = new TaskService({
     config,
     driver: driverForChoice(config, choice),
     events,
-    prepareRootfs: erofsRootfsPreparer(config),
+    prepareRootfs: rootfs.prepare,
+    adoptRootfs: rootfs.adopt,
+    records,
     log,
     logDestination,
     version: SHIM_VERSION,
@@ -123,6 +134,8 @@ async function main(): Promise<void> {
       return deleteResponse.encode(exit ?? { pid: 0, exitStatus: 137, exitedAt: toTimestamp(new Date()) });
     },
   });
+  const restored = await tasks.restore();
+  if (restored > 0) log.info({ tasks: restored }, "took over the tasks of a previous daemon");
   await server.listen(socketPath);
   log.info({ socket: socketPath, containerd: containerdTtrpc }, "shim daemon serving");
   armIdle();

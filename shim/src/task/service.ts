@@ -8,9 +8,10 @@ import type { RuntimeConfig } from "../config.js";
 import type { EventPublisher, Mount, Timestamp } from "../containerd/publisher.js";
 import { invalid, notFound, precondition, ShimError } from "../errors.js";
 import type { ContainmentHost } from "../pod/containment.js";
-import type { NetworkAttacher } from "../pod/pod.js";
+import type { NetworkAttacher, Pod, PodMember } from "../pod/pod.js";
 import { Pods } from "../pod/pods.js";
-import type { RootfsPreparer } from "../pod/rootfs.js";
+import type { RootfsAdopter, RootfsPreparer } from "../pod/rootfs.js";
+import type { ProcessRecord, RecordStore, TaskRecord } from "../state/records.js";
 import { StdioForwarder, type StdioPaths } from "../stdio/forward.js";
 import { messageCodec } from "../ttrpc/proto.js";
 import { Cleanup } from "../util/cleanup.js";
@@ -34,6 +35,10 @@ export interface TaskServiceDeps {
   /** Default: this host's cgroups and /proc (pod/containment.ts); unit tests pass a fake. */
   containment?: ContainmentHost;
   log: Logger;
+  /** Where each pod's state is kept for a later daemon (absent: nothing outlives this one). */
+  records?: RecordStore;
+  /** Takes over a previous daemon's container disks (pod/rootfs.ts). */
+  adoptRootfs?: RootfsAdopter;
   /** Where `log` writes; with it, each task also logs to its bundle's `log` FIFO. */
   logDestination?: DestinationStream;
   version: string;
@@ -143,6 +148,7 @@ export class TaskService {
       this.containers.set(key, container);
       this.watchPod(container);
       this.logCreated(container, phases);
+      await this.persist(container.pod);
       this.deps.events.publish(ns, "TaskCreate", {
         containerId: req.id,
         bundle: req.bundle,
@@ -169,6 +175,7 @@ export class TaskService {
     if (execId) this.deps.events.publish(ns, "TaskExecStarted", { containerId: id, execId, pid });
     else this.deps.events.publish(ns, "TaskStart", { containerId: id, pid });
     void this.reapWhenDone(container, proc);
+    await this.persist(container.pod);
     return { pid };
   }
 
@@ -206,6 +213,7 @@ export class TaskService {
     const info = { pid: exit.pid, exitStatus: exit.exitStatus, exitedAt: toTimestamp(exit.exitedAt) };
     if (execId) {
       container.execs.delete(execId);
+      await this.persist(container.pod);
     } else {
       const teardownStarted = performance.now();
       await this.teardown(container, phases);
@@ -285,6 +293,7 @@ export class TaskService {
       ),
     );
     this.deps.events.publish(ns, "TaskExecAdded", { containerId: req.id, execId: req.execId });
+    await this.persist(container.pod);
   }
 
   async resizePty(ns: string, id: string, execId: string, width: number, height: number): Promise<void> {
@@ -405,6 +414,7 @@ export class TaskService {
 
   private recordExit(container: Container, proc: Process, status: number, exitedAt: Date): void {
     if (!proc.stopped(status, exitedAt)) return;
+    void this.persist(container.pod);
     this.deps.events.publish(container.namespace, "TaskExit", {
       containerId: container.id,
       id: proc.execId || container.id,
@@ -429,9 +439,100 @@ export class TaskService {
     this.containers.delete(this.key(container.namespace, container.id));
     await this.pods.remove(container.member, phases);
     container.log.close();
+    if (container.member.ownsPod) await this.deps.records?.remove(container.pod.vm.id);
+    else await this.persist(container.pod);
   }
 
-  private openTaskLog(ns: string, req: CreateTaskRequest): TaskLog {
+  /**
+   * Writes the pod's record: the pod (VM, network, disks, volumes) and the tasks of every
+   * container in it. Called after each change a later daemon must know about.
+   */
+  private persist(pod: Pod): Promise<void> {
+    const records = this.deps.records;
+    if (!records) return Promise.resolve();
+    return records.save(pod.vm.id, async () => {
+      const containers = this.list().filter((c) => c.pod === pod);
+      const record = await pod.record(
+        this.pods.isSandbox(pod),
+        containers.map((c) => c.member),
+      );
+      if (!record) return undefined;
+      return { pod: record, tasks: containers.map(taskRecord) };
+    });
+  }
+
+  /**
+   * Takes over every pod a previous daemon of this identity left running (its records): the
+   * VMs, their agents and host resources, and the tasks in them, whose processes keep running.
+   * Exits that happened meanwhile are reported when the agent tells them; the tasks of a VM that
+   * died meanwhile are announced as killed. Returns the number of tasks taken over.
+   */
+  async restore(): Promise<number> {
+    const records = this.deps.records;
+    if (!records) return 0;
+    let restored = 0;
+    for (const file of await records.load()) {
+      const started = performance.now();
+      const log = this.deps.log.child({ vm: file.pod.vmId });
+      const adopted = await this.pods.adopt(file.pod, log).catch((err: unknown) => {
+        log.error({ err: (err as Error).message }, "could not take over the pod");
+        return undefined;
+      });
+      if (!adopted) {
+        log.warn({ tasks: file.tasks.map((t) => t.id) }, "pod's VM is gone; its tasks are reported killed");
+        for (const task of file.tasks) this.announceLost(task);
+        await records.remove(file.pod.vmId);
+        continue;
+      }
+      for (const task of file.tasks) {
+        const member = adopted.members.get(task.id);
+        if (!member) continue;
+        this.adoptTask(task, member);
+        restored++;
+      }
+      await this.persist(adopted.pod);
+      log.info(
+        { tasks: file.tasks.map((t) => t.id), ms: Math.round(performance.now() - started) },
+        "took over a pod from a previous daemon",
+      );
+    }
+    return restored;
+  }
+
+  private adoptTask(task: TaskRecord, member: PodMember): void {
+    const taskLog = this.openTaskLog(task.namespace, { id: task.id, bundle: task.bundle });
+    const init = adoptProcess(task.id, task.init);
+    const container = new Container(task.namespace, task.id, task.bundle, init, member, taskLog);
+    for (const exec of task.execs) container.execs.set(exec.execId, adoptProcess(task.id, exec));
+    this.containers.set(this.key(task.namespace, task.id), container);
+    for (const proc of container.allProcesses()) {
+      if (proc.state.kind === "stopped") continue;
+      const log = proc.execId ? taskLog.log.child({ exec: proc.execId }) : taskLog.log;
+      container.forwarders.set(
+        proc.execId,
+        new StdioForwarder(container.agent, container.ref(proc.execId), proc.io, log),
+      );
+      if (proc.state.kind === "running") void this.reapWhenDone(container, proc);
+    }
+    this.watchPod(container);
+  }
+
+  /** A task whose VM died while no daemon watched it: containerd hears it was killed. */
+  private announceLost(task: TaskRecord): void {
+    const now = toTimestamp(new Date());
+    for (const proc of [task.init, ...task.execs]) {
+      if (proc.state !== "running") continue;
+      this.deps.events.publish(task.namespace, "TaskExit", {
+        containerId: task.id,
+        id: proc.execId || task.id,
+        pid: proc.pid,
+        exitStatus: KILLED_STATUS,
+        exitedAt: now,
+      });
+    }
+  }
+
+  private openTaskLog(ns: string, req: Pick<CreateTaskRequest, "id" | "bundle">): TaskLog {
     const { log, logDestination } = this.deps;
     if (!logDestination) return { log: log.child({ ns, task: req.id }), close() {} };
     return openTaskLog(logDestination, log.level as LevelWithSilent, req.bundle, { ns, task: req.id });
@@ -459,6 +560,36 @@ export class TaskService {
       "task created",
     );
   }
+}
+
+function processRecord(proc: Process): ProcessRecord {
+  const s = proc.state;
+  return {
+    execId: proc.execId,
+    io: { ...proc.io },
+    pid: s.pid,
+    state: s.kind,
+    ...(s.kind === "stopped" ? { exitStatus: s.exitStatus, exitedAtMs: s.exitedAt.getTime() } : {}),
+  };
+}
+
+function taskRecord(container: Container): TaskRecord {
+  return {
+    namespace: container.namespace,
+    id: container.id,
+    bundle: container.bundle,
+    init: processRecord(container.init),
+    execs: [...container.execs.values()].map(processRecord),
+  };
+}
+
+/** A process as a previous daemon left it. */
+function adoptProcess(containerId: string, record: ProcessRecord): Process {
+  const proc = new Process(containerId, record.execId, record.io, record.pid);
+  if (record.state !== "created") proc.started(record.pid);
+  if (record.state === "stopped")
+    proc.stopped(record.exitStatus ?? KILLED_STATUS, new Date(record.exitedAtMs ?? Date.now()));
+  return proc;
 }
 
 function stdioOf(req: { stdin: string; stdout: string; stderr: string; terminal: boolean }): StdioPaths {

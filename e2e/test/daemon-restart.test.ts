@@ -1,0 +1,136 @@
+// Faults: the node's shim daemon is killed (kill -9) while pods run and one streams output.
+// Its VMs and virtiofsd outlive it, containerd's connections stay open (the front keeps them),
+// a new daemon takes over from the pods' records within seconds, and every old pod still
+// answers exec, stats, stop and remove; afterwards nothing is left on the host.
+import assert from "node:assert/strict";
+import { mkdir, readdir, readFile } from "node:fs/promises";
+import path from "node:path";
+import { after, before, describe, it } from "node:test";
+import type { CriClient, PodSandboxConfig } from "../src/cri/client.js";
+import { HANDLER, type Harness, startHarness } from "../src/harness.js";
+import { hypervisorSuites } from "../src/hypervisors.js";
+import { entriesOf, processesMatching } from "../src/leaks.js";
+
+const IMAGE = "docker.io/cloudhv-test/busybox:restart";
+
+/** The pid in each daemon lock file under the state dir (the daemon is the lock's owner). */
+async function daemonPids(stateDir: string): Promise<number[]> {
+  const pids: number[] = [];
+  for (const dir of [stateDir, path.join(stateDir, "backend")]) {
+    for (const name of await readdir(dir).catch(() => [] as string[])) {
+      if (!/^shim-[0-9a-f]+\.sock\.lock$/.test(name)) continue;
+      const pid = Number((await readFile(path.join(dir, name), "utf8").catch(() => "")).trim());
+      if (pid > 0 && (await readFile(`/proc/${pid}/stat`).catch(() => undefined))) pids.push(pid);
+    }
+  }
+  return pids;
+}
+
+async function waitUntil<T>(what: string, ms: number, probe: () => Promise<T | undefined>): Promise<T> {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const value = await probe();
+    if (value !== undefined) return value;
+    if (Date.now() > deadline) assert.fail(`${what}: not within ${ms} ms`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+for (const hv of await hypervisorSuites())
+  describe(`the shim daemon killed under running pods on ${hv.name}`, { skip: hv.skip ?? false }, () => {
+    let harness: Harness;
+    let cri: CriClient;
+
+    before(async () => {
+      harness = await startHarness({ images: [IMAGE], runtimeConfig: { ...hv.runtimeConfig } });
+      cri = harness.cri;
+    });
+
+    after(async () => {
+      await harness?.stop();
+    });
+
+    it("keeps every pod running; a new daemon takes over; exec, stats, stop and remove work; nothing leaks", async () => {
+      const stateDir = harness.runtime.stateDir;
+      const pods: Array<{ podId: string; id: string; logDirectory: string; config: PodSandboxConfig }> = [];
+      for (const name of ["counter", "quiet"]) {
+        const logDirectory = path.join(harness.dir, "pods", name);
+        await mkdir(logDirectory, { recursive: true });
+        const config: PodSandboxConfig = {
+          metadata: { name, uid: `uid-${name}`, namespace: "default", attempt: 0 },
+          hostname: name,
+          logDirectory,
+        };
+        const podId = await cri.runPodSandbox(config, HANDLER);
+        const command =
+          name === "counter"
+            ? ["sh", "-c", "i=0; while true; do echo line-$i; i=$((i+1)); usleep 50000; done"]
+            : ["sleep", "3600"];
+        const id = await cri.createContainer(
+          podId,
+          { metadata: { name: "main" }, image: { image: IMAGE }, command, logPath: "main.log" },
+          config,
+        );
+        await cri.startContainer(id);
+        pods.push({ podId, id, logDirectory, config });
+      }
+      const counterLog = path.join(pods[0]?.logDirectory as string, "main.log");
+      const lastLine = async () => {
+        const text = await readFile(counterLog, "utf8").catch(() => "");
+        const numbers = [...text.matchAll(/^\S+ stdout F line-(\d+)$/gm)].map((m) => Number(m[1]));
+        return numbers.length ? Math.max(...numbers) : -1;
+      };
+      await waitUntil("the counter's first lines", 60_000, async () =>
+        (await lastLine()) >= 5 ? true : undefined,
+      );
+      const vmms = await processesMatching(path.join(stateDir, "vm"));
+      assert.equal(vmms.length, 2, "one VM per pod");
+      const [daemon] = await daemonPids(stateDir);
+      assert.ok(daemon, "a shim daemon serves the pods");
+
+      process.kill(daemon, "SIGKILL");
+      const killedAt = Date.now();
+      const successor = await waitUntil("a new daemon", 30_000, async () =>
+        (await daemonPids(stateDir)).find((pid) => pid !== daemon),
+      );
+      // It serves once it answers: an exec through CRI goes containerd → front → new daemon.
+      const quiet = pods[1];
+      assert.ok(quiet);
+      const exec = await cri.execSync(quiet.id, ["sh", "-c", "echo alive; exit 3"]);
+      const takeoverMs = Date.now() - killedAt;
+      assert.equal(exec.stdout.trim(), "alive");
+      assert.equal(exec.exitCode, 3);
+      assert.notEqual(successor, daemon);
+      assert.deepEqual(
+        (await processesMatching(path.join(stateDir, "vm"))).sort(),
+        [...vmms].sort(),
+        "the same VMMs still run",
+      );
+      // The workload kept counting and its output reaches the CRI log again.
+      const before = await lastLine();
+      await waitUntil("the counter's output after the takeover", 60_000, async () =>
+        (await lastLine()) >= before + 20 ? true : undefined,
+      );
+      for (const pod of pods) {
+        assert.equal(
+          (await cri.containerStatus(pod.id)).state,
+          "CONTAINER_RUNNING",
+          `${pod.config.metadata.name} runs`,
+        );
+        const metrics = await harness.containerd.ctr(["-n", "k8s.io", "task", "metrics", pod.id]);
+        assert.match(metrics.stdout, /memory/i, `ctr task metrics ${pod.id} reports the guest's figures`);
+      }
+      process.stdout.write(`# takeover: exec answered ${takeoverMs} ms after the kill\n`);
+
+      for (const pod of pods) {
+        await cri.stopContainer(pod.id, 2);
+        assert.equal((await cri.containerStatus(pod.id)).state, "CONTAINER_EXITED");
+        await cri.removeContainer(pod.id);
+        await cri.stopPodSandbox(pod.podId);
+        await cri.removePodSandbox(pod.podId);
+      }
+      assert.deepEqual(await processesMatching(path.join(stateDir, "vm")), [], "no VMM left");
+      assert.deepEqual(await entriesOf(path.join(stateDir, "vm")), [], "no VM state left");
+      assert.deepEqual(await entriesOf(path.join(stateDir, "records")), [], "no pod record left");
+    });
+  });
