@@ -337,7 +337,7 @@ export class QemuVm implements VmHandle {
       { uid: record.uid, gid: record.gid },
       who,
     );
-    const consoleLog = await ConsoleLog.create({ fifo: paths.consoleFifo, log: paths.console });
+    const consoleLog = await ConsoleLog.adopt({ fifo: paths.consoleFifo, log: paths.console });
     const vm = new QemuVm(config, adoptedProcess(who), paths, consoleLog, user);
     for (const [port, id] of record.ports) vm.busyPorts.set(port, id);
     for (const id of record.fsDevices) vm.fsDevices.add(id);
