@@ -17,6 +17,7 @@ import {
   SOCKET_SCHEME,
 } from "../launcher/daemon-address.js";
 import { FlagError, parseShimFlags, type ShimInvocation } from "../launcher/flags.js";
+import { sandboxAddress } from "../launcher/route.js";
 
 const DEFAULT_STATE_DIR = "/run/cloudhv";
 
@@ -60,6 +61,13 @@ function containerdTtrpcAddress(inv: ShimInvocation): string {
 
 async function start(inv: ShimInvocation): Promise<void> {
   if (!inv.namespace) throw new FlagError("start needs -namespace");
+  // An app container goes where its pod's VM is, whatever daemon this build would pick today.
+  const routed = sandboxAddress(process.cwd());
+  if (routed && (await canConnect(routed.slice(SOCKET_SCHEME.length)))) {
+    writeFileSync(path.join(process.cwd(), "address"), routed);
+    process.stdout.write(routed);
+    return;
+  }
   const controlSocket = controlSocketFor(inv);
   const nsSocket = namespaceSocketPath(controlSocket, inv.namespace);
   // Fast path: the daemon already serves this namespace.

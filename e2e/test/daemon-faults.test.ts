@@ -1,9 +1,10 @@
-// Faults: the node's shim daemon is killed (kill -9) while pods run and one streams output.
-// Its VMs and virtiofsd outlive it, containerd's connections stay open (the front keeps them),
-// a new daemon takes over from the pods' records within seconds, and every old pod still
-// answers exec, stats, stop and remove; afterwards nothing is left on the host.
+// The node's shim daemon under faults and changes. Killed (kill -9) while pods run and one
+// streams output: its VMs and virtiofsd outlive it, containerd's connections stay open (the
+// front keeps them), a new daemon takes over from the pods' records within seconds, and every
+// old pod still answers exec, stats, stop and remove; afterwards nothing is left on the host.
+// The runtime config changed under a running pod: its next container still joins its VM.
 import assert from "node:assert/strict";
-import { mkdir, readdir, readFile } from "node:fs/promises";
+import { mkdir, readdir, readFile, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
 import type { CriClient, PodSandboxConfig } from "../src/cri/client.js";
@@ -132,5 +133,63 @@ for (const hv of await hypervisorSuites())
       assert.deepEqual(await processesMatching(path.join(stateDir, "vm")), [], "no VMM left");
       assert.deepEqual(await entriesOf(path.join(stateDir, "vm")), [], "no VM state left");
       assert.deepEqual(await entriesOf(path.join(stateDir, "records")), [], "no pod record left");
+    });
+
+    it("a container added to a pod after a runtime config change joins the pod's VM (routed by sandbox)", async () => {
+      const logDirectory = path.join(harness.dir, "pods", "routed");
+      await mkdir(logDirectory, { recursive: true });
+      const config: PodSandboxConfig = {
+        metadata: { name: "routed", uid: "uid-routed", namespace: "default", attempt: 0 },
+        hostname: "routed",
+        logDirectory,
+      };
+      const podId = await cri.runPodSandbox(config, HANDLER);
+      const first = await cri.createContainer(
+        podId,
+        {
+          metadata: { name: "first" },
+          image: { image: IMAGE },
+          command: ["sleep", "3600"],
+          logPath: "first.log",
+        },
+        config,
+      );
+      await cri.startContainer(first);
+      const original = await readFile(harness.runtime.configPath, "utf8");
+      const ids = [first];
+      try {
+        const changed = { ...(JSON.parse(original) as Record<string, unknown>), default_memory_mb: 384 };
+        await writeFile(harness.runtime.configPath, JSON.stringify(changed, null, 2));
+        const second = await cri.createContainer(
+          podId,
+          {
+            metadata: { name: "second" },
+            image: { image: IMAGE },
+            command: ["sh", "-c", "grep MemTotal /proc/meminfo; sleep 3600"],
+            logPath: "second.log",
+          },
+          config,
+        );
+        ids.push(second);
+        await cri.startContainer(second);
+        assert.equal((await cri.containerStatus(second)).state, "CONTAINER_RUNNING");
+        // In the pod's own VM (the old size), not a VM of the new config's size.
+        const mem = await cri.execSync(second, ["sh", "-c", "grep MemTotal /proc/meminfo"]);
+        const memKiB = Number(/(\d+) kB/.exec(mem.stdout)?.[1]);
+        assert.ok(memKiB > 0 && memKiB < 300 * 1024, `the container runs in the pod's VM: ${mem.stdout}`);
+        assert.equal(
+          (await processesMatching(path.join(harness.runtime.stateDir, "vm"))).length,
+          1,
+          "still one VM for the pod",
+        );
+      } finally {
+        await writeFile(harness.runtime.configPath, original);
+        for (const id of ids.reverse()) {
+          await cri.stopContainer(id, 2);
+          await cri.removeContainer(id);
+        }
+        await cri.stopPodSandbox(podId);
+        await cri.removePodSandbox(podId);
+      }
     });
   });
