@@ -20,7 +20,8 @@ async function daemonPids(stateDir: string): Promise<number[]> {
   for (const dir of [stateDir, path.join(stateDir, "backend")]) {
     for (const name of await readdir(dir).catch(() => [] as string[])) {
       if (!/^shim-[0-9a-f]+\.sock\.lock$/.test(name)) continue;
-      const pid = Number((await readFile(path.join(dir, name), "utf8").catch(() => "")).trim());
+      // "pid startTime" (bin/daemon.ts).
+      const pid = Number((await readFile(path.join(dir, name), "utf8").catch(() => "")).trim().split(" ")[0]);
       if (pid > 0 && (await readFile(`/proc/${pid}/stat`).catch(() => undefined))) pids.push(pid);
     }
   }

@@ -1,12 +1,14 @@
 // Pod records (state/records.ts): what a restarted daemon reads to take over its pods. Only its
 // own identity's records, only in its format; a damaged file is left alone, never trusted.
 import assert from "node:assert/strict";
-import { mkdtemp, readdir, rm, writeFile } from "node:fs/promises";
+import { spawn } from "node:child_process";
+import { mkdir, mkdtemp, readdir, rm, utimes, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { afterEach, beforeEach, describe, it } from "node:test";
 import pino from "pino";
 import { type PodRecord, RecordStore, type TaskRecord } from "../src/state/records.js";
+import { sweepStaleVmDirs } from "../src/state/sweep.js";
 import { adoptedProcess, isRunning, processIdentity } from "../src/util/proc.js";
 
 const silent = pino({ level: "silent" });
@@ -119,5 +121,27 @@ describe("processes named by pid and start time", () => {
     impostor.kill("SIGKILL"); // must not reach this very process
     await impostor.exited;
     assert.equal(impostor.hasExited, true);
+  });
+});
+
+describe("sweeping VM directories no pod owns", () => {
+  it("removes only old, unrecorded directories that no process works in", async () => {
+    const vmDir = await mkdtemp(path.join(os.tmpdir(), "sweep-"));
+    const old = Date.now() / 1000 - 600;
+    for (const name of ["stale", "recorded", "fresh", "busy"]) {
+      await mkdir(path.join(vmDir, name, "vmm"), { recursive: true });
+      if (name !== "fresh") await utimes(path.join(vmDir, name), old, old);
+    }
+    // A VMM works in its VM's vmm/ directory.
+    const vmm = spawn("sleep", ["30"], { cwd: path.join(vmDir, "busy", "vmm") });
+    try {
+      await new Promise((r) => vmm.once("spawn", r));
+      const removed = await sweepStaleVmDirs(vmDir, new Set(["recorded"]), silent);
+      assert.deepEqual(removed, ["stale"]);
+      assert.deepEqual((await readdir(vmDir)).sort(), ["busy", "fresh", "recorded"]);
+    } finally {
+      vmm.kill();
+      await rm(vmDir, { recursive: true, force: true });
+    }
   });
 });

@@ -11,11 +11,13 @@ import { invalid, statusOf } from "../errors.js";
 import { namespaceSocketPath, SHIM_VERSION, SOCKET_SCHEME } from "../launcher/daemon-address.js";
 import { erofsRootfs } from "../pod/rootfs.js";
 import { RecordStore } from "../state/records.js";
+import { sweepStaleVmDirs } from "../state/sweep.js";
 import { TaskService, toTimestamp } from "../task/service.js";
 import { bindTaskService } from "../task/ttrpc-binding.js";
 import { messageCodec } from "../ttrpc/proto.js";
 import { TtrpcServer } from "../ttrpc/server.js";
 import { configureLogging } from "../util/log.js";
+import { processIdentity } from "../util/proc.js";
 import { chooseHypervisor, driverForChoice } from "../vmm/select.js";
 
 function arg(name: string): string {
@@ -25,31 +27,30 @@ function arg(name: string): string {
   return value;
 }
 
-/** One daemon per socket: a lock file holding the owner's pid; a dead owner's lock is taken over. */
-function takeLock(lockPath: string): boolean {
+/**
+ * One daemon per socket: a lock file naming the owner by pid and start time, so that a pid
+ * reused after a crash is not mistaken for a live owner; a dead owner's lock is taken over.
+ */
+async function takeLock(lockPath: string): Promise<boolean> {
+  const me = await processIdentity(process.pid);
   for (let attempt = 0; attempt < 2; attempt++) {
     try {
       const fd = openSync(lockPath, "wx");
-      writeSync(fd, String(process.pid));
+      writeSync(fd, me ? `${me.pid} ${me.startTime}` : String(process.pid));
       closeSync(fd);
       return true;
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== "EEXIST") throw err;
-      const owner = Number(readFileSync(lockPath, "utf8"));
-      if (owner > 0 && isAlive(owner)) return false;
+      const [pid, startTime] = readFileSync(lockPath, "utf8").trim().split(" ").map(Number);
+      if (pid && pid > 0) {
+        const owner = await processIdentity(pid);
+        const alive = owner !== undefined && (startTime === undefined || owner.startTime === startTime);
+        if (alive) return false;
+      }
       rmSync(lockPath, { force: true });
     }
   }
   return false;
-}
-
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 async function main(): Promise<void> {
@@ -58,7 +59,7 @@ async function main(): Promise<void> {
   const config = await loadConfig();
   await mkdir(path.dirname(socketPath), { recursive: true });
   const lockPath = `${socketPath}.lock`;
-  if (!takeLock(lockPath)) return; // another daemon serves this socket
+  if (!(await takeLock(lockPath))) return; // another daemon serves this socket
   const logDestination = pino.destination({
     dest: socketPath.replace(/\.sock$/, ".log"),
     append: true,
@@ -136,6 +137,7 @@ async function main(): Promise<void> {
   });
   const restored = await tasks.restore();
   if (restored > 0) log.info({ tasks: restored }, "took over the tasks of a previous daemon");
+  await sweepStaleVmDirs(path.join(config.state_dir, "vm"), await records.allVmIds(), log);
   await server.listen(socketPath);
   log.info({ socket: socketPath, containerd: containerdTtrpc }, "shim daemon serving");
   armIdle();

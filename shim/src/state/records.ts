@@ -172,6 +172,12 @@ export class RecordStore {
     return next;
   }
 
+  /** The VM id of every record here, whichever daemon owns it. */
+  async allVmIds(): Promise<Set<string>> {
+    const names = await readdir(this.dir).catch(() => [] as string[]);
+    return new Set(names.filter((n) => n.endsWith(".json")).map((n) => n.slice(0, -".json".length)));
+  }
+
   /** This daemon's records; any other file (another daemon's, another format, damaged) is skipped. */
   async load(): Promise<RecordFile[]> {
     const names = await readdir(this.dir).catch(() => [] as string[]);
