@@ -3,10 +3,12 @@
 // front keeps them), a new daemon takes over from the pods' records within seconds, and every
 // old pod still answers exec, stats, stop and remove; afterwards nothing is left on the host.
 // The runtime config changed under a running pod: its next container still joins its VM.
+// A guest kernel panic ends its task at once, with the reason in the daemon's log.
 import assert from "node:assert/strict";
 import { mkdir, readdir, readFile, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
+import { exec } from "@cloudhv/shim";
 import type { CriClient, PodSandboxConfig } from "../src/cri/client.js";
 import { HANDLER, type Harness, startHarness } from "../src/harness.js";
 import { hypervisorSuites } from "../src/hypervisors.js";
@@ -134,6 +136,31 @@ for (const hv of await hypervisorSuites())
       assert.deepEqual(await processesMatching(path.join(stateDir, "vm")), [], "no VMM left");
       assert.deepEqual(await entriesOf(path.join(stateDir, "vm")), [], "no VM state left");
       assert.deepEqual(await entriesOf(path.join(stateDir, "records")), [], "no pod record left");
+    });
+
+    it("a guest kernel panic ends the task at once (137), with the panic in the daemon's log", async () => {
+      const stateDir = harness.runtime.stateDir;
+      const started = Date.now();
+      // Privileged: crun leaves /proc/sysrq-trigger writable (it is read-only otherwise).
+      const run = await exec(
+        [
+          ...["ctr", "--address", harness.containerd.address, "-n", "k8s.io", "run", "--rm", "--privileged"],
+          ...["--runtime", "io.containerd.cloudhv.v1", IMAGE, "panic-1"],
+          ...["sh", "-c", "sleep 1; echo c > /proc/sysrq-trigger; sleep 600"],
+        ],
+        { timeoutMs: 120_000 },
+      );
+      assert.equal(run.code, 137, `the task is killed with its VM: ${run.stderr}`);
+      assert.ok(Date.now() - started < 60_000, "not after some timeout");
+      let logs = "";
+      for (const dir of [stateDir, path.join(stateDir, "backend")])
+        for (const name of (await readdir(dir).catch(() => [] as string[])).filter((n) => n.endsWith(".log")))
+          logs += await readFile(path.join(dir, name), "utf8");
+      assert.match(
+        logs,
+        /sandbox VM exited: the guest kernel panicked \(Kernel panic - not syncing: sysrq triggered crash\)/,
+      );
+      assert.deepEqual(await processesMatching(path.join(stateDir, "vm")), [], "no VMM left");
     });
 
     it("a container added to a pod after a runtime config change joins the pod's VM (routed by sandbox)", async () => {

@@ -428,7 +428,11 @@ export class TaskService {
   private watchPod(container: Container): void {
     void container.pod.exited.then((exit) => {
       if (!this.containers.has(this.key(container.namespace, container.id))) return;
-      this.deps.log.warn({ task: container.id, exit }, "sandbox VM exited");
+      // In the daemon's log and the task's own (containerd's log for the task).
+      container.log.log.warn(
+        { task: container.id, exit },
+        exit.reason ? `sandbox VM exited: ${exit.reason}` : "sandbox VM exited",
+      );
       for (const forwarder of container.forwarders.values()) forwarder.close();
       for (const proc of container.allProcesses())
         this.recordExit(container, proc, KILLED_STATUS, new Date());
@@ -470,33 +474,37 @@ export class TaskService {
   async restore(): Promise<number> {
     const records = this.deps.records;
     if (!records) return 0;
-    let restored = 0;
-    for (const file of await records.load()) {
-      const started = performance.now();
-      const log = this.deps.log.child({ vm: file.pod.vmId });
-      const adopted = await this.pods.adopt(file.pod, log).catch((err: unknown) => {
-        log.error({ err: (err as Error).message }, "could not take over the pod");
-        return undefined;
-      });
-      if (!adopted) {
-        log.warn({ tasks: file.tasks.map((t) => t.id) }, "pod's VM is gone; its tasks are reported killed");
-        for (const task of file.tasks) this.announceLost(task);
-        await records.remove(file.pod.vmId);
-        continue;
-      }
-      for (const task of file.tasks) {
-        const member = adopted.members.get(task.id);
-        if (!member) continue;
-        this.adoptTask(task, member);
-        restored++;
-      }
-      await this.persist(adopted.pod);
-      log.info(
-        { tasks: file.tasks.map((t) => t.id), ms: Math.round(performance.now() - started) },
-        "took over a pod from a previous daemon",
-      );
-    }
-    return restored;
+    // Pods are independent: a wedged guest's agent timeout does not hold up the others.
+    const counts = await Promise.all(
+      (await records.load()).map(async (file) => {
+        const started = performance.now();
+        const log = this.deps.log.child({ vm: file.pod.vmId });
+        const adopted = await this.pods.adopt(file.pod, log).catch((err: unknown) => {
+          log.error({ err: (err as Error).message }, "could not take over the pod");
+          return undefined;
+        });
+        if (!adopted) {
+          log.warn({ tasks: file.tasks.map((t) => t.id) }, "pod's VM is gone; its tasks are reported killed");
+          for (const task of file.tasks) this.announceLost(task);
+          await records.remove(file.pod.vmId);
+          return 0;
+        }
+        let restored = 0;
+        for (const task of file.tasks) {
+          const member = adopted.members.get(task.id);
+          if (!member) continue;
+          this.adoptTask(task, member);
+          restored++;
+        }
+        await this.persist(adopted.pod);
+        log.info(
+          { tasks: file.tasks.map((t) => t.id), ms: Math.round(performance.now() - started) },
+          "took over a pod from a previous daemon",
+        );
+        return restored;
+      }),
+    );
+    return counts.reduce((a, b) => a + b, 0);
   }
 
   private adoptTask(task: TaskRecord, member: PodMember): void {

@@ -316,11 +316,44 @@ export class QemuVm implements VmHandle {
     this.log = config.log ?? rootLog.child({ vm: config.id });
     this.pid = proc.pid;
     this.consoleLogPath = paths.console;
-    this.exited = proc.exited.then((exit) => {
+    this.exited = proc.exited.then(async (exit) => {
       this.hasExited = true;
       for (const agent of this.agents) agent.close();
-      return exit;
+      const reason = await this.endReason();
+      return reason ? { ...exit, reason } : exit;
     });
+  }
+
+  /** What QEMU said when the guest ended (QMP SHUTDOWN/GUEST_PANICKED), for the VM's exit. */
+  private shutdownReason: string | undefined;
+
+  private watchQmp(qmp: QmpClient): void {
+    qmp.on("event", (event) => {
+      if (event.event === "GUEST_PANICKED") this.shutdownReason = "guest-panic";
+      else if (event.event === "SHUTDOWN" && this.shutdownReason === undefined) {
+        const reason = event.data?.reason;
+        if (typeof reason === "string") this.shutdownReason = reason.slice(0, 64);
+      }
+    });
+  }
+
+  /** The VM's end in words, with the guest's panic line when its console has one. */
+  private async endReason(): Promise<string | undefined> {
+    const why = this.shutdownReason;
+    if (why === undefined || why === "host-qmp-quit" || why === "host-signal") return undefined;
+    const console = await readFile(this.paths.console, "utf8").catch(() => "");
+    // The guest wrote it: one line, bounded, printable.
+    const panic = /Kernel panic - not syncing:[^\n]{0,160}/
+      .exec(console.slice(-65536))?.[0]
+      ?.replace(/[^\x20-\x7e]/g, "");
+    if (why === "guest-reset" || why === "guest-panic")
+      return panic
+        ? `the guest kernel panicked (${panic.trim()})`
+        : why === "guest-panic"
+          ? "the guest kernel panicked"
+          : "the guest reset itself (a reboot, or a kernel panic: panic=-1 makes a panic a reset)";
+    if (why === "guest-shutdown") return "the guest powered itself off";
+    return `QEMU ended the VM (${why})`;
   }
 
   /**
@@ -343,6 +376,7 @@ export class QemuVm implements VmHandle {
     for (const id of record.fsDevices) vm.fsDevices.add(id);
     try {
       vm.qmp = await QmpClient.connect(paths.qmp);
+      vm.watchQmp(vm.qmp);
     } catch (err) {
       vm.log.warn({ err: (err as Error).message }, "adopted qemu: QMP unreachable; stopping it");
       await vm.stop();
@@ -381,6 +415,7 @@ export class QemuVm implements VmHandle {
       await sleep(5);
     }
     this.qmp = await retryRefused(() => QmpClient.connect(this.paths.qmp), until);
+    this.watchQmp(this.qmp);
   }
 
   async connectAgent(opts: { timeoutMs: number }): Promise<AgentClient> {

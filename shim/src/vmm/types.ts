@@ -61,6 +61,8 @@ export function checkDiskSerial(serial: string): void {
 export interface VmExit {
   code: number | null;
   signal: NodeJS.Signals | null;
+  /** Why the VM ended, when the VMM said (a guest reset or panic, a power-off). */
+  reason?: string;
 }
 
 export interface VmHandle extends AsyncDisposable {
