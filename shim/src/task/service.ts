@@ -18,7 +18,7 @@ import { Cleanup } from "../util/cleanup.js";
 import { ID_PATTERN } from "../util/ids.js";
 import type { Logger } from "../util/log.js";
 import { PhaseClock } from "../util/phases.js";
-import { within } from "../util/time.js";
+import { TIMED_OUT, within } from "../util/time.js";
 import type { HypervisorDriver } from "../vmm/types.js";
 import { Container } from "./container.js";
 import { Process } from "./process.js";
@@ -400,9 +400,12 @@ export class TaskService {
       oom = exit.oomKilled;
     } catch (err) {
       if (proc.state.kind === "stopped") return;
-      this.deps.log.warn(
-        { task: container.id, err: (err as Error).message },
-        "lost the agent while waiting; the process is gone",
+      // Usually the VM went away: say why when the VMM tells (a guest panic, a reset).
+      const vmExit = await within(container.pod.exited, 2000);
+      const reason = vmExit === TIMED_OUT ? undefined : vmExit.reason;
+      container.log.log.warn(
+        { task: container.id, err: (err as Error).message, ...(reason ? { reason } : {}) },
+        reason ? `the sandbox VM ended: ${reason}` : "lost the agent while waiting; the process is gone",
       );
     }
     // Output first: containerd reads the FIFOs to EOF after it sees the exit.

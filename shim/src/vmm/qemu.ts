@@ -320,7 +320,9 @@ export class QemuVm implements VmHandle {
       this.hasExited = true;
       for (const agent of this.agents) agent.close();
       const reason = await this.endReason();
-      return reason ? { ...exit, reason } : exit;
+      if (!reason) return exit;
+      this.log.warn({ vmmPid: this.pid, reason }, `VM ended: ${reason}`);
+      return { ...exit, reason };
     });
   }
 
