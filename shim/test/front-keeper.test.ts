@@ -114,7 +114,9 @@ describe("front", () => {
     ).address;
   const who = async (c: TtrpcClient) => Number((await c.call("test.Svc", "Who", Buffer.alloc(0))).toString());
 
-  it("restarts a daemon killed by a signal; the namespace connection stays and reaches the new one", async () => {
+  it("restarts a daemon killed by a signal; the namespace connection stays and reaches the new one", {
+    timeout: 20_000,
+  }, async () => {
     const { front, state, controlSocket, log } = makeFront();
     await front.start();
     try {
@@ -145,7 +147,7 @@ describe("front", () => {
     }
   });
 
-  it("passes SIGTERM to the daemon and ends after it", async () => {
+  it("passes SIGTERM to the daemon and ends after it", { timeout: 20_000 }, async () => {
     const { front, state, controlSocket } = makeFront();
     await front.start();
     await listen(controlSocket, "default");
@@ -157,7 +159,9 @@ describe("front", () => {
     assert.equal(existsSync(controlSocket), false);
   });
 
-  it("gives up on a daemon that cannot start when no containerd connection needs it, naming the cause", async () => {
+  it("gives up on a daemon that cannot start when no containerd connection needs it, naming the cause", {
+    timeout: 20_000,
+  }, async () => {
     const count = path.join(dir, "starts");
     const { front, controlSocket } = makeFront({ STUB_EXIT: "1", STUB_COUNT: count }, { giveUpAfter: 3 });
     await front.start();
@@ -170,7 +174,9 @@ describe("front", () => {
 });
 
 describe("daemon supervisor", () => {
-  it("restarts a daemon that exits 1 with a doubling back-off, and not one that exits 0", async () => {
+  it("restarts a daemon that exits 1 with a doubling back-off, and not one that exits 0", {
+    timeout: 20_000,
+  }, async () => {
     const dir = await mkdtemp(path.join(os.tmpdir(), "cloudhv-supervisor-"));
     try {
       const script = path.join(dir, "d.mjs");

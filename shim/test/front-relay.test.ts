@@ -118,7 +118,9 @@ describe("front relay", () => {
   const call = (c: TtrpcClient, method: string, payload: string) =>
     c.call("test.Svc", method, Buffer.from(payload)).then((b) => b.toString());
 
-  it("keeps the client's connection while the backend restarts; in-flight and queued requests are answered in order", async () => {
+  it("keeps the client's connection while the backend restarts; in-flight and queued requests are answered in order", {
+    timeout: 20_000,
+  }, async () => {
     const r = await relay();
     const first = await new Backend("one", r.backendPath).start();
     const client = await r.connect();
@@ -147,7 +149,9 @@ describe("front relay", () => {
     assert.ok(r.log.lines.some((l) => /reachable again/.test(l)));
   });
 
-  it("answers held requests UNAVAILABLE after the deadline, keeps the connection and recovers", async () => {
+  it("answers held requests UNAVAILABLE after the deadline, keeps the connection and recovers", {
+    timeout: 20_000,
+  }, async () => {
     const r = await relay({ reconnectDeadlineMs: 300 });
     const client = await r.connect();
     const started = Date.now();
@@ -167,7 +171,7 @@ describe("front relay", () => {
     assert.deepEqual(backend.seen, ["Echo:back"], "answered requests are not re-sent");
   });
 
-  it("closes only the pair that got a garbage frame, from either side", async () => {
+  it("closes only the pair that got a garbage frame, from either side", { timeout: 20_000 }, async () => {
     const r = await relay();
     const backend = await new Backend("b", r.backendPath).start();
     cleanups.push(() => backend.kill());
@@ -192,7 +196,7 @@ describe("front relay", () => {
     assert.ok(r.log.lines.some((l) => /containerd connection after a bad frame/.test(l)));
   });
 
-  it("bounds what one connection may hold while no backend listens", async () => {
+  it("bounds what one connection may hold while no backend listens", { timeout: 20_000 }, async () => {
     const r = await relay({ maxPendingBytes: 64 << 10 });
     const client = await r.connect();
     const big = "x".repeat(20 << 10);
@@ -212,7 +216,7 @@ describe("front relay", () => {
     assert.equal(r.listener.connections, 0, "nothing of the pair is kept");
   });
 
-  it("stops re-sending a request that takes every backend down with it", async () => {
+  it("stops re-sending a request that takes every backend down with it", { timeout: 20_000 }, async () => {
     const r = await relay({ maxSends: 3 });
     const backend = await new Backend("b", r.backendPath).start();
     cleanups.push(() => backend.kill());

@@ -65,7 +65,7 @@ async function main(): Promise<void> {
     logDestination,
     version: SHIM_VERSION,
   });
-  const server = new TtrpcServer({ statusOf });
+  const server = new TtrpcServer({ statusOf, log });
   let idleTimer: NodeJS.Timeout | undefined;
   let exiting = false;
   const exit = async (why: string) => {

@@ -5,11 +5,10 @@
 import { openSync } from "node:fs";
 import { mkdir } from "node:fs/promises";
 import path from "node:path";
-import pino from "pino";
 import { Front } from "../front/keeper.js";
 import { backendSocketPath, DAEMON_ENTRY } from "../launcher/daemon-address.js";
 import { takeLock } from "../launcher/lock.js";
-import { configureLogging } from "../util/log.js";
+import { jsonLineLog } from "../util/json-log.js";
 
 function arg(name: string): string {
   const i = process.argv.indexOf(`--${name}`);
@@ -25,12 +24,8 @@ async function main(): Promise<void> {
   if (!takeLock(`${controlSocket}.lock`)) return; // another front serves this socket
   const logPath = controlSocket.replace(/\.sock$/, ".log");
   const logFd = openSync(logPath, "a");
-  // The runtime config is the daemon's to read; the front logs rarely, at info.
-  const log = configureLogging({
-    level: "info",
-    destination: pino.destination({ fd: logFd, sync: true }),
-    name: "cloudhv-front",
-  });
+  // Not pino (about 10 MB of a small process); the runtime config is the daemon's to read.
+  const log = jsonLineLog(logFd, "cloudhv-front");
   const backendControl = backendSocketPath(controlSocket);
   const front = new Front({
     controlSocket,

@@ -105,7 +105,7 @@ export class DaemonSupervisor {
     child.once("error", (err) => onEnd(null, null, err));
     child.once("exit", (code, signal) => onEnd(code, signal));
     if (child.pid !== undefined) {
-      this.opts.log.info({ pid: child.pid, respawn }, "front: shim daemon started");
+      this.opts.log.info({ daemonPid: child.pid, respawn }, "front: shim daemon started");
       this.opts.onSpawn?.(child.pid, respawn);
     }
   }
@@ -131,7 +131,7 @@ export class DaemonSupervisor {
     const cause = err
       ? `could not be started: ${err.message}`
       : signal
-        ? `killed by ${signal}`
+        ? `was killed by ${signal}`
         : `exited with status ${code}`;
     if (this.opts.onFailure?.(cause, this.failures)) {
       this.opts.log.error(
