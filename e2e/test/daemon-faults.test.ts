@@ -16,10 +16,10 @@ import { entriesOf, processesMatching } from "../src/leaks.js";
 
 const IMAGE = "docker.io/cloudhv-test/busybox:restart";
 
-/** The pid in each daemon lock file under the state dir (the daemon is the lock's owner). */
+/** The pid in each daemon lock file (backend/: the front's own locks are in the state dir). */
 async function daemonPids(stateDir: string): Promise<number[]> {
   const pids: number[] = [];
-  for (const dir of [stateDir, path.join(stateDir, "backend")]) {
+  for (const dir of [path.join(stateDir, "backend")]) {
     for (const name of await readdir(dir).catch(() => [] as string[])) {
       if (!/^shim-[0-9a-f]+\.sock\.lock$/.test(name)) continue;
       // "pid startTime" (bin/daemon.ts).

@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 // The shim daemon: one per node (per build and containerd), serving containerd's task API
-// for every cloudhv task. Started by `containerd-shim-cloudhv-v1 start`, never by hand.
-import { closeSync, openSync, readFileSync, rmSync, writeSync } from "node:fs";
+// for every cloudhv task. Started by the front (bin/front.ts) as its child, on backend sockets
+// the front relays containerd's connections to; never by hand.
+import { rmSync } from "node:fs";
 import { mkdir } from "node:fs/promises";
 import path from "node:path";
 import pino from "pino";
@@ -9,6 +10,7 @@ import { loadConfig } from "../config.js";
 import { EventPublisher } from "../containerd/publisher.js";
 import { invalid, statusOf } from "../errors.js";
 import { namespaceSocketPath, SHIM_VERSION, SOCKET_SCHEME } from "../launcher/daemon-address.js";
+import { takeLock } from "../launcher/lock.js";
 import { erofsRootfs } from "../pod/rootfs.js";
 import { RecordStore } from "../state/records.js";
 import { sweepStaleVmDirs } from "../state/sweep.js";
@@ -17,8 +19,15 @@ import { bindTaskService } from "../task/ttrpc-binding.js";
 import { messageCodec } from "../ttrpc/proto.js";
 import { TtrpcServer } from "../ttrpc/server.js";
 import { configureLogging } from "../util/log.js";
-import { processIdentity } from "../util/proc.js";
 import { chooseHypervisor, driverForChoice } from "../vmm/select.js";
+
+/** The exit status when another daemon holds this socket's lock (the front retries later). */
+const LOCK_HELD_STATUS = 75;
+
+function optionalArg(name: string): string | undefined {
+  const i = process.argv.indexOf(`--${name}`);
+  return i >= 0 ? process.argv[i + 1] : undefined;
+}
 
 function arg(name: string): string {
   const i = process.argv.indexOf(`--${name}`);
@@ -27,41 +36,19 @@ function arg(name: string): string {
   return value;
 }
 
-/**
- * One daemon per socket: a lock file naming the owner by pid and start time, so that a pid
- * reused after a crash is not mistaken for a live owner; a dead owner's lock is taken over.
- */
-async function takeLock(lockPath: string): Promise<boolean> {
-  const me = await processIdentity(process.pid);
-  for (let attempt = 0; attempt < 2; attempt++) {
-    try {
-      const fd = openSync(lockPath, "wx");
-      writeSync(fd, me ? `${me.pid} ${me.startTime}` : String(process.pid));
-      closeSync(fd);
-      return true;
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== "EEXIST") throw err;
-      const [pid, startTime] = readFileSync(lockPath, "utf8").trim().split(" ").map(Number);
-      if (pid && pid > 0) {
-        const owner = await processIdentity(pid);
-        const alive = owner !== undefined && (startTime === undefined || owner.startTime === startTime);
-        if (alive) return false;
-      }
-      rmSync(lockPath, { force: true });
-    }
-  }
-  return false;
-}
-
 async function main(): Promise<void> {
   const socketPath = arg("socket");
   const containerdTtrpc = arg("containerd-ttrpc");
   const config = await loadConfig();
-  await mkdir(path.dirname(socketPath), { recursive: true });
+  // backend/: only the front (root) connects here.
+  await mkdir(path.dirname(socketPath), { recursive: true, mode: 0o700 });
   const lockPath = `${socketPath}.lock`;
-  if (!(await takeLock(lockPath))) return; // another daemon serves this socket
+  if (!takeLock(lockPath)) {
+    process.stderr.write(`cloudhv shim daemon: another daemon holds ${lockPath}\n`);
+    process.exit(LOCK_HELD_STATUS);
+  }
   const logDestination = pino.destination({
-    dest: socketPath.replace(/\.sock$/, ".log"),
+    dest: optionalArg("log") ?? socketPath.replace(/\.sock$/, ".log"),
     append: true,
     mkdir: true,
   });
@@ -90,9 +77,13 @@ async function main(): Promise<void> {
     logDestination,
     version: SHIM_VERSION,
   });
-  const server = new TtrpcServer({ statusOf });
+  const server = new TtrpcServer({ statusOf, log });
   let idleTimer: NodeJS.Timeout | undefined;
+  let exiting = false;
   const exit = async (why: string) => {
+    // The front passes SIGTERM on; a second signal must not run the teardown twice.
+    if (exiting) return;
+    exiting = true;
     log.info({ why }, "shim daemon exiting");
     await server.close();
     for (const container of tasks.list()) await tasks.forceDelete(container.namespace, container.id);
@@ -114,6 +105,8 @@ async function main(): Promise<void> {
   const listenResponse = messageCodec("cloudhv.shim.v1.ListenResponse");
   const opening = new Map<string, Promise<void>>();
   server.register("cloudhv.shim.v1.Admin", {
+    // Opens the backend socket for a namespace and returns its address; the front relays
+    // its own socket for that namespace to it.
     Listen: async (payload) => {
       const { namespace } = listenRequest.decode(payload);
       if (!namespace) throw invalid("Listen: empty namespace");
