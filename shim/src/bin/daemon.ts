@@ -10,6 +10,7 @@ import { loadConfig } from "../config.js";
 import { EventPublisher } from "../containerd/publisher.js";
 import { invalid, statusOf } from "../errors.js";
 import { namespaceSocketPath, SHIM_VERSION, SOCKET_SCHEME } from "../launcher/daemon-address.js";
+import { FrontLink, frontControlOf } from "../launcher/front-link.js";
 import { takeLock } from "../launcher/lock.js";
 import { erofsRootfs } from "../pod/rootfs.js";
 import { RecordStore } from "../state/records.js";
@@ -59,6 +60,8 @@ async function main(): Promise<void> {
   const choice = await chooseHypervisor(config);
   log.info({ hypervisor: choice.name, reason: choice.reason }, "hypervisor chosen");
   const rootfs = erofsRootfs(config);
+  const frontControl = frontControlOf(socketPath);
+  const front = frontControl ? new FrontLink(frontControl, log) : undefined;
   // Records are this daemon identity's (the socket's name): a daemon restarted after a crash
   // takes over the pods its predecessor left running.
   const records = new RecordStore(
@@ -73,6 +76,7 @@ async function main(): Promise<void> {
     prepareRootfs: rootfs.prepare,
     adoptRootfs: rootfs.adopt,
     records,
+    ...(front ? { stdioKeeper: front } : {}),
     log,
     logDestination,
     version: SHIM_VERSION,

@@ -12,6 +12,7 @@ import { messageCodec } from "../ttrpc/proto.js";
 import { TtrpcServer } from "../ttrpc/server.js";
 import { Code, TtrpcError } from "../ttrpc/status.js";
 import { RelayListener, type RelayLog, type RelayOptions } from "./relay.js";
+import { StdioHolds } from "./stdio-holds.js";
 import { DaemonSupervisor, type SupervisorLog, type SupervisorOptions } from "./supervisor.js";
 
 const ADMIN = "cloudhv.shim.v1.Admin";
@@ -41,6 +42,8 @@ export class Front {
   private readonly relays = new Map<string, RelayListener>();
   private readonly namespaces = new Set<string>();
   private readonly opening = new Map<string, Promise<void>>();
+  /** Write ends of live processes' output FIFOs, for while the daemon is away. */
+  private readonly stdio = new StdioHolds();
   private adminInFlight = 0;
   private lastFailure: string | undefined;
   private readonly abort = new AbortController();
@@ -73,6 +76,9 @@ export class Front {
         return false;
       },
     });
+    const holdRequest = messageCodec("cloudhv.shim.v1.HoldStdioRequest");
+    const releaseRequest = messageCodec("cloudhv.shim.v1.ReleaseStdioRequest");
+    const holdResponse = messageCodec("cloudhv.shim.v1.HoldStdioResponse");
     const listenRequest = messageCodec("cloudhv.shim.v1.ListenRequest");
     const listenResponse = messageCodec("cloudhv.shim.v1.ListenResponse");
     this.server.register(ADMIN, {
@@ -98,6 +104,19 @@ export class Front {
         }),
       ForceDelete: (payload) =>
         this.admin(() => this.callDaemon("ForceDelete", payload, opts.deleteDeadlineMs ?? 50_000)),
+      HoldStdio: async (payload) => {
+        const { key, paths } = holdRequest.decode(payload);
+        try {
+          this.stdio.hold(key, paths);
+        } catch (err) {
+          throw new TtrpcError(Code.RESOURCE_EXHAUSTED, (err as Error).message);
+        }
+        return holdResponse.encode({});
+      },
+      ReleaseStdio: async (payload) => {
+        this.stdio.release(releaseRequest.decode(payload).key);
+        return holdResponse.encode({});
+      },
     });
   }
 
@@ -130,6 +149,7 @@ export class Front {
       await this.server.close();
       for (const relay of this.relays.values()) await relay.close();
       this.relays.clear();
+      this.stdio.releaseAll();
       // Other daemons' sockets may share backend/: remove it only when empty.
       await rmdir(path.dirname(this.opts.backendControl)).catch(() => {});
       await rm(`${this.opts.controlSocket}.lock`, { force: true });

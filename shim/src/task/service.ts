@@ -7,6 +7,7 @@ import type { DestinationStream, LevelWithSilent } from "pino";
 import type { RuntimeConfig } from "../config.js";
 import type { EventPublisher, Mount, Timestamp } from "../containerd/publisher.js";
 import { invalid, notFound, precondition, ShimError } from "../errors.js";
+import type { StdioKeeper } from "../launcher/front-link.js";
 import type { ContainmentHost } from "../pod/containment.js";
 import type { NetworkAttacher, Pod, PodMember } from "../pod/pod.js";
 import { Pods } from "../pod/pods.js";
@@ -39,6 +40,8 @@ export interface TaskServiceDeps {
   records?: RecordStore;
   /** Takes over a previous daemon's container disks (pod/rootfs.ts). */
   adoptRootfs?: RootfsAdopter;
+  /** Keeps output FIFOs open while the daemon may die (its front; absent without one). */
+  stdioKeeper?: StdioKeeper;
   /** Where `log` writes; with it, each task also logs to its bundle's `log` FIFO. */
   logDestination?: DestinationStream;
   version: string;
@@ -144,6 +147,7 @@ export class TaskService {
         taskLog,
       );
       container.forwarders.set("", new StdioForwarder(container.agent, container.ref(""), io, taskLog.log));
+      this.holdStdio(container, container.init);
       undo.disarm();
       this.containers.set(key, container);
       this.watchPod(container);
@@ -208,6 +212,7 @@ export class TaskService {
       container.forwarders.delete(execId);
     }
     // A created process that never ran has no exit yet; deleting it ends it.
+    this.releaseStdio(container, proc);
     proc.stopped(KILLED_STATUS, new Date());
     const exit = await proc.exited;
     const info = { pid: exit.pid, exitStatus: exit.exitStatus, exitedAt: toTimestamp(exit.exitedAt) };
@@ -292,6 +297,7 @@ export class TaskService {
         container.log.log.child({ exec: req.execId }),
       ),
     );
+    this.holdStdio(container, proc);
     this.deps.events.publish(ns, "TaskExecAdded", { containerId: req.id, execId: req.execId });
     await this.persist(container.pod);
   }
@@ -365,7 +371,10 @@ export class TaskService {
   async forceDelete(ns: string, id: string): Promise<ExitInfo | undefined> {
     const container = this.containers.get(this.key(ns, id));
     if (!container) return undefined;
-    for (const proc of container.allProcesses()) proc.stopped(KILLED_STATUS, new Date());
+    for (const proc of container.allProcesses()) {
+      proc.stopped(KILLED_STATUS, new Date());
+      this.releaseStdio(container, proc);
+    }
     for (const forwarder of container.forwarders.values()) forwarder.close();
     await this.teardown(container);
     const exit = await container.init.exited;
@@ -416,6 +425,8 @@ export class TaskService {
   }
 
   private recordExit(container: Container, proc: Process, status: number, exitedAt: Date): void {
+    // The output is drained (or the VM is gone): containerd may now see the FIFOs' end.
+    this.releaseStdio(container, proc);
     if (!proc.stopped(status, exitedAt)) return;
     void this.persist(container.pod);
     this.deps.events.publish(container.namespace, "TaskExit", {
@@ -517,7 +528,12 @@ export class TaskService {
     for (const exec of task.execs) container.execs.set(exec.execId, adoptProcess(task.id, exec));
     this.containers.set(this.key(task.namespace, task.id), container);
     for (const proc of container.allProcesses()) {
-      if (proc.state.kind === "stopped") continue;
+      if (proc.state.kind === "stopped") {
+        // The dead daemon may have drained it without telling the front.
+        this.releaseStdio(container, proc);
+        continue;
+      }
+      this.holdStdio(container, proc);
       const log = proc.execId ? taskLog.log.child({ exec: proc.execId }) : taskLog.log;
       container.forwarders.set(
         proc.execId,
@@ -526,6 +542,15 @@ export class TaskService {
       if (proc.state.kind === "running") void this.reapWhenDone(container, proc);
     }
     this.watchPod(container);
+  }
+
+  private holdStdio(container: Container, proc: Process): void {
+    const { stdout, stderr } = proc.io;
+    this.deps.stdioKeeper?.hold(`${container.namespace}/${container.id}/${proc.execId}`, [stdout, stderr]);
+  }
+
+  private releaseStdio(container: Container, proc: Process): void {
+    this.deps.stdioKeeper?.release(`${container.namespace}/${container.id}/${proc.execId}`);
   }
 
   /** A task whose VM died while no daemon watched it: containerd hears it was killed. */
