@@ -28,7 +28,7 @@ import {
 import { mountsUnder } from "./containerd.js";
 import type { CriClient, PodSandboxConfig } from "./cri/client.js";
 import { HANDLER, type Harness, startHarness } from "./harness.js";
-import { entriesOf, processesMatching } from "./leaks.js";
+import { entriesOf, processesMatching, shimProcesses } from "./leaks.js";
 import { buildOciArchive, importOciArchive, stageBusyboxRoot, writePseudoRandomFile } from "./oci-image.js";
 import { SHIM_ENTRY } from "./runtime-install.js";
 
@@ -431,7 +431,7 @@ async function guestBoot(plan: Plan): Promise<Figure> {
 // ---- figure 4: memory --------------------------------------------------------------------------
 
 async function shimDaemonPid(h: Harness): Promise<number | undefined> {
-  return (await processesMatching(`--containerd-ttrpc ${h.containerd.ttrpcAddress}`))[0];
+  return (await shimProcesses(h.containerd.ttrpcAddress)).daemons[0];
 }
 
 async function vmmPids(h: Harness): Promise<number[]> {

@@ -6,7 +6,7 @@ import path from "node:path";
 import { exec } from "@cloudhv/shim";
 import { PrivateContainerd } from "./containerd.js";
 import { CriClient } from "./cri/client.js";
-import { processesMatching } from "./leaks.js";
+import { stopShim } from "./leaks.js";
 import { buildBusyboxImage, type ImageConfig, importOciArchive } from "./oci-image.js";
 import { installRuntime, type RuntimeInstall } from "./runtime-install.js";
 
@@ -115,9 +115,8 @@ export async function startHarness(opts: HarnessOptions = {}): Promise<Harness> 
       }
       cri.close();
       await started.stop();
-      // The shim daemon of this containerd has nothing left to serve.
-      for (const pid of await processesMatching(`--containerd-ttrpc ${started.ttrpcAddress}`))
-        process.kill(pid, "SIGTERM");
+      // The shim (front and daemon) of this containerd has nothing left to serve.
+      await stopShim(started.ttrpcAddress);
       await exec(["ip", "link", "del", bridge]);
       await rm(dir, { recursive: true, force: true });
     };

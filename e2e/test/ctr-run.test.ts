@@ -9,7 +9,7 @@ import { after, before, describe, it } from "node:test";
 import { exec } from "@cloudhv/shim";
 import { mountsUnder, PrivateContainerd } from "../src/containerd.js";
 import { hypervisorSuites } from "../src/hypervisors.js";
-import { entriesOf, processesMatching } from "../src/leaks.js";
+import { entriesOf, processesMatching, shimProcesses, stopShim } from "../src/leaks.js";
 import { buildBusyboxImage, importOciArchive } from "../src/oci-image.js";
 import { installRuntime, type RuntimeInstall } from "../src/runtime-install.js";
 
@@ -47,10 +47,8 @@ for (const hv of await hypervisorSuites())
 
     after(async () => {
       await containerd?.stop();
-      // The daemon goes idle once containerd is gone; stop it now rather than in 5 minutes.
-      for (const pid of await processesMatching(`--containerd-ttrpc ${containerd?.ttrpcAddress}`))
-        process.kill(pid, "SIGTERM");
-      await new Promise((r) => setTimeout(r, 500));
+      // The daemon goes idle once containerd is gone; stop it (and its front) now rather than in 5 minutes.
+      if (containerd) await stopShim(containerd.ttrpcAddress);
       await rm(dir, { recursive: true, force: true });
     });
 
@@ -371,14 +369,14 @@ for (const hv of await hypervisorSuites())
     });
 
     it("a changed runtime config reaches the next task through a new daemon; the old one keeps its task", async () => {
-      const daemons = () => processesMatching(`--containerd-ttrpc ${containerd.ttrpcAddress}`);
+      const shims = () => shimProcesses(containerd.ttrpcAddress);
       assert.equal(
         (await ctr(["run", "-d", "--runtime", RUNTIME, IMAGE_A, "cfg-old", "sleep", "600"])).code,
         0,
       );
       const original = await readFile(runtime.configPath, "utf8");
       try {
-        const before = await daemons();
+        const before = await shims();
         const config = JSON.parse(original) as Record<string, unknown>;
         await writeFile(runtime.configPath, JSON.stringify({ ...config, default_memory_mb: 384 }, null, 2));
         const sized = await ctr([
@@ -391,9 +389,15 @@ for (const hv of await hypervisorSuites())
           memKiB > 300 * 1024 && memKiB <= 384 * 1024,
           `the new task's VM has the new size: ${sized.stdout}`,
         );
-        const after = await daemons();
-        assert.equal(after.length, before.length + 1, "a second daemon serves the new config");
-        for (const pid of before) assert.ok(after.includes(pid), "the first daemon still runs");
+        const after = await shims();
+        assert.equal(
+          after.daemons.length,
+          before.daemons.length + 1,
+          "a second daemon serves the new config",
+        );
+        assert.equal(after.fronts.length, before.fronts.length + 1, "behind a front of its own");
+        for (const pid of before.daemons)
+          assert.ok(after.daemons.includes(pid), "the first daemon still runs");
       } finally {
         await writeFile(runtime.configPath, original);
         // The old task is still the old daemon's: kill and delete reach it.

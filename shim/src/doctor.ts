@@ -40,7 +40,7 @@ const TOOLS: Array<[tool: string, pkg: string, why: string]> = [
   ["nsenter", "util-linux", "starting the VMM in the pod netns"],
   ["mkfs.erofs", "erofs-utils", "container images as erofs disks"],
   ["mkfs.ext4", "e2fsprogs", "per-container scratch disks"],
-  ["setpriv", "util-linux", "pdeathsig: VMMs die with the shim daemon"],
+  ["setpriv", "util-linux", "drops each VMM's uid, capabilities and privileges"],
 ];
 
 /** Root's tools live in sbin; a doctor run from a user shell may not have it on PATH. */

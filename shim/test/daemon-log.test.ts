@@ -12,7 +12,7 @@ import { statusOf } from "../src/errors.js";
 import { TtrpcClient } from "../src/ttrpc/client.js";
 import { TtrpcServer } from "../src/ttrpc/server.js";
 import { Code, TtrpcError } from "../src/ttrpc/status.js";
-import { GuestLogLimiter, logFromGuest } from "../src/util/guest-log.js";
+import { GuestLogLimiter, logFromGuest, serverLogFor } from "../src/util/guest-log.js";
 import { configureLogging } from "../src/util/log.js";
 import { openLogFile } from "../src/util/log-file.js";
 
@@ -133,7 +133,7 @@ describe("a guest that answers with huge errors grows the daemon's log by a few 
     dir = await mkdtemp(path.join(os.tmpdir(), "cloudhv-guestlog-"));
     logDir = path.join(dir, "log");
     logFile = openLogFile({ file: path.join(logDir, "shim-test.log"), maxBytes: 64 * MiB, files: 1 });
-    configureLogging({ level: "info", destination: logFile });
+    const log = configureLogging({ level: "info", destination: logFile });
     // The guest: frames up to 16 MiB (a real guest ignores our limit), every call fails with a
     // code outside the allow-list (it becomes Internal, which the daemon logs) and `detail`.
     guestServer = new TtrpcServer({ maxFrameData: 16 * MiB }).register("cloudhv.agent.v1.Agent", {
@@ -142,7 +142,7 @@ describe("a guest that answers with huge errors grows the daemon's log by a few 
       },
     });
     await guestServer.listen(path.join(dir, "agent.sock"));
-    daemonServer = new TtrpcServer({ statusOf }).register("test.Daemon", {
+    daemonServer = new TtrpcServer({ statusOf, log: serverLogFor(log) }).register("test.Daemon", {
       Remove: async () => {
         await agent.removeContainer("c1");
         return Buffer.alloc(0);

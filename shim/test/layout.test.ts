@@ -64,4 +64,28 @@ describe("shim/src layout", () => {
     );
     assert.deepEqual(lonely, []);
   });
+
+  it("keeps the front small: no pino, nothing that handles pods, VMs or guests", () => {
+    const files = new Set<string>();
+    const packages = new Set<string>();
+    const stack = [path.join("bin", "front.ts")];
+    while (stack.length) {
+      const rel = stack.pop() as string;
+      if (files.has(rel)) continue;
+      files.add(rel);
+      const text = readFileSync(path.join(SRC, rel), "utf8");
+      for (const m of text.matchAll(/^import (?!type )[^;]*? from "([^"]+)"/gm)) {
+        const spec = m[1] as string;
+        if (spec.startsWith("."))
+          stack.push(path.relative(SRC, path.resolve(SRC, path.dirname(rel), spec)).replace(/\.js$/, ".ts"));
+        else if (!spec.startsWith("node:")) packages.add(spec);
+      }
+    }
+    assert.deepEqual([...packages], ["protobufjs"], "the front's only package");
+    const units = new Set([...files].map(unitOf));
+    assert.deepEqual([...units].sort(), ["bin", "front", "generated", "launcher", "ttrpc", "util"]);
+    assert.deepEqual([...files].filter((f) => f.startsWith("util")).sort(), [
+      path.join("util", "json-log.ts"),
+    ]);
+  });
 });

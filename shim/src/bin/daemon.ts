@@ -1,21 +1,30 @@
 #!/usr/bin/env node
 // The shim daemon: one per node (per build and containerd), serving containerd's task API
-// for every cloudhv task. Started by `containerd-shim-cloudhv-v1 start`, never by hand.
-import { closeSync, openSync, readFileSync, rmSync, writeSync } from "node:fs";
+// for every cloudhv task. Started by the front (bin/front.ts) as its child, on backend sockets
+// the front relays containerd's connections to; never by hand.
+import { rmSync } from "node:fs";
 import { mkdir } from "node:fs/promises";
 import path from "node:path";
 import { loadConfig } from "../config.js";
 import { EventPublisher } from "../containerd/publisher.js";
 import { invalid, statusOf } from "../errors.js";
 import { namespaceSocketPath, SHIM_VERSION, SOCKET_SCHEME } from "../launcher/daemon-address.js";
-import { erofsRootfsPreparer } from "../pod/rootfs.js";
+import { FrontLink, frontControlOf } from "../launcher/front-link.js";
+import { takeLock } from "../launcher/lock.js";
+import { erofsRootfs } from "../pod/rootfs.js";
+import { RecordStore } from "../state/records.js";
+import { sweepStaleVmDirs } from "../state/sweep.js";
 import { TaskService, toTimestamp } from "../task/service.js";
 import { bindTaskService } from "../task/ttrpc-binding.js";
 import { messageCodec } from "../ttrpc/proto.js";
 import { TtrpcServer } from "../ttrpc/server.js";
+import { serverLogFor } from "../util/guest-log.js";
 import { configureLogging } from "../util/log.js";
 import { openLogFile } from "../util/log-file.js";
 import { chooseHypervisor, driverForChoice } from "../vmm/select.js";
+
+/** The exit status when another daemon holds this socket's lock (the front retries later). */
+const LOCK_HELD_STATUS = 75;
 
 function arg(name: string): string {
   const i = process.argv.indexOf(`--${name}`);
@@ -24,40 +33,17 @@ function arg(name: string): string {
   return value;
 }
 
-/** One daemon per socket: a lock file holding the owner's pid; a dead owner's lock is taken over. */
-function takeLock(lockPath: string): boolean {
-  for (let attempt = 0; attempt < 2; attempt++) {
-    try {
-      const fd = openSync(lockPath, "wx");
-      writeSync(fd, String(process.pid));
-      closeSync(fd);
-      return true;
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== "EEXIST") throw err;
-      const owner = Number(readFileSync(lockPath, "utf8"));
-      if (owner > 0 && isAlive(owner)) return false;
-      rmSync(lockPath, { force: true });
-    }
-  }
-  return false;
-}
-
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
 async function main(): Promise<void> {
   const socketPath = arg("socket");
   const containerdTtrpc = arg("containerd-ttrpc");
   const config = await loadConfig();
-  await mkdir(path.dirname(socketPath), { recursive: true });
+  // backend/: only the front (root) connects here.
+  await mkdir(path.dirname(socketPath), { recursive: true, mode: 0o700 });
   const lockPath = `${socketPath}.lock`;
-  if (!takeLock(lockPath)) return; // another daemon serves this socket
+  if (!takeLock(lockPath)) {
+    process.stderr.write(`cloudhv shim daemon: another daemon holds ${lockPath}\n`);
+    process.exit(LOCK_HELD_STATUS);
+  }
   // Named like the control socket (one daemon per socket); the launcher's stdio file next to
   // the socket gets only what the daemon cannot log (a crash before this point).
   await mkdir(config.log_dir, { recursive: true, mode: 0o750 }).catch((err: Error) => {
@@ -74,18 +60,35 @@ async function main(): Promise<void> {
   // Chosen once per daemon: `auto` probes KVM by running a guest, too slow for every pod.
   const choice = await chooseHypervisor(config);
   log.info({ hypervisor: choice.name, reason: choice.reason }, "hypervisor chosen");
+  const rootfs = erofsRootfs(config);
+  const frontControl = frontControlOf(socketPath);
+  const front = frontControl ? new FrontLink(frontControl, log) : undefined;
+  // Records are this daemon identity's (the socket's name): a daemon restarted after a crash
+  // takes over the pods its predecessor left running.
+  const records = new RecordStore(
+    path.join(config.state_dir, "records"),
+    path.basename(socketPath, ".sock"),
+    log,
+  );
   const tasks = new TaskService({
     config,
     driver: driverForChoice(config, choice),
     events,
-    prepareRootfs: erofsRootfsPreparer(config),
+    prepareRootfs: rootfs.prepare,
+    adoptRootfs: rootfs.adopt,
+    records,
+    ...(front ? { stdioKeeper: front } : {}),
     log,
     logDestination,
     version: SHIM_VERSION,
   });
-  const server = new TtrpcServer({ statusOf });
+  const server = new TtrpcServer({ statusOf, log: serverLogFor(log) });
   let idleTimer: NodeJS.Timeout | undefined;
+  let exiting = false;
   const exit = async (why: string) => {
+    // The front passes SIGTERM on; a second signal must not run the teardown twice.
+    if (exiting) return;
+    exiting = true;
     log.info({ why }, "shim daemon exiting");
     await server.close();
     for (const container of tasks.list()) await tasks.forceDelete(container.namespace, container.id);
@@ -107,6 +110,8 @@ async function main(): Promise<void> {
   const listenResponse = messageCodec("cloudhv.shim.v1.ListenResponse");
   const opening = new Map<string, Promise<void>>();
   server.register("cloudhv.shim.v1.Admin", {
+    // Opens the backend socket for a namespace and returns its address; the front relays
+    // its own socket for that namespace to it.
     Listen: async (payload) => {
       const { namespace } = listenRequest.decode(payload);
       if (!namespace) throw invalid("Listen: empty namespace");
@@ -128,6 +133,9 @@ async function main(): Promise<void> {
       return deleteResponse.encode(exit ?? { pid: 0, exitStatus: 137, exitedAt: toTimestamp(new Date()) });
     },
   });
+  const restored = await tasks.restore();
+  if (restored > 0) log.info({ tasks: restored }, "took over the tasks of a previous daemon");
+  await sweepStaleVmDirs(path.join(config.state_dir, "vm"), await records.allVmIds(), log);
   await server.listen(socketPath);
   log.info({ socket: socketPath, containerd: containerdTtrpc }, "shim daemon serving");
   armIdle();

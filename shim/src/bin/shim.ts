@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // containerd-shim-cloudhv-v1: the binary containerd runs. `start` must stay cheap — it only
-// finds (or starts) the node's shim daemon and prints its address; `delete` cleans up a task
-// containerd lost track of. Heavy modules are imported only where needed.
+// finds (or starts) the node's shim front (which runs the daemon) and prints its address;
+// `delete` cleans up a task containerd lost track of. Heavy modules are imported only where needed.
 import { spawn } from "node:child_process";
 import { openSync, readFileSync, writeFileSync } from "node:fs";
 import { mkdir } from "node:fs/promises";
@@ -10,13 +10,14 @@ import path from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import {
   controlSocketOf,
-  DAEMON_ENTRY,
   daemonSocketPath,
+  FRONT_ENTRY,
   namespaceSocketPath,
   SHIM_VERSION,
   SOCKET_SCHEME,
 } from "../launcher/daemon-address.js";
 import { FlagError, parseShimFlags, type ShimInvocation } from "../launcher/flags.js";
+import { sandboxAddress } from "../launcher/route.js";
 
 const DEFAULT_STATE_DIR = "/run/cloudhv";
 
@@ -60,12 +61,19 @@ function containerdTtrpcAddress(inv: ShimInvocation): string {
 
 async function start(inv: ShimInvocation): Promise<void> {
   if (!inv.namespace) throw new FlagError("start needs -namespace");
+  // An app container goes where its pod's VM is, whatever daemon this build would pick today.
+  const routed = sandboxAddress(process.cwd());
+  if (routed && (await canConnect(routed.slice(SOCKET_SCHEME.length)))) {
+    writeFileSync(path.join(process.cwd(), "address"), routed);
+    process.stdout.write(routed);
+    return;
+  }
   const controlSocket = controlSocketFor(inv);
   const nsSocket = namespaceSocketPath(controlSocket, inv.namespace);
-  // Fast path: the daemon already serves this namespace.
+  // Fast path: the front already serves this namespace.
   let address = (await canConnect(nsSocket)) ? `${SOCKET_SCHEME}${nsSocket}` : undefined;
   if (!address) {
-    if (!(await canConnect(controlSocket))) await spawnDaemon(controlSocket, containerdTtrpcAddress(inv));
+    if (!(await canConnect(controlSocket))) await spawnFront(controlSocket, containerdTtrpcAddress(inv));
     address = await requestListener(controlSocket, inv.namespace);
   }
   // containerd reconnects through this file after it restarts.
@@ -73,14 +81,18 @@ async function start(inv: ShimInvocation): Promise<void> {
   process.stdout.write(address);
 }
 
-async function spawnDaemon(controlSocket: string, ttrpcAddress: string): Promise<void> {
+/**
+ * Starts the front for `controlSocket`; it owns containerd's sockets and runs the daemon behind
+ * them (bin/front.ts). Returns once its control socket answers.
+ */
+async function spawnFront(controlSocket: string, ttrpcAddress: string): Promise<void> {
   await mkdir(path.dirname(controlSocket), { recursive: true, mode: 0o711 });
   const logPath = controlSocket.replace(/\.sock$/, ".log");
   const out = openSync(logPath, "a");
-  // The daemon must not hold our stdout/stderr: containerd reads them to EOF.
+  // The front must not hold our stdout/stderr: containerd reads them to EOF.
   const child = spawn(
     process.execPath,
-    [DAEMON_ENTRY, "--socket", controlSocket, "--containerd-ttrpc", ttrpcAddress],
+    [FRONT_ENTRY, "--socket", controlSocket, "--containerd-ttrpc", ttrpcAddress],
     {
       detached: true,
       stdio: ["ignore", out, out],
@@ -90,7 +102,7 @@ async function spawnDaemon(controlSocket: string, ttrpcAddress: string): Promise
   child.unref();
   const deadline = Date.now() + 15_000;
   while (!(await canConnect(controlSocket))) {
-    if (Date.now() > deadline) throw new Error(`the shim daemon did not come up in 15 s; see ${logPath}`);
+    if (Date.now() > deadline) throw new Error(`the shim front did not come up in 15 s; see ${logPath}`);
     await sleep(10);
   }
 }
@@ -102,8 +114,10 @@ async function requestListener(controlSocket: string, namespace: string): Promis
   const response = messageCodec("cloudhv.shim.v1.ListenResponse");
   const client = await TtrpcClient.connect(controlSocket, { timeoutMs: 5000 });
   try {
+    // The front answers once its daemon listens: a daemon that is starting (the hypervisor
+    // choice may boot a probe guest) or restarting takes a while.
     const reply = await client.call("cloudhv.shim.v1.Admin", "Listen", request.encode({ namespace }), {
-      timeoutMs: 10_000,
+      timeoutMs: 25_000,
     });
     return response.decode(reply).address;
   } finally {
@@ -114,6 +128,7 @@ async function requestListener(controlSocket: string, namespace: string): Promis
 async function deleteTask(inv: ShimInvocation): Promise<void> {
   const { messageCodec } = await import("../ttrpc/proto.js");
   const { TtrpcClient } = await import("../ttrpc/client.js");
+  const { Code, TtrpcError } = await import("../ttrpc/status.js");
   const response = messageCodec("containerd.task.v2.DeleteResponse");
   const request = messageCodec("cloudhv.shim.v1.ForceDeleteRequest");
   // The daemon that started this task wrote its address into the bundle (our cwd); after an
@@ -126,8 +141,23 @@ async function deleteTask(inv: ShimInvocation): Promise<void> {
     }
   })();
   const socketPath = started ?? controlSocketFor(inv);
-  let reply: Uint8Array;
-  if (await canConnect(socketPath)) {
+  const isCurrent = () => {
+    try {
+      return controlSocketFor(inv) === socketPath;
+    } catch {
+      return false; // containerd's address unknown: no front can be started anyway
+    }
+  };
+  let reply: Uint8Array | undefined;
+  // Nothing listens (the node rebooted, or the front was killed): a front of this build and
+  // config is started to ask its daemon, which knows the tasks its records name. A front of
+  // another build is not started: its daemon would not read this one's records.
+  let reachable = await canConnect(socketPath);
+  if (!reachable && isCurrent()) {
+    await spawnFront(socketPath, containerdTtrpcAddress(inv));
+    reachable = true;
+  }
+  if (reachable) {
     const client = await TtrpcClient.connect(socketPath, { timeoutMs: 5000 });
     try {
       reply = await client.call(
@@ -136,11 +166,15 @@ async function deleteTask(inv: ShimInvocation): Promise<void> {
         request.encode({ namespace: inv.namespace, id: inv.id }),
         { timeoutMs: 60_000 },
       );
+    } catch (err) {
+      // A daemon that does not know the task: nothing of it is left to stop.
+      if (!(err instanceof TtrpcError && err.remote && err.code === Code.NOT_FOUND)) throw err;
     } finally {
       client.close();
     }
-  } else {
-    // No daemon: its VMMs died with it (they run with a parent-death signal); nothing to stop.
+  }
+  if (!reply) {
+    // No daemon knows the task: nothing is left to stop.
     const now = Date.now();
     reply = response.encode({
       pid: 0,

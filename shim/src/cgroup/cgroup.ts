@@ -63,6 +63,16 @@ export class PodCgroup {
     private readonly log: Logger,
   ) {}
 
+  /** What a later daemon needs to remove this cgroup (kept in the pod's record). */
+  record(): { path: string; dirs: string[]; created: string[] } {
+    return { path: this.path, dirs: [...this.dirs], created: [...this.created] };
+  }
+
+  /** The cgroup a previous daemon opened for a pod it served. */
+  static adopt(record: { path: string; dirs: string[]; created: string[] }, log: Logger): PodCgroup {
+    return new PodCgroup(record.path, record.dirs, record.created, log);
+  }
+
   /** The cgroup.procs files a process writes its pid to, to join the pod's cgroup everywhere. */
   get procs(): string[] {
     return this.dirs.map((dir) => path.join(dir, "cgroup.procs"));

@@ -121,11 +121,19 @@ export interface ProtoMessages {
     namespace: string;
     id: string;
   };
+  "cloudhv.shim.v1.HoldStdioRequest": {
+    key: string;
+    paths: string[];
+  };
+  "cloudhv.shim.v1.HoldStdioResponse": Record<string, never>;
   "cloudhv.shim.v1.ListenRequest": {
     namespace: string;
   };
   "cloudhv.shim.v1.ListenResponse": {
     address: string;
+  };
+  "cloudhv.shim.v1.ReleaseStdioRequest": {
+    key: string;
   };
   "cloudhv.wellknown.Any": {
     typeUrl: string;
@@ -591,8 +599,11 @@ export const PROTO_FILE_OF: { readonly [K in keyof ProtoMessages]: string } = {
   "cloudhv.agent.v1.WriteStdinRequest": "agent.proto",
   "cloudhv.agent.v1.WriteStdinResponse": "agent.proto",
   "cloudhv.shim.v1.ForceDeleteRequest": "admin.proto",
+  "cloudhv.shim.v1.HoldStdioRequest": "admin.proto",
+  "cloudhv.shim.v1.HoldStdioResponse": "admin.proto",
   "cloudhv.shim.v1.ListenRequest": "admin.proto",
   "cloudhv.shim.v1.ListenResponse": "admin.proto",
+  "cloudhv.shim.v1.ReleaseStdioRequest": "admin.proto",
   "cloudhv.wellknown.Any": "wellknown.proto",
   "cloudhv.wellknown.Empty": "wellknown.proto",
   "cloudhv.wellknown.Timestamp": "wellknown.proto",

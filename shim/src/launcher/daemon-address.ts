@@ -12,6 +12,8 @@ export const SHIM_VERSION = "0.1.0";
 
 /** The daemon's entry script, next to this module in dist/. */
 export const DAEMON_ENTRY = fileURLToPath(new URL("../bin/daemon.js", import.meta.url));
+/** The front's entry script: the process that owns containerd's sockets (bin/front.ts). */
+export const FRONT_ENTRY = fileURLToPath(new URL("../bin/front.js", import.meta.url));
 
 /** Version plus the daemon entry's mtime: changes with every build, costs one stat. */
 export function buildId(): string {
@@ -30,6 +32,14 @@ export function daemonSocketPath(
     .digest("hex")
     .slice(0, 16);
   return path.join(stateDir, `shim-${which}.sock`);
+}
+
+/**
+ * Where the daemon itself listens behind the front: the same name in `<state_dir>/backend/`
+ * (mode 0700). containerd and the shim binary only ever see the front's sockets.
+ */
+export function backendSocketPath(frontSocket: string): string {
+  return path.join(path.dirname(frontSocket), "backend", path.basename(frontSocket));
 }
 
 /** The daemon's control socket for a namespace socket (the inverse of namespaceSocketPath). */

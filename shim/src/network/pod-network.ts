@@ -98,6 +98,24 @@ export async function readPodInterface(netnsPath: string): Promise<PodInterface>
   };
 }
 
+/**
+ * The pod network a previous daemon attached (kept in the pod's record): detach() removes the
+ * TAP (its qdisc and filters go with it) and the veth's ingress qdisc, as attach's undo does.
+ */
+export function adoptPodNetwork(record: { netnsPath: string; tap: string; iface: PodInterface }): PodNetwork {
+  let detached = false;
+  return {
+    ...record,
+    async detach() {
+      if (detached) return;
+      detached = true;
+      const { netnsPath, tap, iface } = record;
+      await exec(["nsenter", `--net=${netnsPath}`, "--", "ip", "link", "del", tap]);
+      await exec(["nsenter", `--net=${netnsPath}`, "--", "tc", "qdisc", "del", "dev", iface.name, "ingress"]);
+    },
+  };
+}
+
 /** tc's ingress redirect of every frame arriving on `from` (the veth) to the egress of `to`. */
 function redirect(from: string, to: string): string {
   return `filter add dev ${from} parent ffff: protocol all u32 match u8 0 0 action mirred egress redirect dev ${to}`;

@@ -3,6 +3,7 @@
 // containers). Each step that builds something registers its undo at once, so a create that
 // fails halfway leaves nothing behind, and teardown undoes in the reverse order of building.
 import { createHash } from "node:crypto";
+import { rm } from "node:fs/promises";
 import path from "node:path";
 import type { AgentClient, GuestNetwork } from "../agent/client.js";
 import { PodCgroup } from "../cgroup/cgroup.js";
@@ -10,7 +11,8 @@ import { oomScoreAdjFor } from "../cgroup/oom.js";
 import type { RuntimeConfig } from "../config.js";
 import type { Mount } from "../containerd/publisher.js";
 import { ShimError } from "../errors.js";
-import type { PodInterface, PodNetwork } from "../network/pod-network.js";
+import { adoptPodNetwork, type PodInterface, type PodNetwork } from "../network/pod-network.js";
+import type { MemberRecord, PodRecord } from "../state/records.js";
 import { Cleanup } from "../util/cleanup.js";
 import { type Logger, log as rootLog } from "../util/log.js";
 import type { PhaseClock } from "../util/phases.js";
@@ -18,7 +20,7 @@ import type { HypervisorDriver, VmExit, VmHandle } from "../vmm/types.js";
 import { PodShare, volumesFailed } from "../volumes/virtiofs.js";
 import { ContainerVolumes } from "../volumes/volumes.js";
 import { type ContainmentHost, type ContainmentPlan, planContainment } from "./containment.js";
-import type { PreparedRootfs, RootfsPreparer } from "./rootfs.js";
+import type { PreparedRootfs, RootfsAdopter, RootfsPreparer } from "./rootfs.js";
 import type { VmSize } from "./sizing.js";
 import { type OciSpecFile, podNetnsPath } from "./spec.js";
 
@@ -29,6 +31,8 @@ export interface PodDeps {
   config: RuntimeConfig;
   driver: HypervisorDriver;
   prepareRootfs: RootfsPreparer;
+  /** Takes over a previous daemon's container disks (absent: pods cannot be adopted). */
+  adoptRootfs?: RootfsAdopter;
   attachNetwork: NetworkAttacher;
   /** The host's cgroups and OOM scores (pod/containment.ts; faked in unit tests). */
   containment: ContainmentHost;
@@ -239,6 +243,139 @@ export class Pod {
 
   get exited(): Promise<VmExit> {
     return this.vm.exited;
+  }
+
+  /**
+   * The pod as a record (state/records.ts), with the members the task service still holds;
+   * undefined when some part cannot be recorded (a driver or disks that cannot be adopted).
+   */
+  async record(sandbox: boolean, members: readonly PodMember[]): Promise<PodRecord | undefined> {
+    if (!this.vm.record) return undefined;
+    const memberRecords: MemberRecord[] = [];
+    for (const m of members) {
+      if (!m.rootfs.record) return undefined;
+      memberRecords.push({
+        id: m.id,
+        pid: m.pid,
+        ownsPod: m.ownsPod,
+        rootfs: m.rootfs.record,
+        devices: [...m.devices],
+        volumes: m.volumes.record(),
+      });
+    }
+    const share = this.share ? await this.share.catch(() => undefined) : undefined;
+    return {
+      id: this.id,
+      key: this.key,
+      vmId: this.vm.id,
+      sandbox,
+      stateDir: path.join(this.deps.config.state_dir, "vm", this.vm.id),
+      size: { ...this.size, sources: { ...this.size.sources } },
+      driver: this.deps.driver.name,
+      vm: await this.vm.record(),
+      ...(this.network
+        ? { network: { netnsPath: this.network.netnsPath, tap: this.network.tap, iface: this.network.iface } }
+        : {}),
+      ...(this.cgroup ? { cgroup: this.cgroup.record() } : {}),
+      ...(share ? { share: await share.record() } : {}),
+      containment: {
+        ...(this.containment.qos ? { qos: this.containment.qos } : {}),
+        ...(this.containment.specOomScoreAdj !== undefined
+          ? { specOomScoreAdj: this.containment.specOomScoreAdj }
+          : {}),
+      },
+      ...(this.oomScoreAdj !== undefined ? { oomScoreAdj: this.oomScoreAdj } : {}),
+      containerScores: [...this.containerScores],
+      members: memberRecords,
+    };
+  }
+
+  /**
+   * Takes over a pod a previous daemon served: its VMM (still running), agent, network,
+   * cgroup, virtiofsd, disks and volumes. When the VMM is gone, everything the pod held on the
+   * host is released and undefined is returned: its tasks are then reported as killed.
+   */
+  static async adopt(
+    record: PodRecord,
+    deps: PodDeps,
+    log: Logger,
+  ): Promise<{ pod: Pod; members: Map<string, PodMember> } | undefined> {
+    const vmLog = log.child({ vm: record.vmId });
+    // Checked by the record's schema; only optional-property typing differs.
+    const network = record.network
+      ? adoptPodNetwork(record.network as { netnsPath: string; tap: string; iface: PodInterface })
+      : undefined;
+    const cgroup = record.cgroup ? PodCgroup.adopt(record.cgroup, vmLog) : undefined;
+    const share = record.share ? await PodShare.adopt(record.share, vmLog) : undefined;
+    const rootfs = new Map<string, PreparedRootfs>();
+    for (const m of record.members) {
+      if (deps.adoptRootfs) rootfs.set(m.id, await deps.adoptRootfs(m.rootfs));
+    }
+    const vmConfig = { id: record.vmId, stateDir: record.stateDir, log: vmLog };
+    const vm =
+      deps.driver.name === record.driver && deps.driver.adopt
+        ? await deps.driver.adopt(vmConfig, record.vm).catch((err: unknown) => {
+            vmLog.warn({ err: (err as Error).message }, "could not adopt the VM");
+            return undefined;
+          })
+        : undefined;
+    let agent: AgentClient | undefined;
+    if (vm) {
+      agent = await vm.connectAgent({ timeoutMs: 10_000 }).catch((err: unknown) => {
+        vmLog.warn({ err: (err as Error).message }, "adopted VM: its agent does not answer; stopping it");
+        return undefined;
+      });
+      if (!agent) await vm.stop();
+    }
+    if (!vm || !agent || !deps.adoptRootfs) {
+      // The VM is gone: what it held on the host goes now, newest first as in remove().
+      await share?.stop();
+      await network?.detach();
+      await cgroup?.remove();
+      for (const r of rootfs.values()) await r.release();
+      // Without the cache (a unit test's fake disks) the scratch files still go.
+      if (!deps.adoptRootfs) for (const m of record.members) await rm(m.rootfs.scratchPath, { force: true });
+      await rm(record.stateDir, { recursive: true, force: true });
+      return undefined;
+    }
+    const containment: ContainmentPlan = {
+      ...(record.containment.qos ? { qos: record.containment.qos } : {}),
+      ...(record.containment.specOomScoreAdj !== undefined
+        ? { specOomScoreAdj: record.containment.specOomScoreAdj }
+        : {}),
+    };
+    const pod = new Pod(
+      record.id,
+      record.key,
+      vm,
+      agent,
+      record.size,
+      network,
+      deps,
+      containment,
+      cgroup,
+      share,
+    );
+    if (record.oomScoreAdj !== undefined) pod.oomScoreAdj = record.oomScoreAdj;
+    for (const [id, score] of record.containerScores) pod.containerScores.set(id, score);
+    const members = new Map<string, PodMember>();
+    for (const m of record.members) {
+      const prepared = rootfs.get(m.id);
+      if (!prepared) continue;
+      if (!m.ownsPod) pod.joined.add(m.id);
+      const volumes = ContainerVolumes.adopt(m.volumes, vmLog);
+      volumes.startSync(agent);
+      members.set(m.id, {
+        id: m.id,
+        pod,
+        pid: m.pid,
+        ownsPod: m.ownsPod,
+        rootfs: prepared,
+        devices: m.devices,
+        volumes,
+      });
+    }
+    return { pod, members };
   }
 
   /**

@@ -3,6 +3,7 @@
 
 import { notFound } from "../errors.js";
 import { attachPodNetwork } from "../network/pod-network.js";
+import type { PodRecord } from "../state/records.js";
 import type { Logger } from "../util/log.js";
 import type { PhaseClock } from "../util/phases.js";
 import { type ContainmentHost, hostContainment } from "./containment.js";
@@ -62,6 +63,21 @@ export class Pods {
     const owner = await Pod.boot(where, req, spec, this.deps, log, phases);
     if (role.kind === "sandbox") this.sandboxes.set(where.key, owner.pod);
     return owner;
+  }
+
+  /** Whether `pod` is a CRI sandbox (app containers may join it). */
+  isSandbox(pod: Pod): boolean {
+    return this.sandboxes.get(pod.key) === pod;
+  }
+
+  /** Takes over a pod a previous daemon served (Pod.adopt); undefined when its VM is gone. */
+  async adopt(
+    record: PodRecord,
+    log: Logger,
+  ): Promise<{ pod: Pod; members: Map<string, PodMember> } | undefined> {
+    const adopted = await Pod.adopt(record, this.deps, log);
+    if (adopted && record.sandbox) this.sandboxes.set(record.key, adopted.pod);
+    return adopted;
   }
 
   /** Removes a container from its pod; the pod's owner takes the VM down (see Pod.remove). */

@@ -2,7 +2,7 @@
 // hot-plugged into a running pod): a cached read-only erofs image of the image layers and a
 // per-container sparse ext4 scratch disk for its writes.
 import { createHash } from "node:crypto";
-import { mkdir } from "node:fs/promises";
+import { mkdir, rm } from "node:fs/promises";
 import path from "node:path";
 import type { RuntimeConfig } from "../config.js";
 import type { Mount } from "../containerd/publisher.js";
@@ -10,6 +10,7 @@ import { invalid } from "../errors.js";
 import { ErofsCache } from "../rootfs/erofs-cache.js";
 import { parseRootfsMounts } from "../rootfs/mounts.js";
 import { createScratchDisk } from "../rootfs/scratch.js";
+import type { RootfsRecord } from "../state/records.js";
 import { log } from "../util/log.js";
 import type { DiskSpec } from "../vmm/types.js";
 
@@ -19,8 +20,13 @@ export interface PreparedRootfs {
   rootfsSerial: string;
   scratchSerial: string;
   cacheHit: boolean;
+  /** What a later daemon needs to release these disks (absent for fakes). */
+  record?: RootfsRecord;
   release(): Promise<void>;
 }
+
+/** Takes over the disks a previous daemon prepared for a container it served. */
+export type RootfsAdopter = (record: RootfsRecord) => Promise<PreparedRootfs>;
 
 /** A seam: the daemon uses the erofs cache below; unit tests hand out fake disks. */
 export type RootfsPreparer = (
@@ -35,8 +41,38 @@ function serial(role: "i" | "s", owner: string): string {
 }
 
 export function erofsRootfsPreparer(config: RuntimeConfig): RootfsPreparer {
+  return erofsRootfs(config).prepare;
+}
+
+/** Prepares container disks from the node's erofs cache, and adopts those a previous daemon made. */
+export function erofsRootfs(config: RuntimeConfig): { prepare: RootfsPreparer; adopt: RootfsAdopter } {
   let cache: Promise<ErofsCache> | undefined;
-  return async (namespace, containerId, mounts: Mount[]): Promise<PreparedRootfs> => {
+  const released = async (images: ErofsCache) => {
+    const { removed } = await images.evict(config.cache_max_bytes);
+    if (removed.length > 0) log.info({ removed }, "evicted cached rootfs images over the budget");
+  };
+  const adopt: RootfsAdopter = async (record) => {
+    cache ??= ErofsCache.open({ dir: config.cache_dir });
+    const images = await cache;
+    const image = images.adopt(record.imageKey);
+    return {
+      disks: record.disks,
+      rootfsSerial: record.rootfsSerial,
+      scratchSerial: record.scratchSerial,
+      cacheHit: true,
+      record,
+      async release() {
+        image.release();
+        await rm(record.scratchPath, { force: true });
+        await released(images);
+      },
+    };
+  };
+  const prepare: RootfsPreparer = async (
+    namespace,
+    containerId,
+    mounts: Mount[],
+  ): Promise<PreparedRootfs> => {
     if (mounts.length === 0)
       throw invalid(`task ${containerId} has no rootfs mounts (a rootfs in the bundle is not supported)`);
     const source = parseRootfsMounts(mounts);
@@ -63,11 +99,20 @@ export function erofsRootfsPreparer(config: RuntimeConfig): RootfsPreparer {
         rootfsSerial,
         scratchSerial,
         cacheHit: image.hit,
+        record: {
+          disks: [
+            { path: image.path, serial: rootfsSerial, readOnly: true },
+            { path: scratch.path, serial: scratchSerial, readOnly: false },
+          ],
+          rootfsSerial,
+          scratchSerial,
+          imageKey: image.key,
+          scratchPath: scratch.path,
+        },
         async release() {
           image.release();
           await scratch.remove();
-          const { removed } = await images.evict(config.cache_max_bytes);
-          if (removed.length > 0) log.info({ removed }, "evicted cached rootfs images over the budget");
+          await released(images);
         },
       };
     } catch (err) {
@@ -75,4 +120,5 @@ export function erofsRootfsPreparer(config: RuntimeConfig): RootfsPreparer {
       throw err;
     }
   };
+  return { prepare, adopt };
 }

@@ -183,6 +183,17 @@ export class ErofsCache implements AsyncDisposable {
     return hash.digest("hex");
   }
 
+  /**
+   * A reference on an image a VM already uses (a previous daemon built or found it): kept from
+   * eviction until released. The key comes from a record on disk, so its form is checked.
+   */
+  adopt(key: string): ErofsImage {
+    if (!/^[0-9a-f]{64}$/.test(key))
+      throw new RootfsError("InvalidArgument", `erofs cache: bad key "${key}"`);
+    this.refs.set(key, this.references(key) + 1);
+    return this.handle(key, this.imagePath(key), true, 0);
+  }
+
   /** An image of the merged lower layers of `source`, built if needed; release it when done. */
   async acquire(source: RootfsSource): Promise<ErofsImage> {
     if (this.closed) throw new RootfsError("Unavailable", "erofs cache: closed");

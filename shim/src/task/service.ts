@@ -7,10 +7,12 @@ import type { DestinationStream, LevelWithSilent } from "pino";
 import type { RuntimeConfig } from "../config.js";
 import type { EventPublisher, Mount, Timestamp } from "../containerd/publisher.js";
 import { invalid, notFound, precondition, ShimError } from "../errors.js";
+import type { StdioKeeper } from "../launcher/front-link.js";
 import type { ContainmentHost } from "../pod/containment.js";
-import type { NetworkAttacher } from "../pod/pod.js";
+import type { NetworkAttacher, Pod, PodMember } from "../pod/pod.js";
 import { Pods } from "../pod/pods.js";
-import type { RootfsPreparer } from "../pod/rootfs.js";
+import type { RootfsAdopter, RootfsPreparer } from "../pod/rootfs.js";
+import type { ProcessRecord, RecordStore, TaskRecord } from "../state/records.js";
 import { StdioForwarder, type StdioPaths } from "../stdio/forward.js";
 import { messageCodec } from "../ttrpc/proto.js";
 import { Cleanup } from "../util/cleanup.js";
@@ -18,7 +20,7 @@ import { logFromGuest } from "../util/guest-log.js";
 import { ID_PATTERN } from "../util/ids.js";
 import type { Logger } from "../util/log.js";
 import { PhaseClock } from "../util/phases.js";
-import { within } from "../util/time.js";
+import { TIMED_OUT, within } from "../util/time.js";
 import type { HypervisorDriver } from "../vmm/types.js";
 import { Container } from "./container.js";
 import { Process } from "./process.js";
@@ -35,6 +37,12 @@ export interface TaskServiceDeps {
   /** Default: this host's cgroups and /proc (pod/containment.ts); unit tests pass a fake. */
   containment?: ContainmentHost;
   log: Logger;
+  /** Where each pod's state is kept for a later daemon (absent: nothing outlives this one). */
+  records?: RecordStore;
+  /** Takes over a previous daemon's container disks (pod/rootfs.ts). */
+  adoptRootfs?: RootfsAdopter;
+  /** Keeps output FIFOs open while the daemon may die (its front; absent without one). */
+  stdioKeeper?: StdioKeeper;
   /** Where `log` writes; with it, each task also logs to its bundle's `log` FIFO. */
   logDestination?: DestinationStream;
   version: string;
@@ -140,10 +148,12 @@ export class TaskService {
         taskLog,
       );
       container.forwarders.set("", new StdioForwarder(container.agent, container.ref(""), io, taskLog.log));
+      this.holdStdio(container, container.init);
       undo.disarm();
       this.containers.set(key, container);
       this.watchPod(container);
       this.logCreated(container, phases);
+      await this.persist(container.pod);
       this.deps.events.publish(ns, "TaskCreate", {
         containerId: req.id,
         bundle: req.bundle,
@@ -170,6 +180,7 @@ export class TaskService {
     if (execId) this.deps.events.publish(ns, "TaskExecStarted", { containerId: id, execId, pid });
     else this.deps.events.publish(ns, "TaskStart", { containerId: id, pid });
     void this.reapWhenDone(container, proc);
+    await this.persist(container.pod);
     return { pid };
   }
 
@@ -202,11 +213,13 @@ export class TaskService {
       container.forwarders.delete(execId);
     }
     // A created process that never ran has no exit yet; deleting it ends it.
+    this.releaseStdio(container, proc);
     proc.stopped(KILLED_STATUS, new Date());
     const exit = await proc.exited;
     const info = { pid: exit.pid, exitStatus: exit.exitStatus, exitedAt: toTimestamp(exit.exitedAt) };
     if (execId) {
       container.execs.delete(execId);
+      await this.persist(container.pod);
     } else {
       const teardownStarted = performance.now();
       await this.teardown(container, phases);
@@ -285,7 +298,9 @@ export class TaskService {
         container.log.log.child({ exec: req.execId }),
       ),
     );
+    this.holdStdio(container, proc);
     this.deps.events.publish(ns, "TaskExecAdded", { containerId: req.id, execId: req.execId });
+    await this.persist(container.pod);
   }
 
   async resizePty(ns: string, id: string, execId: string, width: number, height: number): Promise<void> {
@@ -357,7 +372,10 @@ export class TaskService {
   async forceDelete(ns: string, id: string): Promise<ExitInfo | undefined> {
     const container = this.containers.get(this.key(ns, id));
     if (!container) return undefined;
-    for (const proc of container.allProcesses()) proc.stopped(KILLED_STATUS, new Date());
+    for (const proc of container.allProcesses()) {
+      proc.stopped(KILLED_STATUS, new Date());
+      this.releaseStdio(container, proc);
+    }
     for (const forwarder of container.forwarders.values()) forwarder.close();
     await this.teardown(container);
     const exit = await container.init.exited;
@@ -392,10 +410,15 @@ export class TaskService {
       oom = exit.oomKilled;
     } catch (err) {
       if (proc.state.kind === "stopped") return;
-      const fields = { task: container.id, err: (err as Error).message };
-      const msg = "lost the agent while waiting; the process is gone";
-      if (container.agent.guest) logFromGuest(this.deps.log, container.agent.guest, "warn", fields, msg);
-      else this.deps.log.warn(fields, msg);
+      // Usually the VM went away: say why when the VMM tells (a guest panic, a reset).
+      const vmExit = await within(container.pod.exited, 2000);
+      const reason = vmExit === TIMED_OUT ? undefined : vmExit.reason;
+      const fields = { task: container.id, err: (err as Error).message, ...(reason ? { reason } : {}) };
+      const msg = reason
+        ? `the sandbox VM ended: ${reason}`
+        : "lost the agent while waiting; the process is gone";
+      if (container.agent.guest) logFromGuest(container.log.log, container.agent.guest, "warn", fields, msg);
+      else container.log.log.warn(fields, msg);
     }
     // Output first: containerd reads the FIFOs to EOF after it sees the exit.
     const forwarder = container.forwarders.get(proc.execId);
@@ -405,7 +428,10 @@ export class TaskService {
   }
 
   private recordExit(container: Container, proc: Process, status: number, exitedAt: Date): void {
+    // The output is drained (or the VM is gone): containerd may now see the FIFOs' end.
+    this.releaseStdio(container, proc);
     if (!proc.stopped(status, exitedAt)) return;
+    void this.persist(container.pod);
     this.deps.events.publish(container.namespace, "TaskExit", {
       containerId: container.id,
       id: proc.execId || container.id,
@@ -419,7 +445,11 @@ export class TaskService {
   private watchPod(container: Container): void {
     void container.pod.exited.then((exit) => {
       if (!this.containers.has(this.key(container.namespace, container.id))) return;
-      this.deps.log.warn({ task: container.id, exit }, "sandbox VM exited");
+      // In the daemon's log and the task's own (containerd's log for the task).
+      container.log.log.warn(
+        { task: container.id, exit },
+        exit.reason ? `sandbox VM exited: ${exit.reason}` : "sandbox VM exited",
+      );
       for (const forwarder of container.forwarders.values()) forwarder.close();
       for (const proc of container.allProcesses())
         this.recordExit(container, proc, KILLED_STATUS, new Date());
@@ -430,9 +460,118 @@ export class TaskService {
     this.containers.delete(this.key(container.namespace, container.id));
     await this.pods.remove(container.member, phases);
     container.log.close();
+    if (container.member.ownsPod) await this.deps.records?.remove(container.pod.vm.id);
+    else await this.persist(container.pod);
   }
 
-  private openTaskLog(ns: string, req: CreateTaskRequest): TaskLog {
+  /**
+   * Writes the pod's record: the pod (VM, network, disks, volumes) and the tasks of every
+   * container in it. Called after each change a later daemon must know about.
+   */
+  private persist(pod: Pod): Promise<void> {
+    const records = this.deps.records;
+    if (!records) return Promise.resolve();
+    return records.save(pod.vm.id, async () => {
+      const containers = this.list().filter((c) => c.pod === pod);
+      const record = await pod.record(
+        this.pods.isSandbox(pod),
+        containers.map((c) => c.member),
+      );
+      if (!record) return undefined;
+      return { pod: record, tasks: containers.map(taskRecord) };
+    });
+  }
+
+  /**
+   * Takes over every pod a previous daemon of this identity left running (its records): the
+   * VMs, their agents and host resources, and the tasks in them, whose processes keep running.
+   * Exits that happened meanwhile are reported when the agent tells them; the tasks of a VM that
+   * died meanwhile are announced as killed. Returns the number of tasks taken over.
+   */
+  async restore(): Promise<number> {
+    const records = this.deps.records;
+    if (!records) return 0;
+    // Pods are independent: a wedged guest's agent timeout does not hold up the others.
+    const counts = await Promise.all(
+      (await records.load()).map(async (file) => {
+        const started = performance.now();
+        const log = this.deps.log.child({ vm: file.pod.vmId });
+        const adopted = await this.pods.adopt(file.pod, log).catch((err: unknown) => {
+          log.error({ err: (err as Error).message }, "could not take over the pod");
+          return undefined;
+        });
+        if (!adopted) {
+          log.warn({ tasks: file.tasks.map((t) => t.id) }, "pod's VM is gone; its tasks are reported killed");
+          for (const task of file.tasks) this.announceLost(task);
+          await records.remove(file.pod.vmId);
+          return 0;
+        }
+        let restored = 0;
+        for (const task of file.tasks) {
+          const member = adopted.members.get(task.id);
+          if (!member) continue;
+          this.adoptTask(task, member);
+          restored++;
+        }
+        await this.persist(adopted.pod);
+        log.info(
+          { tasks: file.tasks.map((t) => t.id), ms: Math.round(performance.now() - started) },
+          "took over a pod from a previous daemon",
+        );
+        return restored;
+      }),
+    );
+    return counts.reduce((a, b) => a + b, 0);
+  }
+
+  private adoptTask(task: TaskRecord, member: PodMember): void {
+    const taskLog = this.openTaskLog(task.namespace, { id: task.id, bundle: task.bundle });
+    const init = adoptProcess(task.id, task.init);
+    const container = new Container(task.namespace, task.id, task.bundle, init, member, taskLog);
+    for (const exec of task.execs) container.execs.set(exec.execId, adoptProcess(task.id, exec));
+    this.containers.set(this.key(task.namespace, task.id), container);
+    for (const proc of container.allProcesses()) {
+      if (proc.state.kind === "stopped") {
+        // The dead daemon may have drained it without telling the front.
+        this.releaseStdio(container, proc);
+        continue;
+      }
+      this.holdStdio(container, proc);
+      const log = proc.execId ? taskLog.log.child({ exec: proc.execId }) : taskLog.log;
+      container.forwarders.set(
+        proc.execId,
+        new StdioForwarder(container.agent, container.ref(proc.execId), proc.io, log),
+      );
+      if (proc.state.kind === "running") void this.reapWhenDone(container, proc);
+    }
+    this.watchPod(container);
+  }
+
+  private holdStdio(container: Container, proc: Process): void {
+    const { stdout, stderr } = proc.io;
+    this.deps.stdioKeeper?.hold(`${container.namespace}/${container.id}/${proc.execId}`, [stdout, stderr]);
+  }
+
+  private releaseStdio(container: Container, proc: Process): void {
+    this.deps.stdioKeeper?.release(`${container.namespace}/${container.id}/${proc.execId}`);
+  }
+
+  /** A task whose VM died while no daemon watched it: containerd hears it was killed. */
+  private announceLost(task: TaskRecord): void {
+    const now = toTimestamp(new Date());
+    for (const proc of [task.init, ...task.execs]) {
+      if (proc.state !== "running") continue;
+      this.deps.events.publish(task.namespace, "TaskExit", {
+        containerId: task.id,
+        id: proc.execId || task.id,
+        pid: proc.pid,
+        exitStatus: KILLED_STATUS,
+        exitedAt: now,
+      });
+    }
+  }
+
+  private openTaskLog(ns: string, req: Pick<CreateTaskRequest, "id" | "bundle">): TaskLog {
     const { log, logDestination } = this.deps;
     if (!logDestination) return { log: log.child({ ns, task: req.id }), close() {} };
     return openTaskLog(logDestination, log.level as LevelWithSilent, req.bundle, { ns, task: req.id });
@@ -460,6 +599,36 @@ export class TaskService {
       "task created",
     );
   }
+}
+
+function processRecord(proc: Process): ProcessRecord {
+  const s = proc.state;
+  return {
+    execId: proc.execId,
+    io: { ...proc.io },
+    pid: s.pid,
+    state: s.kind,
+    ...(s.kind === "stopped" ? { exitStatus: s.exitStatus, exitedAtMs: s.exitedAt.getTime() } : {}),
+  };
+}
+
+function taskRecord(container: Container): TaskRecord {
+  return {
+    namespace: container.namespace,
+    id: container.id,
+    bundle: container.bundle,
+    init: processRecord(container.init),
+    execs: [...container.execs.values()].map(processRecord),
+  };
+}
+
+/** A process as a previous daemon left it. */
+function adoptProcess(containerId: string, record: ProcessRecord): Process {
+  const proc = new Process(containerId, record.execId, record.io, record.pid);
+  if (record.state !== "created") proc.started(record.pid);
+  if (record.state === "stopped")
+    proc.stopped(record.exitStatus ?? KILLED_STATUS, new Date(record.exitedAtMs ?? Date.now()));
+  return proc;
 }
 
 function stdioOf(req: { stdin: string; stdout: string; stderr: string; terminal: boolean }): StdioPaths {

@@ -4,8 +4,7 @@
 import { rm } from "node:fs/promises";
 import net from "node:net";
 import type { Duplex } from "node:stream";
-import { logFromGuest } from "../util/guest-log.js";
-import { log } from "../util/log.js";
+import { jsonLineLog, type LineLog } from "../util/json-log.js";
 import { DEFAULT_MAX_FRAME_DATA, encodeFrame, FrameDecoder, MessageType } from "./frame.js";
 import { type KeyValue, requestCodec, responseCodec, type TtrpcRequest } from "./messages.js";
 import { Code, TtrpcError } from "./status.js";
@@ -24,6 +23,17 @@ export type MethodHandler = (payload: Buffer, ctx: CallContext) => Promise<Uint8
 
 export type StatusMapper = (err: unknown) => { code: number; message: string };
 
+/**
+ * Where the server reports bad frames and handler bugs (a pino logger fits). `fromGuest`, when
+ * given, takes a failure whose text came from a guest (the daemon rate-limits those per VM).
+ */
+export type ServerLog = Pick<LineLog, "warn" | "error"> & {
+  fromGuest?(guest: string, fields: Record<string, unknown>, msg: string): void;
+};
+
+/** Without a logger: JSON lines on stderr (the front does not load pino). */
+let stderrLog: ServerLog | undefined;
+
 /** Without a mapper: a TtrpcError keeps its code, anything else is UNKNOWN. */
 const defaultStatusOf: StatusMapper = (err) =>
   err instanceof TtrpcError
@@ -35,7 +45,14 @@ export class TtrpcServer {
   private readonly listeners: Array<{ server: net.Server; path: string }> = [];
   private readonly connections = new Set<Duplex>();
 
-  constructor(private readonly options: { maxFrameData?: number; statusOf?: StatusMapper } = {}) {}
+  private readonly log: ServerLog;
+
+  constructor(
+    private readonly options: { maxFrameData?: number; statusOf?: StatusMapper; log?: ServerLog } = {},
+  ) {
+    stderrLog ??= jsonLineLog(2, "cloudhv-ttrpc");
+    this.log = options.log ?? stderrLog;
+  }
 
   private get maxFrameData(): number {
     return this.options.maxFrameData ?? DEFAULT_MAX_FRAME_DATA;
@@ -79,14 +96,14 @@ export class TtrpcServer {
       try {
         frames = decoder.push(chunk);
       } catch (err) {
-        log.warn({ err: (err as Error).message }, "ttrpc: closing connection after a bad frame");
+        this.log.warn({ err: (err as Error).message }, "ttrpc: closing connection after a bad frame");
         conn.destroy();
         return;
       }
       for (const frame of frames) {
         if (frame.type !== MessageType.Request) continue;
         if (frame.streamId % 2 === 0 || inflight.has(frame.streamId)) {
-          log.warn({ streamId: frame.streamId }, "ttrpc: closing connection after an invalid stream id");
+          this.log.warn({ streamId: frame.streamId }, "ttrpc: closing connection after an invalid stream id");
           conn.destroy();
           return;
         }
@@ -183,15 +200,12 @@ export class TtrpcServer {
       // its (cut) message, within the guest's line budget.
       if (status.code === Code.UNKNOWN || status.code === Code.INTERNAL) {
         const guest = (err as { guest?: unknown }).guest;
-        if (typeof guest === "string")
-          logFromGuest(
-            log,
-            guest,
-            "error",
-            { service: request.service, method: request.method, err: status.message },
-            "ttrpc handler failed in the guest",
-          );
-        else log.error({ service: request.service, method: request.method, err }, "ttrpc handler failed");
+        const fields = { service: request.service, method: request.method };
+        if (typeof guest === "string" && this.log.fromGuest)
+          this.log.fromGuest(guest, { ...fields, err: status.message }, "ttrpc handler failed in the guest");
+        else if (typeof guest === "string")
+          this.log.error({ ...fields, guest, err: status.message }, "ttrpc handler failed in the guest");
+        else this.log.error({ ...fields, err }, "ttrpc handler failed");
       }
       return { status, payload: Buffer.alloc(0) };
     } finally {

@@ -93,3 +93,14 @@ export function logFromGuest(
     log.warn({ guest, suppressedLines: suppressed }, "guest-caused log lines suppressed (rate limit)");
   log[level]({ guest, ...fields }, msg);
 }
+
+/** The daemon's logger as the ttrpc server's: guest-caused failures go through the limiter. */
+export function serverLogFor(log: Logger): Pick<Logger, "warn" | "error"> & {
+  fromGuest(guest: string, fields: Record<string, unknown>, msg: string): void;
+} {
+  return {
+    warn: log.warn.bind(log),
+    error: log.error.bind(log),
+    fromGuest: (guest, fields, msg) => logFromGuest(log, guest, "error", fields, msg),
+  };
+}

@@ -22,6 +22,7 @@ import {
 import path from "node:path";
 import { exhausted, invalid } from "../errors.js";
 import { execOk } from "../util/exec.js";
+import { isRunning, type ProcessIdentity, processIdentity } from "../util/proc.js";
 
 /** Default range: far above distro (<60000) and Kubernetes user-namespace (65536 × n) uids. */
 export const DEFAULT_VMM_UID_FIRST = 2_000_000_000;
@@ -39,22 +40,51 @@ export interface VmmUser {
   uid: number;
   /** Shared by every VMM: a TAP is in its pod's netns, which no other VMM can enter. */
   gid: number;
+  /** From now on the uid is held by this VMM process (it outlives the daemon), not the daemon. */
+  holdFor(vmm: ProcessIdentity): Promise<void>;
   release(): Promise<void>;
 }
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === "EPERM";
-  }
+/** A lock holds "pid" (a daemon allocating) or "pid startTime" (the VMM that has the uid). */
+async function lockHolderAlive(text: string): Promise<boolean> {
+  const [pid, startTime] = text.trim().split(" ").map(Number);
+  if (!pid || pid <= 0) return false;
+  if (startTime !== undefined && Number.isFinite(startTime)) return isRunning({ pid, startTime });
+  if (pid === process.pid) return true;
+  return (await processIdentity(pid)) !== undefined;
+}
+
+function userWithLock(lockDir: string, lock: string, uid: number, gid: number): VmmUser {
+  return {
+    uid,
+    gid,
+    async holdFor(vmm) {
+      await writeFile(lock, `${vmm.pid} ${vmm.startTime}\n`, { mode: 0o600 });
+    },
+    async release() {
+      await rm(lock, { force: true });
+      // The last VM out removes the dir: a state dir with no VMs is empty.
+      await rmdir(lockDir).catch(() => {});
+    },
+  };
+}
+
+/** The uid of an adopted VMM: its lock is re-taken for it (a lock that died with it is made again). */
+export async function reclaimVmmUser(
+  lockDir: string,
+  user: { uid: number; gid: number },
+  vmm: ProcessIdentity,
+): Promise<VmmUser> {
+  await mkdir(lockDir, { recursive: true, mode: 0o700 });
+  const taken = userWithLock(lockDir, path.join(lockDir, String(user.uid)), user.uid, user.gid);
+  await taken.holdFor(vmm);
+  return taken;
 }
 
 /**
  * Takes a free uid from the range: a lock file `<lockDir>/<uid>` made with O_EXCL holds it
- * (several shim daemons may share a state dir). A lock whose daemon is gone is taken over:
- * its VMMs died with it (parent-death signal).
+ * (several shim daemons may share a state dir). Once the VMM runs the lock names it (pid and
+ * start time): the uid is free again only when that VMM is gone, whatever became of the daemon.
  */
 export async function allocateVmmUser(
   lockDir: string,
@@ -78,18 +108,12 @@ export async function allocateVmmUser(
         continue;
       }
       if ((err as NodeJS.ErrnoException).code !== "EEXIST") throw err;
-      const owner = Number((await readFile(lock, "utf8").catch(() => "")).trim());
-      if (owner > 0 && (owner === process.pid || alive(owner))) continue;
+      if (await lockHolderAlive(await readFile(lock, "utf8").catch(() => ""))) continue;
       await rm(lock, { force: true });
       i--; // retry this uid (another daemon may win the race: then EEXIST again)
       continue;
     }
-    const release = async () => {
-      await rm(lock, { force: true });
-      // The last VM out removes the dir: a state dir with no VMs is empty.
-      await rmdir(lockDir).catch(() => {});
-    };
-    return { uid, gid: range.first, release };
+    return userWithLock(lockDir, lock, uid, range.first);
   }
   throw exhausted(`all ${slots} VMM uids from ${range.first + 1} are in use (runtime config vmm_uid_count)`);
 }
@@ -107,8 +131,8 @@ const TUN_SCRIPT = [
 
 /**
  * The argv that starts `vmm` confined: in the pod's netns (if any), in a private mount
- * namespace, as `user`, and killed when the shim dies. setpriv sets the parent-death signal
- * after it changes uid (a uid change clears it).
+ * namespace, as `user`. No parent-death signal: the VMM outlives the daemon, and the next daemon
+ * adopts it (state/records.ts).
  */
 export function confinedArgv(
   vmm: string[],
@@ -123,7 +147,6 @@ export function confinedArgv(
     "--inh-caps=-all",
     "--bounding-set=-all",
     "--no-new-privs",
-    "--pdeathsig=KILL",
     "--",
     ...vmm,
   ];

@@ -54,6 +54,13 @@ export class ConsoleLog {
     return new ConsoleLog(paths, reader, maxBytes);
   }
 
+  /** Drains the FIFO a running VMM already writes to (it outlived the daemon that made it). */
+  static async adopt(paths: ConsoleLogPaths, maxBytes = DEFAULT_CONSOLE_MAX_BYTES): Promise<ConsoleLog> {
+    const fd = openSync(paths.fifo, constants.O_RDWR | constants.O_NONBLOCK | constants.O_NOFOLLOW);
+    const reader = new net.Socket({ fd, readable: true, writable: false });
+    return new ConsoleLog(paths, reader, maxBytes);
+  }
+
   private take(chunk: Buffer): void {
     this.written += chunk.length;
     if (!this.out.write(chunk)) {

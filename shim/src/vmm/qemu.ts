@@ -1,16 +1,18 @@
 // QEMU driver: q35 machine (PCIe, so disks and NICs can be hot-plugged later), QMP for
 // control, the agent over a virtio-serial port backed by a unix socket, console to a file.
-import { type ChildProcess, spawn } from "node:child_process";
+import { spawn } from "node:child_process";
 import { once } from "node:events";
-import { chown, link, mkdir, rm, stat } from "node:fs/promises";
+import { chown, link, mkdir, open, readFile, rm, stat } from "node:fs/promises";
 import net from "node:net";
 import path from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
+import { z } from "zod";
 import { AgentClient } from "../agent/client.js";
 import { cgroupJoinArgv } from "../cgroup/join.js";
-import { deadline, exhausted, notFound, precondition, ShimError, unavailable } from "../errors.js";
+import { deadline, exhausted, invalid, notFound, precondition, ShimError, unavailable } from "../errors.js";
 import { TtrpcClient } from "../ttrpc/client.js";
 import { log as rootLog } from "../util/log.js";
+import { adoptedProcess, childProcess, type HostProcess, processIdentity } from "../util/proc.js";
 import { TIMED_OUT, within } from "../util/time.js";
 import { type Accel, kvmUnusableMessage, probeAccel } from "./accel.js";
 import {
@@ -20,6 +22,7 @@ import {
   DEFAULT_VMM_UIDS,
   makeVmmDir,
   PassedFiles,
+  reclaimVmmUser,
   type VmmUidRange,
   type VmmUser,
 } from "./confine.js";
@@ -75,6 +78,15 @@ export class QemuDriver implements HypervisorDriver {
     this.uids = opts.uids ?? DEFAULT_VMM_UIDS;
   }
 
+  async adopt(
+    config: Pick<VmConfig, "id" | "stateDir" | "log">,
+    record: unknown,
+  ): Promise<QemuVm | undefined> {
+    const checked = qemuRecord.safeParse(record);
+    if (!checked.success) throw invalid(`VM ${config.id}: its record is not a QEMU record`);
+    return QemuVm.adopt(config as VmConfig, checked.data);
+  }
+
   async launch(config: VmConfig): Promise<QemuVm> {
     await assertBootFiles(config);
     const accel = this.accel;
@@ -85,12 +97,7 @@ export class QemuDriver implements HypervisorDriver {
     }
     await mkdir(config.stateDir, { recursive: true, mode: 0o700 });
     const vmmDir = path.join(config.stateDir, "vmm");
-    const paths = {
-      qmp: path.join(vmmDir, "qmp.sock"),
-      agent: path.join(vmmDir, "agent.sock"),
-      console: path.join(config.stateDir, "console.log"),
-      consoleFifo: path.join(vmmDir, "console.fifo"),
-    };
+    const paths = qemuPaths(config.stateDir);
     let vm: QemuVm | undefined;
     let consoleLog: ConsoleLog | undefined;
     let user: VmmUser | undefined;
@@ -110,13 +117,20 @@ export class QemuDriver implements HypervisorDriver {
         ...cgroupJoinArgv(config.cgroup?.procs),
         ...confinedArgv([this.binary, ...argv], user, config.network?.netnsPath),
       ];
+      // stderr to a file, not a pipe: QEMU outlives the daemon (a restarted one adopts it).
+      const stderr = await open(paths.stderr, "a", 0o600);
       const child = spawn(command as string, args, {
         // Relative socket paths: QEMU needs no right on the dirs above its own.
         cwd: vmmDir,
-        stdio: ["ignore", "ignore", "pipe", ...files.stdio()],
+        stdio: ["ignore", "ignore", stderr.fd, ...files.stdio()],
       });
+      await stderr.close();
       await files.close();
-      vm = new QemuVm(config, child, { ...paths, vmmDir }, consoleLog, user);
+      if (child.pid === undefined) throw unavailable(`qemu for VM ${config.id} did not start`);
+      vm = new QemuVm(config, childProcess(child), paths, consoleLog, user);
+      // The uid stays taken while this QEMU lives, whichever daemon serves it then.
+      const identity = await processIdentity(vm.pid);
+      if (identity) await user.holdFor(identity);
       await vm.waitForSockets();
       return vm;
     } catch (err) {
@@ -132,9 +146,44 @@ export class QemuDriver implements HypervisorDriver {
   }
 }
 
+/** Everything the driver needs to adopt a running QEMU: kept in the pod's record (state/). */
+const qemuRecord = z.object({
+  pid: z.number().int().positive(),
+  startTime: z.number().int().nonnegative(),
+  uid: z.number().int().positive(),
+  gid: z.number().int().positive(),
+  /** Root port index → hot-plugged device id. */
+  ports: z.array(
+    z.tuple([
+      z
+        .number()
+        .int()
+        .min(0)
+        .max(HOTPLUG_PORTS - 1),
+      z.string(),
+    ]),
+  ),
+  fsDevices: z.array(z.string()),
+});
+export type QemuRecord = z.infer<typeof qemuRecord>;
+
+function qemuPaths(stateDir: string): QemuPaths {
+  const vmmDir = path.join(stateDir, "vmm");
+  return {
+    qmp: path.join(vmmDir, "qmp.sock"),
+    agent: path.join(vmmDir, "agent.sock"),
+    console: path.join(stateDir, "console.log"),
+    consoleFifo: path.join(vmmDir, "console.fifo"),
+    stderr: path.join(stateDir, "qemu.stderr"),
+    vmmDir,
+  };
+}
+
 interface QemuPaths {
   qmp: string;
   agent: string;
+  /** QEMU's stderr (root's, in the state dir): for error messages. */
+  stderr: string;
   /** The guest console, capped (see ConsoleLog); QEMU writes it into consoleFifo. */
   console: string;
   consoleFifo: string;
@@ -248,7 +297,6 @@ export class QemuVm implements VmHandle {
   readonly exited: Promise<VmExit>;
   private qmp: QmpClient | undefined;
   private agents: AgentClient[] = [];
-  private stderr = "";
   private stopping: Promise<void> | undefined;
   /** Root port index → the hot-plugged device on it. */
   private readonly busyPorts = new Map<number, string>();
@@ -259,43 +307,117 @@ export class QemuVm implements VmHandle {
 
   constructor(
     private readonly config: VmConfig,
-    private readonly child: ChildProcess,
+    private readonly proc: HostProcess,
     private readonly paths: QemuPaths,
     private readonly consoleLog: ConsoleLog,
     private readonly user: VmmUser,
   ) {
     this.id = config.id;
     this.log = config.log ?? rootLog.child({ vm: config.id });
-    if (child.pid === undefined) throw unavailable(`qemu for VM ${config.id} did not start`);
-    this.pid = child.pid;
+    this.pid = proc.pid;
     this.consoleLogPath = paths.console;
-    child.stderr?.setEncoding("utf8");
-    child.stderr?.on("data", (text: string) => {
-      // Keep the tail only: it is for error messages, not a log.
-      this.stderr = (this.stderr + text).slice(-4096);
+    this.exited = proc.exited.then(async (exit) => {
+      this.hasExited = true;
+      for (const agent of this.agents) agent.close();
+      const reason = await this.endReason();
+      if (!reason) return exit;
+      this.log.warn({ vmmPid: this.pid, reason }, `VM ended: ${reason}`);
+      return { ...exit, reason };
     });
-    this.exited = new Promise((resolve) => {
-      child.on("exit", (code, signal) => {
-        this.hasExited = true;
-        for (const agent of this.agents) agent.close();
-        resolve({ code, signal });
-      });
+  }
+
+  /** What QEMU said when the guest ended (QMP SHUTDOWN/GUEST_PANICKED), for the VM's exit. */
+  private shutdownReason: string | undefined;
+
+  private watchQmp(qmp: QmpClient): void {
+    qmp.on("event", (event) => {
+      if (event.event === "GUEST_PANICKED") this.shutdownReason = "guest-panic";
+      else if (event.event === "SHUTDOWN" && this.shutdownReason === undefined) {
+        const reason = event.data?.reason;
+        if (typeof reason === "string") this.shutdownReason = reason.slice(0, 64);
+      }
     });
-    child.on("error", (err) => {
-      this.stderr += err.message;
-    });
+  }
+
+  /** The VM's end in words, with the guest's panic line when its console has one. */
+  private async endReason(): Promise<string | undefined> {
+    const why = this.shutdownReason;
+    if (why === undefined || why === "host-qmp-quit" || why === "host-signal") return undefined;
+    const console = await readFile(this.paths.console, "utf8").catch(() => "");
+    // The guest wrote it: one line, bounded, printable.
+    const panic = /Kernel panic - not syncing:[^\n]{0,160}/
+      .exec(console.slice(-65536))?.[0]
+      ?.replace(/[^\x20-\x7e]/g, "");
+    if (why === "guest-reset" || why === "guest-panic")
+      return panic
+        ? `the guest kernel panicked (${panic.trim()})`
+        : why === "guest-panic"
+          ? "the guest kernel panicked"
+          : "the guest reset itself (a reboot, or a kernel panic: panic=-1 makes a panic a reset)";
+    if (why === "guest-shutdown") return "the guest powered itself off";
+    return `QEMU ended the VM (${why})`;
+  }
+
+  /**
+   * Takes over a QEMU that a previous daemon started (it outlived that daemon): its QMP, its
+   * console, its uid and hot-plug state as the record has them. Undefined when that QEMU is gone.
+   */
+  static async adopt(config: VmConfig, record: QemuRecord): Promise<QemuVm | undefined> {
+    const who = { pid: record.pid, startTime: record.startTime };
+    const paths = qemuPaths(config.stateDir);
+    const now = await processIdentity(record.pid);
+    if (now?.startTime !== record.startTime) return undefined;
+    const user = await reclaimVmmUser(
+      path.join(path.dirname(config.stateDir), ".vmm-uids"),
+      { uid: record.uid, gid: record.gid },
+      who,
+    );
+    const consoleLog = await ConsoleLog.adopt({ fifo: paths.consoleFifo, log: paths.console });
+    const vm = new QemuVm(config, adoptedProcess(who), paths, consoleLog, user);
+    for (const [port, id] of record.ports) vm.busyPorts.set(port, id);
+    for (const id of record.fsDevices) vm.fsDevices.add(id);
+    try {
+      vm.qmp = await QmpClient.connect(paths.qmp);
+      vm.watchQmp(vm.qmp);
+    } catch (err) {
+      vm.log.warn({ err: (err as Error).message }, "adopted qemu: QMP unreachable; stopping it");
+      await vm.stop();
+      return undefined;
+    }
+    return vm;
+  }
+
+  /** What a later daemon needs to adopt this QEMU. */
+  async record(): Promise<QemuRecord> {
+    const identity = await processIdentity(this.pid);
+    return {
+      pid: this.pid,
+      startTime: identity?.startTime ?? 0,
+      uid: this.user.uid,
+      gid: this.user.gid,
+      ports: [...this.busyPorts],
+      fsDevices: [...this.fsDevices],
+    };
+  }
+
+  /** The tail of QEMU's stderr, for error messages. */
+  private async stderrTail(): Promise<string> {
+    const text = await readFile(this.paths.stderr, "utf8").catch(() => "");
+    return text.slice(-4096).trim();
   }
 
   /** QEMU creates its sockets before running the guest; then QMP is ready to take commands. */
   async waitForSockets(): Promise<void> {
     const until = Date.now() + 10_000;
     for (;;) {
-      if (this.hasExited) throw unavailable(`qemu for VM ${this.id} exited at start: ${this.stderr.trim()}`);
+      if (this.hasExited)
+        throw unavailable(`qemu for VM ${this.id} exited at start: ${await this.stderrTail()}`);
       if ((await exists(this.paths.qmp)) && (await exists(this.paths.agent))) break;
       if (Date.now() > until) throw deadline(`qemu for VM ${this.id} did not create its sockets in 10 s`);
       await sleep(5);
     }
     this.qmp = await retryRefused(() => QmpClient.connect(this.paths.qmp), until);
+    this.watchQmp(this.qmp);
   }
 
   async connectAgent(opts: { timeoutMs: number }): Promise<AgentClient> {
@@ -318,8 +440,10 @@ export class QemuVm implements VmHandle {
     try {
       await Promise.race([
         agent.health({ timeoutMs: remaining }),
-        this.exited.then(() => {
-          throw unavailable(`VM ${this.id} exited while booting: ${this.stderr.trim() || "see console log"}`);
+        this.exited.then(async () => {
+          throw unavailable(
+            `VM ${this.id} exited while booting: ${(await this.stderrTail()) || "see console log"}`,
+          );
         }),
       ]);
     } catch (err) {
@@ -491,7 +615,7 @@ export class QemuVm implements VmHandle {
       }
       if ((await within(this.exited, 3000)) === TIMED_OUT) {
         this.log.warn({ vmmPid: this.pid }, "qemu did not quit; killing it");
-        this.child.kill("SIGKILL");
+        this.proc.kill("SIGKILL");
       }
       await this.exited;
     }

@@ -61,6 +61,8 @@ export function checkDiskSerial(serial: string): void {
 export interface VmExit {
   code: number | null;
   signal: NodeJS.Signals | null;
+  /** Why the VM ended, when the VMM said (a guest reset or panic, a power-off). */
+  reason?: string;
 }
 
 export interface VmHandle extends AsyncDisposable {
@@ -89,6 +91,8 @@ export interface VmHandle extends AsyncDisposable {
   info?(): Promise<VmInfo>;
   /** Per-device I/O counters as the VMM reports them (device id → counter → value). */
   counters?(): Promise<VmCounters>;
+  /** What a later daemon needs to adopt this VM (drivers that can be adopted). */
+  record?(): Promise<unknown>;
 }
 
 export interface NicSpec {
@@ -113,6 +117,11 @@ export type VmCounters = Record<string, Record<string, number>>;
 export interface HypervisorDriver {
   readonly name: "qemu" | "cloud-hypervisor";
   launch(config: VmConfig): Promise<VmHandle>;
+  /**
+   * Takes over a VM a previous daemon launched, from its record(); undefined when that VMM is
+   * gone. Drivers without it cannot outlive their daemon.
+   */
+  adopt?(config: Pick<VmConfig, "id" | "stateDir" | "log">, record: unknown): Promise<VmHandle | undefined>;
 }
 
 /** The guest agent's virtio-serial port name and vsock port (guest/agent). */

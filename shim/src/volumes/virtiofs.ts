@@ -6,14 +6,15 @@
 // Teardown never removes a directory recursively: the shared directory holds bind mounts of
 // the user's data. Mount points are unmounted first, then removed one by one with rmdir/unlink,
 // which fail rather than delete anything still mounted.
-import { type ChildProcess, spawn } from "node:child_process";
-import { lstat, mkdir, rmdir, stat, unlink, writeFile } from "node:fs/promises";
+import { spawn } from "node:child_process";
+import { lstat, mkdir, open, readFile, rmdir, stat, unlink, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { cgroupJoinArgv } from "../cgroup/join.js";
 import { precondition, ShimError, unavailable } from "../errors.js";
 import { exec, execOk } from "../util/exec.js";
 import type { Logger } from "../util/log.js";
+import { adoptedProcess, childProcess, type HostProcess, processIdentity } from "../util/proc.js";
 import { TIMED_OUT, within } from "../util/time.js";
 import { findExecutable } from "../vmm/files.js";
 import type { FsSpec } from "../vmm/types.js";
@@ -34,22 +35,44 @@ export interface SharedVolume {
   destination: string;
 }
 
+/** What a later daemon needs to adopt a pod's virtiofsd (kept in the pod's record). */
+export interface ShareRecord {
+  dir: string;
+  pid: number;
+  startTime: number;
+  /** Names of the volumes bound into the shared directory. */
+  bound: string[];
+}
+
 export class PodShare {
   private readonly bound = new Set<string>();
   private stopping: Promise<void> | undefined;
-  private stderr = "";
 
   private constructor(
     /** <state_dir>/pods/<vm id>: the socket and the shared directory. */
     readonly dir: string,
-    private readonly child: ChildProcess,
-    private readonly exited: Promise<void>,
+    private readonly proc: HostProcess,
     private readonly log: Logger,
-  ) {
-    child.stderr?.setEncoding("utf8");
-    child.stderr?.on("data", (text: string) => {
-      this.stderr = (this.stderr + text).slice(-2048);
-    });
+  ) {}
+
+  /**
+   * The virtiofsd a previous daemon started for this pod. When it is gone, what it left (binds,
+   * socket) is still removed by the returned share's stop().
+   */
+  static async adopt(record: ShareRecord, log: Logger): Promise<PodShare> {
+    const who = { pid: record.pid, startTime: record.startTime };
+    const share = new PodShare(record.dir, adoptedProcess(who), log);
+    for (const name of record.bound) share.bound.add(name);
+    return share;
+  }
+
+  async record(): Promise<ShareRecord> {
+    return {
+      dir: this.dir,
+      pid: this.proc.pid,
+      startTime: (await processIdentity(this.proc.pid))?.startTime ?? 0,
+      bound: [...this.bound],
+    };
   }
 
   get sharedDir(): string {
@@ -93,10 +116,6 @@ export class PodShare {
       // any file owner in the volumes) with virtiofsd's reduced capability set, less mknod.
       const argv = [
         ...cgroupJoinArgv(opts.cgroupProcs),
-        "setpriv",
-        "--pdeathsig",
-        "KILL",
-        "--",
         binary,
         "--socket-path",
         socketPath(dir),
@@ -114,12 +133,15 @@ export class PodShare {
         "warn",
       ];
       log.debug({ argv }, "starting virtiofsd");
-      const child = spawn(argv[0] as string, argv.slice(1), { stdio: ["ignore", "ignore", "pipe"] });
-      const exited = new Promise<void>((resolve) => {
-        child.on("exit", () => resolve());
-        child.on("error", () => resolve());
-      });
-      share = new PodShare(dir, child, exited, log);
+      // No parent-death signal and no pipe: virtiofsd outlives the daemon like the VMM it serves.
+      const stderr = await open(stderrPath(dir), "a", 0o600);
+      const child = spawn(argv[0] as string, argv.slice(1), { stdio: ["ignore", "ignore", stderr.fd] });
+      await stderr.close();
+      if (child.pid === undefined) {
+        await new Promise((resolve) => child.once("error", resolve));
+        throw unavailable(`virtiofsd could not be started (${argv[0]})`);
+      }
+      share = new PodShare(dir, childProcess(child), log);
       await share.waitForSocket();
       log.info({ virtiofsdPid: child.pid, dir }, "virtiofsd serving the pod's shared volumes");
       return share;
@@ -133,8 +155,10 @@ export class PodShare {
   private async waitForSocket(): Promise<void> {
     const until = Date.now() + 10_000;
     for (;;) {
-      if (this.child.exitCode !== null || this.child.signalCode !== null || this.child.pid === undefined)
-        throw unavailable(`virtiofsd exited at start: ${this.stderr.trim() || "no message"}`);
+      if (this.proc.hasExited) {
+        const stderr = await readFile(stderrPath(this.dir), "utf8").catch(() => "");
+        throw unavailable(`virtiofsd exited at start: ${stderr.slice(-2048).trim() || "no message"}`);
+      }
       if (
         await lstat(socketPath(this.dir)).then(
           (s) => s.isSocket(),
@@ -196,19 +220,19 @@ export class PodShare {
   }
 
   private async doStop(): Promise<void> {
-    if (this.child.exitCode === null && this.child.signalCode === null) {
+    if (!this.proc.hasExited) {
       // virtiofsd exits by itself when the VMM disconnects; this is for the other cases.
-      this.child.kill("SIGTERM");
-      if ((await within(this.exited, 3000)) === TIMED_OUT) {
-        this.log.warn({ virtiofsdPid: this.child.pid }, "virtiofsd did not exit; killing it");
-        this.child.kill("SIGKILL");
-        await this.exited;
+      this.proc.kill("SIGTERM");
+      if ((await within(this.proc.exited, 3000)) === TIMED_OUT) {
+        this.log.warn({ virtiofsdPid: this.proc.pid }, "virtiofsd did not exit; killing it");
+        this.proc.kill("SIGKILL");
+        await this.proc.exited;
       }
     }
     await this.remove([...this.bound]);
     await unmountAndRemove([this.sharedDir], this.log);
     // virtiofsd's socket and the pid file it locks next to it.
-    for (const file of [socketPath(this.dir), `${socketPath(this.dir)}.pid`])
+    for (const file of [socketPath(this.dir), `${socketPath(this.dir)}.pid`, stderrPath(this.dir)])
       await unlink(file).catch(() => {});
     await removeIfEmpty(this.dir);
   }
@@ -224,6 +248,10 @@ export function volumesFailed(volumes: readonly SharedVolume[], err: unknown): S
 
 function socketPath(dir: string): string {
   return path.join(dir, "virtiofsd.sock");
+}
+
+function stderrPath(dir: string): string {
+  return path.join(dir, "virtiofsd.stderr");
 }
 
 /**

@@ -9,6 +9,7 @@ import { lstat, readdir, readFile, readlink, stat, statfs } from "node:fs/promis
 import path from "node:path";
 import type { AgentClient, PutFile } from "../agent/client.js";
 import { invalid } from "../errors.js";
+import type { VolumesRecord } from "../state/records.js";
 import { logFromGuest } from "../util/guest-log.js";
 import type { Logger } from "../util/log.js";
 import { GUEST_SHARED, type SharedVolume } from "./virtiofs.js";
@@ -101,6 +102,25 @@ export class ContainerVolumes {
       volumes.copied.push({ hostPath: source, guestPath, signature: "" });
       mount.source = guestPath;
     }
+    return volumes;
+  }
+
+  /** What a later daemon needs to keep these volumes in sync and to unbind them. */
+  record(): VolumesRecord {
+    return {
+      copied: this.copied.map(({ hostPath, guestPath }) => ({ hostPath, guestPath })),
+      sharedDirs: [...this.sharedDirs],
+      shared: this.shared.map((v) => ({ ...v })),
+    };
+  }
+
+  /** The volumes of a container a previous daemon created (the guest already has them). */
+  static adopt(record: VolumesRecord, log: Logger): ContainerVolumes {
+    const volumes = new ContainerVolumes(log);
+    for (const { hostPath, guestPath } of record.copied)
+      volumes.copied.push({ hostPath, guestPath, signature: "" });
+    volumes.sharedDirs.push(...record.sharedDirs);
+    volumes.shared.push(...record.shared);
     return volumes;
   }
 

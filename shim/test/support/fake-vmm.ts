@@ -74,6 +74,11 @@ export class FakeVm implements VmHandle {
     this.paused = true;
   }
 
+  /** A later "daemon" adopts this VM by its pid (FakeDriver.adopt). */
+  async record(): Promise<unknown> {
+    return { fakePid: this.pid };
+  }
+
   async resume(): Promise<void> {
     this.paused = false;
   }
@@ -106,6 +111,12 @@ export class FakeDriver implements HypervisorDriver {
 
   get running(): FakeVm[] {
     return this.vms.filter((vm) => !vm.stopped);
+  }
+
+  /** The VM a previous "daemon" launched, if it still runs (the same object: its agent kept its state). */
+  async adopt(_config: Pick<VmConfig, "id" | "stateDir">, record: unknown): Promise<FakeVm | undefined> {
+    const pid = (record as { fakePid?: number }).fakePid;
+    return this.vms.find((vm) => vm.pid === pid && !vm.stopped);
   }
 
   async launch(config: VmConfig): Promise<FakeVm> {

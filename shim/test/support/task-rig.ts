@@ -13,6 +13,8 @@ import type { PodNetwork } from "../../src/network/pod-network.js";
 import type { ContainmentHost } from "../../src/pod/containment.js";
 import { CRI_CONTAINER_TYPE, CRI_SANDBOX_ID } from "../../src/pod/cri.js";
 import type { PreparedRootfs } from "../../src/pod/rootfs.js";
+import type { RootfsRecord } from "../../src/state/records.js";
+import { RecordStore } from "../../src/state/records.js";
 import { type CreateTaskRequest, TaskService } from "../../src/task/service.js";
 import { log } from "../../src/util/log.js";
 import { FakeDriver } from "./fake-vmm.js";
@@ -69,19 +71,41 @@ export class FakeRootfs {
     }
     const owner = `${namespace}/${containerId}`;
     this.held.add(owner);
-    return {
-      disks: [
-        { path: `/fake/${containerId}.erofs`, serial: `i${containerId}`.slice(0, 20), readOnly: true },
-        { path: `/fake/${containerId}.ext4`, serial: `s${containerId}`.slice(0, 20), readOnly: false },
-      ],
+    const disks = [
+      { path: `/fake/${containerId}.erofs`, serial: `i${containerId}`.slice(0, 20), readOnly: true },
+      { path: `/fake/${containerId}.ext4`, serial: `s${containerId}`.slice(0, 20), readOnly: false },
+    ];
+    const record = {
+      disks,
       rootfsSerial: `i${containerId}`.slice(0, 20),
       scratchSerial: `s${containerId}`.slice(0, 20),
+      imageKey: "0".repeat(64),
+      // The owner, for adopt(): fake disks have no file.
+      scratchPath: owner,
+    };
+    return {
+      disks,
+      rootfsSerial: record.rootfsSerial,
+      scratchSerial: record.scratchSerial,
       cacheHit: false,
+      record,
       release: async () => {
         this.held.delete(owner);
       },
     };
   };
+
+  /** A later "daemon" takes over the disks a container holds. */
+  adopt = async (record: RootfsRecord): Promise<PreparedRootfs> => ({
+    disks: record.disks,
+    rootfsSerial: record.rootfsSerial,
+    scratchSerial: record.scratchSerial,
+    cacheHit: true,
+    record,
+    release: async () => {
+      this.held.delete(record.scratchPath);
+    },
+  });
 }
 
 /**
@@ -168,8 +192,10 @@ export class TaskRig {
   readonly network = new FakeNetwork();
   readonly containment: FakeContainment;
   readonly driver: FakeDriver;
-  readonly tasks: TaskService;
+  tasks: TaskService;
   readonly config: RuntimeConfig;
+  /** Pod records, as the daemon keeps them for its successor. */
+  readonly records: RecordStore;
 
   private constructor(
     readonly dir: string,
@@ -178,16 +204,54 @@ export class TaskRig {
     this.config = parseConfig({ state_dir: path.join(dir, "state"), ...config }, "unit test");
     this.driver = new FakeDriver(dir);
     this.containment = new FakeContainment(path.join(dir, "cgroup"));
-    this.tasks = new TaskService({
+    this.records = new RecordStore(
+      path.join(dir, "state", "records"),
+      "shim-unit",
+      pino({ level: "silent" }),
+    );
+    this.tasks = this.newTaskService();
+  }
+
+  /** Set when the current task service's "daemon" died: it then publishes and records nothing. */
+  private dead = { value: false };
+
+  private newTaskService(): TaskService {
+    const dead = { value: false };
+    this.dead = dead;
+    const records = this.records;
+    return new TaskService({
       config: this.config,
       driver: this.driver,
-      events: this.events,
+      events: { publish: (...args) => dead.value || this.events.publish(...args) },
+      records: {
+        save: (...args: Parameters<RecordStore["save"]>) =>
+          dead.value ? Promise.resolve() : records.save(...args),
+        remove: (vmId: string) => (dead.value ? Promise.resolve() : records.remove(vmId)),
+        load: () => records.load(),
+      } as RecordStore,
       prepareRootfs: this.rootfs.prepare,
+      adoptRootfs: this.rootfs.adopt,
       attachNetwork: this.network.attach,
       containment: this.containment,
       log: pino({ level: "silent" }),
       version: "unit",
     });
+  }
+
+  /**
+   * A new daemon of the same identity, as after a crash: a fresh task service that knows only
+   * the records; the old one is dropped without any teardown. Returns how many tasks it took over.
+   */
+  async restartDaemon(): Promise<number> {
+    // A dead daemon says nothing more, and its kernel closes every connection it held.
+    this.dead.value = true;
+    for (const container of this.tasks.list()) {
+      for (const forwarder of container.forwarders.values()) forwarder.close();
+      container.member.volumes.stop();
+      container.agent.close();
+    }
+    this.tasks = this.newTaskService();
+    return this.tasks.restore();
   }
 
   static async open(config: Record<string, unknown> = {}): Promise<TaskRig> {

@@ -1,0 +1,220 @@
+// The node's shim daemon under faults and changes. Killed (kill -9) while pods run and one
+// streams output: its VMs and virtiofsd outlive it, containerd's connections stay open (the
+// front keeps them), a new daemon takes over from the pods' records within seconds, and every
+// old pod still answers exec, stats, stop and remove; afterwards nothing is left on the host.
+// The runtime config changed under a running pod: its next container still joins its VM.
+// A guest kernel panic ends its task at once, with the reason in the daemon's log.
+import assert from "node:assert/strict";
+import { mkdir, readdir, readFile, writeFile } from "node:fs/promises";
+import path from "node:path";
+import { after, before, describe, it } from "node:test";
+import { exec } from "@cloudhv/shim";
+import type { CriClient, PodSandboxConfig } from "../src/cri/client.js";
+import { HANDLER, type Harness, startHarness } from "../src/harness.js";
+import { hypervisorSuites } from "../src/hypervisors.js";
+import { entriesOf, processesMatching } from "../src/leaks.js";
+
+const IMAGE = "docker.io/cloudhv-test/busybox:restart";
+
+/** The pid in each daemon lock file (backend/: the front's own locks are in the state dir). */
+async function daemonPids(stateDir: string): Promise<number[]> {
+  const pids: number[] = [];
+  for (const dir of [path.join(stateDir, "backend")]) {
+    for (const name of await readdir(dir).catch(() => [] as string[])) {
+      if (!/^shim-[0-9a-f]+\.sock\.lock$/.test(name)) continue;
+      // "pid startTime" (bin/daemon.ts).
+      const pid = Number((await readFile(path.join(dir, name), "utf8").catch(() => "")).trim().split(" ")[0]);
+      if (pid > 0 && (await readFile(`/proc/${pid}/stat`).catch(() => undefined))) pids.push(pid);
+    }
+  }
+  return pids;
+}
+
+async function waitUntil<T>(what: string, ms: number, probe: () => Promise<T | undefined>): Promise<T> {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const value = await probe();
+    if (value !== undefined) return value;
+    if (Date.now() > deadline) assert.fail(`${what}: not within ${ms} ms`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+for (const hv of await hypervisorSuites())
+  describe(`the shim daemon killed under running pods on ${hv.name}`, { skip: hv.skip ?? false }, () => {
+    let harness: Harness;
+    let cri: CriClient;
+
+    before(async () => {
+      harness = await startHarness({ images: [IMAGE], runtimeConfig: { ...hv.runtimeConfig } });
+      cri = harness.cri;
+    });
+
+    after(async () => {
+      await harness?.stop();
+    });
+
+    it("keeps every pod running; a new daemon takes over; exec, stats, stop and remove work; nothing leaks", async () => {
+      const stateDir = harness.runtime.stateDir;
+      const pods: Array<{ podId: string; id: string; logDirectory: string; config: PodSandboxConfig }> = [];
+      for (const name of ["counter", "quiet"]) {
+        const logDirectory = path.join(harness.dir, "pods", name);
+        await mkdir(logDirectory, { recursive: true });
+        const config: PodSandboxConfig = {
+          metadata: { name, uid: `uid-${name}`, namespace: "default", attempt: 0 },
+          hostname: name,
+          logDirectory,
+        };
+        const podId = await cri.runPodSandbox(config, HANDLER);
+        const command =
+          name === "counter"
+            ? ["sh", "-c", "i=0; while true; do echo line-$i; i=$((i+1)); usleep 50000; done"]
+            : ["sleep", "3600"];
+        const id = await cri.createContainer(
+          podId,
+          { metadata: { name: "main" }, image: { image: IMAGE }, command, logPath: "main.log" },
+          config,
+        );
+        await cri.startContainer(id);
+        pods.push({ podId, id, logDirectory, config });
+      }
+      const counterLog = path.join(pods[0]?.logDirectory as string, "main.log");
+      const lastLine = async () => {
+        const text = await readFile(counterLog, "utf8").catch(() => "");
+        const numbers = [...text.matchAll(/^\S+ stdout F line-(\d+)$/gm)].map((m) => Number(m[1]));
+        return numbers.length ? Math.max(...numbers) : -1;
+      };
+      await waitUntil("the counter's first lines", 60_000, async () =>
+        (await lastLine()) >= 5 ? true : undefined,
+      );
+      const vmms = await processesMatching(path.join(stateDir, "vm"));
+      assert.equal(vmms.length, 2, "one VM per pod");
+      const [daemon] = await daemonPids(stateDir);
+      assert.ok(daemon, "a shim daemon serves the pods");
+
+      process.kill(daemon, "SIGKILL");
+      const killedAt = Date.now();
+      const successor = await waitUntil("a new daemon", 30_000, async () =>
+        (await daemonPids(stateDir)).find((pid) => pid !== daemon),
+      );
+      // It serves once it answers: an exec through CRI goes containerd → front → new daemon.
+      const quiet = pods[1];
+      assert.ok(quiet);
+      const exec = await cri.execSync(quiet.id, ["sh", "-c", "echo alive; exit 3"]);
+      const takeoverMs = Date.now() - killedAt;
+      assert.equal(exec.stdout.trim(), "alive");
+      assert.equal(exec.exitCode, 3);
+      assert.notEqual(successor, daemon);
+      assert.deepEqual(
+        (await processesMatching(path.join(stateDir, "vm"))).sort(),
+        [...vmms].sort(),
+        "the same VMMs still run",
+      );
+      // The workload kept counting and its output reaches the CRI log again.
+      const before = await lastLine();
+      await waitUntil("the counter's output after the takeover", 60_000, async () =>
+        (await lastLine()) >= before + 20 ? true : undefined,
+      );
+      for (const pod of pods) {
+        assert.equal(
+          (await cri.containerStatus(pod.id)).state,
+          "CONTAINER_RUNNING",
+          `${pod.config.metadata.name} runs`,
+        );
+        const metrics = await harness.containerd.ctr(["-n", "k8s.io", "task", "metrics", pod.id]);
+        assert.match(metrics.stdout, /memory/i, `ctr task metrics ${pod.id} reports the guest's figures`);
+      }
+      process.stdout.write(`# takeover: exec answered ${takeoverMs} ms after the kill\n`);
+
+      for (const pod of pods) {
+        await cri.stopContainer(pod.id, 2);
+        assert.equal((await cri.containerStatus(pod.id)).state, "CONTAINER_EXITED");
+        await cri.removeContainer(pod.id);
+        await cri.stopPodSandbox(pod.podId);
+        await cri.removePodSandbox(pod.podId);
+      }
+      assert.deepEqual(await processesMatching(path.join(stateDir, "vm")), [], "no VMM left");
+      assert.deepEqual(await entriesOf(path.join(stateDir, "vm")), [], "no VM state left");
+      assert.deepEqual(await entriesOf(path.join(stateDir, "records")), [], "no pod record left");
+    });
+
+    it("a guest kernel panic ends the task at once (137), with the panic in the daemon's log", async () => {
+      const stateDir = harness.runtime.stateDir;
+      const started = Date.now();
+      // Privileged: crun leaves /proc/sysrq-trigger writable (it is read-only otherwise).
+      const run = await exec(
+        [
+          ...["ctr", "--address", harness.containerd.address, "-n", "k8s.io", "run", "--rm", "--privileged"],
+          ...["--runtime", "io.containerd.cloudhv.v1", IMAGE, "panic-1"],
+          ...["sh", "-c", "sleep 1; echo c > /proc/sysrq-trigger; sleep 600"],
+        ],
+        { timeoutMs: 120_000 },
+      );
+      assert.equal(run.code, 137, `the task is killed with its VM: ${run.stderr}`);
+      assert.ok(Date.now() - started < 60_000, "not after some timeout");
+      let logs = "";
+      for (const dir of [stateDir, path.join(stateDir, "backend")])
+        for (const name of (await readdir(dir).catch(() => [] as string[])).filter((n) => n.endsWith(".log")))
+          logs += await readFile(path.join(dir, name), "utf8");
+      assert.match(logs, /the guest kernel panicked \(Kernel panic - not syncing: sysrq triggered crash\)/);
+      assert.deepEqual(await processesMatching(path.join(stateDir, "vm")), [], "no VMM left");
+    });
+
+    it("a container added to a pod after a runtime config change joins the pod's VM (routed by sandbox)", async () => {
+      const logDirectory = path.join(harness.dir, "pods", "routed");
+      await mkdir(logDirectory, { recursive: true });
+      const config: PodSandboxConfig = {
+        metadata: { name: "routed", uid: "uid-routed", namespace: "default", attempt: 0 },
+        hostname: "routed",
+        logDirectory,
+      };
+      const podId = await cri.runPodSandbox(config, HANDLER);
+      const first = await cri.createContainer(
+        podId,
+        {
+          metadata: { name: "first" },
+          image: { image: IMAGE },
+          command: ["sleep", "3600"],
+          logPath: "first.log",
+        },
+        config,
+      );
+      await cri.startContainer(first);
+      const original = await readFile(harness.runtime.configPath, "utf8");
+      const ids = [first];
+      try {
+        const changed = { ...(JSON.parse(original) as Record<string, unknown>), default_memory_mb: 384 };
+        await writeFile(harness.runtime.configPath, JSON.stringify(changed, null, 2));
+        const second = await cri.createContainer(
+          podId,
+          {
+            metadata: { name: "second" },
+            image: { image: IMAGE },
+            command: ["sh", "-c", "grep MemTotal /proc/meminfo; sleep 3600"],
+            logPath: "second.log",
+          },
+          config,
+        );
+        ids.push(second);
+        await cri.startContainer(second);
+        assert.equal((await cri.containerStatus(second)).state, "CONTAINER_RUNNING");
+        // In the pod's own VM (the old size), not a VM of the new config's size.
+        const mem = await cri.execSync(second, ["sh", "-c", "grep MemTotal /proc/meminfo"]);
+        const memKiB = Number(/(\d+) kB/.exec(mem.stdout)?.[1]);
+        assert.ok(memKiB > 0 && memKiB < 300 * 1024, `the container runs in the pod's VM: ${mem.stdout}`);
+        assert.equal(
+          (await processesMatching(path.join(harness.runtime.stateDir, "vm"))).length,
+          1,
+          "still one VM for the pod",
+        );
+      } finally {
+        await writeFile(harness.runtime.configPath, original);
+        for (const id of ids.reverse()) {
+          await cri.stopContainer(id, 2);
+          await cri.removeContainer(id);
+        }
+        await cri.stopPodSandbox(podId);
+        await cri.removePodSandbox(podId);
+      }
+    });
+  });

@@ -1,0 +1,93 @@
+// A restarted daemon takes over from the pods' records (TaskService.restore): the tasks keep
+// running and answer as before; exits that happened meanwhile are reported; a VM that died
+// meanwhile has its tasks announced as killed and its host resources released.
+import assert from "node:assert/strict";
+import { readdir } from "node:fs/promises";
+import path from "node:path";
+import { afterEach, beforeEach, describe, it } from "node:test";
+import { NS, TaskRig } from "./support/task-rig.js";
+
+describe("a restarted daemon takes over its predecessor's pods", () => {
+  let rig: TaskRig;
+  beforeEach(async () => {
+    rig = await TaskRig.open();
+  });
+  afterEach(async () => {
+    await rig.close();
+  });
+
+  const recordFiles = () => readdir(path.join(rig.dir, "state", "records")).catch(() => [] as string[]);
+
+  it("serves a running pod's tasks: state, exec, kill, wait, delete; nothing left afterwards", async () => {
+    await rig.create("sb", { role: "sandbox" });
+    await rig.tasks.start(NS, "sb", "");
+    await rig.create("app", { role: "container", sandbox: "sb" });
+    await rig.tasks.start(NS, "app", "");
+    const vm = rig.vm;
+    rig.events.events.length = 0;
+
+    assert.equal(await rig.restartDaemon(), 2);
+    assert.equal(rig.tasks.state(NS, "app", "").status, "RUNNING");
+    assert.equal(rig.tasks.state(NS, "sb", "").status, "RUNNING");
+    assert.deepEqual(rig.events.events, [], "nothing re-published");
+    assert.equal(rig.vm, vm, "the same VM, not a new one");
+
+    // A new container can still join the adopted sandbox.
+    await rig.create("late", { role: "container", sandbox: "sb" });
+    await rig.tasks.start(NS, "late", "");
+
+    await rig.tasks.exec(NS, {
+      id: "app",
+      execId: "e1",
+      terminal: false,
+      stdin: "",
+      stdout: "",
+      stderr: "",
+      spec: {
+        typeUrl: "types.containerd.io/opencontainers/runtime-spec/1/Process",
+        value: Buffer.from("{}"),
+      },
+    });
+    await rig.tasks.start(NS, "app", "e1");
+    vm.agent.exitProcess("app", "e1", 4);
+    assert.equal((await rig.tasks.wait(NS, "app", "e1")).exitStatus, 4);
+
+    for (const id of ["late", "app", "sb"]) {
+      vm.agent.exitProcess(id, "", 0);
+      await rig.tasks.wait(NS, id, "");
+      await rig.tasks.delete(NS, id, "");
+    }
+    assert.deepEqual(rig.leftovers(), { tasks: [], vms: [], rootfs: [], network: [] });
+    assert.deepEqual(await recordFiles(), [], "no record left");
+  });
+
+  it("reports an exit that happened while no daemon watched, with its real status", async () => {
+    await rig.create("t1");
+    await rig.tasks.start(NS, "t1", "");
+    const vm = rig.vm;
+    // The daemon is gone (its service dropped below); the process ends meanwhile.
+    await rig.restartDaemon();
+    vm.agent.exitProcess("t1", "", 7);
+    assert.equal((await rig.tasks.wait(NS, "t1", "")).exitStatus, 7);
+    assert.ok(rig.events.named("TaskExit").some((e) => e.containerId === "t1" && e.exitStatus === 7));
+    await rig.tasks.delete(NS, "t1", "");
+    assert.deepEqual(rig.leftovers(), { tasks: [], vms: [], rootfs: [], network: [] });
+  });
+
+  it("announces the tasks of a VM that died meanwhile as killed and releases what it held", async () => {
+    await rig.create("t2");
+    await rig.tasks.start(NS, "t2", "");
+    const vm = rig.vm;
+    // Gone without a word to anyone: no daemon watched it.
+    vm.stopped = true;
+    await vm.agent.close();
+    rig.events.events.length = 0;
+    assert.equal(await rig.restartDaemon(), 0);
+    assert.deepEqual(
+      rig.events.named("TaskExit").map((e) => [e.containerId, e.exitStatus]),
+      [["t2", 137]],
+    );
+    assert.deepEqual(rig.leftovers(), { tasks: [], vms: [], rootfs: [], network: [] });
+    assert.deepEqual(await recordFiles(), []);
+  });
+});
