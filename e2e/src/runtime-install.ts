@@ -43,7 +43,7 @@ export async function installRuntime(
         state_dir: stateDir,
         cache_dir: cacheDir,
         scratch_dir: path.join(dir, "scratch"),
-        scratch_disk_bytes: 1024 ** 3,
+        scratch_size: "1Gi",
         ...overrides,
       },
       null,
