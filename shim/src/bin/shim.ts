@@ -4,7 +4,6 @@
 // containerd lost track of. Heavy modules are imported only where needed.
 import { spawn } from "node:child_process";
 import { openSync, readFileSync, writeFileSync } from "node:fs";
-import { mkdir } from "node:fs/promises";
 import net from "node:net";
 import path from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -17,6 +16,7 @@ import {
   SOCKET_SCHEME,
 } from "../launcher/daemon-address.js";
 import { FlagError, parseShimFlags, type ShimInvocation } from "../launcher/flags.js";
+import { mkdirMarked } from "../util/created-dir.js";
 
 const DEFAULT_STATE_DIR = "/run/cloudhv";
 
@@ -74,7 +74,7 @@ async function start(inv: ShimInvocation): Promise<void> {
 }
 
 async function spawnDaemon(controlSocket: string, ttrpcAddress: string): Promise<void> {
-  await mkdir(path.dirname(controlSocket), { recursive: true, mode: 0o711 });
+  await mkdirMarked(path.dirname(controlSocket), 0o711);
   const logPath = controlSocket.replace(/\.sock$/, ".log");
   const out = openSync(logPath, "a");
   // The daemon must not hold our stdout/stderr: containerd reads them to EOF.
