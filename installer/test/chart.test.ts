@@ -125,6 +125,9 @@ describe("charts/cloudhv with a real helm", () => {
     // The rendered runtime config is one the shim itself accepts.
     const cfg = JSON.parse(one(objs, "ConfigMap").data["runtime-config.json"]);
     assert.equal(parseConfig(cfg, "chart").default_memory_mb, 256);
+    // Scratch disks: 10 GiB each, no node budget unless the admin sets one.
+    assert.equal(parseConfig(cfg, "chart").scratch_size, 10 * 1024 ** 3);
+    assert.equal(parseConfig(cfg, "chart").scratch_budget, 0);
     // KVM by default: TCG is an explicit opt-in (runtime.qemuAccel), never a fallback.
     assert.equal(cfg.qemu_accel, "kvm");
 
@@ -189,6 +192,7 @@ describe("charts/cloudhv with a real helm", () => {
       "runtimeClass.overhead.reserveVcpus=true",
       "runtimeClass.name=microvm",
       "runtime.extra.cache_max_bytes=1073741824",
+      "runtime.scratchSize=2Gi,runtime.scratchBudget=100Gi",
       "nodeSelector.pool=sandbox",
       "tolerations[0].key=sandbox,tolerations[0].operator=Exists,tolerations[0].effect=NoSchedule",
       "image.repository=registry.local/cloudhv-installer,image.tag=dev",
@@ -202,6 +206,8 @@ describe("charts/cloudhv with a real helm", () => {
     assert.equal(cfg.default_vcpus, 2);
     assert.equal(cfg.qemu_accel, "tcg");
     assert.equal(cfg.cache_max_bytes, 1073741824);
+    assert.equal(cfg.scratch_size, 2 * 1024 ** 3);
+    assert.equal(cfg.scratch_budget, 100 * 1024 ** 3);
     const pod = one(objs, "DaemonSet").spec.template.spec;
     assert.deepEqual(pod.nodeSelector, { "kubernetes.io/os": "linux", pool: "sandbox" });
     assert.deepEqual(pod.tolerations, [{ key: "sandbox", operator: "Exists", effect: "NoSchedule" }]);
@@ -324,6 +330,7 @@ describe("charts/cloudhv with a real helm", () => {
     ["runtime.enableAnnotations[0]=kernel_params", /runtime\/enableAnnotations\/0/],
     ["containerd.configVersion=4", /containerd\/configVersion/],
     ["nodePolicy.enabled=yes", /nodePolicy\/enabled/],
+    ["runtime.scratchSize=10GB", /runtime\/scratchSize/],
   ] as const) {
     it(`rejects ${set} through values.schema.json`, async () => {
       await assert.rejects(render(set), (err: Error & { stderr?: string }) => {
