@@ -145,6 +145,17 @@ describe("the node's scratch budget", () => {
     assert.deepEqual(await mine.held(), { total: GiB, disks: 1 });
   });
 
+  it("counts a disk taken over from a dead daemon without refusing it, and refuses the next create", async () => {
+    const ledger = path.join(dir, "d");
+    const budget = new ScratchBudget(ledger, 2 * GiB);
+    const adopted = await budget.adopt(3 * GiB);
+    assert.deepEqual(await budget.held(), { total: 3 * GiB, disks: 1 });
+    await assert.rejects(budget.reserve(GiB, "container c9"), /3 GiB is held by 1 other scratch disk/);
+    await adopted.release();
+    await (await budget.reserve(GiB, "container c9")).release();
+    assert.deepEqual(await readdir(ledger), []);
+  });
+
   it("refuses a disk bigger than the whole budget without touching the ledger; 0 means no budget", async () => {
     const ledger = path.join(dir, "c");
     await assert.rejects(

@@ -57,18 +57,7 @@ export class ScratchBudget {
   async reserve(bytes: number, what: string): Promise<BudgetHold> {
     if (this.budget <= 0) return { release: async () => {} };
     if (bytes > this.budget) throw this.refusal(bytes, what, 0, 0);
-    await mkdir(this.dir, { recursive: true, mode: 0o700 });
-    this.self ??= `${process.pid}.${(await startTime(process.pid, this.proc)) ?? "0"}`;
-    const entry = path.join(this.dir, `${this.self}.${this.seq++}.${bytes}`);
-    await writeFile(entry, "", { flag: "wx", mode: 0o600 });
-    let released = false;
-    const release = async () => {
-      if (released) return;
-      released = true;
-      await unlink(entry).catch((err: NodeJS.ErrnoException) => {
-        if (err.code !== "ENOENT") throw err;
-      });
-    };
+    const release = await this.enter(bytes);
     try {
       const { total, disks } = await this.held();
       if (total > this.budget) throw this.refusal(bytes, what, total - bytes, disks - 1);
@@ -77,6 +66,31 @@ export class ScratchBudget {
       throw err;
     }
     return { release };
+  }
+
+  /**
+   * Counts a disk that exists already (one a new daemon takes over from a dead one, whose
+   * entries went with it), never refusing: the space is taken whatever the budget says.
+   */
+  async adopt(bytes: number): Promise<BudgetHold> {
+    if (this.budget <= 0) return { release: async () => {} };
+    return { release: await this.enter(bytes) };
+  }
+
+  /** Adds this process's entry for one disk; returns its idempotent removal. */
+  private async enter(bytes: number): Promise<() => Promise<void>> {
+    await mkdir(this.dir, { recursive: true, mode: 0o700 });
+    this.self ??= `${process.pid}.${(await startTime(process.pid, this.proc)) ?? "0"}`;
+    const entry = path.join(this.dir, `${this.self}.${this.seq++}.${bytes}`);
+    await writeFile(entry, "", { flag: "wx", mode: 0o600 });
+    let released = false;
+    return async () => {
+      if (released) return;
+      released = true;
+      await unlink(entry).catch((err: NodeJS.ErrnoException) => {
+        if (err.code !== "ENOENT") throw err;
+      });
+    };
   }
 
   /** What the live entries hold: bytes and number of disks (this process's entries included). */
