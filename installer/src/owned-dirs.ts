@@ -4,7 +4,7 @@
 // never follows a symlink, never enters another filesystem and never enters anything mounted
 // below it (a pod's volume bind that a dead daemon left in state_dir is the user's data).
 // What it leaves is reported, with the reason.
-import { lstat, readdir, rmdir, unlink, writeFile } from "node:fs/promises";
+import { lstat, readdir, realpath, rmdir, unlink, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { CREATED_MARKER, mountPointsUnder } from "@cloudhv/shim";
 
@@ -45,7 +45,8 @@ export async function markCreated(dir: string): Promise<boolean> {
   const st = await lstatOrUndefined(dir);
   if (!st?.isDirectory()) return false;
   const parent = await lstat(path.dirname(dir));
-  if (parent.dev !== st.dev || (await mountPointsUnder(dir)).includes(dir)) return false;
+  const real = await realpath(dir);
+  if (parent.dev !== st.dev || (await mountPointsUnder(real)).includes(real)) return false;
   await writeFile(
     path.join(dir, CREATED_MARKER),
     "created by cloudhv: uninstall removes this directory with its content\n",
@@ -62,7 +63,9 @@ export async function markCreated(dir: string): Promise<boolean> {
 export async function removeOwnedTree(dir: string, opts: { requireMarker: boolean }): Promise<RemoveOutcome> {
   const st = await lstatOrUndefined(dir);
   if (!st) return { removed: true, kept: [] };
-  const mounts = await mountPointsUnder(dir);
+  // mountinfo names real paths: a symlink among the ancestors (/var/lib → /data) is resolved.
+  const real = await realpath(dir);
+  const mounts = (await mountPointsUnder(real)).map((m) => path.join(dir, path.relative(real, m)));
   let refusal = await notOurs(dir, mounts);
   if (refusal?.includes(CREATED_MARKER) && !opts.requireMarker) refusal = undefined;
   if (refusal) return { removed: false, kept: [{ path: dir, reason: refusal }] };

@@ -128,6 +128,31 @@ describe("uninstall removes only directories that are still the ones it created"
     }
   });
 
+  it("finds a mount below the state dir when an ancestor is a symlink (mountinfo names real paths)", async () => {
+    const root = new HostRoot(path.join(dir, `node-${n++}`));
+    await mkdir(root.path("/etc/containerd"), { recursive: true });
+    await writeFile(root.path("/etc/containerd/config.toml"), realisticV2("/run/x"));
+    await mkdir(root.path("/data/srv"), { recursive: true });
+    await symlink("data/srv", root.path("/srv"));
+    await install({ ...base, root, artifacts: bundle, runtimeConfig: { state_dir: "/srv/chv-state" } });
+    const volume = root.path("/data/volume");
+    await mkdir(volume);
+    await writeFile(path.join(volume, "user-file"), "user data\n");
+    const target = root.path("/data/srv/chv-state/pods/vm1/shared/c1-0");
+    await mkdir(target, { recursive: true });
+    await execOk(["mount", "--bind", volume, target]);
+    try {
+      const res = await uninstall({ root, log });
+      assert.deepEqual(
+        res.left.map((l) => l.path),
+        ["/srv/chv-state/pods/vm1/shared/c1-0"],
+      );
+      assert.equal(await readFile(path.join(volume, "user-file"), "utf8"), "user data\n");
+    } finally {
+      await execOk(["umount", target]);
+    }
+  });
+
   it("takes a state dir the shim made again after a reboot (it marks what it creates)", async () => {
     const root = await installed();
     // A reboot empties /run; the shim's `start` makes its state dir again.
