@@ -47,7 +47,7 @@ export async function installRuntime(
         log_dir: logDir,
         cache_dir: cacheDir,
         scratch_dir: path.join(dir, "scratch"),
-        scratch_disk_bytes: 1024 ** 3,
+        scratch_size: "1Gi",
         ...overrides,
       },
       null,

@@ -5,7 +5,7 @@
 // runtimeClassName cloudhv, `helm uninstall` with helm's default timeout leaving the node as it
 // was. Every step prints what it did and how long it took.
 import assert from "node:assert/strict";
-import { mkdtemp, rm } from "node:fs/promises";
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { after, before, describe, it, type TestContext } from "node:test";
 import { type ExecResult, exec } from "@cloudhv/shim";
@@ -245,6 +245,90 @@ describe("Kubernetes: helm install → cloudhv pods → helm uninstall (docs/ope
     assert.deepEqual(rc.overhead?.podFixed, { cpu: "100m", memory: "296Mi" });
     assert.deepEqual(rc.scheduling?.nodeSelector, { [LABEL]: "ready" });
   });
+
+  step(
+    "the installer's own token may change only the cloudhv.io/runtime label of its own node (ValidatingAdmissionPolicy)",
+    2 * 60_000,
+    async () => {
+      const pod = (
+        await k(
+          [
+            ...["-n", "kube-system", "get", "pods", "-l", "app.kubernetes.io/component=installer"],
+            ...["-o", "jsonpath={.items[0].metadata.name}"],
+          ],
+          "installer pod",
+        )
+      ).trim();
+      // What kubelet projects into the installer's pod: a token bound to it (and so to its node).
+      const token = (
+        await k(
+          [
+            ...["-n", "kube-system", "create", "token", "cloudhv", "--duration", "10m"],
+            ...["--bound-object-kind", "Pod", "--bound-object-name", pod],
+          ],
+          "create token",
+        )
+      ).trim();
+      const view = JSON.parse(
+        await k(["config", "view", "--raw", "--minify", "-o", "json"], "config view"),
+      ) as {
+        clusters: Array<{ cluster: Record<string, unknown> }>;
+      };
+      const file = path.join(work, "installer-token.kubeconfig");
+      await writeFile(
+        file,
+        JSON.stringify({
+          apiVersion: "v1",
+          kind: "Config",
+          clusters: [{ name: "c", cluster: view.clusters[0]?.cluster }],
+          users: [{ name: "installer", user: { token } }],
+          contexts: [{ name: "c", context: { cluster: "c", user: "installer" } }],
+          "current-context": "c",
+        }),
+        { mode: 0o600 },
+      );
+      const asInstaller = (args: string[]) =>
+        exec([target.kubectlCommand[0] as string, `--kubeconfig=${file}`, ...args], { timeoutMs: 60_000 });
+      const other = "cloudhv-e2e-other-node";
+      await apply({ apiVersion: "v1", kind: "Node", metadata: { name: other } });
+      try {
+        must(
+          await asInstaller(["label", "node", target.nodeName, `${LABEL}=ready`, "--overwrite"]),
+          "own label",
+        );
+        const refused: Array<[string[], RegExp]> = [
+          [
+            ["label", "node", other, `${LABEL}=ready`],
+            new RegExp(`its own pod runs on: its token is bound to node ${target.nodeName}, not ${other}`),
+          ],
+          [["label", "node", target.nodeName, "e2e=x"], /may change only the cloudhv\.io\/runtime label/],
+          [
+            ["label", "node", target.nodeName, `${LABEL}=pwned`, "--overwrite"],
+            /may only set cloudhv\.io\/runtime=ready/,
+          ],
+          [["taint", "node", target.nodeName, "e2e=x:NoSchedule"], /may not change a node's spec/],
+          [["annotate", "node", target.nodeName, "e2e=x"], /annotations/],
+          [["delete", "node", other], /forbidden/i],
+        ];
+        for (const [args, why] of refused) {
+          const r = await asInstaller(args);
+          assert.notEqual(r.code, 0, `kubectl ${args.join(" ")} went through with the installer's token`);
+          assert.match(r.stderr, why, `kubectl ${args.join(" ")}`);
+        }
+      } finally {
+        await kubectl(["delete", "node", other, "--wait=false"]);
+        await rm(file, { force: true });
+      }
+      const node = JSON.parse(await k(["get", "node", target.nodeName, "-o", "json"], "get node")) as {
+        metadata: { labels: Record<string, string>; annotations?: Record<string, string> };
+        spec: { taints?: Array<{ key: string }> };
+      };
+      assert.equal(node.metadata.labels[LABEL], "ready");
+      assert.equal(node.metadata.labels.e2e, undefined);
+      assert.equal(node.metadata.annotations?.e2e, undefined);
+      assert.ok(!(node.spec.taints ?? []).some((t) => t.key === "e2e"));
+    },
+  );
 
   step(
     "a default pod (token, configMap, secret, projected, downwardAPI, emptyDir) runs in a microVM",

@@ -53,6 +53,7 @@ import { atomicSymlink, atomicWrite, exists, readIfExists, removeFile, sha256 } 
 import { checkHostTools, requiredTools } from "./host-tools.js";
 import type { NodeEvents } from "./kube.js";
 import type { NodeLabeler } from "./node-label.js";
+import { markCreated, removeOwnedTree } from "./owned-dirs.js";
 import {
   BACKUP_DIR,
   BIN_DIR,
@@ -118,6 +119,11 @@ const stateSchema = z.strictObject({
    * Absent in states written before it existed: then /opt/cloudhv counts as created.
    */
   ownedDirs: z.array(hostPath).optional(),
+  /**
+   * Set once the owned directories carry the created-by-cloudhv marker (owned-dirs.ts). A state
+   * without it predates markers: install marks its owned directories once.
+   */
+  markers: z.boolean().optional(),
   /** Set by uninstall before it changes anything; install and the DaemonSet's watch stand back. */
   uninstalling: z.strictObject({ pid: z.number().int(), since: z.string() }).optional(),
   updatedAt: z.string(),
@@ -465,13 +471,25 @@ async function uninstallRunning(mark: { pid: number }, proc = "/proc"): Promise<
 /** What the installer created, removed: the file part of uninstall, and the undo of a failed first install. */
 async function removeCreated(
   root: HostRoot,
-  state: Pick<InstallerState, "createdDirs" | "ownedDirs" | "pathLink">,
+  state: Pick<InstallerState, "createdDirs" | "ownedDirs" | "pathLink" | "markers">,
   log: Logger,
   keep: readonly string[] = [],
-): Promise<void> {
+): Promise<Array<{ path: string; reason: string }>> {
+  const left: Array<{ path: string; reason: string }> = [];
+  /** Removes an owned directory if it is still cloudhv's; says what stayed and why. */
+  const removeTree = async (dir: string, requireMarker: boolean) => {
+    const outcome = await removeOwnedTree(root.path(dir), { requireMarker });
+    for (const k of outcome.kept) {
+      const hostPath = path.posix.join("/", path.relative(root.root, k.path));
+      left.push({ path: hostPath, reason: k.reason });
+      log.error({ path: hostPath, reason: k.reason }, "left in place: not removed by uninstall");
+    }
+    return outcome.removed;
+  };
   if (state.pathLink && (await isLinkTo(root, PATH_LINK, LAUNCHER))) await removeFile(root.path(PATH_LINK));
   const owned = state.ownedDirs ?? [INSTALL_DIR];
-  if (owned.includes(INSTALL_DIR)) await rm(root.path(INSTALL_DIR), { recursive: true, force: true });
+  // The state file in it proves /opt/cloudhv is the installer's; no marker needed there.
+  if (owned.includes(INSTALL_DIR)) await removeTree(INSTALL_DIR, false);
   else {
     // /opt/cloudhv was there before the installer: only the installer's own entries go.
     for (const entry of [
@@ -502,12 +520,15 @@ async function removeCreated(
         { dir },
         "refusing to remove a system directory the state names; remove what cloudhv left there by hand",
       );
+      left.push({ path: dir, reason: "a system directory" });
       continue;
     }
-    await rm(root.path(dir), { recursive: true, force: true });
+    // A state from before markers: its directories are taken as they are (as that version did).
+    await removeTree(dir, state.markers === true);
   }
   for (const dir of [...state.createdDirs].sort((a, b) => b.length - a.length))
     await rmdir(root.path(dir)).catch(() => undefined);
+  return left;
 }
 
 export async function install(opts: InstallOptions): Promise<InstallResult> {
@@ -579,6 +600,7 @@ export async function install(opts: InstallOptions): Promise<InstallResult> {
     pathLink: previousState?.pathLink ?? false,
     createdDirs,
     ownedDirs,
+    ...(previousState?.markers ? { markers: true } : {}),
     updatedAt: "",
   };
   const versionBefore = await currentVersion(root);
@@ -620,6 +642,21 @@ export async function install(opts: InstallOptions): Promise<InstallResult> {
     await writeState(root, state);
     for (const { key, dir } of dirs)
       await mkdir(root.path(dir), { recursive: true, mode: key === "scratch_dir" ? 0o700 : 0o755 });
+    // The shim's directories this run created carry the marker; a state from before markers
+    // gets them on its owned directories once (a mount point or a symlink there never does).
+    for (const { dir } of dirs) {
+      const fresh = newDirs.some((d) => d.owned && d.dir === dir);
+      const migrate = !previousState?.markers && ownedDirs.includes(dir);
+      if ((fresh || migrate) && !(await markCreated(root.path(dir))))
+        log.warn(
+          { dir },
+          "not marked as cloudhv's (a mount point or not a directory): uninstall will leave it",
+        );
+    }
+    if (!state.markers) {
+      state.markers = true;
+      await writeState(root, state);
+    }
 
     // 3. Artifacts: copied whole into versions/<version>, then switched to atomically.
     installed = await installVersion(root, opts.artifacts, { verified: true });
@@ -817,13 +854,15 @@ export interface UninstallResult {
   /** Versions kept because processes still run from them. */
   inUse: string[];
   removed: string[];
+  /** Host paths uninstall left although the installer created them there, and why. */
+  left: Array<{ path: string; reason: string }>;
 }
 
 export async function uninstall(opts: CommonOptions & { purgeCache?: boolean }): Promise<UninstallResult> {
   const { root, log } = opts;
   if (!(await exists(root.root))) throw new InstallError(`host root ${root.root} does not exist`, EXIT.HOST);
   let state = await readState(root);
-  const result: UninstallResult = { restored: [], restarted: false, inUse: [], removed: [] };
+  const result: UninstallResult = { restored: [], restarted: false, inUse: [], removed: [], left: [] };
   // The DaemonSet's installer on this node sees this and stands back (no label, no install).
   if (state) {
     state = { ...state, uninstalling: { pid: process.pid, since: new Date().toISOString() } };
@@ -925,10 +964,12 @@ export async function uninstall(opts: CommonOptions & { purgeCache?: boolean }):
     if (used.length === 0) {
       const keep = opts.purgeCache === false && runtime.cache_dir ? [runtime.cache_dir] : [];
       if (opts.purgeCache === false && !runtime.cache_dir) keep.push("/var/lib/cloudhv/cache");
-      await removeCreated(root, state, log, keep);
+      result.left = await removeCreated(root, state, log, keep);
       result.removed.push(
-        INSTALL_DIR,
-        ...(state.ownedDirs ?? []).filter((d) => d !== INSTALL_DIR && !keep.includes(d)),
+        ...[
+          INSTALL_DIR,
+          ...(state.ownedDirs ?? []).filter((d) => d !== INSTALL_DIR && !keep.includes(d)),
+        ].filter((d) => !result.left.some((l) => l.path === d || l.path.startsWith(`${d}/`))),
       );
     } else {
       for (const version of await listVersions(root)) {

@@ -68,6 +68,8 @@ describe("charts/cloudhv with a real helm", () => {
       "RoleBinding/r-cloudhv-cleanup",
       "RuntimeClass/cloudhv",
       "ServiceAccount/r-cloudhv",
+      "ValidatingAdmissionPolicy/r-cloudhv-own-node-label",
+      "ValidatingAdmissionPolicyBinding/r-cloudhv-own-node-label",
     ]);
     const rc = one(objs, "RuntimeClass");
     assert.equal(rc.handler, "cloudhv");
@@ -123,6 +125,9 @@ describe("charts/cloudhv with a real helm", () => {
     // The rendered runtime config is one the shim itself accepts.
     const cfg = JSON.parse(one(objs, "ConfigMap").data["runtime-config.json"]);
     assert.equal(parseConfig(cfg, "chart").default_memory_mb, 256);
+    // Scratch disks: 10 GiB each, no node budget unless the admin sets one.
+    assert.equal(parseConfig(cfg, "chart").scratch_size, 10 * 1024 ** 3);
+    assert.equal(parseConfig(cfg, "chart").scratch_budget, 0);
     // KVM by default: TCG is an explicit opt-in (runtime.qemuAccel), never a fallback.
     assert.equal(cfg.qemu_accel, "kvm");
     // The daemon's log: on the node's disk, rotated (10 MiB, 3 kept).
@@ -189,6 +194,7 @@ describe("charts/cloudhv with a real helm", () => {
       "runtimeClass.overhead.reserveVcpus=true",
       "runtimeClass.name=microvm",
       "runtime.extra.cache_max_bytes=1073741824",
+      "runtime.scratchSize=2Gi,runtime.scratchBudget=100Gi",
       "nodeSelector.pool=sandbox",
       "tolerations[0].key=sandbox,tolerations[0].operator=Exists,tolerations[0].effect=NoSchedule",
       "image.repository=registry.local/cloudhv-installer,image.tag=dev",
@@ -202,6 +208,8 @@ describe("charts/cloudhv with a real helm", () => {
     assert.equal(cfg.default_vcpus, 2);
     assert.equal(cfg.qemu_accel, "tcg");
     assert.equal(cfg.cache_max_bytes, 1073741824);
+    assert.equal(cfg.scratch_size, 2 * 1024 ** 3);
+    assert.equal(cfg.scratch_budget, 100 * 1024 ** 3);
     const pod = one(objs, "DaemonSet").spec.template.spec;
     assert.deepEqual(pod.nodeSelector, { "kubernetes.io/os": "linux", pool: "sandbox" });
     assert.deepEqual(pod.tolerations, [{ key: "sandbox", operator: "Exists", effect: "NoSchedule" }]);
@@ -253,6 +261,66 @@ describe("charts/cloudhv with a real helm", () => {
     }
   });
 
+  it("confines the installer's ServiceAccount to the cloudhv.io/runtime label of its own node (ValidatingAdmissionPolicy)", async () => {
+    const objs = await render();
+    const policy = one(objs, "ValidatingAdmissionPolicy");
+    assert.equal(policy.apiVersion, "admissionregistration.k8s.io/v1");
+    assert.equal(policy.spec.failurePolicy, "Fail");
+    assert.deepEqual(policy.spec.matchConstraints.resourceRules, [
+      {
+        apiGroups: [""],
+        apiVersions: ["*"],
+        operations: ["CREATE", "UPDATE", "DELETE"],
+        resources: ["nodes", "nodes/*"],
+      },
+    ]);
+    // Judges the installer's requests only (its ServiceAccount, the one its pods run as).
+    const sa = one(objs, "ServiceAccount").metadata.name;
+    assert.equal(one(objs, "DaemonSet", "r-cloudhv").spec.template.spec.serviceAccountName, sa);
+    assert.deepEqual(policy.spec.matchConditions, [
+      {
+        name: "installer-service-account",
+        expression: `request.userInfo.username == "system:serviceaccount:kube-system:${sa}"`,
+      },
+    ]);
+    const v: Array<{ expression: string; message?: string; messageExpression?: string; reason: string }> =
+      policy.spec.validations;
+    assert.ok(v.every((x) => x.reason === "Forbidden"));
+    const all = v.map((x) => x.expression).join("\n");
+    // Only UPDATE of the node itself (no create, delete, status) ...
+    assert.match(
+      all,
+      /request\.operation == 'UPDATE' && \(!has\(request\.subResource\) \|\| request\.subResource == ''\)/,
+    );
+    // ... of the node named in the token (kubelet-projected tokens carry it since 1.30) ...
+    assert.match(
+      all,
+      /request\.userInfo\.extra\['authentication\.kubernetes\.io\/node-name'\]\.exists\(n, n == request\.name\)/,
+    );
+    // ... changing no label but cloudhv.io/runtime, only to "ready" or away, and nothing else.
+    assert.match(all, /object\.metadata\.labels\.all\(k, k == 'cloudhv\.io\/runtime' \|\|/);
+    assert.match(all, /oldObject\.metadata\.labels\.all\(k, k == 'cloudhv\.io\/runtime' \|\|/);
+    assert.match(all, /object\.metadata\.labels\['cloudhv\.io\/runtime'\] == 'ready'/);
+    assert.match(all, /\(!has\(object\.spec\) \|\| object\.spec == oldObject\.spec\)/);
+    for (const field of ["annotations", "finalizers", "ownerReferences"])
+      assert.match(all, new RegExp(`object\\.metadata\\.${field} == oldObject\\.metadata\\.${field}`));
+    const binding = one(objs, "ValidatingAdmissionPolicyBinding");
+    assert.deepEqual(binding.spec, { policyName: policy.metadata.name, validationActions: ["Deny"] });
+    // Off when asked, and on clusters without admissionregistration.k8s.io/v1 policies (< 1.30).
+    const kinds = (o: Obj[]) => o.map((x) => x.kind).filter((k) => k.startsWith("ValidatingAdmission"));
+    assert.deepEqual(kinds(await render("nodePolicy.enabled=false")), []);
+    const { stdout } = await run(helm, [
+      "template",
+      "r",
+      CHART,
+      "-n",
+      "kube-system",
+      "--kube-version",
+      "1.29.9",
+    ]);
+    assert.doesNotMatch(stdout, /^kind: ValidatingAdmissionPolicy/m);
+  });
+
   for (const [set, why] of [
     ["hostRootPropagation=Bidirectional", /hostRootPropagation/],
     ["containerd.pidFile=run/containerd.pid", /containerd\/pidFile/],
@@ -263,6 +331,8 @@ describe("charts/cloudhv with a real helm", () => {
     ["image.pullPolicy=Sometimes", /image\/pullPolicy/],
     ["runtime.enableAnnotations[0]=kernel_params", /runtime\/enableAnnotations\/0/],
     ["containerd.configVersion=4", /containerd\/configVersion/],
+    ["nodePolicy.enabled=yes", /nodePolicy\/enabled/],
+    ["runtime.scratchSize=10GB", /runtime\/scratchSize/],
   ] as const) {
     it(`rejects ${set} through values.schema.json`, async () => {
       await assert.rejects(render(set), (err: Error & { stderr?: string }) => {

@@ -5,6 +5,44 @@ import { z } from "zod";
 
 export const DEFAULT_CONFIG_PATH = "/opt/cloudhv/config.json";
 
+const QUANTITY = /^(\d{1,16})(Ki|Mi|Gi|Ti|k|M|G|T)?$/;
+const UNITS: Record<string, number> = {
+  "": 1,
+  Ki: 1024,
+  Mi: 1024 ** 2,
+  Gi: 1024 ** 3,
+  Ti: 1024 ** 4,
+  k: 1e3,
+  M: 1e6,
+  G: 1e9,
+  T: 1e12,
+};
+
+/** Parses a byte count as Kubernetes writes it ("512Mi", "10G", "1073741824"); undefined if it is not one. */
+export function parseByteQuantity(raw: unknown): number | undefined {
+  if (typeof raw === "number") return Number.isSafeInteger(raw) && raw >= 0 ? raw : undefined;
+  if (typeof raw !== "string") return undefined;
+  const m = QUANTITY.exec(raw.trim());
+  if (!m) return undefined;
+  const bytes = Number(m[1]) * (UNITS[m[2] ?? ""] as number);
+  return Number.isSafeInteger(bytes) ? bytes : undefined;
+}
+
+/** A config key holding bytes: an integer or a quantity string, at least `min`. */
+function byteQuantity(key: string, min: number) {
+  return z.union([z.int(), z.string()]).transform((raw, ctx) => {
+    const bytes = parseByteQuantity(raw);
+    if (bytes === undefined || bytes < min) {
+      ctx.addIssue({
+        code: "custom",
+        message: `${key} must be a byte count (an integer, or a quantity like "10Gi" or "500M") of at least ${min}, not ${JSON.stringify(raw)}`,
+      });
+      return z.NEVER;
+    }
+    return bytes;
+  });
+}
+
 export const configSchema = z
   .strictObject({
     hypervisor: z.enum(["qemu", "cloud-hypervisor", "auto"]).default("auto"),
@@ -38,7 +76,7 @@ export const configSchema = z
       .max(1 << 20)
       .default(8192),
     enable_annotations: z
-      .array(z.enum(["default_vcpus", "default_memory", "default_maxvcpus"]))
+      .array(z.enum(["default_vcpus", "default_memory", "default_maxvcpus", "scratch_size"]))
       // Off unless the admin enables them: a pod must not size its own VM (pod/sizing.ts).
       .default([]),
     allow_sizing_above_pod_limits: z.boolean().default(false),
@@ -49,10 +87,19 @@ export const configSchema = z
       .min(0)
       .default(10 * 1024 ** 3),
     scratch_dir: z.string().min(1).default("/var/lib/cloudhv/scratch"),
+    // Each container's writable disk (pod/scratch-size.ts): bytes or a quantity ("10Gi").
+    scratch_size: byteQuantity("scratch_size", 64 * 1024 ** 2).optional(),
+    /** The old name of scratch_size (bytes); kept so that existing configs still load. */
     scratch_disk_bytes: z
       .int()
       .min(64 * 1024 ** 2)
-      .default(10 * 1024 ** 3),
+      .optional(),
+    // writable_layer: the scratch file goes in the container's snapshot upperdir, where
+    // containerd's CRI stats (and kubelet's ephemeral-storage eviction) count it; scratch_dir
+    // only for a rootfs without one. scratch_dir: always there (e.g. a dedicated disk), unseen.
+    scratch_placement: z.enum(["writable_layer", "scratch_dir"]).default("writable_layer"),
+    // Sum of the sizes of all scratch disks on the node; a create past it is refused. 0: no budget.
+    scratch_budget: byteQuantity("scratch_budget", 0).default(0),
     agent_boot_timeout_ms: z.int().min(100).default(60_000),
     log_level: z.enum(["trace", "debug", "info", "warn", "error"]).default("info"),
     // The daemon's log: on disk (not the tmpfs state_dir), rotated by size (util/log-file.ts).
@@ -63,6 +110,10 @@ export const configSchema = z
       .max(2 ** 40)
       .default(10 * 1024 ** 2),
     log_files: z.int().min(1).max(100).default(3),
+  })
+  .refine((c) => c.scratch_size === undefined || c.scratch_disk_bytes === undefined, {
+    message: "set scratch_size only (scratch_disk_bytes is its old name)",
+    path: ["scratch_disk_bytes"],
   })
   .describe("cloudhv runtime config");
 

@@ -42,6 +42,7 @@ export {
 export { TtrpcClient } from "./ttrpc/client.js";
 export { type CallContext, type MethodHandler, TtrpcServer } from "./ttrpc/server.js";
 export { Code, TtrpcError } from "./ttrpc/status.js";
+export { CREATED_MARKER, mkdirMarked } from "./util/created-dir.js";
 export { ExecError, type ExecResult, exec, execOk } from "./util/exec.js";
 export { type Logger, log } from "./util/log.js";
 export { TIMED_OUT, within } from "./util/time.js";

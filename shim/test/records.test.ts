@@ -36,6 +36,7 @@ function podRecord(vmId: string): PodRecord {
           scratchSerial: "s1",
           imageKey: "a".repeat(64),
           scratchPath: "/s.ext4",
+          scratchBytes: 1024,
         },
         devices: [],
         volumes: { copied: [], sharedDirs: [], shared: [] },

@@ -27,7 +27,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{/* /opt/cloudhv/config.json: the shim's snake_case keys, from the chart's camelCase values. */}}
 {{- define "cloudhv.runtimeConfig" -}}
 {{- $r := .Values.runtime -}}
-{{- $c := dict "hypervisor" $r.hypervisor "qemu_accel" $r.qemuAccel "default_vcpus" $r.defaultVcpus "default_memory_mb" $r.defaultMemoryMiB "max_vcpus" $r.maxVcpus "max_memory_mb" $r.maxMemoryMiB "max_containers_per_vm" $r.maxContainersPerVm "enable_annotations" $r.enableAnnotations "log_level" $r.logLevel "log_dir" $r.logDir "log_max_bytes" $r.logMaxBytes "log_files" $r.logFiles -}}
+{{- $c := dict "hypervisor" $r.hypervisor "qemu_accel" $r.qemuAccel "default_vcpus" $r.defaultVcpus "default_memory_mb" $r.defaultMemoryMiB "max_vcpus" $r.maxVcpus "max_memory_mb" $r.maxMemoryMiB "max_containers_per_vm" $r.maxContainersPerVm "enable_annotations" $r.enableAnnotations "log_level" $r.logLevel "log_dir" $r.logDir "log_max_bytes" $r.logMaxBytes "log_files" $r.logFiles "scratch_size" $r.scratchSize "scratch_budget" $r.scratchBudget -}}
 {{- toPrettyJson (merge $c $r.extra) -}}
 {{- end -}}
 

@@ -172,6 +172,14 @@ export class CriClient {
     return { stdout: res.stdout.toString(), stderr: res.stderr.toString(), exitCode: res.exitCode };
   }
 
+  /** The container's writable layer usage as containerd's snapshotter last measured it (kubelet's ephemeral storage). */
+  async writableLayerBytes(containerId: string): Promise<number | undefined> {
+    const res = await this.call<{
+      stats: { writableLayer: { usedBytes: { value: number } | null } | null } | null;
+    }>("ContainerStats", { containerId });
+    return res.stats?.writableLayer?.usedBytes?.value;
+  }
+
   close(): void {
     this.client.close();
   }

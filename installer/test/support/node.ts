@@ -189,7 +189,7 @@ export function testRuntimeConfig(): Record<string, unknown> {
     state_dir: `${TEST_STATE}/cloudhv`,
     cache_dir: `${TEST_STATE}/cloudhv-cache/cache`,
     scratch_dir: `${TEST_STATE}/cloudhv-cache/scratch`,
-    scratch_disk_bytes: 1024 ** 3,
+    scratch_size: "1Gi",
     // runTestPod sizes its VM with an annotation; sizing annotations are off by default.
     enable_annotations: ["default_memory"],
   };

@@ -4,7 +4,6 @@
 // `delete` cleans up a task containerd lost track of. Heavy modules are imported only where needed.
 import { spawn } from "node:child_process";
 import { openSync, readFileSync, writeFileSync } from "node:fs";
-import { mkdir } from "node:fs/promises";
 import net from "node:net";
 import path from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -18,6 +17,7 @@ import {
 } from "../launcher/daemon-address.js";
 import { FlagError, parseShimFlags, type ShimInvocation } from "../launcher/flags.js";
 import { sandboxAddress } from "../launcher/route.js";
+import { mkdirMarked } from "../util/created-dir.js";
 
 const DEFAULT_STATE_DIR = "/run/cloudhv";
 
@@ -86,7 +86,7 @@ async function start(inv: ShimInvocation): Promise<void> {
  * them (bin/front.ts). Returns once its control socket answers.
  */
 async function spawnFront(controlSocket: string, ttrpcAddress: string): Promise<void> {
-  await mkdir(path.dirname(controlSocket), { recursive: true, mode: 0o711 });
+  await mkdirMarked(path.dirname(controlSocket), 0o711);
   const logPath = controlSocket.replace(/\.sock$/, ".log");
   const out = openSync(logPath, "a");
   // The front must not hold our stdout/stderr: containerd reads them to EOF.

@@ -378,6 +378,15 @@ export interface ProtoMessages {
     name: string;
     attempt: number;
   };
+  "runtime.v1.ContainerStats": {
+    writableLayer: ProtoMessages["runtime.v1.FilesystemUsage"] | null;
+  };
+  "runtime.v1.ContainerStatsRequest": {
+    containerId: string;
+  };
+  "runtime.v1.ContainerStatsResponse": {
+    stats: ProtoMessages["runtime.v1.ContainerStats"] | null;
+  };
   "runtime.v1.ContainerStatus": {
     id: string;
     metadata: ProtoMessages["runtime.v1.ContainerMetadata"] | null;
@@ -415,6 +424,15 @@ export interface ProtoMessages {
     stdout: Uint8Array;
     stderr: Uint8Array;
     exitCode: number;
+  };
+  "runtime.v1.FilesystemIdentifier": {
+    mountpoint: string;
+  };
+  "runtime.v1.FilesystemUsage": {
+    timestamp: number;
+    fsId: ProtoMessages["runtime.v1.FilesystemIdentifier"] | null;
+    usedBytes: ProtoMessages["runtime.v1.UInt64Value"] | null;
+    inodesUsed: ProtoMessages["runtime.v1.UInt64Value"] | null;
   };
   "runtime.v1.ImageSpec": {
     image: string;
@@ -535,6 +553,9 @@ export interface ProtoMessages {
     containerId: string;
     timeout: number;
   };
+  "runtime.v1.UInt64Value": {
+    value: number;
+  };
   "runtime.v1.VersionRequest": {
     version: string;
   };
@@ -654,6 +675,9 @@ export const PROTO_FILE_OF: { readonly [K in keyof ProtoMessages]: string } = {
   "runtime.v1.ContainerConfig": "cri.proto",
   "runtime.v1.ContainerIdRequest": "cri.proto",
   "runtime.v1.ContainerMetadata": "cri.proto",
+  "runtime.v1.ContainerStats": "cri.proto",
+  "runtime.v1.ContainerStatsRequest": "cri.proto",
+  "runtime.v1.ContainerStatsResponse": "cri.proto",
   "runtime.v1.ContainerStatus": "cri.proto",
   "runtime.v1.ContainerStatusRequest": "cri.proto",
   "runtime.v1.ContainerStatusResponse": "cri.proto",
@@ -662,6 +686,8 @@ export const PROTO_FILE_OF: { readonly [K in keyof ProtoMessages]: string } = {
   "runtime.v1.Empty": "cri.proto",
   "runtime.v1.ExecSyncRequest": "cri.proto",
   "runtime.v1.ExecSyncResponse": "cri.proto",
+  "runtime.v1.FilesystemIdentifier": "cri.proto",
+  "runtime.v1.FilesystemUsage": "cri.proto",
   "runtime.v1.ImageSpec": "cri.proto",
   "runtime.v1.KeyValue": "cri.proto",
   "runtime.v1.LinuxContainerConfig": "cri.proto",
@@ -690,6 +716,7 @@ export const PROTO_FILE_OF: { readonly [K in keyof ProtoMessages]: string } = {
   "runtime.v1.StatusRequest": "cri.proto",
   "runtime.v1.StatusResponse": "cri.proto",
   "runtime.v1.StopContainerRequest": "cri.proto",
+  "runtime.v1.UInt64Value": "cri.proto",
   "runtime.v1.VersionRequest": "cri.proto",
   "runtime.v1.VersionResponse": "cri.proto",
   "ttrpc.Any": "ttrpc.proto",

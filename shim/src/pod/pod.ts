@@ -21,6 +21,7 @@ import { PodShare, volumesFailed } from "../volumes/virtiofs.js";
 import { ContainerVolumes } from "../volumes/volumes.js";
 import { type ContainmentHost, type ContainmentPlan, planContainment } from "./containment.js";
 import type { PreparedRootfs, RootfsAdopter, RootfsPreparer } from "./rootfs.js";
+import type { ScratchSize } from "./scratch-size.js";
 import type { VmSize } from "./sizing.js";
 import { type OciSpecFile, podNetnsPath } from "./spec.js";
 
@@ -46,6 +47,8 @@ export interface ContainerRequest {
   terminal: boolean;
   /** Whether the host will feed the container's stdin. */
   stdin: boolean;
+  /** Its scratch disk's size, from its spec (Pods.create); the config's when absent. */
+  scratch?: ScratchSize;
 }
 
 /** A container in a pod's VM, with what the pod holds for it until it leaves. */
@@ -129,7 +132,7 @@ export class Pod {
       // whichever succeeded is undone if the other failed.
       const netnsPath = podNetnsPath(spec.doc);
       const [rootfsDone, networkDone] = await Promise.allSettled([
-        phases.time("rootfsMs", deps.prepareRootfs(first.namespace, first.id, first.rootfs)),
+        phases.time("rootfsMs", deps.prepareRootfs(first.namespace, first.id, first.rootfs, first.scratch)),
         netnsPath ? phases.time("networkMs", deps.attachNetwork(netnsPath)) : Promise.resolve(undefined),
       ]);
       if (rootfsDone.status === "fulfilled") {
@@ -431,7 +434,7 @@ export class Pod {
       phases.mark("start");
       const rootfs = await phases.time(
         "rootfsMs",
-        this.deps.prepareRootfs(req.namespace, req.id, req.rootfs),
+        this.deps.prepareRootfs(req.namespace, req.id, req.rootfs, req.scratch),
       );
       undo.defer("release rootfs", () => rootfs.release());
       phases.mark("disksReady");

@@ -16,6 +16,7 @@ import {
   type PodMember,
   vmId,
 } from "./pod.js";
+import { scratchSize } from "./scratch-size.js";
 import { vmSize } from "./sizing.js";
 import { readOciSpec } from "./spec.js";
 
@@ -48,6 +49,7 @@ export class Pods {
     const spec = await readOciSpec(req.bundle);
     const annotations = spec.doc.annotations ?? {};
     const role = podRole(annotations, req.id);
+    req = { ...req, scratch: scratchSize(annotations, this.deps.config, role) };
     if (role.kind === "container") {
       const pod = this.sandboxes.get(`${req.namespace}/${role.sandboxId}`);
       if (!pod) {

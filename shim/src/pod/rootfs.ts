@@ -10,9 +10,11 @@ import { invalid } from "../errors.js";
 import { ErofsCache } from "../rootfs/erofs-cache.js";
 import { parseRootfsMounts } from "../rootfs/mounts.js";
 import { createScratchDisk } from "../rootfs/scratch.js";
+import { type BudgetHold, ScratchBudget } from "../rootfs/scratch-budget.js";
 import type { RootfsRecord } from "../state/records.js";
 import { log } from "../util/log.js";
 import type { DiskSpec } from "../vmm/types.js";
+import { configScratchSize, type ScratchSize } from "./scratch-size.js";
 
 export interface PreparedRootfs {
   /** Disks the VM needs for this container (image, scratch). */
@@ -33,7 +35,12 @@ export type RootfsPreparer = (
   namespace: string,
   containerId: string,
   mounts: Mount[],
+  /** The scratch disk's size (pod/scratch-size.ts); the config's when absent. */
+  scratch?: ScratchSize,
 ) => Promise<PreparedRootfs>;
+
+/** The scratch file's name inside the container's writable layer directory. */
+export const SCRATCH_IN_LAYER = ".cloudhv-scratch.ext4";
 
 /** virtio-blk serials are 20 bytes: a letter for the role and 19 hex digits of the owner. */
 function serial(role: "i" | "s", owner: string): string {
@@ -47,6 +54,7 @@ export function erofsRootfsPreparer(config: RuntimeConfig): RootfsPreparer {
 /** Prepares container disks from the node's erofs cache, and adopts those a previous daemon made. */
 export function erofsRootfs(config: RuntimeConfig): { prepare: RootfsPreparer; adopt: RootfsAdopter } {
   let cache: Promise<ErofsCache> | undefined;
+  const budget = new ScratchBudget(path.join(config.state_dir, "scratch-budget"), config.scratch_budget);
   const released = async (images: ErofsCache) => {
     const { removed } = await images.evict(config.cache_max_bytes);
     if (removed.length > 0) log.info({ removed }, "evicted cached rootfs images over the budget");
@@ -55,6 +63,8 @@ export function erofsRootfs(config: RuntimeConfig): { prepare: RootfsPreparer; a
     cache ??= ErofsCache.open({ dir: config.cache_dir });
     const images = await cache;
     const image = images.adopt(record.imageKey);
+    // The dead daemon's budget entries went with it: this disk is entered again as ours.
+    const held = await budget.adopt(record.scratchBytes);
     return {
       disks: record.disks,
       rootfsSerial: record.rootfsSerial,
@@ -64,6 +74,7 @@ export function erofsRootfs(config: RuntimeConfig): { prepare: RootfsPreparer; a
       async release() {
         image.release();
         await rm(record.scratchPath, { force: true });
+        await held.release();
         await released(images);
       },
     };
@@ -72,6 +83,7 @@ export function erofsRootfs(config: RuntimeConfig): { prepare: RootfsPreparer; a
     namespace,
     containerId,
     mounts: Mount[],
+    scratch?: ScratchSize,
   ): Promise<PreparedRootfs> => {
     if (mounts.length === 0)
       throw invalid(`task ${containerId} has no rootfs mounts (a rootfs in the bundle is not supported)`);
@@ -85,16 +97,28 @@ export function erofsRootfs(config: RuntimeConfig): { prepare: RootfsPreparer; a
     const images = await cache;
     const image = await images.acquire(source);
     const owner = `${namespace}/${containerId}`;
+    const size = scratch ?? configScratchSize(config);
+    let hold: BudgetHold | undefined;
     try {
-      await mkdir(config.scratch_dir, { recursive: true, mode: 0o700 });
-      const scratchPath = path.join(config.scratch_dir, `${serial("s", `${owner}:${Date.now()}`)}.ext4`);
-      const scratch = await createScratchDisk(scratchPath, config.scratch_disk_bytes);
+      hold = await budget.reserve(size.bytes, `container ${containerId} (${size.source})`);
+      // In the container's writable layer, the snapshotter's usage of it (which containerd's CRI
+      // reports as the writable layer's used_bytes, and kubelet's ephemeral-storage eviction
+      // reads) counts what the guest wrote. Without one, in scratch_dir.
+      let scratchPath: string;
+      if (config.scratch_placement === "writable_layer" && source.upperDir && !source.readOnly) {
+        scratchPath = path.join(source.upperDir, SCRATCH_IN_LAYER);
+      } else {
+        await mkdir(config.scratch_dir, { recursive: true, mode: 0o700 });
+        scratchPath = path.join(config.scratch_dir, `${serial("s", `${owner}:${Date.now()}`)}.ext4`);
+      }
+      const disk = await createScratchDisk(scratchPath, size.bytes);
+      const held = hold;
       const rootfsSerial = serial("i", `${owner}:${image.key}`);
       const scratchSerial = serial("s", owner);
       return {
         disks: [
           { path: image.path, serial: rootfsSerial, readOnly: true },
-          { path: scratch.path, serial: scratchSerial, readOnly: false },
+          { path: disk.path, serial: scratchSerial, readOnly: false },
         ],
         rootfsSerial,
         scratchSerial,
@@ -102,21 +126,24 @@ export function erofsRootfs(config: RuntimeConfig): { prepare: RootfsPreparer; a
         record: {
           disks: [
             { path: image.path, serial: rootfsSerial, readOnly: true },
-            { path: scratch.path, serial: scratchSerial, readOnly: false },
+            { path: disk.path, serial: scratchSerial, readOnly: false },
           ],
           rootfsSerial,
           scratchSerial,
           imageKey: image.key,
-          scratchPath: scratch.path,
+          scratchPath: disk.path,
+          scratchBytes: size.bytes,
         },
         async release() {
           image.release();
-          await scratch.remove();
+          await disk.remove();
+          await held.release();
           await released(images);
         },
       };
     } catch (err) {
       image.release();
+      await hold?.release();
       throw err;
     }
   };

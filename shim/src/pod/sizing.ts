@@ -139,8 +139,14 @@ export function vmSize(
 ): VmSize {
   for (const name of Object.keys(annotations)) {
     const prefix = ANNOTATION_PREFIXES.find((p) => name.startsWith(p));
-    if (prefix && !KEYS.includes(name.slice(prefix.length) as SizingKey)) {
-      throw invalid(`annotation ${name} is not supported; the hypervisor annotations are ${KEYS.join(", ")}`);
+    const key = prefix ? name.slice(prefix.length) : "";
+    // scratch_size is ours only (pod/scratch-size.ts reads it for each container).
+    const known =
+      KEYS.includes(key as SizingKey) || (prefix === ANNOTATION_PREFIXES[0] && key === "scratch_size");
+    if (prefix && !known) {
+      throw invalid(
+        `annotation ${name} is not supported; the hypervisor annotations are ${KEYS.join(", ")} (and ${ANNOTATION_PREFIXES[0]}scratch_size)`,
+      );
     }
   }
   const limits = podLimits(annotations, config, resources);

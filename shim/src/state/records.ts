@@ -40,6 +40,8 @@ const rootfsRecord = z.object({
   /** The cached erofs image (its key in the cache) and the scratch disk file. */
   imageKey: z.string(),
   scratchPath: z.string(),
+  /** Its size, entered again in the node's scratch budget by the adopting daemon. */
+  scratchBytes: z.number().int().nonnegative(),
 });
 export type RootfsRecord = z.infer<typeof rootfsRecord>;
 

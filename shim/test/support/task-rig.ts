@@ -82,6 +82,7 @@ export class FakeRootfs {
       imageKey: "0".repeat(64),
       // The owner, for adopt(): fake disks have no file.
       scratchPath: owner,
+      scratchBytes: 0,
     };
     return {
       disks,
