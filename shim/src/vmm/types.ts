@@ -61,6 +61,8 @@ export function checkDiskSerial(serial: string): void {
 export interface VmExit {
   code: number | null;
   signal: NodeJS.Signals | null;
+  /** Why the VM ended when the guest ended it (a kernel panic, a reset, a power-off). */
+  reason?: string;
 }
 
 export interface VmHandle extends AsyncDisposable {
