@@ -15,6 +15,7 @@ import os from "node:os";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
+import pino from "pino";
 import { TIMED_OUT, within } from "../src/util/time.js";
 import { ChApiClient, ChApiError } from "../src/vmm/ch-api.js";
 import {
@@ -663,6 +664,19 @@ describe("Cloud Hypervisor driver against a test double of its documented REST A
         r.driver.launch({ ...r.config, stateDir: linked }),
         /linked-state is not a directory \(a symlink or a file\)/,
       );
+    });
+
+    it("a VMM that writes garbage to the event monitor: skipped, logged 5 times at most, the VM keeps running", async () => {
+      const r = await rig({ eventGarbage: 500 });
+      const lines: string[] = [];
+      const log = pino({ level: "warn" }, { write: (line: string) => void lines.push(line) });
+      await using vm = await r.driver.launch({ ...r.config, log });
+      await eventually(() => lines.length >= 5, "the skipped records to be logged");
+      const agent = await vm.connectAgent({ timeoutMs: 10_000 });
+      assert.equal((await agent.health()).status, "SERVING");
+      assert.equal((await vm.info()).state, "running");
+      const skipped = lines.filter((l) => l.includes("event monitor: skipped"));
+      assert.equal(skipped.length, 5);
     });
   });
 });

@@ -292,9 +292,17 @@ export class ChVm implements VmHandle {
     const events = child.stdio[EVENT_FD] as Readable | null | undefined;
     const eventsEnded = new Promise<void>((resolve) => {
       if (!events) return resolve();
+      // A VMM that writes garbage must not flood the daemon's log: the first few are enough.
+      let skipped = 0;
       const reader = new ChEventReader(
         (e) => this.onEvent(e),
-        (what) => this.log.warn({ what }, "cloud-hypervisor event monitor: skipped"),
+        (what) => {
+          if (++skipped <= 5)
+            this.log.warn(
+              { what, skipped },
+              "cloud-hypervisor event monitor: skipped (logged 5 times at most)",
+            );
+        },
       );
       events.setEncoding("utf8");
       events.on("data", (text: string) => reader.push(text));

@@ -52,6 +52,8 @@ export interface Scenario {
    * `poweroff` (CH shuts the VM down and exits).
    */
   guestFault?: "panic" | "reset" | "poweroff";
+  /** Records that are not events, written to the event monitor at boot (a VMM gone wrong). */
+  eventGarbage?: number;
   /** What vmm.ping reports as `version` (default: the modelled release's, e.g. "49.0.0"). */
   reportedVersion?: string;
 }
@@ -375,8 +377,13 @@ function emit(source: string, event: string, properties?: Record<string, string>
     event,
     properties: properties ?? null,
   };
+  writeEventText(`${JSON.stringify(doc, null, 2)}\n\n`);
+}
+
+function writeEventText(text: string): void {
+  if (eventFd === undefined) return;
   try {
-    writeSync(eventFd, `${JSON.stringify(doc, null, 2)}\n\n`);
+    writeSync(eventFd, text);
   } catch {
     // CH's fd is non-blocking and a failed write is dropped: the VMM never waits for a reader.
   }
@@ -592,6 +599,7 @@ class Vmm {
     for (const d of this.devices.values())
       if (d.kind !== "console") emit("virtio-device", "activated", { id: d.id });
     emit("vm", "booted");
+    for (let i = 0; i < (this.scenario.eventGarbage ?? 0); i++) writeEventText(`garbage ${i}\n\n`);
     return { status: 204 };
   }
 
