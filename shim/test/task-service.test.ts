@@ -199,6 +199,26 @@ describe("TaskService with a fake VMM and an in-process agent", () => {
     assert.deepEqual(rig.leftovers(), NOTHING_LEFT);
   });
 
+  it("a VM ended by a guest fault: every task of the pod exits 137 and the log names the reason for each", async () => {
+    await rig.create("pod", { role: "sandbox", netns: NETNS });
+    await rig.tasks.start(NS, "pod", "");
+    await rig.create("app", { role: "container", sandbox: "pod" });
+    await rig.tasks.start(NS, "app", "");
+    const reason = "guest kernel panic: Kernel panic - not syncing: sysrq triggered crash";
+    await rig.vm.die(reason);
+    const exits = await rig.events.waitFor("TaskExit", 2);
+    assert.deepEqual(exits.map((e) => `${e.containerId}:${e.exitStatus}`).sort(), ["app:137", "pod:137"]);
+    const lines = rig.logLines.map((l) => JSON.parse(l) as { task?: string; msg: string; exit?: unknown });
+    for (const task of ["pod", "app"]) {
+      const line = lines.find((l) => l.task === task && l.msg.startsWith("sandbox VM exited"));
+      assert.equal(line?.msg, `sandbox VM exited: ${reason}`, `the log line for ${task}`);
+      assert.deepEqual(line?.exit, { code: null, signal: "SIGKILL", reason });
+    }
+    await rig.tasks.delete(NS, "app", "");
+    await rig.tasks.delete(NS, "pod", "");
+    assert.deepEqual(rig.leftovers(), NOTHING_LEFT);
+  });
+
   describe("exec ids", () => {
     beforeEach(async () => {
       await rig.create("t1");

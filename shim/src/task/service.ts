@@ -445,9 +445,10 @@ export class TaskService {
   private watchPod(container: Container): void {
     void container.pod.exited.then((exit) => {
       if (!this.containers.has(this.key(container.namespace, container.id))) return;
-      // In the daemon's log and the task's own (containerd's log for the task).
+      // The task's own log too (containerd's log for the task): the reason is what an operator
+      // looks for when every process of a pod ended with 137 at once.
       container.log.log.warn(
-        { task: container.id, exit },
+        { exit },
         exit.reason ? `sandbox VM exited: ${exit.reason}` : "sandbox VM exited",
       );
       for (const forwarder of container.forwarders.values()) forwarder.close();

@@ -2,6 +2,9 @@
 // socket). The contract is CH's OpenAPI document (vmm/src/api/openapi/cloud-hypervisor.yaml)
 // as of Cloud Hypervisor v53.0; the types below mirror the parts of it this project uses.
 // Oldest version these bodies suit: v49 (a NIC without `ip`/`mask`; v35 added disk `serial`).
+// Answers are read as every supported release writes them: up to v52 CH serializes an unset
+// optional field as `null` (vm.info's device_tree before boot, a device node's parent and
+// pci_bdf, options inside config); v53 omits it. Both mean "absent" here.
 import http from "node:http";
 import { z } from "zod";
 import { ShimError } from "../errors.js";
@@ -119,19 +122,27 @@ export type ChVmmPing = z.infer<typeof pingSchema>;
 const pciDeviceInfoSchema = z.looseObject({ id: z.string().min(1), bdf: z.string() });
 export type ChPciDeviceInfo = z.infer<typeof pciDeviceInfoSchema>;
 
+/** An optional field: omitted (v53) or `null` (v49-v52), read as undefined either way. */
+const absent = <T extends z.ZodType>(schema: T) =>
+  schema
+    .nullish()
+    .transform((v) => v ?? undefined)
+    .optional();
+
 const deviceNodeSchema = z.looseObject({
-  id: z.string().optional(),
-  children: z.array(z.string()).optional(),
-  pci_bdf: z.string().optional(),
+  id: absent(z.string()),
+  parent: absent(z.string()),
+  children: absent(z.array(z.string())),
+  pci_bdf: absent(z.string()),
 });
 
 const vmInfoSchema = z.looseObject({
   config: z.looseObject({}),
   state: z.enum(["Created", "Running", "Shutdown", "Paused", "BreakPoint"]),
-  memory_actual_size: z.number().optional(),
-  device_tree: z.record(z.string(), deviceNodeSchema).optional(),
+  memory_actual_size: absent(z.number()),
+  device_tree: absent(z.record(z.string(), deviceNodeSchema)),
 });
-export type ChVmInfo = z.infer<typeof vmInfoSchema>;
+export type ChVmInfo = z.output<typeof vmInfoSchema>;
 
 const countersSchema = z.record(z.string(), z.record(z.string(), z.number()));
 export type ChVmCounters = z.infer<typeof countersSchema>;

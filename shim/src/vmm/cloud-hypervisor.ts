@@ -7,6 +7,7 @@ import { type ChildProcess, spawn } from "node:child_process";
 import { mkdir, rm } from "node:fs/promises";
 import net from "node:net";
 import path from "node:path";
+import type { Readable } from "node:stream";
 import { setTimeout as sleep } from "node:timers/promises";
 import { AgentClient } from "../agent/client.js";
 import { cgroupJoinArgv } from "../cgroup/join.js";
@@ -14,9 +15,18 @@ import { deadline, precondition, ShimError, unavailable } from "../errors.js";
 import { TtrpcClient } from "../ttrpc/client.js";
 import { log as rootLog } from "../util/log.js";
 import { TIMED_OUT, within } from "../util/time.js";
-import { ChApiClient, ChApiError, type ChDiskConfig, type ChFsConfig, type ChVmConfig } from "./ch-api.js";
+import {
+  CH_MIN_VERSION,
+  ChApiClient,
+  ChApiError,
+  type ChDiskConfig,
+  type ChFsConfig,
+  type ChVmConfig,
+  type ChVmmPing,
+} from "./ch-api.js";
+import { type ChEvent, ChEventReader, type GuestFault, guestFault } from "./ch-events.js";
 import { ConsoleLog } from "./console-log.js";
-import { assertBootFiles, assertReadable, exists, findExecutable } from "./files.js";
+import { assertBootFiles, assertReadable, clearStaleVmFiles, exists, findExecutable } from "./files.js";
 import {
   AGENT_VSOCK_PORT,
   checkDiskSerial,
@@ -48,6 +58,8 @@ export interface CloudHypervisorDriverOptions {
 
 export interface ChVmPaths {
   api: string;
+  /** v53 takes a lock on this file before it clears a stale API socket. */
+  apiLock: string;
   vsock: string;
   /** The guest console, capped (see ConsoleLog); CH writes it into consoleFifo. */
   console: string;
@@ -57,10 +69,34 @@ export interface ChVmPaths {
 export function chPaths(stateDir: string): ChVmPaths {
   return {
     api: path.join(stateDir, "ch-api.sock"),
+    apiLock: path.join(stateDir, "ch-api.sock.lock"),
     vsock: path.join(stateDir, "vsock.sock"),
     console: path.join(stateDir, "console.log"),
     consoleFifo: path.join(stateDir, "console.fifo"),
   };
+}
+
+/**
+ * What a previous VMM in the same dir may have left (a daemon that died with its VM): CH up
+ * to v52 will not start on an existing API socket, and no version boots on an existing vsock
+ * socket; an old console.log could be a symlink that the new log would be written through.
+ */
+export function chStaleNames(paths: ChVmPaths): string[] {
+  return [paths.api, paths.apiLock, paths.vsock, paths.consoleFifo, paths.console, `${paths.console}.1`].map(
+    (p) => path.basename(p),
+  );
+}
+
+/** The event monitor's fd in the VMM (stdin, stdout, stderr, then this). */
+const EVENT_FD = 3;
+
+/** CH's major version from vmm.ping ("49.0.0"; build_version "v49.0-12-g…" as a fallback). */
+export function chMajorVersion(ping: ChVmmPing): number | undefined {
+  for (const text of [ping.version, ping.build_version]) {
+    const m = /^v?(\d+)\./.exec(text ?? "");
+    if (m) return Number(m[1]);
+  }
+  return undefined;
 }
 
 // Hybrid vsock CIDs are private to each VMM (no host vhost-vsock is involved), but a CID
@@ -150,6 +186,12 @@ export class CloudHypervisorDriver implements HypervisorDriver {
     await assertBootFiles(config);
     await mkdir(config.stateDir, { recursive: true, mode: 0o700 });
     const paths = chPaths(config.stateDir);
+    const stale = await clearStaleVmFiles(config.stateDir, chStaleNames(paths));
+    if (stale.length)
+      (config.log ?? rootLog).warn(
+        { stateDir: config.stateDir, removed: stale },
+        "removed a previous VMM's files",
+      );
     const body = chVmConfig(config, paths, nextCid(), {
       ...(this.opts.hotplugMemoryMb ? { hotplugMemoryMb: this.opts.hotplugMemoryMb } : {}),
     });
@@ -171,12 +213,20 @@ export class CloudHypervisorDriver implements HypervisorDriver {
         binary,
         "--api-socket",
         `path=${paths.api}`,
+        // Guest resets and panics are events here, not a silent reboot (see ChVm.onEvent).
+        "--event-monitor",
+        `fd=${EVENT_FD}`,
       ];
       (config.log ?? rootLog).debug({ argv, config: body }, "starting cloud-hypervisor");
       const [command, ...args] = argv;
-      const child = spawn(command as string, args, { stdio: ["ignore", "ignore", "pipe"] });
+      const child = spawn(command as string, args, { stdio: ["ignore", "ignore", "pipe", "pipe"] });
       vm = new ChVm(config, child, paths, consoleLog, this.opts.apiTimeoutMs);
-      await vm.waitForApi();
+      const ping = await vm.waitForApi();
+      const major = chMajorVersion(ping);
+      if (major === undefined || major < CH_MIN_VERSION)
+        throw precondition(
+          `${binary} is Cloud Hypervisor ${ping.version || ping.build_version || "of an unknown version"}; cloudhv needs v${CH_MIN_VERSION} or newer (runtime config cloud_hypervisor_binary)`,
+        );
       await vm.call("vm.create", (api) => api.createVm(body));
       await vm.call("vm.boot", (api) => api.bootVm());
       return vm;
@@ -203,6 +253,8 @@ export class ChVm implements VmHandle {
   private stderr = "";
   private stopping: Promise<void> | undefined;
   private exit: VmExit | undefined;
+  /** The guest fault that ended the VM, if one did (the first one counts). */
+  private fault: { kind: GuestFault; event: ChEvent } | undefined;
   private readonly log;
 
   constructor(
@@ -226,7 +278,7 @@ export class ChVm implements VmHandle {
       // Keep the tail only: it is for error messages, not a log.
       this.stderr = (this.stderr + text).slice(-4096);
     });
-    this.exited = new Promise((resolve) => {
+    const processExited = new Promise<VmExit>((resolve) => {
       child.on("exit", (code, signal) => {
         this.exit = { code, signal };
         this.vmmGone.abort(new Error(`cloud-hypervisor exited (${this.exitText()})`));
@@ -237,6 +289,63 @@ export class ChVm implements VmHandle {
     child.on("error", (err) => {
       this.stderr += err.message;
     });
+    const events = child.stdio[EVENT_FD] as Readable | null | undefined;
+    const eventsEnded = new Promise<void>((resolve) => {
+      if (!events) return resolve();
+      // A VMM that writes garbage must not flood the daemon's log: the first few are enough.
+      let skipped = 0;
+      const reader = new ChEventReader(
+        (e) => this.onEvent(e),
+        (what) => {
+          if (++skipped <= 5)
+            this.log.warn(
+              { what, skipped },
+              "cloud-hypervisor event monitor: skipped (logged 5 times at most)",
+            );
+        },
+      );
+      events.setEncoding("utf8");
+      events.on("data", (text: string) => reader.push(text));
+      events.on("error", () => resolve());
+      events.on("close", () => resolve());
+    });
+    // An event written just before the VMM exited (a guest power-off) may arrive after the exit;
+    // the stream ends with the VMM (or, if a child of it kept the fd, shortly after).
+    this.exited = processExited.then(async (exit) => {
+      await within(eventsEnded, 1000);
+      return this.fault ? { ...exit, reason: await this.faultReason() } : exit;
+    });
+  }
+
+  /**
+   * CH reboots a guest that resets (with `panic=-1` a kernel panic is a reset), and would keep
+   * the pod running on a fresh guest with none of its containers. A reset, a panic reported by
+   * a pvpanic device, or a power-off we did not ask for ends the VM instead; `exited` then says why.
+   */
+  private onEvent(e: ChEvent): void {
+    const kind = guestFault(e, this.stopping !== undefined);
+    if (!kind || this.fault) return;
+    this.fault = { kind, event: e };
+    this.log.error({ vmmPid: this.pid, event: e }, `guest fault (${kind}): stopping the VM`);
+    void this.stop();
+  }
+
+  /** The fault in words, with the kernel's panic line when the console has one. */
+  private async faultReason(): Promise<string> {
+    const fault = this.fault;
+    if (!fault) return "";
+    // Drained to its end: the panic message was printed just before the reset.
+    await this.consoleLog.close();
+    const tail = await this.consoleLog.tail();
+    const panicLine = /Kernel panic - not syncing:[^\n]*/.exec(tail)?.[0]?.slice(0, 200);
+    const what = {
+      reset: "the guest reset itself (cloud-hypervisor would have rebooted it)",
+      panic: `the guest kernel panicked (pvpanic: ${fault.event.properties.event ?? "panic"})`,
+      poweroff: "the guest powered itself off",
+    }[fault.kind];
+    const reason = panicLine ? `guest kernel panic: ${panicLine}; ${what}` : what;
+    this.log.error({ vmmPid: this.pid, reason }, "VM ended by a guest fault");
+    return reason;
   }
 
   private exitText(): string {
@@ -250,7 +359,7 @@ export class ChVm implements VmHandle {
   }
 
   /** CH creates the API socket right after start; wait until it answers vmm.ping. */
-  async waitForApi(): Promise<void> {
+  async waitForApi(): Promise<ChVmmPing> {
     const until = Date.now() + 10_000;
     for (;;) {
       if (this.exit)
@@ -259,8 +368,7 @@ export class ChVm implements VmHandle {
         );
       if (await exists(this.paths.api)) {
         try {
-          await this.api.ping();
-          return;
+          return await this.api.ping();
         } catch (err) {
           const code = ((err as Error).cause as NodeJS.ErrnoException | undefined)?.code;
           if (code !== "ECONNREFUSED" && code !== "ENOENT" && !this.exit) throw err;

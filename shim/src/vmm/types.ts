@@ -61,7 +61,7 @@ export function checkDiskSerial(serial: string): void {
 export interface VmExit {
   code: number | null;
   signal: NodeJS.Signals | null;
-  /** Why the VM ended, when the VMM said (a guest reset or panic, a power-off). */
+  /** Why the VM ended when the guest ended it (a kernel panic, a reset, a power-off). */
   reason?: string;
 }
 

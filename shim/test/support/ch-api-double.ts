@@ -1,13 +1,18 @@
 #!/usr/bin/env node
 // A TEST DOUBLE of Cloud Hypervisor, not Cloud Hypervisor. It is run as the
-// `cloud_hypervisor_binary` (`ch-api-double --api-socket path=…`), so the driver really spawns,
-// talks to and stops a process. It serves CH's REST API as documented for v53.0
-// (vmm/src/api/openapi/cloud-hypervisor.yaml) and behaves like CH's HTTP layer where the tests
-// depend on it: 204 for actions, 200 + JSON for answers, errors as a JSON array of messages,
-// 404 for an unknown path or a VM not created, 400 for a body that does not deserialize,
-// 500 for an action the VM's state does not allow. It is stricter than CH in one way on
-// purpose: CH silently ignores unknown fields (serde's default), so a misspelt field would be
-// dropped without a word; here it is a 400 naming the field.
+// `cloud_hypervisor_binary` (`ch-api-double --api-socket path=… --event-monitor fd=N`), so the
+// driver really spawns, talks to and stops a process. It serves CH's REST API as documented for
+// v53.0 (vmm/src/api/openapi/cloud-hypervisor.yaml) and behaves like CH's HTTP layer where the
+// tests depend on it: 204 for actions, 200 + JSON for answers, errors as a JSON array of
+// messages, 404 for an unknown path, 400 for a body that does not deserialize, 500 for an
+// action the VM's state does not allow. It is stricter than CH in one way on purpose: CH
+// silently ignores unknown fields (serde's default), so a misspelt field would be dropped
+// without a word; here it is a 400 naming the field.
+//
+// It models each release from v49.0 to v53.0 (Scenario.version; PROFILES says what differs,
+// each difference read from CH's source at that tag), and CH's event monitor: events as
+// pretty-printed JSON objects each followed by a blank line, on the fd or path given, dropped
+// when the reader does not keep up. A guest fault (Scenario.guestFault) happens on SIGUSR1.
 //
 // Hybrid vsock is emulated on the vsock socket from vm.create: `CONNECT <port>\n` to the agent
 // port is answered `OK <n>\n` and bridged to a ttrpc agent — our real guest agent in test mode
@@ -39,8 +44,77 @@ export interface Scenario {
   removeDelayMs?: number;
   /** Answer vmm.shutdown but keep running (to test the driver's SIGKILL fallback). */
   ignoreVmmShutdown?: boolean;
+  /** The release modelled (default: the newest). */
+  version?: ChVersion;
+  /**
+   * What the guest does on SIGUSR1: `panic` (the kernel prints its panic line on the console,
+   * then, with panic=-1, resets), `reset` (a reboot or triple fault: CH reboots the VM) or
+   * `poweroff` (CH shuts the VM down and exits).
+   */
+  guestFault?: "panic" | "reset" | "poweroff";
+  /** Records that are not events, written to the event monitor at boot (a VMM gone wrong). */
+  eventGarbage?: number;
+  /** What vmm.ping reports as `version` (default: the modelled release's, e.g. "49.0.0"). */
+  reportedVersion?: string;
 }
 
+/** The Cloud Hypervisor releases the double models. */
+export const CH_VERSIONS = ["v49.0", "v50.0", "v51.0", "v52.0", "v53.0"] as const;
+export type ChVersion = (typeof CH_VERSIONS)[number];
+
+/** How a release differs from the newest, where it matters to the driver. */
+interface Profile {
+  /**
+   * Up to v52 an unset Option in an answer is `null` (vm.info: device_tree before boot, a
+   * device node's parent and pci_bdf, options inside config); v53 omits it (commit "vmm: omit
+   * unset Option fields from API responses").
+   */
+  nullsInAnswers: boolean;
+  /**
+   * v53 locks `<api socket>.lock` and removes a stale API socket before it binds; earlier
+   * releases exit at start when the path exists. No release removes it on exit.
+   */
+  clearsStaleApiSocket: boolean;
+  /** v53 answers 404 to a request on a VM not created; earlier releases 500. */
+  notCreatedStatus: number;
+  /** DiskConfig fields this release does not know: serde ignores them (recorded as "ignored"). */
+  unknownDiskFields: readonly string[];
+}
+
+const PROFILES: Record<ChVersion, Profile> = {
+  "v49.0": {
+    nullsInAnswers: true,
+    clearsStaleApiSocket: false,
+    notCreatedStatus: 500,
+    unknownDiskFields: ["image_type", "lock_granularity"],
+  },
+  "v50.0": {
+    nullsInAnswers: true,
+    clearsStaleApiSocket: false,
+    notCreatedStatus: 500,
+    unknownDiskFields: ["image_type", "lock_granularity"],
+  },
+  "v51.0": {
+    nullsInAnswers: true,
+    clearsStaleApiSocket: false,
+    notCreatedStatus: 500,
+    unknownDiskFields: ["lock_granularity"],
+  },
+  "v52.0": {
+    nullsInAnswers: true,
+    clearsStaleApiSocket: false,
+    notCreatedStatus: 500,
+    unknownDiskFields: [],
+  },
+  "v53.0": {
+    nullsInAnswers: false,
+    clearsStaleApiSocket: true,
+    notCreatedStatus: 404,
+    unknownDiskFields: [],
+  },
+};
+
+export const LATEST_VERSION: ChVersion = "v53.0";
 export const DOUBLE_VERSION = "v53.0.0-cloudhv-test-double";
 const AGENT_PORT = 1024;
 
@@ -189,6 +263,40 @@ const vmConfig = obj(
 
 const removeDevice = obj({ id: str }, ["id"]);
 
+// VmConfig's and PayloadConfig's Option fields (v52's vm_config.rs, the ones a default build
+// serializes): unset, they are written as null up to v52.
+const VM_CONFIG_OPTIONS = [
+  "payload",
+  "rate_limit_groups",
+  "disks",
+  "net",
+  "balloon",
+  "fs",
+  "pmem",
+  "devices",
+  "user_devices",
+  "vdpa",
+  "vsock",
+  "numa",
+  "pci_segments",
+  "platform",
+  "tpm",
+  "landlock_rules",
+] as const;
+const PAYLOAD_OPTIONS = ["firmware", "kernel", "cmdline", "initramfs"] as const;
+
+/** The config as v49-v52 echo it in vm.info: every unset Option as null. */
+function withNulls(config: Record<string, unknown>): Record<string, unknown> {
+  const out: Record<string, unknown> = { ...config };
+  for (const key of VM_CONFIG_OPTIONS) out[key] ??= null;
+  if (out.payload && typeof out.payload === "object") {
+    const payload: Record<string, unknown> = { ...(out.payload as Record<string, unknown>) };
+    for (const key of PAYLOAD_OPTIONS) payload[key] ??= null;
+    out.payload = payload;
+  }
+  return out;
+}
+
 function validate(value: unknown, schema: Schema, at: string): string[] {
   const where = at || "(body)";
   switch (schema.kind) {
@@ -247,7 +355,39 @@ class ApiError {
   ) {}
 }
 
-const notCreated = (what: string) => new ApiError(404, ["Error from API", what, "VM is not created"]);
+let profile: Profile = PROFILES[LATEST_VERSION];
+let version: ChVersion = LATEST_VERSION;
+
+const notCreated = (what: string) =>
+  new ApiError(profile.notCreatedStatus, ["Error from API", what, "VM is not created"]);
+
+// ---- the event monitor ----
+
+let eventFd: number | undefined;
+const monitorStart = process.hrtime.bigint();
+
+/** One event as CH writes it: serde_json's pretty form (2 spaces), then a blank line. */
+function emit(source: string, event: string, properties?: Record<string, string>): void {
+  record({ t: "event", source, event, ...(properties ? { properties } : {}) });
+  if (eventFd === undefined) return;
+  const ns = process.hrtime.bigint() - monitorStart;
+  const doc = {
+    timestamp: { secs: Number(ns / 1_000_000_000n), nanos: Number(ns % 1_000_000_000n) },
+    source,
+    event,
+    properties: properties ?? null,
+  };
+  writeEventText(`${JSON.stringify(doc, null, 2)}\n\n`);
+}
+
+function writeEventText(text: string): void {
+  if (eventFd === undefined) return;
+  try {
+    writeSync(eventFd, text);
+  } catch {
+    // CH's fd is non-blocking and a failed write is dropped: the VMM never waits for a reader.
+  }
+}
 
 class Vmm {
   state: State = "NotCreated";
@@ -272,18 +412,29 @@ class Vmm {
       case "vmm.ping":
         return {
           status: 200,
-          json: { build_version: DOUBLE_VERSION, version: "53.0.0", pid: process.pid, features: ["kvm"] },
+          json: {
+            build_version: `${version}-cloudhv-test-double`,
+            version: this.scenario.reportedVersion ?? `${version.slice(1)}.0`,
+            pid: process.pid,
+            features: ["kvm"],
+          },
         };
-      case "vm.create":
+      case "vm.create": {
         if (this.state !== "NotCreated")
           throw new ApiError(500, [
             "Error from API",
             "The VM could not be created",
             "The VM is already created",
           ]);
-        this.config = body as Record<string, unknown>;
+        const vm = { ...(body as Record<string, unknown>) };
+        if (Array.isArray(vm.disks))
+          vm.disks = (vm.disks as Array<Record<string, unknown>>).map((d) =>
+            this.ignoreUnknownFields("disk", d),
+          );
+        this.config = vm;
         this.state = "Created";
         return { status: 204 };
+      }
       case "vm.boot":
         return this.boot();
       case "vm.info":
@@ -293,22 +444,24 @@ class Vmm {
         return { status: 200, json: this.vmCounters() };
       case "vm.pause":
         this.need(["Running"], "The VM could not be paused");
+        emit("vm", "pausing");
         this.state = "Paused";
+        emit("vm", "paused");
         return { status: 204 };
       case "vm.resume":
         this.need(["Paused"], "The VM could not be resumed");
+        emit("vm", "resuming");
         this.state = "Running";
+        emit("vm", "resumed");
         return { status: 204 };
       case "vm.shutdown":
         this.need(["Running", "Paused"], "The VM could not shut down");
         this.state = "Shutdown";
         void this.powerOff();
+        emit("vm", "shutdown");
         return { status: 204 };
       case "vm.delete":
-        this.state = "NotCreated";
-        this.config = undefined;
-        this.devices.clear();
-        void this.powerOff();
+        this.delete();
         return { status: 204 };
       case "vm.add-disk":
         return this.addDevice("disk", body as Record<string, unknown>);
@@ -321,6 +474,48 @@ class Vmm {
       default:
         throw new Error(`no handler for ${method} ${endpoint}`);
     }
+  }
+
+  /** vm.delete, and the first half of a VMM shutdown. */
+  delete(): void {
+    if (!this.config) return;
+    if (this.state === "Running" || this.state === "Paused") {
+      this.state = "Shutdown";
+      emit("vm", "shutdown");
+    }
+    void this.powerOff();
+    this.state = "NotCreated";
+    this.config = undefined;
+    this.devices.clear();
+    emit("vm", "deleted");
+  }
+
+  /**
+   * The guest does something the VMM must answer for (SIGUSR1). A kernel panic prints its line
+   * and then resets (panic=-1); on a reset CH reboots the VM: a new guest, none of the old
+   * one's state; on a power-off CH shuts the VM down and the process exits.
+   */
+  async guestFault(kind: "panic" | "reset" | "poweroff"): Promise<"exit" | undefined> {
+    if (this.state !== "Running") return undefined;
+    record({ t: "guest-fault", kind });
+    const c = this.config as { console?: { mode: string; file?: string }; vsock?: { socket: string } };
+    if (kind === "panic" && c.console?.mode === "File" && c.console.file) {
+      const fd = openSync(c.console.file, "a");
+      writeSync(fd, "Kernel panic - not syncing: sysrq triggered crash\n");
+      closeSync(fd);
+    }
+    if (kind === "poweroff") {
+      this.delete();
+      emit("vmm", "shutdown");
+      return "exit";
+    }
+    emit("vm", "rebooting");
+    await this.powerOff();
+    emit("vm", "rebooted");
+    // CH serves API requests between the reboot's steps on one thread; one that stopped the VM
+    // meanwhile wins here.
+    if (c.vsock && this.state === "Running") await this.powerOn(c.vsock.socket);
+    return undefined;
   }
 
   private need(states: State[], what: string): void {
@@ -374,6 +569,16 @@ class Vmm {
         "Error validating configuration",
         ...problems,
       ]);
+    // Every release binds the hybrid vsock socket without removing what is there first (it
+    // removes it on a clean shutdown only): a socket left by a VMM that died fails the boot.
+    if (c.vsock && existsSync(c.vsock.socket))
+      throw new ApiError(500, [
+        "Error from API",
+        "The VM could not boot",
+        "Cannot create virtio-vsock device",
+        `Error binding the host socket ${c.vsock.socket}: Address in use (os error 98)`,
+      ]);
+    emit("vm", "booting");
     if (this.devices.size === 0) {
       for (const disk of c.disks ?? []) this.attach("disk", disk);
       for (const nic of c.net ?? []) this.attach("net", nic);
@@ -391,6 +596,10 @@ class Vmm {
       closeSync(fd);
     }
     if (c.vsock) void this.powerOn(c.vsock.socket);
+    for (const d of this.devices.values())
+      if (d.kind !== "console") emit("virtio-device", "activated", { id: d.id });
+    emit("vm", "booted");
+    for (let i = 0; i < (this.scenario.eventGarbage ?? 0); i++) writeEventText(`garbage ${i}\n\n`);
     return { status: 204 };
   }
 
@@ -431,6 +640,7 @@ class Vmm {
       fs: "The virtio-fs device could not be added to the VM",
     }[kind];
     if (!this.config) throw notCreated(what);
+    body = this.ignoreUnknownFields(kind, body);
     const id = body.id as string | undefined;
     if (id?.startsWith("__")) throw new ApiError(500, ["Error from API", what, `Invalid identifier: ${id}`]);
     if (id && this.devices.has(id))
@@ -481,18 +691,36 @@ class Vmm {
 
   private info(): unknown {
     const config = this.config as { memory?: { size?: number } };
+    // An unset Option: null up to v52, left out from v53.
+    const unset = profile.nullsInAnswers ? null : undefined;
     const tree: Record<string, unknown> = {};
     for (const d of this.devices.values()) {
       const pciNode = `_virtio-pci-${d.id}`;
-      tree[d.id] = { id: d.id, resources: [], parent: pciNode, children: [] };
-      tree[pciNode] = { id: pciNode, resources: [], children: [d.id], pci_bdf: d.bdf };
+      tree[d.id] = { id: d.id, resources: [], parent: pciNode, children: [], pci_bdf: unset };
+      tree[pciNode] = { id: pciNode, resources: [], parent: unset, children: [d.id], pci_bdf: d.bdf };
     }
-    return {
-      config: this.config,
+    const booted = this.state === "Running" || this.state === "Paused" || this.state === "Shutdown";
+    const answer = {
+      config: profile.nullsInAnswers ? withNulls(this.config ?? {}) : this.config,
       state: this.state === "NotCreated" ? "Created" : this.state,
       memory_actual_size: config.memory?.size ?? 512 * 1024 * 1024,
-      device_tree: tree,
+      // No VM object before vm.boot: no device tree.
+      device_tree: booted ? tree : unset,
     };
+    // JSON.stringify drops undefined members, as v53 drops unset Options.
+    return answer;
+  }
+
+  /** Fields this release does not know are dropped by serde without a word. */
+  ignoreUnknownFields(kind: "disk" | "net" | "fs", body: Record<string, unknown>): Record<string, unknown> {
+    if (kind !== "disk") return body;
+    const kept = { ...body };
+    for (const field of profile.unknownDiskFields)
+      if (field in kept) {
+        delete kept[field];
+        record({ t: "ignored", field, version });
+      }
+    return kept;
   }
 
   private vmCounters(): Record<string, Record<string, number>> {
@@ -509,20 +737,22 @@ class Vmm {
 
   /** The "guest" boots: the hybrid vsock socket opens, the agent starts a moment later. */
   private async powerOn(vsockPath: string): Promise<void> {
-    rmSync(vsockPath, { force: true });
     const server = net.createServer((conn) => this.onVsockConnection(conn));
     this.vsockServer = server;
     server.listen(vsockPath);
     const agentSocket = path.join(path.dirname(vsockPath), "double-agent.sock");
+    rmSync(agentSocket, { force: true });
     this.agent = this.scenario.agent
       ? await startRealAgent(this.scenario.agent, agentSocket)
       : await startBuiltinAgent(agentSocket);
   }
 
+  /** The guest stops; the vsock socket goes with the device (a crash leaves it behind). */
   async powerOff(): Promise<void> {
     for (const b of this.bridges) b.destroy();
-    this.vsockServer?.close();
+    const server = this.vsockServer;
     this.vsockServer = undefined;
+    if (server) await new Promise<void>((resolve) => server.close(() => resolve()));
     await this.agent?.stop();
     this.agent = undefined;
   }
@@ -665,9 +895,11 @@ function send(res: http.ServerResponse, status: number, json?: unknown): void {
 
 function serve(apiSocket: string, scenario: Scenario): void {
   const vmm = new Vmm(scenario);
+  // Like CH, it leaves its API socket behind when it exits (no release removes it).
   const exitNow = async (code: number) => {
+    vmm.delete();
+    emit("vmm", "shutdown");
     await vmm.powerOff();
-    rmSync(apiSocket, { force: true });
     process.exit(code);
   };
   const server = http.createServer((req, res) => {
@@ -721,20 +953,46 @@ function serve(apiSocket: string, scenario: Scenario): void {
       }
     });
   });
-  rmSync(apiSocket, { force: true });
+  if (existsSync(apiSocket)) {
+    if (!profile.clearsStaleApiSocket) {
+      // What v49-v52 do: bind fails, the VMM exits before it serves anything.
+      record({ t: "refused", why: "stale API socket", version });
+      process.stderr.write(
+        `Error booting VMM: Error creation API server's socket: Address in use (os error 98) (${apiSocket})\n`,
+      );
+      process.exit(1);
+    }
+    record({ t: "stale-api-socket-removed", version });
+    rmSync(apiSocket, { force: true });
+  }
+  // v53 holds a lock on this file while it runs; the file stays after it exits.
+  if (profile.clearsStaleApiSocket) closeSync(openSync(`${apiSocket}.lock`, "a"));
   server.listen(apiSocket);
   process.on("SIGTERM", () => void exitNow(0));
   process.on("SIGINT", () => void exitNow(0));
+  process.on("SIGUSR1", () => {
+    if (!scenario.guestFault) return;
+    void vmm.guestFault(scenario.guestFault).then((outcome) => {
+      if (outcome === "exit") void vmm.powerOff().then(() => process.exit(0));
+    });
+  });
+}
+
+/** `--name value` or `--name=value`. */
+function optionValue(argv: string[], name: string): string | undefined {
+  const i = argv.findIndex((a) => a === name || a.startsWith(`${name}=`));
+  if (i < 0) return undefined;
+  return argv[i]?.includes("=") ? argv[i]?.slice(name.length + 1) : argv[i + 1];
 }
 
 function main(argv: string[]): void {
   if (argv.includes("--version")) {
-    process.stdout.write(`cloud-hypervisor ${DOUBLE_VERSION}\n`);
+    const scenarioFile = process.env.CH_DOUBLE_SCENARIO;
+    const v = scenarioFile ? (JSON.parse(readFileSync(scenarioFile, "utf8")) as Scenario).version : undefined;
+    process.stdout.write(`cloud-hypervisor ${v ? `${v}.0-cloudhv-test-double` : DOUBLE_VERSION}\n`);
     return;
   }
-  const i = argv.findIndex((a) => a === "--api-socket" || a.startsWith("--api-socket="));
-  const spec =
-    i < 0 ? undefined : argv[i]?.includes("=") ? argv[i]?.slice("--api-socket=".length) : argv[i + 1];
+  const spec = optionValue(argv, "--api-socket");
   if (!spec) {
     // `node --test` runs every file under a test/ directory; as a test file this is a no-op.
     if (process.env.NODE_TEST_CONTEXT) return;
@@ -747,7 +1005,17 @@ function main(argv: string[]): void {
     ? (JSON.parse(readFileSync(scenarioFile, "utf8")) as Scenario)
     : { log: "/dev/null" };
   logFile = scenario.log;
-  record({ t: "start", pid: process.pid, argv });
+  version = scenario.version ?? LATEST_VERSION;
+  profile = PROFILES[version];
+  const monitor = optionValue(argv, "--event-monitor");
+  if (monitor?.startsWith("fd=")) eventFd = Number(monitor.slice(3));
+  else if (monitor?.startsWith("path=")) eventFd = openSync(monitor.slice(5), "w");
+  else if (monitor !== undefined) {
+    process.stderr.write("Error parsing --event-monitor: path or fd required\n");
+    process.exit(1);
+  }
+  record({ t: "start", pid: process.pid, argv, version });
+  emit("vmm", "starting");
   serve(apiSocket, scenario);
 }
 

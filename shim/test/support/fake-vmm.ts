@@ -52,11 +52,14 @@ export class FakeVm implements VmHandle {
     this.resolveExit({ code: 0, signal: null });
   }
 
-  /** The VMM process dies on its own (killed, crashed): the guest and its agent go with it. */
-  async die(): Promise<void> {
+  /**
+   * The VMM process dies on its own (killed, crashed), or the driver ended the VM for a guest
+   * fault (`reason`): the guest and its agent go with it.
+   */
+  async die(reason?: string): Promise<void> {
     this.stopped = true;
     await this.agent.close();
-    this.resolveExit({ code: null, signal: "SIGKILL" });
+    this.resolveExit({ code: null, signal: "SIGKILL", ...(reason ? { reason } : {}) });
   }
 
   async addDisk(disk: DiskSpec): Promise<string> {

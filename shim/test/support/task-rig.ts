@@ -188,6 +188,8 @@ export interface TaskOptions {
 }
 
 export class TaskRig {
+  /** The daemon log's lines at warn and above, as JSON text. */
+  readonly logLines: string[] = [];
   readonly events = new EventRecorder();
   readonly rootfs = new FakeRootfs();
   readonly network = new FakeNetwork();
@@ -234,7 +236,8 @@ export class TaskRig {
       adoptRootfs: this.rootfs.adopt,
       attachNetwork: this.network.attach,
       containment: this.containment,
-      log: pino({ level: "silent" }),
+      // Warnings and errors are kept: tests read what the daemon would log.
+      log: pino({ level: "warn" }, { write: (line: string) => void this.logLines.push(line) }),
       version: "unit",
     });
   }
