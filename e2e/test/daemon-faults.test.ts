@@ -153,7 +153,8 @@ for (const hv of await hypervisorSuites())
       assert.equal(run.code, 137, `the task is killed with its VM: ${run.stderr}`);
       assert.ok(Date.now() - started < 60_000, "not after some timeout");
       let logs = "";
-      for (const dir of [stateDir, path.join(stateDir, "backend")])
+      // The daemon logs to log_dir (the harness's own), its front next to its socket.
+      for (const dir of [stateDir, path.join(stateDir, "backend"), path.join(harness.dir, "log")])
         for (const name of (await readdir(dir).catch(() => [] as string[])).filter((n) => n.endsWith(".log")))
           logs += await readFile(path.join(dir, name), "utf8");
       assert.match(logs, /the guest kernel panicked \(Kernel panic - not syncing: sysrq triggered crash\)/);

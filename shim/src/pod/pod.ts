@@ -324,10 +324,14 @@ export class Pod {
         : undefined;
     let agent: AgentClient | undefined;
     if (vm) {
-      agent = await vm.connectAgent({ timeoutMs: 10_000 }).catch((err: unknown) => {
-        vmLog.warn({ err: (err as Error).message }, "adopted VM: its agent does not answer; stopping it");
-        return undefined;
-      });
+      // As patient as a boot: a loaded node (TCG, a burst) can be slow to answer, and giving up
+      // here stops a VM that was running fine.
+      agent = await vm
+        .connectAgent({ timeoutMs: deps.config.agent_boot_timeout_ms })
+        .catch((err: unknown) => {
+          vmLog.warn({ err: (err as Error).message }, "adopted VM: its agent does not answer; stopping it");
+          return undefined;
+        });
       if (!agent) await vm.stop();
     }
     if (!vm || !agent || !deps.adoptRootfs) {
