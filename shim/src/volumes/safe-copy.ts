@@ -117,8 +117,23 @@ function signatureOf(walked: Walked[]): string {
 }
 
 /**
+ * Reads the volume once and checks that it held still meanwhile (the same signature after the
+ * read): the copy is one state of the volume, not a mix of two. Throws VolumeChanged if not.
+ */
+export async function collectVolumeOnce(
+  source: string,
+  label: string,
+): Promise<{ files: PutFile[]; signature: string }> {
+  const walked = await walk(source, label, true);
+  const signature = signatureOf(walked);
+  if ((await volumeSignature(source, label)) !== signature)
+    throw new VolumeChanged(`${label} changed while it was read`);
+  return { files: walked.map((w) => w.file), signature };
+}
+
+/**
  * Reads the volume, again while it keeps changing under the walk (kubelet swaps `..data`
- * while we read): up to `tries` times, `pauseMs` apart.
+ * while we read): up to `tries` times, `pauseMs` apart; then refuses it by name.
  */
 export async function collectVolumeSettled(
   source: string,
@@ -128,18 +143,11 @@ export async function collectVolumeSettled(
 ): Promise<{ files: PutFile[]; signature: string }> {
   for (let attempt = 1; ; attempt++) {
     try {
-      const walked = await walk(source, label, true);
-      const signature = signatureOf(walked);
-      // Unchanged after the read: the copy is one state of the volume, not a mix of two.
-      if ((await volumeSignature(source, label)) === signature)
-        return { files: walked.map((w) => w.file), signature };
-      throw new VolumeChanged(`${label} changed while it was read`);
+      return await collectVolumeOnce(source, label);
     } catch (err) {
-      if (!(err instanceof VolumeChanged) || attempt >= tries) {
-        if (err instanceof VolumeChanged)
-          throw invalid(`${err.message}, ${tries} times in a row; it is copied only once it holds still`);
-        throw err;
-      }
+      if (!(err instanceof VolumeChanged)) throw err;
+      if (attempt >= tries)
+        throw invalid(`${err.message}, ${tries} times in a row; it is copied only once it holds still`);
       await new Promise((r) => setTimeout(r, pauseMs));
     }
   }

@@ -1,16 +1,23 @@
 // Volumes kubelet bind-mounts into a container, made real inside the VM. kubelet's small
 // managed files (resolv.conf, hosts, hostname, configmaps, secrets, projected and downwardAPI
-// volumes) are copied in through the agent and re-copied when they change on the host; an
-// emptyDir on tmpfs (medium: Memory) becomes a directory in guest memory shared by the pod's
-// containers; every other bind mount (hostPath, PVC/CSI, disk-backed emptyDir, the termination
-// log) is shared by virtio-fs (virtiofs.ts), so writes land on the host at once.
+// volumes) are read as untrusted trees (safe-copy.ts), copied in through the agent and copied
+// again when they change on the host; an emptyDir on tmpfs (medium: Memory) becomes a directory
+// in guest memory shared by the pod's containers; every other bind mount (hostPath, PVC/CSI,
+// disk-backed emptyDir, the termination log) is shared by virtio-fs (virtiofs.ts), so writes
+// land on the host at once.
 import { createHash } from "node:crypto";
 import { stat, statfs } from "node:fs/promises";
 import path from "node:path";
 import type { AgentClient, PutFile } from "../agent/client.js";
 import { invalid } from "../errors.js";
 import type { Logger } from "../util/log.js";
-import { checkLocalSource, collectVolumeSettled, VolumeChanged, volumeSignature } from "./safe-copy.js";
+import {
+  checkLocalSource,
+  collectVolumeOnce,
+  collectVolumeSettled,
+  VolumeChanged,
+  volumeSignature,
+} from "./safe-copy.js";
 import { GUEST_SHARED, type SharedVolume } from "./virtiofs.js";
 
 export const GUEST_VOLUMES = "/run/cloudhv/volumes";
@@ -139,7 +146,7 @@ export class ContainerVolumes {
   private async syncVolume(agent: AgentClient, volume: Copied): Promise<void> {
     try {
       if ((await volumeSignature(volume.hostPath, volume.label)) === volume.signature) return;
-      const next = await collectVolumeSettled(volume.hostPath, volume.label, 1);
+      const next = await collectVolumeOnce(volume.hostPath, volume.label);
       volume.files = next.files;
       await this.push(agent, volume);
       volume.signature = next.signature;
