@@ -861,6 +861,119 @@ async function shimStart(h: Harness, plan: Plan): Promise<Figure> {
   }
 }
 
+// ---- figure 9: storage --------------------------------------------------------------------------
+
+/** Rates of one run on one target. */
+interface StorageRun {
+  writeMiBps: number;
+  readMiBps: number;
+  createPerS: number;
+  statPerS: number;
+}
+
+/**
+ * Times each operation inside the container (busybox has no sub-second clock but the kernel's
+ * /proc/uptime, in 1/100 s), repeating it until at least a second has passed, so that neither
+ * an exec's own cost (large under TCG) nor the clock's resolution is in the figure. The guest's
+ * own cache is dropped before each read and stat (`drop`), so that they go through the device;
+ * what lies behind it (the host's page cache, for virtio-fs and runc alike) stays warm.
+ */
+const STORAGE_SCRIPT = `
+now() { t=$(cut -d' ' -f1 /proc/uptime); echo $(( \${t%.*} * 100 + 1\${t#*.} - 100 )); }
+timed() { s=$(now); n=0; while :; do eval "$2"; n=$((n+1)); e=$(now); [ $((e-s)) -ge 100 ] || [ $n -ge 500 ] && break; done; echo "$1 $n $((e-s))"; }
+set -e
+mkdir -p "$D"; rm -rf "$D/seq" "$D/small"; mkdir "$D/small"
+timed write 'dd if=/dev/zero of="$D/seq" bs=1M count=$MB conv=fsync 2>/dev/null'
+timed read 'eval "$DROP"; cat "$D/seq" > /dev/null'
+timed create 'mkdir "$D/small/$n"; i=0; while [ $i -lt 100 ]; do : > "$D/small/$n/f$i"; i=$((i+1)); done'
+timed stat 'eval "$DROP"; ls -l "$D/small/0" > /dev/null'
+rm -rf "$D/seq" "$D/small"
+`;
+
+async function storageRun(h: Harness, id: string, dir: string, dropGuestCache: boolean, plan: Plan) {
+  checkAbort();
+  const mb = plan.quick ? 20 : 100;
+  const drop = dropGuestCache ? "echo 3 > /proc/sys/vm/drop_caches;" : "";
+  const env = `D=${dir} MB=${mb} DROP='${drop}'`;
+  const r = await h.cri.execSync(id, ["sh", "-c", `${env}; export D MB DROP; ${STORAGE_SCRIPT}`], 600);
+  if (r.exitCode !== 0) throw new Error(`storage script: exit ${r.exitCode}: ${r.stderr.slice(0, 300)}`);
+  const rate = (op: string, unit: number) => {
+    const m = new RegExp(`^${op} (\\d+) (\\d+)$`, "m").exec(r.stdout);
+    if (!m) throw new Error(`storage script: no ${op} line in ${JSON.stringify(r.stdout.slice(0, 300))}`);
+    return (Number(m[1]) * unit) / (Math.max(Number(m[2]), 1) / 100);
+  };
+  return {
+    writeMiBps: rate("write", mb),
+    readMiBps: rate("read", mb),
+    createPerS: rate("create", 100),
+    statPerS: rate("stat", 100),
+  };
+}
+
+function storageFigure(runs: StorageRun[], error?: unknown): Figure {
+  const of = (k: keyof StorageRun) => stat(runs.map((r) => r[k]));
+  return {
+    ok: error === undefined && runs.length > 0,
+    ...(error === undefined ? {} : { error: errorText(error) }),
+    writeMiBps: of("writeMiBps"),
+    readMiBps: of("readMiBps"),
+    createPerS: of("createPerS"),
+    statPerS: of("statPerS"),
+  };
+}
+
+/**
+ * Sequential write (fsync) and read, small-file create and stat: on a hostPath shared by
+ * virtio-fs and on the container's root (the guest's scratch disk) in one cloudhv pod, and on
+ * the same kind of host directory under runc.
+ */
+async function storage(h: Harness, plan: Plan): Promise<Figure> {
+  const pods: Record<string, string> = {};
+  for (const handler of [HANDLER, "runc"]) {
+    const hostDir = path.join(h.dir, "storage", handler);
+    await mkdir(hostDir, { recursive: true });
+    const config = podConfig(h, `storage-${handler}`);
+    await mkdir(config.logDirectory as string, { recursive: true });
+    const podId = await h.cri.runPodSandbox(config, handler);
+    const id = await h.cri.createContainer(
+      podId,
+      {
+        metadata: { name: "io" },
+        image: { image: SMALL_IMAGE },
+        command: ["sleep", "3600"],
+        mounts: [{ containerPath: "/vol", hostPath: hostDir }],
+        logPath: "io.log",
+      },
+      config,
+    );
+    await h.cri.startContainer(id);
+    pods[handler] = id;
+  }
+  const targets = [
+    ["virtiofs", HANDLER, "/vol", true],
+    ["scratchDisk", HANDLER, "/scratch-bench", true],
+    ["runc", "runc", "/vol", false],
+  ] as const;
+  const result: Figure = { ok: true, fileMiB: plan.quick ? 20 : 100, smallFilesPerDir: 100 };
+  for (const [name, handler, dir, drop] of targets) {
+    const runs: StorageRun[] = [];
+    try {
+      const id = pods[handler] as string;
+      for (let i = 0; i < plan.runs; i++) runs.push(await storageRun(h, id, dir, drop, plan));
+      result[name] = storageFigure(runs);
+    } catch (err) {
+      result[name] = storageFigure(runs, err);
+    }
+  }
+  result.ok = targets.every(([name]) => (result[name] as Figure).ok);
+  if (!result.ok)
+    result.error = targets
+      .filter(([name]) => !(result[name] as Figure).ok)
+      .map(([name]) => `${name}: ${(result[name] as Figure).error}`)
+      .join("; ");
+  return result;
+}
+
 // ---- figure 8: sizes ---------------------------------------------------------------------------
 
 /**
@@ -1058,6 +1171,26 @@ export function renderTable(doc: {
     );
   } else add("8. sizes", failed(sz) ?? "—");
 
+  const st = f.storage;
+  if (st && typeof st.fileMiB === "number") {
+    for (const [k, label] of [
+      ["virtiofs", "cloudhv, hostPath by virtio-fs"],
+      ["scratchDisk", "cloudhv, guest scratch disk"],
+      ["runc", "runc, hostPath"],
+    ] as const) {
+      const t = st[k] as Figure | undefined;
+      add(
+        `9. storage, ${label}`,
+        t?.ok || t?.writeMiBps
+          ? `write ${fmt(t.writeMiBps as Stat, " MiB/s")}, read ${fmt(t.readMiBps as Stat, " MiB/s")}`
+          : (failed(t) ?? "—"),
+        t?.ok || t?.writeMiBps
+          ? `files: create ${fmt(t.createPerS as Stat, "/s")}, stat ${fmt(t.statPerS as Stat, "/s")}${t.ok ? "" : `; ${failed(t)}`}`
+          : "",
+      );
+    }
+  } else add("9. storage", failed(st) ?? "—");
+
   const m = doc.machine;
   const head = [
     `${m.cores} cores (${m.cpuModel}), ${m.memoryGiB} GiB, accel ${m.accel}, ${m.containerdVersion}, ${m.qemuVersion}`,
@@ -1074,6 +1207,8 @@ export function renderTable(doc: {
 interface Options {
   runs?: number;
   quick?: boolean;
+  /** Only these figures (the others say "not run (--only)"); for working on one figure. */
+  only?: string[];
   out?: string;
   table?: string;
   installerImage?: string;
@@ -1123,8 +1258,11 @@ async function main(opts: Options): Promise<void> {
   process.on("SIGTERM", onSignal);
   try {
     say(`plan: ${JSON.stringify(plan)}`);
+    const wanted = (name: string) => !opts.only || opts.only.includes(name);
     say("guest boot (boot-bench) …");
-    figures.guestBoot = await guestBoot(plan);
+    figures.guestBoot = wanted("guestBoot")
+      ? await guestBoot(plan)
+      : { ok: false, error: "not run (--only)" };
     if (figures.guestBoot.ok) {
       machine.accel = String(figures.guestBoot.accel);
       machine.accelReason = String(figures.guestBoot.accelReason);
@@ -1142,6 +1280,10 @@ async function main(opts: Options): Promise<void> {
     teardown.add(() => h.stop());
     teardown.add(() => removeAllPods(h.cri));
     const figure = async (name: string, fn: () => Promise<Figure>) => {
+      if (!wanted(name) && !(name === "podLifecycle" && wanted("hostShim"))) {
+        figures[name] = { ok: false, error: "not run (--only)" };
+        return;
+      }
       const t = performance.now();
       try {
         checkAbort();
@@ -1163,6 +1305,7 @@ async function main(opts: Options): Promise<void> {
     await figure("shimStart", () => shimStart(h, plan));
     await figure("memory", () => memory(h, plan));
     await figure("rootfsPrep", () => rootfsPrep(h, plan));
+    await figure("storage", () => storage(h, plan));
     let concurrent: Figure | undefined;
     await figure("burst", async () => {
       const r = await burst(h, plan);
@@ -1176,7 +1319,10 @@ async function main(opts: Options): Promise<void> {
     await teardown.run();
   }
   try {
-    figures.sizes = await sizes(opts.installerImage);
+    figures.sizes =
+      !opts.only || opts.only.includes("sizes")
+        ? await sizes(opts.installerImage)
+        : { ok: false, error: "not run (--only)" };
   } catch (err) {
     figures.sizes = { ok: false, error: errorText(err) };
   }
@@ -1191,6 +1337,7 @@ async function main(opts: Options): Promise<void> {
     "shimStart",
     "burst",
     "sizes",
+    "storage",
   ])
     figures[name] ??= { ok: false, error: "not run (an earlier step failed)" };
   machine.loadAverageEnd = os.loadavg().map((x) => Math.round(x * 100) / 100);
@@ -1232,6 +1379,9 @@ const program = new Command()
   .option(
     "--quick",
     "a smoke run: 1 run, memory at 0/1/2 pods, a burst of 3, a 20 MiB large image (default runs: 5)",
+  )
+  .option("--only <figures>", "only these figures, comma-separated (e.g. storage,memory)", (v: string) =>
+    v.split(",").filter(Boolean),
   )
   .option("--out <file>", "write the JSON document here instead of stdout")
   .option("--table <file>", "also write the table (Markdown) here")

@@ -22,6 +22,7 @@ const FIGURES = [
   "shimStart",
   "burst",
   "sizes",
+  "storage",
 ];
 
 type Doc = Record<string, unknown> & { figures: Record<string, Record<string, unknown>> };
@@ -112,9 +113,22 @@ describe("npm run bench -- --quick", () => {
     const installer = f.sizes?.installerImage as Record<string, unknown>;
     assert.ok(typeof installer.bytes === "number" || typeof installer.reason === "string");
 
+    // Storage: a rate for every operation on every target (runc may fail, saying why).
+    for (const target of ["virtiofs", "scratchDisk", "runc"]) {
+      const t = f.storage?.[target] as Record<string, unknown>;
+      if (target === "runc" && t.ok !== true) {
+        assert.equal(typeof t.error, "string");
+        continue;
+      }
+      assert.equal(t.ok, true, `${target}: ${String(t.error)}`);
+      for (const k of ["writeMiBps", "readMiBps", "createPerS", "statPerS"])
+        assert.ok(isStat(t[k]), `${target} ${k}`);
+    }
+
     // The table names every figure; the harness and everything in it are gone.
     const md = await readFile(table, "utf8");
-    for (const n of ["1.", "2.", "3.", "4.", "5.", "6.", "7.", "8."]) assert.ok(md.includes(`| ${n}`), n);
+    for (const n of ["1.", "2.", "3.", "4.", "5.", "6.", "7.", "8.", "9."])
+      assert.ok(md.includes(`| ${n}`), n);
     const harnessDir = String(doc.harnessDir);
     assert.ok(harnessDir.startsWith("/"), "the document names its harness dir");
     assert.equal(existsSync(harnessDir), false);

@@ -53,7 +53,7 @@ const sharedVolume = z.object({
 });
 
 const volumesRecord = z.object({
-  copied: z.array(z.object({ hostPath: z.string(), guestPath: z.string() })),
+  copied: z.array(z.object({ hostPath: z.string(), guestPath: z.string(), label: z.string() })),
   sharedDirs: z.array(z.string()),
   shared: z.array(sharedVolume),
 });

@@ -1,22 +1,28 @@
 // Volumes kubelet bind-mounts into a container, made real inside the VM. kubelet's small
 // managed files (resolv.conf, hosts, hostname, configmaps, secrets, projected and downwardAPI
-// volumes) are copied in through the agent and re-copied when they change on the host; an
-// emptyDir on tmpfs (medium: Memory) becomes a directory in guest memory shared by the pod's
-// containers; every other bind mount (hostPath, PVC/CSI, disk-backed emptyDir, the termination
-// log) is shared by virtio-fs (virtiofs.ts), so writes land on the host at once.
+// volumes) are read as untrusted trees (safe-copy.ts), copied in through the agent and copied
+// again when they change on the host; an emptyDir on tmpfs (medium: Memory) becomes a directory
+// in guest memory shared by the pod's containers; every other bind mount (hostPath, PVC/CSI,
+// disk-backed emptyDir, the termination log) is shared by virtio-fs (virtiofs.ts), so writes
+// land on the host at once.
 import { createHash } from "node:crypto";
-import { lstat, readdir, readFile, readlink, stat, statfs } from "node:fs/promises";
+import { stat, statfs } from "node:fs/promises";
 import path from "node:path";
 import type { AgentClient, PutFile } from "../agent/client.js";
 import { invalid } from "../errors.js";
 import type { VolumesRecord } from "../state/records.js";
 import { logFromGuest } from "../util/guest-log.js";
 import type { Logger } from "../util/log.js";
+import {
+  checkLocalSource,
+  collectVolumeOnce,
+  collectVolumeSettled,
+  VolumeChanged,
+  volumeSignature,
+} from "./safe-copy.js";
 import { GUEST_SHARED, type SharedVolume } from "./virtiofs.js";
 
 export const GUEST_VOLUMES = "/run/cloudhv/volumes";
-/** Kubernetes caps a configmap or secret at 1 MiB; larger trees are not "small". */
-export const MAX_COPIED_BYTES = 1024 * 1024;
 const SYNC_INTERVAL_MS = 1000;
 /** statfs f_type of tmpfs: an emptyDir with medium Memory. */
 const TMPFS_MAGIC = 0x01021994;
@@ -33,8 +39,14 @@ interface OciMount {
 
 interface Copied {
   hostPath: string;
+  /** "volume <source> (mounted at <destination>)", for errors and logs. */
+  label: string;
   guestPath: string;
   signature: string;
+  /** What the next push sends: read at plan time, then by each sync that saw a change. */
+  files: PutFile[] | undefined;
+  /** The last sync failure logged, so that a volume refused every second is logged once. */
+  lastError?: string | undefined;
 }
 
 /** What a container needs done to its spec's mounts before the guest can honour them. */
@@ -83,23 +95,13 @@ export class ContainerVolumes {
         mount.source = `${GUEST_SHARED}/${name}`;
         continue;
       }
-      const info = await stat(source).catch((err: NodeJS.ErrnoException) => {
-        throw invalid(
-          `volume ${source} (mounted at ${mount.destination}) cannot be read on the host: ${err.code}`,
-        );
-      });
-      if (!info.isFile() && !info.isDirectory()) {
-        throw invalid(`volume ${source} (mounted at ${mount.destination}) is neither a file nor a directory`);
-      }
-      const size = info.isFile() ? info.size : await treeSize(source);
-      if (size > MAX_COPIED_BYTES) {
-        throw invalid(
-          `volume ${source} (mounted at ${mount.destination}) holds ${size} bytes; kubelet's managed volumes ` +
-            `(configmaps, secrets, projected, downwardAPI) are copied into the VM up to ${MAX_COPIED_BYTES} bytes`,
-        );
-      }
+      // Read now (budgets, types, links), so that a volume the VM cannot have fails here,
+      // naming itself, before anything is built.
+      const label = `volume ${source} (mounted at ${mount.destination})`;
+      await checkLocalSource(source, label);
+      const first = await collectVolumeSettled(source, label);
       const guestPath = `${GUEST_VOLUMES}/containers/${containerId}/${index}`;
-      volumes.copied.push({ hostPath: source, guestPath, signature: "" });
+      volumes.copied.push({ hostPath: source, label, guestPath, ...first });
       mount.source = guestPath;
     }
     return volumes;
@@ -108,7 +110,7 @@ export class ContainerVolumes {
   /** What a later daemon needs to keep these volumes in sync and to unbind them. */
   record(): VolumesRecord {
     return {
-      copied: this.copied.map(({ hostPath, guestPath }) => ({ hostPath, guestPath })),
+      copied: this.copied.map(({ hostPath, guestPath, label }) => ({ hostPath, guestPath, label })),
       sharedDirs: [...this.sharedDirs],
       shared: this.shared.map((v) => ({ ...v })),
     };
@@ -117,8 +119,8 @@ export class ContainerVolumes {
   /** The volumes of a container a previous daemon created (the guest already has them). */
   static adopt(record: VolumesRecord, log: Logger): ContainerVolumes {
     const volumes = new ContainerVolumes(log);
-    for (const { hostPath, guestPath } of record.copied)
-      volumes.copied.push({ hostPath, guestPath, signature: "" });
+    for (const { hostPath, guestPath, label } of record.copied)
+      volumes.copied.push({ hostPath, guestPath, label, signature: "", files: undefined });
     volumes.sharedDirs.push(...record.sharedDirs);
     volumes.shared.push(...record.shared);
     return volumes;
@@ -151,22 +153,43 @@ export class ContainerVolumes {
     if (this.syncing) return;
     this.syncing = true;
     try {
-      for (const volume of this.copied) {
-        if ((await signature(volume.hostPath)) !== volume.signature) await this.push(agent, volume);
-      }
-    } catch (err) {
-      const fields = { err: (err as Error).message };
-      if (agent.guest) logFromGuest(this.log, agent.guest, "warn", fields, "volume sync failed; retrying");
-      else this.log.warn(fields, "volume sync failed; retrying");
+      for (const volume of this.copied) await this.syncVolume(agent, volume);
     } finally {
       this.syncing = false;
     }
   }
 
+  /**
+   * One volume: a stat-only walk (bounded like the copy) decides; a changed volume is read
+   * again. A refused or unsettled volume keeps its last copy in the guest and is logged once
+   * per distinct reason; a later good state is copied again.
+   */
+  private async syncVolume(agent: AgentClient, volume: Copied): Promise<void> {
+    try {
+      if ((await volumeSignature(volume.hostPath, volume.label)) === volume.signature) return;
+      const next = await collectVolumeOnce(volume.hostPath, volume.label);
+      volume.files = next.files;
+      await this.push(agent, volume);
+      volume.signature = next.signature;
+      volume.lastError = undefined;
+    } catch (err) {
+      if (err instanceof VolumeChanged) return;
+      const message = (err as Error).message;
+      if (message !== volume.lastError) {
+        const msg = "volume sync failed; the guest keeps the last copy, retrying";
+        // A guest that fails every put must not flood the log (util/guest-log.ts).
+        if (agent.guest) logFromGuest(this.log, agent.guest, "warn", { err: message }, msg);
+        else this.log.warn({ err: message }, msg);
+      }
+      volume.lastError = message;
+    }
+  }
+
   private async push(agent: AgentClient, volume: Copied): Promise<void> {
-    volume.signature = await signature(volume.hostPath);
-    const files = await collect(volume.hostPath);
+    const files = volume.files ?? (await collectVolumeSettled(volume.hostPath, volume.label)).files;
     await agent.putFiles(volume.guestPath, files);
+    // Contents are not kept between pushes: the next change reads the volume again.
+    volume.files = undefined;
   }
 }
 
@@ -179,49 +202,4 @@ async function onTmpfs(dir: string): Promise<boolean> {
 
 function hash(text: string): string {
   return createHash("sha256").update(text).digest("hex").slice(0, 16);
-}
-
-async function treeSize(dir: string): Promise<number> {
-  let total = 0;
-  for (const entry of await readdir(dir, { withFileTypes: true, recursive: true })) {
-    if (entry.isFile()) total += (await lstat(path.join(entry.parentPath, entry.name))).size;
-  }
-  return total;
-}
-
-/** Changes when any file, link or directory of the volume changes. */
-async function signature(hostPath: string): Promise<string> {
-  const info = await lstat(hostPath);
-  if (!info.isDirectory()) return `${info.mtimeMs}:${info.size}:${info.ino}`;
-  const parts: string[] = [];
-  for (const entry of await readdir(hostPath, { withFileTypes: true, recursive: true })) {
-    const full = path.join(entry.parentPath, entry.name);
-    const s = await lstat(full);
-    parts.push(`${full}:${s.mtimeMs}:${s.size}:${s.ino}`);
-  }
-  return parts.sort().join("|");
-}
-
-async function collect(hostPath: string): Promise<PutFile[]> {
-  const info = await stat(hostPath);
-  if (info.isFile())
-    return [
-      { path: "", data: await readFile(hostPath), mode: info.mode & 0o7777, symlink: "", isDir: false },
-    ];
-  const files: PutFile[] = [
-    { path: "", data: Buffer.alloc(0), mode: info.mode & 0o7777, symlink: "", isDir: true },
-  ];
-  for (const entry of await readdir(hostPath, { withFileTypes: true, recursive: true })) {
-    const full = path.join(entry.parentPath, entry.name);
-    const rel = path.relative(hostPath, full);
-    const s = await lstat(full);
-    if (entry.isSymbolicLink())
-      files.push({ path: rel, data: Buffer.alloc(0), mode: 0, symlink: await readlink(full), isDir: false });
-    else if (entry.isDirectory())
-      files.push({ path: rel, data: Buffer.alloc(0), mode: s.mode & 0o7777, symlink: "", isDir: true });
-    else if (entry.isFile())
-      files.push({ path: rel, data: await readFile(full), mode: s.mode & 0o7777, symlink: "", isDir: false });
-  }
-  // Directories first so that every file's parent exists when it is written.
-  return files.sort((a, b) => Number(b.isDir) - Number(a.isDir) || a.path.length - b.path.length);
 }
