@@ -413,6 +413,7 @@ export interface ProtoMessages {
   };
   "runtime.v1.LinuxContainerConfig": {
     resources: ProtoMessages["runtime.v1.LinuxContainerResources"] | null;
+    securityContext: ProtoMessages["runtime.v1.LinuxContainerSecurityContext"] | null;
   };
   "runtime.v1.LinuxContainerResources": {
     cpuPeriod: number;
@@ -421,9 +422,14 @@ export interface ProtoMessages {
     memoryLimitInBytes: number;
     oomScoreAdj: number;
   };
+  "runtime.v1.LinuxContainerSecurityContext": {
+    namespaceOptions: ProtoMessages["runtime.v1.NamespaceOption"] | null;
+    readonlyRootfs: boolean;
+  };
   "runtime.v1.LinuxPodSandboxConfig": {
     cgroupParent: string;
     securityContext: ProtoMessages["runtime.v1.LinuxSandboxSecurityContext"] | null;
+    sysctls: Record<string, string>;
     resources: ProtoMessages["runtime.v1.LinuxContainerResources"] | null;
   };
   "runtime.v1.LinuxSandboxSecurityContext": {
@@ -646,6 +652,7 @@ export const PROTO_FILE_OF: { readonly [K in keyof ProtoMessages]: string } = {
   "runtime.v1.KeyValue": "cri.proto",
   "runtime.v1.LinuxContainerConfig": "cri.proto",
   "runtime.v1.LinuxContainerResources": "cri.proto",
+  "runtime.v1.LinuxContainerSecurityContext": "cri.proto",
   "runtime.v1.LinuxPodSandboxConfig": "cri.proto",
   "runtime.v1.LinuxSandboxSecurityContext": "cri.proto",
   "runtime.v1.ListPodSandboxRequest": "cri.proto",
