@@ -156,7 +156,13 @@ for (const hv of await hypervisorSuites())
         logDirectory,
         linux: {
           securityContext: { namespaceOptions: { pid: "POD" } },
-          sysctls: { "kernel.shm_rmid_forced": "1", "fs.mqueue.msg_max": "17" },
+          // net.*: the guest's network namespace is the pod's (containerd 2 adds
+          // ip_unprivileged_port_start to every pod by default).
+          sysctls: {
+            "kernel.shm_rmid_forced": "1",
+            "fs.mqueue.msg_max": "17",
+            "net.ipv4.ip_unprivileged_port_start": "80",
+          },
         },
       };
       const podId = await cri.runPodSandbox(sandboxConfig, HANDLER);
@@ -200,8 +206,13 @@ for (const hv of await hypervisorSuites())
       // Namespaced sysctls are the pod's (its IPC namespace), in every container.
       for (const id of [peer, alone])
         assert.equal(
-          (await run(id, "cat /proc/sys/kernel/shm_rmid_forced /proc/sys/fs/mqueue/msg_max")).out,
-          "1\n17",
+          (
+            await run(
+              id,
+              "cat /proc/sys/kernel/shm_rmid_forced /proc/sys/fs/mqueue/msg_max /proc/sys/net/ipv4/ip_unprivileged_port_start",
+            )
+          ).out,
+          "1\n17\n80",
         );
       // readOnlyRootFilesystem: the root refuses writes, the volume takes them.
       const touch = await run(ro, "touch /x");
@@ -235,7 +246,8 @@ for (const hv of await hypervisorSuites())
 
       // Stop right after start: the SIGTERM reaches the process (exit 143), not the timeout's SIGKILL.
       for (const [name, command] of [
-        ["trap", ["sh", "-c", 'trap "exit 143" TERM; while :; do sleep 1; done']],
+        // `wait` lets the trap run at once (a shell runs it only after a foreground `sleep`).
+        ["trap", ["sh", "-c", 'trap "exit 143" TERM; while :; do sleep 1 & wait $!; done']],
         ["top", ["sh", "-c", "top"]],
       ] as const) {
         // Its own PID namespace, as kubelet's default: the process is that namespace's init.

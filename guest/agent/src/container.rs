@@ -444,6 +444,16 @@ impl Containers {
                         message: m,
                     }
                 })?;
+            for (path, value) in &rewritten.net_sysctls {
+                fs::write(path, value).map_err(|e| Error {
+                    code: ttrpc::Code::INVALID_ARGUMENT,
+                    message: format!(
+                        "sysctl {} = {:?} for the pod's network (the guest's): {e}",
+                        path.trim_start_matches("/proc/sys/").replace('/', "."),
+                        value.chars().take(64).collect::<String>()
+                    ),
+                })?;
+            }
             if !rewritten.skipped_mounts.is_empty() {
                 crate::warn!(
                     "container {id}: skipped mounts whose source is not in the guest: {}",

@@ -32,6 +32,56 @@ pub struct Rewritten {
     /// Mount destinations skipped because their host source is not in the guest.
     pub skipped_mounts: Vec<String>,
     pub cgroup_path: String,
+    /// `net.*` sysctls for the guest's own network namespace, which is the pod's (see
+    /// [`take_net_sysctls`]), as /proc/sys paths and values.
+    pub net_sysctls: Vec<(String, String)>,
+}
+
+/// Longest sysctl key and value taken from a spec (the kernel's own limits are smaller).
+const MAX_SYSCTL_KEY: usize = 256;
+const MAX_SYSCTL_VALUE: usize = 4096;
+
+/// A container that stays in the guest's network namespace (the pod's network is the VM's)
+/// cannot have crun set `net.*` sysctls: crun asks for a new network namespace. containerd
+/// puts some there for every pod (`net.ipv4.ip_unprivileged_port_start` with
+/// enable_unprivileged_ports, containerd 2's default), and a pod may ask for others; on a runc
+/// host they apply to the pod's namespace, so here they apply to the guest's. Returns them as
+/// /proc/sys paths, removed from the spec; a key that is not a plain sysctl name is refused.
+fn take_net_sysctls(linux: &mut Map<String, Value>) -> Result<Vec<(String, String)>, String> {
+    let Some(sysctls) = linux.get_mut("sysctl").and_then(Value::as_object_mut) else {
+        return Ok(Vec::new());
+    };
+    let keys: Vec<String> = sysctls
+        .keys()
+        .filter(|k| k.starts_with("net.") || k.starts_with("net/"))
+        .cloned()
+        .collect();
+    let mut out = Vec::new();
+    for key in keys {
+        let value = sysctls.remove(&key).unwrap_or(Value::Null);
+        let shown: String = key.chars().take(64).collect();
+        let Some(value) = value.as_str() else {
+            return Err(format!("sysctl {shown}: the value is not a string"));
+        };
+        let path = key.replace('.', "/");
+        let plain = key.len() <= MAX_SYSCTL_KEY
+            && key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_-./".contains(c))
+            && path.split('/').all(|c| !c.is_empty() && c != "..");
+        if !plain {
+            return Err(format!(
+                "sysctl {shown:?} is not a sysctl name (letters, digits, _ - . /)"
+            ));
+        }
+        if value.len() > MAX_SYSCTL_VALUE {
+            return Err(format!(
+                "sysctl {shown}: the value is longer than {MAX_SYSCTL_VALUE} bytes"
+            ));
+        }
+        out.push((format!("/proc/sys/{path}"), value.to_string()));
+    }
+    Ok(out)
 }
 
 /// Drops what names host objects from an OCI Process and makes `terminal` agree with what
@@ -239,6 +289,18 @@ pub fn rewrite(
             list.push(serde_json::json!({"type": "uts"}));
         }
     }
+    let own_netns = linux
+        .get("namespaces")
+        .and_then(Value::as_array)
+        .is_some_and(|l| {
+            l.iter()
+                .any(|n| n.get("type").and_then(Value::as_str) == Some("network"))
+        });
+    let net_sysctls = if own_netns {
+        Vec::new()
+    } else {
+        take_net_sysctls(linux)?
+    };
     let cgroup_path = match linux.get("cgroupsPath").and_then(Value::as_str) {
         // systemd-style "slice:prefix:name" paths need systemd; the guest has none.
         // ".." could name a cgroup outside the container's subtree.
@@ -252,6 +314,7 @@ pub fn rewrite(
         spec,
         skipped_mounts: skipped,
         cgroup_path,
+        net_sysctls,
     })
 }
 
@@ -535,6 +598,92 @@ mod tests {
         let spec = br#"{"process": {}, "root": {"path": "rootfs", "readonly": false}}"#;
         let r = rewrite(spec, Path::new("/r"), "a", false, &guest(&|_| false)).unwrap();
         assert_eq!(r.spec["root"]["readonly"], false);
+    }
+
+    #[test]
+    fn takes_net_sysctls_for_the_guests_network_namespace_and_leaves_the_rest_to_crun() {
+        let spec = |ns: &str, sysctl: &str| {
+            format!(r#"{{"process": {{}}, "linux": {{"namespaces": [{ns}], "sysctl": {sysctl}}}}}"#)
+        };
+        let pod = spec(
+            r#"{"type": "ipc"}, {"type": "network", "path": "/var/run/netns/cni-1"}"#,
+            r#"{"net.ipv4.ip_unprivileged_port_start": "0", "kernel.shm_rmid_forced": "1", "net/ipv4/ping_group_range": "0 0"}"#,
+        );
+        let r = rewrite(
+            pod.as_bytes(),
+            Path::new("/r"),
+            "a",
+            false,
+            &guest(&|_| false),
+        )
+        .unwrap();
+        let mut taken = r.net_sysctls.clone();
+        taken.sort();
+        assert_eq!(
+            taken,
+            [
+                (
+                    "/proc/sys/net/ipv4/ip_unprivileged_port_start".to_string(),
+                    "0".to_string()
+                ),
+                (
+                    "/proc/sys/net/ipv4/ping_group_range".to_string(),
+                    "0 0".to_string()
+                ),
+            ]
+        );
+        assert_eq!(
+            r.spec["linux"]["sysctl"],
+            serde_json::json!({"kernel.shm_rmid_forced": "1"}),
+            "crun sets the IPC namespace's"
+        );
+        // A container with a network namespace of its own (a plain task): crun sets them.
+        let own = spec(
+            r#"{"type": "network"}"#,
+            r#"{"net.ipv4.ip_unprivileged_port_start": "0"}"#,
+        );
+        let r = rewrite(
+            own.as_bytes(),
+            Path::new("/r"),
+            "a",
+            false,
+            &guest(&|_| false),
+        )
+        .unwrap();
+        assert!(r.net_sysctls.is_empty());
+        assert_eq!(
+            r.spec["linux"]["sysctl"]["net.ipv4.ip_unprivileged_port_start"],
+            "0"
+        );
+        // Only plain names: nothing that walks out of /proc/sys/net.
+        for bad in [
+            r#"{"net.ipv4/../../../etc/x": "1"}"#,
+            r#"{"net..x": "1"}"#,
+            r#"{"net.a b": "1"}"#,
+            r#"{"net.x": 1}"#,
+        ] {
+            let e = rewrite(
+                spec("", bad).as_bytes(),
+                Path::new("/r"),
+                "a",
+                false,
+                &guest(&|_| false),
+            )
+            .unwrap_err();
+            assert!(e.contains("sysctl"), "{bad}: {e}");
+        }
+        let long = format!(r#"{{"net.x": "{}"}}"#, "1".repeat(5000));
+        assert!(
+            rewrite(
+                spec("", &long).as_bytes(),
+                Path::new("/r"),
+                "a",
+                false,
+                &guest(&|_| false)
+            )
+            .unwrap_err()
+            .contains("longer than")
+        );
     }
 
     #[test]
