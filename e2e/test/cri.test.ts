@@ -142,6 +142,9 @@ for (const hv of await hypervisorSuites())
         assert.deepEqual(await processesMatching(vmDir), [], "no VMM started");
         assert.deepEqual(await entriesOf(vmDir), [], "no VM state left");
         assert.equal((await cri.listPodSandbox()).length, before, "containerd kept no sandbox");
+        // The pod network CNI made for a hostPID/hostIPC pod went with it: no veth on our bridge.
+        const veths = await exec(["ip", "-o", "link", "show", "master", harness.bridge]);
+        assert.equal(veths.stdout.trim(), "", `${setting}: veths left on ${harness.bridge}`);
       }
     });
 
