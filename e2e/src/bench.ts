@@ -116,14 +116,13 @@ function checkAbort(): void {
   if (aborted) throw new Error(aborted);
 }
 
-function podConfig(h: Harness, name: string, opts: { hostNetwork?: boolean } = {}): PodSandboxConfig {
+function podConfig(h: Harness, name: string): PodSandboxConfig {
   checkAbort(); // every pod the benchmark makes starts here
   const n = `${name}-${++podSeq}`;
   return {
     metadata: { name: n, uid: `uid-${n}`, namespace: "bench", attempt: 0 },
     hostname: n.slice(0, 63),
     logDirectory: path.join(h.dir, "pods", n),
-    ...(opts.hostNetwork ? { linux: { securityContext: { namespaceOptions: { network: "NODE" } } } } : {}),
   };
 }
 
@@ -576,7 +575,7 @@ async function rootfsPrep(h: Harness, plan: Plan): Promise<Figure> {
     for (const k of ["small.miss", "small.hit", "large.miss", "large.hit"])
       ms[k] = { rootfs: [], start: [], hits: [] };
     for (let i = 0; i < plan.runs; i++) {
-      const config = podConfig(h, "rootfs", { hostNetwork: true });
+      const config = podConfig(h, "rootfs");
       await mkdir(config.logDirectory as string, { recursive: true });
       const podId = await h.cri.runPodSandbox(config, HANDLER);
       const ids: string[] = [];

@@ -1,9 +1,9 @@
 // The local harness: a private containerd with the CRI plugin, the `cloudhv` runtime handler
 // (and `runc` beside it), our shim and guest from this working tree, and test images in the
 // k8s.io namespace: everything a CRI client (or a person with ctr) needs to run pods.
-import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, rm } from "node:fs/promises";
 import path from "node:path";
-import { exec } from "@cloudhv/shim";
+import { writeBridgeNetwork } from "./cni.js";
 import { PrivateContainerd } from "./containerd.js";
 import { CriClient } from "./cri/client.js";
 import { stopShim } from "./leaks.js";
@@ -38,35 +38,7 @@ export async function startHarness(opts: HarnessOptions = {}): Promise<Harness> 
   try {
     const runtime = await installRuntime(dir, opts.runtimeConfig);
     await mkdir(path.join(dir, "cni"), { recursive: true });
-    // CNI bridge + host-local, one bridge and /24 per harness so harnesses never collide.
-    const tag = path
-      .basename(dir)
-      .replace(/[^a-zA-Z0-9]/g, "")
-      .slice(-6)
-      .toLowerCase();
-    const bridge = `chv${tag}`.slice(0, 15);
-    const subnet = `10.88.${Math.floor(Math.random() * 250) + 1}`;
-    await writeFile(
-      path.join(dir, "cni", "10-cloudhv.conflist"),
-      JSON.stringify({
-        cniVersion: "0.4.0",
-        name: "cloudhv-harness",
-        plugins: [
-          {
-            type: "bridge",
-            bridge,
-            isGateway: true,
-            ipMasq: false,
-            ipam: {
-              type: "host-local",
-              ranges: [[{ subnet: `${subnet}.0/24`, gateway: `${subnet}.1` }]],
-              routes: [{ dst: "0.0.0.0/0" }],
-              dataDir: path.join(dir, "cni-ipam"),
-            },
-          },
-        ],
-      }),
-    );
+    const network = await writeBridgeNetwork(path.join(dir, "cni"), dir, path.basename(dir));
     containerd = await PrivateContainerd.start({
       baseDir: dir,
       env: runtime.env,
@@ -117,7 +89,7 @@ export async function startHarness(opts: HarnessOptions = {}): Promise<Harness> 
       await started.stop();
       // The shim (front and daemon) of this containerd has nothing left to serve.
       await stopShim(started.ttrpcAddress);
-      await exec(["ip", "link", "del", bridge]);
+      await network.remove();
       await rm(dir, { recursive: true, force: true });
     };
     return {
@@ -125,8 +97,8 @@ export async function startHarness(opts: HarnessOptions = {}): Promise<Harness> 
       runtime,
       containerd: started,
       cri,
-      bridge,
-      gateway: `${subnet}.1`,
+      bridge: network.bridge,
+      gateway: network.gateway,
       stop,
       [Symbol.asyncDispose]: stop,
     };

@@ -28,7 +28,6 @@ export async function runPodInMicroVm(command: string[]): Promise<PodRunReport> 
     metadata: { name: "demo", uid: "demo-uid", namespace: "default" },
     hostname: "demo",
     logDirectory,
-    linux: { securityContext: { namespaceOptions: { network: "NODE" } } },
   };
   const started = performance.now();
   const podId = await cri.runPodSandbox(sandbox, HANDLER);

@@ -5,7 +5,7 @@ import { chown, mkdir, readdir, readFile, stat, writeFile } from "node:fs/promis
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
 import { exec } from "@cloudhv/shim";
-import type { CriClient, PodSandboxConfig } from "../src/cri/client.js";
+import type { ContainerConfig, CriClient, NamespaceOptions, PodSandboxConfig } from "../src/cri/client.js";
 import { watchFrames } from "../src/frame-watch.js";
 import { HANDLER, type Harness, startHarness } from "../src/harness.js";
 import { hypervisorSuites } from "../src/hypervisors.js";
@@ -40,7 +40,6 @@ for (const hv of await hypervisorSuites())
         metadata: { name: "p1", uid: "uid-p1", namespace: "default", attempt: 0 },
         hostname: "p1",
         logDirectory,
-        linux: { securityContext: { namespaceOptions: { network: "NODE" } } },
       };
       const podId = await cri.runPodSandbox(sandboxConfig, HANDLER);
       assert.equal((await cri.podSandboxStatus(podId)).state, "SANDBOX_READY");
@@ -100,6 +99,178 @@ for (const hv of await hypervisorSuites())
       assert.deepEqual(await vms(), [], "the pod's VM is gone");
     });
 
+    it("refuses hostNetwork, hostPID and hostIPC pods at once, naming the setting, leaving nothing (containerd leaves those namespaces out of the sandbox spec)", async () => {
+      const logDirectory = path.join(harness.dir, "pods", "hostns");
+      await mkdir(logDirectory, { recursive: true });
+      const config = (name: string, namespaceOptions: NamespaceOptions): PodSandboxConfig => ({
+        metadata: { name, uid: `uid-${name}`, namespace: "default" },
+        hostname: name,
+        logDirectory,
+        linux: { securityContext: { namespaceOptions } },
+      });
+      // What containerd 1.6 writes for such a pod, seen through runc (which honours it).
+      // (No hostname: kubelet sets none for a host-network pod, and runc refuses one without a UTS namespace.)
+      const { hostname: _, ...runcConfig } = config("hostns-runc", {
+        network: "NODE",
+        pid: "NODE",
+        ipc: "NODE",
+      });
+      const runcPod = await cri.runPodSandbox(runcConfig, "runc");
+      const bundle = path.join(harness.containerd.dir, "state", "io.containerd.runtime.v2.task", "k8s.io");
+      const spec = JSON.parse(await readFile(path.join(bundle, runcPod, "config.json"), "utf8"));
+      const types = (spec.linux.namespaces as Array<{ type: string }>).map((n) => n.type).sort();
+      assert.deepEqual(types, ["mount"], "network, pid, ipc (and uts) are left out");
+      await cri.stopPodSandbox(runcPod);
+      await cri.removePodSandbox(runcPod);
+
+      const vmDir = path.join(harness.runtime.stateDir, "vm");
+      const before = (await cri.listPodSandbox()).length;
+      for (const [name, options, setting] of [
+        ["hostnet", { network: "NODE" }, "hostNetwork"],
+        ["hostpid", { pid: "NODE" }, "hostPID"],
+        ["hostipc", { ipc: "NODE" }, "hostIPC"],
+      ] as const) {
+        const t0 = performance.now();
+        await assert.rejects(
+          cri.runPodSandbox(config(name, options), HANDLER),
+          new RegExp(
+            `cloudhv runs each pod in its own VM; ${setting} cannot be honoured.*Remove ${setting}: true`,
+          ),
+        );
+        const ms = performance.now() - t0;
+        console.log(`${setting}: RunPodSandbox refused in ${Math.round(ms)} ms`);
+        assert.ok(ms < 5000, `${setting} refused in ${Math.round(ms)} ms`);
+        assert.deepEqual(await processesMatching(vmDir), [], "no VMM started");
+        assert.deepEqual(await entriesOf(vmDir), [], "no VM state left");
+        assert.equal((await cri.listPodSandbox()).length, before, "containerd kept no sandbox");
+        // The pod network CNI made for a hostPID/hostIPC pod went with it: no veth on our bridge.
+        const veths = await exec(["ip", "-o", "link", "show", "master", harness.bridge]);
+        assert.equal(veths.stdout.trim(), "", `${setting}: veths left on ${harness.bridge}`);
+      }
+    });
+
+    it("applies the pod's settings in the guest: hostname, namespaced sysctls, readOnlyRootFilesystem, shareProcessNamespace; a SIGTERM right after start is not lost", async () => {
+      const logDirectory = path.join(harness.dir, "pods", "podset");
+      await mkdir(logDirectory, { recursive: true });
+      const volume = path.join(harness.dir, "podset-volume");
+      await mkdir(volume, { recursive: true });
+      const sandboxConfig: PodSandboxConfig = {
+        metadata: { name: "podset", uid: "uid-podset", namespace: "default" },
+        hostname: "podset-host",
+        logDirectory,
+        linux: {
+          securityContext: { namespaceOptions: { pid: "POD" } },
+          // net.*: the guest's network namespace is the pod's (containerd 2 adds
+          // ip_unprivileged_port_start to every pod by default).
+          sysctls: {
+            "kernel.shm_rmid_forced": "1",
+            "fs.mqueue.msg_max": "17",
+            "net.ipv4.ip_unprivileged_port_start": "80",
+          },
+        },
+      };
+      const podId = await cri.runPodSandbox(sandboxConfig, HANDLER);
+      // The sandbox spec of a pod on its own network: every namespace is there (compare the
+      // host-namespace test above).
+      const bundle = path.join(harness.containerd.dir, "state", "io.containerd.runtime.v2.task", "k8s.io");
+      const sandboxSpec = JSON.parse(await readFile(path.join(bundle, podId, "config.json"), "utf8"));
+      const nsTypes = (sandboxSpec.linux.namespaces as Array<{ type: string }>).map((n) => n.type);
+      assert.deepEqual([...nsTypes].sort(), ["ipc", "mount", "network", "pid", "uts"]);
+      const container = async (name: string, command: string[], linux: ContainerConfig["linux"] = {}) => {
+        const id = await cri.createContainer(
+          podId,
+          {
+            metadata: { name },
+            image: { image: IMAGE_A },
+            command,
+            logPath: `${name}.log`,
+            linux,
+            ...(name === "ro" ? { mounts: [{ containerPath: "/data", hostPath: volume }] } : {}),
+          },
+          sandboxConfig,
+        );
+        await cri.startContainer(id);
+        return id;
+      };
+      const shared = { securityContext: { namespaceOptions: { pid: "POD" } } };
+      const ro = await container("ro", ["sleep", "600"], {
+        securityContext: { readonlyRootfs: true, namespaceOptions: { pid: "POD" } },
+      });
+      const peer = await container("peer", ["sh", "-c", "exec sleep 601"], shared);
+      // CRI's default mode is POD; kubelet asks for CONTAINER unless shareProcessNamespace.
+      const ownPid = { securityContext: { namespaceOptions: { pid: "CONTAINER" } } };
+      const alone = await container("alone", ["sleep", "602"], ownPid);
+      const run = async (id: string, script: string) => {
+        const r = await cri.execSync(id, ["sh", "-c", script]);
+        return { ...r, out: r.stdout.trim() };
+      };
+
+      // The pod's hostname in every container ([Conformance]).
+      for (const id of [ro, peer, alone]) assert.equal((await run(id, "hostname")).out, "podset-host");
+      // Namespaced sysctls are the pod's (its IPC namespace), in every container.
+      for (const id of [peer, alone])
+        assert.equal(
+          (
+            await run(
+              id,
+              "cat /proc/sys/kernel/shm_rmid_forced /proc/sys/fs/mqueue/msg_max /proc/sys/net/ipv4/ip_unprivileged_port_start",
+            )
+          ).out,
+          "1\n17\n80",
+        );
+      // readOnlyRootFilesystem: the root refuses writes, the volume takes them.
+      const touch = await run(ro, "touch /x");
+      assert.notEqual(touch.exitCode, 0);
+      assert.match(touch.stderr, /Read-only file system/);
+      assert.equal((await run(ro, "echo hi > /data/note && cat /data/note")).out, "hi");
+      assert.equal(await readFile(path.join(volume, "note"), "utf8"), "hi\n");
+      assert.equal(
+        (await run(peer, "touch /x && echo ok")).out,
+        "ok",
+        "other containers keep a writable root",
+      );
+      // shareProcessNamespace: the pod's containers see each other's processes; one with its
+      // own PID namespace (the default) sees only its own.
+      const ps = async (id: string) => (await run(id, "ps -o args")).stdout;
+      for (const id of [ro, peer]) {
+        const seen = await ps(id);
+        assert.match(seen, /sleep 600/, seen);
+        assert.match(seen, /sleep 601/, seen);
+        assert.doesNotMatch(seen, /sleep 602/, seen);
+      }
+      const own = await ps(alone);
+      assert.match(own, /sleep 602/);
+      assert.doesNotMatch(own, /sleep 60[01]/, own);
+
+      // Their disks leave the VM's hot-plug ports free for the next ones.
+      for (const id of [ro, peer, alone]) {
+        await cri.stopContainer(id, 2);
+        await cri.removeContainer(id);
+      }
+
+      // Stop right after start: the SIGTERM reaches the process (exit 143), not the timeout's SIGKILL.
+      for (const [name, command] of [
+        // `wait` lets the trap run at once (a shell runs it only after a foreground `sleep`).
+        ["trap", ["sh", "-c", 'trap "exit 143" TERM; while :; do sleep 1 & wait $!; done']],
+        ["top", ["sh", "-c", "top"]],
+      ] as const) {
+        // Its own PID namespace, as kubelet's default: the process is that namespace's init.
+        const id = await container(name, [...command], ownPid);
+        const t0 = performance.now();
+        await cri.stopContainer(id, 30);
+        const seconds = (performance.now() - t0) / 1000;
+        const status = await cri.containerStatus(id);
+        console.log(`stop right after start (${name}): exit ${status.exitCode} in ${seconds.toFixed(2)} s`);
+        assert.equal(status.state, "CONTAINER_EXITED");
+        assert.equal(status.exitCode, 143, `${name}: ${status.reason}`);
+        assert.ok(seconds < 3, `${name}: stopped in ${seconds.toFixed(2)} s`);
+        await cri.removeContainer(id);
+      }
+      await cri.stopPodSandbox(podId);
+      await cri.removePodSandbox(podId);
+      assert.deepEqual(await processesMatching(path.join(harness.runtime.stateDir, "vm")), []);
+    });
+
     it("loses no line of a container's output across a containerd restart", async () => {
       const logDirectory = path.join(harness.dir, "pods", "restart");
       await mkdir(logDirectory, { recursive: true });
@@ -107,7 +278,6 @@ for (const hv of await hypervisorSuites())
         metadata: { name: "restart", uid: "uid-restart", namespace: "default", attempt: 0 },
         hostname: "restart",
         logDirectory,
-        linux: { securityContext: { namespaceOptions: { network: "NODE" } } },
       };
       const podId = await cri.runPodSandbox(sandboxConfig, HANDLER);
       const id = await cri.createContainer(
@@ -311,7 +481,6 @@ for (const hv of await hypervisorSuites())
       const sandboxConfig: PodSandboxConfig = {
         metadata: { name: "vol", uid: "uid-vol", namespace: "default" },
         logDirectory,
-        linux: { securityContext: { namespaceOptions: { network: "NODE" } } },
       };
       const podId = await cri.runPodSandbox(sandboxConfig, HANDLER);
       const mounts = [
@@ -380,7 +549,6 @@ for (const hv of await hypervisorSuites())
       const sandboxConfig: PodSandboxConfig = {
         metadata: { name: "share", uid: "uid-share", namespace: "default" },
         logDirectory,
-        linux: { securityContext: { namespaceOptions: { network: "NODE" } } },
       };
       const podsDir = path.join(harness.runtime.stateDir, "pods");
       const podId = await cri.runPodSandbox(sandboxConfig, HANDLER);
@@ -537,7 +705,6 @@ for (const hv of await hypervisorSuites())
         metadata: { name, uid: `uid-${name}`, namespace: "default" },
         logDirectory,
         annotations,
-        linux: { securityContext: { namespaceOptions: { network: "NODE" } } },
       });
       const sized = config("sized", {
         "io.katacontainers.config.hypervisor.default_vcpus": "2",
@@ -613,7 +780,6 @@ for (const hv of await hypervisorSuites())
           logDirectory,
           linux: {
             cgroupParent: pod.parent,
-            securityContext: { namespaceOptions: { network: "NODE" } },
             resources: {
               cpuPeriod: 100000,
               cpuQuota: 100000,

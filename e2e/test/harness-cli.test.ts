@@ -56,7 +56,8 @@ describe("cloudhv-harness up / env / down, and cloudhv-cri against it", () => {
         JSON.stringify({
           metadata: { name: "clipod", uid: "clipod-uid", namespace: "default" },
           log_directory: tmp,
-          linux: { security_context: { namespace_options: { network: 2 } } },
+          // A pod network (cloudhv refuses hostNetwork); sysctl keys must reach CRI as written.
+          linux: { sysctls: { "kernel.shm_rmid_forced": "1" } },
         }),
       );
       await writeFile(
@@ -72,8 +73,14 @@ describe("cloudhv-harness up / env / down, and cloudhv-cri against it", () => {
       assert.match(pod, /^[0-9a-f]{64}$/);
       const id = (await cri("create", pod, ctrFile, podFile)).stdout.trim();
       assert.equal((await cri("start", id)).code, 0);
-      const execd = await cri("exec", id, "sh", "-c", "echo out; exit 3");
-      assert.equal(execd.stdout, "out\n");
+      const execd = await cri(
+        "exec",
+        id,
+        "sh",
+        "-c",
+        "cat /proc/sys/kernel/shm_rmid_forced; echo out; exit 3",
+      );
+      assert.equal(execd.stdout, "1\nout\n");
       assert.equal(execd.code, 3);
       assert.match((await cri("logs", id)).stdout, /^from-cli-pod$/m);
       assert.match((await cri("pods")).stdout, new RegExp(`^${pod}\\tSANDBOX_READY\\tcloudhv$`, "m"));

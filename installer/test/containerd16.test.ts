@@ -115,6 +115,7 @@ describe("installer with a real containerd 1.6 (config version 2, edited in plac
     // What the pretend node had before, and nothing else (state, cache, scratch, links: gone).
     assert.deepEqual(await tree(node.root), [
       "cni/",
+      "cni/10-cloudhv.conflist",
       "etc/",
       "etc/containerd/",
       "etc/containerd/config.toml",

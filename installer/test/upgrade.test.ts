@@ -50,7 +50,6 @@ describe("upgrade while a cloudhv pod runs (real containerd 1.6)", () => {
       metadata: { name, uid: `uid-${name}`, namespace: "default", attempt: 0 },
       hostname: name,
       logDirectory,
-      linux: { securityContext: { namespaceOptions: { network: "NODE" } } },
     };
     const pod = await cri.runPodSandbox(sandbox, "cloudhv");
     const ctr = await cri.createContainer(

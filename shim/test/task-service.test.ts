@@ -17,12 +17,15 @@ function execRequest(id: string, execId: string) {
 }
 
 /** Asserts `work` fails with error kind `kind`, which reaches containerd as `code`. */
-async function rejectsWith(work: Promise<unknown>, kind: string, code: number): Promise<void> {
+async function rejectsWith(work: Promise<unknown>, kind: string, code: number): Promise<Error> {
+  let caught: Error | undefined;
   await assert.rejects(work, (err: unknown) => {
     assert.equal((err as { kind?: string }).kind, kind, String(err));
     assert.equal(codeOf(err), code, String(err));
+    caught = err as Error;
     return true;
   });
+  return caught as Error;
 }
 
 const NOTHING_LEFT = { tasks: [], vms: [], rootfs: [], network: [] };
@@ -148,6 +151,26 @@ describe("TaskService with a fake VMM and an in-process agent", () => {
     assert.equal(vm.plugged.size, 2, "app1's disks were unplugged");
     assert.ok(!vm.agent.containers.has("app1"), "app1 was removed in the guest");
     await rig.create("app3", { role: "container", sandbox: "pod" });
+  });
+
+  it("refuses a sandbox asking for hostNetwork, hostPID or hostIPC at once, naming each, building nothing", async () => {
+    for (const host of [["network"], ["pid"], ["ipc"], ["network", "pid", "ipc"]] as const) {
+      const err = await rejectsWith(
+        rig.create("hostpod", { role: "sandbox", hostNamespaces: [...host] }),
+        "InvalidArgument",
+        Code.INVALID_ARGUMENT,
+      );
+      const settings = host.map((t) => ({ network: "hostNetwork", pid: "hostPID", ipc: "hostIPC" })[t]);
+      assert.match(
+        err.message,
+        new RegExp(`cloudhv runs each pod in its own VM; ${settings.join(", ")} cannot be honoured`),
+      );
+      assert.match(err.message, new RegExp(`Remove ${settings.map((s) => `${s}: true`).join(", ")}`));
+      assert.equal(rig.driver.vms.length, 0, "no VM was launched");
+      assert.deepEqual(rig.leftovers(), NOTHING_LEFT);
+    }
+    // A plain task (ctr run) without a network namespace still runs: only CRI pods are refused.
+    await rig.create("plain", { hostNamespaces: ["network"] });
   });
 
   it("refuses an app container whose sandbox runs no VM with NOT_FOUND", async () => {

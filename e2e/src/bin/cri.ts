@@ -12,7 +12,7 @@ function camel(value: unknown, isMap = false): unknown {
   return Object.fromEntries(
     Object.entries(value).map(([k, v]) => {
       const key = isMap ? k : k.replace(/_([a-z])/g, (_, c: string) => c.toUpperCase());
-      return [key, camel(v, key === "labels" || key === "annotations")];
+      return [key, camel(v, !isMap && (key === "labels" || key === "annotations" || key === "sysctls"))];
     }),
   );
 }

@@ -20,8 +20,17 @@ export interface PodSandboxConfig {
     cgroupParent?: string;
     /** kubelet's sum of the pod's containers (containerd puts it in io.kubernetes.cri.sandbox-* annotations). */
     resources?: LinuxContainerResources;
-    securityContext?: { namespaceOptions?: { network?: string; pid?: string; ipc?: string } };
+    securityContext?: { namespaceOptions?: NamespaceOptions };
+    /** Namespaced sysctls, applied to the pod's sandbox (its IPC namespace is the pod's). */
+    sysctls?: Record<string, string>;
   };
+}
+
+/** CRI NamespaceMode per namespace: POD (the default for network and ipc), CONTAINER, NODE. */
+export interface NamespaceOptions {
+  network?: string;
+  pid?: string;
+  ipc?: string;
 }
 
 export interface ContainerConfig {
@@ -39,7 +48,11 @@ export interface ContainerConfig {
   /** kubelet sets oomScoreAdj from the pod's QoS and the container's memory request. */
   linux?: {
     resources?: LinuxContainerResources;
-    securityContext?: { capabilities?: { addCapabilities?: string[] } };
+    securityContext?: {
+      capabilities?: { addCapabilities?: string[] };
+      readonlyRootfs?: boolean;
+      namespaceOptions?: NamespaceOptions;
+    };
   };
 }
 

@@ -91,6 +91,72 @@ pub struct Proc {
     exec: Option<ExecSpec>,
     /// Held while starting; true once started.
     started: Mutex<bool>,
+    /// Signals that raced the start, waiting for a handler (see [`Redelivery`]).
+    redelivery: Mutex<Redelivery>,
+}
+
+/// A PID namespace's init only gets the signals it has a handler for; the kernel drops the
+/// rest on sending. A SIGTERM sent just after StartContainer reaches crun's init (or a shell
+/// that has not run its `trap` yet) and is lost, where on a fast runc host the handler is
+/// already there. Such a signal is kept here and sent again once the process catches it, for
+/// [`REDELIVERY_WINDOW`] after it was sent; one thread per process polls for that.
+#[derive(Default)]
+struct Redelivery {
+    /// Bit n-1 for signal n.
+    pending: u64,
+    polling: bool,
+    deadline: Option<Instant>,
+}
+
+const REDELIVERY_WINDOW: Duration = Duration::from_secs(10);
+const REDELIVERY_POLL: Duration = Duration::from_millis(10);
+
+/// What /proc/<pid>/status and stat say about a process's signals.
+struct SignalState {
+    /// It is the init of its own PID namespace (its innermost NSpid is 1).
+    ns_init: bool,
+    caught: u64,
+    ignored: u64,
+    /// Start time in clock ticks since boot: tells a reused pid apart.
+    start_time: u64,
+}
+
+fn signal_state(pid: i32) -> Option<SignalState> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(str::trim)
+    };
+    let mask = |name: &str| field(name).and_then(|v| u64::from_str_radix(v, 16).ok());
+    let ns_init = field("NSpid:")?.split_whitespace().last() == Some("1");
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command (which may hold spaces) start at field 3; starttime is 22.
+    let start_time = stat
+        .rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()?;
+    Some(SignalState {
+        ns_init,
+        caught: mask("SigCgt:")?,
+        ignored: mask("SigIgn:")?,
+        start_time,
+    })
+}
+
+/// Whether the kernel dropped `sig` sent to a process in `state`: a namespace init with the
+/// default action for it (SIGKILL and SIGSTOP always get through from outside).
+fn dropped_by_init(state: &SignalState, sig: i32) -> bool {
+    let bit = 1u64 << (sig - 1);
+    state.ns_init
+        && sig != libc::SIGKILL
+        && sig != libc::SIGSTOP
+        && state.caught & bit == 0
+        && state.ignored & bit == 0
 }
 
 impl Proc {
@@ -111,7 +177,56 @@ impl Proc {
             pty_eof_sent: AtomicBool::new(false),
             exec,
             started: Mutex::new(false),
+            redelivery: Mutex::new(Redelivery::default()),
         })
+    }
+
+    /// Keeps `sig` to send again once the process catches it (see [`Redelivery`]).
+    fn redeliver(self: &Arc<Self>, pid: i32, sig: i32, start_time: u64) {
+        let mut r = lock(&self.redelivery);
+        r.pending |= 1u64 << (sig - 1);
+        r.deadline = Some(Instant::now() + REDELIVERY_WINDOW);
+        if r.polling {
+            return;
+        }
+        r.polling = true;
+        drop(r);
+        let p = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("resend-{pid}"))
+            .stack_size(64 * 1024)
+            .spawn(move || p.redelivery_loop(pid, start_time));
+        if let Err(e) = spawned {
+            crate::error!("cannot start the signal re-delivery thread for pid {pid}: {e}");
+            let mut r = lock(&self.redelivery);
+            r.polling = false;
+            r.pending = 0;
+        }
+    }
+
+    fn redelivery_loop(&self, pid: i32, start_time: u64) {
+        loop {
+            std::thread::sleep(REDELIVERY_POLL);
+            let state = signal_state(pid).filter(|s| s.start_time == start_time);
+            let mut r = lock(&self.redelivery);
+            let expired = r.deadline.is_none_or(|d| Instant::now() > d);
+            let (Some(state), false, false) = (state, self.exit().is_some(), expired) else {
+                // Gone, or it never took the signal: as on a runc host, it stays ignored.
+                *r = Redelivery::default();
+                return;
+            };
+            let ready = r.pending & state.caught;
+            r.pending &= !ready;
+            for sig in (1..=64).filter(|s| ready & (1u64 << (s - 1)) != 0) {
+                crate::info!("pid {pid}: signal {sig} raced the start; sent again");
+                // SAFETY: kill(2) with plain integers; the start time matched just now.
+                unsafe { libc::kill(pid, sig) };
+            }
+            if r.pending == 0 {
+                *r = Redelivery::default();
+                return;
+            }
+        }
     }
 
     fn pid(&self) -> i32 {
@@ -211,6 +326,19 @@ impl Containers {
         }
     }
 
+    /// The guest pid of container `id`'s init while it runs (its namespaces can be joined).
+    fn running_init(&self, id: &str) -> Option<i32> {
+        let init = lock(&self.map).get(id)?.init.clone();
+        let pid = init.pid();
+        (pid > 0 && init.exit().is_none()).then_some(pid)
+    }
+
+    fn is_running_init(&self, pid: i32) -> bool {
+        lock(&self.map)
+            .values()
+            .any(|c| c.init.pid() == pid && c.init.exit().is_none())
+    }
+
     fn process(&self, id: &str, exec_id: &str) -> Result<(Arc<Container>, Arc<Proc>)> {
         let c = self.get(id)?;
         if exec_id.is_empty() {
@@ -304,12 +432,28 @@ impl Containers {
 
             // Before the rewrite, which drops mounts whose source is not in the guest.
             crate::shared::ensure_for(oci_spec)?;
+            let guest = crate::spec::Guest {
+                exists: &|p| Path::new(p).exists(),
+                container_pid: &|c| self.running_init(c),
+                is_container_init: &|pid| self.is_running_init(pid),
+            };
             let rewritten =
-                crate::spec::rewrite(oci_spec, &rootfs, id, terminal, &|p| Path::new(p).exists())
-                    .map_err(|m| Error {
-                    code: ttrpc::Code::INVALID_ARGUMENT,
-                    message: m,
+                crate::spec::rewrite(oci_spec, &rootfs, id, terminal, &guest).map_err(|m| {
+                    Error {
+                        code: ttrpc::Code::INVALID_ARGUMENT,
+                        message: m,
+                    }
                 })?;
+            for (path, value) in &rewritten.net_sysctls {
+                fs::write(path, value).map_err(|e| Error {
+                    code: ttrpc::Code::INVALID_ARGUMENT,
+                    message: format!(
+                        "sysctl {} = {:?} for the pod's network (the guest's): {e}",
+                        path.trim_start_matches("/proc/sys/").replace('/', "."),
+                        value.chars().take(64).collect::<String>()
+                    ),
+                })?;
+            }
             if !rewritten.skipped_mounts.is_empty() {
                 crate::warn!(
                     "container {id}: skipped mounts whose source is not in the guest: {}",
@@ -516,8 +660,15 @@ impl Containers {
             }
             return err(ttrpc::Code::NOT_FOUND, "process already finished");
         }
+        // Read before sending: a process the signal kills leaves nothing to read after.
+        let before = signal_state(pid);
         // SAFETY: as above.
         if unsafe { libc::kill(pid, sig) } == 0 {
+            if let Some(state) = before
+                && dropped_by_init(&state, sig)
+            {
+                p.redeliver(pid, sig, state.start_time);
+            }
             return Ok(());
         }
         match nix::errno::Errno::last() {
@@ -793,6 +944,32 @@ mod tests {
             assert_eq!(w.join().unwrap(), exit);
         }
         assert_eq!(p.wait(), exit);
+    }
+
+    #[test]
+    fn reads_a_processs_signal_state_and_knows_what_an_init_drops() {
+        let me = signal_state(std::process::id() as i32).expect("own status");
+        assert!(me.start_time > 0);
+        let init = |caught: u64, ignored: u64| SignalState {
+            ns_init: true,
+            caught,
+            ignored,
+            start_time: 1,
+        };
+        let term = 1u64 << (libc::SIGTERM - 1);
+        assert!(dropped_by_init(&init(0, 0), libc::SIGTERM));
+        assert!(!dropped_by_init(&init(term, 0), libc::SIGTERM), "a trap");
+        assert!(
+            !dropped_by_init(&init(0, term), libc::SIGTERM),
+            "ignored on purpose"
+        );
+        assert!(!dropped_by_init(&init(0, 0), libc::SIGKILL));
+        assert!(!dropped_by_init(&init(0, 0), libc::SIGSTOP));
+        let not_init = SignalState {
+            ns_init: false,
+            ..init(0, 0)
+        };
+        assert!(!dropped_by_init(&not_init, libc::SIGTERM));
     }
 
     #[test]

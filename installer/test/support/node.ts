@@ -9,6 +9,7 @@ import path from "node:path";
 import { promisify } from "node:util";
 import { QEMU_ACCEL } from "@cloudhv/e2e/dist/src/accel.js";
 import { guestArtifacts } from "@cloudhv/e2e/dist/src/artifacts.js";
+import { writeBridgeNetwork } from "@cloudhv/e2e/dist/src/cni.js";
 import { PrivateContainerd } from "@cloudhv/e2e/dist/src/containerd.js";
 import { CriClient, type PodSandboxConfig } from "@cloudhv/e2e/dist/src/cri/client.js";
 import { processesMatching } from "@cloudhv/e2e/dist/src/leaks.js";
@@ -55,6 +56,8 @@ export async function makeNode(): Promise<TestNode> {
   const root = path.join(dir, "host");
   for (const d of ["etc/containerd", "opt/node-state", "usr/local/bin", "cni"])
     await mkdir(path.join(root, d), { recursive: true });
+  // Pods run on a pod network: cloudhv refuses hostNetwork (a VM cannot share the node's).
+  const network = await writeBridgeNetwork(path.join(root, "cni"), dir, path.basename(dir));
   const address = path.join(dir, "c.sock");
   let containerd: PrivateContainerd | undefined;
   const wrapper = path.join(dir, "containerd-in-node");
@@ -88,6 +91,7 @@ export async function makeNode(): Promise<TestNode> {
       await containerd?.stop();
       for (const pid of await processesMatching(`--containerd-ttrpc ${address}.ttrpc`))
         process.kill(pid, "SIGKILL");
+      await network.remove();
       await rm(dir, { recursive: true, force: true });
     },
   };
@@ -228,7 +232,6 @@ export async function runTestPod(
       hostname: "p1",
       logDirectory,
       annotations: { "io.katacontainers.config.hypervisor.default_memory": "448" },
-      linux: { securityContext: { namespaceOptions: { network: "NODE" } } },
     };
     const pod = await cri.runPodSandbox(sandbox, "cloudhv");
     try {

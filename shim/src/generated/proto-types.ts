@@ -454,10 +454,13 @@ export interface ProtoMessages {
   };
   "runtime.v1.LinuxContainerSecurityContext": {
     capabilities: ProtoMessages["runtime.v1.Capability"] | null;
+    namespaceOptions: ProtoMessages["runtime.v1.NamespaceOption"] | null;
+    readonlyRootfs: boolean;
   };
   "runtime.v1.LinuxPodSandboxConfig": {
     cgroupParent: string;
     securityContext: ProtoMessages["runtime.v1.LinuxSandboxSecurityContext"] | null;
+    sysctls: Record<string, string>;
     resources: ProtoMessages["runtime.v1.LinuxContainerResources"] | null;
   };
   "runtime.v1.LinuxSandboxSecurityContext": {

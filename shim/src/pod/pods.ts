@@ -18,21 +18,25 @@ import {
 } from "./pod.js";
 import { scratchSize } from "./scratch-size.js";
 import { vmSize } from "./sizing.js";
-import { readOciSpec } from "./spec.js";
+import { isHostNamespace, readOciSpec, refuseHostNamespaces } from "./spec.js";
 
 export type PodsDeps = Omit<PodDeps, "attachNetwork" | "containment"> & {
   attachNetwork?: NetworkAttacher;
   containment?: ContainmentHost;
+  /** Whether a namespace path is the host's own (spec.ts; faked in unit tests). */
+  isHostNamespace?: (type: string, path: string) => boolean;
 };
 
 export class Pods {
   private readonly deps: PodDeps;
   /** CRI pods whose sandbox runs, for their app containers to join. */
   private readonly sandboxes = new Map<string, Pod>();
+  private readonly isHostNamespace: (type: string, path: string) => boolean;
 
   constructor(deps: PodsDeps) {
     // The TAP belongs to the VMM group: the unprivileged VMM attaches to it (vmm/confine.ts).
     const tapGroup = deps.config.vmm_uid_first;
+    this.isHostNamespace = deps.isHostNamespace ?? isHostNamespace;
     this.deps = {
       ...deps,
       attachNetwork: deps.attachNetwork ?? ((netns) => attachPodNetwork(netns, "tap0_chv", { tapGroup })),
@@ -59,6 +63,8 @@ export class Pods {
       }
       return pod.join(req, spec, log, phases);
     }
+    // Before anything is built: a VM cannot share the node's network, PID or IPC namespace.
+    if (role.kind === "sandbox") refuseHostNamespaces(role.sandboxId, spec.doc, this.isHostNamespace);
     const podId = role.kind === "sandbox" ? role.sandboxId : req.id;
     const size = vmSize(annotations, this.deps.config, spec.doc.linux?.resources);
     const where = { id: podId, key: `${req.namespace}/${podId}`, vmId: vmId(req.namespace, podId), size };

@@ -178,6 +178,8 @@ export interface TaskOptions {
   sandbox?: string;
   /** A pod network namespace in the spec (CNI's), which makes the VM get a NIC. */
   netns?: string;
+  /** Namespaces left out of the spec, as containerd's CRI does for hostNetwork/hostPID/hostIPC. */
+  hostNamespaces?: Array<"network" | "pid" | "ipc">;
   annotations?: Record<string, string>;
   /** linux.cgroupsPath, as containerd's CRI writes it. */
   cgroupsPath?: string;
@@ -280,7 +282,13 @@ export class TaskRig {
       },
       annotations,
       linux: {
-        namespaces: [{ type: "pid" }, ...(opts.netns ? [{ type: "network", path: opts.netns }] : [])],
+        namespaces: [
+          { type: "pid" },
+          { type: "ipc" },
+          { type: "uts" },
+          { type: "mount" },
+          opts.netns ? { type: "network", path: opts.netns } : { type: "network" },
+        ].filter((n) => !opts.hostNamespaces?.includes(n.type as "network")),
         ...(opts.cgroupsPath ? { cgroupsPath: opts.cgroupsPath } : {}),
         ...(opts.resources ? { resources: opts.resources } : {}),
       },
