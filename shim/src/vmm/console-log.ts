@@ -66,7 +66,11 @@ export class ConsoleLog {
     if (!this.out.write(chunk)) {
       // A slow disk slows the guest's console, nothing else.
       this.reader.pause();
-      this.out.once("drain", () => this.reader.resume());
+      // Not while rotating: a chunk read then would go to the stream being ended, and be lost
+      // (the rotation resumes the reader itself once the new file is open).
+      this.out.once("drain", () => {
+        if (!this.rotating && !this.closed) this.reader.resume();
+      });
     }
     if (this.written >= this.maxBytes && !this.rotating) {
       this.reader.pause();
