@@ -56,6 +56,7 @@ describe("containerd-shim-cloudhv-v1", () => {
           state_dir: state,
           cache_dir: path.join(dir, "cache"),
           scratch_dir: path.join(dir, "scratch"),
+          log_dir: path.join(dir, "log"),
         }),
       );
       const bundle = path.join(dir, "bundle");
@@ -73,9 +74,10 @@ describe("containerd-shim-cloudhv-v1", () => {
       assert.equal(shim.fronts.length, 1, "a front was started");
       assert.equal(shim.daemons.length, 1, "behind it, a daemon");
       await stopShim(ttrpc);
+      // What stays: the front's log, and the marker of a directory cloudhv created.
       const left = await readdir(state);
       assert.ok(
-        left.every((f) => /^shim-[0-9a-f]{16}\.log$/.test(f)),
+        left.every((f) => /^shim-[0-9a-f]{16}\.log$/.test(f) || f === ".cloudhv-created"),
         `only the log stays: ${left.join(", ")}`,
       );
     } finally {
