@@ -994,13 +994,13 @@ export async function uninstall(opts: CommonOptions & { purgeCache?: boolean }):
 
 /**
  * Shim daemons with no VM left (no child processes) would linger for their idle timeout and
- * keep /opt/cloudhv in use: stop them. One that still has VMs keeps running, and its version
- * stays on disk with it.
+ * keep /opt/cloudhv in use: stop them (each one's front, its parent, exits after it). One that
+ * still has VMs keeps running, and its version stays on disk with it.
  */
 async function stopIdleDaemons(log: Logger, proc = "/proc", graceMs = 5000): Promise<void> {
   // pid → [ppid, state] for every process, zombies left out (they hold nothing).
   const scan = async () => {
-    const out = new Map<string, { ppid: string; daemon: boolean }>();
+    const out = new Map<string, { ppid: string; daemon: boolean; front: boolean }>();
     for (const pid of (await readdir(proc).catch(() => [] as string[])).filter((p) => /^\d+$/.test(p))) {
       const stat = await readFile(`${proc}/${pid}/stat`, "utf8").catch(() => "");
       const [state, ppid] = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
@@ -1010,7 +1010,8 @@ async function stopIdleDaemons(log: Logger, proc = "/proc", graceMs = 5000): Pro
         cmdline.some((w) => w.startsWith(`${INSTALL_DIR}/versions/`)) &&
         // bin/daemon.js since 0.1; daemon/main.js in versions before it (still running after an upgrade).
         cmdline.some((w) => w.endsWith("/bin/daemon.js") || w.endsWith("/daemon/main.js"));
-      out.set(pid, { ppid, daemon });
+      const front = cmdline.some((w) => w.endsWith("/bin/front.js"));
+      out.set(pid, { ppid, daemon, front });
     }
     return out;
   };
@@ -1034,11 +1035,14 @@ async function stopIdleDaemons(log: Logger, proc = "/proc", graceMs = 5000): Pro
     } catch {
       continue;
     }
-    const gone = async () => {
-      const stat = await readFile(`${proc}/${pid}/stat`, "utf8").catch(() => "");
+    const gone = async (which: string) => {
+      const stat = await readFile(`${proc}/${which}/stat`, "utf8").catch(() => "");
       return stat === "" || stat.slice(stat.lastIndexOf(")") + 2).startsWith("Z");
     };
-    for (let i = 0; i < 50 && !(await gone()); i++) await new Promise((r) => setTimeout(r, 100));
+    // The daemon's status-0 exit ends its front, which also runs from the version directory.
+    const waitFor = [pid, ...(procs.get(p.ppid)?.front ? [p.ppid] : [])];
+    for (const which of waitFor)
+      for (let i = 0; i < 50 && !(await gone(which)); i++) await new Promise((r) => setTimeout(r, 100));
   }
 }
 

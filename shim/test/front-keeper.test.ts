@@ -3,8 +3,9 @@
 // of a namespace socket keeps its connection; status 0 ends the front and removes its sockets;
 // SIGTERM to the front goes to the daemon first; a daemon that cannot start makes it give up.
 import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
 import { existsSync } from "node:fs";
-import { mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -21,15 +22,18 @@ const dist = (rel: string) => new URL(`../src/${rel}`, import.meta.url).href;
 
 // The stand-in: `--socket` like the daemon; Admin Listen opens the namespace socket (whose
 // test.Svc/Who answers the daemon's pid), ForceDelete answers exit 42; SIGTERM ends it with 0.
-// $STUB_EXIT makes it exit at once with that status; $STUB_COUNT counts its starts.
+// $STUB_EXIT makes it exit at once with that status; $STUB_COUNT counts its starts. It takes
+// the daemon's lock like the daemon (75 when a live one holds it).
 const STUB = `
-import { appendFileSync } from "node:fs";
+import { appendFileSync, rmSync } from "node:fs";
 import { TtrpcServer } from "${dist("ttrpc/server.js")}";
 import { messageCodec } from "${dist("ttrpc/proto.js")}";
 import { namespaceSocketPath, SOCKET_SCHEME } from "${dist("launcher/daemon-address.js")}";
+import { LOCK_HELD_STATUS, takeLock } from "${dist("launcher/lock.js")}";
 if (process.env.STUB_COUNT) appendFileSync(process.env.STUB_COUNT, process.pid + "\\n");
 if (process.env.STUB_EXIT) process.exit(Number(process.env.STUB_EXIT));
 const socket = process.argv[process.argv.indexOf("--socket") + 1];
+if (!takeLock(socket + ".lock")) process.exit(LOCK_HELD_STATUS);
 const server = new TtrpcServer();
 const req = messageCodec("cloudhv.shim.v1.ListenRequest");
 const res = messageCodec("cloudhv.shim.v1.ListenResponse");
@@ -44,7 +48,10 @@ server.register("cloudhv.shim.v1.Admin", {
 });
 server.register("test.Svc", { Who: async () => Buffer.from(String(process.pid)) });
 await server.listen(socket);
-process.on("SIGTERM", () => void server.close().then(() => process.exit(0)));
+process.on("SIGTERM", () => void server.close().then(() => {
+  rmSync(socket + ".lock", { force: true });
+  process.exit(0);
+}));
 `;
 
 function quietLog() {
@@ -53,7 +60,7 @@ function quietLog() {
   return { lines, info: put, warn: put, error: put };
 }
 
-async function until<T>(what: string, check: () => T | Promise<T>, ms = 10_000): Promise<T> {
+async function until<T>(what: string, check: () => T | Promise<T>, ms = 30_000): Promise<T> {
   const deadline = Date.now() + ms;
   for (;;) {
     const v = await check();
@@ -115,7 +122,7 @@ describe("front", () => {
   const who = async (c: TtrpcClient) => Number((await c.call("test.Svc", "Who", Buffer.alloc(0))).toString());
 
   it("restarts a daemon killed by a signal; the namespace connection stays and reaches the new one", {
-    timeout: 20_000,
+    timeout: 60_000,
   }, async () => {
     const { front, state, controlSocket, log } = makeFront();
     await front.start();
@@ -147,7 +154,47 @@ describe("front", () => {
     }
   });
 
-  it("passes SIGTERM to the daemon and ends after it", { timeout: 20_000 }, async () => {
+  it("relays to a daemon a killed front left behind (its lock held) and starts its own once it is gone", {
+    timeout: 90_000,
+  }, async () => {
+    const { front, controlSocket, log } = makeFront({}, { giveUpAfter: 2 });
+    const backendControl = backendSocketPath(controlSocket);
+    await mkdir(path.dirname(backendControl), { recursive: true });
+    const orphan = spawn(process.execPath, [stub, "--socket", backendControl], { stdio: "ignore" });
+    try {
+      await until("the orphan listens", () => existsSync(backendControl));
+      await front.start();
+      const client = await TtrpcClient.connect(
+        (await listen(controlSocket, "default")).replace(SOCKET_SCHEME, ""),
+      );
+      assert.equal(await who(client), orphan.pid, "served by the daemon that holds the lock");
+      // Tries of its own daemon (80 ms apart here), each finding the lock held.
+      await until(
+        "two more tries",
+        () => log.lines.filter((l) => /shim daemon started/.test(l)).length >= 3,
+        30_000,
+      );
+      assert.equal(
+        log.lines.filter((l) => /another shim daemon holds the lock/.test(l)).length,
+        1,
+        `said once: ${log.lines.join("\n")}`,
+      );
+      assert.ok(!log.lines.some((l) => /giving up/.test(l)), "a held lock is not a failure");
+      orphan.kill("SIGKILL");
+      await until(
+        "the front's own daemon answers",
+        async () => (await who(client)) === front.daemonPid,
+        30_000,
+      );
+      assert.equal(client.closed, false);
+      client.close();
+    } finally {
+      orphan.kill("SIGKILL");
+      await front.stop("test end");
+    }
+  });
+
+  it("passes SIGTERM to the daemon and ends after it", { timeout: 60_000 }, async () => {
     const { front, state, controlSocket } = makeFront();
     await front.start();
     await listen(controlSocket, "default");
@@ -160,7 +207,7 @@ describe("front", () => {
   });
 
   it("gives up on a daemon that cannot start when no containerd connection needs it, naming the cause", {
-    timeout: 20_000,
+    timeout: 60_000,
   }, async () => {
     const count = path.join(dir, "starts");
     const { front, controlSocket } = makeFront({ STUB_EXIT: "1", STUB_COUNT: count }, { giveUpAfter: 3 });
@@ -175,7 +222,7 @@ describe("front", () => {
 
 describe("daemon supervisor", () => {
   it("restarts a daemon that exits 1 with a doubling back-off, and not one that exits 0", {
-    timeout: 20_000,
+    timeout: 60_000,
   }, async () => {
     const dir = await mkdtemp(path.join(os.tmpdir(), "cloudhv-supervisor-"));
     try {

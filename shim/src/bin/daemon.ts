@@ -10,7 +10,7 @@ import { EventPublisher } from "../containerd/publisher.js";
 import { invalid, statusOf } from "../errors.js";
 import { namespaceSocketPath, SHIM_VERSION, SOCKET_SCHEME } from "../launcher/daemon-address.js";
 import { FrontLink, frontControlOf } from "../launcher/front-link.js";
-import { takeLock } from "../launcher/lock.js";
+import { LOCK_HELD_STATUS, takeLock } from "../launcher/lock.js";
 import { erofsRootfs } from "../pod/rootfs.js";
 import { RecordStore } from "../state/records.js";
 import { sweepStaleVmDirs } from "../state/sweep.js";
@@ -22,9 +22,6 @@ import { serverLogFor } from "../util/guest-log.js";
 import { configureLogging } from "../util/log.js";
 import { openLogFile } from "../util/log-file.js";
 import { chooseHypervisor, driverForChoice } from "../vmm/select.js";
-
-/** The exit status when another daemon holds this socket's lock (the front retries later). */
-const LOCK_HELD_STATUS = 75;
 
 function arg(name: string): string {
   const i = process.argv.indexOf(`--${name}`);

@@ -41,6 +41,8 @@ export class Front {
   /** Front namespace socket → its relay; the namespaces the daemon must listen for. */
   private readonly relays = new Map<string, RelayListener>();
   private readonly namespaces = new Set<string>();
+  /** Namespaces a Listen is being sent for (ensureListening). */
+  private readonly listening = new Set<string>();
   private readonly opening = new Map<string, Promise<void>>();
   /** Write ends of live processes' output FIFOs, for while the daemon is away. */
   private readonly stdio = new StdioHolds();
@@ -60,7 +62,7 @@ export class Front {
       ...opts.daemon,
       log: opts.log,
       onSpawn: (_pid, respawn) => {
-        if (respawn) void this.relisten();
+        if (respawn) this.relisten();
       },
       // A daemon that cannot start (a bad config) while no containerd connection depends on
       // the front: give up, so `start` reports it instead of a front retrying forever.
@@ -99,7 +101,7 @@ export class Front {
           }
           this.namespaces.add(namespace);
           const frontPath = namespaceSocketPath(opts.controlSocket, namespace);
-          await this.relayFor(frontPath, backendPath);
+          await this.relayFor(namespace, frontPath, backendPath);
           return listenResponse.encode({ address: `${SOCKET_SCHEME}${frontPath}` });
         }),
       ForceDelete: (payload) =>
@@ -169,11 +171,15 @@ export class Front {
     }
   }
 
-  private relayFor(frontPath: string, backendPath: string): Promise<void> {
+  private relayFor(namespace: string, frontPath: string, backendPath: string): Promise<void> {
     if (this.relays.has(frontPath)) return Promise.resolve();
     let open = this.opening.get(frontPath);
     if (!open) {
-      const relay = new RelayListener(frontPath, backendPath, { log: this.opts.log, ...this.opts.relay });
+      const relay = new RelayListener(frontPath, backendPath, {
+        log: this.opts.log,
+        ...this.opts.relay,
+        onBackendMissing: () => this.ensureListening(namespace),
+      });
       open = relay.listen().then(
         () => {
           this.relays.set(frontPath, relay);
@@ -190,19 +196,28 @@ export class Front {
   }
 
   /** A new daemon knows no namespace: ask it to listen for each one the relays lead to. */
-  private async relisten(): Promise<void> {
+  private relisten(): void {
+    for (const namespace of this.namespaces) this.ensureListening(namespace);
+  }
+
+  /**
+   * Asks the daemon to listen for `namespace` (one call at a time per namespace). Also called
+   * whenever a relay finds the backend socket closed: the Listen after a restart may have
+   * reached the old daemon (one a killed front left) just before it died.
+   */
+  private ensureListening(namespace: string): void {
+    if (this.listening.has(namespace) || this.abort.signal.aborted) return;
+    this.listening.add(namespace);
     const request = messageCodec("cloudhv.shim.v1.ListenRequest");
-    for (const namespace of this.namespaces) {
-      try {
-        await this.callDaemon("Listen", request.encode({ namespace }), 60_000);
-      } catch (err) {
+    void this.callDaemon("Listen", request.encode({ namespace }), 30_000)
+      .catch((err: unknown) => {
         if (this.abort.signal.aborted) return;
         this.opts.log.error(
           { namespace, err: (err as Error).message },
-          "front: the restarted shim daemon did not open its namespace socket",
+          "front: the shim daemon did not open its namespace socket",
         );
-      }
-    }
+      })
+      .finally(() => this.listening.delete(namespace));
   }
 
   /**

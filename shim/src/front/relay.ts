@@ -32,6 +32,11 @@ export interface RelayOptions {
   retryMinMs?: number;
   retryMaxMs?: number;
   maxFrameData?: number;
+  /**
+   * Called when the backend socket does not accept (a new daemon does not listen for this
+   * namespace yet): the front asks it to.
+   */
+  onBackendMissing?: () => void;
 }
 
 export const RELAY_DEFAULTS = {
@@ -50,7 +55,8 @@ interface PendingRequest {
 
 /** One containerd connection and its backend connection. */
 export class RelayPair {
-  private readonly opts: Required<Omit<RelayOptions, "log">>;
+  private readonly opts: Required<Omit<RelayOptions, "log" | "onBackendMissing">>;
+  private readonly onBackendMissing: () => void;
   private readonly log: RelayLog;
   private readonly clientDecoder: FrameDecoder;
   private backendDecoder: FrameDecoder;
@@ -74,8 +80,9 @@ export class RelayPair {
     options: RelayOptions,
     private readonly onClose: (pair: RelayPair) => void = () => {},
   ) {
-    const { log, ...rest } = options;
+    const { log, onBackendMissing, ...rest } = options;
     this.log = log;
+    this.onBackendMissing = onBackendMissing ?? (() => {});
     this.opts = { ...RELAY_DEFAULTS, maxFrameData: DEFAULT_MAX_FRAME_DATA, ...rest };
     this.retryDelay = this.opts.retryMinMs;
     this.clientDecoder = new FrameDecoder(this.opts.maxFrameData);
@@ -258,6 +265,7 @@ export class RelayPair {
       this.connecting = undefined;
       sock.destroy();
       if (this.closed) return;
+      this.onBackendMissing();
       this.retryTimer = setTimeout(() => this.connect(), this.retryDelay);
       this.retryDelay = Math.min(this.retryDelay * 2, this.opts.retryMaxMs);
     });

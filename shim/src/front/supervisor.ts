@@ -3,6 +3,7 @@
 // daemon stayed up for a minute); a status 0 exit (idle, SIGTERM) is the daemon's own choice
 // and goes to the front, which decides.
 import { type ChildProcess, spawn } from "node:child_process";
+import { LOCK_HELD_STATUS } from "../launcher/lock.js";
 
 export interface SupervisorLog {
   info(obj: object, msg: string): void;
@@ -37,6 +38,7 @@ export class DaemonSupervisor {
   private stopping = false;
   private respawns = 0;
   private failures = 0;
+  private lockHeld = false;
   private exited: Promise<void> = Promise.resolve();
 
   constructor(private readonly opts: SupervisorOptions) {
@@ -123,6 +125,19 @@ export class DaemonSupervisor {
       }
       return;
     }
+    // Another daemon (left by a killed front) serves the backend sockets: not a failure; wait
+    // for it to go, quietly.
+    if (code === LOCK_HELD_STATUS) {
+      if (!this.lockHeld)
+        this.opts.log.warn(
+          { retryMs: this.opts.maxBackoffMs ?? 5000 },
+          "front: another shim daemon holds the lock; relaying to it and starting ours once it is gone",
+        );
+      this.lockHeld = true;
+      this.respawnTimer = setTimeout(() => this.spawnDaemon(true), this.opts.maxBackoffMs ?? 5000);
+      return;
+    }
+    this.lockHeld = false;
     if (upMs >= (this.opts.stableAfterMs ?? 60_000)) {
       this.backoff = this.opts.minBackoffMs ?? 100;
       this.failures = 0;

@@ -17,6 +17,13 @@ function startTimeOf(pid: number): number | undefined {
   return Number.isFinite(start) ? start : undefined;
 }
 
+/**
+ * The daemon's exit status when a live daemon already holds its lock (one a killed front left
+ * behind). The front's relays reach that daemon through the backend sockets meanwhile; the
+ * front tries again quietly until the lock is free.
+ */
+export const LOCK_HELD_STATUS = 75;
+
 /** True when this process now owns `lockPath`; false when a live process does. */
 export function takeLock(lockPath: string): boolean {
   const mine = startTimeOf(process.pid);
