@@ -431,6 +431,8 @@ function runtimeDirs(config: RuntimeConfig): Array<{ key: string; dir: string }>
     { key: "state_dir", dir: config.state_dir },
     { key: "cache_dir", dir: config.cache_dir },
     { key: "scratch_dir", dir: config.scratch_dir },
+    // The daemon's log: made and recorded here, so that uninstall takes it (and only it) away.
+    { key: "log_dir", dir: config.log_dir },
   ];
   for (const { key, dir } of dirs) {
     if (
@@ -641,7 +643,10 @@ export async function install(opts: InstallOptions): Promise<InstallResult> {
     await mkdir(root.path(INSTALL_DIR), { recursive: true });
     await writeState(root, state);
     for (const { key, dir } of dirs)
-      await mkdir(root.path(dir), { recursive: true, mode: key === "scratch_dir" ? 0o700 : 0o755 });
+      await mkdir(root.path(dir), {
+        recursive: true,
+        mode: key === "scratch_dir" ? 0o700 : key === "log_dir" ? 0o750 : 0o755,
+      });
     // The shim's directories this run created carry the marker; a state from before markers
     // gets them on its owned directories once (a mount point or a symlink there never does).
     for (const { dir } of dirs) {

@@ -193,6 +193,8 @@ export function testRuntimeConfig(): Record<string, unknown> {
     state_dir: `${TEST_STATE}/cloudhv`,
     cache_dir: `${TEST_STATE}/cloudhv-cache/cache`,
     scratch_dir: `${TEST_STATE}/cloudhv-cache/scratch`,
+    // Not the host's /var/log/cloudhv: nothing of a test is left on the machine.
+    log_dir: `${TEST_STATE}/cloudhv-log`,
     scratch_size: "1Gi",
     // runTestPod sizes its VM with an annotation; sizing annotations are off by default.
     enable_annotations: ["default_memory"],
