@@ -840,4 +840,56 @@ for (const hv of await hypervisorSuites())
         assert.deepEqual(await vmms(), []);
       }
     });
+
+    it("a container that allocates past its memory limit is OOM-killed in the guest and CRI says OOMKilled; its pod lives on", async () => {
+      const logDirectory = path.join(harness.dir, "pods", "oom");
+      await mkdir(logDirectory, { recursive: true });
+      const sandboxConfig: PodSandboxConfig = {
+        metadata: { name: "oom", uid: "uid-oom", namespace: "default", attempt: 0 },
+        hostname: "oom",
+        logDirectory,
+      };
+      const podId = await cri.runPodSandbox(sandboxConfig, HANDLER);
+      const limited = async (name: string, command: string[]) => {
+        const id = await cri.createContainer(
+          podId,
+          {
+            metadata: { name },
+            image: { image: IMAGE_A },
+            command,
+            logPath: `${name}.log`,
+            linux: { resources: { memoryLimitInBytes: 48 * 1024 * 1024 } },
+          },
+          sandboxConfig,
+        );
+        await cri.startContainer(id);
+        return id;
+      };
+      // dd fills a 100 MiB buffer (bs): twice the container's 48 MiB limit.
+      const hog = await limited("hog", [
+        "sh",
+        "-c",
+        "dd if=/dev/zero of=/dev/null bs=100M count=1; echo survived",
+      ]);
+      const quiet = await limited("quiet", ["sleep", "600"]);
+      const deadline = Date.now() + 120_000;
+      let status = await cri.containerStatus(hog);
+      while (status.state !== "CONTAINER_EXITED" && Date.now() < deadline) {
+        await new Promise((r) => setTimeout(r, 250));
+        status = await cri.containerStatus(hog);
+      }
+      assert.equal(status.state, "CONTAINER_EXITED");
+      assert.equal(status.reason, "OOMKilled", `exit ${status.exitCode}: ${status.message}`);
+      assert.equal(
+        (await cri.containerStatus(quiet)).state,
+        "CONTAINER_RUNNING",
+        "the pod's other container runs on",
+      );
+      for (const id of [hog, quiet]) {
+        await cri.stopContainer(id, 2);
+        await cri.removeContainer(id);
+      }
+      await cri.stopPodSandbox(podId);
+      await cri.removePodSandbox(podId);
+    });
   });
