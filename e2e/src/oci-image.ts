@@ -239,6 +239,8 @@ export const BUSYBOX_APPLETS = [
   "mount",
   "ps",
   "kill",
+  // kubectl cp runs tar in the container.
+  "tar",
 ] as const;
 
 export const BUSYBOX_IMAGE = "docker.io/cloudhv-test/busybox:1";
