@@ -46,7 +46,8 @@ for (const hv of await hypervisorSuites())
 
     /** The harness's shim daemon (its control socket is in the harness's state dir). */
     async function daemonRssKiB(): Promise<number> {
-      const [pid] = await processesMatching(path.join(harness.runtime.stateDir, "shim-"));
+      // The daemon (behind its front) listens in backend/.
+      const [pid] = await processesMatching(path.join(harness.runtime.stateDir, "backend", "shim-"));
       assert.ok(pid, "the shim daemon runs");
       const status = await readFile(`/proc/${pid}/status`, "utf8");
       return Number(/VmRSS:\s+(\d+) kB/.exec(status)?.[1]);
@@ -59,7 +60,6 @@ for (const hv of await hypervisorSuites())
         metadata: { name, uid: `uid-${name}`, namespace: "default" },
         logDirectory,
         annotations,
-        linux: { securityContext: { namespaceOptions: { network: "NODE" } } },
       };
       return { config, id: await cri.runPodSandbox(config, HANDLER) };
     }
@@ -136,10 +136,12 @@ for (const hv of await hypervisorSuites())
         }
         assert.equal((await cri.execSync(victim, ["cat", "/etc/config/key"])).stdout, "public\n");
         // The sync did meet the hostile states, and refused them by name (logged, not copied).
+        // The daemon logs to the harness's log_dir.
+        const logDir = path.join(harness.dir, "log");
         const logs = await Promise.all(
-          (await readdir(harness.runtime.stateDir))
-            .filter((f) => /^shim-.*\.log$/.test(f))
-            .map((f) => readFile(path.join(harness.runtime.stateDir, f), "utf8")),
+          (await readdir(logDir))
+            .filter((f) => /^shim-.*\.log/.test(f))
+            .map((f) => readFile(path.join(logDir, f), "utf8")),
         );
         assert.match(logs.join(""), /volume sync failed/);
         assert.ok(
@@ -283,7 +285,16 @@ for (const hv of await hypervisorSuites())
         await removePod(p, ids);
         assert.equal(await hostSum(path.join(hostPath, "blob")), guestData, "the bytes stay after the pod");
         assert.equal(await hostSum(path.join(pvc, "blob")), guestData);
-        assert.deepEqual(await processesMatching(podsDir), [], "no virtiofsd left");
+        const left = await processesMatching(podsDir);
+        const what = await Promise.all(
+          left.map((p) =>
+            readFile(`/proc/${p}/cmdline`, "utf8").then(
+              (c) => `${p}: ${c.replaceAll("\0", " ")}`,
+              () => `${p}`,
+            ),
+          ),
+        );
+        assert.deepEqual(what, [], "no virtiofsd left");
         assert.deepEqual(await processesMatching(path.join(harness.runtime.stateDir, "vm")), []);
         const mountinfo = await readFile("/proc/self/mountinfo", "utf8");
         assert.ok(!mountinfo.includes(podsDir), "no bind mount left under the pods' state dir");

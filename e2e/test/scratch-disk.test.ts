@@ -43,7 +43,6 @@ for (const hv of await hypervisorSuites())
         metadata: { name: "scratch", uid: "uid-scratch", namespace: "default", attempt: 0 },
         hostname: "scratch",
         logDirectory,
-        linux: { securityContext: { namespaceOptions: { network: "NODE" } } },
       };
       podId = await cri.runPodSandbox(sandboxConfig, HANDLER);
     });

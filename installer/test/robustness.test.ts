@@ -345,7 +345,11 @@ describe("install and uninstall, byte for byte, on temp roots", () => {
     const runtimeConfig = { state_dir: "/srv/chv/state", scratch_dir: "/srv/chv/scratch" };
     await install({ ...base, root, artifacts: bundle, runtimeConfig });
     const state = await readState(root);
-    assert.deepEqual(state?.ownedDirs?.sort(), ["/srv/chv/scratch", "/var/lib/cloudhv/cache"]);
+    assert.deepEqual(state?.ownedDirs?.sort(), [
+      "/srv/chv/scratch",
+      "/var/lib/cloudhv/cache",
+      "/var/log/cloudhv",
+    ]);
     assert.deepEqual(state?.createdDirs?.sort(), [
       "/usr",
       "/usr/local",
@@ -353,6 +357,7 @@ describe("install and uninstall, byte for byte, on temp roots", () => {
       "/var",
       "/var/lib",
       "/var/lib/cloudhv",
+      "/var/log",
     ]);
     // The shim writes into its directories while pods run.
     await writeFile(root.path("/srv/chv/state/daemon.sock"), "");
