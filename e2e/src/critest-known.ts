@@ -86,6 +86,15 @@ export const KNOWN_DIFFERENCES: readonly KnownDifference[] = [
   },
 ];
 
+/**
+ * A spec that failed at once because the spec before it stopped a container that did not stop
+ * in time: critest cancels that StopContainer, and Ginkgo reports the cancellation in the next
+ * spec's setup. A knock-on of "stop right after start", wherever the order puts it.
+ */
+export function isStopKnockOn(failure: string | undefined): boolean {
+  return /^failed to stop container .*code = Canceled desc = context canceled/.test(failure ?? "");
+}
+
 export function knownDifference(spec: string): KnownDifference | undefined {
   return KNOWN_DIFFERENCES.find((k) => k.pattern.test(spec));
 }

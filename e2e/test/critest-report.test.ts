@@ -6,7 +6,7 @@ import path from "node:path";
 import { describe, it } from "node:test";
 import { REPO_ROOT } from "../src/artifacts.js";
 import { type CritestRun, formatTable, NOT_RUNNABLE_HERE, parseGinkgoReport } from "../src/critest.js";
-import { KNOWN_DIFFERENCES, knownDifference } from "../src/critest-known.js";
+import { isStopKnockOn, KNOWN_DIFFERENCES, knownDifference } from "../src/critest-known.js";
 
 const SPECS_FILE = path.join(REPO_ROOT, "e2e/critest/specs-v1.37.0.txt");
 
@@ -59,7 +59,7 @@ describe("critest report", () => {
       ],
     );
     assert.equal(specs[0]?.seconds, 30.5);
-    assert.equal(specs[0]?.failure, "Expected", "the failure's first line");
+    assert.match(specs[0]?.failure ?? "", /^Expected <int32>: 137 to equal 143 x+…$/, "folded and cut");
     assert.equal(specs[3]?.failure, "timedout", "a failure without a message names the state");
   });
 
@@ -117,6 +117,31 @@ describe("known differences and skips against critest v1.37.0's specs", () => {
       ),
       undefined,
     );
+  });
+
+  it("recognises a StopContainer cancelled by the spec before as a knock-on, nothing else", () => {
+    const [knockOn, other] = parseGinkgoReport(
+      report([
+        {
+          LeafNodeType: "It",
+          LeafNodeText: "a",
+          State: "failed",
+          Failure: {
+            Message:
+              "failed to stop container\nUnexpected error:\n    <*status.Error | 0x1e4fe0514548>: \n    rpc error: code = Canceled desc = context canceled\n    {",
+          },
+        },
+        {
+          LeafNodeType: "It",
+          LeafNodeText: "b",
+          State: "failed",
+          Failure: { Message: "failed to stop container\nrpc error: code = DeadlineExceeded desc = timeout" },
+        },
+      ]),
+    );
+    assert.ok(isStopKnockOn(knockOn?.failure));
+    assert.ok(!isStopKnockOn(other?.failure));
+    assert.ok(!isStopKnockOn(undefined));
   });
 
   it("every spec skipped as not runnable here exists", async () => {
