@@ -131,7 +131,7 @@ build_go_tools() {
   installer/scripts/build-containerd2.sh >/dev/null
   say "tools: Kubernetes and etcd (pinned, Go module proxy; ~6 min on 2 idle cores the first time)"
   e2e/k8s/build-k8s.sh >/dev/null
-  say "tools: critest and crane (pinned, Go module proxy; ~4 min the first time)"
+  say "tools: critest and crane (pinned, Go module proxy; ~8 min on 2 busy cores the first time)"
   e2e/critest/build-critest.sh >/dev/null
 }
 

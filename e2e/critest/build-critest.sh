@@ -55,7 +55,7 @@ trap 'chmod -R u+w "$work" 2>/dev/null; rm -rf "$work"' EXIT
 
 if ! critest_cached; then
   start=$(date +%s)
-  say "building critest $critest_version from the Go module proxy (once per version, ~3 min on 2 idle cores)"
+  say "building critest $critest_version from the Go module proxy (once per version, 7.5 min on 2 busy cores)"
   dir=$(go mod download -json "sigs.k8s.io/cri-tools@$critest_version" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')
   [ -d "$dir/cmd/critest" ] || { say "could not download sigs.k8s.io/cri-tools $critest_version from the module proxy"; exit 1; }
   cp -r "$dir" "$work/cri-tools"
