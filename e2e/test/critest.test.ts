@@ -4,6 +4,8 @@
 // this test fail so that the list shrinks. By default the [Conformance] specs and the known
 // differences run (about a third of the suite); CLOUDHV_CRITEST_FULL=1 runs every spec.
 import assert from "node:assert/strict";
+import { existsSync } from "node:fs";
+import path from "node:path";
 import { describe, it, type TestContext } from "node:test";
 import { type CritestRun, critestTools, formatTable, runCritest, startCritestEnv } from "../src/critest.js";
 import { isStopKnockOn, KNOWN_DIFFERENCES, knownDifference } from "../src/critest-known.js";
@@ -33,9 +35,11 @@ describe("critest: cloudhv passes what runc passes (issue 16)", () => {
         runs.push(run);
       }
     } finally {
-      const dir = env.dir;
+      const vms = path.join(env.harness.runtime.stateDir, "vm");
       await env.stop();
-      assert.deepEqual(await processesMatching(dir), [], "no VM, shim or registry of this run is left");
+      assert.deepEqual(await processesMatching(vms), [], "no VM of this run is left");
+      assert.equal(existsSync(env.dir), false, "the run's directory (registry log, reports) is gone");
+      assert.equal(existsSync(env.harness.dir), false, "the harness's directory is gone");
     }
     const [runc, cloudhv] = runs as [CritestRun, CritestRun];
     const table = formatTable(runs, (name) => knownDifference(name)?.cause);
