@@ -364,7 +364,8 @@ export async function runCritest(
     log.write(chunk);
     if (!opts.onLine) return;
     const lines = (partial + chunk.toString("utf8")).split("\n");
-    partial = lines.pop() ?? "";
+    // A line without an end (e.g. a container's output inside a failure) is kept bounded.
+    partial = (lines.pop() ?? "").slice(-65536);
     for (const line of lines) opts.onLine(line);
   };
   child.stdout?.on("data", onData);
