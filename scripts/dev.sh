@@ -118,9 +118,10 @@ lint() {
   (cd guest/agent && cargo clippy --all-targets -- -D warnings)
 }
 
-# helm (the chart tests), containerd 2.x (the installer's version 3 test) and Kubernetes with
-# etcd (the Kubernetes level, e2e/test/k8s), built from the Go module proxy and cached by
-# version under $CLOUDHV_BUILD_CACHE; a cached one costs a second.
+# helm (the chart tests), containerd 2.x (the installer's version 3 test), Kubernetes with
+# etcd (the Kubernetes level, e2e/test/k8s) and critest with crane (e2e/test/critest), built
+# from the Go module proxy and cached by version under $CLOUDHV_BUILD_CACHE; a cached one
+# costs a second.
 build_go_tools() {
   export PATH="$PATH:/usr/local/go/bin"
   command -v go >/dev/null || die "Go >= 1.24 is required to build helm, containerd 2 and Kubernetes (from the Go module proxy): install it to /usr/local/go or put it on PATH (Kubernetes 1.34 needs Go 1.24)"
@@ -130,6 +131,8 @@ build_go_tools() {
   installer/scripts/build-containerd2.sh >/dev/null
   say "tools: Kubernetes and etcd (pinned, Go module proxy; ~6 min on 2 idle cores the first time)"
   e2e/k8s/build-k8s.sh >/dev/null
+  say "tools: critest and crane (pinned, Go module proxy; ~8 min on 2 busy cores the first time)"
+  e2e/critest/build-critest.sh >/dev/null
 }
 
 # One step per line: a function called in an `&&` list runs with `set -e` off, so a failed

@@ -30,6 +30,8 @@ export interface HarnessOptions {
   /** Busybox images to import besides the pause image, by name (each gets /etc/cloudhv-image). */
   images?: string[];
   runtimeConfig?: Record<string, unknown>;
+  /** More TOML for containerd's config, after the harness's own (e.g. registry mirrors). */
+  extraConfig?: readonly string[];
 }
 
 export async function startHarness(opts: HarnessOptions = {}): Promise<Harness> {
@@ -58,6 +60,7 @@ export async function startHarness(opts: HarnessOptions = {}): Promise<Harness> 
         `    runtime_type = "io.containerd.cloudhv.v1"`,
         // The CRI plugin passes a pod's annotations to the runtime only when listed here.
         `    pod_annotations = ["io.cloudhv.config.hypervisor.*", "io.katacontainers.config.hypervisor.*"]`,
+        ...(opts.extraConfig ?? []),
       ].join("\n"),
     });
     const images: Array<{ name: string; config?: ImageConfig }> = [

@@ -7,7 +7,7 @@
 // the user's data. Mount points are unmounted first, then removed one by one with rmdir/unlink,
 // which fail rather than delete anything still mounted.
 import { spawn } from "node:child_process";
-import { lstat, mkdir, open, readFile, rmdir, stat, unlink, writeFile } from "node:fs/promises";
+import { lstat, mkdir, open, readdir, readFile, rmdir, stat, unlink, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { cgroupJoinArgv } from "../cgroup/join.js";
@@ -229,6 +229,9 @@ export class PodShare {
         await this.proc.exited;
       }
     }
+    // virtiofsd's sandbox is a child in namespaces of its own, ended by a parent-death signal:
+    // it may outlive its parent by a moment. The pod's binds come off once it is gone too.
+    await endStragglers(socketPath(this.dir), this.log);
     await this.remove([...this.bound]);
     await unmountAndRemove([this.sharedDir], this.log);
     // virtiofsd's socket and the pid file it locks next to it.
@@ -248,6 +251,35 @@ export function volumesFailed(volumes: readonly SharedVolume[], err: unknown): S
 
 function socketPath(dir: string): string {
   return path.join(dir, "virtiofsd.sock");
+}
+
+/** Processes whose command line names `socket`: this pod's virtiofsd (parent or sandbox). */
+async function processesServing(socket: string): Promise<number[]> {
+  const pids: number[] = [];
+  for (const entry of await readdir("/proc").catch(() => [] as string[])) {
+    if (!/^\d+$/.test(entry)) continue;
+    const cmdline = await readFile(`/proc/${entry}/cmdline`, "utf8").catch(() => "");
+    if (cmdline.split("\0").includes(socket)) pids.push(Number(entry));
+  }
+  return pids;
+}
+
+/** Waits up to 3 s for every virtiofsd process of this socket to end, then kills what is left. */
+async function endStragglers(socket: string, log: Logger): Promise<void> {
+  const until = Date.now() + 3000;
+  let left = await processesServing(socket);
+  while (left.length > 0 && Date.now() < until) {
+    await sleep(50);
+    left = await processesServing(socket);
+  }
+  for (const pid of left) {
+    log.warn({ virtiofsdPid: pid }, "virtiofsd's sandbox outlived it; killing it");
+    try {
+      process.kill(pid, "SIGKILL");
+    } catch {
+      // Gone meanwhile.
+    }
+  }
 }
 
 function stderrPath(dir: string): string {
