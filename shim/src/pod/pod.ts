@@ -66,6 +66,9 @@ export interface PodMember {
   readonly volumes: ContainerVolumes;
 }
 
+/** How long a new daemon waits for an adopted VM's agent before giving the pod up. */
+const ADOPT_AGENT_MS = 30_000;
+
 /** Where a pod keeps its host-side files (virtiofsd's socket, the shared directory). */
 function podDir(config: RuntimeConfig, vmId: string): string {
   return path.join(config.state_dir, "pods", vmId);
@@ -324,14 +327,13 @@ export class Pod {
         : undefined;
     let agent: AgentClient | undefined;
     if (vm) {
-      // As patient as a boot: a loaded node (TCG, a burst) can be slow to answer, and giving up
-      // here stops a VM that was running fine.
-      agent = await vm
-        .connectAgent({ timeoutMs: deps.config.agent_boot_timeout_ms })
-        .catch((err: unknown) => {
-          vmLog.warn({ err: (err as Error).message }, "adopted VM: its agent does not answer; stopping it");
-          return undefined;
-        });
+      // Patient (a loaded node, TCG, can be slow to answer, and giving up stops a VM that ran
+      // fine) but bounded: every pod's takeover waits for the slowest (TaskService.restore).
+      const timeoutMs = Math.min(deps.config.agent_boot_timeout_ms, ADOPT_AGENT_MS);
+      agent = await vm.connectAgent({ timeoutMs }).catch((err: unknown) => {
+        vmLog.warn({ err: (err as Error).message }, "adopted VM: its agent does not answer; stopping it");
+        return undefined;
+      });
       if (!agent) await vm.stop();
     }
     if (!vm || !agent || !deps.adoptRootfs) {

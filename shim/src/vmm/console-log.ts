@@ -62,21 +62,29 @@ export class ConsoleLog {
   }
 
   private take(chunk: Buffer): void {
+    // Rotate before a chunk that would overflow the file, not after it: the newest output is
+    // always in the live file (a rotation after the last chunk left it empty).
+    if (this.written > 0 && this.written + chunk.length > this.maxBytes) {
+      this.reader.pause();
+      this.rotating = this.rotate()
+        .then(() => this.write(chunk))
+        .finally(() => {
+          this.rotating = undefined;
+          if (!this.closed) this.reader.resume();
+        });
+      return;
+    }
+    this.write(chunk);
+  }
+
+  private write(chunk: Buffer): void {
     this.written += chunk.length;
     if (!this.out.write(chunk)) {
       // A slow disk slows the guest's console, nothing else.
       this.reader.pause();
-      // Not while rotating: a chunk read then would go to the stream being ended, and be lost
-      // (the rotation resumes the reader itself once the new file is open).
+      // Not while rotating: the rotation resumes the reader itself once the new file is open.
       this.out.once("drain", () => {
         if (!this.rotating && !this.closed) this.reader.resume();
-      });
-    }
-    if (this.written >= this.maxBytes && !this.rotating) {
-      this.reader.pause();
-      this.rotating = this.rotate().finally(() => {
-        this.rotating = undefined;
-        if (!this.closed) this.reader.resume();
       });
     }
   }

@@ -40,6 +40,9 @@ import {
   type VmHandle,
 } from "./types.js";
 
+/** How long a new daemon waits for an adopted QEMU's QMP greeting before giving the VM up. */
+const ADOPT_QMP_MS = 10_000;
+
 /** Free PCIe root ports per VM, i.e. how many devices can be hot-plugged at once. */
 export const HOTPLUG_PORTS = 8;
 
@@ -377,7 +380,15 @@ export class QemuVm implements VmHandle {
     for (const [port, id] of record.ports) vm.busyPorts.set(port, id);
     for (const id of record.fsDevices) vm.fsDevices.add(id);
     try {
-      vm.qmp = await QmpClient.connect(paths.qmp);
+      // Bounded: a wedged QEMU (stopped, or never greeting) must not hold up the takeover of
+      // every other pod; QEMU takes the new client once it has seen the old one go.
+      const until = Date.now() + ADOPT_QMP_MS;
+      const qmp = await within(
+        retryRefused(() => QmpClient.connect(paths.qmp), until),
+        ADOPT_QMP_MS,
+      );
+      if (qmp === TIMED_OUT) throw deadline(`QMP did not greet within ${ADOPT_QMP_MS} ms`);
+      vm.qmp = qmp;
       vm.watchQmp(vm.qmp);
     } catch (err) {
       vm.log.warn({ err: (err as Error).message }, "adopted qemu: QMP unreachable; stopping it");
