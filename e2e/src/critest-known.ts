@@ -51,17 +51,6 @@ export const KNOWN_DIFFERENCES: readonly KnownDifference[] = [
       "the volume is a copy/share in the guest: the host's submounts under it are not there to stay writable",
   },
   {
-    pattern: /Networking runtime should support networking runtime should support set hostname/,
-    cause: "hostname",
-    reason: "app containers got the guest's UTS namespace, not the pause container's (the pod's hostname)",
-  },
-  {
-    pattern: /PodSandbox runtime should support sysctls should support (safe|unsafe) sysctls/,
-    cause: "sysctls",
-    reason:
-      "containerd sets the pod's IPC sysctls on the sandbox only; app containers had an IPC namespace of their own",
-  },
-  {
     pattern: /Security Context bucket runtime should support (Privileged is true|adding capability)/,
     cause: "bridge",
     reason: "`brctl addbr` needs CONFIG_BRIDGE, which the guest kernel lacks",
@@ -71,11 +60,6 @@ export const KNOWN_DIFFERENCES: readonly KnownDifference[] = [
       /Streaming runtime should support streaming interfaces runtime should support portforward \[Conformance\]/,
     cause: "port-forward",
     reason: "containerd dials localhost:PORT in the pod's netns on the host; the server runs in the VM",
-  },
-  {
-    pattern: /Security Context bucket runtime should support that ReadOnlyRootfs is true/,
-    cause: "readOnlyRootFilesystem",
-    reason: "the agent forced root.readonly off: `touch /x` succeeded",
   },
   {
     pattern:
