@@ -5,7 +5,7 @@
 // runtimeClassName cloudhv, `helm uninstall` with helm's default timeout leaving the node as it
 // was. Every step prints what it did and how long it took.
 import assert from "node:assert/strict";
-import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { after, before, describe, it, type TestContext } from "node:test";
 import { type ExecResult, exec } from "@cloudhv/shim";
@@ -461,56 +461,6 @@ describe("Kubernetes: helm install → cloudhv pods → helm uninstall (docs/ope
     assert.match(r.stdout, /on-a-tty/, `stdout ${JSON.stringify(r.stdout)} stderr ${r.stderr}`);
     assert.equal(r.code, 5);
   });
-
-  step("kubectl cp into the pod and back out (tar over exec)", 2 * 60_000, async () => {
-    const local = path.join(work, "cp-in.txt");
-    const back = path.join(work, "cp-out.txt");
-    const text = `copied ${Date.now()}\n`;
-    await writeFile(local, text);
-    await k(["cp", local, `${NS}/vols:/tmp/cp-in.txt`], "kubectl cp in");
-    assert.equal((await inPod("vols", "cat /tmp/cp-in.txt")).stdout, text);
-    await k(["cp", `${NS}/vols:/tmp/cp-in.txt`, back], "kubectl cp out");
-    assert.equal(await readFile(back, "utf8"), text);
-  });
-
-  step(
-    "kubectl attach: stdin reaches the container's own process, its answer comes back",
-    10 * 60_000,
-    async () => {
-      await apply({
-        apiVersion: "v1",
-        kind: "Pod",
-        metadata: { name: "attach", namespace: NS },
-        spec: {
-          runtimeClassName: "cloudhv",
-          restartPolicy: "Never",
-          terminationGracePeriodSeconds: 5,
-          containers: [
-            {
-              name: "main",
-              image: BUSYBOX_IMAGE,
-              command: ["/bin/busybox", "sh", "-c", 'read line; echo "got $line"'],
-              stdin: true,
-              stdinOnce: true,
-            },
-          ],
-        },
-      });
-      must(
-        await kubectl(["wait", "--for=condition=Ready", "pod/attach", `--timeout=${POD_TIMEOUT}`], {
-          timeoutMs: 620_000,
-        }),
-        "attach pod Ready",
-      );
-      const r = await kubectl(["attach", "-i", "attach", "-c", "main"], {
-        timeoutMs: 120_000,
-        input: "hello\n",
-      });
-      const logs = await k(["logs", "attach"], "kubectl logs attach");
-      assert.match(`${r.stdout}\n${logs}`, /got hello/, `attach: ${r.stderr}`);
-      await k(["delete", "pod", "attach", "--wait=true", `--timeout=${POD_TIMEOUT}`], "delete attach pod");
-    },
-  );
 
   step("exec, HTTP and TCP probes pass against the VM", 10 * 60_000, async () => {
     await apply({
