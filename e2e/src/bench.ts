@@ -127,12 +127,30 @@ function podConfig(h: Harness, name: string): PodSandboxConfig {
 }
 
 /** Removes every pod sandbox containerd still knows (stopping it first): best effort. */
+/**
+ * Stops and removes every pod, retrying as kubelet does: a StopPodSandbox that races the exit
+ * of the pod's VM fails once (the kill reaches a VM already going) and succeeds after it.
+ * What still fails after the retries is left for the leftover checks to report.
+ */
 async function removeAllPods(cri: CriClient): Promise<void> {
   const pods = await cri.listPodSandbox().catch(() => []);
   await Promise.all(
     pods.map(async (p) => {
-      await cri.stopPodSandbox(p.id).catch(() => {});
-      await cri.removePodSandbox(p.id).catch(() => {});
+      for (let attempt = 0; attempt < 5; attempt++) {
+        const stopped = await cri.stopPodSandbox(p.id).then(
+          () => true,
+          () => false,
+        );
+        if (
+          stopped &&
+          (await cri.removePodSandbox(p.id).then(
+            () => true,
+            () => false,
+          ))
+        )
+          return;
+        await sleep(1000);
+      }
     }),
   );
 }
