@@ -11,6 +11,7 @@ import { exec, probeAccel, QemuDriver } from "@cloudhv/shim";
 import { Command, InvalidArgumentError } from "commander";
 import { QEMU_ACCEL } from "./accel.js";
 import { guestArtifacts, REPO_ROOT } from "./artifacts.js";
+import { containerdRestart, hostileGuest, takeover } from "./bench-faults.js";
 import {
   bytesOf,
   countLogMessages,
@@ -1208,6 +1209,34 @@ export function renderTable(doc: {
     }
   } else add("9. storage", failed(st) ?? "—");
 
+  const cr2 = f.containerdRestart;
+  add(
+    "10. output lost across a containerd restart",
+    cr2?.ok ? fmt(cr2.lostBytes as Stat, " bytes") : (failed(cr2) ?? "—"),
+    cr2?.ok ? `lines lost ${fmt(cr2.lostLines as Stat)}, duplicated ${fmt(cr2.duplicatedLines as Stat)}` : "",
+  );
+  const to = f.takeover;
+  for (const level of (to?.levels ?? []) as Array<{ pods: number; firstExecMs?: Stat; error?: string }>)
+    add(
+      `10. takeover of ${level.pods} pod(s) after kill -9 of the daemon`,
+      level.firstExecMs ? fmt(level.firstExecMs, " ms") : `FAILED: ${level.error}`,
+      "kill → each pod's first successful exec",
+    );
+  if (!to?.levels) add("10. takeover", failed(to) ?? "—");
+  const hg = f.hostileGuest;
+  if (hg?.quietMs) {
+    const modes = ["empty", "errors", "silent"].map((k) => [k, hg[k] as Figure | undefined] as const);
+    add(
+      "10. exec latency beside a misbehaving guest",
+      `quiet ${fmt(hg.quietMs as Stat, " ms")}`,
+      modes
+        .map(([k, m]) =>
+          m?.ok ? `${k} ${fmt(m.ms as Stat, " ms")} (×${m.ratio})` : `${k} ${failed(m) ?? "—"}`,
+        )
+        .join("; "),
+    );
+  } else add("10. exec latency beside a misbehaving guest", failed(hg) ?? "—");
+
   const m = doc.machine;
   const head = [
     `${m.cores} cores (${m.cpuModel}), ${m.memoryGiB} GiB, accel ${m.accel}, ${m.containerdVersion}, ${m.qemuVersion}`,
@@ -1330,6 +1359,10 @@ async function main(opts: Options): Promise<void> {
       return r.burst;
     });
     figures.concurrentRootfs = concurrent ?? { ok: false, error: "the burst did not complete" };
+    // Faults last: they restart containerd and kill the shim daemon (figure 10).
+    await figure("containerdRestart", () => containerdRestart(h, SMALL_IMAGE, plan.runs));
+    await figure("takeover", () => takeover(h, SMALL_IMAGE, plan.quick ? [1, 2] : [1, 5, 10]));
+    await figure("hostileGuest", () => hostileGuest(SMALL_IMAGE, plan.runs));
   } catch (err) {
     figures.harness = { ok: false, error: errorText(err) };
   } finally {
@@ -1355,6 +1388,9 @@ async function main(opts: Options): Promise<void> {
     "burst",
     "sizes",
     "storage",
+    "containerdRestart",
+    "takeover",
+    "hostileGuest",
   ])
     figures[name] ??= { ok: false, error: "not run (an earlier step failed)" };
   machine.loadAverageEnd = os.loadavg().map((x) => Math.round(x * 100) / 100);

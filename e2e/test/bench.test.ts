@@ -23,6 +23,9 @@ const FIGURES = [
   "burst",
   "sizes",
   "storage",
+  "containerdRestart",
+  "takeover",
+  "hostileGuest",
 ];
 
 type Doc = Record<string, unknown> & { figures: Record<string, Record<string, unknown>> };
