@@ -19,6 +19,7 @@ import type { PhaseClock } from "../util/phases.js";
 import type { HypervisorDriver, VmExit, VmHandle } from "../vmm/types.js";
 import { PodShare, volumesFailed } from "../volumes/virtiofs.js";
 import { ContainerVolumes } from "../volumes/volumes.js";
+import { connectAdoptedAgent } from "./adopt-agent.js";
 import { type ContainmentHost, type ContainmentPlan, planContainment } from "./containment.js";
 import type { PreparedRootfs, RootfsAdopter, RootfsPreparer } from "./rootfs.js";
 import type { ScratchSize } from "./scratch-size.js";
@@ -330,10 +331,7 @@ export class Pod {
       // Patient (a loaded node, TCG, can be slow to answer, and giving up stops a VM that ran
       // fine) but bounded: every pod's takeover waits for the slowest (TaskService.restore).
       const timeoutMs = Math.min(deps.config.agent_boot_timeout_ms, ADOPT_AGENT_MS);
-      agent = await vm.connectAgent({ timeoutMs }).catch((err: unknown) => {
-        vmLog.warn({ err: (err as Error).message }, "adopted VM: its agent does not answer; stopping it");
-        return undefined;
-      });
+      agent = await connectAdoptedAgent(vm, timeoutMs, vmLog);
       if (!agent) await vm.stop();
     }
     if (!vm || !agent || !deps.adoptRootfs) {
