@@ -1231,7 +1231,9 @@ export function renderTable(doc: {
       `quiet ${fmt(hg.quietMs as Stat, " ms")}`,
       modes
         .map(([k, m]) =>
-          m?.ok ? `${k} ${fmt(m.ms as Stat, " ms")} (×${m.ratio})` : `${k} ${failed(m) ?? "—"}`,
+          m?.ok
+            ? `${k} ${fmt(m.ms as Stat, " ms")} vs ${fmt(m.quietMs as Stat, " ms")} just before (×${m.ratio})`
+            : `${k} ${failed(m) ?? "—"}`,
         )
         .join("; "),
     );

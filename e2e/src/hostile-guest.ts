@@ -78,8 +78,9 @@ export async function execLatencies(cri: CriClient, containerId: string, n: numb
 }
 
 /**
- * What a tenant can add on top: execs into its own (hostile) pod, one after another, until
- * stopped; each fails or times out in the guest's way. Returns a stop function.
+ * What a tenant can add on top: execs into its own (hostile) pod, one a second (an exec probe
+ * at kubelet's shortest period), until stopped; each fails or times out in the guest's way.
+ * Returns a stop function.
  */
 export function pressExecs(cri: CriClient, containerId: string): () => Promise<number> {
   let stopped = false;
@@ -87,8 +88,9 @@ export function pressExecs(cri: CriClient, containerId: string): () => Promise<n
   const loop = (async () => {
     while (!stopped) {
       calls++;
+      const t0 = performance.now();
       await cri.execSync(containerId, ["true"], 5).catch(() => {});
-      await sleep(10);
+      await sleep(Math.max(0, 1000 - (performance.now() - t0)));
     }
   })();
   return async () => {
