@@ -35,6 +35,7 @@ import {
   type DiskSpec,
   type FsSpec,
   type HypervisorDriver,
+  type NicSpec,
   type VmConfig,
   type VmExit,
   type VmHandle,
@@ -118,7 +119,10 @@ export class QemuDriver implements HypervisorDriver {
       // First of all, the VMM joins the pod's cgroup, before it runs guest code (cgroup/join.ts).
       const [command, ...args] = [
         ...cgroupJoinArgv(config.cgroup?.procs),
-        ...confinedArgv([this.binary, ...argv], user, config.network?.netnsPath),
+        ...(config.nice !== undefined ? ["nice", "-n", String(config.nice)] : []),
+        ...confinedArgv([this.binary, ...argv], user, config.network?.netnsPath, {
+          isolatedNetwork: config.isolatedNetwork === true,
+        }),
       ];
       // stderr to a file, not a pipe: QEMU outlives the daemon (a restarted one adopts it).
       const stderr = await open(paths.stderr, "a", 0o600);
@@ -305,6 +309,8 @@ export class QemuVm implements VmHandle {
   private readonly busyPorts = new Map<number, string>();
   /** Hot-plugged virtio-fs devices (a chardev to remove with them, not a block node). */
   private readonly fsDevices = new Set<string>();
+  /** Hot-plugged NICs (a netdev to remove with them). */
+  private readonly netDevices = new Set<string>();
   private hasExited = false;
   private readonly log;
 
@@ -547,6 +553,42 @@ export class QemuVm implements VmHandle {
     return fs.id;
   }
 
+  /**
+   * Hot-plugs a NIC on `nic.tap`, a TAP that exists in the VMM's netns and its group may attach
+   * to: QEMU opens /dev/net/tun itself (no fd passing over QMP from Node), no script runs.
+   */
+  async addNet(nic: NicSpec): Promise<string> {
+    const qmp = this.control();
+    if (!/^[A-Za-z0-9_]{1,15}$/.test(nic.tap))
+      throw invalid(`TAP name "${nic.tap}" is not a valid interface name`);
+    if (!/^([0-9a-f]{2}:){5}[0-9a-f]{2}$/i.test(nic.mac)) throw invalid(`"${nic.mac}" is not a MAC address`);
+    const port = [...Array(HOTPLUG_PORTS).keys()].find((i) => !this.busyPorts.has(i));
+    if (port === undefined) throw exhausted(`VM ${this.id}: all ${HOTPLUG_PORTS} hot-plug ports are in use`);
+    const netdev = `nd-${nic.id}`;
+    await qmp.execute("netdev_add", {
+      type: "tap",
+      id: netdev,
+      ifname: nic.tap,
+      script: "no",
+      downscript: "no",
+    });
+    try {
+      await qmp.execute("device_add", {
+        driver: "virtio-net-pci",
+        id: nic.id,
+        netdev,
+        mac: nic.mac,
+        bus: `hp${port}`,
+      });
+    } catch (err) {
+      await qmp.execute("netdev_del", { id: netdev }).catch(() => {});
+      throw err;
+    }
+    this.busyPorts.set(port, nic.id);
+    this.netDevices.add(nic.id);
+    return nic.id;
+  }
+
   async removeDevice(id: string): Promise<void> {
     const qmp = this.control();
     const port = [...this.busyPorts].find(([, dev]) => dev === id)?.[0];
@@ -565,6 +607,7 @@ export class QemuVm implements VmHandle {
     if ((await within(deleted, 30_000)) === TIMED_OUT)
       throw deadline(`VM ${this.id}: the guest did not release ${id} in 30 s`);
     if (this.fsDevices.delete(id)) await qmp.execute("chardev-remove", { id: `chr-${id}` });
+    else if (this.netDevices.delete(id)) await qmp.execute("netdev_del", { id: `nd-${id}` });
     else {
       await qmp.execute("blockdev-del", { "node-name": id.replace(/^hd-/, "node-") });
       // Unlinking the bind-mount target detaches it in QEMU's namespace.
