@@ -108,7 +108,15 @@ for (const hv of (await hypervisorSuites()).filter((s) => s.name === "qemu"))
       for (const name of await entriesOf(logDir)) text += await readFile(path.join(logDir, name), "utf8");
       return text;
     };
-    const poolVmms = () => processesMatching(path.join(stateDir ?? "/nonexistent", "vm", "pool-"));
+    /** VMMs of the ready (unclaimed) pool VMs: their dirs still hold the pool's marker. */
+    const poolVmms = async () => {
+      const pids: number[] = [];
+      for (const name of await entriesOf(path.join(stateDir, "vm"))) {
+        const marker = await readFile(path.join(stateDir, "vm", name, "pool.json"), "utf8").catch(() => "");
+        if (marker) pids.push((JSON.parse(marker) as { vmm: { pid: number } }).vmm.pid);
+      }
+      return pids;
+    };
 
     async function runPod(name: string, annotations?: Record<string, string>) {
       const logDirectory = path.join(harness.dir, "pods", name);
@@ -130,7 +138,7 @@ for (const hv of (await hypervisorSuites()).filter((s) => s.name === "qemu"))
         {
           metadata: { name: "main" },
           image: { image: IMAGE },
-          command: ["sh", "-c", `echo hello-${name}; sleep 600`],
+          command: ["sh", "-c", `echo hello-${name}; exec /bin/busybox httpd -f -p 8080 -h /data`],
           mounts: [{ containerPath: "/data", hostPath: volume }],
           logPath: "main.log",
         },
@@ -244,9 +252,15 @@ for (const hv of (await hypervisorSuites()).filter((s) => s.name === "qemu"))
           harness.gateway,
         ]);
         assert.equal(ping.exitCode, 0, `${pod.name} → gateway: ${ping.stdout}${ping.stderr}`);
-        await exec(["ping", "-c", "1", "-W", "5", ip]).then((r) =>
-          assert.equal(r.code, 0, `host → ${pod.name}: ${r.stdout}`),
-        );
+        // Host → pod: HTTP over TCP to the pod IP, served from the pod's own volume.
+        let body = "";
+        await waitUntil(`host → ${pod.name} over TCP`, 30_000, async () => {
+          body = await fetch(`http://${ip}:8080/only-${pod.name}`, { signal: AbortSignal.timeout(3000) })
+            .then((r) => r.text())
+            .catch(() => "");
+          return body ? true : undefined;
+        });
+        assert.equal(body.trim(), pod.name);
         // The volume is shared both ways, and CRI logs work.
         const wrote = await cri.execSync(pod.id, ["sh", "-c", `echo from-${pod.name} > /data/out`]);
         assert.equal(wrote.exitCode, 0);
@@ -278,10 +292,12 @@ for (const hv of (await hypervisorSuites()).filter((s) => s.name === "qemu"))
       await waitUntil("the pool refilled", 180_000, async () =>
         (await poolStatus(stateDir))?.ready === POOL ? true : undefined,
       );
-      for (const pid of await poolVmms()) assert.ok(!pidsGiven.has(pid), `pool VMM ${pid} served a pod`);
+      const ready = await poolVmms();
+      assert.equal(ready.length, POOL);
+      for (const pid of ready) assert.ok(!pidsGiven.has(pid), `ready pool VMM ${pid} served a pod`);
 
       // A daemon killed: its successor adopts the pods and stops the unclaimed pool VMs it left.
-      const oldPool = (await poolVmms()).filter((pid) => !pidsGiven.has(pid));
+      const oldPool = await poolVmms();
       const daemon = await daemonPid(stateDir);
       assert.ok(daemon);
       process.kill(daemon, "SIGKILL");
@@ -295,7 +311,7 @@ for (const hv of (await hypervisorSuites()).filter((s) => s.name === "qemu"))
         const s = await poolStatus(stateDir);
         return s && s.pid !== daemon && s.ready === POOL ? true : undefined;
       });
-      const now = await poolVmms();
+      const now = await processesMatching(path.join(stateDir, "vm"));
       for (const pid of oldPool)
         assert.ok(!now.includes(pid), `the dead daemon's pool VMM ${pid} was stopped`);
       const c = await runPod("c");
