@@ -167,6 +167,7 @@ describe("the warm VM pool (bookkeeping)", () => {
     assert.ok(dying);
     dying.die();
     await until("replaced", () => rig.booted.length === 2 && rig.pool.stats().ready === 1);
+    assert.ok(dying.state.stopped, "the dead VM's host side was cleaned up (stop)");
     assert.notEqual(rig.pool.take()?.vm.id, dying.warm.vm.id);
 
     // A boot that finishes after close: its VM is stopped, not kept.

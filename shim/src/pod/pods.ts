@@ -147,19 +147,9 @@ export class Pods {
       return Pod.boot(where, req, spec, this.deps, log, phases);
     }
     const claimPhases = new PhaseClock();
+    let member: PodMember;
     try {
-      await forgetPoolMarker(warm);
-      const member = await Pod.boot(
-        { ...where, vmId: warm.vm.id },
-        req,
-        spec,
-        this.deps,
-        log,
-        claimPhases,
-        warm,
-      );
-      phases.merge(claimPhases);
-      return member;
+      member = await Pod.boot({ ...where, vmId: warm.vm.id }, req, spec, this.deps, log, claimPhases, warm);
     } catch (err) {
       // Pod.boot's undo stopped the VM already; discard counts it and makes sure.
       await pool.discard(warm);
@@ -169,6 +159,12 @@ export class Pods {
       );
       return Pod.boot(where, req, spec, this.deps, log, phases);
     }
+    phases.merge(claimPhases);
+    // The pod's record owns the VM from now on: a later daemon must adopt it, not reap it.
+    await forgetPoolMarker(warm).catch((err: Error) =>
+      log.warn({ vm: warm.vm.id, err: err.message }, "pool marker not removed"),
+    );
+    return member;
   }
 
   /** Whether `pod` is a CRI sandbox (app containers may join it). */

@@ -214,6 +214,8 @@ export class VmPool {
         this.ready.splice(i, 1);
         this.gone.add(warm.vm.id);
         warm.agent.close();
+        // Its dir, console and uid go too (stop after the end only cleans up).
+        void warm.vm.stop().catch(() => {});
         this.log.warn({ vm: warm.vm.id }, "a ready pool VM ended; refilling");
         this.changed();
         this.kick();

@@ -554,13 +554,24 @@ export class QemuVm implements VmHandle {
     const port = this.freePort();
     const chardev = `chr-${fs.id}`;
     await handFsSocket(fs, this.paths.vmmDir, this.user);
-    await qmp.execute("chardev-add", {
-      id: chardev,
-      backend: {
-        type: "socket",
-        data: { addr: { type: "unix", data: { path: fsSocketName(fs) } }, server: false },
-      },
-    });
+    // virtiofsd binds its socket a moment before it listens (PodShare waits for the file only):
+    // a connect in between is refused. Retried, bounded, as retryRefused does for QEMU's own.
+    const until = Date.now() + 5000;
+    for (;;) {
+      try {
+        await qmp.execute("chardev-add", {
+          id: chardev,
+          backend: {
+            type: "socket",
+            data: { addr: { type: "unix", data: { path: fsSocketName(fs) } }, server: false },
+          },
+        });
+        break;
+      } catch (err) {
+        if (!/Connection refused/.test((err as Error).message) || Date.now() > until) throw err;
+        await sleep(20);
+      }
+    }
     try {
       await qmp.execute("device_add", {
         driver: "vhost-user-fs-pci",
