@@ -2,9 +2,14 @@
 // through the task service on the fake VMM (support/task-rig.ts): fill, claim, never reuse,
 // refill after claims and failures, fall back to a cold boot, close.
 import assert from "node:assert/strict";
+import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
 import { after, describe, it } from "node:test";
 import pino from "pino";
 import type { AgentClient } from "../src/agent/client.js";
+import { parseConfig } from "../src/config.js";
+import { checkPool } from "../src/doctor.js";
 import { type PoolOptions, VmPool, type WarmVm } from "../src/pod/pool.js";
 import type { VmExit, VmHandle } from "../src/vmm/types.js";
 import { TaskRig } from "./support/task-rig.js";
@@ -263,5 +268,45 @@ describe("a CRI sandbox from the warm pool (task service on the fake VMM)", () =
     for (const name of ["pa", "pb", "pc", "pd", "pe"]) await rig.tasks.forceDelete("unit", name);
     await pool.close();
     assert.deepEqual(rig.leftovers(), { tasks: [], vms: [], rootfs: [], network: [] });
+  });
+});
+
+describe("cloudhv doctor on the warm pool", () => {
+  it("shows each live daemon's pool from its status file, ignores a dead daemon's, says when the pool is off", async () => {
+    const dir = await mkdtemp(path.join(os.tmpdir(), "cloudhv-pool-doctor-"));
+    try {
+      const off = await checkPool(parseConfig({ state_dir: dir }, "test"));
+      assert.deepEqual(
+        off.map((c) => [c.id, c.status]),
+        [["pool", "info"]],
+      );
+      assert.match(off[0]?.detail ?? "", /off \(config pool: 0\)/);
+      const config = parseConfig({ state_dir: dir, pool: 2 }, "test");
+      await mkdir(path.join(dir, "pool"));
+      const status = {
+        target: 2,
+        ready: 2,
+        booting: 0,
+        claimed: 5,
+        coldBoots: 1,
+        claimFailures: 0,
+        refillFailures: 0,
+      };
+      await writeFile(
+        path.join(dir, "pool", "shim-live.json"),
+        JSON.stringify({ pid: process.pid, ...status, idleRssBytes: 280 * 2 ** 20 }),
+      );
+      // A pid no process has (above the kernel's pid_max).
+      await writeFile(path.join(dir, "pool", "shim-dead.json"), JSON.stringify({ pid: 2 ** 23, ...status }));
+      const on = await checkPool(config);
+      assert.equal(on.length, 1, "the dead daemon's file is ignored");
+      assert.equal(on[0]?.status, "pass");
+      assert.match(
+        on[0]?.detail ?? "",
+        /2\/2 ready, 0 booting, 5 claimed, 1 cold boots, .*idle VMs 280 MiB resident/,
+      );
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 });
