@@ -89,13 +89,18 @@ export async function readyPoolVms(stateDir: string): Promise<{ dirs: string[]; 
  * pool VM's dir is `pool-…`; no record names it until a pod has claimed it).
  */
 export async function podVmms(stateDir: string): Promise<number[]> {
-  const pool = await readyPoolVms(stateDir);
-  const records = await entriesOf(path.join(stateDir, "records"));
   const poolPids = new Set<number>();
-  for (const name of await entriesOf(path.join(stateDir, "vm"))) {
-    if (pool.dirs.includes(name) || (name.startsWith("pool-") && !records.includes(`${name}.json`)))
-      for (const pid of await processesMatching(`${path.join(stateDir, "vm", name)}/`)) poolPids.add(pid);
-  }
+  for (const name of await poolVmDirs(stateDir))
+    for (const pid of await processesMatching(`${path.join(stateDir, "vm", name)}/`)) poolPids.add(pid);
   // Any other VMM, a leaked one whose dir is gone included.
   return (await processesMatching(path.join(stateDir, "vm"))).filter((pid) => !poolPids.has(pid));
+}
+
+/** The warm pool's VM dirs under `<stateDir>/vm`, ready or booting (no record names them yet). */
+export async function poolVmDirs(stateDir: string): Promise<string[]> {
+  const ready = (await readyPoolVms(stateDir)).dirs;
+  const records = await entriesOf(path.join(stateDir, "records"));
+  return (await entriesOf(path.join(stateDir, "vm"))).filter(
+    (name) => ready.includes(name) || (name.startsWith("pool-") && !records.includes(`${name}.json`)),
+  );
 }
