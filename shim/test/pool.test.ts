@@ -211,6 +211,11 @@ describe("a CRI sandbox from the warm pool (task service on the fake VMM)", () =
     assert.ok(pool);
     pool.start();
     await until("pool full", () => pool.stats().ready === 2);
+    assert.equal(
+      rig.tasks.poolStats()?.ready,
+      2,
+      "the task service shows the pool's state (metrics read it)",
+    );
     const poolVms = rig.driver.vms.map((vm) => vm.id);
     assert.ok(
       rig.driver.vms.every((vm) => vm.config.isolatedNetwork === true && vm.config.nice === 19),

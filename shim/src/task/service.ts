@@ -11,7 +11,7 @@ import type { StdioKeeper } from "../launcher/front-link.js";
 import type { ContainmentHost } from "../pod/containment.js";
 import type { NetworkAttacher, Pod, PodMember, WarmNetworkAttacher } from "../pod/pod.js";
 import { Pods, type PodsDeps } from "../pod/pods.js";
-import type { VmPool } from "../pod/pool.js";
+import type { PoolStats, VmPool } from "../pod/pool.js";
 import type { RootfsAdopter, RootfsPreparer } from "../pod/rootfs.js";
 import type { ProcessRecord, RecordStore, TaskRecord } from "../state/records.js";
 import { StdioForwarder, type StdioPaths } from "../stdio/forward.js";
@@ -122,6 +122,11 @@ export class TaskService {
   /** The warm pool, when there is one (the daemon starts and closes it). */
   get pool(): VmPool | undefined {
     return this.pods.pool;
+  }
+
+  /** The pool's counters and state for metrics (undefined when the pool is off). */
+  poolStats(): PoolStats | undefined {
+    return this.pods.pool?.stats();
   }
 
   /** Tasks held, creates in flight included: the daemon's idle exit must not cut one short. */
