@@ -14,6 +14,7 @@ import { processesMatching } from "../src/leaks.js";
 const BENCH = fileURLToPath(new URL("../src/bench.js", import.meta.url));
 const FIGURES = [
   "podLifecycle",
+  "poolLifecycle",
   "hostShim",
   "guestBoot",
   "memory",

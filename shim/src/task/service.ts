@@ -9,8 +9,9 @@ import type { EventPublisher, Mount, Timestamp } from "../containerd/publisher.j
 import { invalid, notFound, precondition, ShimError } from "../errors.js";
 import type { StdioKeeper } from "../launcher/front-link.js";
 import type { ContainmentHost } from "../pod/containment.js";
-import type { NetworkAttacher, Pod, PodMember } from "../pod/pod.js";
-import { Pods } from "../pod/pods.js";
+import type { NetworkAttacher, Pod, PodMember, WarmNetworkAttacher } from "../pod/pod.js";
+import { Pods, type PodsDeps } from "../pod/pods.js";
+import type { PoolStats, VmPool } from "../pod/pool.js";
 import type { RootfsAdopter, RootfsPreparer } from "../pod/rootfs.js";
 import type { ProcessRecord, RecordStore, TaskRecord } from "../state/records.js";
 import { StdioForwarder, type StdioPaths } from "../stdio/forward.js";
@@ -34,6 +35,8 @@ export interface TaskServiceDeps {
   prepareRootfs: RootfsPreparer;
   /** Default: network/pod-network.ts (needs root); unit tests pass a fake. */
   attachNetwork?: NetworkAttacher;
+  /** A pool VM's NIC. Default: network/pod-network.ts attachWarmNic; unit tests pass a fake. */
+  attachWarmNetwork?: WarmNetworkAttacher;
   /** Default: this host's cgroups and /proc (pod/containment.ts); unit tests pass a fake. */
   containment?: ContainmentHost;
   log: Logger;
@@ -46,6 +49,8 @@ export interface TaskServiceDeps {
   /** Where `log` writes; with it, each task also logs to its bundle's `log` FIFO. */
   logDestination?: DestinationStream;
   version: string;
+  /** The warm pool's options (pod/pool.ts); the pool exists when the config's `pool` > 0. */
+  pool?: NonNullable<PodsDeps["pool"]>;
 }
 
 export interface CreateTaskRequest {
@@ -112,6 +117,16 @@ export class TaskService {
 
   constructor(private readonly deps: TaskServiceDeps) {
     this.pods = new Pods(deps);
+  }
+
+  /** The warm pool, when there is one (the daemon starts and closes it). */
+  get pool(): VmPool | undefined {
+    return this.pods.pool;
+  }
+
+  /** The pool's counters and state for metrics (undefined when the pool is off). */
+  poolStats(): PoolStats | undefined {
+    return this.pods.pool?.stats();
   }
 
   /** Tasks held, creates in flight included: the daemon's idle exit must not cut one short. */
