@@ -132,6 +132,11 @@ describe("Kubernetes: helm install → cloudhv pods → helm uninstall (docs/ope
         } else target = await localTarget(bin, say);
       }
       say(`cluster (${target.kind}) ready in ${((Date.now() - started) / 1000).toFixed(1)} s`);
+      const served = (await target.onNode(["ctr", "version"])).stdout;
+      const version = /Server:[\s\S]*?Version:\s+(\S+)/.exec(served)?.[1] ?? "unknown";
+      say(`  the node's containerd: ${version}`);
+      if (process.env.CLOUDHV_K8S_CONTAINERD === "2")
+        assert.match(version, /^v2\./, "the node runs containerd 2");
       before_.config = await nodeFile("/etc/containerd/config.toml");
       before_.opt = await nodeTree("/opt/cloudhv");
       before_.shimLink = await nodeFile("/usr/local/bin/containerd-shim-cloudhv-v1");
