@@ -77,6 +77,13 @@ for (const hv of await hypervisorSuites())
         assert.equal(exec.stdout.trim(), image);
         assert.equal(exec.exitCode, 4);
       }
+      // An exec whose program the image lacks fails at once, naming it (kubectl cp probes with
+      // `test -d`): containerd's cleanup after the failed start must not wait for an exit.
+      const started = Date.now();
+      await assert.rejects(cri.execSync(ids[0] as string, ["no-such-tool", "-d", "/tmp"]), /no-such-tool/);
+      const failedMs = Date.now() - started;
+      assert.ok(failedMs < 20_000, `a failed exec start answered after ${failedMs} ms`);
+      assert.equal((await cri.execSync(ids[0] as string, ["true"])).exitCode, 0, "the container execs on");
       // CRI log format: "<RFC3339Nano time> <stdout|stderr> <F|P> <line>".
       const deadline = Date.now() + 20_000;
       let log = "";

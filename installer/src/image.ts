@@ -27,6 +27,8 @@ export interface ImageOptions {
   rootfs: string;
   cloudHypervisor?: string | undefined;
   virtiofsd?: string | undefined;
+  /** Shipped as BUILD-NOTE in the bundle: another version of the same tree (an upgrade test). */
+  buildNote?: string | undefined;
   /** Scratch space (default: next to the archive). */
   workDir?: string;
   /** Write the image's root filesystem here (for the Dockerfile's `COPY --from`) instead of an archive. */
@@ -108,6 +110,7 @@ export async function buildImage(
       cloudHypervisor: opts.cloudHypervisor,
       // Every image serves shared volumes: virtiofsd as host/virtiofsd/build.sh built it.
       virtiofsd: opts.virtiofsd ?? path.join(repo, "build/host/virtiofsd"),
+      buildNote: opts.buildNote,
     });
     await mkdir(base);
     await baseLayer(base, path.join(bundle, DEFAULT_ARTIFACTS.slice(1), "node/bin/node"));
