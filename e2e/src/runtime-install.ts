@@ -48,6 +48,9 @@ export async function installRuntime(
         cache_dir: cacheDir,
         scratch_dir: path.join(dir, "scratch"),
         scratch_size: "1Gi",
+        // No warm pool unless a test asks (pool.test, CLOUDHV_E2E_POOL): on 2 TCG cores a pool
+        // VM booting beside every test's own VMs would slow them all and skew their counts.
+        pool: 0,
         ...overrides,
       },
       null,

@@ -280,7 +280,7 @@ describe("cloudhv doctor on the warm pool", () => {
   it("shows each live daemon's pool from its status file, ignores a dead daemon's, says when the pool is off", async () => {
     const dir = await mkdtemp(path.join(os.tmpdir(), "cloudhv-pool-doctor-"));
     try {
-      const off = await checkPool(parseConfig({ state_dir: dir }, "test"));
+      const off = await checkPool(parseConfig({ state_dir: dir, pool: 0 }, "test"));
       assert.deepEqual(
         off.map((c) => [c.id, c.status]),
         [["pool", "info"]],
