@@ -9,7 +9,7 @@
 // Everything the installer changes on the node is recorded in installer-state.json before the
 // change is made, so an interrupted run can always be undone by the next one, and uninstall
 // removes only what the state says the installer created.
-import { lstat, mkdir, readdir, readFile, rm, rmdir, stat } from "node:fs/promises";
+import { access, lstat, mkdir, readdir, readFile, rm, rmdir, stat } from "node:fs/promises";
 import path from "node:path";
 import { parseConfig, type RuntimeConfig } from "@cloudhv/shim";
 import type { Logger } from "pino";
@@ -1059,14 +1059,14 @@ async function removeShimEntries(
 }
 
 /**
- * Shim daemons with no VM left (no child processes) would linger for their idle timeout and
+ * Shim daemons with no VM left (no child processes but idle warm-pool VMs) would linger for their idle timeout and
  * keep /opt/cloudhv in use: stop them (each one's front, its parent, exits after it). One that
  * still has VMs keeps running, and its version stays on disk with it.
  */
 async function stopIdleDaemons(log: Logger, proc = "/proc", graceMs = 5000): Promise<void> {
   // pid → [ppid, state] for every process, zombies left out (they hold nothing).
   const scan = async () => {
-    const out = new Map<string, { ppid: string; daemon: boolean; front: boolean }>();
+    const out = new Map<string, { ppid: string; daemon: boolean; front: boolean; poolVm: boolean }>();
     for (const pid of (await readdir(proc).catch(() => [] as string[])).filter((p) => /^\d+$/.test(p))) {
       const stat = await readFile(`${proc}/${pid}/stat`, "utf8").catch(() => "");
       const [state, ppid] = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
@@ -1077,7 +1077,13 @@ async function stopIdleDaemons(log: Logger, proc = "/proc", graceMs = 5000): Pro
         // bin/daemon.js since 0.1; daemon/main.js in versions before it (still running after an upgrade).
         cmdline.some((w) => w.endsWith("/bin/daemon.js") || w.endsWith("/daemon/main.js"));
       const front = cmdline.some((w) => w.endsWith("/bin/front.js"));
-      out.set(pid, { ppid, daemon, front });
+      // An idle warm-pool VM (pod/pool.ts): its VM dir, its cwd's parent, holds the pool's marker.
+      // It serves no pod and goes with its daemon, so it does not make the daemon busy.
+      const poolVm = await access(`${proc}/${pid}/cwd/../pool.json`).then(
+        () => true,
+        () => false,
+      );
+      out.set(pid, { ppid, daemon, front, poolVm });
     }
     return out;
   };
@@ -1086,7 +1092,7 @@ async function stopIdleDaemons(log: Logger, proc = "/proc", graceMs = 5000): Pro
   let procs = await scan();
   const busy = () =>
     [...procs]
-      .filter(([pid, p]) => p.daemon && [...procs.values()].some((c) => c.ppid === pid))
+      .filter(([pid, p]) => p.daemon && [...procs.values()].some((c) => c.ppid === pid && !c.poolVm))
       .map(([pid]) => pid);
   while (busy().length > 0 && Date.now() < deadline) {
     await new Promise((r) => setTimeout(r, 250));

@@ -24,6 +24,11 @@ export interface Target {
   importImage(archive: string): Promise<void>;
   /** The node's VMM processes (QEMU, cloud-hypervisor) as "pid argv". */
   vmms(): Promise<string[]>;
+  /**
+   * The VMMs serving pods: those in a kubelet pod cgroup. The warm pool's idle VMs wait in the
+   * shim daemon's cgroup until a pod claims one (then it moves into the pod's).
+   */
+  podVmms(): Promise<string[]>;
   /** Tears down what the target started (local: the whole cluster). Returns what went wrong. */
   close(): Promise<string[]>;
 }
@@ -75,6 +80,14 @@ export async function localTarget(bin: Binaries, log: Log): Promise<Target> {
       }
       return vmms;
     },
+    async podVmms(this: Target) {
+      const inPods: string[] = [];
+      for (const vmm of await this.vmms()) {
+        const cgroup = await readFile(`/proc/${vmm.split(" ")[0]}/cgroup`, "utf8").catch(() => "");
+        if (cgroup.includes("kubepods")) inPods.push(vmm);
+      }
+      return inPods;
+    },
     close: () => cluster.down(),
   };
 }
@@ -111,6 +124,14 @@ export async function kindTarget(name: string, kubectlBin: string): Promise<Targ
         .split("\n")
         .map((l) => l.trim())
         .filter((l) => l && VMM.test(l.replace(/^\d+ /, "")));
+    },
+    async podVmms(this: Target) {
+      const inPods: string[] = [];
+      for (const vmm of await this.vmms()) {
+        const r = await onNode(["cat", `/proc/${vmm.split(" ")[0]}/cgroup`]);
+        if (r.stdout.includes("kubepods")) inPods.push(vmm);
+      }
+      return inPods;
     },
     close: async () => [],
   };
