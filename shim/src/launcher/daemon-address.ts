@@ -4,7 +4,7 @@
 // once: a changed config.json reaches the next pod the same way an upgrade does. containerd's
 // address is in it so two containerds never share event streams.
 import { createHash } from "node:crypto";
-import { statSync } from "node:fs";
+import { readFileSync, statSync } from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -15,10 +15,34 @@ export const DAEMON_ENTRY = fileURLToPath(new URL("../bin/daemon.js", import.met
 /** The front's entry script: the process that owns containerd's sockets (bin/front.ts). */
 export const FRONT_ENTRY = fileURLToPath(new URL("../bin/front.js", import.meta.url));
 
-/** Version plus the daemon entry's mtime: changes with every build, costs one stat. */
+/** The compiled launcher (host/launcher), installed as containerd-shim-cloudhv-v1 in dist/. */
+export const LAUNCHER_ENTRY = fileURLToPath(new URL("../../containerd-shim-cloudhv-v1", import.meta.url));
+/**
+ * Written by `npm run build` (shim/scripts/finish-dist.mjs): a digest of every compiled module.
+ * A file, not an mtime, so the compiled launcher reads the very same id and a copy (bundle,
+ * image, install) keeps it.
+ */
+export const BUILD_ID_FILE = fileURLToPath(new URL("../build-id", import.meta.url));
+export const BUILD_ID_PATTERN = /^[0-9a-f]{12}$/;
+
+let cachedBuildId: string | undefined;
+
+/**
+ * The build's id from BUILD_ID_FILE; without one (a bare `tsc -b`), version plus the daemon
+ * entry's mtime, as before there was a launcher (which then hands every call to this shim).
+ */
 export function buildId(): string {
-  const mtime = statSync(DAEMON_ENTRY).mtimeMs;
-  return createHash("sha256").update(`${SHIM_VERSION}:${mtime}`).digest("hex").slice(0, 12);
+  if (cachedBuildId) return cachedBuildId;
+  let id: string | undefined;
+  try {
+    id = readFileSync(BUILD_ID_FILE, "utf8");
+  } catch {}
+  if (!id || !BUILD_ID_PATTERN.test(id)) {
+    const mtime = statSync(DAEMON_ENTRY).mtimeMs;
+    id = createHash("sha256").update(`${SHIM_VERSION}:${mtime}`).digest("hex").slice(0, 12);
+  }
+  cachedBuildId = id;
+  return id;
 }
 
 /** `configText`: the runtime config file's bytes as read ("" when there is none). */
@@ -27,8 +51,18 @@ export function daemonSocketPath(
   containerdTtrpcAddress: string,
   configText: string,
 ): string {
+  return daemonSocketPathFor(buildId(), stateDir, containerdTtrpcAddress, configText);
+}
+
+/** daemonSocketPath for a given build id (the compiled launcher computes the same; a test proves it). */
+export function daemonSocketPathFor(
+  build: string,
+  stateDir: string,
+  containerdTtrpcAddress: string,
+  configText: string,
+): string {
   const which = createHash("sha256")
-    .update(`${buildId()}\0${containerdTtrpcAddress}\0${configText}`)
+    .update(`${build}\0${containerdTtrpcAddress}\0${configText}`)
     .digest("hex")
     .slice(0, 16);
   return path.join(stateDir, `shim-${which}.sock`);
