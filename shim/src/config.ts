@@ -2,6 +2,7 @@
 // so an unknown key, a wrong type or a bad value is an error naming the key and the file.
 import { readFile } from "node:fs/promises";
 import { z } from "zod";
+import { METRICS_ADDRESS_HELP, parseMetricsAddress } from "./metrics/address.js";
 
 export const DEFAULT_CONFIG_PATH = "/opt/cloudhv/config.json";
 
@@ -110,6 +111,11 @@ export const configSchema = z
       .max(2 ** 40)
       .default(10 * 1024 ** 2),
     log_files: z.int().min(1).max(100).default(3),
+    // Where the daemon serves Prometheus metrics (metrics/server.ts); "" = off.
+    metrics_address: z
+      .string()
+      .default("")
+      .refine((v) => v === "" || parseMetricsAddress(v) !== undefined, { message: METRICS_ADDRESS_HELP }),
   })
   .refine((c) => c.scratch_size === undefined || c.scratch_disk_bytes === undefined, {
     message: "set scratch_size only (scratch_disk_bytes is its old name)",

@@ -11,6 +11,10 @@ import { invalid, statusOf } from "../errors.js";
 import { namespaceSocketPath, SHIM_VERSION, SOCKET_SCHEME } from "../launcher/daemon-address.js";
 import { FrontLink, frontControlOf } from "../launcher/front-link.js";
 import { LOCK_HELD_STATUS, takeLock } from "../launcher/lock.js";
+import { parseMetricsAddress } from "../metrics/address.js";
+import { recordCleanExit, recordStart } from "../metrics/history.js";
+import { DaemonMetrics } from "../metrics/metrics.js";
+import { MetricsServer } from "../metrics/server.js";
 import { erofsRootfs } from "../pod/rootfs.js";
 import { RecordStore } from "../state/records.js";
 import { sweepStaleVmDirs } from "../state/sweep.js";
@@ -67,7 +71,14 @@ async function main(): Promise<void> {
     path.basename(socketPath, ".sock"),
     log,
   );
+  // Starts of this daemon identity since boot (state_dir is a tmpfs), for the restart counters.
+  const historyFile = path.join(config.state_dir, "metrics", `${path.basename(socketPath, ".sock")}.json`);
+  await mkdir(path.dirname(historyFile), { recursive: true, mode: 0o700 });
+  const history = recordStart(historyFile);
+  let vmsRunning = () => 0;
+  const metrics = new DaemonMetrics({ vmsRunning: () => vmsRunning(), history });
   const tasks = new TaskService({
+    metrics,
     config,
     driver: driverForChoice(config, choice),
     events,
@@ -79,6 +90,9 @@ async function main(): Promise<void> {
     logDestination,
     version: SHIM_VERSION,
   });
+  vmsRunning = () => tasks.list().filter((c) => c.member.ownsPod).length;
+  const metricsAddress = parseMetricsAddress(config.metrics_address);
+  const metricsServer = metricsAddress ? new MetricsServer(metricsAddress, metrics, log) : undefined;
   const server = new TtrpcServer({ statusOf, log: serverLogFor(log) });
   let idleTimer: NodeJS.Timeout | undefined;
   let exiting = false;
@@ -91,6 +105,8 @@ async function main(): Promise<void> {
     for (const container of tasks.list()) await tasks.forceDelete(container.namespace, container.id);
     await events.flush(2000);
     events.close();
+    await metricsServer?.close();
+    recordCleanExit(historyFile, history);
     rmSync(lockPath, { force: true });
     await logDestination.close();
     process.exit(0);
@@ -135,6 +151,7 @@ async function main(): Promise<void> {
   await sweepStaleVmDirs(path.join(config.state_dir, "vm"), await records.allVmIds(), log);
   await server.listen(socketPath);
   log.info({ socket: socketPath, containerd: containerdTtrpc }, "shim daemon serving");
+  metricsServer?.listen();
   armIdle();
   process.on("SIGTERM", () => void exit("SIGTERM"));
   process.on("SIGINT", () => void exit("SIGINT"));
