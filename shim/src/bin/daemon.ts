@@ -13,8 +13,6 @@ import { FrontLink, frontControlOf } from "../launcher/front-link.js";
 import { LOCK_HELD_STATUS, takeLock } from "../launcher/lock.js";
 import { parseMetricsAddress } from "../metrics/address.js";
 import { recordCleanExit, recordStart } from "../metrics/history.js";
-import { DaemonMetrics } from "../metrics/metrics.js";
-import { MetricsServer } from "../metrics/server.js";
 import { erofsRootfs } from "../pod/rootfs.js";
 import { RecordStore } from "../state/records.js";
 import { sweepStaleVmDirs } from "../state/sweep.js";
@@ -76,9 +74,13 @@ async function main(): Promise<void> {
   await mkdir(path.dirname(historyFile), { recursive: true, mode: 0o700 });
   const history = recordStart(historyFile);
   let vmsRunning = () => 0;
-  const metrics = new DaemonMetrics({ vmsRunning: () => vmsRunning(), history });
+  // prom-client costs ~15 MiB and ~50 ms: loaded only when metrics are on.
+  const metricsAddress = parseMetricsAddress(config.metrics_address);
+  const metrics = metricsAddress
+    ? new (await import("../metrics/metrics.js")).DaemonMetrics({ vmsRunning: () => vmsRunning(), history })
+    : undefined;
   const tasks = new TaskService({
-    metrics,
+    ...(metrics ? { metrics } : {}),
     config,
     driver: driverForChoice(config, choice),
     events,
@@ -91,8 +93,10 @@ async function main(): Promise<void> {
     version: SHIM_VERSION,
   });
   vmsRunning = () => tasks.list().filter((c) => c.member.ownsPod).length;
-  const metricsAddress = parseMetricsAddress(config.metrics_address);
-  const metricsServer = metricsAddress ? new MetricsServer(metricsAddress, metrics, log) : undefined;
+  const metricsServer =
+    metricsAddress && metrics
+      ? new (await import("../metrics/server.js")).MetricsServer(metricsAddress, metrics, log)
+      : undefined;
   const server = new TtrpcServer({ statusOf, log: serverLogFor(log) });
   let idleTimer: NodeJS.Timeout | undefined;
   let exiting = false;
