@@ -850,6 +850,8 @@ async function shimStart(h: Harness, plan: Plan): Promise<Figure> {
       nodeDelete: [] as number[],
     };
     const node: number[] = [];
+    // The floor of any binary measured this way: fork/exec/wait of /bin/true from Node.js.
+    const spawnFloor: number[] = [];
     let address = "";
     const timed = async (argv: string[], what: string) => {
       const r = await timeCommand(argv, { cwd: bundle, env });
@@ -866,7 +868,9 @@ async function shimStart(h: Harness, plan: Plan): Promise<Figure> {
       const d = await timed([...launcher, ...deleteArgs], "delete (launcher)");
       const nd = await timed([...nodeShim, ...deleteArgs], "delete (node)");
       const base = await timeCommand([process.execPath, "-e", "0"], { cwd: bundle, env });
+      const floor = await timeCommand(["/bin/true"], { cwd: bundle, env });
       if (i > 0) {
+        spawnFloor.push(floor.ms);
         series.start.push(s.ms);
         series.nodeStart.push(ns.ms);
         series.delete.push(d.ms);
@@ -883,6 +887,7 @@ async function shimStart(h: Harness, plan: Plan): Promise<Figure> {
       deleteMs: stat(series.delete),
       nodeShimDeleteMs: stat(series.nodeDelete),
       nodeStartupMs: stat(node),
+      spawnFloorMs: stat(spawnFloor),
       entry: path.relative(REPO_ROOT, SHIM_ENTRY),
     };
   } catch (err) {
@@ -1179,7 +1184,7 @@ export function renderTable(doc: {
     "6. shim `start`, daemon running",
     ss?.ok ? fmt(ss.wallMs as Stat, " ms") : (failed(ss) ?? "—"),
     ss?.ok
-      ? `compiled launcher; the Node.js shim: ${fmt(ss.nodeShimMs as Stat, " ms")}; bare \`node -e 0\`: ${fmt(ss.nodeStartupMs as Stat, " ms")}`
+      ? `compiled launcher; the Node.js shim: ${fmt(ss.nodeShimMs as Stat, " ms")}; bare \`node -e 0\`: ${fmt(ss.nodeStartupMs as Stat, " ms")}; \`/bin/true\`: ${fmt(ss.spawnFloorMs as Stat, " ms")}`
       : "",
   );
   if (ss?.ok && ss.deleteMs)
