@@ -1,6 +1,7 @@
 // The daemon's metrics without a daemon: the address syntax, bounded labels, the pool hook and
 // the restart history file.
 import assert from "node:assert/strict";
+import { existsSync } from "node:fs";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
@@ -81,14 +82,16 @@ describe("metrics", () => {
     ]);
   });
 
-  it("the start history counts a start after an unclean exit, not after a clean one; garbage restarts it", async () => {
+  it("the start history counts restarts since the last clean exit and the unclean ones; a clean exit removes it; garbage restarts it", async () => {
     const dir = await mkdtemp(path.join(os.tmpdir(), "chv-metrics-"));
     try {
       const file = path.join(dir, "shim-x.json");
       assert.deepEqual(recordStart(file), { starts: 1, unclean: 0 });
       assert.deepEqual(recordStart(file), { starts: 2, unclean: 1 }, "no clean exit in between");
-      recordCleanExit(file, { starts: 2, unclean: 1 });
-      assert.deepEqual(recordStart(file), { starts: 3, unclean: 1 });
+      assert.deepEqual(recordStart(file), { starts: 3, unclean: 2 });
+      recordCleanExit(file);
+      assert.equal(existsSync(file), false, "nothing left in state_dir after a clean exit");
+      assert.deepEqual(recordStart(file), { starts: 1, unclean: 0 });
       await writeFile(file, '{"starts": -5, "unclean": "x", "running": "yes"}');
       assert.deepEqual(recordStart(file), { starts: 1, unclean: 0 });
     } finally {

@@ -69,7 +69,7 @@ async function main(): Promise<void> {
     path.basename(socketPath, ".sock"),
     log,
   );
-  // Starts of this daemon identity since boot (state_dir is a tmpfs), for the restart counters.
+  // Restarts of this daemon identity since its last clean start, for the restart counters.
   const historyFile = path.join(config.state_dir, "metrics", `${path.basename(socketPath, ".sock")}.json`);
   await mkdir(path.dirname(historyFile), { recursive: true, mode: 0o700 });
   const history = recordStart(historyFile);
@@ -110,7 +110,7 @@ async function main(): Promise<void> {
     await events.flush(2000);
     events.close();
     await metricsServer?.close();
-    recordCleanExit(historyFile, history);
+    recordCleanExit(historyFile);
     rmSync(lockPath, { force: true });
     await logDestination.close();
     process.exit(0);

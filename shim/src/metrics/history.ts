@@ -1,7 +1,8 @@
-// How often this daemon identity started since the node booted (state_dir is a tmpfs), and how
-// many of those starts found the previous daemon had not exited cleanly: the file says
-// "running" until a clean exit says otherwise. Ours, root-only; still read defensively.
-import { readFileSync, renameSync, writeFileSync } from "node:fs";
+// How often this daemon identity started since its last clean start, and how many of those
+// starts found the previous daemon had not exited cleanly: the file says "running" while a
+// daemon runs and a clean exit (idle, SIGTERM) removes it, so nothing piles up in state_dir and
+// an idle exit followed by a new pod is no restart. Ours, root-only; still read defensively.
+import { readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 
 export interface StartHistory {
   starts: number;
@@ -25,9 +26,9 @@ export function recordStart(file: string): StartHistory {
   return history;
 }
 
-/** A clean exit: the next start is not counted as unclean. */
-export function recordCleanExit(file: string, history: StartHistory): void {
-  write(file, { ...history, running: false });
+/** A clean exit: the next start is a first start again. */
+export function recordCleanExit(file: string): void {
+  rmSync(file, { force: true });
 }
 
 function write(file: string, doc: object): void {

@@ -44,7 +44,7 @@ export class DaemonMetrics implements PodMetrics {
   constructor(opts: {
     /** VMs this daemon runs now, read at each scrape. */
     vmsRunning: () => number;
-    /** This daemon identity's starts since the node booted, and how many found a crashed predecessor. */
+    /** This daemon identity's starts since its last clean start, and how many found a crashed predecessor. */
     history: { starts: number; unclean: number };
   }) {
     const registers = [this.registry];
@@ -79,7 +79,7 @@ export class DaemonMetrics implements PodMetrics {
     });
     const restarts = new Counter({
       name: "cloudhv_daemon_restarts_total",
-      help: "Starts of this daemon (build, config, containerd) since the node booted, after the first",
+      help: "Starts of this daemon (build, config, containerd) since its last clean start, after the first",
       registers,
     });
     restarts.inc(Math.max(0, opts.history.starts - 1));
