@@ -30,7 +30,7 @@ import type { CriClient, PodSandboxConfig } from "./cri/client.js";
 import { HANDLER, type Harness, startHarness } from "./harness.js";
 import { entriesOf, processesMatching, shimProcesses } from "./leaks.js";
 import { buildOciArchive, importOciArchive, stageBusyboxRoot, writePseudoRandomFile } from "./oci-image.js";
-import { SHIM_ENTRY } from "./runtime-install.js";
+import { LAUNCHER_ENTRY, SHIM_ENTRY } from "./runtime-install.js";
 
 const SMALL_IMAGE = "docker.io/cloudhv-test/busybox:bench";
 const SCHEMA = "cloudhv-bench/1";
@@ -1061,6 +1061,7 @@ async function sizes(explicitImage?: string): Promise<Figure> {
     kernelBytes: await bytesOf(kernelPath),
     rootfsBytes: await bytesOf(rootfsPath),
     agentBytes: await bytesOf(path.join(REPO_ROOT, "build/guest/cloudhv-agent")),
+    launcherBytes: await bytesOf(LAUNCHER_ENTRY),
     installerImage:
       "path" in image && imageBytes
         ? {
@@ -1212,7 +1213,7 @@ export function renderTable(doc: {
     add(
       "8. sizes",
       `shim ${m(shim.bytes)}, kernel ${m(sz.kernelBytes)}, rootfs ${m(sz.rootfsBytes)}, installer image ${img.bytes ? m(img.bytes) : "—"}`,
-      `shim = ${m(shim.compiledJsBytes)} JS + ${m(shim.dependencyBytes)} deps (+ node ${m(sz.nodeBinaryBytes)})${img.bytes ? "" : `; installer: ${img.reason}`}`,
+      `shim = ${m(shim.compiledJsBytes)} JS + ${m(shim.dependencyBytes)} deps (+ node ${m(sz.nodeBinaryBytes)}, + launcher ${m(sz.launcherBytes)})${img.bytes ? "" : `; installer: ${img.reason}`}`,
     );
   } else add("8. sizes", failed(sz) ?? "—");
 
