@@ -69,9 +69,9 @@ async function main(): Promise<void> {
     path.basename(socketPath, ".sock"),
     log,
   );
-  // Restarts of this daemon identity since its last clean start, for the restart counters.
-  const historyFile = path.join(config.state_dir, "metrics", `${path.basename(socketPath, ".sock")}.json`);
-  await mkdir(path.dirname(historyFile), { recursive: true, mode: 0o700 });
+  // Restarts of this daemon identity since its last clean start, for the restart counters: next
+  // to its lock in backend/, which the front removes once it is empty.
+  const historyFile = socketPath.replace(/\.sock$/, ".starts.json");
   const history = recordStart(historyFile);
   let vmsRunning = () => 0;
   // prom-client costs ~15 MiB and ~50 ms: loaded only when metrics are on.
