@@ -71,6 +71,8 @@ build_all() {
   guest/agent/build.sh
   say "host: virtiofsd (shared volumes)"
   host/virtiofsd/build.sh
+  say "host: shim launcher (compiled start/delete; npm run build puts it in shim/dist)"
+  host/launcher/build.sh
   say "guest: kernel"
   guest/kernel/build-kernel.sh
   say "guest: rootfs"
@@ -116,6 +118,8 @@ lint() {
   (cd guest/agent && cargo fmt --check)
   say "lint: guest agent: cargo clippy --all-targets -- -D warnings"
   (cd guest/agent && cargo clippy --all-targets -- -D warnings)
+  say "lint: shim launcher: cargo fmt --check, clippy, unit tests"
+  (cd host/launcher && cargo fmt --check && cargo clippy --all-targets -- -D warnings && cargo test --quiet)
 }
 
 # helm (the chart tests), containerd 2.x (the installer's version 3 test), Kubernetes with

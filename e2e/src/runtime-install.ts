@@ -1,6 +1,7 @@
 // Installs the cloudhv runtime from this working tree for a private containerd: the shim
-// binary on a PATH directory of its own, and a runtime config pointing at build/guest/.
-import { chmod, mkdir, rm, symlink, writeFile } from "node:fs/promises";
+// binary (the compiled launcher in front of the Node.js shim, as on a node) on a PATH
+// directory of its own, and a runtime config pointing at build/guest/.
+import { access, chmod, mkdir, rm, symlink, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { QEMU_ACCEL } from "./accel.js";
 import { guestArtifacts, REPO_ROOT } from "./artifacts.js";
@@ -17,6 +18,8 @@ export interface RuntimeInstall {
 }
 
 export const SHIM_ENTRY = path.join(REPO_ROOT, "shim/dist/src/bin/shim.js");
+/** The compiled launcher (host/launcher), put there by `npm run build`. */
+export const LAUNCHER_ENTRY = path.join(REPO_ROOT, "shim/dist/containerd-shim-cloudhv-v1");
 
 export async function installRuntime(
   dir: string,
@@ -26,9 +29,13 @@ export async function installRuntime(
   const binDir = path.join(dir, "bin");
   await mkdir(binDir, { recursive: true });
   await chmod(SHIM_ENTRY, 0o755);
+  await access(LAUNCHER_ENTRY).catch(() => {
+    throw new Error(`${LAUNCHER_ENTRY} is missing: run scripts/dev.sh setup (builds the shim launcher)`);
+  });
   const shimLink = path.join(binDir, "containerd-shim-cloudhv-v1");
   await rm(shimLink, { force: true });
-  await symlink(SHIM_ENTRY, shimLink);
+  // containerd runs the launcher; it runs shim.js (next to it) for anything but the fast path.
+  await symlink(LAUNCHER_ENTRY, shimLink);
   const stateDir = path.join(dir, "run");
   const logDir = path.join(dir, "log");
   const cacheDir = path.join(dir, "cache");

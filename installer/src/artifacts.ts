@@ -35,6 +35,8 @@ export const REQUIRED_FILES = [
 ] as const;
 const OPTIONAL_CLOUD_HYPERVISOR = "bin/cloud-hypervisor";
 const OPTIONAL_VIRTIOFSD = "bin/virtiofsd";
+/** The compiled shim launcher (host/launcher); a bundle without one runs the Node.js shim through a script. */
+export const OPTIONAL_SHIM_LAUNCHER = "shim/dist/containerd-shim-cloudhv-v1";
 
 const manifestSchema = z.strictObject({
   name: z.literal("cloudhv"),
@@ -205,7 +207,11 @@ export async function activate(root: HostRoot, version: string): Promise<{ previ
     await atomicSymlink(`../${rel}/${OPTIONAL_CLOUD_HYPERVISOR}`, root.path(CLOUD_HYPERVISOR));
   if (await exists(path.join(dir, OPTIONAL_VIRTIOFSD)))
     await atomicSymlink(`../${rel}/${OPTIONAL_VIRTIOFSD}`, root.path(VIRTIOFSD));
-  await atomicWrite(root.path(LAUNCHER), launcherScript(version), 0o755);
+  // containerd runs the compiled launcher where the version has one (it finds shim.js and the
+  // bundled node from its own path); else the script.
+  if (await exists(path.join(dir, OPTIONAL_SHIM_LAUNCHER)))
+    await atomicSymlink(`../${rel}/${OPTIONAL_SHIM_LAUNCHER}`, root.path(LAUNCHER));
+  else await atomicWrite(root.path(LAUNCHER), launcherScript(version), 0o755);
   await atomicWrite(root.path(CLI_LAUNCHER), cliLauncherScript(version), 0o755);
   await atomicSymlink(rel, root.path(CURRENT_LINK));
   const previous = before !== undefined && before !== version ? before : await previousVersion(root);

@@ -88,6 +88,16 @@ export async function assembleBundle(opts: BundleOptions): Promise<Manifest> {
   await stat(path.join(shimOut, "dist/src/bin/shim.js")).catch(() => {
     throw new Error(`${shimDir}/dist has no src/bin/shim.js: run npm run build`);
   });
+  // The build id (daemon-address.ts) and the compiled launcher, where the build made them.
+  for (const [rel, mode] of [
+    ["dist/src/build-id", 0o644],
+    ["dist/containerd-shim-cloudhv-v1", 0o755],
+  ] as const) {
+    const from = path.join(shimDir, rel);
+    if (!(await stat(from).catch(() => undefined))) continue;
+    await copyFile(from, path.join(shimOut, rel));
+    await chmod(path.join(shimOut, rel), mode);
+  }
   for (const name of productionDependencies(repo, shimDir)) {
     const src = [path.join(shimDir, "node_modules", name), path.join(repo, "node_modules", name)];
     const from = (

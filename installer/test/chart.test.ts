@@ -232,6 +232,23 @@ describe("charts/cloudhv with a real helm", () => {
     );
   });
 
+  it("metrics: off by default; enabled → metrics_address from listenAddress and port (IPv6 in brackets)", async () => {
+    const cfgOf = async (...set: string[]) =>
+      parseConfig(JSON.parse(one(await render(...set), "ConfigMap").data["runtime-config.json"]), "chart");
+    assert.equal((await cfgOf()).metrics_address, "");
+    assert.equal((await cfgOf("metrics.enabled=true")).metrics_address, "127.0.0.1:9464");
+    assert.equal(
+      (await cfgOf("metrics.enabled=true", "metrics.listenAddress=0.0.0.0", "metrics.port=9100"))
+        .metrics_address,
+      "0.0.0.0:9100",
+    );
+    assert.equal(
+      (await cfgOf("metrics.enabled=true", "metrics.listenAddress=::1")).metrics_address,
+      "[::1]:9464",
+    );
+    await assert.rejects(render("metrics.enabled=true", "metrics.listenAddress=localhost"), /listenAddress/);
+  });
+
   it("restart modes, the pid file, taking over a runtime, and a host mount that needs no shared /", async () => {
     const objs = await render(
       "containerd.restart=signal,containerd.pidFile=/run/containerd/containerd.pid",

@@ -4,7 +4,7 @@
 // (nothing changes), uninstall (the original config comes back byte-for-byte, containerd
 // still starts, the node keeps nothing of ours).
 import assert from "node:assert/strict";
-import { readdir, readFile, writeFile } from "node:fs/promises";
+import { readdir, readFile, readlink, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
 import type { PrivateContainerd } from "@cloudhv/e2e/dist/src/containerd.js";
@@ -74,6 +74,9 @@ describe("installer with a real containerd 1.6 (config version 2, edited in plac
     assert.equal(runtimes.cloudhv?.runtime_type, "io.containerd.cloudhv.v1");
     assert.deepEqual(runtimes.cloudhv?.pod_annotations, ["io.cloudhv.*", "io.katacontainers.*"]);
     assert.equal(at(doc, "plugins", "io.containerd.gc.v1.scheduler", "pause_threshold"), 0.02);
+    // containerd runs the version's compiled launcher (the bundle has one after scripts/dev.sh setup).
+    const shim = await readlink(path.join(node.root, "opt/cloudhv/bin/containerd-shim-cloudhv-v1"));
+    assert.match(shim, /^\.\.\/versions\/[^/]+\/shim\/dist\/containerd-shim-cloudhv-v1$/);
 
     await containerd.restart();
     const status = await criStatus(node.address);

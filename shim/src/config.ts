@@ -2,6 +2,7 @@
 // so an unknown key, a wrong type or a bad value is an error naming the key and the file.
 import { readFile } from "node:fs/promises";
 import { z } from "zod";
+import { METRICS_ADDRESS_HELP, parseMetricsAddress } from "./metrics/address.js";
 
 export const DEFAULT_CONFIG_PATH = "/opt/cloudhv/config.json";
 
@@ -112,6 +113,11 @@ export const configSchema = z
     log_files: z.int().min(1).max(100).default(3),
     // Warm pool (pod/pool.ts): VMs of the default size kept booted for new pods; 0: none.
     pool: z.int().min(0).max(64).default(1),
+    // Where the daemon serves Prometheus metrics (metrics/server.ts); "" = off.
+    metrics_address: z
+      .string()
+      .default("")
+      .refine((v) => v === "" || parseMetricsAddress(v) !== undefined, { message: METRICS_ADDRESS_HELP }),
   })
   .refine((c) => c.scratch_size === undefined || c.scratch_disk_bytes === undefined, {
     message: "set scratch_size only (scratch_disk_bytes is its old name)",

@@ -296,6 +296,7 @@ describe("cloudhv doctor on the warm pool", () => {
         coldBoots: 1,
         claimFailures: 0,
         refillFailures: 0,
+        refilled: 7,
       };
       await writeFile(
         path.join(dir, "pool", "shim-live.json"),

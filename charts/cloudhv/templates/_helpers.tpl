@@ -28,6 +28,12 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "cloudhv.runtimeConfig" -}}
 {{- $r := .Values.runtime -}}
 {{- $c := dict "hypervisor" $r.hypervisor "qemu_accel" $r.qemuAccel "default_vcpus" $r.defaultVcpus "default_memory_mb" $r.defaultMemoryMiB "max_vcpus" $r.maxVcpus "max_memory_mb" $r.maxMemoryMiB "max_containers_per_vm" $r.maxContainersPerVm "enable_annotations" $r.enableAnnotations "log_level" $r.logLevel "log_dir" $r.logDir "log_max_bytes" $r.logMaxBytes "log_files" $r.logFiles "scratch_size" $r.scratchSize "scratch_budget" $r.scratchBudget -}}
+{{- with .Values.metrics -}}
+{{- if .enabled -}}
+{{- $host := ternary (printf "[%s]" .listenAddress) .listenAddress (contains ":" .listenAddress) -}}
+{{- $_ := set $c "metrics_address" (printf "%s:%d" $host (int .port)) -}}
+{{- end -}}
+{{- end -}}
 {{- toPrettyJson (merge $c $r.extra) -}}
 {{- end -}}
 

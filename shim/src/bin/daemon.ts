@@ -11,6 +11,8 @@ import { invalid, statusOf } from "../errors.js";
 import { namespaceSocketPath, SHIM_VERSION, SOCKET_SCHEME } from "../launcher/daemon-address.js";
 import { FrontLink, frontControlOf } from "../launcher/front-link.js";
 import { LOCK_HELD_STATUS, takeLock } from "../launcher/lock.js";
+import { parseMetricsAddress } from "../metrics/address.js";
+import { recordCleanExit, recordStart } from "../metrics/history.js";
 import { reapOrphanPoolVms } from "../pod/pool.js";
 import { erofsRootfs } from "../pod/rootfs.js";
 import { RecordStore } from "../state/records.js";
@@ -68,7 +70,18 @@ async function main(): Promise<void> {
     path.basename(socketPath, ".sock"),
     log,
   );
+  // Restarts of this daemon identity since its last clean start, for the restart counters: next
+  // to its lock in backend/, which the front removes once it is empty.
+  const historyFile = socketPath.replace(/\.sock$/, ".starts.json");
+  const history = recordStart(historyFile);
+  let vmsRunning = () => 0;
+  // prom-client costs ~15 MiB and ~50 ms: loaded only when metrics are on.
+  const metricsAddress = parseMetricsAddress(config.metrics_address);
+  const metrics = metricsAddress
+    ? new (await import("../metrics/metrics.js")).DaemonMetrics({ vmsRunning: () => vmsRunning(), history })
+    : undefined;
   const tasks = new TaskService({
+    ...(metrics ? { metrics } : {}),
     config,
     driver: driverForChoice(config, choice),
     events,
@@ -85,6 +98,23 @@ async function main(): Promise<void> {
       statusFile: path.join(config.state_dir, "pool", `${path.basename(socketPath, ".sock")}.json`),
     },
   });
+  vmsRunning = () => tasks.list().filter((c) => c.member.ownsPod).length;
+  if (metrics && tasks.pool) {
+    // Scraped state of the warm pool; its refills counted from the pool's own tally.
+    let refillsCounted = 0;
+    metrics.registerPool(() => {
+      const stats = tasks.poolStats();
+      if (stats && stats.refilled > refillsCounted) {
+        metrics.poolRefilled(stats.refilled - refillsCounted);
+        refillsCounted = stats.refilled;
+      }
+      return { ready: stats?.ready ?? 0, booting: stats?.booting ?? 0, target: stats?.target ?? 0 };
+    });
+  }
+  const metricsServer =
+    metricsAddress && metrics
+      ? new (await import("../metrics/server.js")).MetricsServer(metricsAddress, metrics, log)
+      : undefined;
   const server = new TtrpcServer({ statusOf, log: serverLogFor(log) });
   let idleTimer: NodeJS.Timeout | undefined;
   let exiting = false;
@@ -99,6 +129,8 @@ async function main(): Promise<void> {
     for (const container of tasks.list()) await tasks.forceDelete(container.namespace, container.id);
     await events.flush(2000);
     events.close();
+    await metricsServer?.close();
+    recordCleanExit(historyFile);
     rmSync(lockPath, { force: true });
     await logDestination.close();
     process.exit(0);
@@ -145,6 +177,7 @@ async function main(): Promise<void> {
   await sweepStaleVmDirs(path.join(config.state_dir, "vm"), await records.allVmIds(), log);
   await server.listen(socketPath);
   log.info({ socket: socketPath, containerd: containerdTtrpc }, "shim daemon serving");
+  metricsServer?.listen();
   armIdle();
   if (tasks.pool) {
     await mkdir(path.join(config.state_dir, "pool"), { recursive: true, mode: 0o755 });

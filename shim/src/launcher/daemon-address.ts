@@ -4,7 +4,7 @@
 // once: a changed config.json reaches the next pod the same way an upgrade does. containerd's
 // address is in it so two containerds never share event streams.
 import { createHash } from "node:crypto";
-import { statSync } from "node:fs";
+import { readFileSync, statSync } from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -15,15 +15,34 @@ export const DAEMON_ENTRY = fileURLToPath(new URL("../bin/daemon.js", import.met
 /** The front's entry script: the process that owns containerd's sockets (bin/front.ts). */
 export const FRONT_ENTRY = fileURLToPath(new URL("../bin/front.js", import.meta.url));
 
+/** The compiled launcher (host/launcher), installed as containerd-shim-cloudhv-v1 in dist/. */
+export const LAUNCHER_ENTRY = fileURLToPath(new URL("../../containerd-shim-cloudhv-v1", import.meta.url));
 /**
- * Version, the daemon entry's path and its mtime: changes with every build, costs one stat. The
- * path matters on a node: the installer image's layers carry mtime 0 (reproducible), so every
- * installed build had the same id and new pods went on to the old build's daemon after an
- * upgrade; each installed build lives in its own /opt/cloudhv/versions/<version>/.
+ * Written by `npm run build` (shim/scripts/finish-dist.mjs): a digest of every compiled module,
+ * at `<dist>/src/build-id`. A file, not an mtime, so the compiled launcher reads the very same id.
+ */
+export const BUILD_ID_FILE = fileURLToPath(new URL("../build-id", import.meta.url));
+export const BUILD_ID_PATTERN = /^[0-9a-f]{12}$/;
+
+/**
+ * The id of the build whose daemon entry is `entry`: its build-id file (without one, a bare
+ * `tsc -b`: version plus the entry's mtime) together with where the build lives. The place
+ * matters: a copy of the same build elsewhere (each installed version has its own
+ * /opt/cloudhv/versions/<version>/, whose image layers all carry mtime 0) is another daemon, so
+ * an upgrade's new pods reach the new build's daemon. host/launcher/src/address.rs computes the
+ * same (shim/test/launcher-agreement proves it).
  */
 export function buildId(entry: string = DAEMON_ENTRY): string {
-  const mtime = statSync(entry).mtimeMs;
-  return createHash("sha256").update(`${SHIM_VERSION}:${entry}:${mtime}`).digest("hex").slice(0, 12);
+  const dist = path.resolve(path.dirname(entry), "../..");
+  let id: string | undefined;
+  try {
+    id = readFileSync(path.join(dist, "src", "build-id"), "utf8");
+  } catch {}
+  if (!id || !BUILD_ID_PATTERN.test(id)) {
+    const mtime = statSync(entry).mtimeMs;
+    id = createHash("sha256").update(`${SHIM_VERSION}:${mtime}`).digest("hex").slice(0, 12);
+  }
+  return createHash("sha256").update(`${id}\0${dist}`).digest("hex").slice(0, 12);
 }
 
 /** `configText`: the runtime config file's bytes as read ("" when there is none). */
@@ -32,8 +51,18 @@ export function daemonSocketPath(
   containerdTtrpcAddress: string,
   configText: string,
 ): string {
+  return daemonSocketPathFor(buildId(), stateDir, containerdTtrpcAddress, configText);
+}
+
+/** daemonSocketPath for a given build id (the compiled launcher computes the same; a test proves it). */
+export function daemonSocketPathFor(
+  build: string,
+  stateDir: string,
+  containerdTtrpcAddress: string,
+  configText: string,
+): string {
   const which = createHash("sha256")
-    .update(`${buildId()}\0${containerdTtrpcAddress}\0${configText}`)
+    .update(`${build}\0${containerdTtrpcAddress}\0${configText}`)
     .digest("hex")
     .slice(0, 16);
   return path.join(stateDir, `shim-${which}.sock`);

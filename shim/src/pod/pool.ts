@@ -38,6 +38,8 @@ export interface PoolStats {
   claimFailures: number;
   /** Pool VMs that failed to boot. */
   refillFailures: number;
+  /** Pool VMs that booted and became ready since the daemon started. */
+  refilled: number;
   /** Resident memory of the ready VMs' VMMs, summed (bytes; measured at the last status write). */
   idleRssBytes: number;
 }
@@ -73,7 +75,7 @@ export class VmPool {
   /** Ids of every VM that left the pool: never handed out again, whatever happens. */
   private readonly gone = new Set<string>();
   private bootingCount = 0;
-  private counters = { claimed: 0, coldBoots: 0, claimFailures: 0, refillFailures: 0 };
+  private counters = { claimed: 0, coldBoots: 0, claimFailures: 0, refillFailures: 0, refilled: 0 };
   private idleRssBytes = 0;
   private closed = false;
   private refilling: Promise<void> | undefined;
@@ -207,6 +209,7 @@ export class VmPool {
         return;
       }
       this.ready.push(warm);
+      this.counters.refilled++;
       // A ready VM that dies (its guest panicked, someone killed it) leaves the pool.
       void warm.vm.exited.then(() => {
         const i = this.ready.indexOf(warm);

@@ -8,6 +8,7 @@ import type { RuntimeConfig } from "../config.js";
 import type { EventPublisher, Mount, Timestamp } from "../containerd/publisher.js";
 import { invalid, notFound, precondition, ShimError } from "../errors.js";
 import type { StdioKeeper } from "../launcher/front-link.js";
+import type { PodMetrics } from "../metrics/metrics.js";
 import type { ContainmentHost } from "../pod/containment.js";
 import type { NetworkAttacher, Pod, PodMember, WarmNetworkAttacher } from "../pod/pod.js";
 import { Pods, type PodsDeps } from "../pod/pods.js";
@@ -52,6 +53,8 @@ export interface TaskServiceDeps {
   version: string;
   /** The warm pool's options (pod/pool.ts); the pool exists when the config's `pool` > 0. */
   pool?: NonNullable<PodsDeps["pool"]>;
+  /** Prometheus counters (metrics/metrics.ts); absent in unit tests. */
+  metrics?: PodMetrics;
 }
 
 export interface CreateTaskRequest {
@@ -178,7 +181,10 @@ export class TaskService {
       undo.disarm();
       this.containers.set(key, container);
       this.watchPod(container);
-      this.logCreated(container, phases);
+      const timings = this.logCreated(container, phases);
+      // The sandbox's create is the pod's start: a VM booted for it, or one claimed from the pool.
+      if (member.ownsPod)
+        this.deps.metrics?.podStarted(timings.poolClaimMs !== undefined ? "pool" : "cold", timings);
       await this.persist(container.pod);
       this.deps.events.publish(ns, "TaskCreate", {
         containerId: req.id,
@@ -190,6 +196,7 @@ export class TaskService {
       });
       return { pid: member.pid };
     } catch (err) {
+      this.deps.metrics?.createFailed(err);
       await undo.run();
       throw err;
     } finally {
@@ -617,12 +624,13 @@ export class TaskService {
     return openTaskLog(logDestination, log.level as LevelWithSilent, req.bundle, { ns, task: req.id });
   }
 
-  /** The create's line in the log, with its phase timings (the benchmarks read them). */
-  private logCreated(container: Container, phases: PhaseClock): void {
+  /** The create's line in the log, with its phase timings (the benchmarks read them); returns them. */
+  private logCreated(container: Container, phases: PhaseClock): Record<string, number> {
     phases.mark("end");
     const totalMs = phases.span("start", "end");
     const { member } = container;
     const size = member.pod.size;
+    const timings = { totalMs, ...phases.summary(totalMs) };
     container.log.log.info(
       {
         pid: member.pid,
@@ -632,12 +640,12 @@ export class TaskService {
           rootfsMs: phases.span("start", "disksReady"),
           vmBootMs: phases.span("disksReady", "vmReady"),
           guestCreateMs: phases.span("vmReady", "end"),
-          totalMs,
-          ...phases.summary(totalMs),
+          ...timings,
         },
       },
       "task created",
     );
+    return timings;
   }
 }
 
