@@ -6,6 +6,7 @@ import path from "node:path";
 import { after, before, describe, it } from "node:test";
 import { exec } from "@cloudhv/shim";
 import type { ContainerConfig, CriClient, NamespaceOptions, PodSandboxConfig } from "../src/cri/client.js";
+import { portForwardExchange } from "../src/cri/port-forward.js";
 import { watchFrames } from "../src/frame-watch.js";
 import { HANDLER, type Harness, startHarness } from "../src/harness.js";
 import { hypervisorSuites } from "../src/hypervisors.js";
@@ -394,6 +395,91 @@ for (const hv of await hypervisorSuites())
       const taps = await exec(["ip", "-o", "link", "show", "type", "tun"]);
       assert.doesNotMatch(taps.stdout, /tap0_chv/, "no TAP left on the host");
       assert.deepEqual(await processesMatching(path.join(harness.runtime.stateDir, "vm")), []);
+    });
+
+    it("forwards ports into the pod through CRI's PortForward (kubectl port-forward): any port, a server on the guest's 127.0.0.1 only, connections at once; nothing left after the pod", async () => {
+      const logDirectory = path.join(harness.dir, "pods", "pf");
+      await mkdir(logDirectory, { recursive: true });
+      const sandboxConfig: PodSandboxConfig = {
+        metadata: { name: "pf", uid: "uid-pf", namespace: "default" },
+        hostname: "pf",
+        logDirectory,
+      };
+      const podId = await cri.runPodSandbox(sandboxConfig, HANDLER);
+      const podsDir = path.join(harness.runtime.stateDir, "pods");
+      const started = Date.now();
+      const id = await cri.createContainer(
+        podId,
+        {
+          metadata: { name: "web" },
+          image: { image: IMAGE_A },
+          // 8080 on every address; 8081 on the guest's loopback only (unreachable from the pod IP).
+          command: [
+            "/bin/busybox",
+            "sh",
+            "-c",
+            "/bin/busybox httpd -p 127.0.0.1:8081 -h /etc && exec /bin/busybox httpd -f -p 8080 -h /etc",
+          ],
+          logPath: "web.log",
+        },
+        sandboxConfig,
+      );
+      await cri.startContainer(id);
+      const get = async (port: number) => {
+        const url = await cri.portForward(podId, [port]);
+        const res = await portForwardExchange(url, port, Buffer.from("GET /cloudhv-image HTTP/1.0\r\n\r\n"));
+        return res.data.toString();
+      };
+      let first = "";
+      const deadline = Date.now() + 30_000;
+      while (!first.includes("200 OK") && Date.now() < deadline) {
+        first = await get(8080).catch((err: unknown) => String(err));
+        if (!first.includes("200 OK")) await new Promise((r) => setTimeout(r, 500));
+      }
+      assert.match(first, /^HTTP\/1\.[01] 200 OK/, first);
+      assert.ok(first.trimEnd().endsWith(IMAGE_A), first);
+      console.log(`port-forward: first answer ${Date.now() - started} ms after create`);
+      const t0 = performance.now();
+      const local = await get(8081);
+      console.log(`port-forward: one GET through PortForward ${Math.round(performance.now() - t0)} ms`);
+      assert.ok(local.trimEnd().endsWith(IMAGE_A), `a server on the guest's 127.0.0.1 only: ${local}`);
+      // Five connections at once, each with its own answer.
+      const many = await Promise.all([8080, 8081, 8080, 8081, 8080].map((p) => get(p)));
+      for (const answer of many) assert.ok(answer.trimEnd().endsWith(IMAGE_A), answer);
+      // A port nothing listens on: the connection ends at once, with no data.
+      assert.equal(await get(9), "");
+
+      // One helper for this pod, in its netns, behind a nat rule there.
+      const helpers = await processesMatching(podsDir);
+      assert.equal(helpers.length, 1, `one cloudhv-portfwd under ${podsDir}`);
+      const argv = (await readFile(`/proc/${helpers[0]}/cmdline`, "utf8")).split("\0");
+      const netns = argv[argv.indexOf("--netns") + 1] ?? "";
+      const rules = await exec(["nsenter", `--net=${netns}`, "--", "iptables", "-t", "nat", "-S", "OUTPUT"]);
+      assert.match(rules.stdout, /-d 127\.0\.0\.1\/32 -p tcp -j REDIRECT --to-ports \d+/);
+
+      await cri.stopContainer(id, 2);
+      await cri.removeContainer(id);
+      await cri.stopPodSandbox(podId);
+      await cri.removePodSandbox(podId);
+      assert.deepEqual(await processesMatching(podsDir), [], "no cloudhv-portfwd left");
+      assert.deepEqual(await entriesOf(podsDir), [], "no relay socket or pod directory left");
+      const netnsLeft = await stat(netns).then(
+        () => true,
+        () => false,
+      );
+      if (netnsLeft) {
+        const after = await exec([
+          "nsenter",
+          `--net=${netns}`,
+          "--",
+          "iptables",
+          "-t",
+          "nat",
+          "-S",
+          "OUTPUT",
+        ]);
+        assert.doesNotMatch(after.stdout, /REDIRECT/, "the nat rule left in the pod netns");
+      }
     });
 
     it("a container that forges its MAC or IP (CAP_NET_ADMIN) reaches nobody on the bridge; its real frames do", async (t) => {
