@@ -57,12 +57,6 @@ export const KNOWN_DIFFERENCES: readonly KnownDifference[] = [
   },
   {
     pattern:
-      /Streaming runtime should support streaming interfaces runtime should support portforward \[Conformance\]/,
-    cause: "port-forward",
-    reason: "containerd dials localhost:PORT in the pod's netns on the host; the server runs in the VM",
-  },
-  {
-    pattern:
       /Security Context NamespaceOption runtime should support (HostPID|HostIpc is true|HostNetwork is true)|runtime should support portforward in host network/,
     cause: "host namespaces",
     reason:
