@@ -660,13 +660,10 @@ export function guestNetwork(iface: PodInterface): GuestNetwork {
       {
         mac: iface.mac,
         mtu: iface.mtu,
-        addresses: iface.addresses
-          .filter((a) => a.family === "inet")
-          .map((a) => ({ address: a.address, prefixLen: a.prefixLen })),
+        // IPv4 and IPv6 (dual-stack): the guest's eth0 holds every address the veth had.
+        addresses: iface.addresses.map((a) => ({ address: a.address, prefixLen: a.prefixLen })),
       },
     ],
-    routes: iface.routes
-      .filter((r) => r.dest === "default" || !r.dest.includes(":"))
-      .map((r) => ({ dest: r.dest, gateway: r.gateway ?? "", mac: iface.mac })),
+    routes: iface.routes.map((r) => ({ dest: r.dest, gateway: r.gateway ?? "", mac: iface.mac })),
   };
 }
