@@ -1,7 +1,7 @@
 // Level 4 (CRI): our CRI client drives containerd's CRI plugin like kubelet does; the pod
 // runs with RuntimeClass handler `cloudhv` in one microVM, on CNI's bridge network.
 import assert from "node:assert/strict";
-import { chown, mkdir, readdir, readFile, stat, writeFile } from "node:fs/promises";
+import { chown, mkdir, readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
 import { exec } from "@cloudhv/shim";
@@ -612,6 +612,49 @@ for (const hv of await hypervisorSuites())
       await cri.stopPodSandbox(podId);
       await cri.removePodSandbox(podId);
       assert.deepEqual(await processesMatching(path.join(harness.runtime.stateDir, "vm")), []);
+    });
+
+    it("a read-only hostPath volume is read-only at its top only: a read-write host mount below it stays writable (runc's and Kubernetes' non-recursive default)", async () => {
+      const base = path.join(harness.dir, "nrro");
+      const sub = path.join(base, "sub");
+      await mkdir(sub, { recursive: true });
+      await exec(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", sub]);
+      try {
+        const logDirectory = path.join(harness.dir, "pods", "nrro");
+        await mkdir(logDirectory, { recursive: true });
+        const sandboxConfig: PodSandboxConfig = {
+          metadata: { name: "nrro", uid: "uid-nrro", namespace: "default" },
+          logDirectory,
+        };
+        const podId = await cri.runPodSandbox(sandboxConfig, HANDLER);
+        const id = await cri.createContainer(
+          podId,
+          {
+            metadata: { name: "writer" },
+            image: { image: IMAGE_A },
+            command: ["sleep", "600"],
+            mounts: [{ containerPath: "/ro", hostPath: base, readonly: true }],
+            logPath: "writer.log",
+          },
+          sandboxConfig,
+        );
+        await cri.startContainer(id);
+        const top = await cri.execSync(id, ["/bin/sh", "-c", "touch /ro/top"]);
+        assert.notEqual(top.exitCode, 0, "the volume itself is read-only");
+        assert.match(top.stderr, /Read-only file system/);
+        const below = await cri.execSync(id, ["/bin/sh", "-c", "echo from-pod > /ro/sub/file"]);
+        assert.equal(below.exitCode, 0, `the host's tmpfs below it is writable: ${below.stderr}`);
+        assert.equal(await readFile(path.join(sub, "file"), "utf8"), "from-pod\n");
+        await cri.stopContainer(id, 2);
+        await cri.removeContainer(id);
+        await cri.stopPodSandbox(podId);
+        await cri.removePodSandbox(podId);
+        assert.deepEqual(await entriesOf(path.join(harness.runtime.stateDir, "pods")), []);
+      } finally {
+        await exec(["umount", sub]);
+      }
+      // Nothing of ours holds the host's mount: its directory goes.
+      await rm(base, { recursive: true });
     });
 
     it("shares hostPath volumes by virtio-fs: writes reach the host at once and stay, readOnly refuses writes, host files appear, nothing left behind", async () => {
