@@ -51,11 +51,6 @@ export const KNOWN_DIFFERENCES: readonly KnownDifference[] = [
       "the write to the host's tmpfs below the read-only volume works now; the spec's own cleanup then fails (rmdir of that tmpfs's directory: EBUSY) because the shim's bind of the volume into the pod's shared directory is in the host's mount namespace, where a mount point cannot be removed",
   },
   {
-    pattern: /Security Context bucket runtime should support (Privileged is true|adding capability)/,
-    cause: "bridge",
-    reason: "`brctl addbr` needs CONFIG_BRIDGE, which the guest kernel lacks",
-  },
-  {
     pattern:
       /Security Context NamespaceOption runtime should support (HostPID|HostIpc is true|HostNetwork is true)|runtime should support portforward in host network/,
     cause: "host namespaces",
