@@ -16,6 +16,7 @@ import {
   type HostRoot,
   KERNEL,
   LAUNCHER,
+  PORT_FORWARD,
   PREVIOUS_LINK,
   ROOTFS,
   SHIM_NAME,
@@ -35,6 +36,7 @@ export const REQUIRED_FILES = [
 ] as const;
 const OPTIONAL_CLOUD_HYPERVISOR = "bin/cloud-hypervisor";
 const OPTIONAL_VIRTIOFSD = "bin/virtiofsd";
+const OPTIONAL_PORT_FORWARD = "bin/cloudhv-portfwd";
 
 const manifestSchema = z.strictObject({
   name: z.literal("cloudhv"),
@@ -205,6 +207,8 @@ export async function activate(root: HostRoot, version: string): Promise<{ previ
     await atomicSymlink(`../${rel}/${OPTIONAL_CLOUD_HYPERVISOR}`, root.path(CLOUD_HYPERVISOR));
   if (await exists(path.join(dir, OPTIONAL_VIRTIOFSD)))
     await atomicSymlink(`../${rel}/${OPTIONAL_VIRTIOFSD}`, root.path(VIRTIOFSD));
+  if (await exists(path.join(dir, OPTIONAL_PORT_FORWARD)))
+    await atomicSymlink(`../${rel}/${OPTIONAL_PORT_FORWARD}`, root.path(PORT_FORWARD));
   await atomicWrite(root.path(LAUNCHER), launcherScript(version), 0o755);
   await atomicWrite(root.path(CLI_LAUNCHER), cliLauncherScript(version), 0o755);
   await atomicSymlink(rel, root.path(CURRENT_LINK));

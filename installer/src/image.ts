@@ -27,6 +27,7 @@ export interface ImageOptions {
   rootfs: string;
   cloudHypervisor?: string | undefined;
   virtiofsd?: string | undefined;
+  portForward?: string | undefined;
   /** Scratch space (default: next to the archive). */
   workDir?: string;
   /** Write the image's root filesystem here (for the Dockerfile's `COPY --from`) instead of an archive. */
@@ -108,6 +109,8 @@ export async function buildImage(
       cloudHypervisor: opts.cloudHypervisor,
       // Every image serves shared volumes: virtiofsd as host/virtiofsd/build.sh built it.
       virtiofsd: opts.virtiofsd ?? path.join(repo, "build/host/virtiofsd"),
+      // And port-forward: cloudhv-portfwd as guest/agent/build.sh built it.
+      portForward: opts.portForward ?? path.join(repo, "build/host/cloudhv-portfwd"),
     });
     await mkdir(base);
     await baseLayer(base, path.join(bundle, DEFAULT_ARTIFACTS.slice(1), "node/bin/node"));
