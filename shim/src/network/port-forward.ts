@@ -18,8 +18,11 @@ import type { Logger } from "../util/log.js";
 import { childProcess, type HostProcess } from "../util/proc.js";
 import { TIMED_OUT, within } from "../util/time.js";
 
-/** The helper's listener in the pod netns; every redirected connection arrives there. */
-export const LISTEN_PORT = 65_530;
+/**
+ * The helper's listener in the pod netns; every redirected connection arrives there. Below
+ * 1024: the VMM, which runs in that netns as an unprivileged uid, cannot take it first.
+ */
+export const LISTEN_PORT = 1023;
 /** Connections relayed at once per pod (the agent allows 64). */
 export const MAX_CONNECTIONS = 64;
 const READY_MS = 10_000;
