@@ -120,6 +120,14 @@ export class PodPortForward {
       }
       const forward = new PodPortForward(opts, server, socketPath, helper as HostProcess);
       server.on("connection", (sock) => forward.serve(sock));
+      // A helper that dies while the pod runs takes port-forward with it: say so.
+      void forward.helper.exited.then(({ code, signal }) => {
+        if (!forward.stopping)
+          opts.log.warn(
+            { code, signal, stderr: truncateUntrusted(stderr, 1024) },
+            "cloudhv-portfwd exited: port-forward into this pod stops",
+          );
+      });
       return forward;
     } catch (err) {
       helper?.kill("SIGKILL");
@@ -160,6 +168,13 @@ export class PodPortForward {
       agent.portForwardClose(connId, false, { timeoutMs: 10_000 }).catch(() => {});
     };
     sock.once("close", closeGuest);
+    // Either side failing ends both at once: the other side's wait (a guest read, a paused
+    // client) ends with it, and no rejection is left unhandled.
+    const failed = (err: unknown) => {
+      closeGuest();
+      sock.destroy();
+      return err instanceof Error ? err : new Error(String(err));
+    };
     try {
       // Guest to client: each chunk is bounded by the agent client; back-pressured by drain.
       const down = (async () => {
@@ -170,17 +185,18 @@ export class PodPortForward {
           }
           if (eof || sock.destroyed) {
             sock.end();
-            return;
+            return undefined;
           }
         }
-      })();
+      })().catch(failed);
       // Client to guest: the socket is paused between writes, so the client waits for the guest.
       const up = (async () => {
         for await (const chunk of sock) await agent.portForwardWrite(connId, chunk as Buffer);
         if (!closed) await agent.portForwardClose(connId, true, { timeoutMs: 10_000 });
-      })();
-      // Either side failing ends the connection (the other side's wait ends with it).
-      await Promise.all([down, up]);
+        return undefined;
+      })().catch(failed);
+      const error = (await down) ?? (await up);
+      if (error) throw error;
     } finally {
       closeGuest();
       sock.destroy();
