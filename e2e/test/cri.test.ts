@@ -614,7 +614,7 @@ for (const hv of await hypervisorSuites())
       assert.deepEqual(await processesMatching(path.join(harness.runtime.stateDir, "vm")), []);
     });
 
-    it("a read-only hostPath volume is read-only at its top only: a read-write host mount below it stays writable (runc's and Kubernetes' non-recursive default)", async () => {
+    it("a read-only hostPath volume is read-only all the way down: a read-write host mount below it is not shared (a hostile guest kernel could write it through virtiofsd)", async () => {
       const base = path.join(harness.dir, "nrro");
       const sub = path.join(base, "sub");
       await mkdir(sub, { recursive: true });
@@ -643,8 +643,16 @@ for (const hv of await hypervisorSuites())
         assert.notEqual(top.exitCode, 0, "the volume itself is read-only");
         assert.match(top.stderr, /Read-only file system/);
         const below = await cri.execSync(id, ["/bin/sh", "-c", "echo from-pod > /ro/sub/file"]);
-        assert.equal(below.exitCode, 0, `the host's tmpfs below it is writable: ${below.stderr}`);
-        assert.equal(await readFile(path.join(sub, "file"), "utf8"), "from-pod\n");
+        assert.notEqual(below.exitCode, 0, "the host's tmpfs below the volume is not writable from the pod");
+        assert.match(below.stderr, /Read-only file system/);
+        assert.deepEqual(await readdir(sub), [], "nothing reached the host's tmpfs");
+        // What virtiofsd serves: the volume's bind in the pod's shared directory has no mount below it.
+        const podsDir = path.join(harness.runtime.stateDir, "pods");
+        const served = (await readFile("/proc/self/mountinfo", "utf8"))
+          .split("\n")
+          .map((l) => l.split(" ")[4] ?? "")
+          .filter((m) => m.startsWith(`${podsDir}/`) && m.endsWith("/sub"));
+        assert.deepEqual(served, [], "the host's tmpfs below the read-only volume is not in the pod's share");
         await cri.stopContainer(id, 2);
         await cri.removeContainer(id);
         await cri.stopPodSandbox(podId);
@@ -653,7 +661,7 @@ for (const hv of await hypervisorSuites())
       } finally {
         await exec(["umount", sub]);
       }
-      // Nothing of ours holds the host's mount: its directory goes.
+      // Nothing of ours holds the host's mount (it was never bound): its directory goes.
       await rm(base, { recursive: true });
     });
 

@@ -192,11 +192,9 @@ export class PodShare {
     else await mkdir(target, { mode: 0o700 });
     this.bound.add(volume.name);
     try {
-      // Every volume keeps what is mounted below it (runc's rbind; virtiofsd announces those
-      // mount points to the guest). Read-only is not recursive, as with runc and Kubernetes'
-      // default (`recursiveReadOnly` needs containerd 2): the volume's own mount is read-only,
-      // the host's mounts below it keep their own flags.
-      await execOk(["mount", "--rbind", volume.hostPath, target]);
+      // A read-write volume keeps what is mounted below it (as runc's rbind); a read-only one
+      // is a single bind so that nothing below it stays writable.
+      await execOk(["mount", volume.readOnly ? "--bind" : "--rbind", volume.hostPath, target]);
       if (volume.readOnly) await execOk(["mount", "-o", "remount,bind,ro", target]);
     } catch (err) {
       await this.remove([volume.name]);

@@ -6,11 +6,10 @@
 // disk-backed emptyDir, the termination log) is shared by virtio-fs (virtiofs.ts), so writes
 // land on the host at once.
 import { createHash } from "node:crypto";
-import { realpath, stat, statfs } from "node:fs/promises";
+import { stat, statfs } from "node:fs/promises";
 import path from "node:path";
 import type { AgentClient, PutFile } from "../agent/client.js";
 import { invalid } from "../errors.js";
-import { writableMountsBelow } from "../rootfs/mountinfo.js";
 import type { VolumesRecord } from "../state/records.js";
 import { logFromGuest } from "../util/guest-log.js";
 import type { Logger } from "../util/log.js";
@@ -30,9 +29,6 @@ const TMPFS_MAGIC = 0x01021994;
 /** Files kubelet and containerd write for every container: small, theirs, copied. */
 const MANAGED_DESTINATIONS = new Set(["/etc/hosts", "/etc/hostname", "/etc/resolv.conf"]);
 const MANAGED_VOLUME = /\/kubernetes\.io~(configmap|secret|projected|downward-api)\//;
-
-/** Read-write host mounts below one read-only volume that keep their own bind in the guest. */
-const MAX_WRITABLE_SUBMOUNTS = 32;
 
 interface OciMount {
   destination: string;
@@ -70,7 +66,6 @@ export class ContainerVolumes {
    */
   static async plan(spec: { mounts?: OciMount[] }, containerId: string, podKey: string, log: Logger) {
     const volumes = new ContainerVolumes(log);
-    const extra: Array<{ after: OciMount; mount: OciMount }> = [];
     for (const [index, mount] of (spec.mounts ?? []).entries()) {
       const bind = mount.type === "bind" || (mount.options ?? []).some((o) => o === "bind" || o === "rbind");
       const source = mount.source ?? "";
@@ -98,24 +93,6 @@ export class ContainerVolumes {
         const name = `${containerId}-${index}`;
         volumes.shared.push({ name, hostPath: source, readOnly, destination: mount.destination });
         mount.source = `${GUEST_SHARED}/${name}`;
-        // Read-only is not recursive (runc, Kubernetes' default): the host's read-write mounts
-        // below the volume stay writable. In the guest they are virtio-fs submounts, which
-        // would take the read-only flag of the container's bind: each gets a bind of its own.
-        if (readOnly && info.isDirectory()) {
-          const host = await realpath(source);
-          for (const below of await writableMountsBelow(host, MAX_WRITABLE_SUBMOUNTS)) {
-            const rel = below.slice(host.length);
-            extra.push({
-              after: mount,
-              mount: {
-                destination: path.posix.join(mount.destination, rel),
-                type: "bind",
-                source: `${GUEST_SHARED}/${name}${rel}`,
-                options: ["rbind", "rw"],
-              },
-            });
-          }
-        }
         continue;
       }
       // Read now (budgets, types, links), so that a volume the VM cannot have fails here,
@@ -126,11 +103,6 @@ export class ContainerVolumes {
       const guestPath = `${GUEST_VOLUMES}/containers/${containerId}/${index}`;
       volumes.copied.push({ hostPath: source, label, guestPath, ...first });
       mount.source = guestPath;
-    }
-    // Each added bind right after its volume's (and after any added before it), so crun mounts it on top.
-    for (const { after, mount } of extra.reverse()) {
-      const mounts = spec.mounts ?? [];
-      mounts.splice(mounts.indexOf(after) + 1, 0, mount);
     }
     return volumes;
   }
