@@ -11,6 +11,7 @@ import { exec, probeAccel, QemuDriver } from "@cloudhv/shim";
 import { Command, InvalidArgumentError } from "commander";
 import { QEMU_ACCEL } from "./accel.js";
 import { guestArtifacts, REPO_ROOT } from "./artifacts.js";
+import { containerdRestart, hostileGuest, takeover } from "./bench-faults.js";
 import {
   bytesOf,
   countLogMessages,
@@ -306,6 +307,7 @@ const AREAS: Array<[string, RegExp]> = [
   ["VMM process", /\.(vmmLaunchMs|vmStopMs)$/],
   ["rootfs", /\.rootfs(Release)?Ms$/],
   ["disk hot-plug", /\.hotplugMs$/],
+  ["pool claim", /\.poolClaimMs$/],
 ];
 
 function hostShimFigure(entries: PhaseEntry[], runs: LifecycleRun[]): Figure {
@@ -394,8 +396,116 @@ async function podLifecycle(h: Harness, plan: Plan): Promise<{ lifecycle: Figure
     cloudhv: lifecycleFigure(HANDLER, measured, failures.get(HANDLER) ?? [], plan.runs + 1),
     runc: lifecycleFigure("runc", runs.get("runc") ?? [], failures.get("runc") ?? [], plan.runs + 1),
   };
+  lifecycle.ratioToRunc = ratio(lifecycle.cloudhv as Figure, lifecycle.runc as Figure);
   if (!lifecycle.ok) lifecycle.error = "a handler had no successful lifecycle (see its failures)";
   return { lifecycle, hostShim: hostShimFigure(entries, measured) };
+}
+
+// ---- figure 1b: pod lifecycle from the warm pool -----------------------------------------------
+
+/** Pool size of the pool figure's harness: enough for one lifecycle at a time. */
+const BENCH_POOL = 2;
+
+/** Median total of `a` over that of `b` (2 decimals); null when either has none. */
+function ratio(a: Figure, b: Figure): number | null {
+  const x = (a.totalMs as Stat | null)?.median;
+  const y = (b.totalMs as Stat | null)?.median;
+  return x && y ? Math.round((x / y) * 100) / 100 : null;
+}
+
+async function poolStatusOf(h: Harness): Promise<Record<string, number> | undefined> {
+  const dir = path.join(h.runtime.stateDir, "pool");
+  for (const name of await entriesOf(dir)) {
+    const doc = await readFile(path.join(dir, name), "utf8")
+      .then((t) => JSON.parse(t) as Record<string, number>)
+      .catch(() => undefined);
+    if (doc) return doc;
+  }
+  return undefined;
+}
+
+/**
+ * The same lifecycle as figure 1 on a harness whose daemon keeps a pool (config `pool`): each
+ * measured cloudhv pod arrives when the pool is full (a hit), runc interleaved; plus the idle
+ * pool VMs' memory. Its own harness, so figure 1 stays the cold path.
+ */
+async function poolLifecycle(plan: Plan): Promise<Figure> {
+  const h = await startHarness({ images: [SMALL_IMAGE], runtimeConfig: { pool: BENCH_POOL } });
+  try {
+    const full = async () => {
+      const deadline = Date.now() + 180_000;
+      for (;;) {
+        const s = await poolStatusOf(h);
+        if (s && s.ready === s.target && s.booting === 0) return s;
+        if (Date.now() > deadline) throw new Error(`the pool did not fill in 180 s (${JSON.stringify(s)})`);
+        await sleep(200);
+      }
+    };
+    const runs = new Map<string, LifecycleRun[]>([
+      [HANDLER, []],
+      ["runc", []],
+    ]);
+    const failures = new Map<string, string[]>([
+      [HANDLER, []],
+      ["runc", []],
+    ]);
+    let idle: Record<string, number> | undefined;
+    // Round 0 starts the daemon (a cold boot: its pool fills after it) and warms the caches.
+    for (let round = 0; round <= plan.runs && !aborted; round++) {
+      for (const handler of [HANDLER, "runc"]) {
+        try {
+          if (handler === HANDLER && round > 0) idle = await full();
+          const r = await lifecycleOnce(h, handler);
+          say(
+            `pool lifecycle ${handler} ${round === 0 ? "warm-up" : `${round}/${plan.runs}`}: ${Math.round(r.ms.total)} ms`,
+          );
+          if (round > 0) runs.get(handler)?.push(r);
+        } catch (err) {
+          failures.get(handler)?.push(`${round === 0 ? "warm-up" : `run ${round}`}: ${errorText(err)}`);
+        }
+      }
+    }
+    const measured = runs.get(HANDLER) ?? [];
+    const entries = await waitForPhaseEntries(
+      h.runtime.logDir,
+      measured.flatMap((r) =>
+        [r.podId, r.containerId].flatMap((task) => [
+          { task, msg: "task created" as const },
+          { task, msg: "task deleted" as const },
+        ]),
+      ),
+    );
+    // A hit is a sandbox create with the claim's phase and no VMM launch.
+    const hits = measured.filter((r) =>
+      entries.some(
+        (e) =>
+          e.task === r.podId &&
+          e.msg === "task created" &&
+          e.phases.poolClaimMs !== undefined &&
+          !e.phases.vmmLaunchMs,
+      ),
+    ).length;
+    const cloudhv = lifecycleFigure(HANDLER, measured, failures.get(HANDLER) ?? [], plan.runs + 1);
+    const runc = lifecycleFigure("runc", runs.get("runc") ?? [], failures.get("runc") ?? [], plan.runs + 1);
+    const ready = idle?.ready ?? 0;
+    return {
+      ok: cloudhv.ok && runc.ok && hits === measured.length,
+      ...(hits < measured.length
+        ? { error: `${measured.length - hits} of ${measured.length} pods missed the pool` }
+        : {}),
+      what: `figure 1's lifecycle with config pool: ${BENCH_POOL}, each cloudhv pod arriving when the pool is full`,
+      pool: BENCH_POOL,
+      hits,
+      cloudhv,
+      runc,
+      ratioToRunc: ratio(cloudhv, runc),
+      idlePoolVmRssKiB: ready > 0 ? Math.round((idle?.idleRssBytes ?? 0) / ready / 1024) : null,
+      hostShim: hostShimFigure(entries, measured),
+    };
+  } finally {
+    await removeAllPods(h.cri).catch(() => {});
+    await h.stop();
+  }
 }
 
 // ---- figure 3: guest boot ----------------------------------------------------------------------
@@ -1095,6 +1205,18 @@ export function renderTable(doc: {
       l?.ok ? LIFECYCLE_STEPS.map((s) => `${s} ${fmt(p[s], "", 0).split(" ")[0]}`).join(", ") : "",
     );
   }
+  if (typeof life.ratioToRunc === "number")
+    add("1. cloudhv / runc (medians)", `${life.ratioToRunc}x`, "cold boot");
+  const pl = f.poolLifecycle;
+  const plc = pl?.cloudhv as Figure | undefined;
+  add(
+    `1b. pod lifecycle via CRI, cloudhv from the pool (pool ${pl?.pool ?? "?"})`,
+    pl?.ok && plc ? fmt(plc.totalMs as Stat, " ms") : (failed(pl) ?? "—"),
+    pl?.ok
+      ? `runc ${fmt((pl.runc as Figure).totalMs as Stat, " ms").split(" ")[0]} ms on the same harness; ratio to runc ${pl.ratioToRunc}x; ` +
+          `${pl.hits} hits; idle pool VM ${mib(pl.idlePoolVmRssKiB as number)}; host-side ${fmt((pl.hostShim as Figure)?.hostMs as Stat, " ms").split(" ")[0]} ms`
+      : "",
+  );
   const hs = f.hostShim;
   if (hs?.ok) {
     const areas = (hs.hostCostsByArea as Array<{ area: string; ms: Stat | null }>).slice(0, 3);
@@ -1208,6 +1330,36 @@ export function renderTable(doc: {
     }
   } else add("9. storage", failed(st) ?? "—");
 
+  const cr2 = f.containerdRestart;
+  add(
+    "10. output lost across a containerd restart",
+    cr2?.ok ? fmt(cr2.lostBytes as Stat, " bytes") : (failed(cr2) ?? "—"),
+    cr2?.ok ? `lines lost ${fmt(cr2.lostLines as Stat)}, duplicated ${fmt(cr2.duplicatedLines as Stat)}` : "",
+  );
+  const to = f.takeover;
+  for (const level of (to?.levels ?? []) as Array<{ pods: number; firstExecMs?: Stat; error?: string }>)
+    add(
+      `10. takeover of ${level.pods} pod(s) after kill -9 of the daemon`,
+      level.firstExecMs ? fmt(level.firstExecMs, " ms") : `FAILED: ${level.error}`,
+      "kill → each pod's first successful exec",
+    );
+  if (!to?.levels) add("10. takeover", failed(to) ?? "—");
+  const hg = f.hostileGuest;
+  if (hg?.quietMs) {
+    const modes = ["empty", "errors", "silent"].map((k) => [k, hg[k] as Figure | undefined] as const);
+    add(
+      "10. exec latency beside a misbehaving guest",
+      `quiet ${fmt(hg.quietMs as Stat, " ms")}`,
+      modes
+        .map(([k, m]) =>
+          m?.ok
+            ? `${k} ${fmt(m.ms as Stat, " ms")} vs ${fmt(m.quietMs as Stat, " ms")} just before (×${m.ratio})`
+            : `${k} ${failed(m) ?? "—"}`,
+        )
+        .join("; "),
+    );
+  } else add("10. exec latency beside a misbehaving guest", failed(hg) ?? "—");
+
   const m = doc.machine;
   const head = [
     `${m.cores} cores (${m.cpuModel}), ${m.memoryGiB} GiB, accel ${m.accel}, ${m.containerdVersion}, ${m.qemuVersion}`,
@@ -1319,6 +1471,7 @@ async function main(opts: Options): Promise<void> {
       return lifecycle.lifecycle;
     });
     figures.hostShim = lifecycle?.hostShim ?? { ok: false, error: "the lifecycle runs did not complete" };
+    await figure("poolLifecycle", () => poolLifecycle(plan));
     await figure("shimStart", () => shimStart(h, plan));
     await figure("memory", () => memory(h, plan));
     await figure("rootfsPrep", () => rootfsPrep(h, plan));
@@ -1330,6 +1483,10 @@ async function main(opts: Options): Promise<void> {
       return r.burst;
     });
     figures.concurrentRootfs = concurrent ?? { ok: false, error: "the burst did not complete" };
+    // Faults last: they restart containerd and kill the shim daemon (figure 10).
+    await figure("containerdRestart", () => containerdRestart(h, SMALL_IMAGE, plan.runs));
+    await figure("takeover", () => takeover(h, SMALL_IMAGE, plan.quick ? [1, 2] : [1, 5, 10]));
+    await figure("hostileGuest", () => hostileGuest(SMALL_IMAGE, plan.runs));
   } catch (err) {
     figures.harness = { ok: false, error: errorText(err) };
   } finally {
@@ -1346,6 +1503,7 @@ async function main(opts: Options): Promise<void> {
   // Every figure has a key, even one that never ran.
   for (const name of [
     "podLifecycle",
+    "poolLifecycle",
     "hostShim",
     "guestBoot",
     "memory",
@@ -1355,6 +1513,9 @@ async function main(opts: Options): Promise<void> {
     "burst",
     "sizes",
     "storage",
+    "containerdRestart",
+    "takeover",
+    "hostileGuest",
   ])
     figures[name] ??= { ok: false, error: "not run (an earlier step failed)" };
   machine.loadAverageEnd = os.loadavg().map((x) => Math.round(x * 100) / 100);

@@ -21,7 +21,15 @@ export function cloudHypervisorCandidates(): string[] {
 export async function hypervisorSuites(): Promise<HypervisorSuite[]> {
   const ch = await cloudHypervisorAvailability(cloudHypervisorCandidates());
   return [
-    { name: "qemu", runtimeConfig: { hypervisor: "qemu", qemu_accel: QEMU_ACCEL } },
+    {
+      name: "qemu",
+      runtimeConfig: {
+        hypervisor: "qemu",
+        qemu_accel: QEMU_ACCEL,
+        // The suites once more with the warm pool on (CLOUDHV_E2E_POOL=2): pods then take pool VMs.
+        ...(process.env.CLOUDHV_E2E_POOL ? { pool: Number(process.env.CLOUDHV_E2E_POOL) } : {}),
+      },
+    },
     {
       name: "cloud-hypervisor",
       runtimeConfig: {

@@ -1,5 +1,6 @@
 // Finds what a VM could leave behind on the host: its QEMU process and its state files.
 import { readdir, readFile, readlink } from "node:fs/promises";
+import path from "node:path";
 
 /**
  * PIDs of live processes whose command line or working directory contains `needle` (a
@@ -68,4 +69,38 @@ function signal(pid: number, sig: NodeJS.Signals): void {
   } catch {
     // already gone
   }
+}
+
+/** Ready (unclaimed) pool VMs under `<stateDir>/vm`: their dirs hold the pool's marker (shim/src/pod/pool.ts). */
+export async function readyPoolVms(stateDir: string): Promise<{ dirs: string[]; pids: number[] }> {
+  const dirs: string[] = [];
+  const pids: number[] = [];
+  for (const name of await entriesOf(path.join(stateDir, "vm"))) {
+    const marker = await readFile(path.join(stateDir, "vm", name, "pool.json"), "utf8").catch(() => "");
+    if (!marker) continue;
+    dirs.push(name);
+    pids.push((JSON.parse(marker) as { vmm: { pid: number } }).vmm.pid);
+  }
+  return { dirs, pids };
+}
+
+/**
+ * VMMs under `<stateDir>/vm` that serve pods: every one but the warm pool's, ready or booting (a
+ * pool VM's dir is `pool-…`; no record names it until a pod has claimed it).
+ */
+export async function podVmms(stateDir: string): Promise<number[]> {
+  const poolPids = new Set<number>();
+  for (const name of await poolVmDirs(stateDir))
+    for (const pid of await processesMatching(`${path.join(stateDir, "vm", name)}/`)) poolPids.add(pid);
+  // Any other VMM, a leaked one whose dir is gone included.
+  return (await processesMatching(path.join(stateDir, "vm"))).filter((pid) => !poolPids.has(pid));
+}
+
+/** The warm pool's VM dirs under `<stateDir>/vm`, ready or booting (no record names them yet). */
+export async function poolVmDirs(stateDir: string): Promise<string[]> {
+  const ready = (await readyPoolVms(stateDir)).dirs;
+  const records = await entriesOf(path.join(stateDir, "records"));
+  return (await entriesOf(path.join(stateDir, "vm"))).filter(
+    (name) => ready.includes(name) || (name.startsWith("pool-") && !records.includes(`${name}.json`)),
+  );
 }

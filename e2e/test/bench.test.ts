@@ -14,6 +14,7 @@ import { processesMatching } from "../src/leaks.js";
 const BENCH = fileURLToPath(new URL("../src/bench.js", import.meta.url));
 const FIGURES = [
   "podLifecycle",
+  "poolLifecycle",
   "hostShim",
   "guestBoot",
   "memory",
@@ -23,6 +24,9 @@ const FIGURES = [
   "burst",
   "sizes",
   "storage",
+  "containerdRestart",
+  "takeover",
+  "hostileGuest",
 ];
 
 type Doc = Record<string, unknown> & { figures: Record<string, Record<string, unknown>> };

@@ -10,7 +10,7 @@ import { portForwardExchange } from "../src/cri/port-forward.js";
 import { watchFrames } from "../src/frame-watch.js";
 import { HANDLER, type Harness, startHarness } from "../src/harness.js";
 import { hypervisorSuites } from "../src/hypervisors.js";
-import { entriesOf, processesMatching } from "../src/leaks.js";
+import { entriesOf, podVmms, poolVmDirs, processesMatching } from "../src/leaks.js";
 
 const IMAGE_A = "docker.io/cloudhv-test/busybox:cri-a";
 const IMAGE_B = "docker.io/cloudhv-test/busybox:cri-b";
@@ -45,7 +45,7 @@ for (const hv of await hypervisorSuites())
       const podId = await cri.runPodSandbox(sandboxConfig, HANDLER);
       assert.equal((await cri.podSandboxStatus(podId)).state, "SANDBOX_READY");
       assert.equal((await cri.podSandboxStatus(podId)).runtimeHandler, "cloudhv");
-      const vms = () => processesMatching(path.join(harness.runtime.stateDir, "vm"));
+      const vms = () => podVmms(harness.runtime.stateDir);
       assert.equal((await vms()).length, 1, "the pod got one VM");
 
       const ids: string[] = [];
@@ -78,6 +78,13 @@ for (const hv of await hypervisorSuites())
         assert.equal(exec.stdout.trim(), image);
         assert.equal(exec.exitCode, 4);
       }
+      // An exec whose program the image lacks fails at once, naming it (kubectl cp probes with
+      // `test -d`): containerd's cleanup after the failed start must not wait for an exit.
+      const started = Date.now();
+      await assert.rejects(cri.execSync(ids[0] as string, ["no-such-tool", "-d", "/tmp"]), /no-such-tool/);
+      const failedMs = Date.now() - started;
+      assert.ok(failedMs < 20_000, `a failed exec start answered after ${failedMs} ms`);
+      assert.equal((await cri.execSync(ids[0] as string, ["true"])).exitCode, 0, "the container execs on");
       // CRI log format: "<RFC3339Nano time> <stdout|stderr> <F|P> <line>".
       const deadline = Date.now() + 20_000;
       let log = "";
@@ -141,8 +148,16 @@ for (const hv of await hypervisorSuites())
         const ms = performance.now() - t0;
         console.log(`${setting}: RunPodSandbox refused in ${Math.round(ms)} ms`);
         assert.ok(ms < 5000, `${setting} refused in ${Math.round(ms)} ms`);
-        assert.deepEqual(await processesMatching(vmDir), [], "no VMM started");
-        assert.deepEqual(await entriesOf(vmDir), [], "no VM state left");
+        assert.deepEqual(await podVmms(harness.runtime.stateDir), [], "no VMM started");
+        // With the warm pool on, its VMs (and the uid locks they hold) are no pod's state.
+        const pool = await poolVmDirs(harness.runtime.stateDir);
+        assert.deepEqual(
+          (await entriesOf(vmDir)).filter(
+            (n) => !pool.includes(n) && !(pool.length > 0 && n === ".vmm-uids"),
+          ),
+          [],
+          "no VM state left",
+        );
         assert.equal((await cri.listPodSandbox()).length, before, "containerd kept no sandbox");
         // The pod network CNI made for a hostPID/hostIPC pod went with it: no veth on our bridge.
         const veths = await exec(["ip", "-o", "link", "show", "master", harness.bridge]);
@@ -269,7 +284,7 @@ for (const hv of await hypervisorSuites())
       }
       await cri.stopPodSandbox(podId);
       await cri.removePodSandbox(podId);
-      assert.deepEqual(await processesMatching(path.join(harness.runtime.stateDir, "vm")), []);
+      assert.deepEqual(await podVmms(harness.runtime.stateDir), []);
     });
 
     it("loses no line of a container's output across a containerd restart", async () => {
@@ -394,7 +409,7 @@ for (const hv of await hypervisorSuites())
       await cri.removePodSandbox(podId);
       const taps = await exec(["ip", "-o", "link", "show", "type", "tun"]);
       assert.doesNotMatch(taps.stdout, /tap0_chv/, "no TAP left on the host");
-      assert.deepEqual(await processesMatching(path.join(harness.runtime.stateDir, "vm")), []);
+      assert.deepEqual(await podVmms(harness.runtime.stateDir), []);
     });
 
     it("forwards ports into the pod through CRI's PortForward (kubectl port-forward): any port, a server on the guest's 127.0.0.1 only, connections at once; nothing left after the pod", async () => {
@@ -611,7 +626,7 @@ for (const hv of await hypervisorSuites())
       }
       await cri.stopPodSandbox(podId);
       await cri.removePodSandbox(podId);
-      assert.deepEqual(await processesMatching(path.join(harness.runtime.stateDir, "vm")), []);
+      assert.deepEqual(await podVmms(harness.runtime.stateDir), []);
     });
 
     it("a read-only hostPath volume is read-only all the way down: a read-write host mount below it is not shared (a hostile guest kernel could write it through virtiofsd)", async () => {
@@ -823,7 +838,7 @@ for (const hv of await hypervisorSuites())
       await cri.removePodSandbox(podId);
       assert.equal(await hostSum(), guestSum, "the bytes stay after the pod is gone");
       assert.deepEqual(await processesMatching(podsDir), [], "no virtiofsd left");
-      assert.deepEqual(await processesMatching(path.join(harness.runtime.stateDir, "vm")), []);
+      assert.deepEqual(await podVmms(harness.runtime.stateDir), []);
       const mounts = await readFile("/proc/self/mountinfo", "utf8");
       assert.ok(!mounts.includes(podsDir), "no bind mount left under the pods' state dir");
       assert.deepEqual(await entriesOf(podsDir), [], "the pod's shared directory is gone");
@@ -876,7 +891,7 @@ for (const hv of await hypervisorSuites())
         ),
         /annotation io\.cloudhv\.config\.hypervisor\.default_memory="lots" must be an integer from 64 to \d+ MiB/,
       );
-      assert.deepEqual(await processesMatching(path.join(harness.runtime.stateDir, "vm")), []);
+      assert.deepEqual(await podVmms(harness.runtime.stateDir), []);
       assert.equal(
         (await cri.listPodSandbox()).filter((p) => p.state === "SANDBOX_READY").length,
         before.filter((p) => p.state === "SANDBOX_READY").length,
@@ -886,7 +901,7 @@ for (const hv of await hypervisorSuites())
     it("puts the pod's VMM in the pod's cgroup (cgroupfs and systemd names) with the QoS's oom_score_adj, sizes it within the pod's limits, and removes the cgroup", async () => {
       const logDirectory = path.join(harness.dir, "pods", "cg");
       await mkdir(logDirectory, { recursive: true });
-      const vmms = () => processesMatching(path.join(harness.runtime.stateDir, "vm"));
+      const vmms = () => podVmms(harness.runtime.stateDir);
       const uid = `c0ffee${process.pid}`;
       // Under a cgroup root of our own (kubelet's --cgroup-root): a kubelet running on this
       // host reaps pod cgroups under /kubepods that it does not know.

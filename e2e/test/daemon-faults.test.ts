@@ -3,18 +3,21 @@
 // front keeps them), a new daemon takes over from the pods' records within seconds, and every
 // old pod still answers exec, stats, stop, remove and port-forward (the helpers died with the
 // old daemon; the new one starts its own); afterwards nothing is left on the host.
-// The runtime config changed under a running pod: its next container still joins its VM.
+// The runtime config changed under a running pod: its next container still joins its VM; so
+// does one started by a newly installed shim build, while the new build's daemon serves new pods.
 // A guest kernel panic ends its task at once, with the reason in the daemon's log.
 import assert from "node:assert/strict";
-import { mkdir, readdir, readFile, writeFile } from "node:fs/promises";
+import { cp, mkdir, mkdtemp, readdir, readFile, rm, symlink, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
 import { exec } from "@cloudhv/shim";
+import { REPO_ROOT } from "../src/artifacts.js";
 import type { CriClient, PodSandboxConfig } from "../src/cri/client.js";
 import { portForwardExchange } from "../src/cri/port-forward.js";
 import { HANDLER, type Harness, startHarness } from "../src/harness.js";
 import { hypervisorSuites } from "../src/hypervisors.js";
-import { entriesOf, processesMatching } from "../src/leaks.js";
+import { entriesOf, processesMatching, shimProcesses } from "../src/leaks.js";
+import { SHIM_ENTRY } from "../src/runtime-install.js";
 
 const IMAGE = "docker.io/cloudhv-test/busybox:restart";
 
@@ -40,6 +43,29 @@ async function waitUntil<T>(what: string, ms: number, probe: () => Promise<T | u
     if (Date.now() > deadline) assert.fail(`${what}: not within ${ms} ms`);
     await new Promise((r) => setTimeout(r, 100));
   }
+}
+
+/** A pod with one `sleep` container, its hostname its name. */
+async function startPod(
+  cri: CriClient,
+  harness: Harness,
+  name: string,
+): Promise<{ podId: string; ids: string[]; config: PodSandboxConfig }> {
+  const logDirectory = path.join(harness.dir, "pods", name);
+  await mkdir(logDirectory, { recursive: true });
+  const config: PodSandboxConfig = {
+    metadata: { name, uid: `uid-${name}`, namespace: "default", attempt: 0 },
+    hostname: name,
+    logDirectory,
+  };
+  const podId = await cri.runPodSandbox(config, HANDLER);
+  const id = await cri.createContainer(
+    podId,
+    { metadata: { name: "main" }, image: { image: IMAGE }, command: ["sleep", "3600"] },
+    config,
+  );
+  await cri.startContainer(id);
+  return { podId, ids: [id], config };
 }
 
 for (const hv of await hypervisorSuites())
@@ -238,5 +264,84 @@ for (const hv of await hypervisorSuites())
         await cri.stopPodSandbox(podId);
         await cri.removePodSandbox(podId);
       }
+    });
+    it("a new shim build installed: a new container in an old pod joins its VM, old pods keep serving, the new build's daemon serves new pods", async () => {
+      // As the installer upgrades: the new build in a directory of its own (its daemon entry,
+      // hence its build id, differs), and the shim containerd runs now points there.
+      const build = await mkdtemp(path.join(REPO_ROOT, "build", "shim-upgrade-"));
+      const shimLink = path.join(harness.runtime.dir, "bin", "containerd-shim-cloudhv-v1");
+      const pods: Array<{ podId: string; ids: string[] }> = [];
+      try {
+        const old = await startPod(cri, harness, "old-build");
+        pods.push(old);
+        const { daemons: oldDaemons } = await shimProcesses(harness.containerd.ttrpcAddress);
+        assert.equal(oldDaemons.length, 1, "one daemon (this build's) serves the old pod");
+        const vmsBefore = (await processesMatching(path.join(harness.runtime.stateDir, "vm"))).length;
+        await cp(path.join(REPO_ROOT, "shim", "dist", "src"), path.join(build, "shim", "dist", "src"), {
+          recursive: true,
+        });
+        await cp(path.join(REPO_ROOT, "shim", "proto"), path.join(build, "shim", "proto"), {
+          recursive: true,
+        });
+        await cp(path.join(REPO_ROOT, "shim", "package.json"), path.join(build, "shim", "package.json"));
+        await rm(shimLink);
+        await symlink(path.join(build, "shim", "dist", "src", "bin", "shim.js"), shimLink);
+
+        // containerd 1.6 runs the new build's `start` for this container: routed to the pod's daemon.
+        const second = await cri.createContainer(
+          old.podId,
+          { metadata: { name: "second" }, image: { image: IMAGE }, command: ["sleep", "3600"] },
+          old.config,
+        );
+        old.ids.push(second);
+        await cri.startContainer(second);
+        assert.equal((await cri.containerStatus(second)).state, "CONTAINER_RUNNING");
+        const hostname = await cri.execSync(second, ["hostname"]);
+        assert.equal(hostname.stdout.trim(), "old-build", "the new container runs in the old pod's VM");
+        assert.equal(
+          (await processesMatching(path.join(harness.runtime.stateDir, "vm"))).length,
+          vmsBefore,
+          "no VM was added for it",
+        );
+        // The old pod's first container still answers.
+        assert.equal((await cri.execSync(old.ids[0] as string, ["echo", "old"])).stdout.trim(), "old");
+
+        const fresh = await startPod(cri, harness, "new-build");
+        pods.push(fresh);
+        assert.equal((await cri.execSync(fresh.ids[0] as string, ["echo", "new"])).stdout.trim(), "new");
+        const { daemons } = await shimProcesses(harness.containerd.ttrpcAddress);
+        const fromNewBuild: number[] = [];
+        for (const pid of daemons)
+          if ((await readFile(`/proc/${pid}/cmdline`, "utf8")).includes(build)) fromNewBuild.push(pid);
+        assert.equal(fromNewBuild.length, 1, "a daemon of the new build serves the new pod");
+        assert.ok(
+          oldDaemons.every((pid) => daemons.includes(pid)),
+          "the old build's daemon still runs (it serves the old pod)",
+        );
+        assert.equal(daemons.length, oldDaemons.length + 1);
+      } finally {
+        await rm(shimLink, { force: true });
+        await symlink(SHIM_ENTRY, shimLink);
+        for (const pod of pods.reverse()) {
+          for (const id of [...pod.ids].reverse()) {
+            await cri.stopContainer(id, 2);
+            await cri.removeContainer(id);
+          }
+          await cri.stopPodSandbox(pod.podId);
+          await cri.removePodSandbox(pod.podId);
+        }
+        // The new build's daemon and front end when the harness stops its shims; its files now.
+        const { fronts, daemons } = await shimProcesses(harness.containerd.ttrpcAddress);
+        for (const pid of [...fronts, ...daemons]) {
+          const cmdline = await readFile(`/proc/${pid}/cmdline`, "utf8").catch(() => "");
+          if (cmdline.includes(build)) process.kill(pid, "SIGTERM");
+        }
+        await waitUntil("the new build's shim processes end", 30_000, async () => {
+          const left = await processesMatching(build);
+          return left.length === 0 ? true : undefined;
+        });
+        await rm(build, { recursive: true, force: true });
+      }
+      assert.deepEqual(await processesMatching(path.join(harness.runtime.stateDir, "vm")), [], "no VMM left");
     });
   });

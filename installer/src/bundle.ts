@@ -3,7 +3,7 @@
 // manifest with every file's sha256. The version carries a hash of the contents, so the same
 // build gives the same version (install twice = install once) and any change gives a new one.
 import { readFileSync } from "node:fs";
-import { chmod, copyFile, cp, mkdir, readdir, readFile, rm, stat } from "node:fs/promises";
+import { chmod, copyFile, cp, mkdir, readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { MANIFEST, type Manifest, writeManifest } from "./artifacts.js";
@@ -24,6 +24,8 @@ export interface BundleOptions {
   virtiofsd?: string | undefined;
   /** cloudhv-portfwd to ship as bin/cloudhv-portfwd (CRI port-forward). */
   portForward?: string | undefined;
+  /** Text shipped as BUILD-NOTE: a rebuild of the same tree then has a version of its own. */
+  buildNote?: string | undefined;
   repoRoot?: string;
 }
 
@@ -118,6 +120,13 @@ export async function assembleBundle(opts: BundleOptions): Promise<Manifest> {
       throw new Error(`cannot ship ${name} from ${from}: ${err.message}`);
     });
     await chmod(path.join(out, name), 0o755);
+  }
+  if (opts.buildNote !== undefined) {
+    if (!/^[\x20-\x7e]{1,200}$/.test(opts.buildNote))
+      throw new Error(
+        `build note ${JSON.stringify(opts.buildNote.slice(0, 40))}: 1-200 printable ASCII characters`,
+      );
+    await writeFile(path.join(out, "BUILD-NOTE"), `${opts.buildNote}\n`);
   }
   // Version = shim version + hash of the contents (the manifest without its version).
   const provisional = await writeManifest(out, "0");

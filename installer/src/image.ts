@@ -28,6 +28,8 @@ export interface ImageOptions {
   cloudHypervisor?: string | undefined;
   virtiofsd?: string | undefined;
   portForward?: string | undefined;
+  /** Shipped as BUILD-NOTE in the bundle: another version of the same tree (an upgrade test). */
+  buildNote?: string | undefined;
   /** Scratch space (default: next to the archive). */
   workDir?: string;
   /** Write the image's root filesystem here (for the Dockerfile's `COPY --from`) instead of an archive. */
@@ -111,6 +113,7 @@ export async function buildImage(
       virtiofsd: opts.virtiofsd ?? path.join(repo, "build/host/virtiofsd"),
       // And port-forward: cloudhv-portfwd as guest/agent/build.sh built it.
       portForward: opts.portForward ?? path.join(repo, "build/host/cloudhv-portfwd"),
+      buildNote: opts.buildNote,
     });
     await mkdir(base);
     await baseLayer(base, path.join(bundle, DEFAULT_ARTIFACTS.slice(1), "node/bin/node"));

@@ -9,7 +9,7 @@
 // Everything the installer changes on the node is recorded in installer-state.json before the
 // change is made, so an interrupted run can always be undone by the next one, and uninstall
 // removes only what the state says the installer created.
-import { mkdir, readdir, readFile, rm, rmdir, stat } from "node:fs/promises";
+import { lstat, mkdir, readdir, readFile, rm, rmdir, stat } from "node:fs/promises";
 import path from "node:path";
 import { parseConfig, type RuntimeConfig } from "@cloudhv/shim";
 import type { Logger } from "pino";
@@ -125,6 +125,11 @@ const stateSchema = z.strictObject({
    * without it predates markers: install marks its owned directories once.
    */
   markers: z.boolean().optional(),
+  /**
+   * The shim's state_dir when it existed before cloudhv (an admin's /run/cloudhv): the names in
+   * it then. Uninstall removes only the shim's own entries that were not among them.
+   */
+  sharedStateDir: z.strictObject({ dir: hostPath, before: z.array(z.string()).max(4096) }).optional(),
   /** Set by uninstall before it changes anything; install and the DaemonSet's watch stand back. */
   uninstalling: z.strictObject({ pid: z.number().int(), since: z.string() }).optional(),
   updatedAt: z.string(),
@@ -574,6 +579,7 @@ export async function install(opts: InstallOptions): Promise<InstallResult> {
   // 2. The state first: it names every directory this run creates, so a failure can take them back.
   const createdDirs = [...(previousState?.createdDirs ?? [])];
   const ownedDirs = [...(previousState?.ownedDirs ?? (previousState ? [INSTALL_DIR] : []))];
+  let sharedStateDir: InstallerState["sharedStateDir"];
   /** Directories this run creates: owned ones go with their content on undo, the rest when empty. */
   const newDirs: Array<{ dir: string; owned: boolean }> = [];
   const note = (list: string[], dir: string) => {
@@ -586,7 +592,19 @@ export async function install(opts: InstallOptions): Promise<InstallResult> {
   for (const { key, dir } of dirs) {
     const chain = await missingChain(root, dir);
     if (chain.length === 0) {
-      if (!ownedDirs.includes(dir)) log.info({ [key]: dir }, "existed before cloudhv: uninstall leaves it");
+      if (ownedDirs.includes(dir)) continue;
+      if (key === "state_dir") {
+        sharedStateDir =
+          previousState?.sharedStateDir?.dir === dir
+            ? previousState.sharedStateDir
+            : await stateDirSnapshot(root, dir);
+        log.info(
+          { [key]: dir, entries: sharedStateDir?.before.length },
+          sharedStateDir
+            ? "existed before cloudhv: uninstall leaves it and what was in it, and removes only the shim's own entries"
+            : "existed before cloudhv with too many entries to record: uninstall leaves it as it is then",
+        );
+      } else log.info({ [key]: dir }, "existed before cloudhv: uninstall leaves it");
       continue;
     }
     for (const d of chain) note(d === dir ? ownedDirs : createdDirs, d);
@@ -605,6 +623,7 @@ export async function install(opts: InstallOptions): Promise<InstallResult> {
     createdDirs,
     ownedDirs,
     ...(previousState?.markers ? { markers: true } : {}),
+    ...(sharedStateDir ? { sharedStateDir } : {}),
     updatedAt: "",
   };
   const versionBefore = await currentVersion(root);
@@ -972,6 +991,8 @@ export async function uninstall(opts: CommonOptions & { purgeCache?: boolean }):
       const keep = opts.purgeCache === false && runtime.cache_dir ? [runtime.cache_dir] : [];
       if (opts.purgeCache === false && !runtime.cache_dir) keep.push("/var/lib/cloudhv/cache");
       result.left = await removeCreated(root, state, log, keep);
+      if (state.sharedStateDir)
+        result.left.push(...(await removeShimEntries(root, state.sharedStateDir, log)));
       result.removed.push(
         ...[
           INSTALL_DIR,
@@ -997,6 +1018,46 @@ export async function uninstall(opts: CommonOptions & { purgeCache?: boolean }):
   log.info({ restored: result.restored, removed: result.removed }, "cloudhv uninstalled");
   if (restartFailure) throw restartFailure;
   return result;
+}
+
+/** What the shim daemon and its front make in state_dir (shim/src: launcher, front, pod, vmm, state). */
+const SHIM_STATE_ENTRY =
+  /^(?:vm|pods|records|backend|vmm|scratch-budget(?:\.[\w.-]+)?|shim-[0-9a-f]{16}\.(?:sock(?:\.lock)?|log(?:\.\d+)?))$/;
+
+/** The names in a state_dir that was there before cloudhv; undefined when there are too many to record. */
+async function stateDirSnapshot(root: HostRoot, dir: string): Promise<InstallerState["sharedStateDir"]> {
+  const names = await readdir(root.path(dir)).catch(() => [] as string[]);
+  return names.length > 4096 ? undefined : { dir, before: names.sort() };
+}
+
+/**
+ * In a state_dir that existed before cloudhv: removes the shim's entries that were not there
+ * then (as a created directory: never through a mount or a link), leaves everything else.
+ */
+async function removeShimEntries(
+  root: HostRoot,
+  shared: NonNullable<InstallerState["sharedStateDir"]>,
+  log: Logger,
+): Promise<Array<{ path: string; reason: string }>> {
+  const left: Array<{ path: string; reason: string }> = [];
+  const before = new Set(shared.before);
+  for (const name of await readdir(root.path(shared.dir)).catch(() => [] as string[])) {
+    if (before.has(name) || !SHIM_STATE_ENTRY.test(name)) continue;
+    const hostPath = path.posix.join(shared.dir, name);
+    const st = await lstat(root.path(hostPath)).catch(() => undefined);
+    if (!st) continue;
+    if (!st.isDirectory()) {
+      await rm(root.path(hostPath), { force: true });
+      continue;
+    }
+    const outcome = await removeOwnedTree(root.path(hostPath), { requireMarker: false });
+    for (const k of outcome.kept) {
+      const p = path.posix.join("/", path.relative(root.root, k.path));
+      left.push({ path: p, reason: k.reason });
+      log.error({ path: p, reason: k.reason }, "left in place: not removed by uninstall");
+    }
+  }
+  return left;
 }
 
 /**

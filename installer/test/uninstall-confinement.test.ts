@@ -54,6 +54,44 @@ describe("uninstall removes only directories that are still the ones it created"
     assert.ok(res.removed.includes("/mnt/nvme"));
   });
 
+  it("a state_dir that existed before: only the shim's entries made since go; the admin's stay, the directory too", async () => {
+    const root = new HostRoot(path.join(dir, `node-${n++}`));
+    await mkdir(root.path("/etc/containerd"), { recursive: true });
+    await mkdir(root.path("/mnt"), { recursive: true });
+    await writeFile(root.path("/etc/containerd/config.toml"), realisticV2("/run/x"));
+    // The admin's: a file, and a `pods` directory of their own (a name the shim also uses).
+    await mkdir(root.path("/run/chv-state/pods"), { recursive: true });
+    await writeFile(root.path("/run/chv-state/admin-note"), "mine\n");
+    await writeFile(root.path("/run/chv-state/pods/theirs"), "theirs\n");
+    await install({ ...base, root, artifacts: bundle, runtimeConfig: NVME });
+    // Installing twice records nothing new (what the shim made by then is not "before").
+    await mkdir(root.path("/run/chv-state/records"));
+    await install({ ...base, root, artifacts: bundle, runtimeConfig: NVME });
+    assert.deepEqual((await readState(root))?.sharedStateDir, {
+      dir: "/run/chv-state",
+      before: ["admin-note", "pods"],
+    });
+    // What the shim daemon and its front leave once idle.
+    for (const d of ["vm/k8s.io-abc", "backend", "vmm"])
+      await mkdir(root.path(`/run/chv-state/${d}`), { recursive: true });
+    for (const f of [
+      "shim-0123456789abcdef.sock",
+      "shim-0123456789abcdef.sock.lock",
+      "backend/shim-0123456789abcdef.sock.lock",
+      "records/vm1.json",
+    ])
+      await writeFile(root.path(`/run/chv-state/${f}`), "");
+    await writeFile(root.path("/run/chv-state/someone-elses.sock"), "");
+    const res = await uninstall({ root, log });
+    assert.deepEqual(res.left, []);
+    assert.deepEqual((await readdir(root.path("/run/chv-state"))).sort(), [
+      "admin-note",
+      "pods",
+      "someone-elses.sock",
+    ]);
+    assert.deepEqual(await readdir(root.path("/run/chv-state/pods")), ["theirs"]);
+  });
+
   it("leaves a disk mounted on the scratch_dir it created, with its data, and says why", async () => {
     const root = await installed();
     await execOk(["mount", "-t", "tmpfs", "-o", "size=4m", "nvme", root.path("/mnt/nvme")]);

@@ -112,6 +112,8 @@ export const configSchema = z
       .max(2 ** 40)
       .default(10 * 1024 ** 2),
     log_files: z.int().min(1).max(100).default(3),
+    // Warm pool (pod/pool.ts): VMs of the default size kept booted for new pods; 0: none.
+    pool: z.int().min(0).max(64).default(0),
   })
   .refine((c) => c.scratch_size === undefined || c.scratch_disk_bytes === undefined, {
     message: "set scratch_size only (scratch_disk_bytes is its old name)",

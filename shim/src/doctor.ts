@@ -1,8 +1,9 @@
 // `cloudhv doctor`: checks that this node can run cloudhv pods and says, for each problem,
 // how to fix it. Every check really tries what it can (KVM runs a probe guest; the runtime
 // config is parsed with the daemon's own schema; containerd's merged config is dumped).
-import { access, constants, open, readFile, stat, statfs } from "node:fs/promises";
+import { access, constants, open, readdir, readFile, stat, statfs } from "node:fs/promises";
 import os from "node:os";
+import path from "node:path";
 import { parse as parseToml } from "smol-toml";
 import { ConfigError, DEFAULT_CONFIG_PATH, loadConfig, parseConfig, type RuntimeConfig } from "./config.js";
 import { exec } from "./util/exec.js";
@@ -513,6 +514,55 @@ export async function doctor(opts: DoctorOptions): Promise<Check[]> {
     detail: "not needed on the host: containers run under crun inside the guest",
   });
   checks.push(cgroup);
+  checks.push(...(await checkPool(config)));
+  return checks;
+}
+
+/** The warm pool as each running daemon last wrote it (<state_dir>/pool/<daemon>.json). */
+export async function checkPool(config: RuntimeConfig): Promise<Check[]> {
+  if (config.pool === 0)
+    return [
+      {
+        id: "pool",
+        title: "warm pool",
+        status: "info",
+        detail: "off (config pool: 0): every pod boots its VM",
+      },
+    ];
+  const dir = path.join(config.state_dir, "pool");
+  const checks: Check[] = [];
+  for (const name of (await readdir(dir).catch(() => [] as string[])).filter((n) => n.endsWith(".json"))) {
+    const doc = await readFile(path.join(dir, name), "utf8")
+      .then((t) => JSON.parse(t) as Record<string, unknown>)
+      .catch(() => undefined);
+    if (!doc) continue;
+    const n = (k: string) => (typeof doc[k] === "number" ? (doc[k] as number) : 0);
+    // A daemon that died without closing its pool left its file: not a pool any more.
+    if (
+      !Number.isInteger(n("pid")) ||
+      n("pid") <= 0 ||
+      !(await stat(`/proc/${n("pid")}`).catch(() => undefined))
+    )
+      continue;
+    const mib = Math.round(n("idleRssBytes") / 1024 ** 2);
+    checks.push({
+      id: `pool:${name.replace(/\.json$/, "")}`.slice(0, 80),
+      title: "warm pool",
+      status: n("ready") === 0 && n("refillFailures") > 0 ? "warn" : "pass",
+      detail:
+        `daemon ${n("pid")}: ${n("ready")}/${n("target")} ready, ${n("booting")} booting, ${n("claimed")} claimed, ` +
+        `${n("coldBoots")} cold boots, ${n("claimFailures")} failed claims, ${n("refillFailures")} failed refills, ` +
+        `idle VMs ${mib} MiB resident`,
+      fix: "see the daemon log (pool VM failed to boot) in log_dir",
+    });
+  }
+  if (checks.length === 0)
+    checks.push({
+      id: "pool",
+      title: "warm pool",
+      status: "info",
+      detail: `${config.pool} VMs per daemon (config pool); no daemon runs now`,
+    });
   return checks;
 }
 

@@ -36,6 +36,7 @@ const CHECK_IDS = [
   "tool:setpriv",
   "tool:crun",
   "cgroup",
+  "pool",
 ];
 
 interface Check {

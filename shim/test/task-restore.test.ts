@@ -90,4 +90,21 @@ describe("a restarted daemon takes over its predecessor's pods", () => {
     assert.deepEqual(rig.leftovers(), { tasks: [], vms: [], rootfs: [], network: [] });
     assert.deepEqual(await recordFiles(), []);
   });
+  it("asks an adopted VM's agent again on a fresh connection when the first try gets no answer", async () => {
+    await rig.create("t3");
+    await rig.tasks.start(NS, "t3", "");
+    const vm = rig.vm;
+    rig.events.events.length = 0;
+    // As on virtio-serial when the guest drops the new daemon's first request with the old
+    // connection's leftovers: that try fails, the pod is not given up.
+    rig.driver.failNext("connectAgent");
+    assert.equal(await rig.restartDaemon(), 1);
+    assert.equal(rig.tasks.state(NS, "t3", "").status, "RUNNING");
+    assert.equal(vm.stopped, false, "the VM was not stopped");
+    assert.deepEqual(rig.events.named("TaskExit"), []);
+    vm.agent.exitProcess("t3", "", 0);
+    await rig.tasks.wait(NS, "t3", "");
+    await rig.tasks.delete(NS, "t3", "");
+    assert.deepEqual(rig.leftovers(), { tasks: [], vms: [], rootfs: [], network: [] });
+  });
 });

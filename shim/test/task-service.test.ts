@@ -1,7 +1,13 @@
 // TaskService and the pod module through a fake VMM whose agents are in-process ttrpc servers
 // (test/support): the containerd contract and its failure paths, without root, VM or containerd.
 import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
+import { closeSync, constants, openSync, writeSync } from "node:fs";
+import { mkdtemp, rm } from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
 import { afterEach, beforeEach, describe, it } from "node:test";
+import { setTimeout as sleep } from "node:timers/promises";
 import { Code } from "../src/ttrpc/status.js";
 import type { FakeVm, VmStep } from "./support/fake-vmm.js";
 import { codeOf, NS, TaskRig } from "./support/task-rig.js";
@@ -272,6 +278,62 @@ describe("TaskService with a fake VMM and an in-process agent", () => {
         );
       }
       assert.equal(rig.vm.agent.called("ExecProcess").length, 0);
+    });
+
+    it("an exec the guest cannot start is over: Wait returns, kill says so, delete frees it (containerd's cleanup does not hang)", async () => {
+      await rig.tasks.exec(NS, execRequest("t1", "nope"));
+      rig.vm.agent.failNext(
+        "StartProcess",
+        Code.INTERNAL,
+        "crun exec: executable file `test` not found in $PATH",
+      );
+      const err = await rejectsWith(rig.tasks.start(NS, "t1", "nope"), "Internal", Code.INTERNAL);
+      assert.match(err.message, /`test` not found/);
+      // containerd's WithProcessKill after a failed Start: Wait, kill, wait for the exit, Delete.
+      const waited = await Promise.race([
+        rig.tasks.wait(NS, "t1", "nope"),
+        new Promise<"hung">((r) => setTimeout(() => r("hung"), 2000).unref()),
+      ]);
+      assert.notEqual(waited, "hung", "Wait on an exec that never started returns");
+      assert.equal((waited as { exitStatus: number }).exitStatus, 255);
+      assert.equal(rig.tasks.state(NS, "t1", "nope").status, "STOPPED");
+      await rejectsWith(rig.tasks.kill(NS, "t1", "nope", 9, false), "NotFound", Code.NOT_FOUND);
+      assert.equal((await rig.tasks.delete(NS, "t1", "nope")).exitStatus, 255);
+      assert.equal(rig.tasks.state(NS, "t1", "").status, "RUNNING", "the container runs on");
+    });
+
+    it("CloseIO right after containerd's last stdin write: every byte reaches the guest before its stdin closes", async () => {
+      // CRI's exec (kubectl exec -i, kubectl cp): copy, close the FIFO, CloseIO at once.
+      const dir = await mkdtemp(path.join(os.tmpdir(), "cloudhv-closeio-"));
+      try {
+        const fifo = path.join(dir, "stdin");
+        execFileSync("mkfifo", [fifo]);
+        await rig.tasks.exec(NS, { ...execRequest("t1", "tar"), stdin: fifo });
+        await rig.tasks.start(NS, "t1", "tar");
+        const release = rig.vm.agent.hold("WriteStdin"); // the copy is on its way to the guest
+        const fd = openSync(fifo, constants.O_WRONLY | constants.O_NONBLOCK);
+        writeSync(fd, Buffer.alloc(10240, 1)); // a tar of one small file
+        closeSync(fd);
+        while (!rig.vm.agent.called("WriteStdin").length) await sleep(5);
+        const closing = rig.tasks.closeIO(NS, "t1", "tar", true);
+        await sleep(200);
+        release();
+        await closing;
+        const wrote = rig.vm.agent.stdin.filter((w) => w.execId === "tar");
+        assert.equal(
+          wrote.reduce((n, w) => n + w.bytes, 0),
+          10240,
+          "every byte written reached the guest",
+        );
+        assert.deepEqual(
+          wrote.map((w) => w.closedBefore),
+          wrote.map(() => 0),
+          "no byte after the guest's stdin was closed",
+        );
+        assert.ok(rig.vm.agent.called("CloseStdin").length >= 1, "stdin closed");
+      } finally {
+        await rm(dir, { recursive: true, force: true });
+      }
     });
 
     it("an unknown exec id is NOT_FOUND; exec in a stopped container is FAILED_PRECONDITION", async () => {

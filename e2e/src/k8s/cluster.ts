@@ -91,9 +91,42 @@ interface State {
 export interface Binaries {
   k8s: string;
   etcd: string;
+  /** A containerd 2.x binary (installer/scripts/build-containerd2.sh): the node runs it instead of Debian's 1.6. */
+  containerd2?: string;
 }
 
 export type Log = (line: string) => void;
+
+/** The same node config for containerd 2.x (version 3: the CRI plugin split in runtime and images). */
+function containerd2Config(dir: string): string {
+  return [
+    "# The cloudhv Kubernetes e2e's node config for containerd 2 (e2e/src/k8s/cluster.ts); the",
+    "# original comes back when the cluster goes down.",
+    "version = 3",
+    `root = "${dir}/containerd"`,
+    `state = "${dir}/containerd-state"`,
+    "",
+    "[grpc]",
+    `  address = "${CONTAINERD_SOCKET}"`,
+    "",
+    "[plugins]",
+    `  [plugins."io.containerd.cri.v1.images".pinned_images]`,
+    `    sandbox = "${PAUSE_IMAGE}"`,
+    `  [plugins."io.containerd.cri.v1.runtime"]`,
+    // As for 1.6: this machine refuses negative oom_score_adj (a host fact).
+    "    restrict_oom_score_adj = true",
+    `    [plugins."io.containerd.cri.v1.runtime".cni]`,
+    `      bin_dir = "/usr/lib/cni"`,
+    `      conf_dir = "${dir}/cni"`,
+    `    [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc]`,
+    `      runtime_type = "io.containerd.runc.v2"`,
+    `    [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc.options]`,
+    `      Root = "${dir}/runc"`,
+    `  [plugins."io.containerd.internal.v1.opt"]`,
+    `    path = "${dir}/containerd-opt"`,
+    "",
+  ].join("\n");
+}
 
 async function startTimeOf(pid: number): Promise<string | undefined> {
   const s = await readFile(`/proc/${pid}/stat`, "utf8").catch(() => undefined);
@@ -502,34 +535,36 @@ export class LocalCluster {
     await mkdir("/etc/containerd", { recursive: true });
     await writeFile(
       CONTAINERD_CONFIG,
-      [
-        "# The cloudhv Kubernetes e2e's node config (e2e/src/k8s/cluster.ts); the original comes",
-        "# back when the cluster goes down.",
-        "version = 2",
-        `root = "${dir}/containerd"`,
-        `state = "${dir}/containerd-state"`,
-        "",
-        "[grpc]",
-        `  address = "${CONTAINERD_SOCKET}"`,
-        "",
-        "[plugins]",
-        `  [plugins."io.containerd.grpc.v1.cri"]`,
-        `    sandbox_image = "${PAUSE_IMAGE}"`,
-        // This machine refuses negative oom_score_adj: without it runc fails every pause
-        // container. A host fact, not a product setting.
-        "    restrict_oom_score_adj = true",
-        `    [plugins."io.containerd.grpc.v1.cri".cni]`,
-        `      bin_dir = "/usr/lib/cni"`,
-        `      conf_dir = "${dir}/cni"`,
-        // runc's state of this node's containers stays in the cluster's directory.
-        `    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]`,
-        `      runtime_type = "io.containerd.runc.v2"`,
-        `    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]`,
-        `      Root = "${dir}/runc"`,
-        `  [plugins."io.containerd.internal.v1.opt"]`,
-        `    path = "${dir}/containerd-opt"`,
-        "",
-      ].join("\n"),
+      this.bin.containerd2
+        ? containerd2Config(dir)
+        : [
+            "# The cloudhv Kubernetes e2e's node config (e2e/src/k8s/cluster.ts); the original comes",
+            "# back when the cluster goes down.",
+            "version = 2",
+            `root = "${dir}/containerd"`,
+            `state = "${dir}/containerd-state"`,
+            "",
+            "[grpc]",
+            `  address = "${CONTAINERD_SOCKET}"`,
+            "",
+            "[plugins]",
+            `  [plugins."io.containerd.grpc.v1.cri"]`,
+            `    sandbox_image = "${PAUSE_IMAGE}"`,
+            // This machine refuses negative oom_score_adj: without it runc fails every pause
+            // container. A host fact, not a product setting.
+            "    restrict_oom_score_adj = true",
+            `    [plugins."io.containerd.grpc.v1.cri".cni]`,
+            `      bin_dir = "/usr/lib/cni"`,
+            `      conf_dir = "${dir}/cni"`,
+            // runc's state of this node's containers stays in the cluster's directory.
+            `    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]`,
+            `      runtime_type = "io.containerd.runc.v2"`,
+            `    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]`,
+            `      Root = "${dir}/runc"`,
+            `  [plugins."io.containerd.internal.v1.opt"]`,
+            `    path = "${dir}/containerd-opt"`,
+            "",
+          ].join("\n"),
     );
     this.state.configWritten = true;
     await this.save();
@@ -537,7 +572,7 @@ export class LocalCluster {
     await mkdir(svc, { recursive: true });
     await writeFile(
       `${svc}/run`,
-      `#!/bin/sh\necho $$ > ${dir}/containerd.pid\nexec containerd --config ${CONTAINERD_CONFIG} >>${dir}/logs/containerd.log 2>&1\n`,
+      `#!/bin/sh\necho $$ > ${dir}/containerd.pid\nexec ${this.bin.containerd2 ?? "containerd"} --config ${CONTAINERD_CONFIG} >>${dir}/logs/containerd.log 2>&1\n`,
     );
     await chmod(`${svc}/run`, 0o755);
     await this.launch("s6-supervise", ["s6-supervise", svc], { node: true });

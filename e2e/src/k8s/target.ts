@@ -7,7 +7,7 @@ import { mkdir, readdir, readFile, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { type ExecResult, exec, execOk } from "@cloudhv/shim";
 import { REPO_ROOT } from "../artifacts.js";
-import { CONTAINERD_SOCKET, LocalCluster, type Log, processesInMountNs } from "./cluster.js";
+import { type Binaries, CONTAINERD_SOCKET, LocalCluster, type Log, processesInMountNs } from "./cluster.js";
 
 export interface Target {
   readonly kind: "local" | "kind";
@@ -41,7 +41,7 @@ export async function k8sBinaries(): Promise<{ k8s: string; etcd: string } | { m
 
 const VMM = /(^|\/)(qemu-system-[^ ]+|cloud-hypervisor)( |$)/;
 
-export async function localTarget(bin: { k8s: string; etcd: string }, log: Log): Promise<Target> {
+export async function localTarget(bin: Binaries, log: Log): Promise<Target> {
   const cluster = await LocalCluster.up(bin, { log });
   return {
     kind: "local",

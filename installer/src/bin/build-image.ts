@@ -20,6 +20,10 @@ const program = new Command()
     "the virtiofsd to ship (serves pods' shared volumes)",
     path.join(REPO_ROOT, "build/host/virtiofsd"),
   )
+  .option(
+    "--build-note <text>",
+    "ship this text as BUILD-NOTE: a new version of the same tree (upgrade tests)",
+  )
   .option("--rootfs-dir <dir>", "write the image's root filesystem to this directory instead (Dockerfile)")
   .action(
     async (flags: {
@@ -30,6 +34,7 @@ const program = new Command()
       cloudHypervisor?: string;
       virtiofsd?: string;
       rootfsDir?: string;
+      buildNote?: string;
     }) => {
       const started = Date.now();
       try {
@@ -40,6 +45,7 @@ const program = new Command()
           cloudHypervisor: flags.cloudHypervisor,
           virtiofsd: flags.virtiofsd,
           rootfsDir: flags.rootfsDir,
+          buildNote: flags.buildNote,
           ...(flags.name ? { name: flags.name } : {}),
         });
         const took = `${((Date.now() - started) / 1000).toFixed(1)} s`;

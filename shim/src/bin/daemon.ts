@@ -11,6 +11,7 @@ import { invalid, statusOf } from "../errors.js";
 import { namespaceSocketPath, SHIM_VERSION, SOCKET_SCHEME } from "../launcher/daemon-address.js";
 import { FrontLink, frontControlOf } from "../launcher/front-link.js";
 import { LOCK_HELD_STATUS, takeLock } from "../launcher/lock.js";
+import { reapOrphanPoolVms } from "../pod/pool.js";
 import { erofsRootfs } from "../pod/rootfs.js";
 import { RecordStore } from "../state/records.js";
 import { sweepStaleVmDirs } from "../state/sweep.js";
@@ -78,6 +79,11 @@ async function main(): Promise<void> {
     log,
     logDestination,
     version: SHIM_VERSION,
+    // `cloudhv doctor` reads the pool's state from here (one file per daemon identity).
+    pool: {
+      log,
+      statusFile: path.join(config.state_dir, "pool", `${path.basename(socketPath, ".sock")}.json`),
+    },
   });
   const server = new TtrpcServer({ statusOf, log: serverLogFor(log) });
   let idleTimer: NodeJS.Timeout | undefined;
@@ -88,6 +94,8 @@ async function main(): Promise<void> {
     exiting = true;
     log.info({ why }, "shim daemon exiting");
     await server.close();
+    // Pool VMs belong to no pod: they go with the daemon.
+    await tasks.pool?.close();
     for (const container of tasks.list()) await tasks.forceDelete(container.namespace, container.id);
     await events.flush(2000);
     events.close();
@@ -132,10 +140,16 @@ async function main(): Promise<void> {
   });
   const restored = await tasks.restore();
   if (restored > 0) log.info({ tasks: restored }, "took over the tasks of a previous daemon");
+  // Pool VMs a crashed daemon left are no pod's (no record): stopped before the sweep.
+  await reapOrphanPoolVms(path.join(config.state_dir, "vm"), log);
   await sweepStaleVmDirs(path.join(config.state_dir, "vm"), await records.allVmIds(), log);
   await server.listen(socketPath);
   log.info({ socket: socketPath, containerd: containerdTtrpc }, "shim daemon serving");
   armIdle();
+  if (tasks.pool) {
+    await mkdir(path.join(config.state_dir, "pool"), { recursive: true, mode: 0o755 });
+    tasks.pool.start();
+  }
   process.on("SIGTERM", () => void exit("SIGTERM"));
   process.on("SIGINT", () => void exit("SIGINT"));
   // A bug in one request must not end every pod on the node: log and keep serving.

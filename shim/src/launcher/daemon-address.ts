@@ -15,10 +15,15 @@ export const DAEMON_ENTRY = fileURLToPath(new URL("../bin/daemon.js", import.met
 /** The front's entry script: the process that owns containerd's sockets (bin/front.ts). */
 export const FRONT_ENTRY = fileURLToPath(new URL("../bin/front.js", import.meta.url));
 
-/** Version plus the daemon entry's mtime: changes with every build, costs one stat. */
-export function buildId(): string {
-  const mtime = statSync(DAEMON_ENTRY).mtimeMs;
-  return createHash("sha256").update(`${SHIM_VERSION}:${mtime}`).digest("hex").slice(0, 12);
+/**
+ * Version, the daemon entry's path and its mtime: changes with every build, costs one stat. The
+ * path matters on a node: the installer image's layers carry mtime 0 (reproducible), so every
+ * installed build had the same id and new pods went on to the old build's daemon after an
+ * upgrade; each installed build lives in its own /opt/cloudhv/versions/<version>/.
+ */
+export function buildId(entry: string = DAEMON_ENTRY): string {
+  const mtime = statSync(entry).mtimeMs;
+  return createHash("sha256").update(`${SHIM_VERSION}:${entry}:${mtime}`).digest("hex").slice(0, 12);
 }
 
 /** `configText`: the runtime config file's bytes as read ("" when there is none). */

@@ -146,10 +146,8 @@ export async function attachPodNetwork(
 ): Promise<PodNetwork> {
   const iface = await readPodInterface(netnsPath);
   const undo = new Cleanup();
-  // A batch that fails halfway leaves part of it done: these remove what may exist, quietly.
+  // A batch that fails halfway leaves part of it done: this removes what may exist, quietly.
   const dropTap = () => exec(["nsenter", `--net=${netnsPath}`, "--", "ip", "link", "del", tap]);
-  const dropVethQdisc = () =>
-    exec(["nsenter", `--net=${netnsPath}`, "--", "tc", "qdisc", "del", "dev", iface.name, "ingress"]);
   try {
     await inNetns(
       netnsPath,
@@ -165,36 +163,16 @@ export async function attachPodNetwork(
       throw err;
     });
     undo.defer(`delete ${tap}`, () => inNetns(netnsPath, ["ip", "link", "del", tap]));
-    // The TAP's settings (they go with it; IPv6 may be absent from the kernel) and the filters,
-    // at once: no frame comes through the TAP before the VMM attaches to it.
-    const [settings, filters] = await Promise.allSettled([
-      inNetns(netnsPath, ["sysctl", "-q", "-w", ...tapSysctls(tap, existsSync("/proc/sys/net/ipv6"))]),
-      inNetns(
-        netnsPath,
-        ["tc", "-batch", "-"],
-        [
-          `qdisc add dev ${iface.name} ingress`,
-          `qdisc add dev ${tap} ingress`,
-          redirect(iface.name, tap),
-          ...antiSpoofFilters(tap, iface),
-        ],
-      ),
-    ]);
-    if (filters.status === "rejected") {
-      // Line 1 is the veth's qdisc: if that failed, a qdisc already there is not ours to drop.
-      const line = Number(/Command failed -:(\d+)/.exec((filters.reason as Error).message)?.[1] ?? 0);
-      if (line > 1) await dropVethQdisc();
-      throw filters.reason;
-    }
-    // The TAP's own qdisc goes with the TAP; the veth's stays unless removed.
-    undo.defer(`remove ingress qdisc of ${iface.name}`, () =>
-      inNetns(netnsPath, ["tc", "qdisc", "del", "dev", iface.name, "ingress"]),
-    );
-    if (settings.status === "rejected") throw settings.reason;
+    // No frame comes through the TAP before the VMM attaches to it.
+    await filterTap(netnsPath, tap, iface, undo);
   } catch (err) {
     await undo.run();
     throw err;
   }
+  return detachable(netnsPath, tap, iface, undo);
+}
+
+function detachable(netnsPath: string, tap: string, iface: PodInterface, undo: Cleanup): PodNetwork {
   let detached = false;
   return {
     netnsPath,
@@ -206,4 +184,82 @@ export async function attachPodNetwork(
       await undo.run();
     },
   };
+}
+
+/**
+ * The TAP's settings (they go with it; IPv6 may be absent from the kernel) and the redirects
+ * with the anti-spoof filters, at once; registers the veth qdisc's removal with `undo`.
+ */
+async function filterTap(netnsPath: string, tap: string, iface: PodInterface, undo: Cleanup): Promise<void> {
+  const [settings, filters] = await Promise.allSettled([
+    inNetns(netnsPath, ["sysctl", "-q", "-w", ...tapSysctls(tap, existsSync("/proc/sys/net/ipv6"))]),
+    inNetns(
+      netnsPath,
+      ["tc", "-batch", "-"],
+      [
+        `qdisc add dev ${iface.name} ingress`,
+        `qdisc add dev ${tap} ingress`,
+        redirect(iface.name, tap),
+        ...antiSpoofFilters(tap, iface),
+      ],
+    ),
+  ]);
+  if (filters.status === "rejected") {
+    // Line 1 is the veth's qdisc: if that failed, a qdisc already there is not ours to drop.
+    const line = Number(/Command failed -:(\d+)/.exec((filters.reason as Error).message)?.[1] ?? 0);
+    if (line > 1)
+      await exec(["nsenter", `--net=${netnsPath}`, "--", "tc", "qdisc", "del", "dev", iface.name, "ingress"]);
+    throw filters.reason;
+  }
+  // The TAP's own qdisc goes with the TAP; the veth's stays unless removed.
+  undo.defer(`remove ingress qdisc of ${iface.name}`, () =>
+    inNetns(netnsPath, ["tc", "qdisc", "del", "dev", iface.name, "ingress"]),
+  );
+  if (settings.status === "rejected") throw settings.reason;
+}
+
+/**
+ * A pool VM's NIC (pod/pool.ts): its VMM runs in an empty netns of its own. The TAP is made
+ * there (owned by the VMM group), the VMM attaches to it by hot-plug (`addNet`, with the veth's
+ * MAC), and only then is it moved into the pod's netns; the VMM's open TAP file follows the
+ * device. In the pod netns it gets the same settings and filters as attachPodNetwork's, and
+ * comes up last, so no frame passes before the filters are in place.
+ */
+export async function attachWarmNic(
+  vm: { pid: number; addNet?: (nic: { tap: string; mac: string; id: string }) => Promise<string> },
+  netnsPath: string,
+  tap = "tap0_chv",
+  opts: { tapGroup?: number } = {},
+): Promise<PodNetwork> {
+  const addNet = vm.addNet?.bind(vm);
+  if (!addNet) throw new ShimError("Unimplemented", "this VMM driver cannot hot-plug a NIC");
+  const vmmNetns = `/proc/${vm.pid}/ns/net`;
+  const iface = await readPodInterface(netnsPath);
+  const undo = new Cleanup();
+  let moved = false;
+  try {
+    // Until it moves, the TAP would die with the VMM's netns; a quiet delete also covers a
+    // batch that failed halfway.
+    undo.defer(`delete ${tap} in the VMM's netns`, () =>
+      moved ? undefined : exec(["nsenter", `--net=${vmmNetns}`, "--", "ip", "link", "del", tap]),
+    );
+    await inNetns(
+      vmmNetns,
+      ["ip", "-batch", "-"],
+      [
+        `tuntap add dev ${tap} mode tap${opts.tapGroup === undefined ? "" : ` group ${opts.tapGroup}`}`,
+        `link set ${tap} mtu ${iface.mtu}`,
+      ],
+    );
+    await addNet({ tap, mac: iface.mac, id: "net0" });
+    await inNetns(vmmNetns, ["ip", "link", "set", tap, "netns", netnsPath]);
+    moved = true;
+    undo.defer(`delete ${tap}`, () => inNetns(netnsPath, ["ip", "link", "del", tap]));
+    await filterTap(netnsPath, tap, iface, undo);
+    await inNetns(netnsPath, ["ip", "link", "set", tap, "mtu", String(iface.mtu), "arp", "off", "up"]);
+  } catch (err) {
+    await undo.run();
+    throw err;
+  }
+  return detachable(netnsPath, tap, iface, undo);
 }

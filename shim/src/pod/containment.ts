@@ -1,6 +1,8 @@
 // What keeps a pod's VMM inside the pod on the host: its cgroup (the pod's limits and
 // kubelet's accounting cover the VM) and an OOM score that follows the pod's QoS class.
 
+import { readdir, writeFile } from "node:fs/promises";
+import { setPriority } from "node:os";
 import { type CgroupHierarchy, hostCgroupHierarchies } from "../cgroup/cgroup.js";
 import { type OomScoreSetter, procOomScoreSetter } from "../cgroup/oom.js";
 import { type PodCgroupPath, type PodQos, qosOf, resolveCgroupsPath } from "../cgroup/path.js";
@@ -10,11 +12,30 @@ import type { OciSpec } from "./spec.js";
 export interface ContainmentHost {
   hierarchies(): Promise<CgroupHierarchy[]>;
   setOomScoreAdj: OomScoreSetter;
+  /** Moves a running process (a claimed pool VM's VMM) into these cgroup.procs files. */
+  joinCgroup?(pid: number, procs: readonly string[]): Promise<void>;
+  /** Sets the nice value of every thread of a process (a pool VM booted at 19). */
+  setNice?(pid: number, nice: number): Promise<void>;
 }
 
 export const hostContainment: ContainmentHost = {
   hierarchies: hostCgroupHierarchies,
   setOomScoreAdj: procOomScoreSetter,
+  async joinCgroup(pid, procs) {
+    // cgroup v2 moves the whole process; memory it already touched stays charged where it was.
+    for (const file of procs) await writeFile(file, `${pid}\n`);
+  },
+  async setNice(pid, nice) {
+    // setpriority() is per thread on Linux: QEMU's vCPU threads each carry their own.
+    for (const tid of await readdir(`/proc/${pid}/task`)) {
+      try {
+        setPriority(Number(tid), nice);
+      } catch (err) {
+        // A thread that ended meanwhile.
+        if ((err as { info?: { code?: string } }).info?.code !== "ESRCH") throw err;
+      }
+    }
+  },
 };
 
 export interface ContainmentPlan {

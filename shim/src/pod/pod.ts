@@ -5,6 +5,7 @@
 import { createHash } from "node:crypto";
 import { rm } from "node:fs/promises";
 import path from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
 import type { AgentClient, GuestNetwork } from "../agent/client.js";
 import { PodCgroup } from "../cgroup/cgroup.js";
 import { oomScoreAdjFor } from "../cgroup/oom.js";
@@ -20,7 +21,9 @@ import type { PhaseClock } from "../util/phases.js";
 import type { HypervisorDriver, VmExit, VmHandle } from "../vmm/types.js";
 import { PodShare, volumesFailed } from "../volumes/virtiofs.js";
 import { ContainerVolumes } from "../volumes/volumes.js";
+import { connectAdoptedAgent } from "./adopt-agent.js";
 import { type ContainmentHost, type ContainmentPlan, planContainment } from "./containment.js";
+import type { WarmVm } from "./pool.js";
 import type { PreparedRootfs, RootfsAdopter, RootfsPreparer } from "./rootfs.js";
 import type { ScratchSize } from "./scratch-size.js";
 import type { VmSize } from "./sizing.js";
@@ -29,6 +32,12 @@ import { type OciSpecFile, podNetnsPath } from "./spec.js";
 /** Puts the VM's NIC in place of the pod's interface (network/pod-network.ts; faked in unit tests). */
 export type NetworkAttacher = (netnsPath: string) => Promise<PodNetwork>;
 
+/** The same for a running pool VM: its NIC is hot-plugged (network/pod-network.ts attachWarmNic). */
+export type WarmNetworkAttacher = (vm: VmHandle, netnsPath: string) => Promise<PodNetwork>;
+
+/** How long a claimed pool VM's guest may take to show its hot-plugged NIC. */
+const NIC_APPEAR_MS = 20_000;
+
 export interface PodDeps {
   config: RuntimeConfig;
   driver: HypervisorDriver;
@@ -36,6 +45,8 @@ export interface PodDeps {
   /** Takes over a previous daemon's container disks (absent: pods cannot be adopted). */
   adoptRootfs?: RootfsAdopter;
   attachNetwork: NetworkAttacher;
+  /** For pool VMs (absent: pool VMs cannot take a pod network). */
+  attachWarmNetwork?: WarmNetworkAttacher;
   /** The host's cgroups and OOM scores (pod/containment.ts; faked in unit tests). */
   containment: ContainmentHost;
 }
@@ -116,6 +127,8 @@ export class Pod {
     deps: PodDeps,
     log: Logger,
     phases: PhaseClock,
+    /** A pool VM this pod claimed (pod/pool.ts): it is given what a cold boot would launch with. */
+    warm?: WarmVm,
   ): Promise<PodMember> {
     // Bind mounts become guest paths; a volume the VM cannot have fails before anything is built.
     const volumes = await ContainerVolumes.plan(spec.doc, first.id, where.key, log);
@@ -139,7 +152,12 @@ export class Pod {
       const netnsPath = podNetnsPath(spec.doc);
       const [rootfsDone, networkDone] = await Promise.allSettled([
         phases.time("rootfsMs", deps.prepareRootfs(first.namespace, first.id, first.rootfs, first.scratch)),
-        netnsPath ? phases.time("networkMs", deps.attachNetwork(netnsPath)) : Promise.resolve(undefined),
+        netnsPath
+          ? phases.time(
+              "networkMs",
+              warm ? attachWarm(deps, warm.vm, netnsPath) : deps.attachNetwork(netnsPath),
+            )
+          : Promise.resolve(undefined),
       ]);
       if (rootfsDone.status === "fulfilled") {
         const prepared = rootfsDone.value;
@@ -155,8 +173,9 @@ export class Pod {
       const network = networkDone.value;
       // The first container's shared volumes: virtiofsd before the VMM, which connects at start;
       // stopped after the VM (undo runs newest first).
+      // A pool VM gets its virtio-fs device by hot-plug, as an app container would (sharedFs).
       let share: PodShare | undefined;
-      if (volumes.shared.length > 0) {
+      if (volumes.shared.length > 0 && !warm) {
         share = await phases
           .time(
             "virtiofsdMs",
@@ -175,51 +194,10 @@ export class Pod {
       }
       phases.mark("disksReady");
 
-      const started = performance.now();
-      const { config } = deps;
-      const vm = await phases.time(
-        "vmmLaunchMs",
-        deps.driver.launch({
-          id: where.vmId,
-          kernelPath: config.kernel_path,
-          rootfsPath: config.rootfs_path,
-          ...(config.kernel_args ? { extraKernelArgs: config.kernel_args } : {}),
-          vcpus: where.size.vcpus,
-          maxVcpus: where.size.maxVcpus,
-          memoryMb: where.size.memoryMb,
-          stateDir: path.join(config.state_dir, "vm", where.vmId),
-          disks: rootfs.disks,
-          log: log.child({ vm: where.vmId }),
-          ...(cgroup ? { cgroup: { procs: cgroup.procs } } : {}),
-          ...(network
-            ? { network: { netnsPath: network.netnsPath, tap: network.tap, mac: network.iface.mac } }
-            : {}),
-          ...(share ? { sharedFs: share.fs } : {}),
-        }),
-      );
-      undo.defer("stop VM", () => vm.stop());
-      const oomScoreAdj = oomScoreAdjFor(containment.qos, [], containment.specOomScoreAdj);
-      if (oomScoreAdj !== undefined) await deps.containment.setOomScoreAdj(vm.pid, oomScoreAdj, log);
-      const agent = await vm.connectAgent({ timeoutMs: config.agent_boot_timeout_ms });
-      undo.defer("close agent", () => agent.close());
-      // Boot = VMM launch (host) + waiting for the agent's first answer (guest).
-      const bootMs = performance.now() - started;
-      phases.add("guestBootMs", bootMs - phases.get("vmmLaunchMs"));
-      // A guest rootfs from another build fails here, by name, not later as a garbled call.
-      const version = await agent.checkProtocol({ timeoutMs: 5000 });
-      log.info(
-        {
-          sandbox: where.vmId,
-          vmmPid: vm.pid,
-          cgroup: cgroup?.path,
-          qos: containment.qos,
-          oomScoreAdj,
-          bootMs: Math.round(bootMs),
-          agentVersion: version.agentVersion,
-        },
-        "sandbox VM ready",
-      );
-      if (network) await phases.time("guestNetworkMs", agent.configureNetwork(guestNetwork(network.iface)));
+      const { vm, agent, devices, oomScoreAdj } = warm
+        ? await Pod.claim(warm, { cgroup, containment, rootfs, deps, log, phases, undo })
+        : await Pod.launch(where, { cgroup, containment, rootfs, network, share, deps, log, phases, undo });
+      if (network) await configureGuestNetwork(agent, network.iface, phases, warm !== undefined);
       phases.mark("vmReady");
 
       const pod = new Pod(
@@ -239,19 +217,124 @@ export class Pod {
         const forward = await pod.startPortForward(network.netnsPath, log);
         if (forward) undo.defer("stop port-forward", () => forward.stop());
       }
-      const owner = await pod.createInGuest(
-        first,
-        spec,
-        volumes,
-        { rootfs, devices: [], ownsPod: true },
-        phases,
-      );
+      const owner = await pod.createInGuest(first, spec, volumes, { rootfs, devices, ownsPod: true }, phases);
       undo.disarm();
       return owner;
     } catch (err) {
       await undo.run();
       throw err;
     }
+  }
+
+  /** A cold boot: the VMM launched with the pod's disks, NIC and volumes, then its agent. */
+  private static async launch(
+    where: { vmId: string; size: VmSize },
+    got: {
+      cgroup: PodCgroup | undefined;
+      containment: ContainmentPlan;
+      rootfs: PreparedRootfs;
+      network: PodNetwork | undefined;
+      share: PodShare | undefined;
+      deps: PodDeps;
+      log: Logger;
+      phases: PhaseClock;
+      undo: Cleanup;
+    },
+  ): Promise<{ vm: VmHandle; agent: AgentClient; devices: string[]; oomScoreAdj: number | undefined }> {
+    const { cgroup, containment, rootfs, network, share, deps, log, phases, undo } = got;
+    const started = performance.now();
+    const { config } = deps;
+    const vm = await phases.time(
+      "vmmLaunchMs",
+      deps.driver.launch({
+        id: where.vmId,
+        kernelPath: config.kernel_path,
+        rootfsPath: config.rootfs_path,
+        ...(config.kernel_args ? { extraKernelArgs: config.kernel_args } : {}),
+        vcpus: where.size.vcpus,
+        maxVcpus: where.size.maxVcpus,
+        memoryMb: where.size.memoryMb,
+        stateDir: path.join(config.state_dir, "vm", where.vmId),
+        disks: rootfs.disks,
+        log: log.child({ vm: where.vmId }),
+        ...(cgroup ? { cgroup: { procs: cgroup.procs } } : {}),
+        ...(network
+          ? { network: { netnsPath: network.netnsPath, tap: network.tap, mac: network.iface.mac } }
+          : {}),
+        ...(share ? { sharedFs: share.fs } : {}),
+      }),
+    );
+    undo.defer("stop VM", () => vm.stop());
+    const oomScoreAdj = oomScoreAdjFor(containment.qos, [], containment.specOomScoreAdj);
+    if (oomScoreAdj !== undefined) await deps.containment.setOomScoreAdj(vm.pid, oomScoreAdj, log);
+    const agent = await vm.connectAgent({ timeoutMs: config.agent_boot_timeout_ms });
+    undo.defer("close agent", () => agent.close());
+    // Boot = VMM launch (host) + waiting for the agent's first answer (guest).
+    const bootMs = performance.now() - started;
+    phases.add("guestBootMs", bootMs - phases.get("vmmLaunchMs"));
+    // A guest rootfs from another build fails here, by name, not later as a garbled call.
+    const version = await agent.checkProtocol({ timeoutMs: 5000 });
+    log.info(
+      {
+        sandbox: where.vmId,
+        vmmPid: vm.pid,
+        cgroup: cgroup?.path,
+        qos: containment.qos,
+        oomScoreAdj,
+        bootMs: Math.round(bootMs),
+        agentVersion: version.agentVersion,
+      },
+      "sandbox VM ready",
+    );
+    return { vm, agent, devices: [], oomScoreAdj };
+  }
+
+  /**
+   * A pool VM becomes this pod's: its VMM joins the pod's cgroup, gets the pod's OOM score and
+   * normal priority back, and the pod's disks are hot-plugged (its NIC already was, by
+   * attachWarm). On failure the caller's undo stops the VM: it never goes back to the pool.
+   */
+  private static async claim(
+    warm: WarmVm,
+    got: {
+      cgroup: PodCgroup | undefined;
+      containment: ContainmentPlan;
+      rootfs: PreparedRootfs;
+      deps: PodDeps;
+      log: Logger;
+      phases: PhaseClock;
+      undo: Cleanup;
+    },
+  ): Promise<{ vm: VmHandle; agent: AgentClient; devices: string[]; oomScoreAdj: number | undefined }> {
+    const { cgroup, containment, rootfs, deps, log, phases, undo } = got;
+    const { vm, agent } = warm;
+    undo.defer("stop VM", () => vm.stop());
+    undo.defer("close agent", () => agent.close());
+    const oomScoreAdj = oomScoreAdjFor(containment.qos, [], containment.specOomScoreAdj);
+    await phases.time("poolClaimMs", async () => {
+      if (cgroup) {
+        if (!deps.containment.joinCgroup)
+          throw new ShimError("Unimplemented", "this host cannot move a pool VM into a pod cgroup");
+        await deps.containment.joinCgroup(vm.pid, cgroup.procs);
+      }
+      await deps.containment.setNice?.(vm.pid, 0);
+      if (oomScoreAdj !== undefined) await deps.containment.setOomScoreAdj(vm.pid, oomScoreAdj, log);
+    });
+    const devices: string[] = [];
+    for (const disk of rootfs.disks) devices.push(await phases.time("hotplugMs", vm.addDisk(disk)));
+    log.info(
+      {
+        sandbox: vm.id,
+        vmmPid: vm.pid,
+        cgroup: cgroup?.path,
+        qos: containment.qos,
+        oomScoreAdj,
+        poolBootMs: Math.round(warm.bootMs),
+        pool: "hit",
+      },
+      "sandbox VM claimed from the pool",
+    );
+    return { vm, agent, devices, oomScoreAdj };
   }
 
   get exited(): Promise<VmExit> {
@@ -337,10 +420,7 @@ export class Pod {
       // Patient (a loaded node, TCG, can be slow to answer, and giving up stops a VM that ran
       // fine) but bounded: every pod's takeover waits for the slowest (TaskService.restore).
       const timeoutMs = Math.min(deps.config.agent_boot_timeout_ms, ADOPT_AGENT_MS);
-      agent = await vm.connectAgent({ timeoutMs }).catch((err: unknown) => {
-        vmLog.warn({ err: (err as Error).message }, "adopted VM: its agent does not answer; stopping it");
-        return undefined;
-      });
+      agent = await connectAdoptedAgent(vm, timeoutMs, vmLog);
       if (!agent) await vm.stop();
     }
     if (!vm || !agent || !deps.adoptRootfs) {
@@ -666,4 +746,34 @@ export function guestNetwork(iface: PodInterface): GuestNetwork {
     ],
     routes: iface.routes.map((r) => ({ dest: r.dest, gateway: r.gateway ?? "", mac: iface.mac })),
   };
+}
+
+function attachWarm(deps: PodDeps, vm: VmHandle, netnsPath: string): Promise<PodNetwork> {
+  if (!deps.attachWarmNetwork)
+    return Promise.reject(new ShimError("Unimplemented", "pool VMs cannot take a pod network here"));
+  return deps.attachWarmNetwork(vm, netnsPath);
+}
+
+/**
+ * Gives the guest the pod's interface. A hot-plugged NIC (a pool VM's) shows up in the guest a
+ * moment after QEMU added it: the agent answers NotFound until then, so that is retried, bounded.
+ */
+async function configureGuestNetwork(
+  agent: AgentClient,
+  iface: PodInterface,
+  phases: PhaseClock,
+  hotplugged: boolean,
+): Promise<void> {
+  const until = Date.now() + NIC_APPEAR_MS;
+  await phases.time("guestNetworkMs", async () => {
+    for (;;) {
+      try {
+        return await agent.configureNetwork(guestNetwork(iface));
+      } catch (err) {
+        const waiting = hotplugged && err instanceof ShimError && err.kind === "NotFound";
+        if (!waiting || Date.now() > until) throw err;
+        await sleep(20);
+      }
+    }
+  });
 }

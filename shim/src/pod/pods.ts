@@ -2,10 +2,10 @@
 // container joins the VM its sandbox booted. Keeps the running CRI pods by namespace/sandbox id.
 
 import { notFound } from "../errors.js";
-import { attachPodNetwork } from "../network/pod-network.js";
+import { attachPodNetwork, attachWarmNic } from "../network/pod-network.js";
 import type { PodRecord } from "../state/records.js";
 import type { Logger } from "../util/log.js";
-import type { PhaseClock } from "../util/phases.js";
+import { PhaseClock } from "../util/phases.js";
 import { type ContainmentHost, hostContainment } from "./containment.js";
 import { podRole } from "./cri.js";
 import {
@@ -16,15 +16,18 @@ import {
   type PodMember,
   vmId,
 } from "./pod.js";
+import { bootWarmVm, forgetPoolMarker, type PoolOptions, poolSize, VmPool } from "./pool.js";
 import { scratchSize } from "./scratch-size.js";
-import { vmSize } from "./sizing.js";
-import { isHostNamespace, readOciSpec, refuseHostNamespaces } from "./spec.js";
+import { type VmSize, vmSize } from "./sizing.js";
+import { isHostNamespace, type OciSpecFile, readOciSpec, refuseHostNamespaces } from "./spec.js";
 
 export type PodsDeps = Omit<PodDeps, "attachNetwork" | "containment"> & {
   attachNetwork?: NetworkAttacher;
   containment?: ContainmentHost;
   /** Whether a namespace path is the host's own (spec.ts; faked in unit tests). */
   isHostNamespace?: (type: string, path: string) => boolean;
+  /** The warm pool's options; the pool exists when the config's `pool` > 0 and the driver can. */
+  pool?: Partial<Omit<PoolOptions, "target" | "busy" | "log">> & { log: Logger };
 };
 
 export class Pods {
@@ -32,6 +35,10 @@ export class Pods {
   /** CRI pods whose sandbox runs, for their app containers to join. */
   private readonly sandboxes = new Map<string, Pod>();
   private readonly isHostNamespace: (type: string, path: string) => boolean;
+  /** Pre-booted VMs of the default size (absent when the config's `pool` is 0). */
+  readonly pool: VmPool | undefined;
+  /** Creates in flight: the pool's refills wait for them. */
+  private creating = 0;
 
   constructor(deps: PodsDeps) {
     // The TAP belongs to the VMM group: the unprivileged VMM attaches to it (vmm/confine.ts).
@@ -40,12 +47,46 @@ export class Pods {
     this.deps = {
       ...deps,
       attachNetwork: deps.attachNetwork ?? ((netns) => attachPodNetwork(netns, "tap0_chv", { tapGroup })),
+      attachWarmNetwork:
+        deps.attachWarmNetwork ?? ((vm, netns) => attachWarmNic(vm, netns, "tap0_chv", { tapGroup })),
       containment: deps.containment ?? hostContainment,
     };
+    const { config, driver } = deps;
+    if (config.pool > 0 && deps.pool) {
+      const poolOpts = deps.pool;
+      if (driver.name !== "qemu") {
+        // CH would hot-plug the NIC with vm.add-net (a TAP fd) and disks with vm.add-disk; not
+        // built yet (docs/design.md): its pods boot cold.
+        poolOpts.log.warn(
+          { hypervisor: driver.name, pool: config.pool },
+          "the warm pool is not built for this hypervisor; every pod boots cold",
+        );
+      } else {
+        this.pool = new VmPool({
+          ...poolOpts,
+          target: config.pool,
+          busy: () => this.creating > 0,
+          boot: poolOpts.boot ?? ((id) => bootWarmVm(config, driver, id, poolOpts.log)),
+        });
+      }
+    }
   }
 
   /** Creates the container (not started) from the OCI bundle at `bundle`, in the VM its role gives it. */
   async create(
+    req: ContainerRequest & { bundle: string },
+    log: Logger,
+    phases: PhaseClock,
+  ): Promise<PodMember> {
+    this.creating++;
+    try {
+      return await this.createNow(req, log, phases);
+    } finally {
+      this.creating--;
+    }
+  }
+
+  private async createNow(
     req: ContainerRequest & { bundle: string },
     log: Logger,
     phases: PhaseClock,
@@ -68,9 +109,62 @@ export class Pods {
     const podId = role.kind === "sandbox" ? role.sandboxId : req.id;
     const size = vmSize(annotations, this.deps.config, spec.doc.linux?.resources);
     const where = { id: podId, key: `${req.namespace}/${podId}`, vmId: vmId(req.namespace, podId), size };
-    const owner = await Pod.boot(where, req, spec, this.deps, log, phases);
+    const owner = await this.bootFromPool(where, req, spec, log, phases);
     if (role.kind === "sandbox") this.sandboxes.set(where.key, owner.pod);
     return owner;
+  }
+
+  /**
+   * Boots the pod's VM: a pool VM when the pod is of the pool's size and one is ready, else
+   * cold. A pool VM whose claim fails is stopped (never back to the pool) and the pod boots cold.
+   */
+  private async bootFromPool(
+    where: { id: string; key: string; vmId: string; size: VmSize },
+    req: ContainerRequest,
+    spec: OciSpecFile,
+    log: Logger,
+    phases: PhaseClock,
+  ): Promise<PodMember> {
+    const pool = this.pool;
+    if (!pool) return Pod.boot(where, req, spec, this.deps, log, phases);
+    const cls = poolSize(this.deps.config);
+    const { size } = where;
+    if (size.vcpus !== cls.vcpus || size.memoryMb !== cls.memoryMb || size.maxVcpus !== cls.maxVcpus) {
+      log.info(
+        {
+          pool: "other-size",
+          size: { vcpus: size.vcpus, memoryMb: size.memoryMb, maxVcpus: size.maxVcpus },
+          poolSize: cls,
+        },
+        "pod is not of the pool's size: cold boot",
+      );
+      return Pod.boot(where, req, spec, this.deps, log, phases);
+    }
+    const warm = pool.take();
+    if (!warm) {
+      pool.noteColdBoot();
+      log.info({ pool: "miss", ...pool.stats() }, "no pool VM ready: cold boot");
+      return Pod.boot(where, req, spec, this.deps, log, phases);
+    }
+    const claimPhases = new PhaseClock();
+    let member: PodMember;
+    try {
+      member = await Pod.boot({ ...where, vmId: warm.vm.id }, req, spec, this.deps, log, claimPhases, warm);
+    } catch (err) {
+      // Pod.boot's undo stopped the VM already; discard counts it and makes sure.
+      await pool.discard(warm);
+      log.warn(
+        { vm: warm.vm.id, err: (err as Error).message, pool: "claim-failed" },
+        "pool VM failed its claim: cold boot",
+      );
+      return Pod.boot(where, req, spec, this.deps, log, phases);
+    }
+    phases.merge(claimPhases);
+    // The pod's record owns the VM from now on: a later daemon must adopt it, not reap it.
+    await forgetPoolMarker(warm).catch((err: Error) =>
+      log.warn({ vm: warm.vm.id, err: err.message }, "pool marker not removed"),
+    );
+    return member;
   }
 
   /** Whether `pod` is a CRI sandbox (app containers may join it). */

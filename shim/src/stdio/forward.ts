@@ -69,6 +69,10 @@ export class StdioForwarder {
   /** Our own read ends of the output FIFOs (see the header). */
   private readonly held: number[] = [];
   private stopped = false;
+  /** Settles when the stdin copy ended (its FIFO's EOF reached the guest, or it failed). */
+  private stdinDone: Promise<void> = Promise.resolve();
+  /** The copy closed the guest's stdin itself (at the FIFO's EOF). */
+  private stdinClosed = false;
 
   constructor(
     private readonly agent: AgentClient,
@@ -96,6 +100,26 @@ export class StdioForwarder {
   /** Whether the process gets a stdin from the host. */
   static wantsStdin(paths: StdioPaths): boolean {
     return paths.stdin !== "";
+  }
+
+  /**
+   * containerd's CloseIO: it closes its end of the stdin FIFO, then asks for this at once. What
+   * it wrote may still sit in the FIFO or be on its way to the guest, so the guest's stdin is
+   * closed only after the copy reached the FIFO's EOF (bounded by `waitMs`: a writer that
+   * keeps the FIFO open does not hold the call). Closing at once lost the tail of the input:
+   * `kubectl exec -i` came back empty now and then.
+   */
+  async closeStdin(waitMs: number): Promise<void> {
+    let timer: NodeJS.Timeout | undefined;
+    const drained = await Promise.race([
+      this.stdinDone.then(() => true),
+      new Promise<boolean>((resolve) => {
+        timer = setTimeout(() => resolve(false), waitMs);
+      }),
+    ]);
+    clearTimeout(timer);
+    // The copy closes the guest's stdin itself at the FIFO's EOF.
+    if (!drained || !this.stdinClosed) await this.agent.closeStdin(this.ref);
   }
 
   /** Stops forwarding and closes every FIFO (after a VM died, or on delete). */
@@ -148,7 +172,7 @@ export class StdioForwarder {
 
   private feedStdin(input: net.Socket): void {
     const ref = this.ref;
-    void (async () => {
+    this.stdinDone = (async () => {
       try {
         for await (const chunk of input as AsyncIterable<Buffer>) {
           let offset = 0;
@@ -158,7 +182,10 @@ export class StdioForwarder {
             offset += written;
           }
         }
-        if (!this.stopped) await this.agent.closeStdin(ref);
+        if (!this.stopped) {
+          await this.agent.closeStdin(ref);
+          this.stdinClosed = true;
+        }
       } catch (err) {
         if (!this.stopped) this.logGuest({ err: (err as Error).message }, "stdin copy to guest ended");
       }

@@ -9,12 +9,14 @@ import type { EventPublisher, Mount, Timestamp } from "../containerd/publisher.j
 import { invalid, notFound, precondition, ShimError } from "../errors.js";
 import type { StdioKeeper } from "../launcher/front-link.js";
 import type { ContainmentHost } from "../pod/containment.js";
-import type { NetworkAttacher, Pod, PodMember } from "../pod/pod.js";
-import { Pods } from "../pod/pods.js";
+import type { NetworkAttacher, Pod, PodMember, WarmNetworkAttacher } from "../pod/pod.js";
+import { Pods, type PodsDeps } from "../pod/pods.js";
+import type { PoolStats, VmPool } from "../pod/pool.js";
 import type { RootfsAdopter, RootfsPreparer } from "../pod/rootfs.js";
 import type { ProcessRecord, RecordStore, TaskRecord } from "../state/records.js";
 import { StdioForwarder, type StdioPaths } from "../stdio/forward.js";
 import { messageCodec } from "../ttrpc/proto.js";
+import { TtrpcError } from "../ttrpc/status.js";
 import { Cleanup } from "../util/cleanup.js";
 import { logFromGuest } from "../util/guest-log.js";
 import { ID_PATTERN } from "../util/ids.js";
@@ -34,6 +36,8 @@ export interface TaskServiceDeps {
   prepareRootfs: RootfsPreparer;
   /** Default: network/pod-network.ts (needs root); unit tests pass a fake. */
   attachNetwork?: NetworkAttacher;
+  /** A pool VM's NIC. Default: network/pod-network.ts attachWarmNic; unit tests pass a fake. */
+  attachWarmNetwork?: WarmNetworkAttacher;
   /** Default: this host's cgroups and /proc (pod/containment.ts); unit tests pass a fake. */
   containment?: ContainmentHost;
   log: Logger;
@@ -46,6 +50,8 @@ export interface TaskServiceDeps {
   /** Where `log` writes; with it, each task also logs to its bundle's `log` FIFO. */
   logDestination?: DestinationStream;
   version: string;
+  /** The warm pool's options (pod/pool.ts); the pool exists when the config's `pool` > 0. */
+  pool?: NonNullable<PodsDeps["pool"]>;
 }
 
 export interface CreateTaskRequest {
@@ -95,8 +101,18 @@ const metricsCodec = messageCodec("io.containerd.cgroups.v2.Metrics");
 
 /** How long Delete waits for a process's output to reach containerd's FIFOs. */
 const OUTPUT_DRAIN_MS = 5000;
+/** How long CloseIO waits for what containerd wrote to stdin to reach the guest first. */
+const STDIN_DRAIN_MS = 5000;
 /** runc reports a SIGKILLed process as 128 + 9; a VM that died takes its processes with it. */
 const KILLED_STATUS = 137;
+/** An exec the guest could not start (crun exits 255 then; runc's exec does the same). */
+const START_FAILED_STATUS = 255;
+
+/** The guest itself answered with an error (not a lost connection: the exec may run then). */
+function isGuestAnswer(err: unknown): boolean {
+  const cause = err instanceof Error ? err.cause : undefined;
+  return cause instanceof TtrpcError && cause.remote;
+}
 
 const round = (ms: number) => Math.round(ms * 10) / 10;
 
@@ -112,6 +128,16 @@ export class TaskService {
 
   constructor(private readonly deps: TaskServiceDeps) {
     this.pods = new Pods(deps);
+  }
+
+  /** The warm pool, when there is one (the daemon starts and closes it). */
+  get pool(): VmPool | undefined {
+    return this.pods.pool;
+  }
+
+  /** The pool's counters and state for metrics (undefined when the pool is off). */
+  poolStats(): PoolStats | undefined {
+    return this.pods.pool?.stats();
   }
 
   /** Tasks held, creates in flight included: the daemon's idle exit must not cut one short. */
@@ -175,7 +201,17 @@ export class TaskService {
     const container = this.container(ns, id);
     const proc = this.process(container, execId);
     if (proc.state.kind !== "created") throw precondition(`${proc.label} is ${proc.state.kind}, not created`);
-    const pid = await container.agent.startProcess(container.ref(execId));
+    let pid: number;
+    try {
+      pid = await container.agent.startProcess(container.ref(execId));
+    } catch (err) {
+      // The guest refused to start an exec (no such executable, …) and has forgotten it. As
+      // with runc, the exec is over: a Wait returns and a kill says so at once. Otherwise
+      // containerd's cleanup (kill, then wait for the exit) would hang for its full minute
+      // (kubectl cp's `test -d` probe on an image without `test` waited that long).
+      if (execId && isGuestAnswer(err)) proc.stopped(START_FAILED_STATUS, new Date());
+      throw err;
+    }
     proc.started(pid);
     if (execId) this.deps.events.publish(ns, "TaskExecStarted", { containerId: id, execId, pid });
     else this.deps.events.publish(ns, "TaskStart", { containerId: id, pid });
@@ -312,7 +348,10 @@ export class TaskService {
   async closeIO(ns: string, id: string, execId: string, stdin: boolean): Promise<void> {
     const container = this.container(ns, id);
     this.process(container, execId);
-    if (stdin) await container.agent.closeStdin(container.ref(execId));
+    if (!stdin) return;
+    const forwarder = container.forwarders.get(execId);
+    if (forwarder) await forwarder.closeStdin(STDIN_DRAIN_MS);
+    else await container.agent.closeStdin(container.ref(execId));
   }
 
   /** Pausing stops every vCPU, so it is offered only where the VM holds this container alone. */

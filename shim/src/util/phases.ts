@@ -26,6 +26,12 @@ export class PhaseClock {
     this.ms.set(name, (this.ms.get(name) ?? 0) + Math.max(0, ms));
   }
 
+  /** Adds another clock's phases and marks (a pool claim that was timed on its own clock). */
+  merge(other: PhaseClock): void {
+    for (const [name, ms] of other.ms) this.add(name, ms);
+    for (const [name, at] of other.marks) this.marks.set(name, at);
+  }
+
   get(name: string): number {
     return this.ms.get(name) ?? 0;
   }

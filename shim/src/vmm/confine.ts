@@ -138,6 +138,7 @@ export function confinedArgv(
   vmm: string[],
   user: { uid: number; gid: number },
   netnsPath?: string,
+  opts: { isolatedNetwork?: boolean } = {},
 ): string[] {
   const drop = [
     "setpriv",
@@ -150,6 +151,22 @@ export function confinedArgv(
     "--",
     ...vmm,
   ];
+  // A pool VM: an empty netns of its own, where its TAP is made at claim and then moved into
+  // the pod's netns (network/pod-network.ts attachWarmNic); the tun node is needed to attach.
+  if (!netnsPath && opts.isolatedNetwork)
+    return [
+      "unshare",
+      "--net",
+      "--mount",
+      "--propagation=private",
+      "--",
+      "sh",
+      "-c",
+      TUN_SCRIPT,
+      "cloudhv-vmm",
+      String(user.gid),
+      ...drop,
+    ];
   if (!netnsPath) return ["unshare", "--mount", "--propagation=private", "--", ...drop];
   return [
     "nsenter",

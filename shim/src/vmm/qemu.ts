@@ -35,6 +35,7 @@ import {
   type DiskSpec,
   type FsSpec,
   type HypervisorDriver,
+  type NicSpec,
   type VmConfig,
   type VmExit,
   type VmHandle,
@@ -45,6 +46,14 @@ const ADOPT_QMP_MS = 10_000;
 
 /** Free PCIe root ports per VM, i.e. how many devices can be hot-plugged at once. */
 export const HOTPLUG_PORTS = 8;
+
+/** A pool VM's extra ports: its pod's NIC and sandbox disks arrive by hot-plug too (pod/pool.ts). */
+export const POOL_EXTRA_PORTS = 3;
+
+/** Root ports a VM gets: a pool VM (isolatedNetwork) has as many free for app containers as a cold one. */
+export function hotplugPorts(config: Pick<VmConfig, "isolatedNetwork">): number {
+  return HOTPLUG_PORTS + (config.isolatedNetwork ? POOL_EXTRA_PORTS : 0);
+}
 
 // no_timer_check: under load (TCG, a burst of boots) the IO-APIC timer check can fail and panic
 // the guest ("IO-APIC + timer doesn't work!"). Virtual timers are known good; Kata skips it too.
@@ -118,7 +127,10 @@ export class QemuDriver implements HypervisorDriver {
       // First of all, the VMM joins the pod's cgroup, before it runs guest code (cgroup/join.ts).
       const [command, ...args] = [
         ...cgroupJoinArgv(config.cgroup?.procs),
-        ...confinedArgv([this.binary, ...argv], user, config.network?.netnsPath),
+        ...(config.nice !== undefined ? ["nice", "-n", String(config.nice)] : []),
+        ...confinedArgv([this.binary, ...argv], user, config.network?.netnsPath, {
+          isolatedNetwork: config.isolatedNetwork === true,
+        }),
       ];
       // stderr to a file, not a pipe: QEMU outlives the daemon (a restarted one adopts it).
       const stderr = await open(paths.stderr, "a", 0o600);
@@ -162,11 +174,18 @@ const qemuRecord = z.object({
         .number()
         .int()
         .min(0)
-        .max(HOTPLUG_PORTS - 1),
+        .max(HOTPLUG_PORTS + POOL_EXTRA_PORTS - 1),
       z.string(),
     ]),
   ),
   fsDevices: z.array(z.string()),
+  /** Root ports of a pool VM (hotplugPorts); absent: HOTPLUG_PORTS. */
+  portCount: z
+    .number()
+    .int()
+    .min(1)
+    .max(HOTPLUG_PORTS + POOL_EXTRA_PORTS)
+    .optional(),
 });
 export type QemuRecord = z.infer<typeof qemuRecord>;
 
@@ -256,7 +275,7 @@ export async function qemuArgv(config: VmConfig, accel: Accel, files: PassedFile
       `virtio-blk-pci,drive=disk${i},serial=${disk.serial}`,
     ]),
     // Empty PCIe root ports: each can take one hot-plugged disk or NIC later.
-    ...Array.from({ length: HOTPLUG_PORTS }, (_, i) => [
+    ...Array.from({ length: hotplugPorts(config) }, (_, i) => [
       "-device",
       `pcie-root-port,id=hp${i},bus=pcie.0,chassis=${i + 1},slot=${i + 1}`,
     ]).flat(),
@@ -305,6 +324,17 @@ export class QemuVm implements VmHandle {
   private readonly busyPorts = new Map<number, string>();
   /** Hot-plugged virtio-fs devices (a chardev to remove with them, not a block node). */
   private readonly fsDevices = new Set<string>();
+  /** Root ports this VM has (hotplugPorts; from the record when adopted). */
+  private portCount: number;
+
+  private freePort(): number {
+    const port = [...Array(this.portCount).keys()].find((i) => !this.busyPorts.has(i));
+    if (port === undefined) throw exhausted(`VM ${this.id}: all ${this.portCount} hot-plug ports are in use`);
+    return port;
+  }
+
+  /** Hot-plugged NICs (a netdev to remove with them). */
+  private readonly netDevices = new Set<string>();
   private hasExited = false;
   private readonly log;
 
@@ -316,6 +346,7 @@ export class QemuVm implements VmHandle {
     private readonly user: VmmUser,
   ) {
     this.id = config.id;
+    this.portCount = hotplugPorts(config);
     this.log = config.log ?? rootLog.child({ vm: config.id });
     this.pid = proc.pid;
     this.consoleLogPath = paths.console;
@@ -379,6 +410,7 @@ export class QemuVm implements VmHandle {
     const vm = new QemuVm(config, adoptedProcess(who), paths, consoleLog, user);
     for (const [port, id] of record.ports) vm.busyPorts.set(port, id);
     for (const id of record.fsDevices) vm.fsDevices.add(id);
+    if (record.portCount !== undefined) vm.portCount = record.portCount;
     try {
       // Bounded: a wedged QEMU (stopped, or never greeting) must not hold up the takeover of
       // every other pod; QEMU takes the new client once it has seen the old one go.
@@ -408,6 +440,7 @@ export class QemuVm implements VmHandle {
       gid: this.user.gid,
       ports: [...this.busyPorts],
       fsDevices: [...this.fsDevices],
+      ...(this.portCount !== HOTPLUG_PORTS ? { portCount: this.portCount } : {}),
     };
   }
 
@@ -481,8 +514,7 @@ export class QemuVm implements VmHandle {
     checkDiskSerial(disk.serial);
     await assertReadable(disk.path, `disk ${disk.serial}`);
     const qmp = this.control();
-    const port = [...Array(HOTPLUG_PORTS).keys()].find((i) => !this.busyPorts.has(i));
-    if (port === undefined) throw exhausted(`VM ${this.id}: all ${HOTPLUG_PORTS} hot-plug ports are in use`);
+    const port = this.freePort();
     const id = `hd-${disk.serial}`;
     const node = `node-${disk.serial}`;
     const name = `disk-${disk.serial}`;
@@ -519,17 +551,27 @@ export class QemuVm implements VmHandle {
 
   async addFs(fs: FsSpec): Promise<string> {
     const qmp = this.control();
-    const port = [...Array(HOTPLUG_PORTS).keys()].find((i) => !this.busyPorts.has(i));
-    if (port === undefined) throw exhausted(`VM ${this.id}: all ${HOTPLUG_PORTS} hot-plug ports are in use`);
+    const port = this.freePort();
     const chardev = `chr-${fs.id}`;
     await handFsSocket(fs, this.paths.vmmDir, this.user);
-    await qmp.execute("chardev-add", {
-      id: chardev,
-      backend: {
-        type: "socket",
-        data: { addr: { type: "unix", data: { path: fsSocketName(fs) } }, server: false },
-      },
-    });
+    // virtiofsd binds its socket a moment before it listens (PodShare waits for the file only):
+    // a connect in between is refused. Retried, bounded, as retryRefused does for QEMU's own.
+    const until = Date.now() + 5000;
+    for (;;) {
+      try {
+        await qmp.execute("chardev-add", {
+          id: chardev,
+          backend: {
+            type: "socket",
+            data: { addr: { type: "unix", data: { path: fsSocketName(fs) } }, server: false },
+          },
+        });
+        break;
+      } catch (err) {
+        if (!/Connection refused/.test((err as Error).message) || Date.now() > until) throw err;
+        await sleep(20);
+      }
+    }
     try {
       await qmp.execute("device_add", {
         driver: "vhost-user-fs-pci",
@@ -545,6 +587,41 @@ export class QemuVm implements VmHandle {
     this.busyPorts.set(port, fs.id);
     this.fsDevices.add(fs.id);
     return fs.id;
+  }
+
+  /**
+   * Hot-plugs a NIC on `nic.tap`, a TAP that exists in the VMM's netns and its group may attach
+   * to: QEMU opens /dev/net/tun itself (no fd passing over QMP from Node), no script runs.
+   */
+  async addNet(nic: NicSpec): Promise<string> {
+    const qmp = this.control();
+    if (!/^[A-Za-z0-9_]{1,15}$/.test(nic.tap))
+      throw invalid(`TAP name "${nic.tap}" is not a valid interface name`);
+    if (!/^([0-9a-f]{2}:){5}[0-9a-f]{2}$/i.test(nic.mac)) throw invalid(`"${nic.mac}" is not a MAC address`);
+    const port = this.freePort();
+    const netdev = `nd-${nic.id}`;
+    await qmp.execute("netdev_add", {
+      type: "tap",
+      id: netdev,
+      ifname: nic.tap,
+      script: "no",
+      downscript: "no",
+    });
+    try {
+      await qmp.execute("device_add", {
+        driver: "virtio-net-pci",
+        id: nic.id,
+        netdev,
+        mac: nic.mac,
+        bus: `hp${port}`,
+      });
+    } catch (err) {
+      await qmp.execute("netdev_del", { id: netdev }).catch(() => {});
+      throw err;
+    }
+    this.busyPorts.set(port, nic.id);
+    this.netDevices.add(nic.id);
+    return nic.id;
   }
 
   async removeDevice(id: string): Promise<void> {
@@ -565,6 +642,7 @@ export class QemuVm implements VmHandle {
     if ((await within(deleted, 30_000)) === TIMED_OUT)
       throw deadline(`VM ${this.id}: the guest did not release ${id} in 30 s`);
     if (this.fsDevices.delete(id)) await qmp.execute("chardev-remove", { id: `chr-${id}` });
+    else if (this.netDevices.delete(id)) await qmp.execute("netdev_del", { id: `nd-${id}` });
     else {
       await qmp.execute("blockdev-del", { "node-name": id.replace(/^hd-/, "node-") });
       // Unlinking the bind-mount target detaches it in QEMU's namespace.

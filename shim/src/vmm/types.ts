@@ -30,6 +30,10 @@ export interface VmConfig {
   cgroup?: { procs: readonly string[] };
   /** A virtio-fs device present at boot (the pod's shared volumes). */
   sharedFs?: FsSpec;
+  /** No network: the VMM gets an empty netns of its own, its NIC comes later by addNet (a pool VM). */
+  isolatedNetwork?: boolean;
+  /** The VMM's nice value from its start (a pool VM boots at 19; its claim restores 0). */
+  nice?: number;
 }
 
 /** A virtio-fs device backed by a vhost-user daemon (virtiofsd) listening on `socket`. */

@@ -63,6 +63,8 @@ export class FakeAgent {
   readonly hanging = new Set<string>();
   /** Methods held until their release function runs (a slow guest). */
   private readonly held = new Map<string, Promise<void>>();
+  /** Each WriteStdin: its size, and how many CloseStdin calls had come before it. */
+  readonly stdin: Array<{ execId: string; bytes: number; closedBefore: number }> = [];
   /** ReadStream answers at once with no data and no end, as a hostile guest could. */
   emptyReads = false;
   /** The protocol version Version answers with (a test makes it another build's). */
@@ -140,6 +142,19 @@ export class FakeAgent {
           // A hostile guest can answer "nothing yet" at once, forever (see forward.ts).
           eof: !this.emptyReads,
         }),
+      ),
+      WriteStdin: this.method(
+        "WriteStdin",
+        codec<Ref & { data: Uint8Array }>("WriteStdinRequest"),
+        codec("WriteStdinResponse"),
+        (req) => {
+          this.stdin.push({
+            execId: req.execId,
+            bytes: req.data.length,
+            closedBefore: this.called("CloseStdin").length,
+          });
+          return { written: req.data.length };
+        },
       ),
       CloseStdin: this.method("CloseStdin", processRef, E, () => ({})),
       ResizePty: this.method("ResizePty", codec<Ref>("ResizePtyRequest"), E, () => ({})),

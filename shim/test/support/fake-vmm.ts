@@ -1,10 +1,11 @@
 // A HypervisorDriver without a hypervisor: each "VM" is a FakeAgent on a unix socket, and
 // connectAgent returns the shim's real AgentClient connected to it. Tests see what was
 // launched, plugged, paused and stopped, make any step fail, and make a VM die.
+import { mkdir } from "node:fs/promises";
 import path from "node:path";
 import { AgentClient } from "../../src/agent/client.js";
 import { TtrpcClient } from "../../src/ttrpc/client.js";
-import type { DiskSpec, HypervisorDriver, VmConfig, VmExit, VmHandle } from "../../src/vmm/types.js";
+import type { DiskSpec, HypervisorDriver, NicSpec, VmConfig, VmExit, VmHandle } from "../../src/vmm/types.js";
 import { FakeAgent } from "./fake-agent.js";
 
 /** The VM steps a test can make fail. */
@@ -69,6 +70,14 @@ export class FakeVm implements VmHandle {
     return id;
   }
 
+  /** NICs hot-plugged (a pool VM's, at its claim). */
+  readonly nics: NicSpec[] = [];
+
+  async addNet(nic: NicSpec): Promise<string> {
+    this.nics.push(nic);
+    return nic.id;
+  }
+
   async removeDevice(id: string): Promise<void> {
     if (!this.plugged.delete(id)) throw new Error(`no device ${id}`);
   }
@@ -124,6 +133,8 @@ export class FakeDriver implements HypervisorDriver {
 
   async launch(config: VmConfig): Promise<FakeVm> {
     this.check("launch");
+    // As a real driver does: the VM's dir exists while it runs (a pool VM's marker goes there).
+    await mkdir(config.stateDir, { recursive: true });
     const vm = new FakeVm(config, this.nextPid++, path.join(this.dir, `vm${this.vms.length}.sock`), this);
     await vm.agent.listen(path.join(this.dir, `vm${this.vms.length}.sock`));
     this.vms.push(vm);

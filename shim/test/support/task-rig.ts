@@ -17,6 +17,7 @@ import type { RootfsRecord } from "../../src/state/records.js";
 import { RecordStore } from "../../src/state/records.js";
 import { type CreateTaskRequest, TaskService } from "../../src/task/service.js";
 import { log } from "../../src/util/log.js";
+import type { VmHandle } from "../../src/vmm/types.js";
 import { FakeDriver } from "./fake-vmm.js";
 
 export const NS = "unit";
@@ -131,6 +132,18 @@ export class FakeContainment implements ContainmentHost {
     this.scores.push({ pid, score });
   };
 
+  /** Processes moved into cgroups after they ran (claimed pool VMs), and nice values set. */
+  readonly joined: Array<{ pid: number; procs: readonly string[] }> = [];
+  readonly nice: Array<{ pid: number; nice: number }> = [];
+
+  joinCgroup = async (pid: number, procs: readonly string[]): Promise<void> => {
+    this.joined.push({ pid, procs });
+  };
+
+  setNice = async (pid: number, nice: number): Promise<void> => {
+    this.nice.push({ pid, nice });
+  };
+
   /** The last score a VMM got. */
   scoreOf(pid: number): number | undefined {
     return this.scores.filter((s) => s.pid === pid).at(-1)?.score;
@@ -145,6 +158,13 @@ export class FakeNetwork {
   failNext(): void {
     this.failing = true;
   }
+
+  /** A pool VM's NIC: hot-plugged into the running VM, then the same pod network. */
+  attachWarm = async (vm: VmHandle, netnsPath: string): Promise<PodNetwork> => {
+    const network = await this.attach(netnsPath);
+    await vm.addNet?.({ tap: network.tap, mac: network.iface.mac, id: "net0" });
+    return network;
+  };
 
   attach = async (netnsPath: string): Promise<PodNetwork> => {
     if (this.failing) {
@@ -205,6 +225,8 @@ export class TaskRig {
   private constructor(
     readonly dir: string,
     config: Record<string, unknown>,
+    /** Pool options for the task service (the pool exists when config `pool` > 0). */
+    private readonly poolOpts?: { retryMs?: { min: number; max: number } },
   ) {
     this.config = parseConfig({ state_dir: path.join(dir, "state"), ...config }, "unit test");
     this.driver = new FakeDriver(dir);
@@ -237,7 +259,9 @@ export class TaskRig {
       prepareRootfs: this.rootfs.prepare,
       adoptRootfs: this.rootfs.adopt,
       attachNetwork: this.network.attach,
+      attachWarmNetwork: this.network.attachWarm,
       containment: this.containment,
+      pool: { log: pino({ level: "silent" }), pollMs: 5, ...this.poolOpts },
       // Warnings and errors are kept: tests read what the daemon would log.
       log: pino({ level: "warn" }, { write: (line: string) => void this.logLines.push(line) }),
       version: "unit",
@@ -260,8 +284,11 @@ export class TaskRig {
     return this.tasks.restore();
   }
 
-  static async open(config: Record<string, unknown> = {}): Promise<TaskRig> {
-    return new TaskRig(await mkdtemp(path.join(os.tmpdir(), "cloudhv-unit-")), config);
+  static async open(
+    config: Record<string, unknown> = {},
+    poolOpts?: { retryMs?: { min: number; max: number } },
+  ): Promise<TaskRig> {
+    return new TaskRig(await mkdtemp(path.join(os.tmpdir(), "cloudhv-unit-")), config, poolOpts);
   }
 
   /** Writes an OCI bundle for task `id` and returns containerd's CreateTask request for it. */
@@ -329,6 +356,7 @@ export class TaskRig {
   }
 
   async close(): Promise<void> {
+    await this.tasks.pool?.close();
     for (const container of this.tasks.list())
       await this.tasks.forceDelete(container.namespace, container.id);
     for (const vm of this.driver.vms) await vm.stop();

@@ -1,0 +1,317 @@
+// The warm pool's bookkeeping (pod/pool.ts) on fake VMs, and a CRI sandbox that takes a pool VM
+// through the task service on the fake VMM (support/task-rig.ts): fill, claim, never reuse,
+// refill after claims and failures, fall back to a cold boot, close.
+import assert from "node:assert/strict";
+import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
+import { after, describe, it } from "node:test";
+import pino from "pino";
+import type { AgentClient } from "../src/agent/client.js";
+import { parseConfig } from "../src/config.js";
+import { checkPool } from "../src/doctor.js";
+import { type PoolOptions, VmPool, type WarmVm } from "../src/pod/pool.js";
+import type { VmExit, VmHandle } from "../src/vmm/types.js";
+import { TaskRig } from "./support/task-rig.js";
+
+const quiet = pino({ level: "silent" });
+
+/** A VM that only knows whether it was stopped. */
+function fakeWarm(id: string, pid: number) {
+  let end!: (exit: VmExit) => void;
+  const exited = new Promise<VmExit>((resolve) => {
+    end = resolve;
+  });
+  const state = { stopped: false, agentClosed: false };
+  const vm = {
+    id,
+    pid,
+    consoleLogPath: "/dev/null",
+    exited,
+    async stop() {
+      state.stopped = true;
+      end({ code: 0, signal: null });
+    },
+  } as unknown as VmHandle;
+  const agent = {
+    close() {
+      state.agentClosed = true;
+    },
+  } as unknown as AgentClient;
+  const warm: WarmVm = { vm, agent, bootMs: 1 };
+  return { warm, state, die: () => end({ code: null, signal: "SIGKILL" }) };
+}
+
+type Booted = ReturnType<typeof fakeWarm>;
+
+/** A pool whose boots are recorded; `gate` holds each boot until released when set. */
+function poolRig(opts: Partial<PoolOptions> & { target: number; failFirst?: number }) {
+  const booted: Booted[] = [];
+  let concurrent = 0;
+  let maxConcurrent = 0;
+  let failures = opts.failFirst ?? 0;
+  let busy = false;
+  const pool = new VmPool({
+    log: quiet,
+    busy: () => busy,
+    retryMs: { min: 5, max: 20 },
+    pollMs: 5,
+    rss: async () => 1000,
+    boot: async (id) => {
+      concurrent++;
+      maxConcurrent = Math.max(maxConcurrent, concurrent);
+      await new Promise((r) => setTimeout(r, 5));
+      concurrent--;
+      if (failures > 0) {
+        failures--;
+        throw new Error("boot failed (fake)");
+      }
+      const b = fakeWarm(id, 5000 + booted.length);
+      booted.push(b);
+      return b.warm;
+    },
+    ...opts,
+  });
+  return {
+    pool,
+    booted,
+    maxConcurrent: () => maxConcurrent,
+    setBusy: (v: boolean) => {
+      busy = v;
+    },
+  };
+}
+
+async function until(what: string, check: () => boolean, ms = 5000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!check()) {
+    if (Date.now() > deadline) assert.fail(`${what}: not within ${ms} ms`);
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
+describe("the warm VM pool (bookkeeping)", () => {
+  it("fills to its target one boot at a time, hands each VM out once, and refills after claims", async () => {
+    const rig = poolRig({ target: 3 });
+    rig.pool.start();
+    await until("pool full", () => rig.pool.stats().ready === 3);
+    assert.equal(rig.maxConcurrent(), 1, "one boot at a time");
+    const seen = new Set<string>();
+    for (let i = 0; i < 6; i++) {
+      await until("a ready VM", () => rig.pool.stats().ready > 0);
+      const warm = rig.pool.take();
+      assert.ok(warm);
+      assert.ok(!seen.has(warm.vm.id), `${warm.vm.id} handed out twice`);
+      seen.add(warm.vm.id);
+    }
+    await until("refilled", () => rig.pool.stats().ready === 3);
+    const stats = rig.pool.stats();
+    assert.equal(stats.claimed, 6);
+    assert.equal(rig.booted.length, 9, "3 + one per claim");
+    assert.equal(stats.idleRssBytes > 0 || stats.ready === 3, true);
+    await rig.pool.close();
+    assert.ok(
+      rig.booted.filter((b) => !seen.has(b.warm.vm.id)).every((b) => b.state.stopped),
+      "close stopped the unclaimed VMs",
+    );
+    assert.ok(
+      rig.booted.filter((b) => seen.has(b.warm.vm.id)).every((b) => !b.state.stopped),
+      "close left the claimed VMs (the pods') alone",
+    );
+    assert.equal(rig.pool.take(), undefined, "a closed pool hands out nothing");
+  });
+
+  it("does not start a refill boot while pod creates are in flight", async () => {
+    const rig = poolRig({ target: 1 });
+    rig.setBusy(true);
+    rig.pool.start();
+    await new Promise((r) => setTimeout(r, 60));
+    assert.equal(rig.booted.length, 0, "no boot while busy");
+    assert.equal(rig.pool.take(), undefined);
+    rig.setBusy(false);
+    await until("pool full", () => rig.pool.stats().ready === 1);
+    await rig.pool.close();
+  });
+
+  it("counts failed boots and retries after a back-off until the pool is full", async () => {
+    const rig = poolRig({ target: 2, failFirst: 3 });
+    rig.pool.start();
+    await until("pool full", () => rig.pool.stats().ready === 2);
+    assert.equal(rig.pool.stats().refillFailures, 3);
+    await rig.pool.close();
+  });
+
+  it("never hands out again a VM whose claim failed: it is stopped, counted, and replaced", async () => {
+    const rig = poolRig({ target: 2 });
+    rig.pool.start();
+    await until("pool full", () => rig.pool.stats().ready === 2);
+    const failed = rig.pool.take();
+    assert.ok(failed);
+    await rig.pool.discard(failed);
+    const record = rig.booted.find((b) => b.warm === failed);
+    assert.ok(record?.state.stopped, "the VM of a failed claim is stopped");
+    assert.equal(rig.pool.stats().claimFailures, 1);
+    await until("refilled", () => rig.pool.stats().ready === 2);
+    // Every VM the pool hands out from now on is another one.
+    for (let i = 0; i < 4; i++) {
+      await until("a ready VM", () => rig.pool.stats().ready > 0);
+      const next = rig.pool.take();
+      assert.ok(next);
+      assert.notEqual(next.vm.id, failed.vm.id, "the failed VM came back");
+      assert.notEqual(next, failed);
+    }
+    await rig.pool.close();
+  });
+
+  it("drops a ready VM that dies and boots a replacement; close stops a boot in progress", async () => {
+    let release: (() => void) | undefined;
+    const rig = poolRig({ target: 1 });
+    rig.pool.start();
+    await until("pool full", () => rig.pool.stats().ready === 1);
+    const dying = rig.booted[0];
+    assert.ok(dying);
+    dying.die();
+    await until("replaced", () => rig.booted.length === 2 && rig.pool.stats().ready === 1);
+    assert.ok(dying.state.stopped, "the dead VM's host side was cleaned up (stop)");
+    assert.notEqual(rig.pool.take()?.vm.id, dying.warm.vm.id);
+
+    // A boot that finishes after close: its VM is stopped, not kept.
+    const slow = poolRig({
+      target: 1,
+      boot: async (id) => {
+        await new Promise<void>((r) => {
+          release = r;
+        });
+        const b = fakeWarm(id, 7000);
+        slow.booted.push(b);
+        return b.warm;
+      },
+    });
+    slow.pool.start();
+    await until("boot started", () => release !== undefined);
+    const closing = slow.pool.close();
+    release?.();
+    await closing;
+    assert.equal(slow.booted.length, 1);
+    assert.ok(slow.booted[0]?.state.stopped, "the VM booted during close was stopped");
+    await rig.pool.close();
+  });
+});
+
+describe("a CRI sandbox from the warm pool (task service on the fake VMM)", () => {
+  const rigs: TaskRig[] = [];
+  after(async () => {
+    for (const rig of rigs) await rig.close();
+  });
+
+  it("claims a pool VM: its NIC and disks hot-plugged, cgroup joined, priority and OOM score set; no VM serves two pods; a failed claim stops the VM and the pod boots cold", async () => {
+    const rig = await TaskRig.open({ pool: 2 }, { retryMs: { min: 5, max: 20 } });
+    rigs.push(rig);
+    const pool = rig.tasks.pool;
+    assert.ok(pool);
+    pool.start();
+    await until("pool full", () => pool.stats().ready === 2);
+    assert.equal(
+      rig.tasks.poolStats()?.ready,
+      2,
+      "the task service shows the pool's state (metrics read it)",
+    );
+    const poolVms = rig.driver.vms.map((vm) => vm.id);
+    assert.ok(
+      rig.driver.vms.every((vm) => vm.config.isolatedNetwork === true && vm.config.nice === 19),
+      "pool VMs boot in an empty netns at nice 19",
+    );
+    assert.ok(
+      rig.driver.vms.every((vm) => (vm.config.disks ?? []).length === 0 && !vm.config.network),
+      "pool VMs boot with no pod disk and no NIC",
+    );
+
+    const owners = new Map<string, string>();
+    const sandbox = async (name: string) => {
+      await rig.create(name, {
+        role: "sandbox",
+        netns: `/var/run/netns/${name}`,
+        cgroupsPath: `/kubepods/besteffort/pod-${name}/${name}`,
+      });
+      const vm = rig.driver.vms.find((v) => v.agent.containers.has(name));
+      assert.ok(vm, `a VM runs ${name}`);
+      assert.ok(!owners.has(vm.id), `VM ${vm.id} of ${name} already served ${owners.get(vm.id)}`);
+      owners.set(vm.id, name);
+      return vm;
+    };
+    const a = await sandbox("pa");
+    assert.ok(poolVms.includes(a.id), "the first sandbox took a pool VM");
+    assert.equal(a.nics.length, 1, "one NIC hot-plugged");
+    assert.equal(a.nics[0]?.mac, "02:42:0a:58:00:07", "with the pod's MAC");
+    assert.equal(a.plugged.size, 2, "its image and scratch disks hot-plugged");
+    assert.ok(
+      rig.containment.joined.some((j) => j.pid === a.pid),
+      "VMM moved into the pod cgroup",
+    );
+    assert.deepEqual(
+      rig.containment.nice.filter((n) => n.pid === a.pid),
+      [{ pid: a.pid, nice: 0 }],
+    );
+    assert.equal(rig.containment.scoreOf(a.pid), 1000, "BestEffort's OOM score");
+
+    // The next claim fails at a disk hot-plug: that VM is stopped and the pod boots cold.
+    rig.driver.failNext("addDisk");
+    const b = await sandbox("pb");
+    assert.ok(!poolVms.includes(b.id), "after the failed claim, pb booted cold");
+    const failedVm = rig.driver.vms.find((v) => poolVms.includes(v.id) && v.id !== a.id && v.stopped);
+    assert.ok(failedVm, "the pool VM whose claim failed was stopped");
+    assert.equal(pool.stats().claimFailures, 1);
+
+    // Refilled with new VMs; pods keep getting VMs no pod had.
+    await until("refilled", () => pool.stats().ready === 2);
+    for (const name of ["pc", "pd", "pe"]) {
+      await until("a ready VM", () => pool.stats().ready > 0);
+      const vm = await sandbox(name);
+      assert.ok(vm.id.startsWith("pool-"), `${name} took a pool VM`);
+      assert.notEqual(vm.id, failedVm.id);
+    }
+    for (const name of ["pa", "pb", "pc", "pd", "pe"]) await rig.tasks.forceDelete("unit", name);
+    await pool.close();
+    assert.deepEqual(rig.leftovers(), { tasks: [], vms: [], rootfs: [], network: [] });
+  });
+});
+
+describe("cloudhv doctor on the warm pool", () => {
+  it("shows each live daemon's pool from its status file, ignores a dead daemon's, says when the pool is off", async () => {
+    const dir = await mkdtemp(path.join(os.tmpdir(), "cloudhv-pool-doctor-"));
+    try {
+      const off = await checkPool(parseConfig({ state_dir: dir }, "test"));
+      assert.deepEqual(
+        off.map((c) => [c.id, c.status]),
+        [["pool", "info"]],
+      );
+      assert.match(off[0]?.detail ?? "", /off \(config pool: 0\)/);
+      const config = parseConfig({ state_dir: dir, pool: 2 }, "test");
+      await mkdir(path.join(dir, "pool"));
+      const status = {
+        target: 2,
+        ready: 2,
+        booting: 0,
+        claimed: 5,
+        coldBoots: 1,
+        claimFailures: 0,
+        refillFailures: 0,
+      };
+      await writeFile(
+        path.join(dir, "pool", "shim-live.json"),
+        JSON.stringify({ pid: process.pid, ...status, idleRssBytes: 280 * 2 ** 20 }),
+      );
+      // A pid no process has (above the kernel's pid_max).
+      await writeFile(path.join(dir, "pool", "shim-dead.json"), JSON.stringify({ pid: 2 ** 23, ...status }));
+      const on = await checkPool(config);
+      assert.equal(on.length, 1, "the dead daemon's file is ignored");
+      assert.equal(on[0]?.status, "pass");
+      assert.match(
+        on[0]?.detail ?? "",
+        /2\/2 ready, 0 booting, 5 claimed, 1 cold boots, .*idle VMs 280 MiB resident/,
+      );
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+});
