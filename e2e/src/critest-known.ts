@@ -48,18 +48,8 @@ export const KNOWN_DIFFERENCES: readonly KnownDifference[] = [
     pattern: /Container Mount Readonly .*should support non-recursive readonly mounts/,
     cause: "propagation",
     reason:
-      "the volume is a copy/share in the guest: the host's submounts under it are not there to stay writable",
-  },
-  {
-    pattern: /Security Context bucket runtime should support (Privileged is true|adding capability)/,
-    cause: "bridge",
-    reason: "`brctl addbr` needs CONFIG_BRIDGE, which the guest kernel lacks",
-  },
-  {
-    pattern:
-      /Streaming runtime should support streaming interfaces runtime should support portforward \[Conformance\]/,
-    cause: "port-forward",
-    reason: "containerd dials localhost:PORT in the pod's netns on the host; the server runs in the VM",
+      "a read-only volume is read-only all the way down: a read-write host mount below it is not shared, because a hostile guest kernel could write it through virtiofsd whatever the guest's mount flags say (docs/design.md, Volumes)",
+    byDesign: true,
   },
   {
     pattern:

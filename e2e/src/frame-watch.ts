@@ -1,5 +1,5 @@
 // Watches an interface of the host (a CNI bridge) for Ethernet frames from given source MACs
-// or IPv4 addresses (IP source or ARP sender), as a neighbour on that bridge would receive
+// or IP addresses (IPv4 source or ARP sender, IPv6 source), as a neighbour on that bridge would receive
 // them. Node has no packet sockets: a few lines of python3 read them until told to stop.
 import { spawn } from "node:child_process";
 
@@ -7,7 +7,8 @@ const PY = `
 import json, select, socket, sys
 iface, macs, ips = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
 want_mac = {bytes.fromhex(m.replace(":", "")): m for m in macs}
-want_ip = {socket.inet_aton(a): a for a in ips}
+want_ip = {socket.inet_aton(a): a for a in ips if ":" not in a}
+want_ip6 = {socket.inet_pton(socket.AF_INET6, a): a for a in ips if ":" in a}
 seen = {k: 0 for k in macs + ips}
 s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
 s.bind((iface, 0))
@@ -24,6 +25,8 @@ while True:
         seen[want_ip[f[26:30]]] += 1
     if etype == b"\\x08\\x06" and f[28:32] in want_ip:
         seen[want_ip[f[28:32]]] += 1
+    if etype == b"\\x86\\xdd" and f[22:38] in want_ip6:
+        seen[want_ip6[f[22:38]]] += 1
 print(json.dumps(seen), flush=True)
 `;
 

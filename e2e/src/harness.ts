@@ -21,6 +21,8 @@ export interface Harness extends AsyncDisposable {
   /** The CNI bridge on the host and its address (the pods' default gateway). */
   bridge: string;
   gateway: string;
+  /** The bridge's IPv6 address, with `dualStack`. */
+  gateway6?: string;
   stop(): Promise<void>;
 }
 
@@ -32,6 +34,8 @@ export interface HarnessOptions {
   runtimeConfig?: Record<string, unknown>;
   /** More TOML for containerd's config, after the harness's own (e.g. registry mirrors). */
   extraConfig?: readonly string[];
+  /** A dual-stack CNI bridge (IPv4 and IPv6 ranges, both default routes). */
+  dualStack?: boolean;
 }
 
 export async function startHarness(opts: HarnessOptions = {}): Promise<Harness> {
@@ -40,7 +44,7 @@ export async function startHarness(opts: HarnessOptions = {}): Promise<Harness> 
   try {
     const runtime = await installRuntime(dir, opts.runtimeConfig);
     await mkdir(path.join(dir, "cni"), { recursive: true });
-    const network = await writeBridgeNetwork(path.join(dir, "cni"), dir, path.basename(dir));
+    const network = await writeBridgeNetwork(path.join(dir, "cni"), dir, path.basename(dir), opts.dualStack);
     containerd = await PrivateContainerd.start({
       baseDir: dir,
       env: runtime.env,
@@ -102,6 +106,7 @@ export async function startHarness(opts: HarnessOptions = {}): Promise<Harness> 
       cri,
       bridge: network.bridge,
       gateway: network.gateway,
+      ...(network.gateway6 ? { gateway6: network.gateway6 } : {}),
       stop,
       [Symbol.asyncDispose]: stop,
     };

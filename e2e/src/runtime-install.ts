@@ -50,6 +50,8 @@ export async function installRuntime(
         rootfs_path: rootfsPath,
         // Built by host/virtiofsd/build.sh (scripts/dev.sh setup).
         virtiofsd_binary: path.join(REPO_ROOT, "build/host/virtiofsd"),
+        // Built with the agent by guest/agent/build.sh.
+        port_forward_binary: path.join(REPO_ROOT, "build/host/cloudhv-portfwd"),
         state_dir: stateDir,
         log_dir: logDir,
         cache_dir: cacheDir,

@@ -1,11 +1,12 @@
 // Level 4 (CRI): our CRI client drives containerd's CRI plugin like kubelet does; the pod
 // runs with RuntimeClass handler `cloudhv` in one microVM, on CNI's bridge network.
 import assert from "node:assert/strict";
-import { chown, mkdir, readdir, readFile, stat, writeFile } from "node:fs/promises";
+import { chown, mkdir, readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
 import { exec } from "@cloudhv/shim";
 import type { ContainerConfig, CriClient, NamespaceOptions, PodSandboxConfig } from "../src/cri/client.js";
+import { portForwardExchange } from "../src/cri/port-forward.js";
 import { watchFrames } from "../src/frame-watch.js";
 import { HANDLER, type Harness, startHarness } from "../src/harness.js";
 import { hypervisorSuites } from "../src/hypervisors.js";
@@ -411,6 +412,91 @@ for (const hv of await hypervisorSuites())
       assert.deepEqual(await podVmms(harness.runtime.stateDir), []);
     });
 
+    it("forwards ports into the pod through CRI's PortForward (kubectl port-forward): any port, a server on the guest's 127.0.0.1 only, connections at once; nothing left after the pod", async () => {
+      const logDirectory = path.join(harness.dir, "pods", "pf");
+      await mkdir(logDirectory, { recursive: true });
+      const sandboxConfig: PodSandboxConfig = {
+        metadata: { name: "pf", uid: "uid-pf", namespace: "default" },
+        hostname: "pf",
+        logDirectory,
+      };
+      const podId = await cri.runPodSandbox(sandboxConfig, HANDLER);
+      const podsDir = path.join(harness.runtime.stateDir, "pods");
+      const started = Date.now();
+      const id = await cri.createContainer(
+        podId,
+        {
+          metadata: { name: "web" },
+          image: { image: IMAGE_A },
+          // 8080 on every address; 8081 on the guest's loopback only (unreachable from the pod IP).
+          command: [
+            "/bin/busybox",
+            "sh",
+            "-c",
+            "/bin/busybox httpd -p 127.0.0.1:8081 -h /etc && exec /bin/busybox httpd -f -p 8080 -h /etc",
+          ],
+          logPath: "web.log",
+        },
+        sandboxConfig,
+      );
+      await cri.startContainer(id);
+      const get = async (port: number) => {
+        const url = await cri.portForward(podId, [port]);
+        const res = await portForwardExchange(url, port, Buffer.from("GET /cloudhv-image HTTP/1.0\r\n\r\n"));
+        return res.data.toString();
+      };
+      let first = "";
+      const deadline = Date.now() + 30_000;
+      while (!first.includes("200 OK") && Date.now() < deadline) {
+        first = await get(8080).catch((err: unknown) => String(err));
+        if (!first.includes("200 OK")) await new Promise((r) => setTimeout(r, 500));
+      }
+      assert.match(first, /^HTTP\/1\.[01] 200 OK/, first);
+      assert.ok(first.trimEnd().endsWith(IMAGE_A), first);
+      console.log(`port-forward: first answer ${Date.now() - started} ms after create`);
+      const t0 = performance.now();
+      const local = await get(8081);
+      console.log(`port-forward: one GET through PortForward ${Math.round(performance.now() - t0)} ms`);
+      assert.ok(local.trimEnd().endsWith(IMAGE_A), `a server on the guest's 127.0.0.1 only: ${local}`);
+      // Five connections at once, each with its own answer.
+      const many = await Promise.all([8080, 8081, 8080, 8081, 8080].map((p) => get(p)));
+      for (const answer of many) assert.ok(answer.trimEnd().endsWith(IMAGE_A), answer);
+      // A port nothing listens on: the connection ends at once, with no data.
+      assert.equal(await get(9), "");
+
+      // One helper for this pod, in its netns, behind a nat rule there.
+      const helpers = await processesMatching(podsDir);
+      assert.equal(helpers.length, 1, `one cloudhv-portfwd under ${podsDir}`);
+      const argv = (await readFile(`/proc/${helpers[0]}/cmdline`, "utf8")).split("\0");
+      const netns = argv[argv.indexOf("--netns") + 1] ?? "";
+      const rules = await exec(["nsenter", `--net=${netns}`, "--", "iptables", "-t", "nat", "-S", "OUTPUT"]);
+      assert.match(rules.stdout, /-d 127\.0\.0\.1\/32 -p tcp -j REDIRECT --to-ports \d+/);
+
+      await cri.stopContainer(id, 2);
+      await cri.removeContainer(id);
+      await cri.stopPodSandbox(podId);
+      await cri.removePodSandbox(podId);
+      assert.deepEqual(await processesMatching(podsDir), [], "no cloudhv-portfwd left");
+      assert.deepEqual(await entriesOf(podsDir), [], "no relay socket or pod directory left");
+      const netnsLeft = await stat(netns).then(
+        () => true,
+        () => false,
+      );
+      if (netnsLeft) {
+        const after = await exec([
+          "nsenter",
+          `--net=${netns}`,
+          "--",
+          "iptables",
+          "-t",
+          "nat",
+          "-S",
+          "OUTPUT",
+        ]);
+        assert.doesNotMatch(after.stdout, /REDIRECT/, "the nat rule left in the pod netns");
+      }
+    });
+
     it("a container that forges its MAC or IP (CAP_NET_ADMIN) reaches nobody on the bridge; its real frames do", async (t) => {
       const logDirectory = path.join(harness.dir, "pods", "spoof");
       await mkdir(logDirectory, { recursive: true });
@@ -541,6 +627,57 @@ for (const hv of await hypervisorSuites())
       await cri.stopPodSandbox(podId);
       await cri.removePodSandbox(podId);
       assert.deepEqual(await podVmms(harness.runtime.stateDir), []);
+    });
+
+    it("a read-only hostPath volume is read-only all the way down: a read-write host mount below it is not shared (a hostile guest kernel could write it through virtiofsd)", async () => {
+      const base = path.join(harness.dir, "nrro");
+      const sub = path.join(base, "sub");
+      await mkdir(sub, { recursive: true });
+      await exec(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", sub]);
+      try {
+        const logDirectory = path.join(harness.dir, "pods", "nrro");
+        await mkdir(logDirectory, { recursive: true });
+        const sandboxConfig: PodSandboxConfig = {
+          metadata: { name: "nrro", uid: "uid-nrro", namespace: "default" },
+          logDirectory,
+        };
+        const podId = await cri.runPodSandbox(sandboxConfig, HANDLER);
+        const id = await cri.createContainer(
+          podId,
+          {
+            metadata: { name: "writer" },
+            image: { image: IMAGE_A },
+            command: ["sleep", "600"],
+            mounts: [{ containerPath: "/ro", hostPath: base, readonly: true }],
+            logPath: "writer.log",
+          },
+          sandboxConfig,
+        );
+        await cri.startContainer(id);
+        const top = await cri.execSync(id, ["/bin/sh", "-c", "touch /ro/top"]);
+        assert.notEqual(top.exitCode, 0, "the volume itself is read-only");
+        assert.match(top.stderr, /Read-only file system/);
+        const below = await cri.execSync(id, ["/bin/sh", "-c", "echo from-pod > /ro/sub/file"]);
+        assert.notEqual(below.exitCode, 0, "the host's tmpfs below the volume is not writable from the pod");
+        assert.match(below.stderr, /Read-only file system/);
+        assert.deepEqual(await readdir(sub), [], "nothing reached the host's tmpfs");
+        // What virtiofsd serves: the volume's bind in the pod's shared directory has no mount below it.
+        const podsDir = path.join(harness.runtime.stateDir, "pods");
+        const served = (await readFile("/proc/self/mountinfo", "utf8"))
+          .split("\n")
+          .map((l) => l.split(" ")[4] ?? "")
+          .filter((m) => m.startsWith(`${podsDir}/`) && m.endsWith("/sub"));
+        assert.deepEqual(served, [], "the host's tmpfs below the read-only volume is not in the pod's share");
+        await cri.stopContainer(id, 2);
+        await cri.removeContainer(id);
+        await cri.stopPodSandbox(podId);
+        await cri.removePodSandbox(podId);
+        assert.deepEqual(await entriesOf(path.join(harness.runtime.stateDir, "pods")), []);
+      } finally {
+        await exec(["umount", sub]);
+      }
+      // Nothing of ours holds the host's mount (it was never bound): its directory goes.
+      await rm(base, { recursive: true });
     });
 
     it("shares hostPath volumes by virtio-fs: writes reach the host at once and stay, readOnly refuses writes, host files appear, nothing left behind", async () => {

@@ -1,7 +1,8 @@
 // The node's shim daemon under faults and changes. Killed (kill -9) while pods run and one
 // streams output: its VMs and virtiofsd outlive it, containerd's connections stay open (the
 // front keeps them), a new daemon takes over from the pods' records within seconds, and every
-// old pod still answers exec, stats, stop and remove; afterwards nothing is left on the host.
+// old pod still answers exec, stats, stop, remove and port-forward (the helpers died with the
+// old daemon; the new one starts its own); afterwards nothing is left on the host.
 // The runtime config changed under a running pod: its next container still joins its VM; so
 // does one started by a newly installed shim build, while the new build's daemon serves new pods.
 // A guest kernel panic ends its task at once, with the reason in the daemon's log.
@@ -12,6 +13,7 @@ import { after, before, describe, it } from "node:test";
 import { exec } from "@cloudhv/shim";
 import { REPO_ROOT } from "../src/artifacts.js";
 import type { CriClient, PodSandboxConfig } from "../src/cri/client.js";
+import { portForwardExchange } from "../src/cri/port-forward.js";
 import { HANDLER, type Harness, startHarness } from "../src/harness.js";
 import { hypervisorSuites } from "../src/hypervisors.js";
 import { entriesOf, processesMatching, shimProcesses } from "../src/leaks.js";
@@ -95,7 +97,7 @@ for (const hv of await hypervisorSuites())
         const command =
           name === "counter"
             ? ["sh", "-c", "i=0; while true; do echo line-$i; i=$((i+1)); usleep 50000; done"]
-            : ["sleep", "3600"];
+            : ["/bin/busybox", "httpd", "-f", "-p", "8080", "-h", "/etc"];
         const id = await cri.createContainer(
           podId,
           { metadata: { name: "main" }, image: { image: IMAGE }, command, logPath: "main.log" },
@@ -117,6 +119,10 @@ for (const hv of await hypervisorSuites())
       assert.equal(vmms.length, 2, "one VM per pod");
       const [daemon] = await daemonPids(stateDir);
       assert.ok(daemon, "a shim daemon serves the pods");
+      // Port-forward helpers (one per pod) die with the daemon; the new one starts its own.
+      const podsDir = path.join(stateDir, "pods");
+      const helpers = await processesMatching(podsDir);
+      assert.equal(helpers.length, 2, "one cloudhv-portfwd per pod");
 
       process.kill(daemon, "SIGKILL");
       const killedAt = Date.now();
@@ -151,6 +157,20 @@ for (const hv of await hypervisorSuites())
         assert.match(metrics.stdout, /memory/i, `ctr task metrics ${pod.id} reports the guest's figures`);
       }
       process.stdout.write(`# takeover: exec answered ${takeoverMs} ms after the kill\n`);
+      const newHelpers = await waitUntil("the new daemon's port-forward helpers", 30_000, async () => {
+        const now = await processesMatching(podsDir);
+        return now.length === 2 && now.every((pid) => !helpers.includes(pid)) ? now : undefined;
+      });
+      assert.equal(newHelpers.length, 2);
+      const forwarded = await portForwardExchange(
+        await cri.portForward(quiet.podId, [8080]),
+        8080,
+        Buffer.from("GET /cloudhv-image HTTP/1.0\r\n\r\n"),
+      );
+      assert.ok(
+        forwarded.data.toString().trimEnd().endsWith(IMAGE),
+        `port-forward after the takeover: ${forwarded.data}`,
+      );
 
       for (const pod of pods) {
         await cri.stopContainer(pod.id, 2);
@@ -162,6 +182,7 @@ for (const hv of await hypervisorSuites())
       assert.deepEqual(await processesMatching(path.join(stateDir, "vm")), [], "no VMM left");
       assert.deepEqual(await entriesOf(path.join(stateDir, "vm")), [], "no VM state left");
       assert.deepEqual(await entriesOf(path.join(stateDir, "records")), [], "no pod record left");
+      assert.deepEqual(await processesMatching(podsDir), [], "no cloudhv-portfwd left");
     });
 
     it("a guest kernel panic ends the task at once (137), with the panic in the daemon's log", async () => {

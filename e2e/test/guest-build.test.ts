@@ -27,7 +27,7 @@ describe("guest kernel build", () => {
     }
   });
 
-  it("accepts the shipped config and keeps PVH, virtio, vsock, erofs and hotplug", async () => {
+  it("accepts the shipped config and keeps PVH, virtio, vsock, erofs, hotplug and what privileged pods use (bridge, netfilter, IPVS)", async () => {
     const dir = await mkdtemp(path.join(os.tmpdir(), "cloudhv-kconfig-"));
     try {
       const result = await exec([script, "--config-only", "--out", dir], { timeoutMs: 180_000 });
@@ -42,6 +42,13 @@ describe("guest kernel build", () => {
         "VIRTIO_VSOCKETS",
         "EROFS_FS",
         "HOTPLUG_PCI_PCIE",
+        "BRIDGE",
+        "VETH",
+        "TUN",
+        "NF_TABLES",
+        "IP_NF_NAT",
+        "IP6_NF_NAT",
+        "IP_VS",
       ]) {
         assert.match(config, new RegExp(`^CONFIG_${option}=y$`, "m"), option);
       }

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the guest agent (static x86_64 binary, glibc + crt-static, see .cargo/config.toml)
-# and copies it to <repo>/build/guest/cloudhv-agent.
+# and copies it to <repo>/build/guest/cloudhv-agent; the crate's host helper for port-forward
+# (src/bin/cloudhv-portfwd.rs, also static) goes to <repo>/build/host/cloudhv-portfwd.
 #
 #   guest/agent/build.sh [--out FILE] [--force]
 #
@@ -40,7 +41,8 @@ inputs_hash() {
   } | sha256sum | cut -d' ' -f1
 }
 want=$(inputs_hash)
-if ((!force)) && [ -x "$out" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+helper_out="$(dirname "$(dirname "$out")")/host/cloudhv-portfwd"
+if ((!force)) && [ -x "$out" ] && [ -x "$helper_out" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   echo "agent: up to date ($out, $(stat -c %s "$out") bytes)"
   exit 0
 fi
@@ -60,7 +62,9 @@ if command -v file >/dev/null; then
   esac
 fi
 
-mkdir -p "$(dirname "$out")"
+mkdir -p "$(dirname "$out")" "$(dirname "$helper_out")"
+cp "$CARGO_TARGET_DIR/x86_64-unknown-linux-gnu/release/cloudhv-portfwd" "$helper_out.tmp.$$"
+mv -f "$helper_out.tmp.$$" "$helper_out"
 cp "$bin" "$out.tmp.$$"
 mv -f "$out.tmp.$$" "$out"
 echo "$want" >"$stamp"

@@ -16,6 +16,7 @@ import {
   type HostRoot,
   KERNEL,
   LAUNCHER,
+  PORT_FORWARD,
   PREVIOUS_LINK,
   ROOTFS,
   SHIM_NAME,
@@ -37,6 +38,7 @@ const OPTIONAL_CLOUD_HYPERVISOR = "bin/cloud-hypervisor";
 const OPTIONAL_VIRTIOFSD = "bin/virtiofsd";
 /** The compiled shim launcher (host/launcher); a bundle without one runs the Node.js shim through a script. */
 export const OPTIONAL_SHIM_LAUNCHER = "shim/dist/containerd-shim-cloudhv-v1";
+const OPTIONAL_PORT_FORWARD = "bin/cloudhv-portfwd";
 
 const manifestSchema = z.strictObject({
   name: z.literal("cloudhv"),
@@ -207,6 +209,8 @@ export async function activate(root: HostRoot, version: string): Promise<{ previ
     await atomicSymlink(`../${rel}/${OPTIONAL_CLOUD_HYPERVISOR}`, root.path(CLOUD_HYPERVISOR));
   if (await exists(path.join(dir, OPTIONAL_VIRTIOFSD)))
     await atomicSymlink(`../${rel}/${OPTIONAL_VIRTIOFSD}`, root.path(VIRTIOFSD));
+  if (await exists(path.join(dir, OPTIONAL_PORT_FORWARD)))
+    await atomicSymlink(`../${rel}/${OPTIONAL_PORT_FORWARD}`, root.path(PORT_FORWARD));
   // containerd runs the compiled launcher where the version has one (it finds shim.js and the
   // bundled node from its own path); else the script.
   if (await exists(path.join(dir, OPTIONAL_SHIM_LAUNCHER)))

@@ -22,6 +22,8 @@ export interface BundleOptions {
   cloudHypervisor?: string | undefined;
   /** A virtiofsd binary to ship as bin/virtiofsd (pods' shared volumes). */
   virtiofsd?: string | undefined;
+  /** cloudhv-portfwd to ship as bin/cloudhv-portfwd (CRI port-forward). */
+  portForward?: string | undefined;
   /** Text shipped as BUILD-NOTE: a rebuild of the same tree then has a version of its own. */
   buildNote?: string | undefined;
   repoRoot?: string;
@@ -120,6 +122,7 @@ export async function assembleBundle(opts: BundleOptions): Promise<Manifest> {
   for (const [from, name] of [
     [opts.cloudHypervisor, "bin/cloud-hypervisor"],
     [opts.virtiofsd, "bin/virtiofsd"],
+    [opts.portForward, "bin/cloudhv-portfwd"],
   ] as const) {
     if (!from) continue;
     await mkdir(path.join(out, "bin"), { recursive: true });

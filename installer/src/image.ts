@@ -27,6 +27,7 @@ export interface ImageOptions {
   rootfs: string;
   cloudHypervisor?: string | undefined;
   virtiofsd?: string | undefined;
+  portForward?: string | undefined;
   /** Shipped as BUILD-NOTE in the bundle: another version of the same tree (an upgrade test). */
   buildNote?: string | undefined;
   /** Scratch space (default: next to the archive). */
@@ -110,6 +111,8 @@ export async function buildImage(
       cloudHypervisor: opts.cloudHypervisor,
       // Every image serves shared volumes: virtiofsd as host/virtiofsd/build.sh built it.
       virtiofsd: opts.virtiofsd ?? path.join(repo, "build/host/virtiofsd"),
+      // And port-forward: cloudhv-portfwd as guest/agent/build.sh built it.
+      portForward: opts.portForward ?? path.join(repo, "build/host/cloudhv-portfwd"),
       buildNote: opts.buildNote,
     });
     await mkdir(base);

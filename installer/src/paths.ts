@@ -24,6 +24,8 @@ export const ROOTFS = `${INSTALL_DIR}/rootfs.erofs`;
 export const CLOUD_HYPERVISOR = `${BIN_DIR}/cloud-hypervisor`;
 /** Serves pods' shared volumes (the runtime config's virtiofsd_binary default). */
 export const VIRTIOFSD = `${BIN_DIR}/virtiofsd`;
+/** Carries CRI port-forward into pods (the runtime config's port_forward_binary default). */
+export const PORT_FORWARD = `${BIN_DIR}/cloudhv-portfwd`;
 export const CURRENT_LINK = `${INSTALL_DIR}/current`;
 export const PREVIOUS_LINK = `${INSTALL_DIR}/previous`;
 /** What the installer did (versions, containerd config hashes): uninstall and status read it. */

@@ -60,6 +60,8 @@ export const configSchema = z
     cloud_hypervisor_binary: z.string().min(1).default("/opt/cloudhv/bin/cloud-hypervisor"),
     // Serves the pod's shared volumes (hostPath, PVC, disk-backed emptyDir) by virtio-fs.
     virtiofsd_binary: z.string().min(1).default("/opt/cloudhv/bin/virtiofsd"),
+    // Carries CRI port-forward from the pod's netns into its VM (network/port-forward.ts).
+    port_forward_binary: z.string().min(1).default("/opt/cloudhv/bin/cloudhv-portfwd"),
     kernel_path: z.string().min(1).default("/opt/cloudhv/vmlinux"),
     rootfs_path: z.string().min(1).default("/opt/cloudhv/rootfs.erofs"),
     kernel_args: z.string().default(""),

@@ -69,7 +69,15 @@ describe("TaskService with a fake VMM and an in-process agent", () => {
     assert.equal(vm.config.network?.mac, "02:42:0a:58:00:07");
     assert.deepEqual(vm.agent.network, {
       interfaces: [
-        { mac: "02:42:0a:58:00:07", mtu: 1500, addresses: [{ address: "10.88.0.7", prefixLen: 16 }] },
+        // Dual-stack: the IPv6 address reaches the guest too.
+        {
+          mac: "02:42:0a:58:00:07",
+          mtu: 1500,
+          addresses: [
+            { address: "10.88.0.7", prefixLen: 16 },
+            { address: "fd00::7", prefixLen: 64 },
+          ],
+        },
       ],
       routes: [{ dest: "default", gateway: "10.88.0.1", mac: "02:42:0a:58:00:07" }],
     });

@@ -185,6 +185,12 @@ export class CriClient {
     return { stdout: res.stdout.toString(), stderr: res.stderr.toString(), exitCode: res.exitCode };
   }
 
+  /** The streaming server's URL for a port-forward into the pod (kubelet's PortForward). */
+  async portForward(podSandboxId: string, ports: number[]): Promise<string> {
+    const res = await this.call<{ url: string }>("PortForward", { podSandboxId, port: ports });
+    return res.url;
+  }
+
   /** The container's writable layer usage as containerd's snapshotter last measured it (kubelet's ephemeral storage). */
   async writableLayerBytes(containerId: string): Promise<number | undefined> {
     const res = await this.call<{

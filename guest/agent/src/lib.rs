@@ -10,6 +10,7 @@ pub mod crun;
 pub mod error;
 pub mod mounts;
 pub mod network;
+pub mod portfwd;
 pub mod reaper;
 pub mod serial;
 pub mod service;

@@ -1,10 +1,11 @@
 //! The pod's network inside the guest: the NIC that carries the pod's MAC gets the pod's MTU,
 //! addresses and routes, with the classic interface ioctls (the guest has no `ip` binary and
-//! needs nothing netlink offers for IPv4). Containers of a CRI pod share this network.
+//! needs nothing netlink offers): IPv4 on an AF_INET socket, IPv6 (dual-stack pods) on an
+//! AF_INET6 one. Containers of a CRI pod share this network.
 
 use std::ffi::CString;
 use std::fs;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use crate::error::Error;
@@ -76,8 +77,12 @@ struct Ioctl {
 
 impl Ioctl {
     fn new() -> Result<Self, Error> {
+        Self::with_family(libc::AF_INET)
+    }
+
+    fn with_family(family: libc::c_int) -> Result<Self, Error> {
         // SAFETY: plain socket(2); the fd is owned from here on.
-        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+        let fd = unsafe { libc::socket(family, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
         if fd < 0 {
             return os_error("socket".into());
         }
@@ -207,6 +212,143 @@ impl Ioctl {
     }
 }
 
+/// The kernel's struct in6_ifreq (SIOCSIFADDR on an AF_INET6 socket).
+#[repr(C)]
+struct In6Ifreq {
+    addr: libc::in6_addr,
+    prefixlen: u32,
+    ifindex: libc::c_int,
+}
+
+/// The kernel's struct in6_rtmsg (SIOCADDRT on an AF_INET6 socket).
+#[repr(C)]
+struct In6Rtmsg {
+    dst: libc::in6_addr,
+    src: libc::in6_addr,
+    gateway: libc::in6_addr,
+    kind: u32,
+    dst_len: u16,
+    src_len: u16,
+    metric: u32,
+    info: libc::c_ulong,
+    flags: u32,
+    ifindex: libc::c_int,
+}
+
+fn in6(addr: Ipv6Addr) -> libc::in6_addr {
+    libc::in6_addr {
+        s6_addr: addr.octets(),
+    }
+}
+
+fn ifindex(name: &str) -> Result<libc::c_int, Error> {
+    let c = CString::new(name).map_err(|_| Error {
+        code: ttrpc::Code::INVALID_ARGUMENT,
+        message: format!("interface name {name:?}"),
+    })?;
+    // SAFETY: a valid NUL-terminated name.
+    match unsafe { libc::if_nametoindex(c.as_ptr()) } {
+        0 => os_error(format!("index of {name}")),
+        i => Ok(i as libc::c_int),
+    }
+}
+
+impl Ioctl {
+    fn add_address6(&self, name: &str, addr: Ipv6Addr, prefix_len: u32) -> Result<(), Error> {
+        let mut req = In6Ifreq {
+            addr: in6(addr),
+            prefixlen: prefix_len,
+            ifindex: ifindex(name)?,
+        };
+        // SAFETY: `req` is a valid in6_ifreq for the duration of the call.
+        let rc = unsafe {
+            libc::ioctl(
+                self.sock.as_raw_fd(),
+                libc::SIOCSIFADDR as _,
+                &mut req as *mut In6Ifreq,
+            )
+        };
+        if rc < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EEXIST) {
+            return os_error(format!("set address {addr}/{prefix_len} on {name}"));
+        }
+        Ok(())
+    }
+
+    fn add_route6(
+        &self,
+        dev: &str,
+        dest: Ipv6Addr,
+        prefix_len: u32,
+        gateway: Option<Ipv6Addr>,
+    ) -> Result<(), Error> {
+        let mut rt = In6Rtmsg {
+            dst: in6(dest),
+            src: in6(Ipv6Addr::UNSPECIFIED),
+            gateway: in6(gateway.unwrap_or(Ipv6Addr::UNSPECIFIED)),
+            kind: 0,
+            dst_len: prefix_len as u16,
+            src_len: 0,
+            metric: 1,
+            info: 0,
+            flags: u32::from(libc::RTF_UP)
+                | if gateway.is_some() {
+                    u32::from(libc::RTF_GATEWAY)
+                } else {
+                    0
+                },
+            ifindex: ifindex(dev)?,
+        };
+        // SAFETY: `rt` is a valid in6_rtmsg for the duration of the call.
+        let rc = unsafe {
+            libc::ioctl(
+                self.sock.as_raw_fd(),
+                libc::SIOCADDRT as _,
+                &mut rt as *mut In6Rtmsg,
+            )
+        };
+        if rc < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EEXIST) {
+            return os_error(format!(
+                "add route {dest}/{prefix_len} via {gateway:?} dev {dev}"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// "fd00::/64", "::/0" or "fd00::1" → (address, prefix length).
+pub fn parse_cidr6(dest: &str) -> Result<(Ipv6Addr, u32), String> {
+    let (addr, len) = dest.split_once('/').unwrap_or((dest, "128"));
+    let addr: Ipv6Addr = addr
+        .parse()
+        .map_err(|_| format!("{dest:?} is not an IPv6 address or CIDR"))?;
+    let len: u32 = len
+        .parse()
+        .ok()
+        .filter(|l| *l <= 128)
+        .ok_or(format!("{dest:?} has a bad prefix length"))?;
+    Ok((addr, len))
+}
+
+/// A route is IPv6 when its destination or its gateway is.
+fn is_v6_route(r: &Route) -> bool {
+    r.dest.contains(':') || r.gateway.contains(':')
+}
+
+/// Static addresses only: no duplicate address detection (the host's CNI allocated the address
+/// and the bridge side holds it already), no router advertisements.
+fn static_ipv6(name: &str) {
+    for (key, value) in [
+        ("accept_dad", "0"),
+        ("accept_ra", "0"),
+        ("disable_ipv6", "0"),
+    ] {
+        let path = format!("/proc/sys/net/ipv6/conf/{name}/{key}");
+        if let Err(e) = fs::write(&path, value) {
+            crate::error!("network: {path}: {e}");
+        }
+    }
+}
+
 pub struct Interface {
     pub mac: String,
     pub mtu: u32,
@@ -235,17 +377,34 @@ pub fn configure(interfaces: &[Interface], routes: &[Route]) -> Result<(), Error
         if iface.mtu > 0 {
             io.set_mtu(&name, iface.mtu)?;
         }
+        let mut v6 = Vec::new();
         for (address, prefix_len) in &iface.addresses {
+            if let Ok(addr) = address.parse::<Ipv6Addr>() {
+                if *prefix_len > 128 {
+                    return fail(format!("prefix length {prefix_len} of {address}"));
+                }
+                v6.push((addr, *prefix_len));
+                continue;
+            }
             let addr: Ipv4Addr = address.parse().map_err(|_| Error {
                 code: ttrpc::Code::INVALID_ARGUMENT,
-                message: format!("{address:?} is not an IPv4 address"),
+                message: format!("{address:?} is not an IPv4 or IPv6 address"),
             })?;
             if *prefix_len > 32 {
                 return fail(format!("prefix length {prefix_len} of {address}"));
             }
             io.set_address(&name, addr, *prefix_len)?;
         }
+        if !v6.is_empty() {
+            static_ipv6(&name);
+        }
         io.up(&name)?;
+        if !v6.is_empty() {
+            let io6 = Ioctl::with_family(libc::AF_INET6)?;
+            for (addr, len) in &v6 {
+                io6.add_address6(&name, *addr, *len)?;
+            }
+        }
         crate::info!(
             "network: {name} ({}) mtu {} addresses {:?}",
             iface.mac,
@@ -256,7 +415,34 @@ pub fn configure(interfaces: &[Interface], routes: &[Route]) -> Result<(), Error
     // Gateway-less (link) routes first: a gateway must be reachable before a route uses it.
     let mut ordered: Vec<&Route> = routes.iter().filter(|r| r.gateway.is_empty()).collect();
     ordered.extend(routes.iter().filter(|r| !r.gateway.is_empty()));
-    for route in ordered {
+    let mut io6 = None;
+    for route in ordered.iter().filter(|r| is_v6_route(r)) {
+        let name = name_of(&route.mac)?;
+        let dest = if route.dest == "default" {
+            "::/0"
+        } else {
+            &route.dest
+        };
+        let (dest, len) = parse_cidr6(dest).map_err(|m| Error {
+            code: ttrpc::Code::INVALID_ARGUMENT,
+            message: m,
+        })?;
+        let gateway = if route.gateway.is_empty() {
+            None
+        } else {
+            Some(route.gateway.parse::<Ipv6Addr>().map_err(|_| Error {
+                code: ttrpc::Code::INVALID_ARGUMENT,
+                message: format!("gateway {:?} is not an IPv6 address", route.gateway),
+            })?)
+        };
+        if io6.is_none() {
+            io6 = Some(Ioctl::with_family(libc::AF_INET6)?);
+        }
+        if let Some(io6) = &io6 {
+            io6.add_route6(&name, dest, len, gateway)?;
+        }
+    }
+    for route in ordered.into_iter().filter(|r| !is_v6_route(r)) {
         let name = name_of(&route.mac)?;
         let (dest, len) = parse_cidr(&route.dest).map_err(|m| Error {
             code: ttrpc::Code::INVALID_ARGUMENT,
@@ -295,6 +481,27 @@ mod tests {
         assert_eq!(netmask(24), Ipv4Addr::new(255, 255, 255, 0));
         assert_eq!(netmask(0), Ipv4Addr::UNSPECIFIED);
         assert_eq!(netmask(32), Ipv4Addr::BROADCAST);
+    }
+
+    #[test]
+    fn parses_ipv6_cidrs_and_tells_route_families_apart() {
+        assert_eq!(
+            parse_cidr6("fd00:10:88::/64").unwrap(),
+            ("fd00:10:88::".parse().unwrap(), 64)
+        );
+        assert_eq!(parse_cidr6("::/0").unwrap(), (Ipv6Addr::UNSPECIFIED, 0));
+        assert_eq!(parse_cidr6("fd00::1").unwrap().1, 128);
+        assert!(parse_cidr6("fd00::/129").is_err());
+        assert!(parse_cidr6("10.0.0.0/8").is_err());
+        let route = |dest: &str, gateway: &str| Route {
+            dest: dest.into(),
+            gateway: gateway.into(),
+            mac: String::new(),
+        };
+        assert!(is_v6_route(&route("default", "fd00::1")));
+        assert!(is_v6_route(&route("fd00::/64", "")));
+        assert!(!is_v6_route(&route("default", "10.0.0.1")));
+        assert!(!is_v6_route(&route("10.0.0.0/24", "")));
     }
 
     #[test]

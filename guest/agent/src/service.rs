@@ -16,12 +16,14 @@ pub struct AgentService {
     crun: Option<PathBuf>,
     runtime_version: OnceLock<String>,
     containers: Containers,
+    port_forwards: crate::portfwd::PortForwards,
 }
 
 impl AgentService {
     pub fn new(crun: Option<PathBuf>) -> Self {
         AgentService {
             containers: Containers::new(crun.clone()),
+            port_forwards: crate::portfwd::PortForwards::new(),
             crun,
             runtime_version: OnceLock::new(),
         }
@@ -320,6 +322,48 @@ impl agent_ttrpc::Agent for AgentService {
             })
             .collect();
         crate::network::configure(&interfaces, &routes)?;
+        Ok(agent::Empty::new())
+    }
+
+    fn port_forward_open(
+        &self,
+        _ctx: &ttrpc::TtrpcContext,
+        req: agent::PortForwardOpenRequest,
+    ) -> ttrpc::Result<agent::PortForwardOpenResponse> {
+        let mut resp = agent::PortForwardOpenResponse::new();
+        resp.conn_id = self.port_forwards.open(req.port)?;
+        Ok(resp)
+    }
+
+    fn port_forward_read(
+        &self,
+        _ctx: &ttrpc::TtrpcContext,
+        req: agent::PortForwardReadRequest,
+    ) -> ttrpc::Result<agent::ReadStreamResponse> {
+        let (data, eof) = self
+            .port_forwards
+            .read(req.conn_id, req.max_bytes as usize)?;
+        let mut resp = agent::ReadStreamResponse::new();
+        resp.data = data;
+        resp.eof = eof;
+        Ok(resp)
+    }
+
+    fn port_forward_write(
+        &self,
+        _ctx: &ttrpc::TtrpcContext,
+        req: agent::PortForwardWriteRequest,
+    ) -> ttrpc::Result<agent::Empty> {
+        self.port_forwards.write(req.conn_id, &req.data)?;
+        Ok(agent::Empty::new())
+    }
+
+    fn port_forward_close(
+        &self,
+        _ctx: &ttrpc::TtrpcContext,
+        req: agent::PortForwardCloseRequest,
+    ) -> ttrpc::Result<agent::Empty> {
+        self.port_forwards.close(req.conn_id, req.write_only)?;
         Ok(agent::Empty::new())
     }
 }

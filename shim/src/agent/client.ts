@@ -49,6 +49,11 @@ const codecs = {
   ContainerStatsResponse: codec("ContainerStatsResponse"),
   ConfigureNetworkRequest: codec("ConfigureNetworkRequest"),
   PutFilesRequest: codec("PutFilesRequest"),
+  PortForwardOpenRequest: codec("PortForwardOpenRequest"),
+  PortForwardOpenResponse: codec("PortForwardOpenResponse"),
+  PortForwardReadRequest: codec("PortForwardReadRequest"),
+  PortForwardWriteRequest: codec("PortForwardWriteRequest"),
+  PortForwardCloseRequest: codec("PortForwardCloseRequest"),
 };
 
 /** The protocol version this host side speaks; `checkProtocol` refuses an agent with another. */
@@ -62,7 +67,13 @@ const MAX_PID = 4_194_304;
  * wait, by design, as long as the process runs or its pipe is full.
  */
 export const DEFAULT_CALL_TIMEOUT_MS = 120_000;
-const LONG_POLLS = new Set(["WaitProcess", "ReadStream", "WriteStdin"]);
+const LONG_POLLS = new Set([
+  "WaitProcess",
+  "ReadStream",
+  "WriteStdin",
+  "PortForwardRead",
+  "PortForwardWrite",
+]);
 const MAX_VERSION_TEXT = 256;
 
 function invalid(what: string): never {
@@ -233,6 +244,47 @@ export class AgentClient {
 
   async removeContainer(containerId: string, opts?: CallOptions): Promise<void> {
     await this.call("RemoveContainer", codecs.ContainerRef, { containerId }, codecs.Empty, opts);
+  }
+
+  /** Opens a TCP connection to `port` on the guest's loopback (port-forward); its id. */
+  async portForwardOpen(port: number, opts?: CallOptions): Promise<number> {
+    const res = await this.call(
+      "PortForwardOpen",
+      codecs.PortForwardOpenRequest,
+      { port },
+      codecs.PortForwardOpenResponse,
+      opts,
+    );
+    if (!Number.isSafeInteger(res.connId) || res.connId <= 0)
+      invalid(`port-forward connection id ${res.connId}`);
+    return res.connId;
+  }
+
+  async portForwardRead(connId: number, opts?: CallOptions): Promise<{ data: Buffer; eof: boolean }> {
+    const req = { connId, maxBytes: READ_CHUNK_BYTES };
+    const res = await this.call(
+      "PortForwardRead",
+      codecs.PortForwardReadRequest,
+      req,
+      codecs.ReadStreamResponse,
+      opts,
+    );
+    if (res.data.length > READ_CHUNK_BYTES) invalid(`port-forward chunk of ${res.data.length} bytes`);
+    return { data: Buffer.from(res.data.buffer, res.data.byteOffset, res.data.length), eof: res.eof };
+  }
+
+  async portForwardWrite(connId: number, data: Uint8Array, opts?: CallOptions): Promise<void> {
+    await this.call("PortForwardWrite", codecs.PortForwardWriteRequest, { connId, data }, codecs.Empty, opts);
+  }
+
+  async portForwardClose(connId: number, writeOnly: boolean, opts?: CallOptions): Promise<void> {
+    await this.call(
+      "PortForwardClose",
+      codecs.PortForwardCloseRequest,
+      { connId, writeOnly },
+      codecs.Empty,
+      opts,
+    );
   }
 
   close(): void {

@@ -57,6 +57,24 @@ export interface ProtoMessages {
     gateway: string;
     mac: string;
   };
+  "cloudhv.agent.v1.PortForwardCloseRequest": {
+    connId: number;
+    writeOnly: boolean;
+  };
+  "cloudhv.agent.v1.PortForwardOpenRequest": {
+    port: number;
+  };
+  "cloudhv.agent.v1.PortForwardOpenResponse": {
+    connId: number;
+  };
+  "cloudhv.agent.v1.PortForwardReadRequest": {
+    connId: number;
+    maxBytes: number;
+  };
+  "cloudhv.agent.v1.PortForwardWriteRequest": {
+    connId: number;
+    data: Uint8Array;
+  };
   "cloudhv.agent.v1.ProcessRef": {
     containerId: string;
     execId: string;
@@ -525,6 +543,13 @@ export interface ProtoMessages {
   "runtime.v1.PodSandboxStatusResponse": {
     status: ProtoMessages["runtime.v1.PodSandboxStatus"] | null;
   };
+  "runtime.v1.PortForwardRequest": {
+    podSandboxId: string;
+    port: number[];
+  };
+  "runtime.v1.PortForwardResponse": {
+    url: string;
+  };
   "runtime.v1.RunPodSandboxRequest": {
     config: ProtoMessages["runtime.v1.PodSandboxConfig"] | null;
     runtimeHandler: string;
@@ -609,6 +634,11 @@ export const PROTO_FILE_OF: { readonly [K in keyof ProtoMessages]: string } = {
   "cloudhv.agent.v1.ListPidsResponse": "agent.proto",
   "cloudhv.agent.v1.NetworkInterface": "agent.proto",
   "cloudhv.agent.v1.NetworkRoute": "agent.proto",
+  "cloudhv.agent.v1.PortForwardCloseRequest": "agent.proto",
+  "cloudhv.agent.v1.PortForwardOpenRequest": "agent.proto",
+  "cloudhv.agent.v1.PortForwardOpenResponse": "agent.proto",
+  "cloudhv.agent.v1.PortForwardReadRequest": "agent.proto",
+  "cloudhv.agent.v1.PortForwardWriteRequest": "agent.proto",
   "cloudhv.agent.v1.ProcessRef": "agent.proto",
   "cloudhv.agent.v1.PutFile": "agent.proto",
   "cloudhv.agent.v1.PutFilesRequest": "agent.proto",
@@ -711,6 +741,8 @@ export const PROTO_FILE_OF: { readonly [K in keyof ProtoMessages]: string } = {
   "runtime.v1.PodSandboxStatus": "cri.proto",
   "runtime.v1.PodSandboxStatusRequest": "cri.proto",
   "runtime.v1.PodSandboxStatusResponse": "cri.proto",
+  "runtime.v1.PortForwardRequest": "cri.proto",
+  "runtime.v1.PortForwardResponse": "cri.proto",
   "runtime.v1.RunPodSandboxRequest": "cri.proto",
   "runtime.v1.RunPodSandboxResponse": "cri.proto",
   "runtime.v1.RuntimeCondition": "cri.proto",

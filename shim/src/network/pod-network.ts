@@ -66,14 +66,19 @@ interface IpRoute {
   dst: string;
   gateway?: string;
   dev?: string;
+  protocol?: string;
 }
 
 /** The pod's interface as CNI left it: the one ethernet link with a global address. */
 export async function readPodInterface(netnsPath: string): Promise<PodInterface> {
   // Both listings at once (the spawns are the cost here); the routes are filtered below.
-  const [addrOut, routeOut] = await Promise.all([
+  const [addrOut, routeOut, route6Out] = await Promise.all([
     inNetns(netnsPath, ["ip", "-j", "addr", "show"]),
     inNetns(netnsPath, ["ip", "-j", "route", "show"]),
+    // Dual-stack pods: IPv6 routes too (an empty list where the kernel or CNI has no IPv6).
+    existsSync("/proc/sys/net/ipv6")
+      ? inNetns(netnsPath, ["ip", "-6", "-j", "route", "show"])
+      : Promise.resolve({ stdout: "[]" }),
   ]);
   const links = JSON.parse(addrOut.stdout) as IpLink[];
   const link = links.find(
@@ -88,13 +93,21 @@ export async function readPodInterface(netnsPath: string): Promise<PodInterface>
     .filter((a) => a.scope === "global" && (a.family === "inet" || a.family === "inet6"))
     .map((a) => ({ family: a.family as "inet" | "inet6", address: a.local, prefixLen: a.prefixlen }));
   const routes = (JSON.parse(routeOut.stdout) as IpRoute[]).filter((r) => r.dev === link.ifname);
+  // IPv6: what CNI added (the prefix and link-local routes the guest's kernel derives itself),
+  // with the default route named by family so the guest cannot take it for IPv4's.
+  const routes6 = (JSON.parse(route6Out.stdout || "[]") as IpRoute[])
+    .filter((r) => r.dev === link.ifname && r.protocol !== "kernel" && !r.dst.startsWith("fe80:"))
+    .map((r) => (r.dst === "default" ? { ...r, dst: "::/0" } : r));
   return {
     name: link.ifname,
     mac: link.address,
     mtu: link.mtu,
     addresses,
     // Routes the kernel derives from the address itself (proto kernel) come back by themselves.
-    routes: routes.map((r) => ({ dest: r.dst, ...(r.gateway ? { gateway: r.gateway } : {}) })),
+    routes: [...routes, ...routes6].map((r) => ({
+      dest: r.dst,
+      ...(r.gateway ? { gateway: r.gateway } : {}),
+    })),
   };
 }
 

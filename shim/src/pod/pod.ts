@@ -13,6 +13,7 @@ import type { RuntimeConfig } from "../config.js";
 import type { Mount } from "../containerd/publisher.js";
 import { ShimError } from "../errors.js";
 import { adoptPodNetwork, type PodInterface, type PodNetwork } from "../network/pod-network.js";
+import { PodPortForward } from "../network/port-forward.js";
 import type { MemberRecord, PodRecord } from "../state/records.js";
 import { Cleanup } from "../util/cleanup.js";
 import { type Logger, log as rootLog } from "../util/log.js";
@@ -93,6 +94,8 @@ export class Pod {
   private oomScoreAdj: number | undefined;
   /** virtiofsd and its device, once a container has needed a shared volume. */
   private share: Promise<PodShare> | undefined;
+  /** CRI port-forward into the VM (pods on a pod network only). */
+  private portForward: PodPortForward | undefined;
 
   private constructor(
     /** The CRI sandbox id, or the plain task's id. */
@@ -210,6 +213,10 @@ export class Pod {
         share,
       );
       pod.oomScoreAdj = oomScoreAdj;
+      if (network) {
+        const forward = await pod.startPortForward(network.netnsPath, log);
+        if (forward) undo.defer("stop port-forward", () => forward.stop());
+      }
       const owner = await pod.createInGuest(first, spec, volumes, { rootfs, devices, ownsPod: true }, phases);
       undo.disarm();
       return owner;
@@ -446,6 +453,8 @@ export class Pod {
       share,
     );
     if (record.oomScoreAdj !== undefined) pod.oomScoreAdj = record.oomScoreAdj;
+    // The old daemon's helper died with it (parent-death signal): a new one takes over.
+    if (network) await pod.startPortForward(network.netnsPath, vmLog);
     for (const [id, score] of record.containerScores) pod.containerScores.set(id, score);
     const members = new Map<string, PodMember>();
     for (const m of record.members) {
@@ -587,6 +596,9 @@ export class Pod {
           await this.vm.stop();
         }),
       );
+      // First of all: no new connection reaches a VM that is going.
+      const forward = this.portForward;
+      if (forward) cleanup.defer("stop port-forward", () => forward.stop());
     } else {
       this.joined.delete(member.id);
       if (this.containerScores.delete(member.id))
@@ -610,6 +622,29 @@ export class Pod {
       );
     }
     await cleanup.run();
+  }
+
+  /**
+   * Starts port-forward into the VM. A node without the helper or iptables' nat table still
+   * runs the pod, without port-forward: the reason is logged.
+   */
+  private async startPortForward(netnsPath: string, log: Logger): Promise<PodPortForward | undefined> {
+    try {
+      this.portForward = await PodPortForward.start({
+        binary: this.deps.config.port_forward_binary,
+        dir: podDir(this.deps.config, this.vm.id),
+        netnsPath,
+        agent: this.agent,
+        log: log.child({ vm: this.vm.id }),
+      });
+      return this.portForward;
+    } catch (err) {
+      log.warn(
+        { vm: this.vm.id, err: (err as Error).message },
+        "port-forward into this pod is not available",
+      );
+      return undefined;
+    }
   }
 
   /** A Burstable pod's VMM is scored as its most protected container (cgroup/oom.ts). */
@@ -705,14 +740,11 @@ export function guestNetwork(iface: PodInterface): GuestNetwork {
       {
         mac: iface.mac,
         mtu: iface.mtu,
-        addresses: iface.addresses
-          .filter((a) => a.family === "inet")
-          .map((a) => ({ address: a.address, prefixLen: a.prefixLen })),
+        // IPv4 and IPv6 (dual-stack): the guest's eth0 holds every address the veth had.
+        addresses: iface.addresses.map((a) => ({ address: a.address, prefixLen: a.prefixLen })),
       },
     ],
-    routes: iface.routes
-      .filter((r) => r.dest === "default" || !r.dest.includes(":"))
-      .map((r) => ({ dest: r.dest, gateway: r.gateway ?? "", mac: iface.mac })),
+    routes: iface.routes.map((r) => ({ dest: r.dest, gateway: r.gateway ?? "", mac: iface.mac })),
   };
 }
 
