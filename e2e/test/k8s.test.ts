@@ -611,9 +611,6 @@ describe("Kubernetes: helm install → cloudhv pods → helm uninstall (docs/ope
   });
 
   step("kubectl port-forward reaches the pod's HTTP server in the VM", 2 * 60_000, async () => {
-    // Port-forward is being built (branch `cri`): on until the runtime supports it.
-    if (process.env.CLOUDHV_K8S_PORT_FORWARD !== "1")
-      return "CLOUDHV_K8S_PORT_FORWARD is not 1: the runtime does not support port-forward yet (issue 16)";
     const [bin, ...pre] = target.kubectlCommand;
     const pf = spawn(bin as string, [...pre, "port-forward", "pod/probes", ":8080"], {
       stdio: ["ignore", "pipe", "pipe"],
