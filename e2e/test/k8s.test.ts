@@ -473,9 +473,35 @@ describe("Kubernetes: helm install → cloudhv pods → helm uninstall (docs/ope
     },
   );
 
-  step("kubectl logs and kubectl exec (stdin without tty, exit codes)", 5 * 60_000, async () => {
+  step("kubectl logs, logs -f and kubectl exec (stdin without tty, exit codes)", 5 * 60_000, async () => {
     const logs = await k(["logs", "vols"], "kubectl logs");
     assert.match(logs, /hello from cloudhv/);
+    // logs -f follows: a line the container writes after the follow began arrives through it.
+    const [bin, ...pre] = target.kubectlCommand;
+    const follow = spawn(bin as string, [...pre, "logs", "-f", "vols"], {
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    try {
+      let out = "";
+      follow.stdout.on("data", (chunk: Buffer) => {
+        out += chunk.toString();
+      });
+      const seen = async (want: RegExp, what: string) => {
+        const deadline = Date.now() + 60_000;
+        while (!want.test(out)) {
+          if (Date.now() > deadline || follow.exitCode !== null)
+            throw new Error(`logs -f: no ${what} in 60 s (exit ${follow.exitCode}): ${out}`);
+          await new Promise((r) => setTimeout(r, 200));
+        }
+      };
+      await seen(/hello from cloudhv/, "first line");
+      const marker = `followed ${Date.now()}`;
+      // The container's PID 1 (sleep) holds its stdout: a line written there is container output.
+      assert.equal((await inPod("vols", `echo ${marker} > /proc/1/fd/1`)).code, 0);
+      await seen(new RegExp(marker), "line written after the follow began");
+    } finally {
+      follow.kill("SIGTERM");
+    }
     for (let i = 1; i <= 4; i++) {
       const r = await inPod("vols", "cat; exit 3", `ping ${i}\n`);
       assert.equal(r.stdout, `ping ${i}\n`, `exec -i run ${i}: stdin came back (stderr ${r.stderr.trim()})`);

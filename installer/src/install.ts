@@ -1022,7 +1022,7 @@ export async function uninstall(opts: CommonOptions & { purgeCache?: boolean }):
 
 /** What the shim daemon and its front make in state_dir (shim/src: launcher, front, pod, vmm, state). */
 const SHIM_STATE_ENTRY =
-  /^(?:vm|pods|records|backend|vmm|scratch-budget(?:\.[\w.-]+)?|shim-[0-9a-f]{16}\.(?:sock(?:\.lock)?|log(?:\.\d+)?))$/;
+  /^(?:vm|pods|records|backend|vmm|pool|scratch-budget(?:\.[\w.-]+)?|shim-[0-9a-f]{16}\.(?:sock(?:\.lock)?|log(?:\.\d+)?))$/;
 
 /** The names in a state_dir that was there before cloudhv; undefined when there are too many to record. */
 async function stateDirSnapshot(root: HostRoot, dir: string): Promise<InstallerState["sharedStateDir"]> {

@@ -72,7 +72,7 @@ describe("uninstall removes only directories that are still the ones it created"
       before: ["admin-note", "pods"],
     });
     // What the shim daemon and its front leave once idle.
-    for (const d of ["vm/k8s.io-abc", "backend", "vmm"])
+    for (const d of ["vm/k8s.io-abc", "backend", "vmm", "pool"])
       await mkdir(root.path(`/run/chv-state/${d}`), { recursive: true });
     for (const f of [
       "shim-0123456789abcdef.sock",
