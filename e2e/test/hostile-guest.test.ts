@@ -51,7 +51,16 @@ describe("a misbehaving guest (a fake agent channel, real QEMU) beside a normal 
   const report: string[] = [];
 
   before(async () => {
-    harness = await startHarness({ images: [IMAGE], runtimeConfig: { qemu_binary: HOSTILE_QEMU } });
+    harness = await startHarness({
+      images: [IMAGE],
+      runtimeConfig: {
+        qemu_binary: HOSTILE_QEMU,
+        // Short health checks, so a silent guest is found within the test's time.
+        agent_health_interval_ms: 2000,
+        agent_health_timeout_ms: 2000,
+        agent_health_misses: 3,
+      },
+    });
     cri = harness.cri;
     normal = await runPod(cri, harness.runtime.stateDir, "normal", IMAGE, ["sleep", "3600"]);
     await execLatencies(cri, normal.id, 1); // warm-up
@@ -96,7 +105,12 @@ describe("a misbehaving guest (a fake agent channel, real QEMU) beside a normal 
       await cri.stopPodSandbox(hostile.podId);
       await cri.removePodSandbox(hostile.podId);
     }
-    assert.deepEqual(await processesMatching(hostile.vmDir), [], "nothing of the hostile VM runs");
+    // The double's fake agent leaves within 0.5 s of its QEMU (it polls for being reparented).
+    await waitFor(
+      "nothing of the hostile VM runs",
+      5000,
+      async () => (await processesMatching(hostile.vmDir)).length === 0,
+    );
   }
 
   it("empty replies in a loop: the daemon backs off (not thousands of requests a second); the other pod's exec works", async () => {
@@ -122,9 +136,25 @@ describe("a misbehaving guest (a fake agent channel, real QEMU) beside a normal 
     });
   });
 
-  it("a guest that never answers again: the other pod's exec works", async () => {
+  it("a guest that never answers again: the health checks end its pod with the reason; the other pod's exec works", async () => {
     await beside("silent", async (hostile) => {
       assert.ok((await requestsSeen(hostile)) > 0, "the double saw the daemon's requests");
+      // Checks every 2 s, 2 s deadline, 3 misses (the harness's config): ~12 s, bounded by 60.
+      const silentSince = Date.now();
+      await waitFor(
+        "the silent pod's container ends on its own",
+        60_000,
+        async () => (await cri.containerStatus(hostile.id)).state === "CONTAINER_EXITED",
+      );
+      report.push(
+        `(the silent guest's pod ended ${((Date.now() - silentSince) / 1000).toFixed(1)} s after the checks began failing at most)`,
+      );
+      assert.match(await daemonLogs(harness), /guest agent did not answer 3 health checks in a row/);
+      assert.equal(
+        (await cri.containerStatus(normal.id)).state,
+        "CONTAINER_RUNNING",
+        "the normal pod runs on",
+      );
     });
   });
 

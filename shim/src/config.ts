@@ -104,6 +104,11 @@ export const configSchema = z
     // Sum of the sizes of all scratch disks on the node; a create past it is refused. 0: no budget.
     scratch_budget: byteQuantity("scratch_budget", 0).default(0),
     agent_boot_timeout_ms: z.int().min(100).default(60_000),
+    // Periodic agent health checks (pod/health.ts): every interval, each with its deadline;
+    // that many consecutive misses end the pod. Interval 0: no checks.
+    agent_health_interval_ms: z.int().min(0).default(10_000),
+    agent_health_timeout_ms: z.int().min(100).default(10_000),
+    agent_health_misses: z.int().min(1).max(100).default(3),
     log_level: z.enum(["trace", "debug", "info", "warn", "error"]).default("info"),
     // The daemon's log: on disk (not the tmpfs state_dir), rotated by size (util/log-file.ts).
     log_dir: z.string().min(1).default("/var/log/cloudhv"),

@@ -2,14 +2,14 @@
 // own identity's records, only in its format; a damaged file is left alone, never trusted.
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { mkdir, mkdtemp, readdir, rm, utimes, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, readdir, readFile, rm, utimes, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { afterEach, beforeEach, describe, it } from "node:test";
 import pino from "pino";
 import { type PodRecord, RecordStore, type TaskRecord } from "../src/state/records.js";
 import { sweepStaleVmDirs } from "../src/state/sweep.js";
-import { adoptedProcess, isRunning, processIdentity } from "../src/util/proc.js";
+import { adoptedProcess, isRunning, probeProcess, processIdentity } from "../src/util/proc.js";
 
 const silent = pino({ level: "silent" });
 
@@ -122,6 +122,27 @@ describe("processes named by pid and start time", () => {
     impostor.kill("SIGKILL"); // must not reach this very process
     await impostor.exited;
     assert.equal(impostor.hasExited, true);
+  });
+
+  it("a failed /proc read (EMFILE) is retried, not taken for an exit; ENOENT is an exit", async () => {
+    const me = await processIdentity(process.pid);
+    assert.ok(me);
+    const real = await readFile(`/proc/${process.pid}/stat`, "utf8");
+    const errno = (code: string) => Object.assign(new Error(code), { code });
+    // Two transient failures, then the real stat (alive), then the process is gone.
+    const answers: (string | Error)[] = [errno("EMFILE"), errno("EACCES"), real, errno("ENOENT")];
+    let reads = 0;
+    const watched = adoptedProcess(me, async () => {
+      const answer = answers[Math.min(reads++, answers.length - 1)] ?? "";
+      if (answer instanceof Error) throw answer;
+      return answer;
+    });
+    // The watcher's poll timer does not hold the event loop open; this test must.
+    const hold = setInterval(() => undefined, 1000);
+    await watched.exited.finally(() => clearInterval(hold));
+    assert.equal(reads, 4, "exit seen only at the ENOENT read");
+    assert.equal(await probeProcess(1, async () => Promise.reject(errno("EMFILE"))), "unknown");
+    assert.equal(await probeProcess(1, async () => Promise.reject(errno("ESRCH"))), "gone");
   });
 });
 

@@ -23,6 +23,7 @@ import { PodShare, volumesFailed } from "../volumes/virtiofs.js";
 import { ContainerVolumes } from "../volumes/volumes.js";
 import { connectAdoptedAgent } from "./adopt-agent.js";
 import { type ContainmentHost, type ContainmentPlan, planContainment } from "./containment.js";
+import { watchAgentHealth } from "./health.js";
 import type { WarmVm } from "./pool.js";
 import type { PreparedRootfs, RootfsAdopter, RootfsPreparer } from "./rootfs.js";
 import type { ScratchSize } from "./scratch-size.js";
@@ -96,6 +97,11 @@ export class Pod {
   private share: Promise<PodShare> | undefined;
   /** CRI port-forward into the VM (pods on a pod network only). */
   private portForward: PodPortForward | undefined;
+  /** Ends the agent health checks (pod/health.ts). */
+  private readonly stopHealth: () => void;
+  /** Why the health checks stopped the VM, once they have. */
+  private wedged: string | undefined;
+  private readonly exitedWithReason: Promise<VmExit>;
 
   private constructor(
     /** The CRI sandbox id, or the plain task's id. */
@@ -114,6 +120,22 @@ export class Pod {
     share: PodShare | undefined,
   ) {
     if (share) this.share = Promise.resolve(share);
+    // A wedged agent ends the pod: the VM is stopped and its tasks exit with the reason.
+    this.stopHealth = watchAgentHealth({
+      check: (timeoutMs) => agent.health({ timeoutMs }),
+      intervalMs: deps.config.agent_health_interval_ms,
+      deadlineMs: deps.config.agent_health_timeout_ms,
+      misses: deps.config.agent_health_misses,
+      onWedged: (reason) => {
+        this.wedged = reason;
+        rootLog.error({ pod: id, vm: vm.id }, reason);
+        void vm
+          .stop()
+          .catch((err: unknown) => rootLog.error({ pod: id, err }, "stopping the wedged VM failed"));
+      },
+    });
+    void vm.exited.finally(() => this.stopHealth());
+    this.exitedWithReason = vm.exited.then((exit) => (this.wedged ? { ...exit, reason: this.wedged } : exit));
   }
 
   /**
@@ -338,7 +360,7 @@ export class Pod {
   }
 
   get exited(): Promise<VmExit> {
-    return this.vm.exited;
+    return this.exitedWithReason;
   }
 
   /**
@@ -592,6 +614,7 @@ export class Pod {
       cleanup.defer(
         "stop VM",
         phases.wrap("vmStopMs", async () => {
+          this.stopHealth();
           this.agent.close();
           await this.vm.stop();
         }),

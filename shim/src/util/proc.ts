@@ -21,15 +21,38 @@ export interface HostProcess {
   kill(signal: NodeJS.Signals): void;
 }
 
-/** pid and start time of a live (not zombie) process, or undefined. */
-export async function processIdentity(pid: number): Promise<ProcessIdentity | undefined> {
-  const stat = await readFile(`/proc/${pid}/stat`, "utf8").catch(() => undefined);
-  if (!stat) return undefined;
+/** Reads /proc/PID/stat; injectable so tests can fake a transient read failure. */
+export type StatReader = (pid: number) => Promise<string>;
+
+const readStat: StatReader = (pid) => readFile(`/proc/${pid}/stat`, "utf8");
+
+/**
+ * What /proc says about a pid: its identity, "gone" (no such process, or a zombie), or
+ * "unknown" when the read failed for another reason (EMFILE, EACCES, ...): that says nothing
+ * about the process, so a watcher must not take it for an exit.
+ */
+export async function probeProcess(
+  pid: number,
+  read: StatReader = readStat,
+): Promise<ProcessIdentity | "gone" | "unknown"> {
+  let stat: string;
+  try {
+    stat = await read(pid);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    return code === "ENOENT" || code === "ESRCH" ? "gone" : "unknown";
+  }
   // The command name (field 2) may hold spaces and parentheses: fields start after the last ')'.
   const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-  if (fields[0] === "Z" || fields[0] === "X") return undefined;
+  if (fields[0] === "Z" || fields[0] === "X") return "gone";
   const startTime = Number(fields[19]);
-  return Number.isFinite(startTime) ? { pid, startTime } : undefined;
+  return Number.isFinite(startTime) ? { pid, startTime } : "unknown";
+}
+
+/** pid and start time of a live (not zombie) process, or undefined. */
+export async function processIdentity(pid: number): Promise<ProcessIdentity | undefined> {
+  const probe = await probeProcess(pid);
+  return typeof probe === "object" ? probe : undefined;
 }
 
 export async function isRunning(who: ProcessIdentity): Promise<boolean> {
@@ -66,10 +89,15 @@ const ADOPTED_POLL_MS = 500;
  * A process another daemon started (we cannot wait() for it): watched through /proc. Never
  * signals a process whose start time differs (the pid was reused).
  */
-export function adoptedProcess(who: ProcessIdentity): HostProcess {
+export function adoptedProcess(who: ProcessIdentity, read: StatReader = readStat): HostProcess {
   let done = false;
   const exited = (async () => {
-    while (await isRunning(who)) await sleep(ADOPTED_POLL_MS, undefined, { ref: false });
+    // Only a missing process or a changed start time is an exit; a failed read is retried.
+    for (;;) {
+      const probe = await probeProcess(who.pid, read);
+      if (probe === "gone" || (probe !== "unknown" && probe.startTime !== who.startTime)) break;
+      await sleep(ADOPTED_POLL_MS, undefined, { ref: false });
+    }
     done = true;
     return { code: null, signal: null };
   })();
