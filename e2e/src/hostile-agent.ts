@@ -16,7 +16,7 @@ import { existsSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import net from "node:net";
 import { setTimeout as sleep } from "node:timers/promises";
 
-const [listenPath = "agent.sock", upstreamPath = "agent.guest.sock"] = process.argv.slice(2);
+const [listenPath = "agent.sock", upstreamPath = "agent.guest.sock", qemuPidArg] = process.argv.slice(2);
 const HEADER = 10;
 const REQUEST = 1;
 const RESPONSE = 2;
@@ -138,10 +138,22 @@ function serve(down: net.Socket): void {
   });
 }
 
-const parent = process.ppid;
+// The QEMU beside it (the wrapper's pid, which exec'd QEMU). Watching only for a new ppid
+// missed a QEMU that was gone before this process first looked: it then lived on under pid 1.
+const qemuPid = Number(qemuPidArg ?? process.ppid);
+const qemuGone = () => {
+  if (process.ppid !== qemuPid) return true; // reparented: its parent, QEMU, ended
+  try {
+    process.kill(qemuPid, 0);
+    return false;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === "ESRCH";
+  }
+};
+if (qemuGone()) process.exit(0);
 setInterval(() => {
-  // Reparented: the QEMU beside it is gone, and so is the "guest".
-  if (process.ppid !== parent) process.exit(0);
+  // The QEMU beside it is gone, and so is the "guest".
+  if (qemuGone()) process.exit(0);
   try {
     writeFileSync("hostile-count", `${received}\n`);
   } catch {
