@@ -61,6 +61,20 @@ describe("a restarted daemon takes over its predecessor's pods", () => {
     assert.deepEqual(await recordFiles(), [], "no record left");
   });
 
+  it("a save that waited its turn past the pod's removal leaves no record (a late exit's)", async () => {
+    await rig.create("sb", { role: "sandbox" });
+    await rig.tasks.start(NS, "sb", "");
+    const pod = rig.tasks.list()[0]?.pod;
+    assert.ok(pod);
+    assert.equal((await recordFiles()).length, 1);
+    rig.vm.agent.exitProcess("sb", "", 0);
+    await rig.tasks.wait(NS, "sb", "");
+    await rig.tasks.delete(NS, "sb", "");
+    // What recordExit does when an exit lands after the delete: it must not bring the record back.
+    await (rig.tasks as unknown as { persist(p: typeof pod): Promise<void> }).persist(pod);
+    assert.deepEqual(await recordFiles(), [], "no record left");
+  });
+
   it("reports an exit that happened while no daemon watched, with its real status", async () => {
     await rig.create("t1");
     await rig.tasks.start(NS, "t1", "");

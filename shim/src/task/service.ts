@@ -520,6 +520,9 @@ export class TaskService {
     if (!records) return Promise.resolve();
     return records.save(pod.vm.id, async () => {
       const containers = this.list().filter((c) => c.pod === pod);
+      // No task of the pod is held any more: it was deleted while this save waited its turn (a
+      // late exit's save after the sandbox's removal); a record now would outlive the pod.
+      if (containers.length === 0) return undefined;
       const record = await pod.record(
         this.pods.isSandbox(pod),
         containers.map((c) => c.member),
