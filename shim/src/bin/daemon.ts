@@ -3,7 +3,7 @@
 // for every cloudhv task. Started by the front (bin/front.ts) as its child, on backend sockets
 // the front relays containerd's connections to; never by hand.
 import { rmSync } from "node:fs";
-import { mkdir } from "node:fs/promises";
+import { mkdir, rmdir } from "node:fs/promises";
 import path from "node:path";
 import { loadConfig } from "../config.js";
 import { EventPublisher } from "../containerd/publisher.js";
@@ -126,6 +126,8 @@ async function main(): Promise<void> {
     await server.close();
     // Pool VMs belong to no pod: they go with the daemon.
     await tasks.pool?.close();
+    // Its status file went with the pool; the shared dir goes when no other daemon has one there.
+    if (tasks.pool) await rmdir(path.join(config.state_dir, "pool")).catch(() => {});
     for (const container of tasks.list()) await tasks.forceDelete(container.namespace, container.id);
     await events.flush(2000);
     events.close();

@@ -4,7 +4,7 @@
 // claims it (Pod.boot). A VM leaves the pool once, for good: it is never given to a second pod,
 // and one whose claim failed is stopped, never put back. Refills run one VM at a time, at low
 // priority, and wait while pod creates are in flight.
-import { readdir, readFile, rename, rm, writeFile } from "node:fs/promises";
+import { mkdir, readdir, readFile, rename, rm, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { z } from "zod";
@@ -255,7 +255,9 @@ export class VmPool {
         const stats = await this.measure();
         const doc = { pid: process.pid, updatedAt: new Date().toISOString(), ...stats };
         const tmp = `${file}.tmp`;
-        await writeFile(tmp, `${JSON.stringify(doc)}\n`, { mode: 0o644 })
+        // The dir is shared by daemons; one that exits removes it when it looks empty.
+        await mkdir(path.dirname(file), { recursive: true, mode: 0o755 })
+          .then(() => writeFile(tmp, `${JSON.stringify(doc)}\n`, { mode: 0o644 }))
           .then(() => rename(tmp, file))
           .catch((err: Error) => this.log.debug({ err: err.message }, "pool status not written"));
       }
