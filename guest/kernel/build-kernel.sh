@@ -2,6 +2,7 @@
 # Builds the cloudhv guest kernel: an uncompressed, PVH-bootable vmlinux for Cloud Hypervisor
 # and QEMU, from Debian's linux-source-6.1 with `make tinyconfig` + cloudhv.config. Fails,
 # naming them, if olddefconfig dropped options the fragments ask for. Cached by input hash.
+# The shipped file is packed (pack-vmlinux.mjs) and must fit the 16 MiB budget.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -11,6 +12,9 @@ fragment="$here/cloudhv.config"
 pkg=linux-source-6.1
 src_tar=/usr/src/$pkg.tar.xz
 arch=x86_64
+packer="$here/pack-vmlinux.mjs"
+# The guest kernel's size budget (issue 16), checked on the packed file.
+budget=$((16 * 1048576))
 
 out="$repo/build/guest"
 extra=""
@@ -24,7 +28,9 @@ usage: build-kernel.sh [--out DIR] [--config-only] [--extra-config FILE] [--jobs
 
 Builds DIR/vmlinux (uncompressed ELF, PVH entry note) and DIR/vmlinux.config from
 $src_tar: make tinyconfig + cloudhv.config (+ FILE), make olddefconfig,
-then checks that every option the fragments set (or unset) survived.
+then checks that every option the fragments set (or unset) survived. DIR/vmlinux is
+packed by pack-vmlinux.mjs (segments without the 2 MiB file padding, verified to load the
+same bytes at the same addresses) and must be at most $budget bytes (16 MiB).
 
   --out DIR            output directory (default: <repo>/build/guest)
   --config-only        configure and check the options only; writes DIR/vmlinux.config
@@ -33,7 +39,8 @@ then checks that every option the fragments set (or unset) survived.
   -h, --help           this text
 
 Cache: \${CLOUDHV_BUILD_CACHE:-/var/cache/cloudhv-build}/kernel/<key>/{vmlinux,config},
-key = sha256(package version, cloudhv.config, extra fragment, this script).
+key = sha256(package version, cloudhv.config, extra fragment, this script). Entries hold the
+stripped, unpacked vmlinux: it is packed on every install, so a packer change needs no rebuild.
 USAGE
 }
 
@@ -73,6 +80,8 @@ started=$SECONDS
 [ -f "$src_tar" ] || die "$src_tar not found: apt-get install $pkg"
 src_version=$(dpkg-query -W -f='${Version}' "$pkg" 2>/dev/null) || die "dpkg does not know $pkg"
 [ -n "$src_version" ] || die "dpkg does not know $pkg"
+[ "$config_only" = 1 ] || command -v node >/dev/null ||
+  die "node (Node.js >= 20) is needed to pack vmlinux ($packer): install it or put it on PATH"
 
 key=$(
   {
@@ -88,17 +97,19 @@ kcache="$cache_root/kernel"
 entry="$kcache/$key"
 mkdir -p "$kcache" "$out"
 
+# Packs the entry's vmlinux into $out (the packer writes through a temp file, verifies it
+# loads exactly as the entry's and enforces the budget), then copies the config.
 install_entry() {
-  cp "$entry/vmlinux" "$out/.vmlinux.tmp.$$"
+  node "$packer" "$entry/vmlinux" "$out/vmlinux" --max-bytes "$budget" ||
+    die "packing $entry/vmlinux into $out/vmlinux failed (message above)"
   cp "$entry/config" "$out/.vmlinux.config.tmp.$$"
-  mv -f "$out/.vmlinux.tmp.$$" "$out/vmlinux"
   mv -f "$out/.vmlinux.config.tmp.$$" "$out/vmlinux.config"
 }
 
 # Entries appear complete or not at all (rename), so a hit needs no lock.
 if [ "$config_only" = 0 ] && [ -f "$entry/vmlinux" ]; then
   install_entry
-  say "cache hit $key ($(($(stat -c %s "$out/vmlinux") / 1048576)) MiB) -> $out/vmlinux"
+  say "cache hit $key ($(stat -c %s "$out/vmlinux") bytes packed) -> $out/vmlinux"
   exit 0
 fi
 
@@ -286,4 +297,4 @@ cp "$obj/.config" "$tmp/config"
 rm -rf "$entry"
 mv -T "$tmp" "$entry"
 install_entry
-say "built $out/vmlinux ($(($(stat -c %s "$out/vmlinux") / 1048576)) MiB), cache $key, in $((SECONDS - started)) s"
+say "built $out/vmlinux ($(stat -c %s "$out/vmlinux") bytes packed), cache $key, in $((SECONDS - started)) s"
