@@ -120,6 +120,9 @@ lint() {
   (cd guest/agent && cargo clippy --all-targets -- -D warnings)
   say "lint: shim launcher: cargo fmt --check, clippy, unit tests"
   (cd host/launcher && cargo fmt --check && cargo clippy --all-targets -- -D warnings && cargo test --quiet)
+  say "lint: guest kernel loader check: cargo fmt --check, clippy"
+  (cd guest/kernel/loader-check && export CARGO_TARGET_DIR="$CLOUDHV_BUILD_CACHE/kernel-loader-check-target" &&
+    cargo fmt --check && cargo clippy --all-targets -- -D warnings)
 }
 
 # helm (the chart tests), containerd 2.x (the installer's version 3 test), Kubernetes with
