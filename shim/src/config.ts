@@ -60,6 +60,9 @@ export const configSchema = z
     cloud_hypervisor_binary: z.string().min(1).default("/opt/cloudhv/bin/cloud-hypervisor"),
     // Serves the pod's shared volumes (hostPath, PVC, disk-backed emptyDir) by virtio-fs.
     virtiofsd_binary: z.string().min(1).default("/opt/cloudhv/bin/virtiofsd"),
+    // Every read-only shared volume read-only all the way down (as CRI's recursive_read_only),
+    // not at its top only (Kubernetes' default): docs/configuration.md says what that breaks.
+    recursive_read_only_volumes: z.boolean().default(false),
     // Carries CRI port-forward from the pod's netns into its VM (network/port-forward.ts).
     port_forward_binary: z.string().min(1).default("/opt/cloudhv/bin/cloudhv-portfwd"),
     kernel_path: z.string().min(1).default("/opt/cloudhv/vmlinux"),

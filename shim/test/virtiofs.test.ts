@@ -1,14 +1,17 @@
 // PodShare against the real virtiofsd (build/host/virtiofsd; skipped when not built) without a
 // VM: binds in the shared directory, read-only binds, propagation into virtiofsd's own mount
 // namespace, and a teardown that leaves nothing and never touches the volumes' data. Root only
-// (bind mounts), as the shim runs.
+// (bind mounts), as the shim runs. What the guest would get is checked through virtiofsd's own
+// view (/proc/<virtiofsd>/root: the shared directory in its sandbox); the binds are not in the
+// host's namespace at all.
 import assert from "node:assert/strict";
 import { existsSync } from "node:fs";
-import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, readdir, readFile, rm, rmdir, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
+import { exec, execOk } from "../src/util/exec.js";
 import { log } from "../src/util/log.js";
 import { PodShare, volumesFailed } from "../src/volumes/virtiofs.js";
 
@@ -68,6 +71,13 @@ describe("PodShare: one virtiofsd per pod, one bind mount per volume", { skip },
     return { base, rw, ro, file, podDir: path.join(base, "pod") };
   }
 
+  /** The shared directory as virtiofsd serves it (its sandbox's root). */
+  async function servedDir(share: PodShare): Promise<string> {
+    const pids = await pidsNaming(share.fs.socket);
+    assert.ok(pids.length > 0, "virtiofsd runs");
+    return `/proc/${Math.max(...pids)}/root`;
+  }
+
   it("binds volumes (read-only ones read-only), reaches virtiofsd's namespace with later binds, and tears down leaving the data alone", async () => {
     const v = await volumeDirs();
     const share = await PodShare.start({ binary: VIRTIOFSD, dir: v.podDir, log });
@@ -82,7 +92,7 @@ describe("PodShare: one virtiofsd per pod, one bind mount per volume", { skip },
     );
     await share.add({ name: "c1-1", hostPath: v.ro, readOnly: true, destination: "/ro" });
     await share.add({ name: "c1-2", hostPath: v.file, readOnly: false, destination: "/dev/termination-log" });
-    const shared = share.sharedDir;
+    const shared = await servedDir(share);
     assert.equal(await readFile(path.join(shared, "c1-0", "data"), "utf8"), "rw data\n");
     await writeFile(path.join(shared, "c1-0", "new"), "x");
     assert.equal(await readFile(path.join(v.rw, "new"), "utf8"), "x", "a write lands in the volume");
@@ -106,6 +116,11 @@ describe("PodShare: one virtiofsd per pod, one bind mount per volume", { skip },
       /volume .*missing \(mounted at \/m\) cannot be read on the host: ENOENT/,
     );
 
+    assert.deepEqual(
+      (await mountsUnder(v.base)).sort(),
+      [path.join(v.podDir, "ns"), path.join(v.podDir, "ns", "mnt")],
+      "no bind in the host's namespace, only the pod namespace's own file",
+    );
     await share.remove(["c1-0"]);
     assert.equal(existsSync(path.join(shared, "c1-0")), false, "a removed volume's mount point is gone");
 
@@ -116,6 +131,91 @@ describe("PodShare: one virtiofsd per pod, one bind mount per volume", { skip },
     assert.equal(existsSync(v.podDir), false, "the pod's directory is gone");
     assert.equal(await readFile(path.join(v.rw, "data"), "utf8"), "rw data\n", "the volumes' data is intact");
     assert.equal(await readFile(path.join(v.ro, "data"), "utf8"), "ro data\n");
+  });
+
+  it("read-only is at the top only (rro: all the way down); the host unmounts and removes its mounts below any volume while the pod runs; propagation as asked", async () => {
+    const v = await volumeDirs();
+    // A tmpfs below each volume, as critest's read-only spec makes it.
+    const tmpfsBelow = async (dir: string) => {
+      const sub = path.join(dir, "tmpfs");
+      await mkdir(sub);
+      await execOk(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", sub]);
+      return sub;
+    };
+    const roSub = await tmpfsBelow(v.ro);
+    const rwSub = await tmpfsBelow(v.rw);
+    const rro = path.join(v.base, "rro");
+    await mkdir(rro);
+    const rroSub = await tmpfsBelow(rro);
+    // rslave: the host's later mounts reach the pod (the volume is a shared mount, as
+    // critest's propagation specs make it); rprivate: they do not.
+    const slave = path.join(v.base, "slave");
+    await mkdir(path.join(slave, "later"), { recursive: true });
+    await execOk(["mount", "--rbind", slave, slave]);
+    await execOk(["mount", "--make-rshared", slave]);
+    const share = await PodShare.start({ binary: VIRTIOFSD, dir: v.podDir, log });
+    started.push(share);
+    try {
+      await share.add({ name: "c2-0", hostPath: v.ro, readOnly: true, destination: "/ro" });
+      await share.add({ name: "c2-1", hostPath: v.rw, readOnly: false, destination: "/rw" });
+      await share.add({
+        name: "c2-2",
+        hostPath: rro,
+        readOnly: true,
+        recursiveReadOnly: true,
+        destination: "/rro",
+      });
+      await share.add({
+        name: "c2-3",
+        hostPath: slave,
+        readOnly: false,
+        propagation: "slave",
+        destination: "/s",
+      });
+      await share.add({
+        name: "c2-4",
+        hostPath: slave,
+        readOnly: false,
+        propagation: "private",
+        destination: "/p",
+      });
+      const served = await servedDir(share);
+      await assert.rejects(writeFile(path.join(served, "c2-0", "top"), "x"), { code: "EROFS" });
+      await writeFile(path.join(served, "c2-0", "tmpfs", "file"), "below ro\n");
+      assert.equal(
+        await readFile(path.join(roSub, "file"), "utf8"),
+        "below ro\n",
+        "the tmpfs below is writable",
+      );
+      await writeFile(path.join(served, "c2-1", "tmpfs", "file"), "below rw\n");
+      assert.equal(await readFile(path.join(rwSub, "file"), "utf8"), "below rw\n");
+      // rro: the tmpfs is not there at all; its (read-only) directory is.
+      await assert.rejects(writeFile(path.join(served, "c2-2", "tmpfs", "file"), "x"), { code: "EROFS" });
+      await assert.rejects(writeFile(path.join(served, "c2-2", "top"), "x"), { code: "EROFS" });
+
+      await execOk(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", path.join(slave, "later")]);
+      await writeFile(path.join(slave, "later", "flag"), "");
+      assert.ok(
+        existsSync(path.join(served, "c2-3", "later", "flag")),
+        "rslave: the host's later mount is seen",
+      );
+      assert.ok(!existsSync(path.join(served, "c2-4", "later", "flag")), "rprivate: it is not");
+      await execOk(["umount", path.join(slave, "later")]);
+
+      // The host unmounts its tmpfs and removes its directory while the pod runs (critest's
+      // cleanup does): no copy of ours in the host's namespace keeps it a mount point.
+      for (const sub of [roSub, rwSub, rroSub]) {
+        await execOk(["umount", "--lazy", sub]);
+        await rmdir(sub);
+      }
+      assert.ok(!existsSync(path.join(served, "c2-0", "tmpfs")), "gone from the pod's view as well");
+    } finally {
+      await share.stop();
+      for (const sub of [roSub, rwSub, rroSub]) await exec(["umount", "--lazy", sub]);
+      await exec(["umount", "--recursive", "--lazy", slave]);
+    }
+    assert.deepEqual(await mountsUnder(v.base), [], "nothing left mounted");
+    assert.equal(existsSync(v.podDir), false);
   });
 
   it("a missing virtiofsd fails naming the config key, leaving nothing; the error names the volumes", async () => {

@@ -153,7 +153,13 @@ export class Pod {
     warm?: WarmVm,
   ): Promise<PodMember> {
     // Bind mounts become guest paths; a volume the VM cannot have fails before anything is built.
-    const volumes = await ContainerVolumes.plan(spec.doc, first.id, where.key, log);
+    const volumes = await ContainerVolumes.plan(
+      spec.doc,
+      first.id,
+      where.key,
+      log,
+      deps.config.recursive_read_only_volumes,
+    );
     const containment = planContainment(spec.doc);
     const undo = new Cleanup();
     try {
@@ -547,7 +553,13 @@ export class Pod {
     const undo = new Cleanup();
     undo.defer("give back the pod slot", () => this.joined.delete(req.id));
     try {
-      const volumes = await ContainerVolumes.plan(spec.doc, req.id, this.key, log);
+      const volumes = await ContainerVolumes.plan(
+        spec.doc,
+        req.id,
+        this.key,
+        log,
+        this.deps.config.recursive_read_only_volumes,
+      );
       phases.mark("start");
       const rootfs = await phases.time(
         "rootfsMs",

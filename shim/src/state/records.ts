@@ -49,6 +49,8 @@ const sharedVolume = z.object({
   name: z.string(),
   hostPath: z.string(),
   readOnly: z.boolean(),
+  recursiveReadOnly: z.boolean().optional(),
+  propagation: z.enum(["private", "slave"]).optional(),
   destination: z.string(),
 });
 

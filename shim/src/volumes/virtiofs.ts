@@ -3,6 +3,11 @@
 // for a container that joins later is one more bind mount under that directory, seen by the
 // running virtiofsd through mount propagation: no new device, no new daemon.
 //
+// The binds live in a mount namespace of the pod's own (<pod dir>/ns/mnt, a slave of the
+// host's), never in the host's: a copy there of a host mount below a volume would make its
+// directory a mount point in the host's namespace, so the host could not remove it (EBUSY)
+// while the pod runs. runc's copies are in the container's namespace for the same reason.
+//
 // Teardown never removes a directory recursively: the shared directory holds bind mounts of
 // the user's data. Mount points are unmounted first, then removed one by one with rmdir/unlink,
 // which fail rather than delete anything still mounted.
@@ -31,6 +36,17 @@ export interface SharedVolume {
   name: string;
   hostPath: string;
   readOnly: boolean;
+  /**
+   * Read-only all the way down (the OCI `rro` option, or the runtime config's
+   * recursive_read_only_volumes): no host mount below the volume is shared. Otherwise a
+   * read-only volume is read-only at its top only, as runc's and Kubernetes' default.
+   */
+  recursiveReadOnly?: boolean | undefined;
+  /**
+   * "slave": mounts the host makes below the volume later reach the pod (rslave/rshared,
+   * Kubernetes' HostToContainer/Bidirectional); "private" (the default, rprivate): they do not.
+   */
+  propagation?: "private" | "slave" | undefined;
   /** Where the container sees it (for error messages). */
   destination: string;
 }
@@ -105,17 +121,24 @@ export class PodShare {
     await mkdir(shared, { recursive: true, mode: 0o700 });
     let share: PodShare | undefined;
     try {
-      // A peer group of its own (private first, then shared): the volumes' binds reach
-      // virtiofsd's namespace, and not, on a node whose mounts are shared (systemd's
-      // default), every other mount namespace that shares the state dir's mount.
-      await execOk(["mount", "--bind", shared, shared]);
-      await execOk(["mount", "--make-private", shared]);
-      await execOk(["mount", "--make-shared", shared]);
+      await makePodNamespace(dir);
+      // In the pod's namespace, a peer group of its own (private first, then shared): the
+      // volumes' binds reach virtiofsd's namespace, and nothing else.
+      await inPod(dir, [
+        "sh",
+        "-c",
+        'mount --bind "$1" "$1" && mount --make-private "$1" && mount --make-shared "$1"',
+        "cloudhv-share",
+        shared,
+      ]);
       // Sandboxed: its own mount/pid/net namespaces with the shared directory as its root, and
       // a seccomp filter that kills it on any other syscall. It runs as root (it must act as
       // any file owner in the volumes) with virtiofsd's reduced capability set, less mknod.
       const argv = [
         ...cgroupJoinArgv(opts.cgroupProcs),
+        "nsenter",
+        `--mount=${nsFile(dir)}`,
+        "--",
         binary,
         "--socket-path",
         socketPath(dir),
@@ -147,7 +170,11 @@ export class PodShare {
       return share;
     } catch (err) {
       if (share) await share.stop();
-      else await unmountAndRemove([shared], log).then(() => removeIfEmpty(dir));
+      else {
+        await unmountAndRemove(dir, [shared], log);
+        await dropPodNamespace(dir, log);
+        await removeIfEmpty(dir);
+      }
       throw err;
     }
   }
@@ -179,6 +206,8 @@ export class PodShare {
         `shared volume name ${JSON.stringify(volume.name)} is not a plain name`,
       );
     const what = `volume ${volume.hostPath} (mounted at ${volume.destination})`;
+    if (!path.isAbsolute(volume.hostPath))
+      throw new ShimError("InvalidArgument", `${what}: the host path must be absolute`);
     const info = await stat(volume.hostPath).catch((err: NodeJS.ErrnoException) => {
       throw new ShimError("InvalidArgument", `${what} cannot be read on the host: ${err.code}`);
     });
@@ -187,18 +216,22 @@ export class PodShare {
     const target = path.join(this.sharedDir, volume.name);
     if (this.bound.has(volume.name))
       throw new ShimError("AlreadyExists", `${what}: ${target} is already bound`);
-    // The mount point is a file for a file volume (the termination log), else a directory.
-    if (info.isFile()) await writeFile(target, "", { flag: "wx", mode: 0o600 });
-    else await mkdir(target, { mode: 0o700 });
+    // The mount points are a file for a file volume (the termination log), else a directory.
+    const stage = path.join(this.dir, "stage", volume.name);
+    await mkdir(path.dirname(stage), { recursive: true, mode: 0o700 });
+    for (const point of [target, stage]) {
+      if (info.isFile()) await writeFile(point, "", { flag: "wx", mode: 0o600 });
+      else await mkdir(point, { mode: 0o700 });
+    }
     this.bound.add(volume.name);
     try {
-      // A read-write volume keeps what is mounted below it (as runc's rbind); a read-only one
-      // is a single bind so that nothing below it stays writable.
-      await execOk(["mount", volume.readOnly ? "--bind" : "--rbind", volume.hostPath, target]);
-      if (volume.readOnly) await execOk(["mount", "-o", "remount,bind,ro", target]);
+      await inPod(this.dir, ["sh", "-c", BIND_SCRIPT, "cloudhv-bind", ...bindArgs(volume), stage, target]);
     } catch (err) {
       await this.remove([volume.name]);
       throw unavailable(`${what} cannot be shared into the VM: ${(err as Error).message}`, err);
+    } finally {
+      await unmountAndRemove(this.dir, [stage], this.log);
+      await removeIfEmpty(path.dirname(stage));
     }
     return `${GUEST_SHARED}/${volume.name}`;
   }
@@ -207,6 +240,7 @@ export class PodShare {
   async remove(names: readonly string[]): Promise<void> {
     const mine = names.filter((n) => this.bound.has(n));
     await unmountAndRemove(
+      this.dir,
       mine.map((n) => path.join(this.sharedDir, n)),
       this.log,
     );
@@ -233,7 +267,8 @@ export class PodShare {
     // it may outlive its parent by a moment. The pod's binds come off once it is gone too.
     await endStragglers(socketPath(this.dir), this.log);
     await this.remove([...this.bound]);
-    await unmountAndRemove([this.sharedDir], this.log);
+    await unmountAndRemove(this.dir, [this.sharedDir], this.log);
+    await dropPodNamespace(this.dir, this.log);
     // virtiofsd's socket and the pid file it locks next to it.
     for (const file of [socketPath(this.dir), `${socketPath(this.dir)}.pid`, stderrPath(this.dir)])
       await unlink(file).catch(() => {});
@@ -287,14 +322,82 @@ function stderrPath(dir: string): string {
 }
 
 /**
- * Detaches every mount on each target (lazily: virtiofsd may still hold files open in them;
- * the data is on the host's disk either way), then removes the emptied mount point.
+ * Binds $2 (the host path; $1 is --bind or --rbind) at $5, a staging point in no peer group
+ * (a plain directory of the pod's namespace), sets its propagation ($3) and read-only flag
+ * ($4) there, then binds that at $6 in the shared directory. Flags and propagation are set
+ * before the volume reaches the shared directory: virtiofsd's copy is made by propagation at
+ * that moment and does not follow a later remount (a read-only remount after the bind would
+ * leave virtiofsd's copy writable). The caller unmounts the staging point.
  */
-async function unmountAndRemove(targets: readonly string[], log: Logger): Promise<void> {
+const BIND_SCRIPT = [
+  "set -e",
+  'mount "$1" "$2" "$5"',
+  'mount "--make-r$3" "$5"',
+  'if [ "$4" = ro ]; then mount -o remount,bind,ro "$5"; fi',
+  'mount --rbind "$5" "$6"',
+].join("\n");
+
+/** $1..$4 of BIND_SCRIPT for `volume` (the staging point and target follow). */
+function bindArgs(volume: SharedVolume): string[] {
+  // Recursive read-only: a single bind, nothing below it shared; and private, so that no
+  // host mount reaches it later either.
+  const recursiveReadOnly = volume.readOnly && volume.recursiveReadOnly === true;
+  return [
+    recursiveReadOnly ? "--bind" : "--rbind",
+    volume.hostPath,
+    !recursiveReadOnly && volume.propagation === "slave" ? "slave" : "private",
+    volume.readOnly ? "ro" : "rw",
+  ];
+}
+
+/** The pod's mount namespace, kept by a bind of its nsfs file. */
+function nsFile(dir: string): string {
+  return path.join(dir, "ns", "mnt");
+}
+
+/**
+ * A mount namespace for the pod's binds: a copy of the host's whose mounts are slaves (the
+ * host's later mounts below a shared mount still reach it; nothing made in it reaches the
+ * host). Its nsfs file is bound on <dir>/ns/mnt, which must sit on a private mount.
+ */
+async function makePodNamespace(dir: string): Promise<void> {
+  const nsDir = path.dirname(nsFile(dir));
+  await mkdir(nsDir, { mode: 0o700 });
+  await execOk(["mount", "--bind", nsDir, nsDir]);
+  await execOk(["mount", "--make-private", nsDir]);
+  await writeFile(nsFile(dir), "", { flag: "wx", mode: 0o600 });
+  await execOk(["unshare", `--mount=${nsFile(dir)}`, "--propagation", "slave", "true"]);
+}
+
+/** Ends the pod's namespace (every bind left in it goes with it) and removes its files. */
+async function dropPodNamespace(dir: string, log: Logger): Promise<void> {
+  const nsDir = path.dirname(nsFile(dir));
+  await unmountAndRemove(undefined, [nsFile(dir), nsDir], log);
+}
+
+/** Runs argv in the pod's mount namespace. */
+async function inPod(dir: string, argv: readonly string[]): Promise<void> {
+  await execOk(["nsenter", `--mount=${nsFile(dir)}`, "--", ...argv]);
+}
+
+/**
+ * Detaches every mount on each target (lazily: virtiofsd may still hold files open in them;
+ * the data is on the host's disk either way), then removes the emptied mount point. The
+ * mounts are in the pod's namespace of `podDir` (none: the host's; so too for a pod whose
+ * binds a daemon before the pod namespaces made in the host's).
+ */
+async function unmountAndRemove(
+  podDir: string | undefined,
+  targets: readonly string[],
+  log: Logger,
+): Promise<void> {
+  const ns = podDir === undefined ? undefined : nsFile(podDir);
+  const inNs = ns !== undefined && (await isMountPoint(ns));
   for (const target of targets) {
     // Stacked mounts (a bind over a bind) come off one at a time.
     for (let i = 0; i < 16; i++) {
-      const r = await exec(["umount", "--lazy", target]);
+      const umount = ["umount", "--lazy", target];
+      const r = await exec(inNs ? ["nsenter", `--mount=${ns}`, "--", ...umount] : umount);
       if (r.code !== 0) break;
     }
     const info = await lstat(target).catch(() => undefined);
@@ -306,6 +409,14 @@ async function unmountAndRemove(targets: readonly string[], log: Logger): Promis
       log.error({ target, err: (err as Error).message }, "could not remove a shared volume's mount point");
     }
   }
+}
+
+/** Whether `file` is a mount point in the host's namespace (the pod namespace's nsfs bind). */
+async function isMountPoint(file: string): Promise<boolean> {
+  const mountinfo = await readFile("/proc/self/mountinfo", "utf8").catch(() => "");
+  // mountinfo writes space, tab, newline and backslash as \ooo octal escapes.
+  const escaped = file.replace(/[ \t\n\\]/g, (c) => `\\${c.charCodeAt(0).toString(8).padStart(3, "0")}`);
+  return mountinfo.split("\n").some((line) => line.split(" ")[4] === escaped);
 }
 
 async function removeIfEmpty(dir: string): Promise<void> {

@@ -6,10 +6,11 @@
 // disk-backed emptyDir, the termination log) is shared by virtio-fs (virtiofs.ts), so writes
 // land on the host at once.
 import { createHash } from "node:crypto";
-import { stat, statfs } from "node:fs/promises";
+import { realpath, stat, statfs } from "node:fs/promises";
 import path from "node:path";
 import type { AgentClient, PutFile } from "../agent/client.js";
 import { invalid } from "../errors.js";
+import { writableMountsBelow } from "../rootfs/mountinfo.js";
 import type { VolumesRecord } from "../state/records.js";
 import { logFromGuest } from "../util/guest-log.js";
 import type { Logger } from "../util/log.js";
@@ -29,6 +30,8 @@ const TMPFS_MAGIC = 0x01021994;
 /** Files kubelet and containerd write for every container: small, theirs, copied. */
 const MANAGED_DESTINATIONS = new Set(["/etc/hosts", "/etc/hostname", "/etc/resolv.conf"]);
 const MANAGED_VOLUME = /\/kubernetes\.io~(configmap|secret|projected|downward-api)\//;
+/** Read-write host mounts below one read-only volume that keep their own bind in the guest. */
+const MAX_WRITABLE_SUBMOUNTS = 32;
 
 interface OciMount {
   destination: string;
@@ -62,17 +65,27 @@ export class ContainerVolumes {
 
   /**
    * Rewrites the bind mounts of `spec` in place to guest paths and remembers what to copy.
-   * `podKey` groups emptyDirs of one pod.
+   * `podKey` groups emptyDirs of one pod. `recursiveReadOnly` makes every read-only shared
+   * volume recursively read-only (runtime config recursive_read_only_volumes).
    */
-  static async plan(spec: { mounts?: OciMount[] }, containerId: string, podKey: string, log: Logger) {
+  static async plan(
+    spec: { mounts?: OciMount[] },
+    containerId: string,
+    podKey: string,
+    log: Logger,
+    recursiveReadOnly = false,
+  ) {
     const volumes = new ContainerVolumes(log);
+    const extra: Array<{ after: OciMount; mount: OciMount }> = [];
     for (const [index, mount] of (spec.mounts ?? []).entries()) {
       const bind = mount.type === "bind" || (mount.options ?? []).some((o) => o === "bind" || o === "rbind");
       const source = mount.source ?? "";
       if (!bind || !source) continue;
       // containerd's per-sandbox /dev/shm: the agent gives the container a tmpfs instead.
       if (mount.destination === "/dev/shm") continue;
-      const readOnly = (mount.options ?? []).includes("ro");
+      const options = mount.options ?? [];
+      // `rro` (containerd 2's CRI recursive_read_only) is read-only too.
+      const readOnly = options.includes("ro") || options.includes("rro");
       if (source.includes("/kubernetes.io~empty-dir/") && (await onTmpfs(source))) {
         const dir = `${GUEST_VOLUMES}/pods/${hash(podKey)}/empty-dir/${path.basename(source)}`;
         volumes.sharedDirs.push(dir);
@@ -91,8 +104,39 @@ export class ContainerVolumes {
             `volume ${source} (mounted at ${mount.destination}) cannot be shared: neither a file nor a directory`,
           );
         const name = `${containerId}-${index}`;
-        volumes.shared.push({ name, hostPath: source, readOnly, destination: mount.destination });
+        const recursive = readOnly && (recursiveReadOnly || options.includes("rro"));
+        const propagation = options.some((o) => /^r?(slave|shared)$/.test(o)) ? "slave" : "private";
+        volumes.shared.push({
+          name,
+          hostPath: source,
+          readOnly,
+          recursiveReadOnly: recursive,
+          propagation,
+          destination: mount.destination,
+        });
         mount.source = `${GUEST_SHARED}/${name}`;
+        // Recursive read-only: the share holds nothing below the volume, so the guest's plain
+        // read-only bind is read-only all the way down.
+        if (recursive) mount.options = [...options.filter((o) => o !== "rro" && o !== "ro"), "ro"];
+        // Read-only is not recursive (runc, Kubernetes' default): the host's read-write mounts
+        // below the volume stay writable. In the guest they are virtio-fs submounts, which
+        // would take the read-only flag of the container's bind: each gets a bind of its own.
+        else if (readOnly && info.isDirectory()) {
+          const host = await realpath(source);
+          const keep = options.filter((o) => /^r?(private|slave|shared)$/.test(o));
+          for (const below of await writableMountsBelow(host, MAX_WRITABLE_SUBMOUNTS)) {
+            const rel = below.slice(host === "/" ? 0 : host.length);
+            extra.push({
+              after: mount,
+              mount: {
+                destination: path.posix.join(mount.destination, rel),
+                type: "bind",
+                source: `${GUEST_SHARED}/${name}${rel}`,
+                options: ["rbind", "rw", ...keep],
+              },
+            });
+          }
+        }
         continue;
       }
       // Read now (budgets, types, links), so that a volume the VM cannot have fails here,
@@ -103,6 +147,12 @@ export class ContainerVolumes {
       const guestPath = `${GUEST_VOLUMES}/containers/${containerId}/${index}`;
       volumes.copied.push({ hostPath: source, label, guestPath, ...first });
       mount.source = guestPath;
+    }
+    // Each added bind right after its volume's (and after any added before it), so that crun
+    // mounts it on top.
+    for (const { after, mount } of extra.reverse()) {
+      const mounts = spec.mounts ?? [];
+      mounts.splice(mounts.indexOf(after) + 1, 0, mount);
     }
     return volumes;
   }
