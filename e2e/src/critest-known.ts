@@ -45,13 +45,6 @@ export const KNOWN_DIFFERENCES: readonly KnownDifference[] = [
     byDesign: true,
   },
   {
-    pattern: /Container Mount Readonly .*should support non-recursive readonly mounts/,
-    cause: "propagation",
-    reason:
-      "a read-only volume is read-only all the way down: a read-write host mount below it is not shared, because a hostile guest kernel could write it through virtiofsd whatever the guest's mount flags say (docs/design.md, Volumes)",
-    byDesign: true,
-  },
-  {
     pattern:
       /Security Context NamespaceOption runtime should support (HostPID|HostIpc is true|HostNetwork is true)|runtime should support portforward in host network/,
     cause: "host namespaces",
