@@ -2,7 +2,7 @@
 // containerd 1.6 runs the command inside a microVM and behaves like runc from the outside.
 import assert from "node:assert/strict";
 import { existsSync } from "node:fs";
-import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, readdir, readFile, rm, rmdir, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -454,6 +454,37 @@ for (const hv of await hypervisorSuites())
       assert.equal(await readFile(path.join(shared, "out"), "utf8"), "from the guest\n");
       assert.deepEqual(await entriesOf(path.join(runtime.stateDir, "pods")), [], "virtiofsd's dir is gone");
       assert.deepEqual(await processesMatching(path.join(runtime.stateDir, "pods")), [], "no virtiofsd left");
+    });
+
+    it("a read-only bind (`ro`) is read-only at its top only, `rro` all the way down: a tmpfs below the first is writable, below the second it is not even shared", async () => {
+      const vol = path.join(dir, "ro-vol");
+      const sub = path.join(vol, "sub");
+      await mkdir(sub, { recursive: true });
+      await exec(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", sub]);
+      try {
+        const result = await ctr([
+          "run",
+          "--rm",
+          "--runtime",
+          RUNTIME,
+          "--mount",
+          `type=bind,src=${vol},dst=/nr,options=rbind:ro`,
+          "--mount",
+          `type=bind,src=${vol},dst=/rr,options=rbind:rro`,
+          IMAGE_A,
+          "t-rro",
+          "sh",
+          "-c",
+          "for f in /nr/top /nr/sub/f /rr/top /rr/sub/g; do touch $f 2>/dev/null && echo $f ok || echo $f fails; done",
+        ]);
+        assert.equal(result.code, 0, result.stderr);
+        assert.equal(result.stdout, "/nr/top fails\n/nr/sub/f ok\n/rr/top fails\n/rr/sub/g fails\n");
+        assert.deepEqual(await readdir(sub), ["f"], "the write below the non-recursive one is on the host");
+      } finally {
+        await exec(["umount", "--lazy", sub]);
+      }
+      await rmdir(sub);
+      assert.deepEqual(await entriesOf(path.join(runtime.stateDir, "pods")), [], "virtiofsd's dir is gone");
     });
 
     it("leaves no VM, scratch disk, mount or state behind after the tests above", async () => {

@@ -121,6 +121,13 @@ describe("PodShare: one virtiofsd per pod, one bind mount per volume", { skip },
       [path.join(v.podDir, "ns"), path.join(v.podDir, "ns", "mnt")],
       "no bind in the host's namespace, only the pod namespace's own file",
     );
+    const podNs = path.join(v.podDir, "ns", "mnt");
+    const inPodNs = (await execOk(["nsenter", `--mount=${podNs}`, "cat", "/proc/self/mountinfo"])).stdout;
+    assert.ok(!inPodNs.includes(path.join(v.podDir, "stage")), "no staging bind left in the pod's namespace");
+    assert.ok(
+      inPodNs.includes(path.join(v.podDir, "shared", "c1-1")),
+      "the binds are in the pod's namespace",
+    );
     await share.remove(["c1-0"]);
     assert.equal(existsSync(path.join(shared, "c1-0")), false, "a removed volume's mount point is gone");
 

@@ -230,7 +230,9 @@ export class PodShare {
       await this.remove([volume.name]);
       throw unavailable(`${what} cannot be shared into the VM: ${(err as Error).message}`, err);
     } finally {
-      await unmountAndRemove(this.dir, [stage], this.log);
+      await (info.isFile() ? unlink(stage) : rmdir(stage)).catch((err: Error) =>
+        this.log.error({ stage, err: err.message }, "could not remove a volume's staging point"),
+      );
       await removeIfEmpty(path.dirname(stage));
     }
     return `${GUEST_SHARED}/${volume.name}`;
@@ -327,7 +329,9 @@ function stderrPath(dir: string): string {
  * ($4) there, then binds that at $6 in the shared directory. Flags and propagation are set
  * before the volume reaches the shared directory: virtiofsd's copy is made by propagation at
  * that moment and does not follow a later remount (a read-only remount after the bind would
- * leave virtiofsd's copy writable). The caller unmounts the staging point.
+ * leave virtiofsd's copy writable). The staging point is unmounted at the end; after a failure
+ * the caller's rmdir/unlink of it in the host's namespace (where it is no mount point) detaches
+ * what is left on it.
  */
 const BIND_SCRIPT = [
   "set -e",
@@ -335,6 +339,7 @@ const BIND_SCRIPT = [
   'mount "--make-r$3" "$5"',
   'if [ "$4" = ro ]; then mount -o remount,bind,ro "$5"; fi',
   'mount --rbind "$5" "$6"',
+  'umount --lazy "$5"',
 ].join("\n");
 
 /** $1..$4 of BIND_SCRIPT for `volume` (the staging point and target follow). */
