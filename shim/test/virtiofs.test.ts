@@ -225,6 +225,24 @@ describe("PodShare: one virtiofsd per pod, one bind mount per volume", { skip },
     assert.equal(existsSync(v.podDir), false);
   });
 
+  it("a later daemon adopts the share from its record: its binds go into the same pod namespace, and its stop leaves nothing", async () => {
+    const v = await volumeDirs();
+    const first = await PodShare.start({ binary: VIRTIOFSD, dir: v.podDir, log });
+    started.push(first);
+    await first.add({ name: "c3-0", hostPath: v.rw, readOnly: false, destination: "/a" });
+    const adopted = await PodShare.adopt(await first.record(), log);
+    started.push(adopted);
+    await adopted.add({ name: "c3-1", hostPath: v.ro, readOnly: true, destination: "/b" });
+    const served = await servedDir(adopted);
+    assert.equal(await readFile(path.join(served, "c3-1", "data"), "utf8"), "ro data\n");
+    await assert.rejects(writeFile(path.join(served, "c3-1", "new"), "x"), { code: "EROFS" });
+    await adopted.stop();
+    assert.deepEqual(await pidsNaming(adopted.fs.socket), [], "no virtiofsd left");
+    assert.deepEqual(await mountsUnder(v.base), [], "nothing left mounted");
+    assert.equal(existsSync(v.podDir), false, "the pod's directory is gone");
+    assert.equal(await readFile(path.join(v.rw, "data"), "utf8"), "rw data\n");
+  });
+
   it("a missing virtiofsd fails naming the config key, leaving nothing; the error names the volumes", async () => {
     const v = await volumeDirs();
     const err = await PodShare.start({ binary: path.join(v.base, "nope"), dir: v.podDir, log }).then(
