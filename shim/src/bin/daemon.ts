@@ -15,6 +15,7 @@ import { parseMetricsAddress } from "../metrics/address.js";
 import { recordCleanExit, recordStart } from "../metrics/history.js";
 import { reapOrphanPoolVms } from "../pod/pool.js";
 import { erofsRootfs } from "../pod/rootfs.js";
+import { ProvisionalStore, undoProvisionalCreates } from "../state/provisional.js";
 import { RecordStore } from "../state/records.js";
 import { sweepStaleVmDirs } from "../state/sweep.js";
 import { TaskService, toTimestamp } from "../task/service.js";
@@ -70,6 +71,9 @@ async function main(): Promise<void> {
     path.basename(socketPath, ".sock"),
     log,
   );
+  // Creates in flight, noted for a daemon that starts after this one was killed mid-create.
+  const creatingDir = path.join(config.state_dir, "creating");
+  const provisional = new ProvisionalStore(creatingDir, path.basename(socketPath, ".sock"), log);
   // Restarts of this daemon identity since its last clean start, for the restart counters: next
   // to its lock in backend/, which the front removes once it is empty.
   const historyFile = socketPath.replace(/\.sock$/, ".starts.json");
@@ -88,6 +92,7 @@ async function main(): Promise<void> {
     prepareRootfs: rootfs.prepare,
     adoptRootfs: rootfs.adopt,
     records,
+    provisional,
     ...(front ? { stdioKeeper: front } : {}),
     log,
     logDestination,
@@ -174,6 +179,15 @@ async function main(): Promise<void> {
   });
   const restored = await tasks.restore();
   if (restored > 0) log.info({ tasks: restored }, "took over the tasks of a previous daemon");
+  // Creates a killed daemon left in flight (no record; a provisional one): undone before the
+  // create containerd sends again arrives, so it finds no scratch file or TAP in its way.
+  await undoProvisionalCreates(creatingDir, {
+    stateDir: config.state_dir,
+    scratchDir: config.scratch_dir,
+    recordedVms: await records.allVmIds(),
+    recordedScratch: await records.allScratchPaths(),
+    log,
+  });
   // Pool VMs a crashed daemon left are no pod's (no record): stopped before the sweep.
   await reapOrphanPoolVms(path.join(config.state_dir, "vm"), log);
   await sweepStaleVmDirs(path.join(config.state_dir, "vm"), await records.allVmIds(), log);

@@ -14,10 +14,12 @@ import type { Mount } from "../containerd/publisher.js";
 import { ShimError } from "../errors.js";
 import { adoptPodNetwork, type PodInterface, type PodNetwork } from "../network/pod-network.js";
 import { PodPortForward } from "../network/port-forward.js";
+import { POD_TAP, type Provisional, type ProvisionalStore } from "../state/provisional.js";
 import type { MemberRecord, PodRecord } from "../state/records.js";
 import { Cleanup } from "../util/cleanup.js";
 import { type Logger, log as rootLog } from "../util/log.js";
 import type { PhaseClock } from "../util/phases.js";
+import { processIdentity } from "../util/proc.js";
 import type { HypervisorDriver, VmExit, VmHandle } from "../vmm/types.js";
 import { PodShare, volumesFailed } from "../volumes/virtiofs.js";
 import { ContainerVolumes } from "../volumes/volumes.js";
@@ -50,6 +52,8 @@ export interface PodDeps {
   attachWarmNetwork?: WarmNetworkAttacher;
   /** The host's cgroups and OOM scores (pod/containment.ts; faked in unit tests). */
   containment: ContainmentHost;
+  /** Notes each create in flight for a later daemon to undo (absent: nothing is noted). */
+  provisional?: ProvisionalStore;
 }
 
 /** One container to create in a pod, as the task service asks for it. */
@@ -102,6 +106,8 @@ export class Pod {
   /** Why the health checks stopped the VM, once they have. */
   private wedged: string | undefined;
   private readonly exitedWithReason: Promise<VmExit>;
+  /** The boot's provisional record, until the pod's own record is written (or the pod goes). */
+  private provisional: Provisional | undefined;
 
   private constructor(
     /** The CRI sandbox id, or the plain task's id. */
@@ -161,6 +167,8 @@ export class Pod {
       deps.config.recursive_read_only_volumes,
     );
     const containment = planContainment(spec.doc);
+    // On disk before anything is built: a daemon killed from here on leaves a note of what to undo.
+    const journal = await deps.provisional?.begin(where.vmId, where.key);
     const undo = new Cleanup();
     try {
       phases.mark("start");
@@ -174,12 +182,18 @@ export class Pod {
         );
         cgroup = opened;
         undo.defer("remove pod cgroup", () => opened.remove());
+        await journal?.note({ cgroup: opened.record() });
       }
       // Disks and the pod network are host work independent of each other, so they run at once;
       // whichever succeeded is undone if the other failed.
       const netnsPath = podNetnsPath(spec.doc);
+      if (netnsPath) await journal?.note({ network: { netnsPath, tap: POD_TAP } });
+      const noteScratch = journal ? (file: string) => journal.note({ scratch: [file] }) : undefined;
       const [rootfsDone, networkDone] = await Promise.allSettled([
-        phases.time("rootfsMs", deps.prepareRootfs(first.namespace, first.id, first.rootfs, first.scratch)),
+        phases.time(
+          "rootfsMs",
+          deps.prepareRootfs(first.namespace, first.id, first.rootfs, first.scratch, noteScratch),
+        ),
         netnsPath
           ? phases.time(
               "networkMs",
@@ -194,6 +208,9 @@ export class Pod {
       if (networkDone.status === "fulfilled" && networkDone.value) {
         const attached = networkDone.value;
         undo.defer("detach pod network", () => attached.detach());
+        await journal?.note({
+          network: { netnsPath: attached.netnsPath, tap: attached.tap, iface: attached.iface.name },
+        });
       }
       if (rootfsDone.status === "rejected") throw rootfsDone.reason;
       if (networkDone.status === "rejected") throw networkDone.reason;
@@ -204,6 +221,7 @@ export class Pod {
       // A pool VM gets its virtio-fs device by hot-plug, as an app container would (sharedFs).
       let share: PodShare | undefined;
       if (volumes.shared.length > 0 && !warm) {
+        await journal?.note({ share: {} });
         share = await phases
           .time(
             "virtiofsdMs",
@@ -219,12 +237,27 @@ export class Pod {
           });
         const started = share;
         undo.defer("stop virtiofsd", () => started.stop());
+        const { pid, startTime } = await started.record();
+        await journal?.note({ share: { process: { pid, startTime } } });
       }
       phases.mark("disksReady");
 
+      // The VMM works in its VM's dir from its start; its identity is noted once known.
+      await journal?.note({ vmm: {} });
       const { vm, agent, devices, oomScoreAdj } = warm
-        ? await Pod.claim(warm, { cgroup, containment, rootfs, deps, log, phases, undo })
-        : await Pod.launch(where, { cgroup, containment, rootfs, network, share, deps, log, phases, undo });
+        ? await Pod.claim(warm, { cgroup, containment, rootfs, deps, log, phases, undo, journal })
+        : await Pod.launch(where, {
+            cgroup,
+            containment,
+            rootfs,
+            network,
+            share,
+            deps,
+            log,
+            phases,
+            undo,
+            journal,
+          });
       if (network) await configureGuestNetwork(agent, network.iface, phases, warm !== undefined);
       phases.mark("vmReady");
 
@@ -241,6 +274,7 @@ export class Pod {
         share,
       );
       pod.oomScoreAdj = oomScoreAdj;
+      pod.provisional = journal;
       if (network) {
         const forward = await pod.startPortForward(network.netnsPath, log);
         if (forward) undo.defer("stop port-forward", () => forward.stop());
@@ -250,8 +284,17 @@ export class Pod {
       return owner;
     } catch (err) {
       await undo.run();
+      // Undone here: nothing is left for a later daemon to undo.
+      await journal?.finish();
       throw err;
     }
+  }
+
+  /** The pod's record is written: a later daemon adopts the pod, the provisional record goes. */
+  async createSettled(): Promise<void> {
+    const journal = this.provisional;
+    this.provisional = undefined;
+    await journal?.finish();
   }
 
   /** A cold boot: the VMM launched with the pod's disks, NIC and volumes, then its agent. */
@@ -267,9 +310,10 @@ export class Pod {
       log: Logger;
       phases: PhaseClock;
       undo: Cleanup;
+      journal: Provisional | undefined;
     },
   ): Promise<{ vm: VmHandle; agent: AgentClient; devices: string[]; oomScoreAdj: number | undefined }> {
-    const { cgroup, containment, rootfs, network, share, deps, log, phases, undo } = got;
+    const { cgroup, containment, rootfs, network, share, deps, log, phases, undo, journal } = got;
     const started = performance.now();
     const { config } = deps;
     const vm = await phases.time(
@@ -293,6 +337,7 @@ export class Pod {
       }),
     );
     undo.defer("stop VM", () => vm.stop());
+    await noteVmm(journal, vm.pid);
     const oomScoreAdj = oomScoreAdjFor(containment.qos, [], containment.specOomScoreAdj);
     if (oomScoreAdj !== undefined) await deps.containment.setOomScoreAdj(vm.pid, oomScoreAdj, log);
     const agent = await vm.connectAgent({ timeoutMs: config.agent_boot_timeout_ms });
@@ -332,11 +377,13 @@ export class Pod {
       log: Logger;
       phases: PhaseClock;
       undo: Cleanup;
+      journal: Provisional | undefined;
     },
   ): Promise<{ vm: VmHandle; agent: AgentClient; devices: string[]; oomScoreAdj: number | undefined }> {
-    const { cgroup, containment, rootfs, deps, log, phases, undo } = got;
+    const { cgroup, containment, rootfs, deps, log, phases, undo, journal } = got;
     const { vm, agent } = warm;
     undo.defer("stop VM", () => vm.stop());
+    await noteVmm(journal, vm.pid);
     undo.defer("close agent", () => agent.close());
     const oomScoreAdj = oomScoreAdjFor(containment.qos, [], containment.specOomScoreAdj);
     await phases.time("poolClaimMs", async () => {
@@ -608,6 +655,8 @@ export class Pod {
     );
     const share = this.share;
     if (member.ownsPod) {
+      // Last of all (a create that failed after its boot): its provisional record goes.
+      cleanup.defer("settle the create", () => this.createSettled());
       // Runs after the VM is gone (newest first): the TAP and the cgroup outlive the VMM.
       const cgroup = this.cgroup;
       if (cgroup) cleanup.defer("remove pod cgroup", () => cgroup.remove());
@@ -781,6 +830,13 @@ export function guestNetwork(iface: PodInterface): GuestNetwork {
     ],
     routes: iface.routes.map((r) => ({ dest: r.dest, gateway: r.gateway ?? "", mac: iface.mac })),
   };
+}
+
+/** The VMM's pid and start time into the create's provisional record. */
+async function noteVmm(journal: Provisional | undefined, pid: number): Promise<void> {
+  if (!journal) return;
+  const process = await processIdentity(pid);
+  if (process) await journal.note({ vmm: { process } });
 }
 
 function attachWarm(deps: PodDeps, vm: VmHandle, netnsPath: string): Promise<PodNetwork> {

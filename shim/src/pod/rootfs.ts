@@ -37,6 +37,8 @@ export type RootfsPreparer = (
   mounts: Mount[],
   /** The scratch disk's size (pod/scratch-size.ts); the config's when absent. */
   scratch?: ScratchSize,
+  /** Told the scratch file's path before it is made (state/provisional.ts notes it). */
+  beforeScratch?: (file: string) => Promise<void>,
 ) => Promise<PreparedRootfs>;
 
 /** The scratch file's name inside the container's writable layer directory. */
@@ -84,6 +86,7 @@ export function erofsRootfs(config: RuntimeConfig): { prepare: RootfsPreparer; a
     containerId,
     mounts: Mount[],
     scratch?: ScratchSize,
+    beforeScratch?: (file: string) => Promise<void>,
   ): Promise<PreparedRootfs> => {
     if (mounts.length === 0)
       throw invalid(`task ${containerId} has no rootfs mounts (a rootfs in the bundle is not supported)`);
@@ -111,6 +114,7 @@ export function erofsRootfs(config: RuntimeConfig): { prepare: RootfsPreparer; a
         await mkdir(config.scratch_dir, { recursive: true, mode: 0o700 });
         scratchPath = path.join(config.scratch_dir, `${serial("s", `${owner}:${Date.now()}`)}.ext4`);
       }
+      await beforeScratch?.(scratchPath);
       const disk = await createScratchDisk(scratchPath, size.bytes);
       const held = hold;
       const rootfsSerial = serial("i", `${owner}:${image.key}`);

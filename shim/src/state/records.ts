@@ -209,4 +209,25 @@ export class RecordStore {
     }
     return records;
   }
+
+  /**
+   * The scratch files every record here names, whichever daemon owns it (read loosely: this is
+   * a list of files never to remove, so an unreadable record only names nothing).
+   */
+  async allScratchPaths(): Promise<Set<string>> {
+    const paths = new Set<string>();
+    const names = await readdir(this.dir).catch(() => [] as string[]);
+    for (const name of names.filter((n) => n.endsWith(".json"))) {
+      try {
+        const doc = JSON.parse(await readFile(path.join(this.dir, name), "utf8")) as {
+          pod?: { members?: Array<{ rootfs?: { scratchPath?: unknown } }> };
+        };
+        for (const m of doc.pod?.members ?? [])
+          if (typeof m.rootfs?.scratchPath === "string") paths.add(m.rootfs.scratchPath);
+      } catch {
+        // Not JSON: names nothing.
+      }
+    }
+    return paths;
+  }
 }

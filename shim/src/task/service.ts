@@ -14,6 +14,7 @@ import type { NetworkAttacher, Pod, PodMember, WarmNetworkAttacher } from "../po
 import { Pods, type PodsDeps } from "../pod/pods.js";
 import type { PoolStats, VmPool } from "../pod/pool.js";
 import type { RootfsAdopter, RootfsPreparer } from "../pod/rootfs.js";
+import type { ProvisionalStore } from "../state/provisional.js";
 import type { ProcessRecord, RecordStore, TaskRecord } from "../state/records.js";
 import { StdioForwarder, type StdioPaths } from "../stdio/forward.js";
 import { messageCodec } from "../ttrpc/proto.js";
@@ -44,6 +45,8 @@ export interface TaskServiceDeps {
   log: Logger;
   /** Where each pod's state is kept for a later daemon (absent: nothing outlives this one). */
   records?: RecordStore;
+  /** Where creates in flight are noted, for a later daemon to undo (state/provisional.ts). */
+  provisional?: ProvisionalStore;
   /** Takes over a previous daemon's container disks (pod/rootfs.ts). */
   adoptRootfs?: RootfsAdopter;
   /** Keeps output FIFOs open while the daemon may die (its front; absent without one). */
@@ -186,6 +189,8 @@ export class TaskService {
       if (member.ownsPod)
         this.deps.metrics?.podStarted(timings.poolClaimMs !== undefined ? "pool" : "cold", timings);
       await this.persist(container.pod);
+      // Recorded: a later daemon adopts the pod rather than undo its create.
+      if (member.ownsPod) await container.pod.createSettled();
       this.deps.events.publish(ns, "TaskCreate", {
         containerId: req.id,
         bundle: req.bundle,
