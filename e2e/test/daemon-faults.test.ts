@@ -185,6 +185,97 @@ for (const hv of await hypervisorSuites())
       assert.deepEqual(await processesMatching(podsDir), [], "no cloudhv-portfwd left");
     });
 
+    it("a daemon killed mid-create: the next one undoes the half-built pod, the re-sent create runs it, nothing is left", async (t) => {
+      const stateDir = harness.runtime.stateDir;
+      const creating = path.join(stateDir, "creating");
+      const name = "midcreate";
+      const logDirectory = path.join(harness.dir, "pods", name);
+      await mkdir(logDirectory, { recursive: true });
+      const config: PodSandboxConfig = {
+        metadata: { name, uid: `uid-${name}`, namespace: "default", attempt: 0 },
+        hostname: name,
+        logDirectory,
+      };
+      const started = Date.now();
+      const running = cri.runPodSandbox(config, HANDLER).then(
+        (id) => ({ id }),
+        (err: Error) => ({ err }),
+      );
+      // The create's own note (state/provisional.ts), once its QEMU runs: the moment to kill.
+      type Note = {
+        vmId: string;
+        vmm?: { process?: { pid: number; startTime: number } };
+        cgroup?: { dirs: string[]; created: string[] };
+        scratch?: string[];
+        network?: { netnsPath: string };
+      };
+      const note = await waitUntil("the create's QEMU", 120_000, async () => {
+        for (const file of await entriesOf(creating)) {
+          const text = await readFile(path.join(creating, file), "utf8").catch(() => "");
+          const parsed = text ? (JSON.parse(text) as Note) : undefined;
+          if (parsed?.vmm?.process) return parsed;
+        }
+        return undefined;
+      });
+      const vmm = note.vmm?.process as { pid: number; startTime: number };
+      const startOf = async (pid: number) => {
+        const stat = await readFile(`/proc/${pid}/stat`, "utf8").catch(() => "");
+        return Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[19]);
+      };
+      // Should the test fail, the dead create's QEMU still goes (the harness does not own it).
+      t.after(async () => {
+        if ((await startOf(vmm.pid)) === vmm.startTime) process.kill(vmm.pid, "SIGKILL");
+      });
+      const [daemon] = await daemonPids(stateDir);
+      assert.ok(daemon, "a shim daemon runs the create");
+      process.kill(daemon, "SIGKILL");
+      const killedAfterMs = Date.now() - started;
+      const result = await running;
+      process.stdout.write(
+        `# mid-create kill: ${killedAfterMs} ms into RunPodSandbox; the re-sent create ${"id" in result ? "ran the pod" : `failed: ${result.err.message}`} ${Date.now() - started} ms in\n`,
+      );
+      let logs = "";
+      for (const file of (await entriesOf(harness.runtime.logDir)).filter((n) => n.endsWith(".log")))
+        logs += await readFile(path.join(harness.runtime.logDir, file), "utf8");
+      assert.match(
+        logs,
+        /undid a create a killed daemon left in flight/,
+        "the new daemon undid the dead create",
+      );
+      assert.notEqual(await startOf(vmm.pid), vmm.startTime, "the dead create's QEMU was stopped");
+      assert.ok(
+        "id" in result,
+        `the re-sent RunPodSandbox runs the pod: ${"err" in result ? result.err.message : ""}`,
+      );
+      const podId = result.id;
+      const id = await cri.createContainer(
+        podId,
+        { metadata: { name: "main" }, image: { image: IMAGE }, command: ["sleep", "3600"] },
+        config,
+      );
+      await cri.startContainer(id);
+      assert.equal((await cri.execSync(id, ["echo", "alive"])).stdout.trim(), "alive");
+      assert.equal((await processesMatching(path.join(stateDir, "vm"))).length, 1, "one QEMU: the pod's");
+      await cri.stopContainer(id, 2);
+      await cri.removeContainer(id);
+      await cri.stopPodSandbox(podId);
+      await cri.removePodSandbox(podId);
+      assert.deepEqual(await processesMatching(path.join(stateDir, "vm")), [], "no VMM left");
+      assert.deepEqual(await processesMatching(note.vmId), [], "no process names the VM");
+      assert.deepEqual(await entriesOf(path.join(stateDir, "vm")), [], "no VM state left");
+      assert.deepEqual(await entriesOf(path.join(stateDir, "records")), [], "no pod record left");
+      assert.deepEqual(await entriesOf(creating), [], "no provisional record left");
+      assert.deepEqual(await entriesOf(path.join(stateDir, "pods")), [], "no pod dir left");
+      for (const dir of note.cgroup?.created ?? [])
+        assert.deepEqual(await entriesOf(dir), [], `the create's cgroup ${dir} is gone`);
+      for (const file of note.scratch ?? [])
+        assert.equal(await readFile(file).catch(() => undefined), undefined, `scratch ${file} is gone`);
+      if (note.network) {
+        const links = await exec(["nsenter", `--net=${note.network.netnsPath}`, "--", "ip", "-o", "link"]);
+        assert.doesNotMatch(links.stdout, /tap0_chv/, "no TAP of ours in the pod's netns (or no netns)");
+      }
+    });
+
     it("a guest kernel panic ends the task at once (137), with the panic in the daemon's log", async () => {
       const stateDir = harness.runtime.stateDir;
       const started = Date.now();
