@@ -237,11 +237,11 @@ for (const hv of await hypervisorSuites())
       let logs = "";
       for (const file of (await entriesOf(harness.runtime.logDir)).filter((n) => n.endsWith(".log")))
         logs += await readFile(path.join(harness.runtime.logDir, file), "utf8");
-      assert.match(
-        logs,
-        /undid a create a killed daemon left in flight/,
-        "the new daemon undid the dead create",
-      );
+      const undid = logs
+        .split("\n")
+        .find((line) => line.includes("undid a create a killed daemon left in flight"));
+      assert.ok(undid, "the new daemon undid the dead create");
+      process.stdout.write(`# undone: ${JSON.stringify((JSON.parse(undid) as { undid?: unknown }).undid)}\n`);
       assert.notEqual(await startOf(vmm.pid), vmm.startTime, "the dead create's QEMU was stopped");
       assert.ok(
         "id" in result,
