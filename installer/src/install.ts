@@ -11,7 +11,7 @@
 // removes only what the state says the installer created.
 import { access, lstat, mkdir, readdir, readFile, rm, rmdir, stat } from "node:fs/promises";
 import path from "node:path";
-import { parseConfig, type RuntimeConfig } from "@cloudhv/shim";
+import { parseConfig, type RuntimeConfig, reapOrphanPoolVms } from "@cloudhv/shim";
 import type { Logger } from "pino";
 import { z } from "zod";
 import {
@@ -986,6 +986,11 @@ export async function uninstall(opts: CommonOptions & { purgeCache?: boolean }):
   if (state) {
     const runtime = await readRuntimeConfig(root);
     await stopIdleDaemons(log, opts.proc);
+    // A killed daemon's pool VMs serve no pod and hold our kernel and rootfs open: they go
+    // (only those whose daemon is gone; the next daemon on that state dir would do the same).
+    await reapOrphanPoolVms(root.path(path.join(runtime.state_dir ?? DEFAULT_STATE_DIR, "vm")), log).catch(
+      (err: Error) => log.warn({ err: err.message }, "could not look for orphaned pool VMs"),
+    );
     const used = await pathsInUse(`${INSTALL_DIR}/`, opts.proc);
     if (used.length === 0) {
       const keep = opts.purgeCache === false && runtime.cache_dir ? [runtime.cache_dir] : [];
@@ -1022,7 +1027,7 @@ export async function uninstall(opts: CommonOptions & { purgeCache?: boolean }):
 
 /** What the shim daemon and its front make in state_dir (shim/src: launcher, front, pod, vmm, state). */
 const SHIM_STATE_ENTRY =
-  /^(?:vm|pods|records|backend|vmm|pool|scratch-budget(?:\.[\w.-]+)?|shim-[0-9a-f]{16}\.(?:sock(?:\.lock)?|log(?:\.\d+)?))$/;
+  /^(?:vm|pods|records|creating|backend|vmm|pool|scratch-budget(?:\.[\w.-]+)?|shim-[0-9a-f]{16}\.(?:sock(?:\.lock)?|log(?:\.\d+)?))$/;
 
 /** The names in a state_dir that was there before cloudhv; undefined when there are too many to record. */
 async function stateDirSnapshot(root: HostRoot, dir: string): Promise<InstallerState["sharedStateDir"]> {
@@ -1119,6 +1124,9 @@ async function stopIdleDaemons(log: Logger, proc = "/proc", graceMs = 5000): Pro
       for (let i = 0; i < 50 && !(await gone(which)); i++) await new Promise((r) => setTimeout(r, 100));
   }
 }
+
+/** The shim's state_dir when the runtime config names none (shim/src/config.ts). */
+const DEFAULT_STATE_DIR = "/run/cloudhv";
 
 async function readRuntimeConfig(
   root: HostRoot,

@@ -3,6 +3,7 @@
 // put in its place, or a pod volume a dead daemon left bound below the shim's state dir; `/` and
 // system directories never. Real mounts (tmpfs, bind) on temp roots; needs root.
 import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
 import { mkdir, mkdtemp, readdir, readFile, rm, rmdir, symlink, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
@@ -72,7 +73,7 @@ describe("uninstall removes only directories that are still the ones it created"
       before: ["admin-note", "pods"],
     });
     // What the shim daemon and its front leave once idle.
-    for (const d of ["vm/k8s.io-abc", "backend", "vmm", "pool"])
+    for (const d of ["vm/k8s.io-abc", "backend", "vmm", "pool", "creating"])
       await mkdir(root.path(`/run/chv-state/${d}`), { recursive: true });
     for (const f of [
       "shim-0123456789abcdef.sock",
@@ -90,6 +91,45 @@ describe("uninstall removes only directories that are still the ones it created"
       "someone-elses.sock",
     ]);
     assert.deepEqual(await readdir(root.path("/run/chv-state/pods")), ["theirs"]);
+  });
+
+  it("stops the pool VMs a killed daemon left (they would keep our files in use); a live daemon's stay", async () => {
+    const root = await installed();
+    const identity = async (pid: number) => {
+      const stat = await readFile(`/proc/${pid}/stat`, "utf8");
+      return { pid, startTime: Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[19]) };
+    };
+    // A daemon that is gone: a process that exited.
+    const gone = spawn("sleep", ["30"], { stdio: "ignore" });
+    const goneExit = new Promise((r) => gone.once("exit", r));
+    const deadDaemon = await identity(gone.pid as number);
+    gone.kill("SIGKILL");
+    await goneExit;
+    const vms: Array<{ dir: string; child: ReturnType<typeof spawn> }> = [];
+    const exits = new Map<ReturnType<typeof spawn>, Promise<unknown>>();
+    for (const [name, daemon] of [
+      ["pool-1-1", deadDaemon],
+      ["pool-2-1", await identity(process.pid)],
+    ] as const) {
+      const dir = root.path(`/run/chv-state/vm/${name}`);
+      await mkdir(path.join(dir, "vmm"), { recursive: true });
+      const child = spawn("sleep", ["60"], { cwd: path.join(dir, "vmm"), stdio: "ignore" });
+      exits.set(child, new Promise((r) => child.once("exit", r)));
+      const vmm = await identity(child.pid as number);
+      await writeFile(path.join(dir, "pool.json"), JSON.stringify({ daemon, vmm }));
+      vms.push({ dir, child });
+    }
+    const [orphan, live] = vms as [(typeof vms)[0], (typeof vms)[0]];
+    const orphanExit = exits.get(orphan.child);
+    try {
+      await uninstall({ root, log });
+      await orphanExit;
+      assert.equal(orphan.child.signalCode, "SIGKILL", "the orphaned pool VM was stopped");
+      assert.equal(live.child.exitCode, null, "a live daemon's pool VM runs on");
+      assert.equal(live.child.signalCode, null);
+    } finally {
+      for (const { child } of vms) child.kill("SIGKILL");
+    }
   });
 
   it("leaves a disk mounted on the scratch_dir it created, with its data, and says why", async () => {

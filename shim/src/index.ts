@@ -69,3 +69,5 @@ export const CRI_PROTO = join(PROTO_DIR, "cri.proto");
 
 /** Connects a ttrpc client to a unix socket. */
 export const connectTtrpc = (path: string, opts?: { timeoutMs?: number }) => TtrpcClient.connect(path, opts);
+// The installer's uninstall stops the pool VMs a killed daemon left (pod/pool.ts).
+export { reapOrphanPoolVms } from "./pod/pool.js";
