@@ -104,7 +104,10 @@ describe("provisional records", () => {
       ["vmId", note("..", who)],
       ["scratch", note("v", who, { scratch: ["relative.ext4"] })],
       ["scratch", note("v", who, { scratch: ["/a/../b.ext4"] })],
-      ["network", note("v", who, { network: { netnsPath: "/var/run/netns/x", tap: "tap0; rm -rf /" } })],
+      [
+        "network",
+        note("v", who, { network: { netnsPath: "/var/run/netns/x", tap: "tap0; rm -rf /" as "tap0_chv" } }),
+      ],
       ["creator", { ...note("v", who), creator: { pid: -1, startTime: 1 } }],
     ];
     for (const [field, value] of bad) {

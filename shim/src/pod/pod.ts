@@ -209,7 +209,7 @@ export class Pod {
         const attached = networkDone.value;
         undo.defer("detach pod network", () => attached.detach());
         await journal?.note({
-          network: { netnsPath: attached.netnsPath, tap: attached.tap, iface: attached.iface.name },
+          network: { netnsPath: attached.netnsPath, tap: POD_TAP, iface: attached.iface.name },
         });
       }
       if (rootfsDone.status === "rejected") throw rootfsDone.reason;

@@ -19,6 +19,7 @@ import {
   rename,
   rm,
   rmdir,
+  stat,
   unlink,
   writeFile,
 } from "node:fs/promises";
@@ -70,7 +71,10 @@ const provisionalFile = z.object({
     })
     .optional(),
   /** The pod netns a TAP is (about to be) put in, and the pod's interface once known. */
-  network: z.object({ netnsPath: absolute, tap: ifname.optional(), iface: ifname.optional() }).optional(),
+  // Only our own TAP's name: an undo never deletes another link.
+  network: z
+    .object({ netnsPath: absolute, tap: z.literal(POD_TAP).optional(), iface: ifname.optional() })
+    .optional(),
   /** Scratch files (about to be) made for the pod's containers. */
   scratch: z.array(absolute).max(16).optional(),
   /** virtiofsd is (about to be) started in the pod's dir; its identity once it runs. */
@@ -282,8 +286,9 @@ async function undoOne(note: ProvisionalFile, ctx: UndoContext): Promise<string[
       did.push("removed the pod's dir");
     } else ctx.log.error({ dir: podDir }, "a volume is still mounted in the pod's dir; left in place");
   }
-  if (note.network) {
-    const tap = note.network.tap ?? POD_TAP;
+  // Never in the daemon's own (the host's) netns: a pod's TAP lives in the pod's.
+  if (note.network && !(await sameNetns(note.network.netnsPath, "/proc/self/ns/net"))) {
+    const tap = POD_TAP;
     const netns = `--net=${note.network.netnsPath}`;
     const del = await exec(["nsenter", netns, "--", "ip", "link", "del", tap]);
     if (del.code === 0) did.push(`removed TAP ${tap}`);
@@ -336,6 +341,12 @@ async function rmdirPatient(dir: string, leaf: boolean): Promise<boolean> {
       return false;
     }
   }
+}
+
+/** Whether two netns paths are one namespace (same device and inode); a missing one is not. */
+async function sameNetns(a: string, b: string): Promise<boolean> {
+  const [x, y] = await Promise.all([stat(a).catch(() => undefined), stat(b).catch(() => undefined)]);
+  return x !== undefined && y !== undefined && x.dev === y.dev && x.ino === y.ino;
 }
 
 async function exists(p: string): Promise<boolean> {
