@@ -276,6 +276,91 @@ for (const hv of await hypervisorSuites())
       }
     });
 
+    it("a daemon killed mid-join: the next one takes the join's disks back, the re-sent create runs the container, nothing is left", async () => {
+      const stateDir = harness.runtime.stateDir;
+      const creating = path.join(stateDir, "creating");
+      const name = "midjoin";
+      const logDirectory = path.join(harness.dir, "pods", name);
+      await mkdir(logDirectory, { recursive: true });
+      const config: PodSandboxConfig = {
+        metadata: { name, uid: `uid-${name}`, namespace: "default", attempt: 0 },
+        hostname: name,
+        logDirectory,
+      };
+      const podId = await cri.runPodSandbox(config, HANDLER);
+      const started = Date.now();
+      // CRI creates the task (the join) at StartContainer.
+      const id = await cri.createContainer(
+        podId,
+        { metadata: { name: "joiner" }, image: { image: IMAGE }, command: ["sleep", "3600"] },
+        config,
+      );
+      const starting = cri.startContainer(id).then(
+        () => ({ id }),
+        (err: Error) => ({ err }),
+      );
+      // The join's own note, once both its disks are on their way into the VM: the moment to kill.
+      type Note = { container?: string; disks?: string[]; scratch?: string[] };
+      const seen = new Set<string>();
+      let note: Note | undefined;
+      for (const deadline = Date.now() + 120_000; !note && Date.now() < deadline; ) {
+        for (const file of await entriesOf(creating)) {
+          const text = await readFile(path.join(creating, file), "utf8").catch(() => "");
+          const parsed = text ? (JSON.parse(text) as Note) : undefined;
+          if (parsed) seen.add(`${file}:${parsed.disks?.length ?? 0}`);
+          if (parsed?.container && (parsed.disks?.length ?? 0) >= 2) note = parsed;
+        }
+        await new Promise((r) => setTimeout(r, 10));
+      }
+      assert.ok(
+        note,
+        `the join's disks noted (seen: ${[...seen].join(", ")}; create: ${JSON.stringify(await Promise.race([starting, Promise.resolve("pending")]))})`,
+      );
+      const [daemon] = await daemonPids(stateDir);
+      assert.ok(daemon, "a shim daemon runs the join");
+      process.kill(daemon, "SIGKILL");
+      const killedAfterMs = Date.now() - started;
+      const result = await starting;
+      process.stdout.write(
+        `# mid-join kill: ${killedAfterMs} ms into StartContainer; the re-sent create ${"id" in result ? "ran the container" : `failed: ${result.err.message}`} ${Date.now() - started} ms in\n`,
+      );
+      let logs = "";
+      for (const file of (await entriesOf(harness.runtime.logDir)).filter((n) => n.endsWith(".log")))
+        logs += await readFile(path.join(harness.runtime.logDir, file), "utf8");
+      const undid = logs
+        .split("\n")
+        .find((line) => line.includes("undid a join a killed daemon left in flight"));
+      assert.ok(undid, "the new daemon undid the dead join");
+      process.stdout.write(`# undone: ${JSON.stringify((JSON.parse(undid) as { undid?: unknown }).undid)}\n`);
+      const ids: string[] = [];
+      try {
+        ids.push(id);
+        assert.ok(
+          "id" in result,
+          `the re-sent task create runs the container: ${"err" in result ? result.err.message : ""}`,
+        );
+        assert.equal((await cri.execSync(id, ["echo", "alive"])).stdout.trim(), "alive");
+        assert.equal(
+          (await processesMatching(path.join(stateDir, "vm"))).length,
+          1,
+          "still one QEMU: the pod's",
+        );
+      } finally {
+        for (const id of ids) {
+          await cri.stopContainer(id, 2);
+          await cri.removeContainer(id);
+        }
+        await cri.stopPodSandbox(podId);
+        await cri.removePodSandbox(podId);
+      }
+      assert.deepEqual(await processesMatching(path.join(stateDir, "vm")), [], "no VMM left");
+      assert.deepEqual(await entriesOf(path.join(stateDir, "vm")), [], "no VM state left");
+      assert.deepEqual(await entriesOf(path.join(stateDir, "records")), [], "no pod record left");
+      assert.deepEqual(await entriesOf(creating), [], "no provisional record left");
+      for (const file of note.scratch ?? [])
+        assert.equal(await readFile(file).catch(() => undefined), undefined, `scratch ${file} is gone`);
+    });
+
     it("a guest kernel panic ends the task at once (137), with the panic in the daemon's log", async () => {
       const stateDir = harness.runtime.stateDir;
       const started = Date.now();

@@ -109,6 +109,8 @@ describe("provisional records", () => {
         note("v", who, { network: { netnsPath: "/var/run/netns/x", tap: "tap0; rm -rf /" as "tap0_chv" } }),
       ],
       ["creator", { ...note("v", who), creator: { pid: -1, startTime: 1 } }],
+      ["container", note("v", who, { container: "../../etc" })],
+      ["disks", note("v", who, { container: "c1", disks: ["/dev/sda"] })],
     ];
     for (const [field, value] of bad) {
       const checked = checkProvisional(value);
@@ -154,6 +156,50 @@ describe("provisional records", () => {
     const line = lines.find((l) => l.msg === "undid a create a killed daemon left in flight");
     assert.ok(line, "the undo is logged");
     assert.equal(line.vm, vmId);
+  });
+
+  it("a dead join: only what it added goes (the pod's adopter takes back its disks), its scratch file too; the VM's dir stays", async () => {
+    const vmId = "k8s.io-pod";
+    const vmDir = path.join(stateDir, "vm", vmId);
+    await mkdir(path.join(vmDir, "vmm"), { recursive: true });
+    // The pod's VMM, adopted by the new daemon: a join's undo never touches it.
+    const vmm = spawn("sleep", ["60"], { cwd: path.join(vmDir, "vmm"), stdio: "ignore" });
+    const vmmExit = new Promise((r) => vmm.once("exit", r));
+    try {
+      const vmmId = await processIdentity(vmm.pid as number);
+      assert.ok(vmmId);
+      const scratch = path.join(scratchDir, `s${"e".repeat(19)}.ext4`);
+      await writeFile(scratch, "x");
+      await mkdir(creating, { recursive: true });
+      const joinNote = note(vmId, await deadProcess(), {
+        container: "app1",
+        scratch: [scratch],
+        disks: [`i${"1".repeat(19)}`, `s${"2".repeat(19)}`],
+        guest: true,
+      });
+      await writeFile(path.join(creating, `${vmId}+app1.json`), JSON.stringify(joinNote));
+      const asked: ProvisionalFile[] = [];
+      const undone = await undoProvisionalCreates(creating, {
+        stateDir,
+        scratchDir,
+        recordedVms: new Set([vmId]),
+        recordedScratch: new Set(),
+        undoJoin: async (n) => {
+          asked.push(n);
+          return ["unplugged disk x"];
+        },
+        log,
+      });
+      assert.deepEqual(undone, [`${vmId}+app1`]);
+      assert.deepEqual(asked, [joinNote], "the pod's adopter was asked to take back the join's disks");
+      assert.equal(await stat(scratch).catch(() => undefined), undefined, "the join's scratch file is gone");
+      assert.equal(await isRunning(vmmId), true, "the pod's VMM runs on");
+      assert.ok(await stat(vmDir), "the pod's VM dir stays");
+      assert.deepEqual(await readdir(creating), []);
+    } finally {
+      vmm.kill("SIGKILL");
+      await vmmExit;
+    }
   });
 
   it("leaves a live daemon's create, a damaged note and a hostile one alone; a recorded pod keeps its files", async () => {

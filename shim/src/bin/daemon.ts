@@ -186,6 +186,7 @@ async function main(): Promise<void> {
     scratchDir: config.scratch_dir,
     recordedVms: await records.allVmIds(),
     recordedScratch: await records.allScratchPaths(),
+    undoJoin: (note) => tasks.undoJoin(note),
     log,
   });
   // Pool VMs a crashed daemon left are no pod's (no record): stopped before the sweep.

@@ -14,7 +14,7 @@ import type { Mount } from "../containerd/publisher.js";
 import { ShimError } from "../errors.js";
 import { adoptPodNetwork, type PodInterface, type PodNetwork } from "../network/pod-network.js";
 import { PodPortForward } from "../network/port-forward.js";
-import { POD_TAP, type Provisional, type ProvisionalStore } from "../state/provisional.js";
+import { POD_TAP, type Provisional, type ProvisionalStore, unmountAndRemove } from "../state/provisional.js";
 import type { MemberRecord, PodRecord } from "../state/records.js";
 import { Cleanup } from "../util/cleanup.js";
 import { type Logger, log as rootLog } from "../util/log.js";
@@ -106,8 +106,8 @@ export class Pod {
   /** Why the health checks stopped the VM, once they have. */
   private wedged: string | undefined;
   private readonly exitedWithReason: Promise<VmExit>;
-  /** The boot's provisional record, until the pod's own record is written (or the pod goes). */
-  private provisional: Provisional | undefined;
+  /** Provisional records of creates (the boot's, joins') by container, until the pod's record has them. */
+  private readonly provisional = new Map<string, Provisional>();
 
   private constructor(
     /** The CRI sandbox id, or the plain task's id. */
@@ -274,7 +274,7 @@ export class Pod {
         share,
       );
       pod.oomScoreAdj = oomScoreAdj;
-      pod.provisional = journal;
+      if (journal) pod.provisional.set(first.id, journal);
       if (network) {
         const forward = await pod.startPortForward(network.netnsPath, log);
         if (forward) undo.defer("stop port-forward", () => forward.stop());
@@ -290,10 +290,10 @@ export class Pod {
     }
   }
 
-  /** The pod's record is written: a later daemon adopts the pod, the provisional record goes. */
-  async createSettled(): Promise<void> {
-    const journal = this.provisional;
-    this.provisional = undefined;
+  /** The pod's record has the container: a later daemon adopts it, the provisional record goes. */
+  async createSettled(containerId: string): Promise<void> {
+    const journal = this.provisional.get(containerId);
+    this.provisional.delete(containerId);
     await journal?.finish();
   }
 
@@ -599,6 +599,7 @@ export class Pod {
     this.joined.add(req.id);
     const undo = new Cleanup();
     undo.defer("give back the pod slot", () => this.joined.delete(req.id));
+    let journal: Provisional | undefined;
     try {
       const volumes = await ContainerVolumes.plan(
         spec.doc,
@@ -607,20 +608,31 @@ export class Pod {
         log,
         this.deps.config.recursive_read_only_volumes,
       );
+      // On disk before anything is built: a daemon killed from here on leaves a note of what to undo.
+      journal = await this.deps.provisional?.begin(this.vm.id, this.key, req.id);
+      const noted = journal;
       phases.mark("start");
       const rootfs = await phases.time(
         "rootfsMs",
-        this.deps.prepareRootfs(req.namespace, req.id, req.rootfs, req.scratch),
+        this.deps.prepareRootfs(
+          req.namespace,
+          req.id,
+          req.rootfs,
+          req.scratch,
+          noted ? (file) => noted.note({ scratch: [file] }) : undefined,
+        ),
       );
       undo.defer("release rootfs", () => rootfs.release());
       phases.mark("disksReady");
       const devices: string[] = [];
       for (const disk of rootfs.disks) {
+        await journal?.note({ disks: [disk.serial] });
         const device = await phases.time("hotplugMs", this.vm.addDisk(disk));
         devices.push(device);
         undo.defer(`unplug ${device}`, () => this.vm.removeDevice(device));
       }
       phases.mark("vmReady");
+      await journal?.note({ binds: volumes.shared.map((v) => v.name), guest: true });
       const member = await this.createInGuest(
         req,
         spec,
@@ -634,11 +646,49 @@ export class Pod {
         await this.updateOomScore(log);
       }
       undo.disarm();
+      if (journal) this.provisional.set(req.id, journal);
       return member;
     } catch (err) {
       await undo.run();
+      // Undone here: nothing is left for a later daemon to undo.
+      await journal?.finish();
       throw err;
     }
+  }
+
+  /**
+   * Takes back what a join a killed daemon left in flight added to this (adopted) pod: the
+   * guest container, the disks it hot-plugged, its binds in the shared dir. Nothing when the
+   * pod's record has the container (the join completed). Never throws; returns what it did.
+   */
+  async undoJoin(note: {
+    container: string;
+    disks: string[];
+    binds: string[];
+    guest: boolean;
+  }): Promise<string[]> {
+    if (this.joined.has(note.container)) return [];
+    const did: string[] = [];
+    const log = this.log(note.container);
+    if (note.guest) {
+      await this.agent.removeContainer(note.container, { timeoutMs: 10_000 }).then(
+        () => did.push("removed the guest container"),
+        () => {},
+      );
+    }
+    for (const serial of [...note.disks].reverse()) {
+      try {
+        if (await this.vm.removeStrayDisk?.(serial)) did.push(`unplugged disk ${serial}`);
+      } catch (err) {
+        log.error({ serial, err: (err as Error).message }, "could not unplug a dead join's disk");
+      }
+    }
+    const shared = path.join(podDir(this.deps.config, this.vm.id), "shared");
+    for (const name of note.binds) {
+      await unmountAndRemove(path.join(shared, name));
+      did.push(`unbound ${name}`);
+    }
+    return did;
   }
 
   /**
@@ -656,7 +706,7 @@ export class Pod {
     const share = this.share;
     if (member.ownsPod) {
       // Last of all (a create that failed after its boot): its provisional record goes.
-      cleanup.defer("settle the create", () => this.createSettled());
+      cleanup.defer("settle the create", () => this.createSettled(member.id));
       // Runs after the VM is gone (newest first): the TAP and the cgroup outlive the VMM.
       const cgroup = this.cgroup;
       if (cgroup) cleanup.defer("remove pod cgroup", () => cgroup.remove());
@@ -684,6 +734,8 @@ export class Pod {
       const forward = this.portForward;
       if (forward) cleanup.defer("stop port-forward", () => forward.stop());
     } else {
+      // Last of all (a join that failed after it was built): its provisional record goes.
+      cleanup.defer("settle the create", () => this.createSettled(member.id));
       this.joined.delete(member.id);
       if (this.containerScores.delete(member.id))
         cleanup.defer("update OOM score", () => this.updateOomScore());

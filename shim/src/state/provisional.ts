@@ -51,6 +51,13 @@ const absolute = z
     "not a normal absolute path",
   );
 const ifname = z.string().regex(/^[A-Za-z0-9_.-]{1,15}$/);
+/** Container ids (util/ids.ts ID_PATTERN); a plain name, never a path. */
+const containerId = z
+  .string()
+  .regex(/^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/)
+  .refine((s) => s !== "." && s !== "..", "not a container id");
+/** virtio-blk serials (pod/rootfs.ts): a role letter and 19 hex digits. */
+const diskSerial = z.string().regex(/^[a-z][0-9a-f]{19}$/);
 
 const provisionalFile = z.object({
   format: z.literal(PROVISIONAL_FORMAT),
@@ -81,9 +88,27 @@ const provisionalFile = z.object({
   share: z.object({ process: identity.optional() }).optional(),
   /** The VMM is (about to be) started in the VM's dir; its identity once it runs. */
   vmm: z.object({ process: identity.optional() }).optional(),
+  /**
+   * A join: an app container's create in a running (recorded) pod. Its note never names the
+   * pod's VMM, cgroup or TAP: only what the join adds, which the adopting daemon takes back.
+   */
+  container: containerId.optional(),
+  /** Disks (by serial) (about to be) hot-plugged for the joining container. */
+  disks: z.array(diskSerial).max(16).optional(),
+  /** Shared volumes (their names under the pod's shared dir) (about to be) bound for it. */
+  binds: z.array(containerId).max(256).optional(),
+  /** The container is (about to be) created in the guest. */
+  guest: z.boolean().optional(),
 });
 export type ProvisionalFile = z.infer<typeof provisionalFile>;
-type Notes = Partial<Pick<ProvisionalFile, "cgroup" | "network" | "scratch" | "share" | "vmm">>;
+type Notes = Partial<
+  Pick<ProvisionalFile, "cgroup" | "network" | "scratch" | "share" | "vmm" | "disks" | "binds" | "guest">
+>;
+
+/** A note's file name: the VM's id, and the joining container's for a join. */
+function noteName(vmId: string, container?: string): string {
+  return container ? `${vmId}+${container}.json` : `${vmId}.json`;
+}
 
 /** Checks a provisional file's content: the parsed file, or why it is refused. */
 export function checkProvisional(
@@ -112,10 +137,13 @@ export class Provisional {
 
   /** Adds to what the create made (or is about to make); resolves once written. */
   note(notes: Notes): Promise<void> {
-    const scratch = notes.scratch
-      ? [...(this.content.scratch ?? []), ...notes.scratch]
-      : this.content.scratch;
-    this.content = { ...this.content, ...notes, ...(scratch ? { scratch } : {}) };
+    // Lists grow; everything else is replaced.
+    const grown = (key: "scratch" | "disks" | "binds") => {
+      const more = notes[key];
+      const list = more ? [...(this.content[key] ?? []), ...more] : this.content[key];
+      return list ? { [key]: list } : {};
+    };
+    this.content = { ...this.content, ...notes, ...grown("scratch"), ...grown("disks"), ...grown("binds") };
     return this.enqueue(() => write(this.file, this.content));
   }
 
@@ -158,12 +186,11 @@ export class ProvisionalStore {
     private readonly log: Logger,
   ) {}
 
-  private file(vmId: string): string {
-    return path.join(this.dir, `${vmId}.json`);
-  }
-
-  /** Starts noting a create for `vmId`: the file exists (naming this daemon) when this resolves. */
-  async begin(vmId: string, key: string): Promise<Provisional> {
+  /**
+   * Starts noting a create for `vmId` (a pod's boot; with `container`, that container's join):
+   * the file exists (naming this daemon) when this resolves.
+   */
+  async begin(vmId: string, key: string, container?: string): Promise<Provisional> {
     this.creator ??= processIdentity(process.pid);
     const creator = await this.creator;
     if (!creator) throw new Error("cannot read this daemon's own /proc entry");
@@ -174,11 +201,12 @@ export class ProvisionalStore {
       vmId,
       key: key.slice(0, 512),
       startedAtMs: Date.now(),
+      ...(container ? { container } : {}),
     };
     const checked = checkProvisional(content);
     if (!checked.ok) throw new Error(`VM id ${vmId}: cannot note its create (${checked.problem})`);
     await mkdir(this.dir, { recursive: true, mode: 0o700 });
-    const file = this.file(vmId);
+    const file = path.join(this.dir, noteName(vmId, container));
     await write(file, content);
     return new Provisional(file, content, this.log);
   }
@@ -192,6 +220,11 @@ export interface UndoContext {
   recordedScratch: ReadonlySet<string>;
   /** VM ids a pod record names: their create completed; only the note goes. */
   recordedVms: ReadonlySet<string>;
+  /**
+   * Takes back what a dead join added to its pod, when this daemon adopted that pod (the guest
+   * container, hot-plugged disks, binds); what it did. Absent or undefined: the pod is gone.
+   */
+  undoJoin?: (note: ProvisionalFile) => Promise<string[] | undefined>;
   log: Logger;
 }
 
@@ -233,7 +266,7 @@ export async function undoProvisionalCreates(dir: string, ctx: UndoContext): Pro
       continue;
     }
     const note = checked.file;
-    if (`${note.vmId}.json` !== name) {
+    if (noteName(note.vmId, note.container) !== name) {
       log.error(
         { file, vm: note.vmId },
         "provisional record's VM id does not match its file name; left alone",
@@ -242,6 +275,25 @@ export async function undoProvisionalCreates(dir: string, ctx: UndoContext): Pro
     }
     // Its daemon still runs: a create in progress (another daemon's, during an upgrade).
     if (await isRunning(note.creator)) continue;
+    if (note.container) {
+      // A join: the pod is the adopted one's (or gone); only what the join added goes.
+      const did = [...((await ctx.undoJoin?.(note)) ?? []), ...(await removeScratch(note, ctx))];
+      await rm(file, { force: true });
+      if (did.length > 0) {
+        log.warn(
+          {
+            vm: note.vmId,
+            container: note.container,
+            daemon: note.daemon,
+            creatorPid: note.creator.pid,
+            undid: did,
+          },
+          "undid a join a killed daemon left in flight",
+        );
+        undone.push(`${note.vmId}+${note.container}`);
+      }
+      continue;
+    }
     if (ctx.recordedVms.has(note.vmId)) {
       // The pod's record was written before the daemon died: the pod was adopted (or released).
       await rm(file, { force: true });
@@ -301,6 +353,14 @@ async function undoOne(note: ProvisionalFile, ctx: UndoContext): Promise<string[
       if (await rmdirPatient(dir, note.cgroup.dirs.includes(dir))) did.push(`removed cgroup ${dir}`);
     }
   }
+  did.push(...(await removeScratch(note, ctx)));
+  if ((await mountsUnder(vmDir)).length === 0) await rm(vmDir, { recursive: true, force: true });
+  return did;
+}
+
+/** The note's scratch files, but never one a pod record names or one not shaped like ours. */
+async function removeScratch(note: ProvisionalFile, ctx: UndoContext): Promise<string[]> {
+  const did: string[] = [];
   for (const file of note.scratch ?? []) {
     if (ctx.recordedScratch.has(file)) continue;
     if (!isScratchFile(file, ctx.scratchDir)) continue;
@@ -310,7 +370,6 @@ async function undoOne(note: ProvisionalFile, ctx: UndoContext): Promise<string[
     );
     if (gone) did.push(`removed scratch ${file}`);
   }
-  if ((await mountsUnder(vmDir)).length === 0) await rm(vmDir, { recursive: true, force: true });
   return did;
 }
 
@@ -420,7 +479,7 @@ async function mountsUnder(dir: string): Promise<string[]> {
 }
 
 /** Detaches what is mounted on `target` (lazily), then removes the emptied mount point (never recursively). */
-async function unmountAndRemove(target: string): Promise<void> {
+export async function unmountAndRemove(target: string): Promise<void> {
   for (let i = 0; i < 16; i++) {
     const r = await exec(["umount", "--lazy", target]);
     if (r.code !== 0) break;

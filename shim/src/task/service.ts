@@ -14,7 +14,7 @@ import type { NetworkAttacher, Pod, PodMember, WarmNetworkAttacher } from "../po
 import { Pods, type PodsDeps } from "../pod/pods.js";
 import type { PoolStats, VmPool } from "../pod/pool.js";
 import type { RootfsAdopter, RootfsPreparer } from "../pod/rootfs.js";
-import type { ProvisionalStore } from "../state/provisional.js";
+import type { ProvisionalFile, ProvisionalStore } from "../state/provisional.js";
 import type { ProcessRecord, RecordStore, TaskRecord } from "../state/records.js";
 import { StdioForwarder, type StdioPaths } from "../stdio/forward.js";
 import { messageCodec } from "../ttrpc/proto.js";
@@ -190,7 +190,7 @@ export class TaskService {
         this.deps.metrics?.podStarted(timings.poolClaimMs !== undefined ? "pool" : "cold", timings);
       await this.persist(container.pod);
       // Recorded: a later daemon adopts the pod rather than undo its create.
-      if (member.ownsPod) await container.pod.createSettled();
+      await container.pod.createSettled(member.id);
       this.deps.events.publish(ns, "TaskCreate", {
         containerId: req.id,
         bundle: req.bundle,
@@ -577,6 +577,21 @@ export class TaskService {
       }),
     );
     return counts.reduce((a, b) => a + b, 0);
+  }
+
+  /**
+   * Takes back what a join a killed daemon left in flight added to a pod this daemon adopted
+   * (state/provisional.ts); undefined when no pod of this daemon has that VM.
+   */
+  async undoJoin(note: ProvisionalFile): Promise<string[] | undefined> {
+    if (!note.container) return undefined;
+    const pod = this.list().find((c) => c.member.pod.vm.id === note.vmId)?.member.pod;
+    return pod?.undoJoin({
+      container: note.container,
+      disks: note.disks ?? [],
+      binds: note.binds ?? [],
+      guest: note.guest === true,
+    });
   }
 
   private adoptTask(task: TaskRecord, member: PodMember): void {

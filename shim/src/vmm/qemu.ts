@@ -624,6 +624,48 @@ export class QemuVm implements VmHandle {
     return nic.id;
   }
 
+  async removeStrayDisk(serial: string): Promise<boolean> {
+    checkDiskSerial(serial);
+    const qmp = this.control();
+    const id = `hd-${serial}`;
+    if ([...this.busyPorts.values()].includes(id)) return false;
+    let found = false;
+    const deleted = this.deviceDeleted(id);
+    try {
+      await qmp.execute("device_del", { id });
+      found = true;
+      if ((await within(deleted.done, 30_000)) === TIMED_OUT)
+        throw deadline(`VM ${this.id}: the guest did not release ${id} in 30 s`);
+    } catch (err) {
+      // No such device: the join died before device_add (or after the guest let go).
+      if (found) throw err;
+    } finally {
+      deleted.cancel();
+    }
+    const node = await qmp.execute("blockdev-del", { "node-name": `node-${serial}` }).then(
+      () => true,
+      () => false,
+    );
+    await rm(path.join(this.paths.vmmDir, `disk-${serial}`), { force: true });
+    return found || node;
+  }
+
+  /** Resolves when QEMU says the guest let go of device `id`. */
+  private deviceDeleted(id: string): { done: Promise<void>; cancel: () => void } {
+    const qmp = this.control();
+    let onEvent: (event: QmpEvent) => void = () => {};
+    const done = new Promise<void>((resolve) => {
+      onEvent = (event: QmpEvent) => {
+        if (event.event === "DEVICE_DELETED" && event.data?.device === id) {
+          qmp.off("event", onEvent);
+          resolve();
+        }
+      };
+      qmp.on("event", onEvent);
+    });
+    return { done, cancel: () => qmp.off("event", onEvent) };
+  }
+
   async removeDevice(id: string): Promise<void> {
     const qmp = this.control();
     const port = [...this.busyPorts].find(([, dev]) => dev === id)?.[0];

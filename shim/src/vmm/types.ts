@@ -84,6 +84,11 @@ export interface VmHandle extends AsyncDisposable {
   addDisk(disk: DiskSpec): Promise<string>;
   /** Unplugs a hot-plugged device and waits until the guest let go of it. */
   removeDevice(id: string): Promise<void>;
+  /**
+   * Takes out a disk a dead daemon's join hot-plugged (or half did) that this VM's record does
+   * not know; whether there was one. Absent: the driver cannot (its VMs are not adopted).
+   */
+  removeStrayDisk?(serial: string): Promise<boolean>;
   /** Stops / continues every vCPU: the whole VM, every container in it. */
   pause(): Promise<void>;
   resume(): Promise<void>;
