@@ -26,6 +26,7 @@ import { serverLogFor } from "../util/guest-log.js";
 import { configureLogging } from "../util/log.js";
 import { openLogFile } from "../util/log-file.js";
 import { chooseHypervisor, driverForChoice } from "../vmm/select.js";
+import { PodShare } from "../volumes/virtiofs.js";
 
 function arg(name: string): string {
   const i = process.argv.indexOf(`--${name}`);
@@ -187,6 +188,7 @@ async function main(): Promise<void> {
     recordedVms: await records.allVmIds(),
     recordedScratch: await records.allScratchPaths(),
     undoJoin: (note) => tasks.undoJoin(note),
+    stopShare: async (share) => (await PodShare.adopt(share, log)).stop(),
     log,
   });
   // Pool VMs a crashed daemon left are no pod's (no record): stopped before the sweep.

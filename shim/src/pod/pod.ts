@@ -14,7 +14,7 @@ import type { Mount } from "../containerd/publisher.js";
 import { ShimError } from "../errors.js";
 import { adoptPodNetwork, type PodInterface, type PodNetwork } from "../network/pod-network.js";
 import { PodPortForward } from "../network/port-forward.js";
-import { POD_TAP, type Provisional, type ProvisionalStore, unmountAndRemove } from "../state/provisional.js";
+import { POD_TAP, type Provisional, type ProvisionalStore } from "../state/provisional.js";
 import type { MemberRecord, PodRecord } from "../state/records.js";
 import { Cleanup } from "../util/cleanup.js";
 import { type Logger, log as rootLog } from "../util/log.js";
@@ -683,10 +683,12 @@ export class Pod {
         log.error({ serial, err: (err as Error).message }, "could not unplug a dead join's disk");
       }
     }
-    const shared = path.join(podDir(this.deps.config, this.vm.id), "shared");
-    for (const name of note.binds) {
-      await unmountAndRemove(path.join(shared, name));
-      did.push(`unbound ${name}`);
+    // In the pod's mount namespace, through its virtiofsd's share (one the dead join itself
+    // started is not taken back: see docs/design.md, Not built yet).
+    const share = await this.share?.catch(() => undefined);
+    if (share && note.binds.length > 0) {
+      await share.unbindStray(note.binds);
+      did.push(`unbound ${note.binds.join(", ")}`);
     }
     return did;
   }

@@ -225,6 +225,8 @@ export interface UndoContext {
    * container, hot-plugged disks, binds); what it did. Absent or undefined: the pod is gone.
    */
   undoJoin?: (note: ProvisionalFile) => Promise<string[] | undefined>;
+  /** Ends a dead create's virtiofsd share (volumes/virtiofs.ts PodShare: adopt, then stop). */
+  stopShare?: (share: { dir: string; pid: number; startTime: number; bound: string[] }) => Promise<void>;
   log: Logger;
 }
 
@@ -327,10 +329,11 @@ async function undoOne(note: ProvisionalFile, ctx: UndoContext): Promise<string[
     const helpers = await processesNaming(socket);
     if (note.share?.process) helpers.push(note.share.process);
     if (await killAll(helpers)) did.push("stopped virtiofsd");
-    const shared = path.join(podDir, "shared");
-    for (const entry of await readdir(shared).catch(() => [] as string[]))
-      await unmountAndRemove(path.join(shared, entry));
-    await unmountAndRemove(shared);
+    // virtiofs.ts's own teardown: the binds come off in the pod's mount namespace, which goes
+    // too, then its files. Every name in the shared dir is one of the pod's binds.
+    const bound = await readdir(path.join(podDir, "shared")).catch(() => [] as string[]);
+    const gone = note.share?.process ?? { pid: 0, startTime: 0 };
+    await ctx.stopShare?.({ dir: podDir, ...gone, bound });
     // Also the port-forward helper's files (it died with its daemon). Never recursively
     // while anything is still mounted there: a volume's bind would take host data with it.
     if ((await mountsUnder(podDir)).length === 0) {
@@ -476,16 +479,4 @@ async function mountsUnder(dir: string): Promise<string[]> {
     .split("\n")
     .map((line) => decode(line.split(" ")[4] ?? ""))
     .filter((m) => m === dir || m.startsWith(`${dir}/`));
-}
-
-/** Detaches what is mounted on `target` (lazily), then removes the emptied mount point (never recursively). */
-export async function unmountAndRemove(target: string): Promise<void> {
-  for (let i = 0; i < 16; i++) {
-    const r = await exec(["umount", "--lazy", target]);
-    if (r.code !== 0) break;
-  }
-  const info = await lstat(target).catch(() => undefined);
-  if (!info) return;
-  if (info.isDirectory()) await rmdir(target).catch(() => {});
-  else await unlink(target).catch(() => {});
 }

@@ -249,6 +249,19 @@ export class PodShare {
     for (const n of mine) this.bound.delete(n);
   }
 
+  /**
+   * Unbinds volumes this share was not told of: those a join a killed daemon left in flight
+   * bound (state/provisional.ts). Names are plain file names (the note is checked).
+   */
+  async unbindStray(names: readonly string[]): Promise<void> {
+    const stray = names.filter((n) => !this.bound.has(n) && n === path.basename(n) && n !== "..");
+    await unmountAndRemove(
+      this.dir,
+      stray.map((n) => path.join(this.sharedDir, n)),
+      this.log,
+    );
+  }
+
   /** Stops virtiofsd, unbinds every volume, removes the pod's directory. Idempotent. */
   stop(): Promise<void> {
     this.stopping ??= this.doStop();
