@@ -18,7 +18,7 @@ import type { MemberRecord, PodRecord } from "../state/records.js";
 import { Cleanup } from "../util/cleanup.js";
 import { type Logger, log as rootLog } from "../util/log.js";
 import type { PhaseClock } from "../util/phases.js";
-import type { HypervisorDriver, VmExit, VmHandle } from "../vmm/types.js";
+import type { DiskSpec, HypervisorDriver, VmExit, VmHandle } from "../vmm/types.js";
 import { PodShare, volumesFailed } from "../volumes/virtiofs.js";
 import { ContainerVolumes } from "../volumes/volumes.js";
 import { connectAdoptedAgent } from "./adopt-agent.js";
@@ -343,7 +343,10 @@ export class Pod {
       if (oomScoreAdj !== undefined) await deps.containment.setOomScoreAdj(vm.pid, oomScoreAdj, log);
     });
     const devices: string[] = [];
-    for (const disk of rootfs.disks) devices.push(await phases.time("hotplugMs", vm.addDisk(disk)));
+    await phases.time(
+      "hotplugMs",
+      plugDisks(vm, rootfs.disks, (id) => devices.push(id)),
+    );
     log.info(
       {
         sandbox: vm.id,
@@ -556,11 +559,13 @@ export class Pod {
       undo.defer("release rootfs", () => rootfs.release());
       phases.mark("disksReady");
       const devices: string[] = [];
-      for (const disk of rootfs.disks) {
-        const device = await phases.time("hotplugMs", this.vm.addDisk(disk));
-        devices.push(device);
-        undo.defer(`unplug ${device}`, () => this.vm.removeDevice(device));
-      }
+      await phases.time(
+        "hotplugMs",
+        plugDisks(this.vm, rootfs.disks, (device) => {
+          devices.push(device);
+          undo.defer(`unplug ${device}`, () => this.vm.removeDevice(device));
+        }),
+      );
       phases.mark("vmReady");
       const member = await this.createInGuest(
         req,
@@ -769,6 +774,15 @@ export function guestNetwork(iface: PodInterface): GuestNetwork {
     ],
     routes: iface.routes.map((r) => ({ dest: r.dest, gateway: r.gateway ?? "", mac: iface.mac })),
   };
+}
+
+/** A container's disks into a running VM: at once where the driver can (one spawn), else one by one. */
+async function plugDisks(vm: VmHandle, disks: DiskSpec[], plugged: (id: string) => void): Promise<void> {
+  if (vm.addDisks) {
+    for (const id of await vm.addDisks(disks)) plugged(id);
+    return;
+  }
+  for (const disk of disks) plugged(await vm.addDisk(disk));
 }
 
 function attachWarm(deps: PodDeps, vm: VmHandle, netnsPath: string): Promise<PodNetwork> {
