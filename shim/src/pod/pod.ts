@@ -601,29 +601,30 @@ export class Pod {
     );
     const share = this.share;
     if (member.ownsPod) {
-      // Runs after the VM is gone (newest first): the TAP and the cgroup outlive the VMM.
+      // Runs after the VM is gone (newest first): the cgroup outlives the VMM.
       const cgroup = this.cgroup;
       if (cgroup) cleanup.defer("remove pod cgroup", () => cgroup.remove());
-      const network = this.network;
-      if (network)
-        cleanup.defer(
-          "detach pod network",
-          phases.wrap("networkDetachMs", () => network.detach()),
-        );
       // virtiofsd and every bind mount of the pod go once the VMM let go of them.
       if (share)
         cleanup.defer(
           "stop virtiofsd",
           phases.wrap("virtiofsdStopMs", async () => (await share.catch(() => undefined))?.stop()),
         );
-      cleanup.defer(
-        "stop VM",
-        phases.wrap("vmStopMs", async () => {
-          this.stopHealth();
-          this.agent.close();
-          await this.vm.stop();
-        }),
-      );
+      const stopVm = phases.wrap("vmStopMs", async () => {
+        this.stopHealth();
+        this.agent.close();
+        await this.vm.stop();
+      });
+      // The pod network is undone while the VMM quits: both wait mostly on others (the kernel's
+      // grace periods for the TAP and qdisc, QEMU's exit). Deleting the TAP first takes its
+      // filters with it in one step, so the guest's NIC goes dead, never unfiltered.
+      const network = this.network;
+      const detach = network && phases.wrap("networkDetachMs", () => network.detach());
+      cleanup.defer(network ? "stop VM and detach pod network" : "stop VM", async () => {
+        const [stopped, detached] = await Promise.allSettled([stopVm(), detach?.()]);
+        const failed = [stopped, detached].filter((r) => r.status === "rejected");
+        if (failed.length > 0) throw new Error(failed.map((r) => (r.reason as Error).message).join("; "));
+      });
       // First of all: no new connection reaches a VM that is going.
       const forward = this.portForward;
       if (forward) cleanup.defer("stop port-forward", () => forward.stop());
