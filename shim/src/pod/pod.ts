@@ -172,14 +172,27 @@ export class Pod {
       // Disks and the pod network are host work independent of each other, so they run at once;
       // whichever succeeded is undone if the other failed.
       const netnsPath = podNetnsPath(spec.doc);
-      const [rootfsDone, networkDone] = await Promise.allSettled([
-        phases.time("rootfsMs", deps.prepareRootfs(first.namespace, first.id, first.rootfs, first.scratch)),
+      // A pool VM is this pod's from here: on any failure it is stopped, never returned to the
+      // pool (registered first, so it runs last).
+      if (warm) {
+        undo.defer("stop VM", () => warm.vm.stop());
+        undo.defer("close agent", () => warm.agent.close());
+      }
+      const preparing = phases.time(
+        "rootfsMs",
+        deps.prepareRootfs(first.namespace, first.id, first.rootfs, first.scratch),
+      );
+      const [rootfsDone, networkDone, claimDone] = await Promise.allSettled([
+        preparing,
         netnsPath
           ? phases.time(
               "networkMs",
               warm ? attachWarm(deps, warm.vm, netnsPath) : deps.attachNetwork(netnsPath),
             )
           : Promise.resolve(undefined),
+        // A pool VM takes the pod's cgroup and, once they exist, its disks while its NIC is
+        // attached (QMP serves both; each takes its own hot-plug port).
+        warm ? Pod.claim(warm, { cgroup, containment, rootfs: preparing, deps, log, phases }) : undefined,
       ]);
       if (rootfsDone.status === "fulfilled") {
         const prepared = rootfsDone.value;
@@ -191,6 +204,7 @@ export class Pod {
       }
       if (rootfsDone.status === "rejected") throw rootfsDone.reason;
       if (networkDone.status === "rejected") throw networkDone.reason;
+      if (claimDone.status === "rejected") throw claimDone.reason;
       const rootfs = rootfsDone.value;
       const network = networkDone.value;
       // The first container's shared volumes: virtiofsd before the VMM, which connects at start;
@@ -216,8 +230,8 @@ export class Pod {
       }
       phases.mark("disksReady");
 
-      const { vm, agent, devices, oomScoreAdj } = warm
-        ? await Pod.claim(warm, { cgroup, containment, rootfs, deps, log, phases, undo })
+      const { vm, agent, devices, oomScoreAdj } = claimDone.value
+        ? claimDone.value
         : await Pod.launch(where, { cgroup, containment, rootfs, network, share, deps, log, phases, undo });
       if (network) await configureGuestNetwork(agent, network.iface, phases, warm !== undefined);
       phases.mark("vmReady");
@@ -313,40 +327,45 @@ export class Pod {
 
   /**
    * A pool VM becomes this pod's: its VMM joins the pod's cgroup, gets the pod's OOM score and
-   * normal priority back, and the pod's disks are hot-plugged (its NIC already was, by
-   * attachWarm). On failure the caller's undo stops the VM: it never goes back to the pool.
+   * normal priority back, and the pod's disks are hot-plugged as soon as they exist, while its
+   * NIC is attached (attachWarm). On failure the caller's undo stops the VM: it never goes back
+   * to the pool.
    */
   private static async claim(
     warm: WarmVm,
     got: {
       cgroup: PodCgroup | undefined;
       containment: ContainmentPlan;
-      rootfs: PreparedRootfs;
+      /** The pod's disks, being prepared: plugged once they exist. */
+      rootfs: Promise<PreparedRootfs>;
       deps: PodDeps;
       log: Logger;
       phases: PhaseClock;
-      undo: Cleanup;
     },
   ): Promise<{ vm: VmHandle; agent: AgentClient; devices: string[]; oomScoreAdj: number | undefined }> {
-    const { cgroup, containment, rootfs, deps, log, phases, undo } = got;
+    const { cgroup, containment, deps, log, phases } = got;
     const { vm, agent } = warm;
-    undo.defer("stop VM", () => vm.stop());
-    undo.defer("close agent", () => agent.close());
     const oomScoreAdj = oomScoreAdjFor(containment.qos, [], containment.specOomScoreAdj);
-    await phases.time("poolClaimMs", async () => {
-      if (cgroup) {
-        if (!deps.containment.joinCgroup)
-          throw new ShimError("Unimplemented", "this host cannot move a pool VM into a pod cgroup");
-        await deps.containment.joinCgroup(vm.pid, cgroup.procs);
-      }
-      await deps.containment.setNice?.(vm.pid, 0);
-      if (oomScoreAdj !== undefined) await deps.containment.setOomScoreAdj(vm.pid, oomScoreAdj, log);
-    });
     const devices: string[] = [];
-    await phases.time(
-      "hotplugMs",
-      plugDisks(vm, rootfs.disks, (id) => devices.push(id)),
-    );
+    // Both settle before a failure is thrown: nothing of the claim is in flight during the undo.
+    const settled = await Promise.allSettled([
+      phases.time("poolClaimMs", async () => {
+        if (cgroup) {
+          if (!deps.containment.joinCgroup)
+            throw new ShimError("Unimplemented", "this host cannot move a pool VM into a pod cgroup");
+          await deps.containment.joinCgroup(vm.pid, cgroup.procs);
+        }
+        await deps.containment.setNice?.(vm.pid, 0);
+        if (oomScoreAdj !== undefined) await deps.containment.setOomScoreAdj(vm.pid, oomScoreAdj, log);
+      }),
+      got.rootfs.then((rootfs) =>
+        phases.time(
+          "hotplugMs",
+          plugDisks(vm, rootfs.disks, (id) => devices.push(id)),
+        ),
+      ),
+    ]);
+    for (const r of settled) if (r.status === "rejected") throw r.reason;
     log.info(
       {
         sandbox: vm.id,

@@ -333,6 +333,13 @@ export class QemuVm implements VmHandle {
     return port;
   }
 
+  /** A free port, taken for `id` at once: plugs running at the same time never pick the same one. */
+  private takePort(id: string): number {
+    const port = this.freePort();
+    this.busyPorts.set(port, id);
+    return port;
+  }
+
   /** Hot-plugged NICs (a netdev to remove with them). */
   private readonly netDevices = new Set<string>();
   private hasExited = false;
@@ -547,16 +554,21 @@ export class QemuVm implements VmHandle {
 
   /** One disk whose file is bound into the VMM's dir as `name`: its block node and device. */
   private async plugBound(qmp: QmpClient, disk: DiskSpec, name: string): Promise<string> {
-    const port = this.freePort();
     const id = `hd-${disk.serial}`;
     const node = `node-${disk.serial}`;
-    await qmp.execute("blockdev-add", {
-      driver: "raw",
-      "node-name": node,
-      "read-only": disk.readOnly,
-      // Relative to QEMU's cwd, its own dir: it could not reach the path the shim uses.
-      file: { driver: "file", filename: name, aio: "threads", "read-only": disk.readOnly },
-    });
+    const port = this.takePort(id);
+    try {
+      await qmp.execute("blockdev-add", {
+        driver: "raw",
+        "node-name": node,
+        "read-only": disk.readOnly,
+        // Relative to QEMU's cwd, its own dir: it could not reach the path the shim uses.
+        file: { driver: "file", filename: name, aio: "threads", "read-only": disk.readOnly },
+      });
+    } catch (err) {
+      this.busyPorts.delete(port);
+      throw err;
+    }
     try {
       await qmp.execute("device_add", {
         driver: "virtio-blk-pci",
@@ -566,17 +578,14 @@ export class QemuVm implements VmHandle {
         bus: `hp${port}`,
       });
     } catch (err) {
+      this.busyPorts.delete(port);
       await qmp.execute("blockdev-del", { "node-name": node }).catch(() => {});
       throw err;
     }
-    this.busyPorts.set(port, id);
     return id;
   }
 
-  async addFs(fs: FsSpec): Promise<string> {
-    const qmp = this.control();
-    const port = this.freePort();
-    const chardev = `chr-${fs.id}`;
+  private async plugFs(qmp: QmpClient, fs: FsSpec, chardev: string, port: number): Promise<void> {
     await handFsSocket(fs, this.paths.vmmDir, this.user);
     // virtiofsd binds its socket a moment before it listens (PodShare waits for the file only):
     // a connect in between is refused. Retried, bounded, as retryRefused does for QEMU's own.
@@ -608,7 +617,18 @@ export class QemuVm implements VmHandle {
       await qmp.execute("chardev-remove", { id: chardev }).catch(() => {});
       throw err;
     }
-    this.busyPorts.set(port, fs.id);
+  }
+
+  async addFs(fs: FsSpec): Promise<string> {
+    const qmp = this.control();
+    const chardev = `chr-${fs.id}`;
+    const port = this.takePort(fs.id);
+    try {
+      await this.plugFs(qmp, fs, chardev, port);
+    } catch (err) {
+      this.busyPorts.delete(port);
+      throw err;
+    }
     this.fsDevices.add(fs.id);
     return fs.id;
   }
@@ -622,15 +642,20 @@ export class QemuVm implements VmHandle {
     if (!/^[A-Za-z0-9_]{1,15}$/.test(nic.tap))
       throw invalid(`TAP name "${nic.tap}" is not a valid interface name`);
     if (!/^([0-9a-f]{2}:){5}[0-9a-f]{2}$/i.test(nic.mac)) throw invalid(`"${nic.mac}" is not a MAC address`);
-    const port = this.freePort();
+    const port = this.takePort(nic.id);
     const netdev = `nd-${nic.id}`;
-    await qmp.execute("netdev_add", {
-      type: "tap",
-      id: netdev,
-      ifname: nic.tap,
-      script: "no",
-      downscript: "no",
-    });
+    try {
+      await qmp.execute("netdev_add", {
+        type: "tap",
+        id: netdev,
+        ifname: nic.tap,
+        script: "no",
+        downscript: "no",
+      });
+    } catch (err) {
+      this.busyPorts.delete(port);
+      throw err;
+    }
     try {
       await qmp.execute("device_add", {
         driver: "virtio-net-pci",
@@ -640,10 +665,10 @@ export class QemuVm implements VmHandle {
         bus: `hp${port}`,
       });
     } catch (err) {
+      this.busyPorts.delete(port);
       await qmp.execute("netdev_del", { id: netdev }).catch(() => {});
       throw err;
     }
-    this.busyPorts.set(port, nic.id);
     this.netDevices.add(nic.id);
     return nic.id;
   }
