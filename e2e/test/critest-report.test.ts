@@ -6,7 +6,7 @@ import path from "node:path";
 import { describe, it } from "node:test";
 import { REPO_ROOT } from "../src/artifacts.js";
 import { type CritestRun, formatTable, NOT_RUNNABLE_HERE, parseGinkgoReport } from "../src/critest.js";
-import { isStopKnockOn, KNOWN_DIFFERENCES, knownDifference } from "../src/critest-known.js";
+import { FIXED_DIFFERENCES, KNOWN_DIFFERENCES, knownDifference } from "../src/critest-known.js";
 
 const SPECS_FILE = path.join(REPO_ROOT, "e2e/critest/specs-v1.37.0.txt");
 
@@ -119,29 +119,13 @@ describe("known differences and skips against critest v1.37.0's specs", () => {
     );
   });
 
-  it("recognises a StopContainer cancelled by the spec before as a knock-on, nothing else", () => {
-    const [knockOn, other] = parseGinkgoReport(
-      report([
-        {
-          LeafNodeType: "It",
-          LeafNodeText: "a",
-          State: "failed",
-          Failure: {
-            Message:
-              "failed to stop container\nUnexpected error:\n    <*status.Error | 0x1e4fe0514548>: \n    rpc error: code = Canceled desc = context canceled\n    {",
-          },
-        },
-        {
-          LeafNodeType: "It",
-          LeafNodeText: "b",
-          State: "failed",
-          Failure: { Message: "failed to stop container\nrpc error: code = DeadlineExceeded desc = timeout" },
-        },
-      ]),
-    );
-    assert.ok(isStopKnockOn(knockOn?.failure));
-    assert.ok(!isStopKnockOn(other?.failure));
-    assert.ok(!isStopKnockOn(undefined));
+  it("every fixed difference names a spec of critest v1.37.0 and none is a known difference", async () => {
+    const specs = await pinnedSpecs();
+    for (const p of FIXED_DIFFERENCES) {
+      const matching = specs.filter((s) => p.test(s));
+      assert.ok(matching.length > 0, `fixed difference ${p} matches no spec of critest v1.37.0`);
+      for (const s of matching) assert.equal(knownDifference(s), undefined, `${s} is both fixed and known`);
+    }
   });
 
   it("every spec skipped as not runnable here exists", async () => {

@@ -8,14 +8,18 @@ import { existsSync } from "node:fs";
 import path from "node:path";
 import { describe, it, type TestContext } from "node:test";
 import { type CritestRun, critestTools, formatTable, runCritest, startCritestEnv } from "../src/critest.js";
-import { isStopKnockOn, KNOWN_DIFFERENCES, knownDifference } from "../src/critest-known.js";
+import { FIXED_DIFFERENCES, KNOWN_DIFFERENCES, knownDifference } from "../src/critest-known.js";
 import { processesMatching } from "../src/leaks.js";
 
 const FULL = process.env.CLOUDHV_CRITEST_FULL === "1";
 
-/** -ginkgo.focus for the default scope: the conformance specs and every known difference. */
+/** -ginkgo.focus for the default scope: the conformance specs, the known and the fixed differences. */
 function defaultFocus(): string[] {
-  return ["\\[Conformance\\]", ...KNOWN_DIFFERENCES.map((k) => k.pattern.source)];
+  return [
+    "\\[Conformance\\]",
+    ...KNOWN_DIFFERENCES.map((k) => k.pattern.source),
+    ...FIXED_DIFFERENCES.map((p) => p.source),
+  ];
 }
 
 describe("critest: cloudhv passes what runc passes (issue 16)", () => {
@@ -57,11 +61,7 @@ describe("critest: cloudhv passes what runc passes (issue 16)", () => {
       const other = onCloudhv.get(spec.name);
       const known = knownDifference(spec.name);
       if (other?.state === "passed") {
-        if (known?.racy)
-          t.diagnostic(`passed this time, racy known difference "${known.cause}": ${spec.name}`);
-        else if (known) nowPassing.push(`${spec.name} (listed as "${known.cause}")`);
-      } else if (isStopKnockOn(other?.failure)) {
-        t.diagnostic(`knock-on of "stop right after start": ${spec.name}`);
+        if (known) nowPassing.push(`${spec.name} (listed as "${known.cause}")`);
       } else if (!known) {
         unexpected.push(
           `${spec.name}: ${other?.state ?? "not run"}${other?.failure ? `: ${other.failure}` : ""}`,

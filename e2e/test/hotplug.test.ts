@@ -1,7 +1,7 @@
 // Level 3 (VM): disks hot-plugged into a running VM over QMP (PCIe root ports) are found by
 // the agent by serial and can run a container; pause/resume stop and continue the guest.
 import assert from "node:assert/strict";
-import { mkdtemp, rm } from "node:fs/promises";
+import { mkdtemp, rm, stat } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -81,6 +81,50 @@ describe("QEMU hot-plug and pause", () => {
     await vm.removeDevice(scratchId);
     await vm.removeDevice(imageId);
     await scratch.remove();
+  });
+
+  it("plugs a container's disks in one call; a batch QEMU refuses halfway leaves none of it", async () => {
+    assert.ok(vm.addDisks, "the QEMU driver plugs disks in batches");
+    const qmp = (vm as unknown as { qmpExecute<T>(cmd: string, args?: object): Promise<T> }).qmpExecute.bind(
+      vm,
+    );
+    const nodes = async () =>
+      (await qmp<Array<{ "node-name": string }>>("query-named-block-nodes")).map((n) => n["node-name"]);
+    const scratch = await createScratchDisk(path.join(tmp, "batch.ext4"), 64 * 1024 * 1024);
+    const other = await createScratchDisk(path.join(tmp, "batch2.ext4"), 64 * 1024 * 1024);
+    const ids = await vm.addDisks([
+      { path: image, serial: "hb-image", readOnly: true },
+      { path: scratch.path, serial: "hb-scratch", readOnly: false },
+    ]);
+    assert.deepEqual(ids, ["hd-hb-image", "hd-hb-scratch"]);
+    await agent.createContainer({
+      containerId: "hot2",
+      ociSpec: specBytes(ociSpec("hot2", ["sh", "-c", "echo batch > /f; cat /f"])),
+      rootfsSerial: "hb-image",
+      scratchSerial: "hb-scratch",
+      terminal: false,
+      stdin: false,
+    });
+    const output = collect(agent, "hot2");
+    await agent.startProcess({ containerId: "hot2", execId: "" });
+    assert.equal((await agent.waitProcess({ containerId: "hot2", execId: "" })).exitStatus, 0);
+    assert.equal(await output, "batch\n");
+    await agent.removeContainer("hot2");
+    // The second disk's node name is taken (hb-image is plugged): QEMU refuses it after the first.
+    await assert.rejects(
+      vm.addDisks([
+        { path: other.path, serial: "hb-new", readOnly: false },
+        { path: image, serial: "hb-image", readOnly: true },
+      ]),
+      /node-hb-image/,
+    );
+    assert.ok(!(await nodes()).includes("node-hb-new"), "the first disk of the refused batch is unplugged");
+    assert.ok((await nodes()).includes("node-hb-scratch"), "disks of the earlier batch stay");
+    await assert.rejects(stat(path.join(stateRoot, "vm", "vmm", "disk-hb-new")), { code: "ENOENT" });
+    for (const id of ids.reverse()) await vm.removeDevice(id);
+    assert.ok(!(await nodes()).some((n) => n.startsWith("node-hb-")));
+    await scratch.remove();
+    await other.remove();
   });
 
   it("refuses a disk whose file does not exist, naming it", async () => {

@@ -1,12 +1,13 @@
 // Host side of pod networking against real network namespaces, veths and TAPs (iproute2, tc):
 // the netns is set up the way CNI's bridge plugin leaves it.
 import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
 import { mkdtemp, rm, symlink } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
 import { linkLocalFromMac } from "../src/network/anti-spoof.js";
-import { attachPodNetwork, readPodInterface } from "../src/network/pod-network.js";
+import { attachPodNetwork, attachWarmNic, readPodInterface } from "../src/network/pod-network.js";
 import { exec, execOk } from "../src/util/exec.js";
 import {
   arp,
@@ -78,7 +79,7 @@ describe("pod network: TAP + tc redirect in the pod's netns", () => {
     // Someone else's ingress qdisc on the veth: ours cannot be added.
     await inNs("tc", "qdisc", "add", "dev", "eth0", "ingress");
     try {
-      await assert.rejects(attachPodNetwork(NETNS), /tc -batch - exited with 1: .*Command failed -:1/s);
+      await assert.rejects(attachPodNetwork(NETNS), /tc -batch - failed: .*Command failed -:1/s);
       assert.doesNotMatch(await inNs("ip", "link"), /tap0_chv/, "the TAP is gone");
       assert.match(await inNs("tc", "qdisc", "show", "dev", "eth0"), /ingress/, "their qdisc stays");
     } finally {
@@ -90,7 +91,7 @@ describe("pod network: TAP + tc redirect in the pod's netns", () => {
     const bin = await mkdtemp(path.join(os.tmpdir(), "cloudhv-nosysctl-"));
     const savedPath = process.env.PATH;
     try {
-      for (const tool of ["ip", "tc", "nsenter"]) {
+      for (const tool of ["ip", "tc", "nsenter", "sh"]) {
         const real = (await execOk(["sh", "-c", `command -v ${tool}`])).stdout.trim();
         await symlink(real, path.join(bin, tool));
       }
@@ -106,6 +107,82 @@ describe("pod network: TAP + tc redirect in the pod's netns", () => {
       /ingress/,
       "the veth's qdisc is gone",
     );
+  });
+
+  /** What a pod netns holds of ours: the TAP's link settings and sysctls, both devices' filters. */
+  const podSide = async (tap: string) => {
+    const link = JSON.parse(await inNs("ip", "-j", "link", "show", tap))[0];
+    return {
+      link: { mtu: link.mtu, flags: link.flags, group: link.group },
+      sysctl: await inNs(
+        "sysctl",
+        `net.ipv4.conf.${tap}.forwarding`,
+        `net.ipv4.conf.${tap}.rp_filter`,
+        `net.ipv4.conf.${tap}.accept_local`,
+        `net.ipv6.conf.${tap}.disable_ipv6`,
+      ),
+      vethFilters: await inNs("tc", "filter", "show", "dev", "eth0", "ingress"),
+      tapFilters: await inNs("tc", "filter", "show", "dev", tap, "ingress"),
+    };
+  };
+
+  /** A stand-in VMM: a process in an empty netns of its own, as a pool VM's QEMU is. */
+  const fakeVmm = () => {
+    const child = spawn("unshare", ["--net", "--", "sleep", "60"], { stdio: "ignore" });
+    return { child, pid: child.pid as number, netns: `/proc/${child.pid}/ns/net` };
+  };
+
+  it("a pool VM's NIC: made in the VMM's netns, hot-plugged, moved; the pod netns ends as a cold attach leaves it", async () => {
+    const cold = await attachPodNetwork(NETNS);
+    const expected = await podSide(cold.tap);
+    await cold.detach();
+    const vmm = fakeVmm();
+    try {
+      await new Promise((r) => setTimeout(r, 100));
+      const plugged: Array<{ tap: string; mac: string; inVmmNetns: boolean }> = [];
+      const net = await attachWarmNic(
+        {
+          pid: vmm.pid,
+          addNet: async (nic) => {
+            const there = await exec(["nsenter", `--net=${vmm.netns}`, "--", "ip", "link", "show", nic.tap]);
+            plugged.push({ tap: nic.tap, mac: nic.mac, inVmmNetns: there.code === 0 });
+            return nic.id;
+          },
+        },
+        NETNS,
+      );
+      const mac = JSON.parse(await inNs("ip", "-j", "link", "show", "eth0"))[0].address;
+      assert.deepEqual(plugged, [{ tap: "tap0_chv", mac, inVmmNetns: true }]);
+      assert.deepEqual(await podSide(net.tap), expected);
+      await net.detach();
+      assert.equal((await exec(["ip", "netns", "exec", NS, "ip", "link", "show", net.tap])).code, 1);
+      assert.doesNotMatch(await inNs("tc", "qdisc", "show", "dev", "eth0"), /ingress/);
+      assert.doesNotMatch(
+        (await execOk(["nsenter", `--net=${vmm.netns}`, "--", "ip", "link"])).stdout,
+        /tap0_chv/,
+      );
+    } finally {
+      vmm.child.kill("SIGKILL");
+    }
+  });
+
+  it("a pool VM's NIC that the VMM refuses leaves no TAP in either netns and no qdisc", async () => {
+    const vmm = fakeVmm();
+    try {
+      await new Promise((r) => setTimeout(r, 100));
+      await assert.rejects(
+        attachWarmNic({ pid: vmm.pid, addNet: () => Promise.reject(new Error("netdev_add refused")) }, NETNS),
+        /netdev_add refused/,
+      );
+      assert.doesNotMatch(
+        (await execOk(["nsenter", `--net=${vmm.netns}`, "--", "ip", "link"])).stdout,
+        /tap0_chv/,
+      );
+      assert.doesNotMatch(await inNs("ip", "link"), /tap0_chv/);
+      assert.doesNotMatch(await inNs("tc", "qdisc", "show", "dev", "eth0"), /ingress/);
+    } finally {
+      vmm.child.kill("SIGKILL");
+    }
   });
 
   it("fails with the netns named when there is no CNI interface, leaving nothing", async () => {

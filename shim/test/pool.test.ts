@@ -276,6 +276,48 @@ describe("a CRI sandbox from the warm pool (task service on the fake VMM)", () =
   });
 });
 
+describe("a pool hit's host work runs at once", () => {
+  it("plugs the pod's disks and joins its cgroup while the NIC is still being attached", async () => {
+    const rig = await TaskRig.open({ pool: 1 }, { retryMs: { min: 5, max: 20 } });
+    try {
+      const pool = rig.tasks.pool;
+      assert.ok(pool);
+      pool.start();
+      await until("pool full", () => pool.stats().ready === 1);
+      const [poolVm] = rig.driver.vms;
+      assert.ok(poolVm);
+      let attach = () => {};
+      rig.network.warmGate = new Promise<void>((r) => {
+        attach = r;
+      });
+      const creating = rig.create("pa", {
+        role: "sandbox",
+        netns: "/var/run/netns/pa",
+        cgroupsPath: "/kubepods/besteffort/pod-pa/pa",
+      });
+      try {
+        await until("disks plugged", () => poolVm.plugged.size === 2);
+        assert.equal(poolVm.nics.length, 0, "the NIC is not attached yet");
+        assert.ok(
+          rig.containment.joined.some((j) => j.pid === poolVm.pid),
+          "VMM already in the pod cgroup",
+        );
+      } finally {
+        attach();
+        await creating.catch(() => {});
+      }
+      await creating;
+      assert.equal(poolVm.nics.length, 1);
+      assert.ok(poolVm.agent.containers.has("pa"), "the pod runs in the pool VM");
+      await rig.tasks.forceDelete("unit", "pa");
+      await pool.close();
+      assert.deepEqual(rig.leftovers(), { tasks: [], vms: [], rootfs: [], network: [] });
+    } finally {
+      await rig.close();
+    }
+  });
+});
+
 describe("cloudhv doctor on the warm pool", () => {
   it("shows each live daemon's pool from its status file, ignores a dead daemon's, says when the pool is off", async () => {
     const dir = await mkdtemp(path.join(os.tmpdir(), "cloudhv-pool-doctor-"));

@@ -94,6 +94,29 @@ describe("TaskService with a fake VMM and an in-process agent", () => {
     assert.deepEqual(rig.leftovers(), NOTHING_LEFT);
   });
 
+  it("deletes a pod: the pod network is undone while the VMM quits, not after; nothing is left", async () => {
+    await rig.create("t1", { netns: NETNS });
+    const vm = rig.vm;
+    let quit = () => {};
+    vm.stopGate = new Promise<void>((r) => {
+      quit = r;
+    });
+    await rig.tasks.start(NS, "t1", "");
+    vm.agent.exitProcess("t1", "", 0);
+    await rig.tasks.wait(NS, "t1", "");
+    const deleting = rig.tasks.delete(NS, "t1", "");
+    try {
+      for (let i = 0; i < 200 && rig.network.attached.size > 0; i++)
+        await new Promise((r) => setTimeout(r, 5));
+      assert.equal(rig.network.attached.size, 0, "the network is detached while the VMM is still quitting");
+      assert.equal(vm.stopped, false);
+    } finally {
+      quit();
+    }
+    assert.equal((await deleting).exitStatus, 0);
+    assert.deepEqual(rig.leftovers(), NOTHING_LEFT);
+  });
+
   describe("undo of a half-done create", () => {
     it("agent CreateContainer fails: VM stopped, rootfs released, network detached, no task", async () => {
       rig.driver.onLaunch = (vm) => vm.agent.failNext("CreateContainer", Code.INTERNAL, "crun: boom");

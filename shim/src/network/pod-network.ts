@@ -4,9 +4,9 @@
 // addresses and routes (the agent configures eth0 from what we read here). Towards the veth
 // only frames from the pod's own MAC and addresses pass (anti-spoof.ts).
 import { existsSync } from "node:fs";
-import { ShimError } from "../errors.js";
+import { ShimError, truncateUntrusted } from "../errors.js";
 import { Cleanup } from "../util/cleanup.js";
-import { exec, execOk } from "../util/exec.js";
+import { ExecError, exec, execOk } from "../util/exec.js";
 import { antiSpoofFilters, tapSysctls } from "./anti-spoof.js";
 
 export interface PodAddress {
@@ -54,6 +54,64 @@ function inNetns(netnsPath: string, argv: string[], batch?: string[]) {
   });
 }
 
+/**
+ * Runs one of this module's fixed scripts (below) in the netns at `netnsPath`: several steps,
+ * one spawn from the daemon (a spawn costs milliseconds here; the script's own execs are cheap).
+ * The script text is a constant: every value (names from the kernel, numbers) is an argument.
+ */
+function netnsScript(netnsPath: string, script: string, args: string[], input?: string[]) {
+  return exec(["nsenter", `--net=${netnsPath}`, "--", "sh", "-c", script, "cloudhv-net", ...args], {
+    timeoutMs: 10_000,
+    ...(input ? { input: `${input.join("\n")}\n` } : {}),
+  });
+}
+
+/** Separates the listings of READ_SCRIPT's output. */
+const READ_SEPARATOR = "\n=cloudhv=\n";
+/** $1: "6" to list IPv6 routes too. */
+const READ_SCRIPT = `set -e
+ip -j addr show
+echo =cloudhv=
+ip -j route show
+echo =cloudhv=
+if [ "$1" = 6 ]; then ip -6 -j route show; else echo '[]'; fi`;
+
+/**
+ * The TAP's filters and settings in the pod netns, then up: no frame passes before the filters
+ * are in place. $1 tap, $2 mtu, $3 "create" to add the TAP here first (with $4: its group, or
+ * empty), then the TAP's sysctl settings; stdin: the tc batch. The exit status says which step
+ * failed (STEP_EXIT): the caller's undo depends on it.
+ */
+const FILTER_SCRIPT = `tap=$1 mtu=$2 create=$3 group=$4
+shift 4
+if [ "$create" = create ]; then
+  if [ -n "$group" ]; then ip tuntap add dev "$tap" mode tap group "$group" || exit 20
+  else ip tuntap add dev "$tap" mode tap || exit 20; fi
+fi
+tc -batch - || exit 21
+sysctl -q -w "$@" || exit 22
+ip link set dev "$tap" mtu "$mtu" arp off up || exit 23`;
+
+/** A pool VM's TAP moves from the VMM's netns ($2, this one) into the pod's ($3); then FILTER_SCRIPT there ($1). */
+const MOVE_SCRIPT = `filter=$1 tap=$2 pod=$3
+shift 3
+ip link set dev "$tap" netns "$pod" || exit 24
+exec nsenter --net="$pod" -- sh -c "$filter" cloudhv-net "$tap" "$@"`;
+
+/** Removes the TAP ($1; its qdisc and filters go with it) and the veth's ($2) ingress qdisc. */
+const DETACH_SCRIPT = `status=0
+ip link del dev "$1" || status=1
+tc qdisc del dev "$2" ingress || status=1
+exit $status`;
+
+const STEP_EXIT: Record<number, string> = {
+  20: "ip tuntap add",
+  21: "tc -batch -",
+  22: "sysctl",
+  23: "ip link set up",
+  24: "ip link set netns",
+};
+
 interface IpLink {
   ifname: string;
   link_type?: string;
@@ -71,16 +129,12 @@ interface IpRoute {
 
 /** The pod's interface as CNI left it: the one ethernet link with a global address. */
 export async function readPodInterface(netnsPath: string): Promise<PodInterface> {
-  // Both listings at once (the spawns are the cost here); the routes are filtered below.
-  const [addrOut, routeOut, route6Out] = await Promise.all([
-    inNetns(netnsPath, ["ip", "-j", "addr", "show"]),
-    inNetns(netnsPath, ["ip", "-j", "route", "show"]),
-    // Dual-stack pods: IPv6 routes too (an empty list where the kernel or CNI has no IPv6).
-    existsSync("/proc/sys/net/ipv6")
-      ? inNetns(netnsPath, ["ip", "-6", "-j", "route", "show"])
-      : Promise.resolve({ stdout: "[]" }),
-  ]);
-  const links = JSON.parse(addrOut.stdout) as IpLink[];
+  // All three listings in one spawn (the spawns are the cost here); routes are filtered below.
+  // Dual-stack pods: IPv6 routes too (an empty list where the kernel or CNI has no IPv6).
+  const read = await netnsScript(netnsPath, READ_SCRIPT, [existsSync("/proc/sys/net/ipv6") ? "6" : "4"]);
+  if (read.code !== 0) throw new ExecError(read);
+  const [addrOut = "[]", routeOut = "[]", route6Out = "[]"] = read.stdout.split(READ_SEPARATOR);
+  const links = JSON.parse(addrOut) as IpLink[];
   const link = links.find(
     (l) =>
       l.link_type === "ether" &&
@@ -92,10 +146,10 @@ export async function readPodInterface(netnsPath: string): Promise<PodInterface>
   const addresses = (link.addr_info ?? [])
     .filter((a) => a.scope === "global" && (a.family === "inet" || a.family === "inet6"))
     .map((a) => ({ family: a.family as "inet" | "inet6", address: a.local, prefixLen: a.prefixlen }));
-  const routes = (JSON.parse(routeOut.stdout) as IpRoute[]).filter((r) => r.dev === link.ifname);
+  const routes = (JSON.parse(routeOut) as IpRoute[]).filter((r) => r.dev === link.ifname);
   // IPv6: what CNI added (the prefix and link-local routes the guest's kernel derives itself),
   // with the default route named by family so the guest cannot take it for IPv4's.
-  const routes6 = (JSON.parse(route6Out.stdout || "[]") as IpRoute[])
+  const routes6 = (JSON.parse(route6Out.trim() || "[]") as IpRoute[])
     .filter((r) => r.dev === link.ifname && r.protocol !== "kernel" && !r.dst.startsWith("fe80:"))
     .map((r) => (r.dst === "default" ? { ...r, dst: "::/0" } : r));
   return {
@@ -123,8 +177,7 @@ export function adoptPodNetwork(record: { netnsPath: string; tap: string; iface:
       if (detached) return;
       detached = true;
       const { netnsPath, tap, iface } = record;
-      await exec(["nsenter", `--net=${netnsPath}`, "--", "ip", "link", "del", tap]);
-      await exec(["nsenter", `--net=${netnsPath}`, "--", "tc", "qdisc", "del", "dev", iface.name, "ingress"]);
+      await netnsScript(netnsPath, DETACH_SCRIPT, [tap, iface.name]);
     },
   };
 }
@@ -135,9 +188,9 @@ function redirect(from: string, to: string): string {
 }
 
 /**
- * Adds the TAP and both redirects with one `ip -batch` and one `tc -batch` (each spawn costs
- * milliseconds, and this is on every pod's start). Interface names come from the kernel and
- * our own constant, never from the pod's spec.
+ * Adds the TAP, both redirects and the TAP's settings with one spawn (FILTER_SCRIPT), after one
+ * that reads the interface: each spawn costs milliseconds, and this is on every pod's start.
+ * Interface names come from the kernel and our own constant, never from the pod's spec.
  */
 export async function attachPodNetwork(
   netnsPath: string,
@@ -146,25 +199,8 @@ export async function attachPodNetwork(
 ): Promise<PodNetwork> {
   const iface = await readPodInterface(netnsPath);
   const undo = new Cleanup();
-  // A batch that fails halfway leaves part of it done: this removes what may exist, quietly.
-  const dropTap = () => exec(["nsenter", `--net=${netnsPath}`, "--", "ip", "link", "del", tap]);
   try {
-    await inNetns(
-      netnsPath,
-      ["ip", "-batch", "-"],
-      [
-        // The VMM runs unprivileged: it may attach to the TAP as a member of its group.
-        `tuntap add dev ${tap} mode tap${opts.tapGroup === undefined ? "" : ` group ${opts.tapGroup}`}`,
-        // No ARP on the TAP: a frame the filters refuse must get no answer from this netns.
-        `link set ${tap} mtu ${iface.mtu} arp off up`,
-      ],
-    ).catch(async (err: unknown) => {
-      await dropTap();
-      throw err;
-    });
-    undo.defer(`delete ${tap}`, () => inNetns(netnsPath, ["ip", "link", "del", tap]));
-    // No frame comes through the TAP before the VMM attaches to it.
-    await filterTap(netnsPath, tap, iface, undo);
+    await filterTap(netnsPath, netnsPath, tap, iface, undo, ["create", opts.tapGroup?.toString() ?? ""]);
   } catch (err) {
     await undo.run();
     throw err;
@@ -187,43 +223,65 @@ function detachable(netnsPath: string, tap: string, iface: PodInterface, undo: C
 }
 
 /**
- * The TAP's settings (they go with it; IPv6 may be absent from the kernel) and the redirects
- * with the anti-spoof filters, at once; registers the veth qdisc's removal with `undo`.
+ * Runs FILTER_SCRIPT for `tap` in the pod netns (from `from`: the pod netns itself, or the VMM's,
+ * whence MOVE_SCRIPT moves the TAP first). On success `undo` gets the detach (TAP and the veth's
+ * qdisc, one spawn); on failure what the script did is removed here, and what was there before
+ * (someone else's qdisc on the veth: tc's line 1 failed) is kept.
  */
-async function filterTap(netnsPath: string, tap: string, iface: PodInterface, undo: Cleanup): Promise<void> {
-  const [settings, filters] = await Promise.allSettled([
-    inNetns(netnsPath, ["sysctl", "-q", "-w", ...tapSysctls(tap, existsSync("/proc/sys/net/ipv6"))]),
-    inNetns(
-      netnsPath,
-      ["tc", "-batch", "-"],
-      [
-        `qdisc add dev ${iface.name} ingress`,
-        `qdisc add dev ${tap} ingress`,
-        redirect(iface.name, tap),
-        ...antiSpoofFilters(tap, iface),
-      ],
-    ),
-  ]);
-  if (filters.status === "rejected") {
-    // Line 1 is the veth's qdisc: if that failed, a qdisc already there is not ours to drop.
-    const line = Number(/Command failed -:(\d+)/.exec((filters.reason as Error).message)?.[1] ?? 0);
-    if (line > 1)
-      await exec(["nsenter", `--net=${netnsPath}`, "--", "tc", "qdisc", "del", "dev", iface.name, "ingress"]);
-    throw filters.reason;
+async function filterTap(
+  from: string,
+  netnsPath: string,
+  tap: string,
+  iface: PodInterface,
+  undo: Cleanup,
+  create: [string, string] = ["", ""],
+): Promise<void> {
+  const args = [tap, String(iface.mtu), ...create, ...tapSysctls(tap, existsSync("/proc/sys/net/ipv6"))];
+  const batch = [
+    `qdisc add dev ${iface.name} ingress`,
+    `qdisc add dev ${tap} ingress`,
+    redirect(iface.name, tap),
+    ...antiSpoofFilters(tap, iface),
+  ];
+  const result =
+    from === netnsPath
+      ? await netnsScript(netnsPath, FILTER_SCRIPT, args, batch)
+      : await netnsScript(from, MOVE_SCRIPT, [FILTER_SCRIPT, tap, netnsPath, ...args.slice(1)], batch);
+  if (result.code === 0) {
+    undo.defer(`delete ${tap} and the ingress qdisc of ${iface.name}`, async () => {
+      const done = await netnsScript(netnsPath, DETACH_SCRIPT, [tap, iface.name]);
+      if (done.code !== 0) throw new ExecError(done);
+    });
+    return;
   }
-  // The TAP's own qdisc goes with the TAP; the veth's stays unless removed.
-  undo.defer(`remove ingress qdisc of ${iface.name}`, () =>
-    inNetns(netnsPath, ["tc", "qdisc", "del", "dev", iface.name, "ingress"]),
+  const step = STEP_EXIT[result.code ?? -1];
+  // tc's line 1 is the veth's qdisc: if that failed, a qdisc already there is not ours to drop.
+  const tcLine = Number(/Command failed -:(\d+)/.exec(result.stderr)?.[1] ?? 0);
+  const vethQdiscOurs =
+    (step === "tc -batch -" && tcLine > 1) || step === "sysctl" || step === "ip link set up";
+  // Quietly: the TAP is where the script left it (not moved when the move failed).
+  await Promise.all([
+    step === "ip link set netns" || !step
+      ? exec(["nsenter", `--net=${from}`, "--", "ip", "link", "del", tap])
+      : undefined,
+    exec(["nsenter", `--net=${netnsPath}`, "--", "ip", "link", "del", tap]),
+    vethQdiscOurs
+      ? exec(["nsenter", `--net=${netnsPath}`, "--", "tc", "qdisc", "del", "dev", iface.name, "ingress"])
+      : undefined,
+  ]);
+  const detail = truncateUntrusted(result.stderr.trim().split("\n").slice(-5).join("\n"), 2000);
+  throw new NetworkError(
+    `setting up ${tap} in pod netns ${netnsPath}: ${step ?? `nsenter/sh (exit ${result.code ?? result.signal})`} failed${detail ? `: ${detail}` : ""}`,
   );
-  if (settings.status === "rejected") throw settings.reason;
 }
 
 /**
  * A pool VM's NIC (pod/pool.ts): its VMM runs in an empty netns of its own. The TAP is made
- * there (owned by the VMM group), the VMM attaches to it by hot-plug (`addNet`, with the veth's
- * MAC), and only then is it moved into the pod's netns; the VMM's open TAP file follows the
- * device. In the pod netns it gets the same settings and filters as attachPodNetwork's, and
- * comes up last, so no frame passes before the filters are in place.
+ * there (owned by the VMM group) while the pod's interface is read, the VMM attaches to it by
+ * hot-plug (`addNet`, with the veth's MAC), and only then is it moved into the pod's netns; the
+ * VMM's open TAP file follows the device. In the pod netns it gets the same filters and settings
+ * as attachPodNetwork's and comes up last, so no frame passes before the filters are in place.
+ * Three spawns in all (read, TAP, move + filters), the first two at once.
  */
 export async function attachWarmNic(
   vm: { pid: number; addNet?: (nic: { tap: string; mac: string; id: string }) => Promise<string> },
@@ -234,30 +292,25 @@ export async function attachWarmNic(
   const addNet = vm.addNet?.bind(vm);
   if (!addNet) throw new ShimError("Unimplemented", "this VMM driver cannot hot-plug a NIC");
   const vmmNetns = `/proc/${vm.pid}/ns/net`;
-  const iface = await readPodInterface(netnsPath);
   const undo = new Cleanup();
-  let moved = false;
+  // Until it moves, the TAP would die with the VMM's netns; a quiet delete also covers a
+  // failed or half-done add.
+  const dropUnmoved = () => exec(["nsenter", `--net=${vmmNetns}`, "--", "ip", "link", "del", tap]);
+  const group = opts.tapGroup === undefined ? [] : ["group", String(opts.tapGroup)];
+  const [read, made] = await Promise.allSettled([
+    readPodInterface(netnsPath),
+    inNetns(vmmNetns, ["ip", "tuntap", "add", "dev", tap, "mode", "tap", ...group]),
+  ]);
+  if (read.status === "rejected" || made.status === "rejected") {
+    await dropUnmoved();
+    throw read.status === "rejected" ? read.reason : (made as PromiseRejectedResult).reason;
+  }
+  const iface = read.value;
   try {
-    // Until it moves, the TAP would die with the VMM's netns; a quiet delete also covers a
-    // batch that failed halfway.
-    undo.defer(`delete ${tap} in the VMM's netns`, () =>
-      moved ? undefined : exec(["nsenter", `--net=${vmmNetns}`, "--", "ip", "link", "del", tap]),
-    );
-    await inNetns(
-      vmmNetns,
-      ["ip", "-batch", "-"],
-      [
-        `tuntap add dev ${tap} mode tap${opts.tapGroup === undefined ? "" : ` group ${opts.tapGroup}`}`,
-        `link set ${tap} mtu ${iface.mtu}`,
-      ],
-    );
     await addNet({ tap, mac: iface.mac, id: "net0" });
-    await inNetns(vmmNetns, ["ip", "link", "set", tap, "netns", netnsPath]);
-    moved = true;
-    undo.defer(`delete ${tap}`, () => inNetns(netnsPath, ["ip", "link", "del", tap]));
-    await filterTap(netnsPath, tap, iface, undo);
-    await inNetns(netnsPath, ["ip", "link", "set", tap, "mtu", String(iface.mtu), "arp", "off", "up"]);
+    await filterTap(vmmNetns, netnsPath, tap, iface, undo);
   } catch (err) {
+    await dropUnmoved();
     await undo.run();
     throw err;
   }

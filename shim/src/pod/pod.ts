@@ -20,7 +20,7 @@ import { Cleanup } from "../util/cleanup.js";
 import { type Logger, log as rootLog } from "../util/log.js";
 import type { PhaseClock } from "../util/phases.js";
 import { processIdentity } from "../util/proc.js";
-import type { HypervisorDriver, VmExit, VmHandle } from "../vmm/types.js";
+import type { DiskSpec, HypervisorDriver, VmExit, VmHandle } from "../vmm/types.js";
 import { PodShare, volumesFailed } from "../volumes/virtiofs.js";
 import { ContainerVolumes } from "../volumes/volumes.js";
 import { connectAdoptedAgent } from "./adopt-agent.js";
@@ -189,17 +189,28 @@ export class Pod {
       const netnsPath = podNetnsPath(spec.doc);
       if (netnsPath) await journal?.note({ network: { netnsPath, tap: POD_TAP } });
       const noteScratch = journal ? (file: string) => journal.note({ scratch: [file] }) : undefined;
-      const [rootfsDone, networkDone] = await Promise.allSettled([
-        phases.time(
-          "rootfsMs",
-          deps.prepareRootfs(first.namespace, first.id, first.rootfs, first.scratch, noteScratch),
-        ),
+      // A pool VM is this pod's from here: on any failure it is stopped, never returned to the
+      // pool (registered first, so it runs last).
+      if (warm) {
+        undo.defer("stop VM", () => warm.vm.stop());
+        undo.defer("close agent", () => warm.agent.close());
+        await noteVmm(journal, warm.vm.pid);
+      }
+      const preparing = phases.time(
+        "rootfsMs",
+        deps.prepareRootfs(first.namespace, first.id, first.rootfs, first.scratch, noteScratch),
+      );
+      const [rootfsDone, networkDone, claimDone] = await Promise.allSettled([
+        preparing,
         netnsPath
           ? phases.time(
               "networkMs",
               warm ? attachWarm(deps, warm.vm, netnsPath) : deps.attachNetwork(netnsPath),
             )
           : Promise.resolve(undefined),
+        // A pool VM takes the pod's cgroup and, once they exist, its disks while its NIC is
+        // attached (QMP serves both; each takes its own hot-plug port).
+        warm ? Pod.claim(warm, { cgroup, containment, rootfs: preparing, deps, log, phases }) : undefined,
       ]);
       if (rootfsDone.status === "fulfilled") {
         const prepared = rootfsDone.value;
@@ -214,6 +225,7 @@ export class Pod {
       }
       if (rootfsDone.status === "rejected") throw rootfsDone.reason;
       if (networkDone.status === "rejected") throw networkDone.reason;
+      if (claimDone.status === "rejected") throw claimDone.reason;
       const rootfs = rootfsDone.value;
       const network = networkDone.value;
       // The first container's shared volumes: virtiofsd before the VMM, which connects at start;
@@ -243,9 +255,9 @@ export class Pod {
       phases.mark("disksReady");
 
       // The VMM works in its VM's dir from its start; its identity is noted once known.
-      await journal?.note({ vmm: {} });
-      const { vm, agent, devices, oomScoreAdj } = warm
-        ? await Pod.claim(warm, { cgroup, containment, rootfs, deps, log, phases, undo, journal })
+      if (!claimDone.value) await journal?.note({ vmm: {} });
+      const { vm, agent, devices, oomScoreAdj } = claimDone.value
+        ? claimDone.value
         : await Pod.launch(where, {
             cgroup,
             containment,
@@ -364,39 +376,45 @@ export class Pod {
 
   /**
    * A pool VM becomes this pod's: its VMM joins the pod's cgroup, gets the pod's OOM score and
-   * normal priority back, and the pod's disks are hot-plugged (its NIC already was, by
-   * attachWarm). On failure the caller's undo stops the VM: it never goes back to the pool.
+   * normal priority back, and the pod's disks are hot-plugged as soon as they exist, while its
+   * NIC is attached (attachWarm). On failure the caller's undo stops the VM: it never goes back
+   * to the pool.
    */
   private static async claim(
     warm: WarmVm,
     got: {
       cgroup: PodCgroup | undefined;
       containment: ContainmentPlan;
-      rootfs: PreparedRootfs;
+      /** The pod's disks, being prepared: plugged once they exist. */
+      rootfs: Promise<PreparedRootfs>;
       deps: PodDeps;
       log: Logger;
       phases: PhaseClock;
-      undo: Cleanup;
-      journal: Provisional | undefined;
     },
   ): Promise<{ vm: VmHandle; agent: AgentClient; devices: string[]; oomScoreAdj: number | undefined }> {
-    const { cgroup, containment, rootfs, deps, log, phases, undo, journal } = got;
+    const { cgroup, containment, deps, log, phases } = got;
     const { vm, agent } = warm;
-    undo.defer("stop VM", () => vm.stop());
-    await noteVmm(journal, vm.pid);
-    undo.defer("close agent", () => agent.close());
     const oomScoreAdj = oomScoreAdjFor(containment.qos, [], containment.specOomScoreAdj);
-    await phases.time("poolClaimMs", async () => {
-      if (cgroup) {
-        if (!deps.containment.joinCgroup)
-          throw new ShimError("Unimplemented", "this host cannot move a pool VM into a pod cgroup");
-        await deps.containment.joinCgroup(vm.pid, cgroup.procs);
-      }
-      await deps.containment.setNice?.(vm.pid, 0);
-      if (oomScoreAdj !== undefined) await deps.containment.setOomScoreAdj(vm.pid, oomScoreAdj, log);
-    });
     const devices: string[] = [];
-    for (const disk of rootfs.disks) devices.push(await phases.time("hotplugMs", vm.addDisk(disk)));
+    // Both settle before a failure is thrown: nothing of the claim is in flight during the undo.
+    const settled = await Promise.allSettled([
+      phases.time("poolClaimMs", async () => {
+        if (cgroup) {
+          if (!deps.containment.joinCgroup)
+            throw new ShimError("Unimplemented", "this host cannot move a pool VM into a pod cgroup");
+          await deps.containment.joinCgroup(vm.pid, cgroup.procs);
+        }
+        await deps.containment.setNice?.(vm.pid, 0);
+        if (oomScoreAdj !== undefined) await deps.containment.setOomScoreAdj(vm.pid, oomScoreAdj, log);
+      }),
+      got.rootfs.then((rootfs) =>
+        phases.time(
+          "hotplugMs",
+          plugDisks(vm, rootfs.disks, (id) => devices.push(id)),
+        ),
+      ),
+    ]);
+    for (const r of settled) if (r.status === "rejected") throw r.reason;
     log.info(
       {
         sandbox: vm.id,
@@ -625,12 +643,14 @@ export class Pod {
       undo.defer("release rootfs", () => rootfs.release());
       phases.mark("disksReady");
       const devices: string[] = [];
-      for (const disk of rootfs.disks) {
-        await journal?.note({ disks: [disk.serial] });
-        const device = await phases.time("hotplugMs", this.vm.addDisk(disk));
-        devices.push(device);
-        undo.defer(`unplug ${device}`, () => this.vm.removeDevice(device));
-      }
+      await journal?.note({ disks: rootfs.disks.map((d) => d.serial) });
+      await phases.time(
+        "hotplugMs",
+        plugDisks(this.vm, rootfs.disks, (device) => {
+          devices.push(device);
+          undo.defer(`unplug ${device}`, () => this.vm.removeDevice(device));
+        }),
+      );
       phases.mark("vmReady");
       await journal?.note({ binds: volumes.shared.map((v) => v.name), guest: true });
       const member = await this.createInGuest(
@@ -709,29 +729,30 @@ export class Pod {
     if (member.ownsPod) {
       // Last of all (a create that failed after its boot): its provisional record goes.
       cleanup.defer("settle the create", () => this.createSettled(member.id));
-      // Runs after the VM is gone (newest first): the TAP and the cgroup outlive the VMM.
+      // Runs after the VM is gone (newest first): the cgroup outlives the VMM.
       const cgroup = this.cgroup;
       if (cgroup) cleanup.defer("remove pod cgroup", () => cgroup.remove());
-      const network = this.network;
-      if (network)
-        cleanup.defer(
-          "detach pod network",
-          phases.wrap("networkDetachMs", () => network.detach()),
-        );
       // virtiofsd and every bind mount of the pod go once the VMM let go of them.
       if (share)
         cleanup.defer(
           "stop virtiofsd",
           phases.wrap("virtiofsdStopMs", async () => (await share.catch(() => undefined))?.stop()),
         );
-      cleanup.defer(
-        "stop VM",
-        phases.wrap("vmStopMs", async () => {
-          this.stopHealth();
-          this.agent.close();
-          await this.vm.stop();
-        }),
-      );
+      const stopVm = phases.wrap("vmStopMs", async () => {
+        this.stopHealth();
+        this.agent.close();
+        await this.vm.stop();
+      });
+      // The pod network is undone while the VMM quits: both wait mostly on others (the kernel's
+      // grace periods for the TAP and qdisc, QEMU's exit). Deleting the TAP first takes its
+      // filters with it in one step, so the guest's NIC goes dead, never unfiltered.
+      const network = this.network;
+      const detach = network && phases.wrap("networkDetachMs", () => network.detach());
+      cleanup.defer(network ? "stop VM and detach pod network" : "stop VM", async () => {
+        const [stopped, detached] = await Promise.allSettled([stopVm(), detach?.()]);
+        const failed = [stopped, detached].filter((r) => r.status === "rejected");
+        if (failed.length > 0) throw new Error(failed.map((r) => (r.reason as Error).message).join("; "));
+      });
       // First of all: no new connection reaches a VM that is going.
       const forward = this.portForward;
       if (forward) cleanup.defer("stop port-forward", () => forward.stop());
@@ -891,6 +912,15 @@ async function noteVmm(journal: Provisional | undefined, pid: number): Promise<v
   if (!journal) return;
   const process = await processIdentity(pid);
   if (process) await journal.note({ vmm: { process } });
+}
+
+/** A container's disks into a running VM: at once where the driver can (one spawn), else one by one. */
+async function plugDisks(vm: VmHandle, disks: DiskSpec[], plugged: (id: string) => void): Promise<void> {
+  if (vm.addDisks) {
+    for (const id of await vm.addDisks(disks)) plugged(id);
+    return;
+  }
+  for (const disk of disks) plugged(await vm.addDisk(disk));
 }
 
 function attachWarm(deps: PodDeps, vm: VmHandle, netnsPath: string): Promise<PodNetwork> {

@@ -1,5 +1,6 @@
-// The one way the host side runs a tool: argv only (never a shell), logged, with a timeout,
-// returning stdout/stderr/exit code. Callers decide what a non-zero exit means.
+// The one way the host side runs a tool: argv only (no value is ever parsed by a shell: the few
+// fixed `sh -c` scripts that save spawns take every value as an argument), logged, with a
+// timeout, returning stdout/stderr/exit code. Callers decide what a non-zero exit means.
 import { spawn } from "node:child_process";
 import { log } from "./log.js";
 

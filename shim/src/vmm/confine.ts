@@ -229,8 +229,37 @@ export async function bindIntoVmm(
   vmmDir: string,
   name: string,
 ): Promise<string> {
-  const target = path.join(vmmDir, name);
-  await writeFile(target, "", { mode: 0o600 });
-  await execOk(["nsenter", `--target=${vmmPid}`, "--mount", "--", "mount", "--bind", source, target]);
-  return target;
+  const [target] = await bindAllIntoVmm(vmmPid, [{ source, name }], vmmDir);
+  return target as string;
+}
+
+/**
+ * bindIntoVmm for several files with one spawn. On a failure no target is left (a mount made
+ * before it goes with its target).
+ */
+export async function bindAllIntoVmm(
+  vmmPid: number,
+  files: Array<{ source: string; name: string }>,
+  vmmDir: string,
+): Promise<string[]> {
+  const targets = files.map((f) => path.join(vmmDir, f.name));
+  try {
+    for (const target of targets) await writeFile(target, "", { mode: 0o600 });
+    // A fixed script: the paths (the shim's own) are arguments, pairs of source and target.
+    await execOk([
+      "nsenter",
+      `--target=${vmmPid}`,
+      "--mount",
+      "--",
+      "sh",
+      "-c",
+      'while [ $# -gt 1 ]; do mount --bind "$1" "$2" || exit; shift 2; done',
+      "cloudhv-bind",
+      ...files.flatMap((f, i) => [f.source, targets[i] as string]),
+    ]);
+  } catch (err) {
+    await Promise.all(targets.map((t) => rm(t, { force: true })));
+    throw err;
+  }
+  return targets;
 }

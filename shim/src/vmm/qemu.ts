@@ -17,7 +17,7 @@ import { TIMED_OUT, within } from "../util/time.js";
 import { type Accel, kvmUnusableMessage, probeAccel } from "./accel.js";
 import {
   allocateVmmUser,
-  bindIntoVmm,
+  bindAllIntoVmm,
   confinedArgv,
   DEFAULT_VMM_UIDS,
   makeVmmDir,
@@ -333,6 +333,13 @@ export class QemuVm implements VmHandle {
     return port;
   }
 
+  /** A free port, taken for `id` at once: plugs running at the same time never pick the same one. */
+  private takePort(id: string): number {
+    const port = this.freePort();
+    this.busyPorts.set(port, id);
+    return port;
+  }
+
   /** Hot-plugged NICs (a netdev to remove with them). */
   private readonly netDevices = new Set<string>();
   private hasExited = false;
@@ -511,15 +518,45 @@ export class QemuVm implements VmHandle {
   }
 
   async addDisk(disk: DiskSpec): Promise<string> {
-    checkDiskSerial(disk.serial);
-    await assertReadable(disk.path, `disk ${disk.serial}`);
+    const [id] = await this.addDisks([disk]);
+    return id as string;
+  }
+
+  /**
+   * A container's disks at once: one bind-mount spawn for all of them (a spawn costs
+   * milliseconds here), then each disk's QMP commands. All or nothing: on a failure the disks
+   * plugged so far are unplugged again and every bind mount is gone.
+   */
+  async addDisks(disks: DiskSpec[]): Promise<string[]> {
     const qmp = this.control();
-    const port = this.freePort();
+    for (const disk of disks) {
+      checkDiskSerial(disk.serial);
+      await assertReadable(disk.path, `disk ${disk.serial}`);
+      await this.grant(disk);
+    }
+    const names = disks.map((disk) => `disk-${disk.serial}`);
+    await bindAllIntoVmm(
+      this.pid,
+      disks.map((disk, i) => ({ source: disk.path, name: names[i] as string })),
+      this.paths.vmmDir,
+    );
+    const plugged: string[] = [];
+    try {
+      for (const [i, disk] of disks.entries())
+        plugged.push(await this.plugBound(qmp, disk, names[i] as string));
+      return plugged;
+    } catch (err) {
+      for (const id of plugged.reverse()) await this.removeDevice(id).catch(() => {});
+      await Promise.all(names.map((name) => rm(path.join(this.paths.vmmDir, name), { force: true })));
+      throw err;
+    }
+  }
+
+  /** One disk whose file is bound into the VMM's dir as `name`: its block node and device. */
+  private async plugBound(qmp: QmpClient, disk: DiskSpec, name: string): Promise<string> {
     const id = `hd-${disk.serial}`;
     const node = `node-${disk.serial}`;
-    const name = `disk-${disk.serial}`;
-    await this.grant(disk);
-    await bindIntoVmm(this.pid, disk.path, this.paths.vmmDir, name);
+    const port = this.takePort(id);
     try {
       await qmp.execute("blockdev-add", {
         driver: "raw",
@@ -529,7 +566,7 @@ export class QemuVm implements VmHandle {
         file: { driver: "file", filename: name, aio: "threads", "read-only": disk.readOnly },
       });
     } catch (err) {
-      await rm(path.join(this.paths.vmmDir, name), { force: true });
+      this.busyPorts.delete(port);
       throw err;
     }
     try {
@@ -541,18 +578,14 @@ export class QemuVm implements VmHandle {
         bus: `hp${port}`,
       });
     } catch (err) {
+      this.busyPorts.delete(port);
       await qmp.execute("blockdev-del", { "node-name": node }).catch(() => {});
-      await rm(path.join(this.paths.vmmDir, name), { force: true });
       throw err;
     }
-    this.busyPorts.set(port, id);
     return id;
   }
 
-  async addFs(fs: FsSpec): Promise<string> {
-    const qmp = this.control();
-    const port = this.freePort();
-    const chardev = `chr-${fs.id}`;
+  private async plugFs(qmp: QmpClient, fs: FsSpec, chardev: string, port: number): Promise<void> {
     await handFsSocket(fs, this.paths.vmmDir, this.user);
     // virtiofsd binds its socket a moment before it listens (PodShare waits for the file only):
     // a connect in between is refused. Retried, bounded, as retryRefused does for QEMU's own.
@@ -584,7 +617,18 @@ export class QemuVm implements VmHandle {
       await qmp.execute("chardev-remove", { id: chardev }).catch(() => {});
       throw err;
     }
-    this.busyPorts.set(port, fs.id);
+  }
+
+  async addFs(fs: FsSpec): Promise<string> {
+    const qmp = this.control();
+    const chardev = `chr-${fs.id}`;
+    const port = this.takePort(fs.id);
+    try {
+      await this.plugFs(qmp, fs, chardev, port);
+    } catch (err) {
+      this.busyPorts.delete(port);
+      throw err;
+    }
     this.fsDevices.add(fs.id);
     return fs.id;
   }
@@ -598,15 +642,20 @@ export class QemuVm implements VmHandle {
     if (!/^[A-Za-z0-9_]{1,15}$/.test(nic.tap))
       throw invalid(`TAP name "${nic.tap}" is not a valid interface name`);
     if (!/^([0-9a-f]{2}:){5}[0-9a-f]{2}$/i.test(nic.mac)) throw invalid(`"${nic.mac}" is not a MAC address`);
-    const port = this.freePort();
+    const port = this.takePort(nic.id);
     const netdev = `nd-${nic.id}`;
-    await qmp.execute("netdev_add", {
-      type: "tap",
-      id: netdev,
-      ifname: nic.tap,
-      script: "no",
-      downscript: "no",
-    });
+    try {
+      await qmp.execute("netdev_add", {
+        type: "tap",
+        id: netdev,
+        ifname: nic.tap,
+        script: "no",
+        downscript: "no",
+      });
+    } catch (err) {
+      this.busyPorts.delete(port);
+      throw err;
+    }
     try {
       await qmp.execute("device_add", {
         driver: "virtio-net-pci",
@@ -616,10 +665,10 @@ export class QemuVm implements VmHandle {
         bus: `hp${port}`,
       });
     } catch (err) {
+      this.busyPorts.delete(port);
       await qmp.execute("netdev_del", { id: netdev }).catch(() => {});
       throw err;
     }
-    this.busyPorts.set(port, nic.id);
     this.netDevices.add(nic.id);
     return nic.id;
   }

@@ -82,6 +82,8 @@ export interface VmHandle extends AsyncDisposable {
   stop(): Promise<void>;
   /** Hot-plugs a disk; the guest finds it by serial. Returns the device id for removeDevice. */
   addDisk(disk: DiskSpec): Promise<string>;
+  /** A container's disks at once (fewer host spawns), all or nothing; addDisk one by one where absent. */
+  addDisks?(disks: DiskSpec[]): Promise<string[]>;
   /** Unplugs a hot-plugged device and waits until the guest let go of it. */
   removeDevice(id: string): Promise<void>;
   /**

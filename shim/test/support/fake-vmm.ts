@@ -46,8 +46,12 @@ export class FakeVm implements VmHandle {
     );
   }
 
+  /** When set, stop() waits for it first (a VMM slow to quit). */
+  stopGate: Promise<void> | undefined;
+
   async stop(): Promise<void> {
     if (this.stopped) return;
+    await this.stopGate;
     this.stopped = true;
     await this.agent.close();
     this.resolveExit({ code: 0, signal: null });

@@ -159,8 +159,12 @@ export class FakeNetwork {
     this.failing = true;
   }
 
+  /** When set, a pool VM's NIC attach waits for it first (a slow pod network). */
+  warmGate: Promise<void> | undefined;
+
   /** A pool VM's NIC: hot-plugged into the running VM, then the same pod network. */
   attachWarm = async (vm: VmHandle, netnsPath: string): Promise<PodNetwork> => {
+    await this.warmGate;
     const network = await this.attach(netnsPath);
     await vm.addNet?.({ tap: network.tap, mac: network.iface.mac, id: "net0" });
     return network;
