@@ -104,3 +104,42 @@ export async function poolVmDirs(stateDir: string): Promise<string[]> {
     (name) => ready.includes(name) || (name.startsWith("pool-") && !records.includes(`${name}.json`)),
   );
 }
+
+/**
+ * The VMs that serve the given pods (sandbox ids), from the daemon's records: read while the pods
+ * run, so that a check after their removal can name a VM the pod took from the warm pool
+ * (`pool-…`, which podVmms leaves out). A pod with no record (a driver that keeps none) is named
+ * after itself and so is no pool VM; with the pool's VMs present that would blind the check, so it throws.
+ */
+export async function podVmIds(stateDir: string, podIds: readonly string[]): Promise<string[]> {
+  const dir = path.join(stateDir, "records");
+  const byPod = new Map<string, string>();
+  for (const name of await entriesOf(dir)) {
+    if (!name.endsWith(".json")) continue;
+    const text = await readFile(path.join(dir, name), "utf8").catch(() => "");
+    try {
+      const { pod } = JSON.parse(text) as { pod: { id: string; vmId: string } };
+      byPod.set(pod.id, pod.vmId);
+    } catch {
+      // Being replaced (write + rename) or not a record.
+    }
+  }
+  const missing = podIds.filter((id) => !byPod.has(id));
+  if (missing.length > 0 && (await poolVmDirs(stateDir)).length > 0)
+    throw new Error(
+      `no record under ${dir} names pod(s) ${missing.join(", ")}: cannot tell their VMs from the pool's`,
+    );
+  return podIds.flatMap((id) => byPod.get(id) ?? []);
+}
+
+/**
+ * VMMs left once a test's pods are gone: any process of those pods' VMs (`vmIds` from podVmIds,
+ * a VM claimed from the pool included), and any other under `<stateDir>/vm` that is not the warm
+ * pool's. With the pool off, that is every process under `<stateDir>/vm`.
+ */
+export async function vmmsLeft(stateDir: string, vmIds: readonly string[]): Promise<number[]> {
+  const left = new Set(await podVmms(stateDir));
+  for (const id of vmIds)
+    for (const pid of await processesMatching(`${path.join(stateDir, "vm", id)}/`)) left.add(pid);
+  return [...left].sort((a, b) => a - b);
+}

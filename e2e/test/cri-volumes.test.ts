@@ -10,7 +10,7 @@ import { exec } from "@cloudhv/shim";
 import type { CriClient, PodSandboxConfig } from "../src/cri/client.js";
 import { HANDLER, type Harness, startHarness } from "../src/harness.js";
 import { hypervisorSuites } from "../src/hypervisors.js";
-import { entriesOf, processesMatching } from "../src/leaks.js";
+import { entriesOf, podVmIds, processesMatching, vmmsLeft } from "../src/leaks.js";
 import { startSwapper } from "../src/swapper.js";
 
 const IMAGE = "docker.io/cloudhv-test/busybox:cri-a";
@@ -61,7 +61,11 @@ for (const hv of await hypervisorSuites())
         logDirectory,
         annotations,
       };
-      return { config, id: await cri.runPodSandbox(config, HANDLER) };
+      const id = await cri.runPodSandbox(config, HANDLER);
+      // Its VM, named while it runs: with the warm pool on, one taken from the pool (pool-…).
+      const vmIds = await podVmIds(harness.runtime.stateDir, [id]);
+      console.log(`pod ${name}: VM ${vmIds.join(" ")}`);
+      return { config, id, vmIds };
     }
 
     async function container(
@@ -189,7 +193,7 @@ for (const hv of await hypervisorSuites())
       console.log(`daemon RSS change over 6 refused starts: ${(grown / 1024).toFixed(1)} MiB`);
       assert.ok(grown < 8 * 1024, `the daemon grew by ${grown} KiB`);
       await removePod(p, ids);
-      assert.deepEqual(await processesMatching(path.join(harness.runtime.stateDir, "vm")), []);
+      assert.deepEqual(await vmmsLeft(harness.runtime.stateDir, p.vmIds), []);
     });
 
     it("holds a workload's data: 200 MiB to a hostPath and a PVC, a disk-backed emptyDir of 200 MiB shared on a 256 MiB VM, medium Memory, subPaths of a file and a directory; nothing left after", async () => {
@@ -295,7 +299,7 @@ for (const hv of await hypervisorSuites())
           ),
         );
         assert.deepEqual(what, [], "no virtiofsd left");
-        assert.deepEqual(await processesMatching(path.join(harness.runtime.stateDir, "vm")), []);
+        assert.deepEqual(await vmmsLeft(harness.runtime.stateDir, p.vmIds), []);
         const mountinfo = await readFile("/proc/self/mountinfo", "utf8");
         assert.ok(!mountinfo.includes(podsDir), "no bind mount left under the pods' state dir");
         assert.deepEqual(await entriesOf(podsDir), [], "the pod's shared directory is gone");

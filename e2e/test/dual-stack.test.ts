@@ -9,7 +9,7 @@ import type { CriClient, PodSandboxConfig } from "../src/cri/client.js";
 import { watchFrames } from "../src/frame-watch.js";
 import { HANDLER, type Harness, startHarness } from "../src/harness.js";
 import { hypervisorSuites } from "../src/hypervisors.js";
-import { processesMatching } from "../src/leaks.js";
+import { podVmIds, vmmsLeft } from "../src/leaks.js";
 
 const IMAGE = "docker.io/cloudhv-test/busybox:dual";
 
@@ -58,6 +58,8 @@ for (const hv of await hypervisorSuites())
         logDirectory,
       };
       const podId = await cri.runPodSandbox(sandboxConfig, HANDLER);
+      const vmIds = await podVmIds(harness.runtime.stateDir, [podId]);
+      t.diagnostic(`the pod's VM: ${vmIds.join(" ")}`);
       const status = (await cri.podSandboxStatus(podId)) as unknown as {
         network: { ip: string; additionalIps?: Array<{ ip: string }> };
       };
@@ -135,6 +137,6 @@ for (const hv of await hypervisorSuites())
       await cri.removeContainer(id);
       await cri.stopPodSandbox(podId);
       await cri.removePodSandbox(podId);
-      assert.deepEqual(await processesMatching(path.join(harness.runtime.stateDir, "vm")), []);
+      assert.deepEqual(await vmmsLeft(harness.runtime.stateDir, vmIds), []);
     });
   });
