@@ -19,9 +19,9 @@ import type { MemberRecord, PodRecord } from "../state/records.js";
 import { Cleanup } from "../util/cleanup.js";
 import { type Logger, log as rootLog } from "../util/log.js";
 import type { PhaseClock } from "../util/phases.js";
-import { processIdentity } from "../util/proc.js";
+import { isRunning, processIdentity } from "../util/proc.js";
 import type { DiskSpec, HypervisorDriver, VmExit, VmHandle } from "../vmm/types.js";
-import { PodShare, volumesFailed } from "../volumes/virtiofs.js";
+import { FS_DEVICE_ID, PodShare, volumesFailed } from "../volumes/virtiofs.js";
 import { ContainerVolumes } from "../volumes/volumes.js";
 import { connectAdoptedAgent } from "./adopt-agent.js";
 import { type ContainmentHost, type ContainmentPlan, planContainment } from "./containment.js";
@@ -573,7 +573,7 @@ export class Pod {
    * The pod's virtiofsd, started and its device hot-plugged the first time a container needs
    * it; the containers that join later only add bind mounts.
    */
-  private sharedFs(log: Logger): Promise<PodShare> {
+  private sharedFs(log: Logger, journal?: Provisional): Promise<PodShare> {
     if (this.share) return this.share;
     const starting = (async () => {
       const addFs = this.vm.addFs?.bind(this.vm);
@@ -582,6 +582,9 @@ export class Pod {
           "Unimplemented",
           `the ${this.deps.driver.name} driver cannot add a virtio-fs device`,
         );
+      // A join's note names the virtiofsd it starts: a daemon killed from here on leaves it
+      // (and maybe its device) to the next, which makes it the pod's share (undoJoin).
+      await journal?.note({ share: {} });
       const share = await PodShare.start({
         binary: this.deps.config.virtiofsd_binary,
         dir: podDir(this.deps.config, this.vm.id),
@@ -589,6 +592,8 @@ export class Pod {
         cgroupProcs: this.cgroup?.procs,
       });
       try {
+        const { pid, startTime } = await share.record();
+        if (startTime > 0) await journal?.note({ share: { process: { pid, startTime } } });
         await addFs(share.fs);
       } catch (err) {
         await share.stop();
@@ -659,6 +664,7 @@ export class Pod {
         volumes,
         { rootfs, devices, ownsPod: false },
         phases,
+        journal,
       );
       const score = spec.doc.process?.oomScoreAdj;
       if (typeof score === "number" && Number.isInteger(score)) {
@@ -686,10 +692,14 @@ export class Pod {
     disks: string[];
     binds: string[];
     guest: boolean;
+    /** The join started the pod's virtiofsd (its first shared volume); its identity once it ran. */
+    share?: { process?: { pid: number; startTime: number } | undefined } | undefined;
   }): Promise<string[]> {
     if (this.joined.has(note.container)) return [];
     const did: string[] = [];
     const log = this.log(note.container);
+    // Before the binds come off below: through this share, when it becomes the pod's.
+    if (note.share && !this.share) did.push(...(await this.takeDeadJoinShare(note.share.process, log)));
     if (note.guest) {
       await this.agent.removeContainer(note.container, { timeoutMs: 10_000 }).then(
         () => did.push("removed the guest container"),
@@ -703,13 +713,56 @@ export class Pod {
         log.error({ serial, err: (err as Error).message }, "could not unplug a dead join's disk");
       }
     }
-    // In the pod's mount namespace, through its virtiofsd's share (one the dead join itself
-    // started is not taken back: see docs/design.md, Not built yet).
+    // In the pod's mount namespace, through its virtiofsd's share.
     const share = await this.share?.catch(() => undefined);
     if (share && note.binds.length > 0) {
       await share.unbindStray(note.binds);
       did.push(`unbound ${note.binds.join(", ")}`);
     }
+    return did;
+  }
+
+  /**
+   * The virtiofsd a dead join started for this pod (none had one), and maybe its device `fs0`:
+   * both there and the process still the noted one, they become the pod's share (the join sent
+   * again reuses them; the pod's record names them once saved). Otherwise what is left goes: the
+   * device is unplugged (it serves nothing), the process, binds and pod namespace end. A device
+   * the guest does not let go of leaves the pod without a usable share: its VM is stopped (its
+   * tasks exit as killed) rather than every later join failing on `fs0`. Never throws.
+   */
+  private async takeDeadJoinShare(
+    noted: { pid: number; startTime: number } | undefined,
+    log: Logger,
+  ): Promise<string[]> {
+    const dir = podDir(this.deps.config, this.vm.id);
+    const alive = noted !== undefined && (await isRunning(noted));
+    let device: boolean;
+    try {
+      device = (await this.vm.adoptStrayFs?.(FS_DEVICE_ID)) ?? false;
+    } catch (err) {
+      log.error({ err: (err as Error).message }, "could not look for a dead join's virtio-fs device");
+      device = false;
+    }
+    const share = await PodShare.adopt({ dir, ...(noted ?? { pid: 0, startTime: 0 }), bound: [] }, log);
+    if (alive && device) {
+      this.share = Promise.resolve(share);
+      log.warn({ virtiofsdPid: noted.pid }, "the virtiofsd a killed daemon's join started is now the pod's");
+      return [`kept virtiofsd ${noted.pid} and ${FS_DEVICE_ID} as the pod's share`];
+    }
+    const did: string[] = [];
+    if (device) {
+      try {
+        await this.vm.removeDevice(FS_DEVICE_ID);
+        did.push(`unplugged ${FS_DEVICE_ID} (its virtiofsd was gone)`);
+      } catch (err) {
+        const why = `the pod's virtio-fs device ${FS_DEVICE_ID} lost its virtiofsd (a daemon was killed while a container joined) and the guest did not let go of it: ${(err as Error).message}`;
+        log.error({ err: (err as Error).message }, `${why}; stopping the pod's VM`);
+        await this.vm.stop().catch(() => {});
+        did.push(`stopped the VM: ${why}`);
+      }
+    }
+    await share.stop();
+    did.push("stopped the dead join's virtiofsd");
     return did;
   }
 
@@ -831,12 +884,13 @@ export class Pod {
     volumes: ContainerVolumes,
     held: Pick<PodMember, "rootfs" | "devices" | "ownsPod">,
     phases: PhaseClock,
+    journal?: Provisional,
   ): Promise<PodMember> {
     const undo = new Cleanup();
     try {
       if (volumes.shared.length > 0) {
         const share = await phases
-          .time("virtiofsdMs", this.sharedFs(this.log(req.id)))
+          .time("virtiofsdMs", this.sharedFs(this.log(req.id), journal))
           .catch((err: unknown) => {
             throw volumesFailed(volumes.shared, err);
           });
