@@ -19,7 +19,7 @@ import type { MemberRecord, PodRecord } from "../state/records.js";
 import { Cleanup } from "../util/cleanup.js";
 import { type Logger, log as rootLog } from "../util/log.js";
 import type { PhaseClock } from "../util/phases.js";
-import { isRunning, processIdentity } from "../util/proc.js";
+import { processIdentity } from "../util/proc.js";
 import type { DiskSpec, HypervisorDriver, VmExit, VmHandle } from "../vmm/types.js";
 import { FS_DEVICE_ID, PodShare, volumesFailed } from "../volumes/virtiofs.js";
 import { ContainerVolumes } from "../volumes/volumes.js";
@@ -735,7 +735,7 @@ export class Pod {
     log: Logger,
   ): Promise<string[]> {
     const dir = podDir(this.deps.config, this.vm.id);
-    const alive = noted !== undefined && (await isRunning(noted));
+    const alive = noted !== undefined && (await PodShare.serves(dir, noted));
     let device: boolean;
     try {
       device = (await this.vm.adoptStrayFs?.(FS_DEVICE_ID)) ?? false;
@@ -743,11 +743,14 @@ export class Pod {
       log.error({ err: (err as Error).message }, "could not look for a dead join's virtio-fs device");
       device = false;
     }
-    const share = await PodShare.adopt({ dir, ...(noted ?? { pid: 0, startTime: 0 }), bound: [] }, log);
+    // A noted pid that is not this pod's virtiofsd is never signalled: the processes naming
+    // the pod's socket still end (PodShare.stop's stragglers).
+    const who = alive ? noted : { pid: 0, startTime: 0 };
+    const share = await PodShare.adopt({ dir, ...who, bound: [] }, log);
     if (alive && device) {
       this.share = Promise.resolve(share);
-      log.warn({ virtiofsdPid: noted.pid }, "the virtiofsd a killed daemon's join started is now the pod's");
-      return [`kept virtiofsd ${noted.pid} and ${FS_DEVICE_ID} as the pod's share`];
+      log.warn({ virtiofsdPid: who.pid }, "the virtiofsd a killed daemon's join started is now the pod's");
+      return [`kept virtiofsd ${who.pid} and ${FS_DEVICE_ID} as the pod's share`];
     }
     const did: string[] = [];
     if (device) {

@@ -19,7 +19,7 @@ import { cgroupJoinArgv } from "../cgroup/join.js";
 import { precondition, ShimError, unavailable } from "../errors.js";
 import { exec, execOk } from "../util/exec.js";
 import type { Logger } from "../util/log.js";
-import { adoptedProcess, childProcess, type HostProcess, processIdentity } from "../util/proc.js";
+import { adoptedProcess, childProcess, type HostProcess, isRunning, processIdentity } from "../util/proc.js";
 import { TIMED_OUT, within } from "../util/time.js";
 import { findExecutable } from "../vmm/files.js";
 import type { FsSpec } from "../vmm/types.js";
@@ -80,6 +80,15 @@ export class PodShare {
     const share = new PodShare(record.dir, adoptedProcess(who), log);
     for (const name of record.bound) share.bound.add(name);
     return share;
+  }
+
+  /**
+   * Whether `who` is still that very process and a virtiofsd of the pod in `dir` (its command
+   * line names the pod's socket): a noted pid is never trusted on its own.
+   */
+  static async serves(dir: string, who: { pid: number; startTime: number }): Promise<boolean> {
+    if (!(await isRunning(who))) return false;
+    return (await processesServing(socketPath(dir))).includes(who.pid) && (await isRunning(who));
   }
 
   async record(): Promise<ShareRecord> {
