@@ -3,7 +3,7 @@
 // containers). Each step that builds something registers its undo at once, so a create that
 // fails halfway leaves nothing behind, and teardown undoes in the reverse order of building.
 import { createHash } from "node:crypto";
-import { rm } from "node:fs/promises";
+import { readdir, rm } from "node:fs/promises";
 import path from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import type { AgentClient, GuestNetwork } from "../agent/client.js";
@@ -657,7 +657,7 @@ export class Pod {
         }),
       );
       phases.mark("vmReady");
-      await journal?.note({ binds: volumes.shared.map((v) => v.name), guest: true });
+      await journal?.note({ binds: volumes.shared.map((v) => v.name) });
       const member = await this.createInGuest(
         req,
         spec,
@@ -699,7 +699,8 @@ export class Pod {
     const did: string[] = [];
     const log = this.log(note.container);
     // Before the binds come off below: through this share, when it becomes the pod's.
-    if (note.share && !this.share) did.push(...(await this.takeDeadJoinShare(note.share.process, log)));
+    if (note.share && !this.share)
+      did.push(...(await this.takeDeadJoinShare(note.share.process, note.guest, log)));
     if (note.guest) {
       await this.agent.removeContainer(note.container, { timeoutMs: 10_000 }).then(
         () => did.push("removed the guest container"),
@@ -732,6 +733,7 @@ export class Pod {
    */
   private async takeDeadJoinShare(
     noted: { pid: number; startTime: number } | undefined,
+    guestAsked: boolean,
     log: Logger,
   ): Promise<string[]> {
     const dir = podDir(this.deps.config, this.vm.id);
@@ -746,7 +748,10 @@ export class Pod {
     // A noted pid that is not this pod's virtiofsd is never signalled: the processes naming
     // the pod's socket still end (PodShare.stop's stragglers).
     const who = alive ? noted : { pid: 0, startTime: 0 };
-    const share = await PodShare.adopt({ dir, ...who, bound: [] }, log);
+    // The pod had no share: every name in its shared dir is one of the dead join's binds. Kept,
+    // the share knows none of them (undoJoin unbinds them as strays); ended, it unbinds them all.
+    const bound = alive && device ? [] : await readdir(path.join(dir, "shared")).catch(() => [] as string[]);
+    const share = await PodShare.adopt({ dir, ...who, bound }, log);
     if (alive && device) {
       this.share = Promise.resolve(share);
       log.warn({ virtiofsdPid: who.pid }, "the virtiofsd a killed daemon's join started is now the pod's");
@@ -754,15 +759,22 @@ export class Pod {
     }
     const did: string[] = [];
     if (device) {
-      try {
-        await this.vm.removeDevice(FS_DEVICE_ID);
-        did.push(`unplugged ${FS_DEVICE_ID} (its virtiofsd was gone)`);
-      } catch (err) {
-        const why = `the pod's virtio-fs device ${FS_DEVICE_ID} lost its virtiofsd (a daemon was killed while a container joined) and the guest did not let go of it: ${(err as Error).message}`;
-        log.error({ err: (err as Error).message }, `${why}; stopping the pod's VM`);
+      // The guest may have mounted it (the join reached its guest create): that mount stays
+      // stale whatever is plugged later, so no shared volume would work in this pod again.
+      const failed = async (why: string) => {
+        const reason = `the pod's virtio-fs device ${FS_DEVICE_ID} lost its virtiofsd (a daemon was killed while a container joined pod ${this.key}) and ${why}`;
+        log.error({ vm: this.vm.id }, `${reason}; stopping the pod's VM (its tasks exit as killed)`);
         await this.vm.stop().catch(() => {});
-        did.push(`stopped the VM: ${why}`);
-      }
+        did.push(`stopped the VM: ${reason}`);
+      };
+      if (guestAsked) await failed("the guest may have mounted it");
+      else
+        try {
+          await this.vm.removeDevice(FS_DEVICE_ID);
+          did.push(`unplugged ${FS_DEVICE_ID} (its virtiofsd was gone)`);
+        } catch (err) {
+          await failed(`the guest did not let go of it: ${(err as Error).message}`);
+        }
     }
     await share.stop();
     did.push("stopped the dead join's virtiofsd");
@@ -902,6 +914,8 @@ export class Pod {
           undo.defer(`unbind ${volume.name}`, () => share.remove([volume.name]));
         }
       }
+      // Noted only now: before it, the guest has not mounted a virtio-fs the join started.
+      await journal?.note({ guest: true });
       const member = await this.createGuestContainer(req, spec, volumes, held, phases);
       undo.disarm();
       return member;
