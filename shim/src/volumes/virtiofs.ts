@@ -269,6 +269,18 @@ export class PodShare {
       stray.map((n) => path.join(this.sharedDir, n)),
       this.log,
     );
+    await this.removeStaging(stray);
+  }
+
+  /** Staging points a killed add() left (a later add of that name would fail on them). */
+  private async removeStaging(names: readonly string[]): Promise<void> {
+    const stage = path.join(this.dir, "stage");
+    await unmountAndRemove(
+      this.dir,
+      names.map((n) => path.join(stage, n)),
+      this.log,
+    );
+    await removeIfEmpty(stage);
   }
 
   /** Stops virtiofsd, unbinds every volume, removes the pod's directory. Idempotent. */
@@ -291,6 +303,7 @@ export class PodShare {
     // it may outlive its parent by a moment. The pod's binds come off once it is gone too.
     await endStragglers(socketPath(this.dir), this.log);
     await this.remove([...this.bound]);
+    await this.removeStaging(await readdir(path.join(this.dir, "stage")).catch(() => [] as string[]));
     await unmountAndRemove(this.dir, [this.sharedDir], this.log);
     await dropPodNamespace(this.dir, this.log);
     // virtiofsd's socket and the pid file it locks next to it.
