@@ -361,15 +361,21 @@ for (const hv of await hypervisorSuites())
         assert.equal(await readFile(file).catch(() => undefined), undefined, `scratch ${file} is gone`);
     });
 
-    for (const gone of [false, true])
+    for (const [gone, early] of [
+      [false, false],
+      [true, false],
+      [true, true],
+    ] as const)
       it(
-        gone
-          ? "a daemon killed mid-join after it started the pod's virtiofsd, that virtiofsd killed too: the next one unplugs fs0 (the re-sent create starts its own) or, once the guest may have mounted it, stops the pod with the reason; nothing is left"
-          : "a daemon killed mid-join after it started the pod's virtiofsd: the next one keeps it as the pod's share, the re-sent create sees the volume, nothing is left",
+        early
+          ? "a daemon killed mid-join as soon as it started the pod's virtiofsd, that virtiofsd killed too: the next one ends it and unplugs fs0 if plugged, the re-sent create starts its own and sees the volume, nothing is left"
+          : gone
+            ? "a daemon killed mid-join after it started the pod's virtiofsd, that virtiofsd killed too: the next one unplugs fs0 (the re-sent create starts its own) or, once the guest may have mounted it, stops the pod with the reason; nothing is left"
+            : "a daemon killed mid-join after it started the pod's virtiofsd: the next one keeps it as the pod's share, the re-sent create sees the volume, nothing is left",
         async (t) => {
           const stateDir = harness.runtime.stateDir;
           const creating = path.join(stateDir, "creating");
-          const name = gone ? "midjoinfsgone" : "midjoinfs";
+          const name = early ? "midjoinfsearly" : gone ? "midjoinfsgone" : "midjoinfs";
           const logDirectory = path.join(harness.dir, "pods", name);
           await mkdir(logDirectory, { recursive: true });
           const volume = await mkdtemp(path.join(harness.dir, "midjoin-volume-"));
@@ -404,20 +410,28 @@ for (const hv of await hypervisorSuites())
             container?: string;
             share?: { process?: { pid: number; startTime: number } };
           };
-          const note = await waitUntil("the join's virtiofsd and its bind", 120_000, async () => {
+          const [daemon] = await daemonPids(stateDir);
+          assert.ok(daemon, "a shim daemon runs the join");
+          const probe = async () => {
             for (const file of await entriesOf(creating)) {
               const text = await readFile(path.join(creating, file), "utf8").catch(() => "");
               const parsed = text ? (JSON.parse(text) as Note) : undefined;
               if (!parsed?.container || !parsed.share?.process) continue;
               const shared = path.join(stateDir, "pods", parsed.vmId, "shared");
-              if ((await entriesOf(shared)).length > 0) return parsed;
+              // Early: before the guest can have mounted fs0 (the join has no bind yet).
+              if (early || (await entriesOf(shared)).length > 0) return parsed;
             }
             return undefined;
-          });
+          };
+          let note: Note | undefined;
+          // Early: polled without pause, so the kill lands before the join reaches its guest.
+          for (const deadline = Date.now() + 120_000; !note && Date.now() < deadline; ) {
+            note = await probe();
+            if (!note && !early) await new Promise((r) => setTimeout(r, 10));
+          }
+          assert.ok(note, "the join's virtiofsd noted");
           const virtiofsd = note.share?.process as { pid: number; startTime: number };
           const socket = path.join(stateDir, "pods", note.vmId, "virtiofsd.sock");
-          const [daemon] = await daemonPids(stateDir);
-          assert.ok(daemon, "a shim daemon runs the join");
           // At once (no /proc scan first: the join would complete meanwhile), in one tick: the
           // daemon cannot see its virtiofsd go (its sandbox child follows it) before it dies too.
           if (gone) process.kill(virtiofsd.pid, "SIGKILL");
@@ -452,7 +466,12 @@ for (const hv of await hypervisorSuites())
                 "the pod's QEMU is stopped",
               );
             } else {
-              if (gone)
+              if (early)
+                assert.ok(
+                  did.includes("stopped the dead join's virtiofsd"),
+                  "the dead join's virtiofsd ended",
+                );
+              else if (gone)
                 assert.ok(
                   did.includes("unplugged fs0 (its virtiofsd was gone)"),
                   "the dead join's fs0 was unplugged",
