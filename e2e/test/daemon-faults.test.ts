@@ -361,6 +361,174 @@ for (const hv of await hypervisorSuites())
         assert.equal(await readFile(file).catch(() => undefined), undefined, `scratch ${file} is gone`);
     });
 
+    for (const [gone, early] of [
+      [false, false],
+      [true, false],
+      [true, true],
+    ] as const)
+      it(
+        early
+          ? "a daemon killed mid-join as soon as it started the pod's virtiofsd, that virtiofsd killed too: the next one ends it and unplugs fs0 if plugged, the re-sent create starts its own and sees the volume, nothing is left"
+          : gone
+            ? "a daemon killed mid-join after it started the pod's virtiofsd, that virtiofsd killed too: the next one unplugs fs0 (the re-sent create starts its own) or, once the guest may have mounted it, stops the pod with the reason; nothing is left"
+            : "a daemon killed mid-join after it started the pod's virtiofsd: the next one keeps it as the pod's share, the re-sent create sees the volume, nothing is left",
+        async (t) => {
+          const stateDir = harness.runtime.stateDir;
+          const creating = path.join(stateDir, "creating");
+          const name = early ? "midjoinfsearly" : gone ? "midjoinfsgone" : "midjoinfs";
+          const logDirectory = path.join(harness.dir, "pods", name);
+          await mkdir(logDirectory, { recursive: true });
+          const volume = await mkdtemp(path.join(harness.dir, "midjoin-volume-"));
+          t.after(() => rm(volume, { recursive: true, force: true }));
+          await writeFile(path.join(volume, "hello"), "from the host\n");
+          const config: PodSandboxConfig = {
+            metadata: { name, uid: `uid-${name}`, namespace: "default", attempt: 0 },
+            hostname: name,
+            logDirectory,
+          };
+          // A CRI sandbox boots without virtio-fs: this container's join starts the pod's virtiofsd.
+          const podId = await cri.runPodSandbox(config, HANDLER);
+          const started = Date.now();
+          const id = await cri.createContainer(
+            podId,
+            {
+              metadata: { name: "reader" },
+              image: { image: IMAGE },
+              command: ["sleep", "3600"],
+              mounts: [{ containerPath: "/data", hostPath: volume }],
+            },
+            config,
+          );
+          const starting = cri.startContainer(id).then(
+            () => ({ id }),
+            (err: Error) => ({ err }),
+          );
+          // The join's note names its virtiofsd once it runs; its bind in the shared dir comes once
+          // fs0 is plugged: the moment to kill (the device and virtiofsd are both there).
+          type Note = {
+            vmId: string;
+            container?: string;
+            share?: { process?: { pid: number; startTime: number } };
+          };
+          const [daemon] = await daemonPids(stateDir);
+          assert.ok(daemon, "a shim daemon runs the join");
+          const probe = async () => {
+            for (const file of await entriesOf(creating)) {
+              const text = await readFile(path.join(creating, file), "utf8").catch(() => "");
+              const parsed = text ? (JSON.parse(text) as Note) : undefined;
+              if (!parsed?.container || !parsed.share?.process) continue;
+              const shared = path.join(stateDir, "pods", parsed.vmId, "shared");
+              // Early: before the guest can have mounted fs0 (the join has no bind yet).
+              if (early || (await entriesOf(shared)).length > 0) return parsed;
+            }
+            return undefined;
+          };
+          let note: Note | undefined;
+          // Early: polled without pause, so the kill lands before the join reaches its guest.
+          for (const deadline = Date.now() + 120_000; !note && Date.now() < deadline; ) {
+            note = await probe();
+            if (!note && !early) await new Promise((r) => setTimeout(r, 10));
+          }
+          assert.ok(note, "the join's virtiofsd noted");
+          const virtiofsd = note.share?.process as { pid: number; startTime: number };
+          const socket = path.join(stateDir, "pods", note.vmId, "virtiofsd.sock");
+          // At once (no /proc scan first: the join would complete meanwhile), in one tick: the
+          // daemon cannot see its virtiofsd go (its sandbox child follows it) before it dies too.
+          if (gone) process.kill(virtiofsd.pid, "SIGKILL");
+          process.kill(daemon, "SIGKILL");
+          const killedAfterMs = Date.now() - started;
+          const result = await starting;
+          try {
+            process.stdout.write(
+              `# mid-join (virtiofsd${gone ? " gone" : ""}) kill: ${killedAfterMs} ms into StartContainer; the re-sent create ${"id" in result ? "ran the container" : `failed: ${result.err.message}`} ${Date.now() - started} ms in\n`,
+            );
+            let logs = "";
+            for (const file of (await entriesOf(harness.runtime.logDir)).filter((n) => n.endsWith(".log")))
+              logs += await readFile(path.join(harness.runtime.logDir, file), "utf8");
+            const undid = logs
+              .split("\n")
+              .find(
+                (line) => line.includes("undid a join a killed daemon left in flight") && line.includes(id),
+              );
+            assert.ok(undid, "the new daemon undid the dead join");
+            const did = (JSON.parse(undid) as { undid?: string[] }).undid ?? [];
+            process.stdout.write(`# undone: ${JSON.stringify(did)}\n`);
+            // Virtiofsd gone: fs0 is unplugged when the join had not reached its guest create (the
+            // guest never mounted it); past that, the pod is stopped with the reason, and the
+            // re-sent create fails at once instead of on every retry.
+            const failed = did.find((d) => d.startsWith("stopped the VM: the pod's virtio-fs device fs0"));
+            if (gone && failed) {
+              process.stdout.write(`# the pod was stopped: ${failed}\n`);
+              assert.ok("err" in result, "the re-sent create fails: the pod's VM is stopped");
+              assert.deepEqual(
+                await processesMatching(path.join(stateDir, "vm")),
+                [],
+                "the pod's QEMU is stopped",
+              );
+            } else {
+              if (early)
+                assert.ok(
+                  did.includes("stopped the dead join's virtiofsd"),
+                  "the dead join's virtiofsd ended",
+                );
+              else if (gone)
+                assert.ok(
+                  did.includes("unplugged fs0 (its virtiofsd was gone)"),
+                  "the dead join's fs0 was unplugged",
+                );
+              else
+                assert.ok(
+                  did.some((d) => d.startsWith(`kept virtiofsd ${virtiofsd.pid}`)),
+                  "the dead join's virtiofsd became the pod's share",
+                );
+              assert.ok(
+                "id" in result,
+                `the re-sent task create runs the container: ${"err" in result ? result.err.message : ""}`,
+              );
+              assert.equal((await cri.execSync(id, ["cat", "/data/hello"])).stdout, "from the host\n");
+              // virtiofsd and its sandbox (its child): the kept one, no second one started.
+              for (const pid of await processesMatching(socket)) {
+                const stat = await readFile(`/proc/${pid}/stat`, "utf8").catch(() => "");
+                const parent = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
+                if (!gone)
+                  assert.ok(
+                    pid === virtiofsd.pid || parent === virtiofsd.pid,
+                    `virtiofsd ${pid} is the kept one's`,
+                  );
+                else assert.notEqual(pid, virtiofsd.pid, "a new virtiofsd");
+              }
+              assert.equal(
+                (await processesMatching(path.join(stateDir, "vm"))).length,
+                1,
+                "still one QEMU: the pod's",
+              );
+            }
+          } finally {
+            await cri.stopContainer(id, 2).catch(() => {});
+            await cri.removeContainer(id).catch(() => {});
+            await cri.stopPodSandbox(podId);
+            await cri.removePodSandbox(podId);
+          }
+          assert.deepEqual(await processesMatching(socket), [], "no virtiofsd left");
+          assert.deepEqual(await processesMatching(path.join(stateDir, "vm")), [], "no VMM left");
+          assert.deepEqual(
+            await entriesOf(path.join(stateDir, "pods")),
+            [],
+            "no pod dir (binds, pod namespace) left",
+          );
+          const mounts = await readFile("/proc/self/mountinfo", "utf8");
+          assert.ok(!mounts.includes(path.join(stateDir, "pods", note.vmId)), "no mount of the pod's left");
+          assert.deepEqual(await entriesOf(path.join(stateDir, "vm")), [], "no VM state left");
+          assert.deepEqual(await entriesOf(path.join(stateDir, "records")), [], "no pod record left");
+          assert.deepEqual(await entriesOf(creating), [], "no provisional record left");
+          assert.equal(
+            await readFile(path.join(volume, "hello"), "utf8"),
+            "from the host\n",
+            "the volume's data is intact",
+          );
+        },
+      );
+
     it("a guest kernel panic ends the task at once (137), with the panic in the daemon's log", async () => {
       const stateDir = harness.runtime.stateDir;
       const started = Date.now();

@@ -202,6 +202,35 @@ describe("provisional records", () => {
     }
   });
 
+  it("a dead join that started the pod's virtiofsd, its pod gone: that virtiofsd's share is ended in the pod's dir", async () => {
+    const vmId = "k8s.io-gone";
+    await mkdir(path.join(stateDir, "pods", vmId, "shared", "app1-0"), { recursive: true });
+    await mkdir(creating, { recursive: true });
+    const virtiofsd = await deadProcess();
+    const joinNote = note(vmId, await deadProcess(), {
+      container: "app1",
+      share: { process: virtiofsd },
+      binds: ["app1-0"],
+    });
+    await writeFile(path.join(creating, `${vmId}+app1.json`), JSON.stringify(joinNote));
+    const stopped: Array<{ dir: string; pid: number; startTime: number; bound: string[] }> = [];
+    const undone = await undoProvisionalCreates(creating, {
+      stateDir,
+      scratchDir,
+      recordedVms: new Set(),
+      recordedScratch: new Set(),
+      // No pod of this daemon has the VM.
+      undoJoin: async () => undefined,
+      stopShare: async (share) => {
+        stopped.push(share);
+      },
+      log,
+    });
+    assert.deepEqual(undone, [`${vmId}+app1`]);
+    assert.deepEqual(stopped, [{ dir: path.join(stateDir, "pods", vmId), ...virtiofsd, bound: ["app1-0"] }]);
+    assert.deepEqual(await readdir(creating), []);
+  });
+
   it("leaves a live daemon's create, a damaged note and a hostile one alone; a recorded pod keeps its files", async () => {
     await mkdir(creating, { recursive: true });
     const live = await processIdentity(process.pid);

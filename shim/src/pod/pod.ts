@@ -3,7 +3,7 @@
 // containers). Each step that builds something registers its undo at once, so a create that
 // fails halfway leaves nothing behind, and teardown undoes in the reverse order of building.
 import { createHash } from "node:crypto";
-import { rm } from "node:fs/promises";
+import { readdir, rm } from "node:fs/promises";
 import path from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import type { AgentClient, GuestNetwork } from "../agent/client.js";
@@ -21,7 +21,7 @@ import { type Logger, log as rootLog } from "../util/log.js";
 import type { PhaseClock } from "../util/phases.js";
 import { processIdentity } from "../util/proc.js";
 import type { DiskSpec, HypervisorDriver, VmExit, VmHandle } from "../vmm/types.js";
-import { PodShare, volumesFailed } from "../volumes/virtiofs.js";
+import { FS_DEVICE_ID, PodShare, volumesFailed } from "../volumes/virtiofs.js";
 import { ContainerVolumes } from "../volumes/volumes.js";
 import { connectAdoptedAgent } from "./adopt-agent.js";
 import { type ContainmentHost, type ContainmentPlan, planContainment } from "./containment.js";
@@ -573,7 +573,7 @@ export class Pod {
    * The pod's virtiofsd, started and its device hot-plugged the first time a container needs
    * it; the containers that join later only add bind mounts.
    */
-  private sharedFs(log: Logger): Promise<PodShare> {
+  private sharedFs(log: Logger, journal?: Provisional): Promise<PodShare> {
     if (this.share) return this.share;
     const starting = (async () => {
       const addFs = this.vm.addFs?.bind(this.vm);
@@ -582,6 +582,9 @@ export class Pod {
           "Unimplemented",
           `the ${this.deps.driver.name} driver cannot add a virtio-fs device`,
         );
+      // A join's note names the virtiofsd it starts: a daemon killed from here on leaves it
+      // (and maybe its device) to the next, which makes it the pod's share (undoJoin).
+      await journal?.note({ share: {} });
       const share = await PodShare.start({
         binary: this.deps.config.virtiofsd_binary,
         dir: podDir(this.deps.config, this.vm.id),
@@ -589,6 +592,8 @@ export class Pod {
         cgroupProcs: this.cgroup?.procs,
       });
       try {
+        const { pid, startTime } = await share.record();
+        if (startTime > 0) await journal?.note({ share: { process: { pid, startTime } } });
         await addFs(share.fs);
       } catch (err) {
         await share.stop();
@@ -652,13 +657,14 @@ export class Pod {
         }),
       );
       phases.mark("vmReady");
-      await journal?.note({ binds: volumes.shared.map((v) => v.name), guest: true });
+      await journal?.note({ binds: volumes.shared.map((v) => v.name) });
       const member = await this.createInGuest(
         req,
         spec,
         volumes,
         { rootfs, devices, ownsPod: false },
         phases,
+        journal,
       );
       const score = spec.doc.process?.oomScoreAdj;
       if (typeof score === "number" && Number.isInteger(score)) {
@@ -686,10 +692,15 @@ export class Pod {
     disks: string[];
     binds: string[];
     guest: boolean;
+    /** The join started the pod's virtiofsd (its first shared volume); its identity once it ran. */
+    share?: { process?: { pid: number; startTime: number } | undefined } | undefined;
   }): Promise<string[]> {
     if (this.joined.has(note.container)) return [];
     const did: string[] = [];
     const log = this.log(note.container);
+    // Before the binds come off below: through this share, when it becomes the pod's.
+    if (note.share && !this.share)
+      did.push(...(await this.takeDeadJoinShare(note.share.process, note.guest, log)));
     if (note.guest) {
       await this.agent.removeContainer(note.container, { timeoutMs: 10_000 }).then(
         () => did.push("removed the guest container"),
@@ -703,13 +714,70 @@ export class Pod {
         log.error({ serial, err: (err as Error).message }, "could not unplug a dead join's disk");
       }
     }
-    // In the pod's mount namespace, through its virtiofsd's share (one the dead join itself
-    // started is not taken back: see docs/design.md, Not built yet).
+    // In the pod's mount namespace, through its virtiofsd's share.
     const share = await this.share?.catch(() => undefined);
     if (share && note.binds.length > 0) {
       await share.unbindStray(note.binds);
       did.push(`unbound ${note.binds.join(", ")}`);
     }
+    return did;
+  }
+
+  /**
+   * The virtiofsd a dead join started for this pod (none had one), and maybe its device `fs0`:
+   * both there and the process still the noted one, they become the pod's share (the join sent
+   * again reuses them; the pod's record names them once saved). Otherwise what is left goes: the
+   * device is unplugged (it serves nothing), the process, binds and pod namespace end. A device
+   * the guest does not let go of leaves the pod without a usable share: its VM is stopped (its
+   * tasks exit as killed) rather than every later join failing on `fs0`. Never throws.
+   */
+  private async takeDeadJoinShare(
+    noted: { pid: number; startTime: number } | undefined,
+    guestAsked: boolean,
+    log: Logger,
+  ): Promise<string[]> {
+    const dir = podDir(this.deps.config, this.vm.id);
+    const alive = noted !== undefined && (await PodShare.serves(dir, noted));
+    let device: boolean;
+    try {
+      device = (await this.vm.adoptStrayFs?.(FS_DEVICE_ID)) ?? false;
+    } catch (err) {
+      log.error({ err: (err as Error).message }, "could not look for a dead join's virtio-fs device");
+      device = false;
+    }
+    // A noted pid that is not this pod's virtiofsd is never signalled: the processes naming
+    // the pod's socket still end (PodShare.stop's stragglers).
+    const who = alive ? noted : { pid: 0, startTime: 0 };
+    // The pod had no share: every name in its shared dir is one of the dead join's binds. Kept,
+    // the share knows none of them (undoJoin unbinds them as strays); ended, it unbinds them all.
+    const bound = alive && device ? [] : await readdir(path.join(dir, "shared")).catch(() => [] as string[]);
+    const share = await PodShare.adopt({ dir, ...who, bound }, log);
+    if (alive && device) {
+      this.share = Promise.resolve(share);
+      log.warn({ virtiofsdPid: who.pid }, "the virtiofsd a killed daemon's join started is now the pod's");
+      return [`kept virtiofsd ${who.pid} and ${FS_DEVICE_ID} as the pod's share`];
+    }
+    const did: string[] = [];
+    if (device) {
+      // The guest may have mounted it (the join reached its guest create): that mount stays
+      // stale whatever is plugged later, so no shared volume would work in this pod again.
+      const failed = async (why: string) => {
+        const reason = `the pod's virtio-fs device ${FS_DEVICE_ID} lost its virtiofsd (a daemon was killed while a container joined pod ${this.key}) and ${why}`;
+        log.error({ vm: this.vm.id }, `${reason}; stopping the pod's VM (its tasks exit as killed)`);
+        await this.vm.stop().catch(() => {});
+        did.push(`stopped the VM: ${reason}`);
+      };
+      if (guestAsked) await failed("the guest may have mounted it");
+      else
+        try {
+          await this.vm.removeDevice(FS_DEVICE_ID);
+          did.push(`unplugged ${FS_DEVICE_ID} (its virtiofsd was gone)`);
+        } catch (err) {
+          await failed(`the guest did not let go of it: ${(err as Error).message}`);
+        }
+    }
+    await share.stop();
+    did.push("stopped the dead join's virtiofsd");
     return did;
   }
 
@@ -831,12 +899,13 @@ export class Pod {
     volumes: ContainerVolumes,
     held: Pick<PodMember, "rootfs" | "devices" | "ownsPod">,
     phases: PhaseClock,
+    journal?: Provisional,
   ): Promise<PodMember> {
     const undo = new Cleanup();
     try {
       if (volumes.shared.length > 0) {
         const share = await phases
-          .time("virtiofsdMs", this.sharedFs(this.log(req.id)))
+          .time("virtiofsdMs", this.sharedFs(this.log(req.id), journal))
           .catch((err: unknown) => {
             throw volumesFailed(volumes.shared, err);
           });
@@ -845,6 +914,8 @@ export class Pod {
           undo.defer(`unbind ${volume.name}`, () => share.remove([volume.name]));
         }
       }
+      // Noted only now: before it, the guest has not mounted a virtio-fs the join started.
+      await journal?.note({ guest: true });
       const member = await this.createGuestContainer(req, spec, volumes, held, phases);
       undo.disarm();
       return member;

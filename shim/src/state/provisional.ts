@@ -279,7 +279,17 @@ export async function undoProvisionalCreates(dir: string, ctx: UndoContext): Pro
     if (await isRunning(note.creator)) continue;
     if (note.container) {
       // A join: the pod is the adopted one's (or gone); only what the join added goes.
-      const did = [...((await ctx.undoJoin?.(note)) ?? []), ...(await removeScratch(note, ctx))];
+      const joined = await ctx.undoJoin?.(note);
+      const did = [...(joined ?? []), ...(await removeScratch(note, ctx))];
+      // The pod is gone (its VM did not outlive the daemon): a virtiofsd the join started for
+      // it is no record's, so it ends here with its binds and the pod's namespace.
+      if (joined === undefined && note.share) {
+        const podDir = path.join(ctx.stateDir, "pods", note.vmId);
+        const gone = note.share.process ?? { pid: 0, startTime: 0 };
+        const bound = await readdir(path.join(podDir, "shared")).catch(() => [] as string[]);
+        await ctx.stopShare?.({ dir: podDir, ...gone, bound });
+        did.push("stopped the join's virtiofsd");
+      }
       await rm(file, { force: true });
       if (did.length > 0) {
         log.warn(

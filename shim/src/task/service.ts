@@ -586,12 +586,17 @@ export class TaskService {
   async undoJoin(note: ProvisionalFile): Promise<string[] | undefined> {
     if (!note.container) return undefined;
     const pod = this.list().find((c) => c.member.pod.vm.id === note.vmId)?.member.pod;
-    return pod?.undoJoin({
+    if (!pod) return undefined;
+    const did = await pod.undoJoin({
       container: note.container,
       disks: note.disks ?? [],
       binds: note.binds ?? [],
       guest: note.guest === true,
+      share: note.share,
     });
+    // A virtiofsd the dead join started may now be the pod's share: its record names it.
+    if (note.share) await this.persist(pod);
+    return did;
   }
 
   private adoptTask(task: TaskRecord, member: PodMember): void {

@@ -699,6 +699,30 @@ export class QemuVm implements VmHandle {
     return found || node;
   }
 
+  async adoptStrayFs(id: string): Promise<boolean> {
+    if (this.fsDevices.has(id)) return true;
+    if (!/^[A-Za-z0-9_-]{1,32}$/.test(id)) throw invalid(`"${id}" is not a device id`);
+    const qmp = this.control();
+    // The device's bus is its root port's: "/machine/peripheral/hp<N>/hp<N>".
+    const bus = await qmp
+      .execute<unknown>("qom-get", { path: `/machine/peripheral/${id}`, property: "parent_bus" })
+      .catch(() => undefined);
+    if (bus === undefined) {
+      // No device: a chardev the dead join added before its device_add would block the next.
+      await qmp.execute("chardev-remove", { id: `chr-${id}` }).catch(() => {});
+      return false;
+    }
+    const port = /^\/machine\/peripheral\/hp(\d{1,3})\/hp\1$/.exec(String(bus).slice(0, 128))?.[1];
+    if (port === undefined || Number(port) >= this.portCount)
+      throw unavailable(`VM ${this.id}: device ${id} is on an unexpected bus ${String(bus).slice(0, 128)}`);
+    const holder = this.busyPorts.get(Number(port));
+    if (holder !== undefined && holder !== id)
+      throw unavailable(`VM ${this.id}: device ${id} is on port ${port}, which ${holder} holds`);
+    this.busyPorts.set(Number(port), id);
+    this.fsDevices.add(id);
+    return true;
+  }
+
   /** Resolves when QEMU says the guest let go of device `id`. */
   private deviceDeleted(id: string): { done: Promise<void>; cancel: () => void } {
     const qmp = this.control();

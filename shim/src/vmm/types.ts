@@ -91,6 +91,12 @@ export interface VmHandle extends AsyncDisposable {
    * not know; whether there was one. Absent: the driver cannot (its VMs are not adopted).
    */
   removeStrayDisk?(serial: string): Promise<boolean>;
+  /**
+   * A virtio-fs device `id` a dead daemon's join hot-plugged (or half did) that this VM's record
+   * does not know: when the VM has it, it is tracked from now on (removeDevice, the record) and
+   * true is returned; a half-made one (its chardev only) is taken out and false returned.
+   */
+  adoptStrayFs?(id: string): Promise<boolean>;
   /** Stops / continues every vCPU: the whole VM, every container in it. */
   pause(): Promise<void>;
   resume(): Promise<void>;

@@ -19,7 +19,7 @@ import { cgroupJoinArgv } from "../cgroup/join.js";
 import { precondition, ShimError, unavailable } from "../errors.js";
 import { exec, execOk } from "../util/exec.js";
 import type { Logger } from "../util/log.js";
-import { adoptedProcess, childProcess, type HostProcess, processIdentity } from "../util/proc.js";
+import { adoptedProcess, childProcess, type HostProcess, isRunning, processIdentity } from "../util/proc.js";
 import { TIMED_OUT, within } from "../util/time.js";
 import { findExecutable } from "../vmm/files.js";
 import type { FsSpec } from "../vmm/types.js";
@@ -80,6 +80,15 @@ export class PodShare {
     const share = new PodShare(record.dir, adoptedProcess(who), log);
     for (const name of record.bound) share.bound.add(name);
     return share;
+  }
+
+  /**
+   * Whether `who` is still that very process and a virtiofsd of the pod in `dir` (its command
+   * line names the pod's socket): a noted pid is never trusted on its own.
+   */
+  static async serves(dir: string, who: { pid: number; startTime: number }): Promise<boolean> {
+    if (!(await isRunning(who))) return false;
+    return (await processesServing(socketPath(dir))).includes(who.pid) && (await isRunning(who));
   }
 
   async record(): Promise<ShareRecord> {
@@ -260,6 +269,18 @@ export class PodShare {
       stray.map((n) => path.join(this.sharedDir, n)),
       this.log,
     );
+    await this.removeStaging(stray);
+  }
+
+  /** Staging points a killed add() left (a later add of that name would fail on them). */
+  private async removeStaging(names: readonly string[]): Promise<void> {
+    const stage = path.join(this.dir, "stage");
+    await unmountAndRemove(
+      this.dir,
+      names.map((n) => path.join(stage, n)),
+      this.log,
+    );
+    await removeIfEmpty(stage);
   }
 
   /** Stops virtiofsd, unbinds every volume, removes the pod's directory. Idempotent. */
@@ -282,6 +303,7 @@ export class PodShare {
     // it may outlive its parent by a moment. The pod's binds come off once it is gone too.
     await endStragglers(socketPath(this.dir), this.log);
     await this.remove([...this.bound]);
+    await this.removeStaging(await readdir(path.join(this.dir, "stage")).catch(() => [] as string[]));
     await unmountAndRemove(this.dir, [this.sharedDir], this.log);
     await dropPodNamespace(this.dir, this.log);
     // virtiofsd's socket and the pid file it locks next to it.
