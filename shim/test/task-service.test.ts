@@ -84,6 +84,9 @@ describe("TaskService with a fake VMM and an in-process agent", () => {
     assert.equal(rig.tasks.state(NS, "t1", "").status, "CREATED");
     assert.equal((await rig.tasks.start(NS, "t1", "")).pid, pid);
     assert.equal(rig.tasks.state(NS, "t1", "").status, "RUNNING");
+    // Sent again (the front re-sends a Start a killed daemon had taken): the same pid, no
+    // second TaskStart.
+    assert.equal((await rig.tasks.start(NS, "t1", "")).pid, pid);
     vm.agent.exitProcess("t1", "", 3);
     assert.equal((await rig.tasks.wait(NS, "t1", "")).exitStatus, 3);
     assert.equal((await rig.tasks.delete(NS, "t1", "")).exitStatus, 3);

@@ -559,12 +559,12 @@ impl Containers {
         let crun = self.crun()?.to_path_buf();
         let (c, p) = self.process(id, exec_id)?;
         let mut started = lock(&p.started);
+        // A second start of a started process answers its pid: the host re-sends a Start that
+        // a daemon killed mid-call had already delivered, and the new daemon must get the pid
+        // (an error would fail a container that runs).
         let Some(spec) = &p.exec else {
             if *started {
-                return err(
-                    ttrpc::Code::FAILED_PRECONDITION,
-                    format!("container {id} is already started"),
-                );
+                return Ok(p.pid() as u32);
             }
             if p.exit().is_some() {
                 return err(
@@ -577,10 +577,7 @@ impl Containers {
             return Ok(p.pid() as u32);
         };
         if *started {
-            return err(
-                ttrpc::Code::FAILED_PRECONDITION,
-                format!("exec {exec_id} is already started"),
-            );
+            return Ok(p.pid() as u32);
         }
         if c.init.exit().is_some() {
             return err(

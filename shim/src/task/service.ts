@@ -212,6 +212,9 @@ export class TaskService {
   async start(ns: string, id: string, execId: string): Promise<{ pid: number }> {
     const container = this.container(ns, id);
     const proc = this.process(container, execId);
+    // A Start containerd sends again (the front re-sends a call a killed daemon had taken)
+    // answers the running process's pid, as the guest does.
+    if (proc.state.kind === "running") return { pid: proc.state.pid };
     if (proc.state.kind !== "created") throw precondition(`${proc.label} is ${proc.state.kind}, not created`);
     let pid: number;
     try {
