@@ -17,7 +17,7 @@ import path from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { cgroupJoinArgv } from "../cgroup/join.js";
 import { precondition, ShimError, unavailable } from "../errors.js";
-import { exec, execOk } from "../util/exec.js";
+import { ExecError, exec, execOk } from "../util/exec.js";
 import type { Logger } from "../util/log.js";
 import { adoptedProcess, childProcess, type HostProcess, isRunning, processIdentity } from "../util/proc.js";
 import { TIMED_OUT, within } from "../util/time.js";
@@ -130,7 +130,7 @@ export class PodShare {
     await mkdir(shared, { recursive: true, mode: 0o700 });
     let share: PodShare | undefined;
     try {
-      await makePodNamespace(dir);
+      await makePodNamespace(dir, log);
       // In the pod's namespace, a peer group of its own (private first, then shared): the
       // volumes' binds reach virtiofsd's namespace, and nothing else.
       await inPod(dir, [
@@ -400,13 +400,27 @@ function nsFile(dir: string): string {
  * host's later mounts below a shared mount still reach it; nothing made in it reaches the
  * host). Its nsfs file is bound on <dir>/ns/mnt, which must sit on a private mount.
  */
-async function makePodNamespace(dir: string): Promise<void> {
+async function makePodNamespace(dir: string, log: Logger): Promise<void> {
   const nsDir = path.dirname(nsFile(dir));
   await mkdir(nsDir, { mode: 0o700 });
   await execOk(["mount", "--bind", nsDir, nsDir]);
   await execOk(["mount", "--make-private", nsDir]);
   await writeFile(nsFile(dir), "", { flag: "wx", mode: 0o600 });
-  await execOk(["unshare", `--mount=${nsFile(dir)}`, "--propagation", "slave", "true"]);
+  const argv = ["unshare", `--mount=${nsFile(dir)}`, "--propagation", "slave", "true"];
+  // Seen once on the Kubernetes level (kernel 6.18, a pool VMM starting at the same moment):
+  // unshare's bind of the new namespace's file failed with EINVAL and the same call worked a
+  // moment later. The cause is not pinned down; a bounded retry keeps the container's create
+  // from failing on it, and the log says when it happens.
+  for (let attempt = 1; ; attempt++) {
+    const r = await exec(argv);
+    if (r.code === 0) return;
+    if (attempt >= 3 || !/Invalid argument/.test(r.stderr)) throw new ExecError(r);
+    log.warn(
+      { dir, attempt, stderr: r.stderr.trim().slice(0, 300) },
+      "pod mount namespace: bind failed, trying again",
+    );
+    await sleep(50 * attempt);
+  }
 }
 
 /** Ends the pod's namespace (every bind left in it goes with it) and removes its files. */
