@@ -7,7 +7,7 @@ import { spawn } from "node:child_process";
 import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
-import { exec, probeAccel, QemuDriver } from "@cloudhv/shim";
+import { exec, parseConfig, probeAccel, QemuDriver } from "@cloudhv/shim";
 import { Command, InvalidArgumentError } from "commander";
 import { QEMU_ACCEL } from "./accel.js";
 import { guestArtifacts, REPO_ROOT } from "./artifacts.js";
@@ -29,7 +29,7 @@ import {
 import { mountsUnder } from "./containerd.js";
 import type { CriClient, PodSandboxConfig } from "./cri/client.js";
 import { HANDLER, type Harness, startHarness } from "./harness.js";
-import { entriesOf, processesMatching, shimProcesses } from "./leaks.js";
+import { entriesOf, podVmIds, poolVmDirs, processesMatching, shimProcesses, vmmsLeft } from "./leaks.js";
 import { buildOciArchive, importOciArchive, stageBusyboxRoot, writePseudoRandomFile } from "./oci-image.js";
 import { LAUNCHER_ENTRY, SHIM_ENTRY } from "./runtime-install.js";
 
@@ -424,6 +424,17 @@ async function poolStatusOf(h: Harness): Promise<Record<string, number> | undefi
   return undefined;
 }
 
+/** Waits until the harness daemon's pool is full (every VM ready, none booting); its status. */
+async function poolFull(h: Harness): Promise<Record<string, number>> {
+  const deadline = Date.now() + 180_000;
+  for (;;) {
+    const s = await poolStatusOf(h);
+    if (s && s.ready === s.target && s.booting === 0) return s;
+    if (Date.now() > deadline) throw new Error(`the pool did not fill in 180 s (${JSON.stringify(s)})`);
+    await sleep(200);
+  }
+}
+
 /**
  * The same lifecycle as figure 1 on a harness whose daemon keeps a pool (config `pool`): each
  * measured cloudhv pod arrives when the pool is full (a hit), runc interleaved; plus the idle
@@ -432,15 +443,7 @@ async function poolStatusOf(h: Harness): Promise<Record<string, number> | undefi
 async function poolLifecycle(plan: Plan): Promise<Figure> {
   const h = await startHarness({ images: [SMALL_IMAGE], runtimeConfig: { pool: BENCH_POOL } });
   try {
-    const full = async () => {
-      const deadline = Date.now() + 180_000;
-      for (;;) {
-        const s = await poolStatusOf(h);
-        if (s && s.ready === s.target && s.booting === 0) return s;
-        if (Date.now() > deadline) throw new Error(`the pool did not fill in 180 s (${JSON.stringify(s)})`);
-        await sleep(200);
-      }
-    };
+    const full = () => poolFull(h);
     const runs = new Map<string, LifecycleRun[]>([
       [HANDLER, []],
       ["runc", []],
@@ -781,12 +784,27 @@ async function rootfsPrep(h: Harness, plan: Plan): Promise<Figure> {
 
 // ---- figure 5 (concurrent) + 7: burst ----------------------------------------------------------
 
-async function leftovers(h: Harness, netnsBefore: Set<string>, netnsDuring: Set<string>) {
+/**
+ * What a figure's pods left behind. `vmIds` (podVmIds, read while they ran) names their VMs, one
+ * taken from the warm pool included; the pool's own VMs are not leftovers.
+ */
+async function leftovers(
+  h: Harness,
+  netnsBefore: Set<string>,
+  netnsDuring: Set<string>,
+  vmIds: readonly string[] = [],
+) {
   const netnsNow = new Set(await netnsList());
   const bridgePorts = await exec(["ip", "-o", "link", "show", "master", h.bridge]);
+  // Read before the pool's: a refill that starts in between is then not counted.
+  const vmDirs = await entriesOf(path.join(h.runtime.stateDir, "vm"));
+  const vmms = await vmmsLeft(h.runtime.stateDir, vmIds);
+  const pool = new Set(await poolVmDirs(h.runtime.stateDir));
+  const qemu = new Set(await vmmPids(h));
   return {
-    vmmProcesses: (await vmmPids(h)).length,
-    vmStateDirs: (await entriesOf(path.join(h.runtime.stateDir, "vm"))).length,
+    vmmProcesses: vmms.filter((pid) => qemu.has(pid)).length,
+    // `.vmm-uids` is the daemon's, kept while it runs (a pool keeps it running).
+    vmStateDirs: vmDirs.filter((d) => !d.startsWith(".") && !pool.has(d)).length,
     scratchFiles: (await entriesOf(path.join(h.dir, "scratch"))).length,
     podSandboxes: (await h.cri.listPodSandbox()).length,
     bridgePorts: bridgePorts.stdout.split("\n").filter(Boolean).length,
@@ -797,6 +815,26 @@ async function leftovers(h: Harness, netnsBefore: Set<string>, netnsDuring: Set<
 
 async function netnsList(): Promise<string[]> {
   return entriesOf("/run/netns");
+}
+
+/** The warm pool's size when the config does not set one. */
+const DEFAULT_POOL = parseConfig({}, "the defaults").pool;
+
+/**
+ * Figure 7 on a harness of its own whose daemon keeps the warm pool at its default size, as a
+ * node would run: the burst starts once the pool is full.
+ */
+async function burstWithPool(plan: Plan): Promise<{ burst: Figure; concurrentRootfs: Figure }> {
+  const h = await startHarness({ images: [SMALL_IMAGE], runtimeConfig: { pool: DEFAULT_POOL } });
+  try {
+    // The daemon starts with the first pod: one warm-up lifecycle, then the pool fills.
+    await lifecycleOnce(h, HANDLER);
+    await poolFull(h);
+    return await burst(h, plan);
+  } finally {
+    await removeAllPods(h.cri).catch(() => {});
+    await h.stop();
+  }
 }
 
 async function burst(h: Harness, plan: Plan): Promise<{ burst: Figure; concurrentRootfs: Figure }> {
@@ -859,6 +897,7 @@ async function burst(h: Harness, plan: Plan): Promise<{ burst: Figure; concurren
   const allRunningMs = since(t0);
   const running = containerIds.filter(Boolean).length;
   const netnsDuring = new Set(await netnsList());
+  const vmIds = await podVmIds(h.runtime.stateDir, podIds.filter(Boolean));
   say(`burst: ${running}/${n} pods running after ${Math.round(allRunningMs)} ms`);
   // 3. Everything deleted at once.
   const t2 = performance.now();
@@ -877,13 +916,20 @@ async function burst(h: Harness, plan: Plan): Promise<{ burst: Figure; concurren
   );
   const deleteMs = since(t2);
   await sleep(1000);
-  const left = await leftovers(h, netnsBefore, netnsDuring);
+  const left = await leftovers(h, netnsBefore, netnsDuring, vmIds);
   const clean = Object.values(left).every((v) => v === 0);
   const entries = await waitForPhaseEntries(
     h.runtime.logDir,
     containerIds.filter(Boolean).map((task) => ({ task, msg: "task created" as const })),
   );
   const created = entries.filter((e) => e.msg === "task created" && containerIds.includes(e.task));
+  const sandboxes = await waitForPhaseEntries(
+    h.runtime.logDir,
+    podIds.filter(Boolean).map((task) => ({ task, msg: "task created" as const })),
+  );
+  const poolHits = sandboxes.filter(
+    (e) => podIds.includes(e.task) && e.phases.poolClaimMs !== undefined && !e.phases.vmmLaunchMs,
+  ).length;
   // cacheHit is false for a container that waited for another's build too: count the builds
   // the cache itself logged during the burst (nothing else runs on this daemon meanwhile).
   const builds = (await countLogMessages(h.runtime.logDir, BUILT_IMAGE)) - buildsBefore;
@@ -894,6 +940,8 @@ async function burst(h: Harness, plan: Plan): Promise<{ burst: Figure; concurren
       ...(errors.length ? { error: errors[0] } : !clean ? { error: "something was left behind" } : {}),
       what: `${n} RunPodSandbox at once, then ${n} CreateContainer at once and ${n} StartContainer at once, then every pod stopped and removed at once`,
       pods: n,
+      pool: (await poolStatusOf(h))?.target ?? 0,
+      poolHits,
       succeeded: running,
       failures: errors,
       sandboxesReadyMs: Math.round(sandboxesMs),
@@ -1322,9 +1370,9 @@ export function renderTable(doc: {
       .filter(([, v]) => v)
       .map(([k, v]) => `${k} ${v}`);
     add(
-      `7. burst of ${b.pods} pods`,
+      `7. burst of ${b.pods} pods (pool ${b.pool ?? "?"})`,
       `${b.succeeded}/${b.pods} running in ${b.allRunningMs} ms, deleted in ${b.deleteAllMs} ms`,
-      `leftovers: ${left.join(", ") || "none"}${b.ok ? "" : `; ${failed(b) ?? ""}`}`,
+      `${b.poolHits ?? 0} from the pool; leftovers: ${left.join(", ") || "none"}${b.ok ? "" : `; ${failed(b) ?? ""}`}`,
     );
   } else add("7. burst", failed(b) ?? "—");
   const sz = f.sizes;
@@ -1507,7 +1555,7 @@ async function main(opts: Options): Promise<void> {
     await figure("storage", () => storage(h, plan));
     let concurrent: Figure | undefined;
     await figure("burst", async () => {
-      const r = await burst(h, plan);
+      const r = await burstWithPool(plan);
       concurrent = r.concurrentRootfs;
       return r.burst;
     });

@@ -1,7 +1,7 @@
 // The local harness: a private containerd with the CRI plugin, the `cloudhv` runtime handler
 // (and `runc` beside it), our shim and guest from this working tree, and test images in the
 // k8s.io namespace: everything a CRI client (or a person with ctr) needs to run pods.
-import { mkdir, mkdtemp, rm } from "node:fs/promises";
+import { cp, mkdir, mkdtemp, readdir, rm } from "node:fs/promises";
 import path from "node:path";
 import { writeBridgeNetwork } from "./cni.js";
 import { PrivateContainerd } from "./containerd.js";
@@ -93,10 +93,13 @@ export async function startHarness(opts: HarnessOptions = {}): Promise<Harness> 
         // containerd already gone: nothing to ask it
       }
       cri.close();
+      // containerd's log goes with its directory.
+      await keepLogs(dir, started.logPath);
       await started.stop();
       // The shim (front and daemon) of this containerd has nothing left to serve.
       await stopShim(started.ttrpcAddress);
       await network.remove();
+      await keepLogs(dir, runtime.logDir, ...(await frontLogs(runtime.stateDir)));
       await rm(dir, { recursive: true, force: true });
     };
     return {
@@ -115,4 +118,24 @@ export async function startHarness(opts: HarnessOptions = {}): Promise<Harness> 
     await rm(dir, { recursive: true, force: true });
     throw err;
   }
+}
+
+/** The fronts' logs: <state_dir>/shim-<id>.log. */
+async function frontLogs(stateDir: string): Promise<string[]> {
+  const names = await readdir(stateDir).catch(() => [] as string[]);
+  return names.filter((n) => n.endsWith(".log")).map((n) => path.join(stateDir, n));
+}
+
+/**
+ * With CLOUDHV_E2E_KEEP_LOGS (debug level logs)=<dir>, the daemon's and containerd's logs of each harness are
+ * copied to <dir>/<harness dir name> before the harness's files are removed: a failure seen
+ * once can be read afterwards.
+ */
+async function keepLogs(harnessDir: string, ...logs: string[]): Promise<void> {
+  const keep = process.env.CLOUDHV_E2E_KEEP_LOGS;
+  if (!keep) return;
+  const to = path.join(keep, path.basename(harnessDir));
+  await mkdir(to, { recursive: true });
+  for (const log of logs)
+    await cp(log, path.join(to, path.basename(log)), { recursive: true }).catch(() => {});
 }

@@ -60,6 +60,8 @@ export async function installRuntime(
         // No warm pool unless a test asks (pool.test, CLOUDHV_E2E_POOL): on 2 TCG cores a pool
         // VM booting beside every test's own VMs would slow them all and skew their counts.
         pool: 0,
+        // Logs kept for reading afterwards (harness.ts) are worth their detail.
+        ...(process.env.CLOUDHV_E2E_KEEP_LOGS ? { log_level: "debug" } : {}),
         ...overrides,
       },
       null,

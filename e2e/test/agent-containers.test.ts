@@ -316,7 +316,14 @@ describe("guest agent runs containers with crun (QEMU microVM)", () => {
     );
 
     // SIGKILL to everything in the container: 128 + 9, and nothing is left in its cgroup.
-    await agent.signalProcess(ref(id), 9, true);
+    await agent.signalProcess(ref(id), 9, true).catch(async (err: Error) => {
+      // Seen once in CI: the init had already ended. Say how, to find out why.
+      const early = await agent.waitProcess(ref(id), { timeoutMs: 5000 }).catch(() => undefined);
+      const out = await Promise.race([initOut, new Promise((r) => setTimeout(r, 1000, "(no EOF)"))]);
+      assert.fail(
+        `SIGKILL to the container: ${err.message}; its init had ended: ${JSON.stringify(early)}, output ${JSON.stringify(out)}`,
+      );
+    });
     const exit = await agent.waitProcess(ref(id));
     assert.equal(exit.exitStatus, 137);
     assert.equal(exit.oomKilled, false);

@@ -113,6 +113,9 @@ describe("npm run bench -- --quick", () => {
     const leftovers = f.burst?.leftovers as Record<string, number>;
     for (const [what, n] of Object.entries(leftovers)) assert.equal(n, 0, `burst left ${n} ${what}`);
     assert.equal(f.burst?.succeeded, f.burst?.pods);
+    // The burst meets the warm pool at its default size (1), as a node would.
+    assert.equal(f.burst?.pool, 1);
+    assert.equal(typeof f.burst?.poolHits, "number");
     for (const k of ["kernelBytes", "rootfsBytes"]) assert.equal(typeof f.sizes?.[k], "number", k);
     const installer = f.sizes?.installerImage as Record<string, unknown>;
     assert.ok(typeof installer.bytes === "number" || typeof installer.reason === "string");

@@ -257,6 +257,20 @@ for (const hv of await hypervisorSuites())
       const own = await ps(alone);
       assert.match(own, /sleep 602/);
       assert.doesNotMatch(own, /sleep 60[01]/, own);
+      // PID 1 of the shared namespace is the pod's namespace holder (no pause image): a
+      // container's root, without CAP_SYS_PTRACE, can neither kill it nor look inside it.
+      const holder = await run(
+        peer,
+        "kill -KILL 1; sleep 0.3; tr '\\0' ' ' </proc/1/cmdline; echo; " +
+          "grep -E '^(CapEff|CapBnd|NoNewPrivs)' /proc/1/status; " +
+          "ls /proc/1/root/ >/dev/null 2>&1 || echo no-root; cat /proc/1/environ >/dev/null 2>&1 || echo no-environ",
+      );
+      assert.match(holder.out, /^\/pause --pause-holder /, holder.out);
+      assert.match(holder.out, /CapEff:\s+0{16}\n/, holder.out);
+      assert.match(holder.out, /CapBnd:\s+0{16}\n/, holder.out);
+      assert.match(holder.out, /NoNewPrivs:\s+1\n/, holder.out);
+      assert.match(holder.out, /no-root\nno-environ$/, holder.out);
+      assert.equal((await cri.podSandboxStatus(podId)).state, "SANDBOX_READY");
 
       // Their disks leave the VM's hot-plug ports free for the next ones.
       for (const id of [ro, peer, alone]) {

@@ -276,6 +276,70 @@ for (const hv of await hypervisorSuites())
       }
     });
 
+    it("a daemon killed right after an app container's delete replied: its disks still leaving are finished by the next one, nothing is left", async () => {
+      const stateDir = harness.runtime.stateDir;
+      const { podId, ids, config } = await startPod(cri, harness, "afterdel");
+      const [first] = ids as [string];
+      type Rec = {
+        pod: { members: Array<{ id: string; rootfs: { scratchPath: string } }>; retiring?: unknown[] };
+      };
+      const records = async (): Promise<Rec[]> => {
+        const dir = path.join(stateDir, "records");
+        const files = (await entriesOf(dir)).filter((n) => n.endsWith(".json"));
+        return Promise.all(
+          files.map(async (f) => JSON.parse(await readFile(path.join(dir, f), "utf8")) as Rec),
+        );
+      };
+      const scratch = (await records()).flatMap((r) => r.pod.members).find((m) => m.id === first)
+        ?.rootfs.scratchPath;
+      assert.ok(scratch, "the container's scratch disk is recorded");
+      // The disks hot-plugged into the pod's VM (QEMU's bind-mounted files, vmm/qemu.ts).
+      const plugged = async () => {
+        const files: string[] = [];
+        for (const vm of await entriesOf(path.join(stateDir, "vm")))
+          files.push(
+            ...(await entriesOf(path.join(stateDir, "vm", vm, "vmm"))).filter((f) => f.startsWith("disk-")),
+          );
+        return files.sort();
+      };
+      const before = await plugged();
+      assert.ok(before.length >= 2, `the container's disks are plugged: ${before.join(", ")}`);
+      // CRI deletes the task as the container exits, within StopContainer: the reply has come.
+      await cri.stopContainer(first, 2);
+      const [daemon] = await daemonPids(stateDir);
+      assert.ok(daemon, "a shim daemon served the delete");
+      process.kill(daemon, "SIGKILL");
+      const retiring = (await records()).some((r) => (r.pod.retiring?.length ?? 0) > 0);
+      process.stdout.write(
+        `# killed with the deleted container's disks ${retiring ? "still in the record" : "already gone"}\n`,
+      );
+      await cri.removeContainer(first);
+      // A new container joins the pod (a new daemon takes over); the old one's scratch goes.
+      const next = await cri.createContainer(
+        podId,
+        { metadata: { name: "next" }, image: { image: IMAGE }, command: ["sleep", "3600"] },
+        config,
+      );
+      await cri.startContainer(next);
+      assert.equal((await cri.execSync(next, ["echo", "alive"])).stdout.trim(), "alive");
+      // Its disks left the VM (its scratch file goes with its snapshot, in the writable layer):
+      // as many as before, the new container's instead.
+      await waitUntil("the deleted container's disks unplugged", 60_000, async () => {
+        const now = await plugged();
+        return now.length === before.length && now.join() !== before.join() ? true : undefined;
+      });
+      await waitUntil("the record drops the retiring disks", 60_000, async () =>
+        (await records()).every((r) => r.pod.retiring === undefined) ? true : undefined,
+      );
+      await cri.stopContainer(next, 2);
+      await cri.removeContainer(next);
+      await cri.stopPodSandbox(podId);
+      await cri.removePodSandbox(podId);
+      assert.deepEqual(await processesMatching(path.join(stateDir, "vm")), [], "no VMM left");
+      assert.deepEqual(await entriesOf(path.join(stateDir, "vm")), [], "no VM state left");
+      assert.deepEqual(await entriesOf(path.join(stateDir, "records")), [], "no pod record left");
+    });
+
     it("a daemon killed mid-join: the next one takes the join's disks back, the re-sent create runs the container, nothing is left", async () => {
       const stateDir = harness.runtime.stateDir;
       const creating = path.join(stateDir, "creating");

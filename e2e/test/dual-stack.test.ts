@@ -9,7 +9,7 @@ import type { CriClient, PodSandboxConfig } from "../src/cri/client.js";
 import { watchFrames } from "../src/frame-watch.js";
 import { HANDLER, type Harness, startHarness } from "../src/harness.js";
 import { hypervisorSuites } from "../src/hypervisors.js";
-import { podVmIds, vmmsLeft } from "../src/leaks.js";
+import { podVmIds, readyPoolVms, vmmsLeft } from "../src/leaks.js";
 
 const IMAGE = "docker.io/cloudhv-test/busybox:dual";
 
@@ -57,9 +57,24 @@ for (const hv of await hypervisorSuites())
         hostname: "dual",
         logDirectory,
       };
+      // With the warm pool on (CLOUDHV_E2E_POOL), the pod takes a pool VM (its NIC from the VM's
+      // boot, given the pod's MAC): a first pod starts the daemon, whose pool then fills.
+      const pooled = Number(hv.runtimeConfig.pool ?? 0) > 0;
+      if (pooled) {
+        const warmUp = await cri.runPodSandbox(
+          { ...sandboxConfig, metadata: { name: "warm-up", uid: "uid-warm-up", namespace: "default" } },
+          HANDLER,
+        );
+        await cri.stopPodSandbox(warmUp);
+        await cri.removePodSandbox(warmUp);
+        const until = Date.now() + 180_000;
+        while ((await readyPoolVms(harness.runtime.stateDir)).dirs.length === 0 && Date.now() < until)
+          await new Promise((r) => setTimeout(r, 200));
+      }
       const podId = await cri.runPodSandbox(sandboxConfig, HANDLER);
       const vmIds = await podVmIds(harness.runtime.stateDir, [podId]);
       t.diagnostic(`the pod's VM: ${vmIds.join(" ")}`);
+      if (pooled) assert.match(vmIds[0] ?? "", /^pool-/, "with the pool on, the pod took a pool VM");
       const status = (await cri.podSandboxStatus(podId)) as unknown as {
         network: { ip: string; additionalIps?: Array<{ ip: string }> };
       };

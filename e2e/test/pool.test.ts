@@ -82,7 +82,11 @@ for (const hv of (await hypervisorSuites()).filter((s) => s.name === "qemu"))
     before(async () => {
       harness = await startHarness({
         images: [IMAGE],
-        runtimeConfig: { ...hv.runtimeConfig, pool: POOL, enable_annotations: ["default_memory"] },
+        runtimeConfig: {
+          ...hv.runtimeConfig,
+          pool: POOL,
+          enable_annotations: ["default_memory", "default_vcpus"],
+        },
       });
       cri = harness.cri;
       stateDir = harness.runtime.stateDir;
@@ -234,10 +238,14 @@ for (const hv of (await hypervisorSuites()).filter((s) => s.name === "qemu"))
         assert.deepEqual(view.nics, ["eth0"], `${pod.name}: one NIC`);
         assert.equal(view.mac, rec.network.iface.mac, `${pod.name}: eth0 has the pod's MAC`);
         assert.equal(view.ip, ip, `${pod.name}: eth0 has the pod's IP`);
-        // Exactly its own disks: the pause container's and main's image + scratch, as recorded.
-        const own = rec.members.flatMap((m) => [m.rootfs.rootfsSerial, m.rootfs.scratchSerial]).sort();
-        assert.equal(own.length, 4);
-        assert.deepEqual(view.serials, own, `${pod.name}: its 4 container disks, no other`);
+        // Exactly its own disks: main's image + scratch, as recorded; the sandbox has none (the
+        // guest agent's namespace holder runs it, no pause image).
+        const own = rec.members
+          .flatMap((m) => [m.rootfs.rootfsSerial, m.rootfs.scratchSerial])
+          .filter((s) => s !== "")
+          .sort();
+        assert.equal(own.length, 2);
+        assert.deepEqual(view.serials, own, `${pod.name}: its 2 container disks, no other`);
         // Its own volume only.
         assert.deepEqual(view.data, [`only-${pod.name}`]);
         views.set(pod.name, view);
@@ -282,8 +290,9 @@ for (const hv of (await hypervisorSuites()).filter((s) => s.name === "qemu"))
       );
       assert.notEqual(va.mac, vb.mac);
 
-      // A pod of another size is not the pool's class: it boots cold, the pool is untouched.
-      const big = await runPod("big", { "io.katacontainers.config.hypervisor.default_memory": "384" });
+      // A pod of a size the pool cannot grow to (not whole 128 MiB blocks above the class) boots
+      // cold, the pool is untouched.
+      const big = await runPod("big", { "io.katacontainers.config.hypervisor.default_memory": "300" });
       assert.doesNotMatch((await note(big)).vmId, /^pool-/, "another size boots cold");
       assert.match(await daemonLog(), /pod is not of the pool's size: cold boot/);
       await removePod(big);
@@ -331,5 +340,60 @@ for (const hv of (await hypervisorSuites()).filter((s) => s.name === "qemu"))
       const taps = await exec(["ip", "-o", "link", "show", "type", "tun"]);
       assert.doesNotMatch(taps.stdout, /tap0_chv/, "no TAP left on the host");
       assert.deepEqual(await entriesOf(path.join(stateDir, "pods")), [], "no virtiofsd dir left");
+    });
+    it("a pod bigger than the class takes a pool VM grown by hot-plug (memory and vCPUs) and sees its size inside, as a cold one of that size does", async () => {
+      const BIG = {
+        "io.katacontainers.config.hypervisor.default_memory": "768",
+        "io.katacontainers.config.hypervisor.default_vcpus": "3",
+      };
+      /** What the pod's container sees: MemTotal (KiB) and nproc. */
+      const inside = async (pod: RunPod) => {
+        const out = await cri.execSync(pod.id, ["sh", "-c", "grep MemTotal /proc/meminfo; nproc"]);
+        assert.equal(out.exitCode, 0, out.stderr);
+        const memKiB = Number(/MemTotal:\s+(\d+) kB/.exec(out.stdout)?.[1]);
+        return { memKiB, nproc: Number(out.stdout.trim().split("\n").at(-1)) };
+      };
+      const pods: Array<{ pod: RunPod; hit: boolean }> = [];
+      const run = async (name: string) => {
+        const pod = await runPod(name, BIG);
+        const rec = (await podRecord(stateDir, pod.podId)) as unknown as {
+          vmId: string;
+          size: { vcpus: number; memoryMb: number };
+        };
+        // The record (what a later daemon adopts) describes the grown VM.
+        assert.deepEqual([rec.size.vcpus, rec.size.memoryMb], [3, 768], `${name}: recorded size`);
+        pods.push({ pod, hit: rec.vmId.startsWith("pool-") });
+      };
+      // With the pool still empty (this case alone starts the daemon) this one boots cold.
+      await run("grow-0");
+      await waitUntil("the pool full", 180_000, async () =>
+        (await poolStatus(stateDir))?.ready === POOL ? true : undefined,
+      );
+      // The pool is full: both take a pool VM; the third most likely finds it empty.
+      for (const name of ["grow-a", "grow-b", "grow-c"]) await run(name);
+      assert.ok(pods[1]?.hit && pods[2]?.hit, "a full pool serves the bigger pods");
+      assert.match(await daemonLog(), /"growMs"|growMs/);
+      const seen = [];
+      for (const { pod, hit } of pods)
+        seen.push({ name: pod.name, hit, runMs: pod.runMs, ...(await inside(pod)) });
+      process.stdout.write(`# bigger pods (768 MiB, 3 vCPUs): ${JSON.stringify(seen)}\n`);
+      for (const s of seen) assert.equal(s.nproc, 3, `${s.name} sees 3 CPUs`);
+      // Grown or cold, the guest has the same memory (within the kernel's own bookkeeping), more
+      // than the class's 256 MiB could give.
+      const cold = seen.filter((s) => !s.hit);
+      for (const s of seen) {
+        assert.ok(s.memKiB > 640 * 1024, `${s.name}: MemTotal ${s.memKiB} KiB`);
+        for (const c of cold)
+          assert.ok(
+            Math.abs(s.memKiB - c.memKiB) < 32 * 1024,
+            `${s.name} ${s.memKiB} KiB vs cold ${c.memKiB} KiB`,
+          );
+      }
+      for (const { pod } of pods) await removePod(pod);
+      await waitUntil("only the pool's VMs left", 60_000, async () => {
+        const left = await processesMatching(path.join(stateDir, "vm"));
+        const pool = await poolVmms();
+        return left.every((pid) => pool.includes(pid)) ? true : undefined;
+      });
     });
   });

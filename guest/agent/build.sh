@@ -8,8 +8,10 @@
 # Cached: when the sha256 of the agent's inputs (Cargo.toml, Cargo.lock, build.rs, src/**,
 # .cargo/config.toml, shim/proto/agent.proto, this script, the rustc version) matches the
 # stamp next to the output, cargo is not run at all. Compiled dependencies live in
-# ${CLOUDHV_BUILD_CACHE:-/var/cache/cloudhv-build}/agent-target, shared by every clone on
-# the machine.
+# ${CLOUDHV_BUILD_CACHE:-/var/cache/cloudhv-build}/agent-target/<clone>, one target dir per
+# clone (named by a hash of its path): cargo's fingerprints of this crate name source paths
+# and the build script's output dir does not, so clones sharing one could package each
+# other's agent or generated protocol.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -20,7 +22,7 @@ while (($#)); do
   case "$1" in
     --out) out=$2; shift 2 ;;
     --force) force=1; shift ;;
-    -h | --help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "agent: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -47,7 +49,8 @@ if ((!force)) && [ -x "$out" ] && [ -x "$helper_out" ] && [ -f "$stamp" ] && [ "
   exit 0
 fi
 
-export CARGO_TARGET_DIR="${CLOUDHV_BUILD_CACHE:-/var/cache/cloudhv-build}/agent-target"
+clone=$(printf '%s' "$repo" | sha256sum | cut -c1-12)
+export CARGO_TARGET_DIR="${CLOUDHV_BUILD_CACHE:-/var/cache/cloudhv-build}/agent-target/$clone"
 mkdir -p "$CARGO_TARGET_DIR"
 echo "agent: cargo build --release --locked (target dir $CARGO_TARGET_DIR)"
 cargo build --release --locked

@@ -23,6 +23,18 @@ export const HOST_TOOLS: readonly HostTool[] = [
   { tool: "tc", deb: "iproute2", rpm: "iproute-tc", why: "veth ⇄ TAP redirects" },
   { tool: "nsenter", deb: "util-linux", rpm: "util-linux", why: "starting the VMM in the pod netns" },
   { tool: "setpriv", deb: "util-linux", rpm: "util-linux", why: "VMMs die with the shim daemon" },
+  {
+    tool: "unshare",
+    deb: "util-linux",
+    rpm: "util-linux",
+    why: "each pod's mount namespace for its volumes",
+  },
+  {
+    tool: "taskset",
+    deb: "util-linux",
+    rpm: "util-linux",
+    why: "binding a pod's mount namespace on Linux ≥ 6.18",
+  },
 ];
 
 const QEMU: Omit<HostTool, "tool"> = { deb: "qemu-system-x86", rpm: "qemu-kvm", why: "runs the VMs" };

@@ -123,11 +123,18 @@ export const configSchema = z
     log_files: z.int().min(1).max(100).default(3),
     // Warm pool (pod/pool.ts): VMs of the default size kept booted for new pods; 0: none.
     pool: z.int().min(0).max(64).default(1),
+    // A bigger pod takes a pool VM grown by hot-plug (pod/grow.ts) rather than a cold boot.
+    pool_grow: z.boolean().default(true),
+    // QEMU VMs get a virtio-balloon with free page reporting: the guest's freed memory goes back.
+    free_page_reporting: z.boolean().default(false),
     // Where the daemon serves Prometheus metrics (metrics/server.ts); "" = off.
     metrics_address: z
       .string()
       .default("")
       .refine((v) => v === "" || parseMetricsAddress(v) !== undefined, { message: METRICS_ADDRESS_HELP }),
+    // A CRI sandbox gets the agent's namespace holder, no pause image or disks (guest holder.rs);
+    // false: crun runs the pause image from its disks, as a plain container.
+    sandbox_holder: z.boolean().default(true),
   })
   .refine((c) => c.scratch_size === undefined || c.scratch_disk_bytes === undefined, {
     message: "set scratch_size only (scratch_disk_bytes is its old name)",

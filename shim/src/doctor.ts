@@ -42,6 +42,8 @@ const TOOLS: Array<[tool: string, pkg: string, why: string]> = [
   ["mkfs.erofs", "erofs-utils", "container images as erofs disks"],
   ["mkfs.ext4", "e2fsprogs", "per-container scratch disks"],
   ["setpriv", "util-linux", "drops each VMM's uid, capabilities and privileges"],
+  ["unshare", "util-linux", "each pod's mount namespace for its volumes"],
+  ["taskset", "util-linux", "binding a pod's mount namespace on Linux ≥ 6.18 (per-CPU namespace numbers)"],
 ];
 
 /** Root's tools live in sbin; a doctor run from a user shell may not have it on PATH. */

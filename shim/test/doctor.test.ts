@@ -34,6 +34,8 @@ const CHECK_IDS = [
   "tool:mkfs.erofs",
   "tool:mkfs.ext4",
   "tool:setpriv",
+  "tool:unshare",
+  "tool:taskset",
   "tool:crun",
   "cgroup",
   "pool",

@@ -7,8 +7,15 @@ import os from "node:os";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
 import { linkLocalFromMac } from "../src/network/anti-spoof.js";
-import { attachPodNetwork, attachWarmNic, readPodInterface } from "../src/network/pod-network.js";
+import {
+  attachBootNic,
+  attachPodNetwork,
+  attachWarmNic,
+  readPodInterface,
+} from "../src/network/pod-network.js";
+import { POOL_BOOT_NIC } from "../src/pod/pool.js";
 import { exec, execOk } from "../src/util/exec.js";
+import { confinedArgv } from "../src/vmm/confine.js";
 import {
   arp,
   ether,
@@ -163,6 +170,83 @@ describe("pod network: TAP + tc redirect in the pod's netns", () => {
       );
     } finally {
       vmm.child.kill("SIGKILL");
+    }
+  });
+
+  it("a pool VM's NIC from its boot: the confined VMM starts beside its TAP (VMM group) in its own netns; the claim moves it and the pod netns ends as a cold attach leaves it", async () => {
+    const cold = await attachPodNetwork(NETNS);
+    const expected = await podSide(cold.tap);
+    await cold.detach();
+    // The VMM as the pool starts it (vmm/confine.ts), a shell standing in for QEMU: it lists its
+    // netns' links (with the TAP's owner group) as the unprivileged uid, then waits.
+    const user = { uid: 2_000_000_077, gid: 2_000_000_000 };
+    const argv = confinedArgv(
+      ["sh", "-c", "ip -j -d link show; echo; id -u; exec sleep 60"],
+      user,
+      undefined,
+      { isolatedNetwork: true, isolatedTap: POOL_BOOT_NIC.tap },
+    );
+    const child = spawn(argv[0] as string, argv.slice(1), { stdio: ["ignore", "pipe", "inherit"] });
+    let seen = "";
+    child.stdout.on("data", (d: Buffer) => {
+      seen += d.toString();
+    });
+    try {
+      const until = Date.now() + 5000;
+      while (!/\n\d+\n/.test(seen) && Date.now() < until) await new Promise((r) => setTimeout(r, 20));
+      const [links = "[]", uid] = seen.trim().split(/\n+/);
+      const seenLinks = (
+        JSON.parse(links) as Array<{
+          ifname: string;
+          linkinfo?: { info_data?: { type?: string; group?: number } };
+        }>
+      ).map((l) => [l.ifname, l.linkinfo?.info_data?.type ?? "", l.linkinfo?.info_data?.group ?? -1]);
+      assert.deepEqual(seenLinks, [
+        ["lo", "", -1],
+        [POOL_BOOT_NIC.tap, "tap", user.gid],
+      ]);
+      assert.equal(uid, String(user.uid), "the VMM runs as its own uid");
+      const net = await attachBootNic(child.pid as number, NETNS, POOL_BOOT_NIC.tap);
+      assert.deepEqual(
+        await podSide(net.tap),
+        expected,
+        "same filters, sysctls and link as a cold pod's TAP",
+      );
+      assert.doesNotMatch(
+        (await execOk(["nsenter", `--net=/proc/${child.pid}/ns/net`, "--", "ip", "link"])).stdout,
+        /tap0_chv/,
+        "the TAP left the VMM's netns",
+      );
+      await net.detach();
+      assert.equal((await exec(["ip", "netns", "exec", NS, "ip", "link", "show", net.tap])).code, 1);
+      assert.doesNotMatch(await inNs("tc", "qdisc", "show", "dev", "eth0"), /ingress/);
+    } finally {
+      child.kill("SIGKILL");
+    }
+  });
+
+  it("a pool VM's NIC from its boot that cannot move (no CNI interface) is left in the VMM's netns, to die with it; the pod netns is untouched", async () => {
+    await execOk(["ip", "netns", "add", `${NS}-bare`]);
+    const vmm = fakeVmm();
+    try {
+      await new Promise((r) => setTimeout(r, 100));
+      await execOk([
+        "nsenter",
+        `--net=${vmm.netns}`,
+        "--",
+        "ip",
+        "tuntap",
+        "add",
+        "dev",
+        "tap0_chv",
+        "mode",
+        "tap",
+      ]);
+      await assert.rejects(attachBootNic(vmm.pid, `/var/run/netns/${NS}-bare`), /has no ethernet interface/);
+      assert.doesNotMatch((await execOk(["ip", "netns", "exec", `${NS}-bare`, "ip", "link"])).stdout, /tap/);
+    } finally {
+      vmm.child.kill("SIGKILL");
+      await execOk(["ip", "netns", "del", `${NS}-bare`]);
     }
   });
 

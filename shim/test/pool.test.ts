@@ -10,7 +10,7 @@ import pino from "pino";
 import type { AgentClient } from "../src/agent/client.js";
 import { parseConfig } from "../src/config.js";
 import { checkPool } from "../src/doctor.js";
-import { type PoolOptions, VmPool, type WarmVm } from "../src/pod/pool.js";
+import { POOL_BOOT_NIC, type PoolOptions, VmPool, type WarmVm } from "../src/pod/pool.js";
 import type { VmExit, VmHandle } from "../src/vmm/types.js";
 import { TaskRig } from "./support/task-rig.js";
 
@@ -204,7 +204,7 @@ describe("a CRI sandbox from the warm pool (task service on the fake VMM)", () =
     for (const rig of rigs) await rig.close();
   });
 
-  it("claims a pool VM: its NIC and disks hot-plugged, cgroup joined, priority and OOM score set; no VM serves two pods; a failed claim stops the VM and the pod boots cold", async () => {
+  it("claims a pool VM: its boot NIC moved into the pod netns and given the pod's MAC, disks hot-plugged, cgroup joined, priority and OOM score set; no VM serves two pods; a failed claim stops the VM and the pod boots cold", async () => {
     const rig = await TaskRig.open({ pool: 2 }, { retryMs: { min: 5, max: 20 } });
     rigs.push(rig);
     const pool = rig.tasks.pool;
@@ -223,15 +223,25 @@ describe("a CRI sandbox from the warm pool (task service on the fake VMM)", () =
     );
     assert.ok(
       rig.driver.vms.every((vm) => (vm.config.disks ?? []).length === 0 && !vm.config.network),
-      "pool VMs boot with no pod disk and no NIC",
+      "pool VMs boot with no pod disk and no pod network",
+    );
+    assert.ok(
+      rig.driver.vms.every(
+        (vm) => vm.config.isolatedNic?.tap === "tap0_chv" && vm.config.isolatedNic.mac === POOL_BOOT_NIC.mac,
+      ),
+      "pool VMs boot with a NIC on a TAP in their own netns, with the placeholder MAC",
     );
 
     const owners = new Map<string, string>();
+    // Every sandbox has kubelet's resolv.conf bind, as a CRI one does.
+    const resolv = path.join(rig.dir, "resolv.conf");
+    await writeFile(resolv, "nameserver 10.0.0.10\n");
     const sandbox = async (name: string) => {
       await rig.create(name, {
         role: "sandbox",
         netns: `/var/run/netns/${name}`,
         cgroupsPath: `/kubepods/besteffort/pod-${name}/${name}`,
+        mounts: [{ destination: "/etc/resolv.conf", type: "bind", source: resolv, options: ["rbind", "ro"] }],
       });
       const vm = rig.driver.vms.find((v) => v.agent.containers.has(name));
       assert.ok(vm, `a VM runs ${name}`);
@@ -241,8 +251,18 @@ describe("a CRI sandbox from the warm pool (task service on the fake VMM)", () =
     };
     const a = await sandbox("pa");
     assert.ok(poolVms.includes(a.id), "the first sandbox took a pool VM");
-    assert.equal(a.nics.length, 1, "one NIC hot-plugged");
-    assert.equal(a.nics[0]?.mac, "02:42:0a:58:00:07", "with the pod's MAC");
+    assert.equal(a.nics.length, 0, "no NIC hot-plugged");
+    assert.deepEqual(
+      rig.network.moved.get(a.id),
+      { tap: "tap0_chv", netnsPath: "/var/run/netns/pa" },
+      "the NIC's TAP moved into the pod's netns",
+    );
+    const told = a.agent.network as { interfaces: Array<{ mac: string; placeholderMac: string }> };
+    assert.deepEqual(
+      told.interfaces.map((i) => [i.mac, i.placeholderMac]),
+      [["02:42:0a:58:00:07", POOL_BOOT_NIC.mac]],
+      "the guest gives its NIC the pod's MAC in place of the placeholder",
+    );
     assert.equal(a.plugged.size, 2, "its image and scratch disks hot-plugged");
     assert.ok(
       rig.containment.joined.some((j) => j.pid === a.pid),
@@ -254,7 +274,8 @@ describe("a CRI sandbox from the warm pool (task service on the fake VMM)", () =
     );
     assert.equal(rig.containment.scoreOf(a.pid), 1000, "BestEffort's OOM score");
 
-    // The next claim fails at a disk hot-plug: that VM is stopped and the pod boots cold.
+    // The next claim fails at a disk hot-plug: that VM is stopped and the pod boots cold, with
+    // its spec as containerd wrote it (the claim's rewrite of its mounts is not reused).
     rig.driver.failNext("addDisk");
     const b = await sandbox("pb");
     assert.ok(!poolVms.includes(b.id), "after the failed claim, pb booted cold");
@@ -297,7 +318,7 @@ describe("a pool hit's host work runs at once", () => {
       });
       try {
         await until("disks plugged", () => poolVm.plugged.size === 2);
-        assert.equal(poolVm.nics.length, 0, "the NIC is not attached yet");
+        assert.ok(!rig.network.moved.has(poolVm.id), "the NIC is not attached yet");
         assert.ok(
           rig.containment.joined.some((j) => j.pid === poolVm.pid),
           "VMM already in the pod cgroup",
@@ -307,7 +328,7 @@ describe("a pool hit's host work runs at once", () => {
         await creating.catch(() => {});
       }
       await creating;
-      assert.equal(poolVm.nics.length, 1);
+      assert.ok(rig.network.moved.has(poolVm.id));
       assert.ok(poolVm.agent.containers.has("pa"), "the pod runs in the pool VM");
       await rig.tasks.forceDelete("unit", "pa");
       await pool.close();

@@ -2,7 +2,7 @@
 // running and answer as before; exits that happened meanwhile are reported; a VM that died
 // meanwhile has its tasks announced as killed and its host resources released.
 import assert from "node:assert/strict";
-import { readdir } from "node:fs/promises";
+import { readdir, readFile } from "node:fs/promises";
 import path from "node:path";
 import { afterEach, beforeEach, describe, it } from "node:test";
 import { NS, TaskRig } from "./support/task-rig.js";
@@ -59,6 +59,67 @@ describe("a restarted daemon takes over its predecessor's pods", () => {
     }
     assert.deepEqual(rig.leftovers(), { tasks: [], vms: [], rootfs: [], network: [] });
     assert.deepEqual(await recordFiles(), [], "no record left");
+  });
+
+  it("a daemon killed right after an app container's delete reply: the next unplugs its disks and releases them", async () => {
+    await rig.create("sb", { role: "sandbox" });
+    await rig.tasks.start(NS, "sb", "");
+    await rig.create("app", { role: "container", sandbox: "sb" });
+    await rig.tasks.start(NS, "app", "");
+    const vm = rig.vm;
+    // The dead daemon's unplugs never finish.
+    vm.unplugGate = "never";
+    vm.agent.exitProcess("app", "", 0);
+    await rig.tasks.wait(NS, "app", "");
+    await rig.tasks.delete(NS, "app", "");
+    // Its unplugs stay stuck; the new daemon's are answered.
+    vm.unplugGate = undefined;
+    assert.equal(await rig.restartDaemon(), 1, "only the sandbox is a task");
+    const until = Date.now() + 2000;
+    while (rig.leftovers().rootfs.length > 1 && Date.now() < until)
+      await new Promise((r) => setTimeout(r, 5));
+    assert.deepEqual(rig.leftovers().rootfs, [`${NS}/sb`], "the deleted container's files are released");
+    assert.deepEqual([...vm.plugged.values()], [], "its disks left the VM");
+    // The record was written again without them.
+    while (Date.now() < until) {
+      const record = JSON.parse(
+        await readFile(path.join(rig.dir, "state", "records", `${vm.id}.json`), "utf8"),
+      );
+      if (record.pod.retiring === undefined) break;
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    const record = JSON.parse(
+      await readFile(path.join(rig.dir, "state", "records", `${vm.id}.json`), "utf8"),
+    );
+    assert.equal(record.pod.retiring, undefined);
+    // The same id joins again.
+    await rig.create("app", { role: "container", sandbox: "sb" });
+    await rig.tasks.start(NS, "app", "");
+    for (const id of ["app", "sb"]) {
+      vm.agent.exitProcess(id, "", 0);
+      await rig.tasks.wait(NS, id, "");
+      await rig.tasks.delete(NS, id, "");
+    }
+    assert.deepEqual(rig.leftovers(), { tasks: [], vms: [], rootfs: [], network: [] });
+    assert.deepEqual(await recordFiles(), [], "no record left");
+  });
+
+  it("a daemon killed while an app container's disks were leaving, and the VM gone meanwhile: all released", async () => {
+    await rig.create("sb", { role: "sandbox" });
+    await rig.tasks.start(NS, "sb", "");
+    await rig.create("app", { role: "container", sandbox: "sb" });
+    await rig.tasks.start(NS, "app", "");
+    const vm = rig.vm;
+    vm.unplugGate = "never";
+    vm.agent.exitProcess("app", "", 0);
+    await rig.tasks.wait(NS, "app", "");
+    await rig.tasks.delete(NS, "app", "");
+    // Gone without a word to anyone (as in the case below): the old daemon's unplugs stay stuck.
+    vm.stopped = true;
+    await vm.agent.close();
+    assert.equal(await rig.restartDaemon(), 0);
+    assert.deepEqual(rig.leftovers(), { tasks: [], vms: [], rootfs: [], network: [] });
+    assert.deepEqual(await recordFiles(), []);
   });
 
   it("a save that waited its turn past the pod's removal leaves no record (a late exit's)", async () => {

@@ -3,7 +3,7 @@
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import { closeSync, constants, openSync, writeSync } from "node:fs";
-import { mkdtemp, rm } from "node:fs/promises";
+import { mkdtemp, readFile, rm } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { afterEach, beforeEach, describe, it } from "node:test";
@@ -73,6 +73,8 @@ describe("TaskService with a fake VMM and an in-process agent", () => {
         {
           mac: "02:42:0a:58:00:07",
           mtu: 1500,
+          // A cold VM's NIC has the pod's MAC from its boot: no placeholder to replace.
+          placeholderMac: "",
           addresses: [
             { address: "10.88.0.7", prefixLen: 16 },
             { address: "fd00::7", prefixLen: 64 },
@@ -362,6 +364,29 @@ describe("TaskService with a fake VMM and an in-process agent", () => {
       }
     });
 
+    it("announces an exit only once the kill that caused it is answered (containerd closes a task's connection when it hears of the exit)", async () => {
+      const release = rig.vm.agent.hold("SignalProcess");
+      const killed = rig.tasks.kill(NS, "t1", "", 15, false);
+      await sleep(20); // the signal is in the guest
+      rig.vm.agent.exitProcess("t1", "", 143); // the exit comes back before the kill's answer
+      await sleep(100);
+      assert.deepEqual(rig.events.named("TaskExit"), [], "no TaskExit while the kill is unanswered");
+      release();
+      await killed;
+      const [exit] = await rig.events.waitFor("TaskExit", 1);
+      assert.equal(exit?.exitStatus, 143);
+    });
+
+    it("a kill whose process ended meanwhile (the guest's answer lost with the VM) is NOT_FOUND", async () => {
+      const release = rig.vm.agent.hold("SignalProcess");
+      const killed = rig.tasks.kill(NS, "t1", "", 9, false);
+      await sleep(20); // the signal is in the guest
+      rig.vm.agent.exitProcess("t1", "", 137);
+      rig.vm.agent.failNext("SignalProcess", Code.UNAVAILABLE, "ttrpc client closed");
+      release();
+      await rejectsWith(killed, "NotFound", Code.NOT_FOUND);
+    });
+
     it("an unknown exec id is NOT_FOUND; exec in a stopped container is FAILED_PRECONDITION", async () => {
       await rejectsWith(rig.tasks.start(NS, "t1", "nope"), "NotFound", Code.NOT_FOUND);
       assert.throws(
@@ -405,5 +430,117 @@ describe("TaskService with a fake VMM and an in-process agent", () => {
     assert.equal(rig.tasks.state(NS, "pod", "").status, "PAUSED");
     await rig.tasks.resume(NS, "pod");
     assert.equal(rig.vm.paused, false);
+  });
+});
+
+describe("an app container's delete replies before its disks leave the VM", () => {
+  let rig: TaskRig;
+  beforeEach(async () => {
+    rig = await TaskRig.open();
+  });
+  afterEach(async () => {
+    await rig.close();
+  });
+
+  const deleteApp = async (vm: FakeVm, id: string) => {
+    vm.agent.exitProcess(id, "", 0);
+    await rig.tasks.wait(NS, id, "");
+    await rig.tasks.delete(NS, id, "");
+  };
+  const serials = (vm: FakeVm) => [...vm.plugged.values()].map((d) => d.serial).sort();
+  const recordOf = async (vm: FakeVm) =>
+    JSON.parse(await readFile(path.join(rig.dir, "state", "records", `${vm.id}.json`), "utf8")) as {
+      pod: { members: Array<{ id: string }>; retiring?: Array<{ id: string }> };
+    };
+
+  it("unplugs after the reply, releases the files only then; a create of the same id waits for it", async () => {
+    await rig.create("pod", { role: "sandbox" });
+    await rig.tasks.start(NS, "pod", "");
+    const vm = rig.vm;
+    await rig.create("app", { role: "container", sandbox: "pod" });
+    await rig.tasks.start(NS, "app", "");
+    let ack!: () => void;
+    vm.unplugGate = new Promise((resolve) => {
+      ack = resolve;
+    });
+    await deleteApp(vm, "app");
+    // Replied: the guest container goes, its disks are still in the VM and their files held.
+    assert.deepEqual(rig.leftovers().tasks, ["pod"]);
+    const until = Date.now() + 2000;
+    while (vm.agent.containers.has("app") && Date.now() < until) await sleep(5);
+    assert.deepEqual([...vm.agent.containers.keys()], ["pod"], "the guest container was removed");
+    assert.deepEqual(serials(vm), ["iapp", "sapp"]);
+    assert.deepEqual(rig.leftovers().rootfs.sort(), [`${NS}/app`, `${NS}/pod`]);
+    assert.deepEqual(
+      (await recordOf(vm)).pod.retiring?.map((m) => m.id),
+      ["app"],
+      "a later daemon would finish them",
+    );
+    // The same id again (same serials): its create waits until the old disks are gone.
+    let created = false;
+    const again = rig.create("app", { role: "container", sandbox: "pod" }).then(() => {
+      created = true;
+    });
+    await sleep(50);
+    assert.equal(created, false, "the create waits for the old disks");
+    ack();
+    await again;
+    await rig.tasks.start(NS, "app", "");
+    assert.deepEqual(serials(vm), ["iapp", "sapp"], "the new container's disks, once");
+    assert.deepEqual(rig.leftovers().rootfs.sort(), [`${NS}/app`, `${NS}/pod`]);
+    const record = await recordOf(vm);
+    assert.equal(record.pod.retiring, undefined, "the record no longer names retiring disks");
+    assert.deepEqual(record.pod.members.map((m) => m.id).sort(), ["app", "pod"]);
+    await deleteApp(vm, "app");
+    await deleteApp(vm, "pod");
+    assert.deepEqual(rig.leftovers(), NOTHING_LEFT);
+  });
+
+  it("disks the guest did not release: a create of the same id fails at once naming why, another id joins; the pod's delete releases them", async () => {
+    await rig.create("pod", { role: "sandbox" });
+    await rig.tasks.start(NS, "pod", "");
+    const vm = rig.vm;
+    await rig.create("app", { role: "container", sandbox: "pod" });
+    await rig.tasks.start(NS, "app", "");
+    vm.unplugGate = "timeout";
+    await deleteApp(vm, "app");
+    const err = await rejectsWith(
+      rig.create("app", { role: "container", sandbox: "pod" }),
+      "FailedPrecondition",
+      Code.FAILED_PRECONDITION,
+    );
+    assert.match(
+      err.message,
+      /container app was deleted from pod pod but the guest did not release its disks/,
+    );
+    assert.deepEqual(rig.leftovers().rootfs.sort(), [`${NS}/app`, `${NS}/pod`], "kept while the VMM runs");
+    vm.unplugGate = undefined;
+    await rig.create("other", { role: "container", sandbox: "pod" });
+    await rig.tasks.start(NS, "other", "");
+    await deleteApp(vm, "other");
+    await deleteApp(vm, "pod");
+    assert.deepEqual(rig.leftovers(), NOTHING_LEFT);
+  });
+
+  it("a guest that never lets go of the disks holds nothing past the VMM: the pod's delete releases them", async () => {
+    await rig.create("pod", { role: "sandbox" });
+    await rig.tasks.start(NS, "pod", "");
+    const vm = rig.vm;
+    await rig.create("app", { role: "container", sandbox: "pod" });
+    await rig.tasks.start(NS, "app", "");
+    vm.unplugGate = "never";
+    const started = performance.now();
+    await deleteApp(vm, "app");
+    assert.ok(performance.now() - started < 2000, "the delete does not wait for the unplug");
+    await sleep(20);
+    assert.deepEqual(
+      rig.leftovers().rootfs.sort(),
+      [`${NS}/app`, `${NS}/pod`],
+      "QEMU may still read the files: kept while the VMM runs",
+    );
+    // The sandbox's delete stops the VM: the unplugs are abandoned and the files go.
+    await deleteApp(vm, "pod");
+    assert.equal(vm.stopped, true);
+    assert.deepEqual(rig.leftovers(), NOTHING_LEFT);
   });
 });

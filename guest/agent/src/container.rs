@@ -274,6 +274,8 @@ pub struct Container {
     execs: Mutex<HashMap<String, Arc<Proc>>>,
     /// Mount points to undo on removal, in mount order (lower, scratch, rootfs).
     mounts: Vec<PathBuf>,
+    /// A CRI sandbox's namespace holder (holder.rs), not a crun container.
+    holder: bool,
 }
 
 pub struct Containers {
@@ -374,6 +376,9 @@ impl Containers {
             );
         }
         let crun = self.crun()?.to_path_buf();
+        if rootfs_serial.is_empty() && scratch_serial.is_empty() {
+            return self.create_holder(id, oci_spec);
+        }
         let _reservation = {
             let map = lock(&self.map);
             let mut creating = lock(&self.creating);
@@ -489,6 +494,7 @@ impl Containers {
                 init: init.clone(),
                 execs: Mutex::new(HashMap::new()),
                 mounts: mounted.clone(),
+                holder: false,
             });
             watch_exit(&container, init.clone(), true, mark);
             Ok(container)
@@ -502,6 +508,92 @@ impl Containers {
                 init.close_streams();
                 let _ = run_crun(&crun, &["delete", "--force", id]);
                 unmount_all(&mounted);
+                let _ = fs::remove_dir_all(&dir);
+                crate::warn!("container {id}: create failed: {}", e.message);
+                Err(e)
+            }
+        }
+    }
+
+    /// A CRI sandbox without a rootfs: the pod's namespace holder (holder.rs) instead of crun
+    /// running a pause image. It runs from here on; Start only marks it started.
+    fn create_holder(&self, id: &str, oci_spec: &[u8]) -> Result<u32> {
+        let invalid = |m: String| Error {
+            code: ttrpc::Code::INVALID_ARGUMENT,
+            message: m,
+        };
+        let _reservation = {
+            let map = lock(&self.map);
+            let mut creating = lock(&self.creating);
+            if map.contains_key(id) || creating.contains(id) {
+                return err(
+                    ttrpc::Code::ALREADY_EXISTS,
+                    format!("container {id} already exists"),
+                );
+            }
+            creating.insert(id.to_string());
+            Reservation {
+                set: &self.creating,
+                id: id.to_string(),
+            }
+        };
+        let dir = self.root.join(id);
+        let guest = crate::spec::Guest {
+            exists: &|p| Path::new(p).exists(),
+            container_pid: &|_| None,
+            is_container_init: &|_| false,
+        };
+        let rewritten = crate::spec::rewrite(oci_spec, &dir, id, false, &guest).map_err(invalid)?;
+        let annotated = rewritten
+            .spec
+            .get("annotations")
+            .and_then(|a| a.get(crate::spec::CRI_CONTAINER_TYPE))
+            .and_then(serde_json::Value::as_str)
+            == Some("sandbox");
+        if !annotated {
+            return Err(invalid(format!(
+                "container {id} has no rootfs disk and is not a CRI sandbox \
+                 (annotation {}: sandbox): only a sandbox can run without an image",
+                crate::spec::CRI_CONTAINER_TYPE
+            )));
+        }
+        for (path, value) in &rewritten.net_sysctls {
+            fs::write(path, value).map_err(|e| {
+                invalid(format!(
+                    "sysctl {} = {:?} for the pod's network (the guest's): {e}",
+                    path.trim_start_matches("/proc/sys/").replace('/', "."),
+                    value.chars().take(64).collect::<String>()
+                ))
+            })?;
+        }
+        let cgroup = Path::new(CGROUP_ROOT).join(rewritten.cgroup_path.trim_start_matches('/'));
+        let plan = crate::holder::plan_for(&rewritten.spec, &cgroup.display().to_string())
+            .map_err(|m| invalid(format!("pod sandbox {id}: {m}")))?;
+        if dir.exists() {
+            crate::warn!("container {id}: removing stale state in {}", dir.display());
+            let _ = fs::remove_dir_all(&dir);
+        }
+        fs::create_dir_all(&dir).map_err(|e| internal(format!("mkdir {}: {e}", dir.display())))?;
+        let made = make_cgroup(&cgroup);
+        let init = Proc::new(None, false);
+        init.close_streams();
+        let result = made.and_then(|()| spawn_holder(&plan, &init));
+        match result {
+            Ok(mark) => {
+                let container = Arc::new(Container {
+                    dir,
+                    cgroup,
+                    init: init.clone(),
+                    execs: Mutex::new(HashMap::new()),
+                    mounts: Vec::new(),
+                    holder: true,
+                });
+                watch_exit(&container, init.clone(), true, mark);
+                lock(&self.map).insert(id.to_string(), container);
+                Ok(init.pid() as u32)
+            }
+            Err(e) => {
+                let _ = fs::remove_dir(&cgroup);
                 let _ = fs::remove_dir_all(&dir);
                 crate::warn!("container {id}: create failed: {}", e.message);
                 Err(e)
@@ -526,6 +618,15 @@ impl Containers {
             );
         }
         let c = self.get(id)?;
+        if c.holder {
+            return err(
+                ttrpc::Code::FAILED_PRECONDITION,
+                format!(
+                    "container {id} is a pod's sandbox run by the agent's namespace holder (no image, \
+                     nothing to run in it); exec into one of the pod's containers"
+                ),
+            );
+        }
         let process = crate::spec::rewrite_process(process, terminal).map_err(|m| Error {
             code: ttrpc::Code::INVALID_ARGUMENT,
             message: format!("exec {exec_id}: {m}"),
@@ -572,7 +673,9 @@ impl Containers {
                     format!("container {id} has exited (killed before it was started)"),
                 );
             }
-            run_crun(&crun, &["start", id])?;
+            if !c.holder {
+                run_crun(&crun, &["start", id])?;
+            }
             *started = true;
             return Ok(p.pid() as u32);
         };
@@ -800,7 +903,7 @@ impl Containers {
             }
         };
         let mut problems = Vec::new();
-        if let Some(crun) = &self.crun
+        if let Some(crun) = self.crun.as_ref().filter(|_| !c.holder)
             && let Err(e) = run_crun(crun, &["delete", "--force", id])
         {
             crate::warn!("container {id}: {}", e.message);
@@ -862,6 +965,82 @@ impl Containers {
                     problems.join("; ")
                 ),
             )
+        }
+    }
+}
+
+/// The sandbox's cgroup, with the guest's controllers enabled down to it (as crun does).
+fn make_cgroup(cgroup: &Path) -> Result<()> {
+    let root = Path::new(CGROUP_ROOT);
+    let rel = cgroup
+        .strip_prefix(root)
+        .map_err(|_| internal("cgroup outside the root"))?;
+    let mut dir = root.to_path_buf();
+    for part in rel.components() {
+        if let Ok(available) = fs::read_to_string(dir.join("cgroup.controllers")) {
+            for word in crate::setup::controllers_to_enable(&available) {
+                let _ = fs::write(dir.join("cgroup.subtree_control"), word);
+            }
+        }
+        dir.push(part);
+        if let Err(e) = fs::create_dir(&dir)
+            && e.kind() != std::io::ErrorKind::AlreadyExists
+        {
+            return Err(internal(format!("mkdir {}: {e}", dir.display())));
+        }
+    }
+    Ok(())
+}
+
+/// Runs the holder and returns the reaper mark taken before it; sets `init`'s pid.
+fn spawn_holder(plan: &crate::holder::Plan, init: &Proc) -> Result<u64> {
+    use std::os::unix::process::CommandExt;
+    let reaper = Reaper::get().ok_or_else(|| internal("no reaper"))?;
+    let mut cmd = std::process::Command::new("/proc/self/exe");
+    // Named as the pause process it replaces, in `ps` of a pod that shares its PID namespace.
+    cmd.arg0("/pause").args(plan.to_args()).env_clear();
+    // SAFETY: unshare(2) only, between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            let flags = libc::CLONE_NEWIPC | libc::CLONE_NEWUTS | libc::CLONE_NEWPID;
+            if libc::unshare(flags) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mark = reaper.mark();
+    let out = reaper
+        .output(&mut cmd, Duration::from_secs(10))
+        .map_err(|e| internal(format!("start the pod's namespace holder: {e}")))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let pid = text
+        .lines()
+        .find_map(|l| l.strip_prefix("pid ")?.trim().parse::<i32>().ok());
+    let failed = text.lines().find_map(|l| l.strip_prefix("error "));
+    match (pid, failed, text.lines().any(|l| l == "ok")) {
+        (Some(pid), None, true) if pid > 0 => {
+            *lock(&init.pid) = pid;
+            Ok(mark)
+        }
+        (_, why, _) => {
+            let why = why.map(str::to_string).unwrap_or_else(|| {
+                format!(
+                    "exit {}, {}",
+                    out.status.code(),
+                    String::from_utf8_lossy(&out.stderr)
+                        .chars()
+                        .take(512)
+                        .collect::<String>()
+                )
+            });
+            Err(Error {
+                code: ttrpc::Code::INVALID_ARGUMENT,
+                message: format!(
+                    "the pod's namespace holder failed: {}",
+                    why.chars().take(512).collect::<String>()
+                ),
+            })
         }
     }
 }

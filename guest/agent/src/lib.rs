@@ -8,10 +8,12 @@ pub mod console;
 pub mod container;
 pub mod crun;
 pub mod error;
+pub mod holder;
 pub mod mounts;
 pub mod network;
 pub mod portfwd;
 pub mod reaper;
+pub mod resources;
 pub mod serial;
 pub mod service;
 pub mod setup;
@@ -167,6 +169,9 @@ fn server_builder(service: Arc<service::AgentService>) -> Arc<BuildServer> {
 
 /// The agent's main; never returns as PID 1.
 pub fn run(args: Vec<String>) -> i32 {
+    if args.first().map(String::as_str) == Some(holder::FLAG) {
+        holder::main(&args);
+    }
     let pid1 = nix::unistd::getpid().as_raw() == 1;
     let cfg = match parse_args(&args, &|k| std::env::var(k).ok()) {
         Ok(c) => c,

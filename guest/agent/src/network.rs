@@ -33,6 +33,25 @@ pub fn interface_by_mac(class_net: &std::path::Path, mac: &str) -> Option<String
     })
 }
 
+/// "aa:bb:cc:dd:ee:ff" → its 6 bytes (a unicast MAC: the guest's NIC gets it).
+pub fn parse_mac(mac: &str) -> Result<[u8; 6], String> {
+    let mut bytes = [0u8; 6];
+    let mut parts = mac.split(':');
+    for b in bytes.iter_mut() {
+        let part = parts.next().filter(|p| p.len() == 2);
+        *b = part
+            .and_then(|p| u8::from_str_radix(p, 16).ok())
+            .ok_or(format!("{mac:?} is not a MAC address"))?;
+    }
+    if parts.next().is_some() {
+        return Err(format!("{mac:?} is not a MAC address"));
+    }
+    if bytes[0] & 1 == 1 || bytes == [0; 6] {
+        return Err(format!("{mac:?} is not a unicast MAC address"));
+    }
+    Ok(bytes)
+}
+
 /// "10.1.2.0/24" or "default" → (address, prefix length).
 pub fn parse_cidr(dest: &str) -> Result<(Ipv4Addr, u32), String> {
     if dest == "default" {
@@ -143,6 +162,19 @@ impl Ioctl {
             &mut req,
             format!("set netmask /{prefix_len} on {name}"),
         )
+    }
+
+    /// The NIC's MAC (virtio-net tells the device: QEMU's receive filter follows it).
+    fn set_mac(&self, name: &str, mac: [u8; 6]) -> Result<(), Error> {
+        let mut req = Self::ifreq(name)?;
+        // SAFETY: plain data; all-zero is a valid sockaddr.
+        let mut hw: libc::sockaddr = unsafe { std::mem::zeroed() };
+        hw.sa_family = libc::ARPHRD_ETHER;
+        for (dst, src) in hw.sa_data.iter_mut().zip(mac) {
+            *dst = src as libc::c_char;
+        }
+        req.ifr_ifru.ifru_hwaddr = hw;
+        self.call(libc::SIOCSIFHWADDR, &mut req, format!("set MAC on {name}"))
     }
 
     fn up(&self, name: &str) -> Result<(), Error> {
@@ -351,6 +383,8 @@ fn static_ipv6(name: &str) {
 
 pub struct Interface {
     pub mac: String,
+    /// The NIC's MAC until now, when it is to get `mac` first (a pool VM's NIC); empty: none.
+    pub placeholder_mac: String,
     pub mtu: u32,
     pub addresses: Vec<(String, u32)>,
 }
@@ -373,7 +407,21 @@ pub fn configure(interfaces: &[Interface], routes: &[Route]) -> Result<(), Error
         })
     };
     for iface in interfaces {
-        let name = name_of(&iface.mac)?;
+        // A pool VM's NIC booted with a placeholder MAC: it takes the pod's before it comes up
+        // (its IPv6 link-local is derived then). Found by the pod's MAC too: a request retried.
+        let name = match interface_by_mac(class_net, &iface.mac) {
+            Some(name) => name,
+            None if !iface.placeholder_mac.is_empty() => {
+                let mac = parse_mac(&iface.mac).map_err(|m| Error {
+                    code: ttrpc::Code::INVALID_ARGUMENT,
+                    message: m,
+                })?;
+                let name = name_of(&iface.placeholder_mac)?;
+                io.set_mac(&name, mac)?;
+                name
+            }
+            None => name_of(&iface.mac)?,
+        };
         if iface.mtu > 0 {
             io.set_mtu(&name, iface.mtu)?;
         }
@@ -502,6 +550,27 @@ mod tests {
         assert!(is_v6_route(&route("fd00::/64", "")));
         assert!(!is_v6_route(&route("default", "10.0.0.1")));
         assert!(!is_v6_route(&route("10.0.0.0/24", "")));
+    }
+
+    #[test]
+    fn parses_unicast_macs_only() {
+        assert_eq!(
+            parse_mac("32:9b:E6:3c:97:9a").unwrap(),
+            [0x32, 0x9b, 0xe6, 0x3c, 0x97, 0x9a]
+        );
+        for bad in [
+            "",
+            "32:9b:e6:3c:97",
+            "32:9b:e6:3c:97:9a:00",
+            "32:9b:e6:3c:97:9",
+            "32:9b:e6:3c:97:zz",
+            "329:b:e6:3c:97:9a",
+            "33:9b:e6:3c:97:9a",
+            "ff:ff:ff:ff:ff:ff",
+            "00:00:00:00:00:00",
+        ] {
+            assert!(parse_mac(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -294,6 +294,18 @@ impl agent_ttrpc::Agent for AgentService {
         Ok(agent::Empty::new())
     }
 
+    fn online_resources(
+        &self,
+        _ctx: &ttrpc::TtrpcContext,
+        _req: agent::Empty,
+    ) -> ttrpc::Result<agent::OnlineResourcesResponse> {
+        let (mem, cpus) = crate::resources::online_and_read();
+        let mut resp = agent::OnlineResourcesResponse::new();
+        resp.mem_total_kib = mem;
+        resp.online_cpus = cpus;
+        Ok(resp)
+    }
+
     fn configure_network(
         &self,
         _ctx: &ttrpc::TtrpcContext,
@@ -304,6 +316,7 @@ impl agent_ttrpc::Agent for AgentService {
             .iter()
             .map(|i| crate::network::Interface {
                 mac: i.mac.clone(),
+                placeholder_mac: i.placeholder_mac.clone(),
                 mtu: i.mtu,
                 addresses: i
                     .addresses

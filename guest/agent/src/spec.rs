@@ -122,7 +122,7 @@ fn shm_mount() -> Value {
 
 /// containerd's CRI marks an app container with these; the sandbox (pause) container is the
 /// pod's namespace holder, in the guest as on a runc host.
-const CRI_CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
+pub(crate) const CRI_CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
 const CRI_SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
 
 /// Namespaces a CRI app container joins from another container of its pod (containerd names

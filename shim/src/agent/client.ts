@@ -54,6 +54,7 @@ const codecs = {
   PortForwardReadRequest: codec("PortForwardReadRequest"),
   PortForwardWriteRequest: codec("PortForwardWriteRequest"),
   PortForwardCloseRequest: codec("PortForwardCloseRequest"),
+  OnlineResourcesResponse: codec("OnlineResourcesResponse"),
 };
 
 /** The protocol version this host side speaks; `checkProtocol` refuses an agent with another. */
@@ -236,6 +237,12 @@ export class AgentClient {
 
   async configureNetwork(network: GuestNetwork, opts?: CallOptions): Promise<void> {
     await this.call("ConfigureNetwork", codecs.ConfigureNetworkRequest, network, codecs.Empty, opts);
+  }
+
+  /** Onlines hot-plugged CPUs and memory in the guest; what is online (guest-reported: untrusted). */
+  async onlineResources(opts?: CallOptions): Promise<{ memTotalKiB: number; onlineCpus: number }> {
+    const res = await this.call("OnlineResources", codecs.Empty, {}, codecs.OnlineResourcesResponse, opts);
+    return { memTotalKiB: Number(res.memTotalKib), onlineCpus: Number(res.onlineCpus) };
   }
 
   async putFiles(dir: string, files: PutFile[], opts?: CallOptions): Promise<void> {

@@ -51,11 +51,16 @@ export interface ProtoMessages {
     mac: string;
     mtu: number;
     addresses: ProtoMessages["cloudhv.agent.v1.IpAddress"][];
+    placeholderMac: string;
   };
   "cloudhv.agent.v1.NetworkRoute": {
     dest: string;
     gateway: string;
     mac: string;
+  };
+  "cloudhv.agent.v1.OnlineResourcesResponse": {
+    memTotalKib: number;
+    onlineCpus: number;
   };
   "cloudhv.agent.v1.PortForwardCloseRequest": {
     connId: number;
@@ -634,6 +639,7 @@ export const PROTO_FILE_OF: { readonly [K in keyof ProtoMessages]: string } = {
   "cloudhv.agent.v1.ListPidsResponse": "agent.proto",
   "cloudhv.agent.v1.NetworkInterface": "agent.proto",
   "cloudhv.agent.v1.NetworkRoute": "agent.proto",
+  "cloudhv.agent.v1.OnlineResourcesResponse": "agent.proto",
   "cloudhv.agent.v1.PortForwardCloseRequest": "agent.proto",
   "cloudhv.agent.v1.PortForwardOpenRequest": "agent.proto",
   "cloudhv.agent.v1.PortForwardOpenResponse": "agent.proto",

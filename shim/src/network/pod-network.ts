@@ -316,3 +316,22 @@ export async function attachWarmNic(
   }
   return detachable(netnsPath, tap, iface, undo);
 }
+
+/**
+ * A pool VM's NIC from its boot (pod/pool.ts POOL_BOOT_NIC): its TAP waits in the VMM's own
+ * empty netns, where nothing reaches it. Once the pod's interface is read, the TAP is moved into
+ * the pod's netns with one more spawn (MOVE_SCRIPT), gets the same filters and settings as
+ * attachPodNetwork's, and comes up last. The guest then gives its NIC the pod's MAC (the agent,
+ * told the placeholder): whatever MAC it sets, only the pod's passes the filters. On a failure
+ * the TAP is removed, or dies with the VMM's netns when the caller stops the VM.
+ */
+export async function attachBootNic(
+  vmmPid: number,
+  netnsPath: string,
+  tap = "tap0_chv",
+): Promise<PodNetwork> {
+  const iface = await readPodInterface(netnsPath);
+  const undo = new Cleanup();
+  await filterTap(`/proc/${vmmPid}/ns/net`, netnsPath, tap, iface, undo);
+  return detachable(netnsPath, tap, iface, undo);
+}

@@ -11,7 +11,7 @@ import { PodCgroup } from "../cgroup/cgroup.js";
 import { oomScoreAdjFor } from "../cgroup/oom.js";
 import type { RuntimeConfig } from "../config.js";
 import type { Mount } from "../containerd/publisher.js";
-import { ShimError } from "../errors.js";
+import { precondition, ShimError } from "../errors.js";
 import { adoptPodNetwork, type PodInterface, type PodNetwork } from "../network/pod-network.js";
 import { PodPortForward } from "../network/port-forward.js";
 import { POD_TAP, type Provisional, type ProvisionalStore } from "../state/provisional.js";
@@ -25,9 +25,10 @@ import { FS_DEVICE_ID, PodShare, volumesFailed } from "../volumes/virtiofs.js";
 import { ContainerVolumes } from "../volumes/volumes.js";
 import { connectAdoptedAgent } from "./adopt-agent.js";
 import { type ContainmentHost, type ContainmentPlan, planContainment } from "./containment.js";
+import { growVm } from "./grow.js";
 import { watchAgentHealth } from "./health.js";
-import type { WarmVm } from "./pool.js";
-import type { PreparedRootfs, RootfsAdopter, RootfsPreparer } from "./rootfs.js";
+import type { BootNic, WarmVm } from "./pool.js";
+import { noRootfs, type PreparedRootfs, type RootfsAdopter, type RootfsPreparer } from "./rootfs.js";
 import type { ScratchSize } from "./scratch-size.js";
 import type { VmSize } from "./sizing.js";
 import { type OciSpecFile, podNetnsPath } from "./spec.js";
@@ -35,8 +36,11 @@ import { type OciSpecFile, podNetnsPath } from "./spec.js";
 /** Puts the VM's NIC in place of the pod's interface (network/pod-network.ts; faked in unit tests). */
 export type NetworkAttacher = (netnsPath: string) => Promise<PodNetwork>;
 
-/** The same for a running pool VM: its NIC is hot-plugged (network/pod-network.ts attachWarmNic). */
-export type WarmNetworkAttacher = (vm: VmHandle, netnsPath: string) => Promise<PodNetwork>;
+/**
+ * The same for a running pool VM: the NIC it booted with (`bootNic`) moves into the pod's netns
+ * (network/pod-network.ts attachBootNic); without one, a NIC is hot-plugged (attachWarmNic).
+ */
+export type WarmNetworkAttacher = (vm: VmHandle, netnsPath: string, bootNic?: BootNic) => Promise<PodNetwork>;
 
 /** How long a claimed pool VM's guest may take to show its hot-plugged NIC. */
 const NIC_APPEAR_MS = 20_000;
@@ -66,6 +70,8 @@ export interface ContainerRequest {
   stdin: boolean;
   /** Its scratch disk's size, from its spec (Pods.create); the config's when absent. */
   scratch?: ScratchSize;
+  /** A CRI sandbox the guest's namespace holder runs: no rootfs, no disks (config sandbox_holder). */
+  holder?: boolean;
 }
 
 /** A container in a pod's VM, with what the pod holds for it until it leaves. */
@@ -106,8 +112,24 @@ export class Pod {
   /** Why the health checks stopped the VM, once they have. */
   private wedged: string | undefined;
   private readonly exitedWithReason: Promise<VmExit>;
+  /** The pod is going down: a retiring container's guest steps failing is expected then. */
+  private goingDown = false;
   /** Provisional records of creates (the boot's, joins') by container, until the pod's record has them. */
   private readonly provisional = new Map<string, Provisional>();
+  /**
+   * App containers deleted whose disks are still leaving the VM (unplug, then their files are
+   * released), by id: a delete replies before that (Pod.retire). Recorded, so that a daemon
+   * killed meanwhile leaves them to the next.
+   */
+  private readonly retiring = new Map<
+    string,
+    {
+      member: PodMember;
+      /** Once its unplugs settled: whether they all succeeded (else the files wait for the VMM's exit). */
+      unplugged: Promise<boolean>;
+      done: Promise<void>;
+    }
+  >();
 
   private constructor(
     /** The CRI sandbox id, or the plain task's id. */
@@ -198,15 +220,14 @@ export class Pod {
       }
       const preparing = phases.time(
         "rootfsMs",
-        deps.prepareRootfs(first.namespace, first.id, first.rootfs, first.scratch, noteScratch),
+        first.holder
+          ? Promise.resolve(noRootfs())
+          : deps.prepareRootfs(first.namespace, first.id, first.rootfs, first.scratch, noteScratch),
       );
       const [rootfsDone, networkDone, claimDone] = await Promise.allSettled([
         preparing,
         netnsPath
-          ? phases.time(
-              "networkMs",
-              warm ? attachWarm(deps, warm.vm, netnsPath) : deps.attachNetwork(netnsPath),
-            )
+          ? phases.time("networkMs", warm ? attachWarm(deps, warm, netnsPath) : deps.attachNetwork(netnsPath))
           : Promise.resolve(undefined),
         // A pool VM takes the pod's cgroup and, once they exist, its disks while its NIC is
         // attached (QMP serves both; each takes its own hot-plug port).
@@ -270,7 +291,7 @@ export class Pod {
             undo,
             journal,
           });
-      if (network) await configureGuestNetwork(agent, network.iface, phases, warm !== undefined);
+      if (network) await configureGuestNetwork(agent, network.iface, phases, warm);
       phases.mark("vmReady");
 
       const pod = new Pod(
@@ -338,6 +359,7 @@ export class Pod {
         vcpus: where.size.vcpus,
         maxVcpus: where.size.maxVcpus,
         memoryMb: where.size.memoryMb,
+        ...(config.free_page_reporting ? { freePageReporting: true } : {}),
         stateDir: path.join(config.state_dir, "vm", where.vmId),
         disks: rootfs.disks,
         log: log.child({ vm: where.vmId }),
@@ -406,6 +428,12 @@ export class Pod {
         }
         await deps.containment.setNice?.(vm.pid, 0);
         if (oomScoreAdj !== undefined) await deps.containment.setOomScoreAdj(vm.pid, oomScoreAdj, log);
+        // A bigger pod's size by hot-plug, online in the guest before its containers run.
+        const add = warm.grow;
+        if (add) {
+          const took = await phases.time("growMs", growVm(vm, agent, add));
+          log.info({ sandbox: vm.id, grow: add, ...took }, "pool VM grown for the pod");
+        }
       }),
       got.rootfs.then((rootfs) =>
         phases.time(
@@ -441,9 +469,13 @@ export class Pod {
   async record(sandbox: boolean, members: readonly PodMember[]): Promise<PodRecord | undefined> {
     if (!this.vm.record) return undefined;
     const memberRecords: MemberRecord[] = [];
-    for (const m of members) {
+    const retiringRecords: MemberRecord[] = [];
+    for (const [m, into] of [
+      ...members.map((m) => [m, memberRecords] as const),
+      ...[...this.retiring.values()].map((r) => [r.member, retiringRecords] as const),
+    ]) {
       if (!m.rootfs.record) return undefined;
-      memberRecords.push({
+      into.push({
         id: m.id,
         pid: m.pid,
         ownsPod: m.ownsPod,
@@ -476,6 +508,7 @@ export class Pod {
       ...(this.oomScoreAdj !== undefined ? { oomScoreAdj: this.oomScoreAdj } : {}),
       containerScores: [...this.containerScores],
       members: memberRecords,
+      ...(retiringRecords.length > 0 ? { retiring: retiringRecords } : {}),
     };
   }
 
@@ -500,6 +533,11 @@ export class Pod {
     for (const m of record.members) {
       if (deps.adoptRootfs) rootfs.set(m.id, await deps.adoptRootfs(m.rootfs));
     }
+    // Deleted containers whose disks were leaving the VM: finished below, or released with it.
+    const retiring = new Map<string, PreparedRootfs>();
+    for (const m of record.retiring ?? []) {
+      if (deps.adoptRootfs) retiring.set(m.id, await deps.adoptRootfs(m.rootfs));
+    }
     const vmConfig = { id: record.vmId, stateDir: record.stateDir, log: vmLog };
     const vm =
       deps.driver.name === record.driver && deps.driver.adopt
@@ -521,9 +559,11 @@ export class Pod {
       await share?.stop();
       await network?.detach();
       await cgroup?.remove();
-      for (const r of rootfs.values()) await r.release();
+      for (const r of [...rootfs.values(), ...retiring.values()]) await r.release();
       // Without the cache (a unit test's fake disks) the scratch files still go.
-      if (!deps.adoptRootfs) for (const m of record.members) await rm(m.rootfs.scratchPath, { force: true });
+      if (!deps.adoptRootfs)
+        for (const m of [...record.members, ...(record.retiring ?? [])])
+          if (m.rootfs.scratchPath) await rm(m.rootfs.scratchPath, { force: true });
       await rm(record.stateDir, { recursive: true, force: true });
       return undefined;
     }
@@ -561,6 +601,20 @@ export class Pod {
         pod,
         pid: m.pid,
         ownsPod: m.ownsPod,
+        rootfs: prepared,
+        devices: m.devices,
+        volumes,
+      });
+    }
+    for (const m of record.retiring ?? []) {
+      const prepared = retiring.get(m.id);
+      if (!prepared) continue;
+      const volumes = ContainerVolumes.adopt(m.volumes, vmLog);
+      pod.retire({
+        id: m.id,
+        pod,
+        pid: m.pid,
+        ownsPod: false,
         rootfs: prepared,
         devices: m.devices,
         volumes,
@@ -611,6 +665,13 @@ export class Pod {
 
   /** Creates a CRI app container in this running VM: its disks are hot-plugged. */
   async join(req: ContainerRequest, spec: OciSpecFile, log: Logger, phases: PhaseClock): Promise<PodMember> {
+    // A container of the same id that was just deleted still has its disks (same serials, same
+    // scratch owner) leaving the VM: they must be gone first.
+    const previous = this.retiring.get(req.id);
+    if (previous && !(await phases.time("retiringWaitMs", Pod.left(previous))))
+      throw precondition(
+        `container ${req.id} was deleted from pod ${this.id} but the guest did not release its disks; the same id can be created again once the pod's VM stops (or create it under another id)`,
+      );
     const max = this.deps.config.max_containers_per_vm;
     if (this.joined.size >= max) {
       throw new ShimError(
@@ -635,25 +696,34 @@ export class Pod {
       journal = await this.deps.provisional?.begin(this.vm.id, this.key, req.id);
       const noted = journal;
       phases.mark("start");
-      const rootfs = await phases.time(
-        "rootfsMs",
+      const prepare = () =>
         this.deps.prepareRootfs(
           req.namespace,
           req.id,
           req.rootfs,
           req.scratch,
           noted ? (file) => noted.note({ scratch: [file] }) : undefined,
-        ),
+        );
+      // The node's scratch budget may be held by this pod's deleted containers still leaving.
+      const rootfs = await phases.time(
+        "rootfsMs",
+        prepare().catch((err: unknown) => this.afterRetiring(err, prepare)),
       );
       undo.defer("release rootfs", () => rootfs.release());
       phases.mark("disksReady");
       const devices: string[] = [];
       await journal?.note({ disks: rootfs.disks.map((d) => d.serial) });
-      await phases.time(
-        "hotplugMs",
+      const plug = () =>
         plugDisks(this.vm, rootfs.disks, (device) => {
           devices.push(device);
           undo.defer(`unplug ${device}`, () => this.vm.removeDevice(device));
+        });
+      await phases.time(
+        "hotplugMs",
+        // The hot-plug ports may be held by deleted containers' disks still leaving.
+        plug().catch((err: unknown) => {
+          if (devices.length > 0) throw err;
+          return this.afterRetiring(err, plug);
         }),
       );
       phases.mark("vmReady");
@@ -782,19 +852,20 @@ export class Pod {
   }
 
   /**
-   * Takes a container out: an app container leaves the VM (guest container removed, disks
-   * unplugged, rootfs released); the VM's owner takes the whole pod down. Never throws: a
-   * step that fails is logged and the rest still run.
+   * Takes a container out: an app container leaves the VM (guest container removed; its disks
+   * are unplugged and its rootfs released after this returns, Pod.retire); the VM's owner takes
+   * the whole pod down. Never throws: a step that fails is logged and the rest still run.
    */
   async remove(member: PodMember, phases: PhaseClock): Promise<void> {
     member.volumes.stop();
     const cleanup = new Cleanup();
-    cleanup.defer(
-      "release rootfs",
-      phases.wrap("rootfsReleaseMs", () => member.rootfs.release()),
-    );
     const share = this.share;
     if (member.ownsPod) {
+      this.goingDown = true;
+      cleanup.defer(
+        "release rootfs",
+        phases.wrap("rootfsReleaseMs", () => member.rootfs.release()),
+      );
       // Last of all (a create that failed after its boot): its provisional record goes.
       cleanup.defer("settle the create", () => this.createSettled(member.id));
       // Runs after the VM is gone (newest first): the cgroup outlives the VMM.
@@ -806,6 +877,11 @@ export class Pod {
           "stop virtiofsd",
           phases.wrap("virtiofsdStopMs", async () => (await share.catch(() => undefined))?.stop()),
         );
+      // Deleted containers' disks still leaving: abandoned (the VMM is going), their files
+      // released once it is gone (Pod.retire races each unplug with the VMM's exit).
+      cleanup.defer("release retiring containers' disks", () =>
+        Promise.all([...this.retiring.values()].map((r) => r.done)),
+      );
       const stopVm = phases.wrap("vmStopMs", async () => {
         this.stopHealth();
         this.agent.close();
@@ -825,30 +901,114 @@ export class Pod {
       const forward = this.portForward;
       if (forward) cleanup.defer("stop port-forward", () => forward.stop());
     } else {
-      // Last of all (a join that failed after it was built): its provisional record goes.
-      cleanup.defer("settle the create", () => this.createSettled(member.id));
       this.joined.delete(member.id);
       if (this.containerScores.delete(member.id))
         cleanup.defer("update OOM score", () => this.updateOomScore());
-      // The container's volumes leave the shared directory after the guest container is gone.
-      const names = member.volumes.shared.map((v) => v.name);
-      if (share && names.length > 0)
-        cleanup.defer("unbind shared volumes", async () =>
-          (await share.catch(() => undefined))?.remove(names),
-        );
-      // Newest first: the guest lets go of the disks before they are unplugged.
-      for (const device of member.devices) {
-        cleanup.defer(
-          `unplug ${device}`,
-          phases.wrap("guestUnplugMs", () => this.vm.removeDevice(device)),
-        );
-      }
-      cleanup.defer(
-        "remove container in guest",
-        phases.wrap("guestRemoveMs", () => this.agent.removeContainer(member.id, { timeoutMs: 10_000 })),
-      );
     }
     await cleanup.run();
+    // The guest container, its volumes and disks leave after the reply (Pod.retire).
+    if (!member.ownsPod) this.retire(member);
+  }
+
+  /**
+   * A deleted app container leaves the VM in the background, after its delete replied: the
+   * guest container is removed (crun delete, unmounts: the guest lets go of its disks), its
+   * shared volumes unbound, its disks unplugged at once, then its files (scratch, erofs cache
+   * reference) released, only after QEMU let go of them: the unplugs done or the VMM gone. A
+   * guest that never answers holds them until the agent's and the driver's timeouts, the files
+   * until the VMM exits. Last, a failed join's provisional record goes. Resolves `retirement()`;
+   * the task service records the pod again then.
+   */
+  retire(member: PodMember): void {
+    const log = this.log(member.id);
+    const started = performance.now();
+    const vmGone = this.vm.exited.then(() => {
+      throw new Error(`VM ${this.vm.id} exited`);
+    });
+    vmGone.catch(() => {});
+    let unplugsSettled: (ok: boolean) => void = () => {};
+    const unplugged = new Promise<boolean>((resolve) => {
+      unplugsSettled = resolve;
+    });
+    const done = (async () => {
+      // A pod deleted right after its container (the CRI order) takes the guest with it: then
+      // these steps fail, as expected, and the files wait for the VMM's exit.
+      const warn = (obj: object, msg: string) =>
+        this.goingDown ? log.debug(obj, `${msg} (the pod is going down)`) : log.warn(obj, msg);
+      await Promise.race([this.agent.removeContainer(member.id, { timeoutMs: 10_000 }), vmGone]).catch(
+        (err: unknown) =>
+          warn({ err: (err as Error).message }, "could not remove a deleted container in the guest"),
+      );
+      const guestRemoveMs = performance.now() - started;
+      // Its volumes leave the shared directory once the guest container is gone.
+      const names = member.volumes.shared.map((v) => v.name);
+      if (this.share && names.length > 0)
+        await (await this.share.catch(() => undefined))
+          ?.remove(names)
+          .catch((err: unknown) =>
+            log.error({ err: (err as Error).message }, "could not unbind shared volumes"),
+          );
+      const unplugStarted = performance.now();
+      const unplugs = await Promise.allSettled(
+        member.devices.map((device) => Promise.race([this.vm.removeDevice(device), vmGone])),
+      );
+      const unplugMs = performance.now() - unplugStarted;
+      const failed = unplugs.flatMap((r, i) =>
+        r.status === "rejected" ? [`${member.devices[i]}: ${(r.reason as Error).message}`] : [],
+      );
+      unplugsSettled(failed.length === 0);
+      if (failed.length > 0) {
+        warn({ failed }, "disks of a deleted container not unplugged; their files go when the VMM exits");
+        await this.vm.exited;
+      }
+      const releaseStarted = performance.now();
+      await member.rootfs.release();
+      await this.createSettled(member.id);
+      log.info(
+        {
+          guestRemoveMs: Math.round(guestRemoveMs),
+          guestUnplugMs: Math.round(unplugMs),
+          rootfsReleaseMs: Math.round(performance.now() - releaseStarted),
+          totalMs: Math.round(performance.now() - started),
+        },
+        "deleted container left the VM",
+      );
+    })()
+      .catch((err: unknown) =>
+        log.error({ err: (err as Error).message }, "could not release a deleted container's disks"),
+      )
+      .finally(() => {
+        unplugsSettled(false);
+        if (this.retiring.get(member.id)?.done === done) this.retiring.delete(member.id);
+      });
+    this.retiring.set(member.id, { member, unplugged, done });
+  }
+
+  /**
+   * Runs `work` again once this pod's deleted containers have left, when it failed for a lack
+   * (scratch budget, hot-plug ports) they may hold; otherwise throws `err`.
+   */
+  private async afterRetiring<T>(err: unknown, work: () => Promise<T>): Promise<T> {
+    const exhausted = err instanceof ShimError && err.kind === "ResourceExhausted";
+    if (!exhausted || this.retiring.size === 0) throw err;
+    await Promise.all([...this.retiring.values()].map((r) => Pod.left(r)));
+    return work();
+  }
+
+  /**
+   * Whether a retiring container left: its disks unplugged and files released (true), or a
+   * disk the guest did not let go of (false, at once: its files wait for the VMM's exit).
+   * Bounded by the agent's and the driver's timeouts, never by the guest.
+   */
+  private static async left(r: { unplugged: Promise<boolean>; done: Promise<void> }): Promise<boolean> {
+    if (!(await r.unplugged)) return false;
+    await r.done;
+    return true;
+  }
+
+  /** Resolves once the disks of the deleted containers now leaving the VM are gone (Pod.retire). */
+  async retirement(): Promise<void> {
+    while (this.retiring.size > 0) await Promise.all([...this.retiring.values()].map((r) => r.done));
   }
 
   /**
@@ -964,11 +1124,13 @@ export function vmId(namespace: string, podId: string): string {
 }
 
 /** What the agent needs to give the guest the pod's interface (IPv4 for now). */
-export function guestNetwork(iface: PodInterface): GuestNetwork {
+export function guestNetwork(iface: PodInterface, placeholderMac = ""): GuestNetwork {
   return {
     interfaces: [
       {
         mac: iface.mac,
+        // A pool VM's NIC has this MAC until the agent gives it the pod's (empty: it has the pod's).
+        placeholderMac,
         mtu: iface.mtu,
         // IPv4 and IPv6 (dual-stack): the guest's eth0 holds every address the veth had.
         addresses: iface.addresses.map((a) => ({ address: a.address, prefixLen: a.prefixLen })),
@@ -994,27 +1156,31 @@ async function plugDisks(vm: VmHandle, disks: DiskSpec[], plugged: (id: string) 
   for (const disk of disks) plugged(await vm.addDisk(disk));
 }
 
-function attachWarm(deps: PodDeps, vm: VmHandle, netnsPath: string): Promise<PodNetwork> {
+function attachWarm(deps: PodDeps, warm: WarmVm, netnsPath: string): Promise<PodNetwork> {
   if (!deps.attachWarmNetwork)
     return Promise.reject(new ShimError("Unimplemented", "pool VMs cannot take a pod network here"));
-  return deps.attachWarmNetwork(vm, netnsPath);
+  return deps.attachWarmNetwork(warm.vm, netnsPath, warm.bootNic);
 }
 
 /**
- * Gives the guest the pod's interface. A hot-plugged NIC (a pool VM's) shows up in the guest a
- * moment after QEMU added it: the agent answers NotFound until then, so that is retried, bounded.
+ * Gives the guest the pod's interface. A pool VM's NIC from its boot has a placeholder MAC,
+ * which the agent replaces with the pod's first. A hot-plugged NIC (a pool VM without one)
+ * shows up in the guest a moment after QEMU added it: the agent answers NotFound until then,
+ * so that is retried, bounded.
  */
 async function configureGuestNetwork(
   agent: AgentClient,
   iface: PodInterface,
   phases: PhaseClock,
-  hotplugged: boolean,
+  warm: WarmVm | undefined,
 ): Promise<void> {
   const until = Date.now() + NIC_APPEAR_MS;
+  const hotplugged = warm !== undefined && !warm.bootNic;
+  const request = guestNetwork(iface, warm?.bootNic?.mac);
   await phases.time("guestNetworkMs", async () => {
     for (;;) {
       try {
-        return await agent.configureNetwork(guestNetwork(iface));
+        return await agent.configureNetwork(request);
       } catch (err) {
         const waiting = hotplugged && err instanceof ShimError && err.kind === "NotFound";
         if (!waiting || Date.now() > until) throw err;

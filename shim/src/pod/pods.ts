@@ -2,12 +2,13 @@
 // container joins the VM its sandbox booted. Keeps the running CRI pods by namespace/sandbox id.
 
 import { notFound } from "../errors.js";
-import { attachPodNetwork, attachWarmNic } from "../network/pod-network.js";
+import { attachBootNic, attachPodNetwork, attachWarmNic } from "../network/pod-network.js";
 import type { PodRecord } from "../state/records.js";
 import type { Logger } from "../util/log.js";
 import { PhaseClock } from "../util/phases.js";
 import { type ContainmentHost, hostContainment } from "./containment.js";
 import { podRole } from "./cri.js";
+import { growPlan } from "./grow.js";
 import {
   type ContainerRequest,
   type NetworkAttacher,
@@ -48,7 +49,11 @@ export class Pods {
       ...deps,
       attachNetwork: deps.attachNetwork ?? ((netns) => attachPodNetwork(netns, "tap0_chv", { tapGroup })),
       attachWarmNetwork:
-        deps.attachWarmNetwork ?? ((vm, netns) => attachWarmNic(vm, netns, "tap0_chv", { tapGroup })),
+        deps.attachWarmNetwork ??
+        ((vm, netns, bootNic) =>
+          bootNic
+            ? attachBootNic(vm.pid, netns, bootNic.tap)
+            : attachWarmNic(vm, netns, "tap0_chv", { tapGroup })),
       containment: deps.containment ?? hostContainment,
     };
     const { config, driver } = deps;
@@ -106,6 +111,7 @@ export class Pods {
     }
     // Before anything is built: a VM cannot share the node's network, PID or IPC namespace.
     if (role.kind === "sandbox") refuseHostNamespaces(role.sandboxId, spec.doc, this.isHostNamespace);
+    if (role.kind === "sandbox" && this.deps.config.sandbox_holder) req = { ...req, holder: true };
     const podId = role.kind === "sandbox" ? role.sandboxId : req.id;
     const size = vmSize(annotations, this.deps.config, spec.doc.linux?.resources);
     const where = { id: podId, key: `${req.namespace}/${podId}`, vmId: vmId(req.namespace, podId), size };
@@ -129,18 +135,25 @@ export class Pods {
     if (!pool) return Pod.boot(where, req, spec, this.deps, log, phases);
     const cls = poolSize(this.deps.config);
     const { size } = where;
-    if (size.vcpus !== cls.vcpus || size.memoryMb !== cls.memoryMb || size.maxVcpus !== cls.maxVcpus) {
+    const plan = growPlan(cls, size, {
+      maxMemoryMb: this.deps.config.max_memory_mb,
+      enabled: this.deps.config.pool_grow,
+    });
+    if ("why" in plan) {
       log.info(
         {
           pool: "other-size",
           size: { vcpus: size.vcpus, memoryMb: size.memoryMb, maxVcpus: size.maxVcpus },
           poolSize: cls,
+          why: plan.why,
         },
         "pod is not of the pool's size: cold boot",
       );
       return Pod.boot(where, req, spec, this.deps, log, phases);
     }
-    const warm = pool.take();
+    const taken = pool.take();
+    const grow = plan.add.memoryMb > 0 || plan.add.vcpus > 0;
+    const warm = taken && grow ? { ...taken, grow: plan.add } : taken;
     if (!warm) {
       pool.noteColdBoot();
       log.info({ pool: "miss", ...pool.stats() }, "no pool VM ready: cold boot");
@@ -149,7 +162,18 @@ export class Pods {
     const claimPhases = new PhaseClock();
     let member: PodMember;
     try {
-      member = await Pod.boot({ ...where, vmId: warm.vm.id }, req, spec, this.deps, log, claimPhases, warm);
+      // A copy: the boot rewrites the spec's mounts to guest paths, and a cold boot after a
+      // failed claim needs them as containerd wrote them.
+      const claimSpec = { bytes: spec.bytes, doc: structuredClone(spec.doc) };
+      member = await Pod.boot(
+        { ...where, vmId: warm.vm.id },
+        req,
+        claimSpec,
+        this.deps,
+        log,
+        claimPhases,
+        warm,
+      );
     } catch (err) {
       // Pod.boot's undo stopped the VM already; discard counts it and makes sure.
       await pool.discard(warm);

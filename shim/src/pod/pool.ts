@@ -1,15 +1,17 @@
 // The warm pool: VMs booted ahead of time for the default size class (config `pool`), so that a
-// new pod skips the VMM launch and the guest boot. A pool VM has only the guest rootfs and a
-// connected, checked agent; the pod's NIC, disks and volumes arrive by hot-plug when a pod
-// claims it (Pod.boot). A VM leaves the pool once, for good: it is never given to a second pod,
-// and one whose claim failed is stopped, never put back. Refills run one VM at a time, at low
-// priority, and wait while pod creates are in flight.
+// new pod skips the VMM launch and the guest boot. A pool VM has only the guest rootfs, a NIC on
+// a TAP in its own empty netns and a connected, checked agent; a claim (Pod.boot) moves the TAP
+// into the pod's netns, and the pod's disks and volumes arrive by hot-plug. A VM leaves the
+// pool once, for good: it is never given to a second pod, and one whose claim failed is
+// stopped, never put back. Refills run one VM at a time, at low priority, and wait while pod
+// creates are in flight.
 import { mkdir, readdir, readFile, rename, rm, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { z } from "zod";
 import type { AgentClient } from "../agent/client.js";
 import type { RuntimeConfig } from "../config.js";
+import { POD_TAP } from "../state/provisional.js";
 import type { Logger } from "../util/log.js";
 import { isRunning, processIdentity } from "../util/proc.js";
 import type { HypervisorDriver, VmHandle } from "../vmm/types.js";
@@ -22,7 +24,27 @@ export interface WarmVm {
   readonly bootMs: number;
   /** The VM's dir, which holds the pool's marker until a pod claims it. */
   readonly stateDir?: string;
+  /** What the claim hot-plugs for a pod bigger than the class (pods.ts, pod/grow.ts). */
+  readonly grow?: { memoryMb: number; vcpus: number };
+  /**
+   * The NIC it booted with (absent: its claim hot-plugs one): on `tap` in the VMM's own netns,
+   * with `mac` in the guest until the claim gives it the pod's.
+   */
+  readonly bootNic?: BootNic;
 }
+
+/** A pool VM's NIC from its boot: the TAP's name and the guest NIC's placeholder MAC. */
+export interface BootNic {
+  readonly tap: string;
+  readonly mac: string;
+}
+
+/**
+ * What every pool VM boots with: the pod's TAP name (the claim moves the TAP into the pod's
+ * netns under the same name) and a locally administered MAC no pod frame passes with (the
+ * host's anti-spoof filters allow the pod's MAC only).
+ */
+export const POOL_BOOT_NIC: BootNic = { tap: POD_TAP, mac: "02:63:68:76:00:01" };
 
 /** What the pool did so far and holds now (the daemon log, pool.json, and metrics read it). */
 export interface PoolStats {
@@ -283,8 +305,8 @@ const markerSchema = z.object({
 export const POOL_NICE = 19;
 
 /**
- * Boots one pool VM: the guest rootfs only, in an empty netns of its own, at nice 19, its agent
- * connected and its protocol checked. Its dir gets a marker naming this daemon.
+ * Boots one pool VM: the guest rootfs only and a NIC on a TAP in an empty netns of its own, at
+ * nice 19, its agent connected and its protocol checked. Its dir gets a marker naming this daemon.
  */
 export async function bootWarmVm(
   config: RuntimeConfig,
@@ -304,7 +326,11 @@ export async function bootWarmVm(
     stateDir,
     log: log.child({ vm: id }),
     isolatedNetwork: true,
+    isolatedNic: POOL_BOOT_NIC,
     nice: POOL_NICE,
+    // Room for a bigger pod's memory (pod/grow.ts); vCPUs have theirs in maxVcpus.
+    ...(config.pool_grow ? { maxMemoryMb: config.max_memory_mb } : {}),
+    ...(config.free_page_reporting ? { freePageReporting: true } : {}),
   });
   try {
     const [daemon, vmm] = await Promise.all([processIdentity(process.pid), processIdentity(vm.pid)]);
@@ -317,7 +343,7 @@ export async function bootWarmVm(
       agent.close();
       throw err;
     }
-    return { vm, agent, bootMs: performance.now() - started, stateDir };
+    return { vm, agent, bootMs: performance.now() - started, stateDir, bootNic: POOL_BOOT_NIC };
   } catch (err) {
     await vm.stop();
     throw err;

@@ -27,6 +27,26 @@ export interface PreparedRootfs {
   release(): Promise<void>;
 }
 
+/**
+ * A CRI sandbox run by the guest agent's namespace holder: no image, no disks. Its record (all
+ * empty) tells an adopting daemon the same (isNoRootfs).
+ */
+export function noRootfs(): PreparedRootfs {
+  const record: RootfsRecord = {
+    disks: [],
+    rootfsSerial: "",
+    scratchSerial: "",
+    imageKey: "",
+    scratchPath: "",
+    scratchBytes: 0,
+  };
+  return { disks: [], rootfsSerial: "", scratchSerial: "", cacheHit: true, record, release: async () => {} };
+}
+
+export function isNoRootfs(record: RootfsRecord): boolean {
+  return record.disks.length === 0 && record.imageKey === "" && record.scratchPath === "";
+}
+
 /** Takes over the disks a previous daemon prepared for a container it served. */
 export type RootfsAdopter = (record: RootfsRecord) => Promise<PreparedRootfs>;
 
@@ -62,6 +82,7 @@ export function erofsRootfs(config: RuntimeConfig): { prepare: RootfsPreparer; a
     if (removed.length > 0) log.info({ removed }, "evicted cached rootfs images over the budget");
   };
   const adopt: RootfsAdopter = async (record) => {
+    if (isNoRootfs(record)) return noRootfs();
     cache ??= ErofsCache.open({ dir: config.cache_dir });
     const images = await cache;
     const image = images.adopt(record.imageKey);

@@ -113,6 +113,8 @@ const podRecord = z.object({
   oomScoreAdj: z.number().int().optional(),
   containerScores: z.array(z.tuple([z.string(), z.number().int()])),
   members: z.array(memberRecord),
+  /** App containers deleted whose disks were still leaving the VM (Pod.retire): the next daemon finishes. */
+  retiring: z.array(memberRecord).optional(),
 });
 export type PodRecord = z.infer<typeof podRecord>;
 

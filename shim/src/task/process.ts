@@ -17,6 +17,8 @@ export interface ProcessExit {
 
 export class Process {
   private current: ProcessState;
+  /** Kills sent to the guest and not answered yet (see answeredKills). */
+  private readonly kills = new Set<Promise<unknown>>();
   private resolveExit!: (exit: ProcessExit) => void;
   /** Settles once, when the process reaches "stopped". */
   readonly exited: Promise<ProcessExit>;
@@ -53,6 +55,26 @@ export class Process {
     if (this.current.kind !== "created")
       throw precondition(`${this.label} is ${this.current.kind}, not created`);
     this.current = { kind: "running", pid };
+  }
+
+  /** Notes a kill on its way to the guest, until it is answered or fails. */
+  noteKill(answer: Promise<unknown>): void {
+    const settled = answer.then(
+      () => {},
+      () => {},
+    );
+    this.kills.add(settled);
+    void settled.then(() => this.kills.delete(settled));
+  }
+
+  /**
+   * Resolves once every kill sent so far is answered. The exit is announced after that, as
+   * runc's shim does: containerd deletes a task (and closes its connection to the shim) as
+   * soon as it hears of the exit, so an answer still on its way would be lost and its Kill
+   * (StopContainer, StopPodSandbox) fail with "ttrpc: closed".
+   */
+  answeredKills(): Promise<void> {
+    return Promise.all([...this.kills]).then(() => {});
   }
 
   /** Any state → stopped; the first exit reported wins. */

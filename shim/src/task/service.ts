@@ -109,6 +109,10 @@ const metricsCodec = messageCodec("io.containerd.cgroups.v2.Metrics");
 const OUTPUT_DRAIN_MS = 5000;
 /** How long CloseIO waits for what containerd wrote to stdin to reach the guest first. */
 const STDIN_DRAIN_MS = 5000;
+/** How long an exit waits for the answer to a kill that is on its way (Process.answeredKills). */
+const KILL_ANSWER_MS = 10_000;
+/** How long a kill whose answer was lost waits to learn that its process ended. */
+const KILL_LOST_EXIT_MS = 2000;
 /** runc reports a SIGKILLed process as 128 + 9; a VM that died takes its processes with it. */
 const KILLED_STATUS = 137;
 /** An exec the guest could not start (crun exits 255 then; runc's exec does the same). */
@@ -217,6 +221,7 @@ export class TaskService {
     if (proc.state.kind === "running") return { pid: proc.state.pid };
     if (proc.state.kind !== "created") throw precondition(`${proc.label} is ${proc.state.kind}, not created`);
     let pid: number;
+    const started = performance.now();
     try {
       pid = await container.agent.startProcess(container.ref(execId));
     } catch (err) {
@@ -231,17 +236,43 @@ export class TaskService {
     if (execId) this.deps.events.publish(ns, "TaskExecStarted", { containerId: id, execId, pid });
     else this.deps.events.publish(ns, "TaskStart", { containerId: id, pid });
     void this.reapWhenDone(container, proc);
+    const guestStartMs = performance.now() - started;
     await this.persist(container.pod);
+    // The guest's `crun start` (or `crun exec`) and the record's write, for the benchmarks.
+    this.deps.log.info(
+      {
+        ns,
+        task: id,
+        ...(execId ? { exec: execId } : {}),
+        phases: {
+          guestStartMs: round(guestStartMs),
+          recordMs: round(performance.now() - started - guestStartMs),
+        },
+      },
+      "task started",
+    );
     return { pid };
   }
 
   async kill(ns: string, id: string, execId: string, signal: number, all: boolean): Promise<void> {
     const container = this.container(ns, id);
     const proc = this.process(container, execId);
-    if (proc.state.kind === "stopped") throw notFound(`${proc.label}: process already finished`);
+    const finished = (): boolean => proc.state.kind === "stopped";
+    if (finished()) throw notFound(`${proc.label}: process already finished`);
     if (!Number.isInteger(signal) || signal <= 0 || signal > 64)
       throw invalid(`signal ${signal} is not a valid signal`);
-    await container.agent.signalProcess(container.ref(execId), signal, all);
+    const answer = container.agent.signalProcess(container.ref(execId), signal, all);
+    proc.noteKill(answer);
+    try {
+      await answer;
+    } catch (err) {
+      // It ended while the signal was on its way and the answer was lost (the VM went with
+      // it): as for any process that finished, NOT_FOUND, which containerd's StopContainer
+      // and StopPodSandbox take as done. Its exit is announced only after this (see reapWhenDone).
+      if (finished() || (await within(proc.exited, KILL_LOST_EXIT_MS)) !== TIMED_OUT)
+        throw notFound(`${proc.label}: process already finished`);
+      throw err;
+    }
   }
 
   async wait(ns: string, id: string, execId: string): Promise<ExitInfo> {
@@ -477,6 +508,9 @@ export class TaskService {
     // Output first: containerd reads the FIFOs to EOF after it sees the exit.
     const forwarder = container.forwarders.get(proc.execId);
     if (forwarder) await within(forwarder.outputDone, OUTPUT_DRAIN_MS);
+    // A kill that ended it is answered before the exit is announced (Process.answeredKills).
+    // A guest that holds the answer back delays only its own exit, and not for long.
+    await within(proc.answeredKills(), KILL_ANSWER_MS);
     if (oom) this.deps.events.publish(container.namespace, "TaskOOM", { containerId: container.id });
     this.recordExit(container, proc, status, exitedAt);
   }
@@ -516,7 +550,11 @@ export class TaskService {
     await this.pods.remove(container.member, phases);
     container.log.close();
     if (container.member.ownsPod) await this.deps.records?.remove(container.pod.vm.id);
-    else await this.persist(container.pod);
+    else {
+      await this.persist(container.pod);
+      // Its disks leave the VM after this reply (Pod.retire): the record drops them once gone.
+      void container.pod.retirement().then(() => this.persist(container.pod));
+    }
   }
 
   /**
@@ -572,6 +610,8 @@ export class TaskService {
           restored++;
         }
         await this.persist(adopted.pod);
+        // Disks a deleted container left leaving the VM are finished (Pod.adopt): recorded again.
+        void adopted.pod.retirement().then(() => this.persist(adopted.pod));
         log.info(
           { tasks: file.tasks.map((t) => t.id), ms: Math.round(performance.now() - started) },
           "took over a pod from a previous daemon",

@@ -129,6 +129,18 @@ const TUN_SCRIPT = [
   'exec "$@"',
 ].join("\n");
 
+// TUN_SCRIPT for a pool VM that boots with its NIC: the TAP (name "$2") is made in the VMM's
+// empty netns, owned by the VMM group, before the drop; the unprivileged VMM then attaches to it.
+const TUN_TAP_SCRIPT = [
+  "set -e",
+  "mount -t tmpfs -o mode=0755,size=16k,nosuid,noexec cloudhv-tun /dev/net",
+  "mknod -m 0660 /dev/net/tun c 10 200",
+  'chgrp "$1" /dev/net/tun',
+  'ip tuntap add dev "$2" mode tap group "$1"',
+  "shift 2",
+  'exec "$@"',
+].join("\n");
+
 /**
  * The argv that starts `vmm` confined: in the pod's netns (if any), in a private mount
  * namespace, as `user`. No parent-death signal: the VMM outlives the daemon, and the next daemon
@@ -138,8 +150,10 @@ export function confinedArgv(
   vmm: string[],
   user: { uid: number; gid: number },
   netnsPath?: string,
-  opts: { isolatedNetwork?: boolean } = {},
+  opts: { isolatedNetwork?: boolean; isolatedTap?: string } = {},
 ): string[] {
+  if (opts.isolatedTap !== undefined && !/^[A-Za-z0-9_]{1,15}$/.test(opts.isolatedTap))
+    throw invalid(`TAP name "${opts.isolatedTap}" is not a valid interface name`);
   const drop = [
     "setpriv",
     `--reuid=${user.uid}`,
@@ -151,8 +165,9 @@ export function confinedArgv(
     "--",
     ...vmm,
   ];
-  // A pool VM: an empty netns of its own, where its TAP is made at claim and then moved into
-  // the pod's netns (network/pod-network.ts attachWarmNic); the tun node is needed to attach.
+  // A pool VM: an empty netns of its own, where its TAP is made (at its start with isolatedTap,
+  // else at claim) and then moved into the pod's netns (network/pod-network.ts); the tun node
+  // is needed to attach.
   if (!netnsPath && opts.isolatedNetwork)
     return [
       "unshare",
@@ -162,9 +177,10 @@ export function confinedArgv(
       "--",
       "sh",
       "-c",
-      TUN_SCRIPT,
+      opts.isolatedTap !== undefined ? TUN_TAP_SCRIPT : TUN_SCRIPT,
       "cloudhv-vmm",
       String(user.gid),
+      ...(opts.isolatedTap !== undefined ? [opts.isolatedTap] : []),
       ...drop,
     ];
   if (!netnsPath) return ["unshare", "--mount", "--propagation=private", "--", ...drop];

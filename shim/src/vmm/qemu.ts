@@ -28,6 +28,7 @@ import {
 } from "./confine.js";
 import { ConsoleLog } from "./console-log.js";
 import { assertBootFiles, assertReadable, exists } from "./files.js";
+import { memoryArg, plugCpus, plugMemory } from "./qemu-grow.js";
 import { QmpClient, type QmpEvent } from "./qmp.js";
 import {
   AGENT_PORT_NAME,
@@ -130,6 +131,7 @@ export class QemuDriver implements HypervisorDriver {
         ...(config.nice !== undefined ? ["nice", "-n", String(config.nice)] : []),
         ...confinedArgv([this.binary, ...argv], user, config.network?.netnsPath, {
           isolatedNetwork: config.isolatedNetwork === true,
+          ...(config.isolatedNetwork && config.isolatedNic ? { isolatedTap: config.isolatedNic.tap } : {}),
         }),
       ];
       // stderr to a file, not a pipe: QEMU outlives the daemon (a restarted one adopts it).
@@ -231,6 +233,10 @@ export async function qemuArgv(config: VmConfig, accel: Accel, files: PassedFile
   const kernel = `/proc/self/fd/${await files.add(config.kernelPath, true)}`;
   const initrd = config.initrdPath ? `/proc/self/fd/${await files.add(config.initrdPath, true)}` : undefined;
   const rootfs = await fdset(config.rootfsPath, true);
+  // A pool VM's NIC (isolatedNic) is on a TAP in its own empty netns, as a cold pod's is in the pod's.
+  const nic = config.network ?? (config.isolatedNetwork ? config.isolatedNic : undefined);
+  if (nic && !/^([0-9a-f]{2}:){5}[0-9a-f]{2}$/i.test(nic.mac))
+    throw invalid(`"${nic.mac}" is not a MAC address`);
   const disks: string[] = [];
   for (const disk of config.disks ?? []) disks.push(await fdset(disk.path, disk.readOnly));
   return [
@@ -248,7 +254,7 @@ export async function qemuArgv(config: VmConfig, accel: Accel, files: PassedFile
     "-smp",
     `${config.vcpus},maxcpus=${Math.max(config.vcpus, config.maxVcpus ?? config.vcpus)}`,
     "-m",
-    `${config.memoryMb}M`,
+    memoryArg(config.memoryMb, config.maxMemoryMb),
     // Guest RAM in a shared memfd: vhost-user devices (virtiofsd) map it, also when the
     // virtio-fs device is hot-plugged later.
     "-object",
@@ -287,16 +293,17 @@ export async function qemuArgv(config: VmConfig, accel: Accel, files: PassedFile
           `vhost-user-fs-pci,chardev=chr-${config.sharedFs.id},tag=${config.sharedFs.tag},id=${config.sharedFs.id}`,
         ]
       : []),
-    ...(config.network
+    ...(nic
       ? [
           "-netdev",
-          `tap,id=net0,ifname=${config.network.tap},script=no,downscript=no`,
+          `tap,id=net0,ifname=${nic.tap},script=no,downscript=no`,
           "-device",
-          `virtio-net-pci,netdev=net0,mac=${config.network.mac}`,
+          `virtio-net-pci,netdev=net0,mac=${nic.mac}`,
         ]
       : []),
     "-device",
     "virtio-rng-pci",
+    ...(config.freePageReporting ? ["-device", "virtio-balloon-pci,id=balloon0,free-page-reporting=on"] : []),
     "-device",
     "virtio-serial-pci,id=vser0",
     "-chardev",
@@ -780,6 +787,16 @@ export class QemuVm implements VmHandle {
       throw precondition(
         `read-only disk ${disk.path} is not world-readable; the VMM (uid ${this.user.uid}) cannot open it`,
       );
+  }
+
+  /** DIMMs plugged so far (their ids are numbered). */
+  private grownDimms = 0;
+
+  async grow(add: { memoryMb: number; vcpus: number }): Promise<void> {
+    const execute = <T>(command: string, args?: Record<string, unknown>) =>
+      this.control().execute<T>(command, args);
+    if (add.memoryMb > 0) await plugMemory(execute, add.memoryMb, this.grownDimms++);
+    if (add.vcpus > 0) await plugCpus(execute, this.id, add.vcpus);
   }
 
   /** One QMP command as is: for diagnostics and the tests of what QEMU itself refuses. */

@@ -32,8 +32,18 @@ export interface VmConfig {
   sharedFs?: FsSpec;
   /** No network: the VMM gets an empty netns of its own, its NIC comes later by addNet (a pool VM). */
   isolatedNetwork?: boolean;
+  /**
+   * With isolatedNetwork: the VM boots with a NIC on this TAP, made in its empty netns (owned by
+   * the VMM group) before the VMM starts, carrying a placeholder MAC (a pool VM: its claim moves
+   * the TAP into the pod's netns and the guest gives the NIC the pod's MAC).
+   */
+  isolatedNic?: { tap: string; mac: string };
   /** The VMM's nice value from its start (a pool VM boots at 19; its claim restores 0). */
   nice?: number;
+  /** Memory the VM may grow to by hot-plug (a pool VM: pod/grow.ts); default = memoryMb. */
+  maxMemoryMb?: number;
+  /** A virtio-balloon whose free page reporting hands the guest's free memory back to the host. */
+  freePageReporting?: boolean;
 }
 
 /** A virtio-fs device backed by a vhost-user daemon (virtiofsd) listening on `socket`. */
@@ -104,6 +114,8 @@ export interface VmHandle extends AsyncDisposable {
   addFs?(fs: FsSpec): Promise<string>;
   /** Hot-plugs a NIC on an existing TAP (in the VMM's netns). Returns the device id. */
   addNet?(nic: NicSpec): Promise<string>;
+  /** Hot-plugs `memoryMb` more memory and `vcpus` more vCPUs (a pool VM grown for its pod, pod/grow.ts). */
+  grow?(add: { memoryMb: number; vcpus: number }): Promise<void>;
   /** What the VMM reports about the VM: state, memory, devices. */
   info?(): Promise<VmInfo>;
   /** Per-device I/O counters as the VMM reports them (device id → counter → value). */

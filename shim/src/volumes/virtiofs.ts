@@ -17,12 +17,13 @@ import path from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { cgroupJoinArgv } from "../cgroup/join.js";
 import { precondition, ShimError, unavailable } from "../errors.js";
-import { ExecError, exec, execOk } from "../util/exec.js";
+import { exec, execOk } from "../util/exec.js";
 import type { Logger } from "../util/log.js";
 import { adoptedProcess, childProcess, type HostProcess, isRunning, processIdentity } from "../util/proc.js";
 import { TIMED_OUT, within } from "../util/time.js";
 import { findExecutable } from "../vmm/files.js";
 import type { FsSpec } from "../vmm/types.js";
+import { bindNewMountNamespace } from "./mount-namespace.js";
 
 /** The tag the guest agent mounts (guest/agent/src/shared.rs). */
 export const SHARED_TAG = "cloudhv";
@@ -406,21 +407,7 @@ async function makePodNamespace(dir: string, log: Logger): Promise<void> {
   await execOk(["mount", "--bind", nsDir, nsDir]);
   await execOk(["mount", "--make-private", nsDir]);
   await writeFile(nsFile(dir), "", { flag: "wx", mode: 0o600 });
-  const argv = ["unshare", `--mount=${nsFile(dir)}`, "--propagation", "slave", "true"];
-  // Seen once on the Kubernetes level (kernel 6.18, a pool VMM starting at the same moment):
-  // unshare's bind of the new namespace's file failed with EINVAL and the same call worked a
-  // moment later. The cause is not pinned down; a bounded retry keeps the container's create
-  // from failing on it, and the log says when it happens.
-  for (let attempt = 1; ; attempt++) {
-    const r = await exec(argv);
-    if (r.code === 0) return;
-    if (attempt >= 3 || !/Invalid argument/.test(r.stderr)) throw new ExecError(r);
-    log.warn(
-      { dir, attempt, stderr: r.stderr.trim().slice(0, 300) },
-      "pod mount namespace: bind failed, trying again",
-    );
-    await sleep(50 * attempt);
-  }
+  await bindNewMountNamespace(nsFile(dir), log);
 }
 
 /** Ends the pod's namespace (every bind left in it goes with it) and removes its files. */

@@ -57,6 +57,8 @@ export class FakeAgent {
   readonly calls: AgentCall[] = [];
   /** Guest containers by id; each maps exec id ("" = init) to its process. */
   readonly containers = new Map<string, Map<string, GuestProcess>>();
+  /** The rootfs and scratch serials each CreateContainer named ("" for a sandbox the holder runs). */
+  readonly disksAsked = new Map<string, [string, string]>();
   /** What ConfigureNetwork was given last. */
   network: unknown;
   /** Methods that never answer (a wedged guest). */
@@ -90,9 +92,10 @@ export class FakeAgent {
       })),
       CreateContainer: this.method(
         "CreateContainer",
-        codec<{ containerId: string }>("CreateContainerRequest"),
+        codec<{ containerId: string; rootfsSerial: string; scratchSerial: string }>("CreateContainerRequest"),
         codec("CreateContainerResponse"),
         (req) => {
+          this.disksAsked.set(req.containerId, [req.rootfsSerial, req.scratchSerial]);
           if (this.containers.has(req.containerId))
             throw new TtrpcError(Code.ALREADY_EXISTS, `container ${req.containerId} exists`);
           const init = guestProcess(this.nextPid++);

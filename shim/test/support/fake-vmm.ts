@@ -82,7 +82,15 @@ export class FakeVm implements VmHandle {
     return nic.id;
   }
 
+  /** When set, unplugs wait for it (a guest slow to let go); "never": a guest that never acks. */
+  unplugGate: Promise<void> | "never" | "timeout" | undefined;
+
   async removeDevice(id: string): Promise<void> {
+    if (this.unplugGate === "never") await new Promise(() => {});
+    // What the driver says when its unplug timeout passes.
+    if (this.unplugGate === "timeout")
+      throw new Error(`VM ${this.id}: the guest did not release ${id} in 30 s`);
+    await this.unplugGate;
     if (!this.plugged.delete(id)) throw new Error(`no device ${id}`);
   }
 

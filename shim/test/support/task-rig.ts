@@ -12,6 +12,7 @@ import { statusOf } from "../../src/errors.js";
 import type { PodNetwork } from "../../src/network/pod-network.js";
 import type { ContainmentHost } from "../../src/pod/containment.js";
 import { CRI_CONTAINER_TYPE, CRI_SANDBOX_ID } from "../../src/pod/cri.js";
+import type { BootNic } from "../../src/pod/pool.js";
 import type { PreparedRootfs } from "../../src/pod/rootfs.js";
 import type { RootfsRecord } from "../../src/state/records.js";
 import { RecordStore } from "../../src/state/records.js";
@@ -162,11 +163,18 @@ export class FakeNetwork {
   /** When set, a pool VM's NIC attach waits for it first (a slow pod network). */
   warmGate: Promise<void> | undefined;
 
-  /** A pool VM's NIC: hot-plugged into the running VM, then the same pod network. */
-  attachWarm = async (vm: VmHandle, netnsPath: string): Promise<PodNetwork> => {
+  /** Pool VMs whose NIC from their boot was moved into a pod netns (by VM id). */
+  readonly moved = new Map<string, { tap: string; netnsPath: string }>();
+
+  /**
+   * A pool VM's NIC: the one it booted with moves into the pod netns (recorded in `moved`), or
+   * one is hot-plugged into the running VM; then the same pod network.
+   */
+  attachWarm = async (vm: VmHandle, netnsPath: string, bootNic?: BootNic): Promise<PodNetwork> => {
     await this.warmGate;
     const network = await this.attach(netnsPath);
-    await vm.addNet?.({ tap: network.tap, mac: network.iface.mac, id: "net0" });
+    if (bootNic) this.moved.set(vm.id, { tap: bootNic.tap, netnsPath });
+    else await vm.addNet?.({ tap: network.tap, mac: network.iface.mac, id: "net0" });
     return network;
   };
 
@@ -211,6 +219,8 @@ export interface TaskOptions {
   oomScoreAdj?: number;
   /** linux.resources (a standalone task's limits). */
   resources?: Record<string, unknown>;
+  /** The spec's mounts (kubelet's binds: resolv.conf, volumes). */
+  mounts?: Array<{ destination: string; type: string; source: string; options: string[] }>;
 }
 
 export class TaskRig {
@@ -232,7 +242,11 @@ export class TaskRig {
     /** Pool options for the task service (the pool exists when config `pool` > 0). */
     private readonly poolOpts?: { retryMs?: { min: number; max: number } },
   ) {
-    this.config = parseConfig({ state_dir: path.join(dir, "state"), ...config }, "unit test");
+    // Sandboxes get disks as app containers do unless a test asks for the guest's holder.
+    this.config = parseConfig(
+      { state_dir: path.join(dir, "state"), sandbox_holder: false, ...config },
+      "unit test",
+    );
     this.driver = new FakeDriver(dir);
     this.containment = new FakeContainment(path.join(dir, "cgroup"));
     this.records = new RecordStore(
@@ -323,7 +337,7 @@ export class TaskRig {
         ...(opts.cgroupsPath ? { cgroupsPath: opts.cgroupsPath } : {}),
         ...(opts.resources ? { resources: opts.resources } : {}),
       },
-      mounts: [],
+      mounts: opts.mounts ?? [],
     };
     await writeFile(path.join(bundle, "config.json"), JSON.stringify(spec));
     return {
