@@ -21,6 +21,18 @@ export async function processesMatching(needle: string): Promise<number[]> {
   return pids;
 }
 
+/**
+ * The start time (clock ticks after boot) of a live process, or undefined if there is none or
+ * it is a zombie: a killed daemon's orphans go to PID 1, which on some machines (CI's) never
+ * reaps them.
+ */
+export async function liveStartTime(pid: number): Promise<number | undefined> {
+  const stat = await readFile(`/proc/${pid}/stat`, "utf8").catch(() => "");
+  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  if (!stat || fields[0] === "Z" || fields[0] === "X") return undefined;
+  return Number(fields[19]);
+}
+
 /** Entries under `dir`, or [] if it does not exist. */
 export async function entriesOf(dir: string): Promise<string[]> {
   try {

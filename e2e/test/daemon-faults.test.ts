@@ -16,7 +16,7 @@ import type { CriClient, PodSandboxConfig } from "../src/cri/client.js";
 import { portForwardExchange } from "../src/cri/port-forward.js";
 import { HANDLER, type Harness, startHarness } from "../src/harness.js";
 import { hypervisorSuites } from "../src/hypervisors.js";
-import { entriesOf, processesMatching, shimProcesses } from "../src/leaks.js";
+import { entriesOf, liveStartTime, processesMatching, shimProcesses } from "../src/leaks.js";
 import { SHIM_ENTRY } from "../src/runtime-install.js";
 
 const IMAGE = "docker.io/cloudhv-test/busybox:restart";
@@ -29,7 +29,7 @@ async function daemonPids(stateDir: string): Promise<number[]> {
       if (!/^shim-[0-9a-f]+\.sock\.lock$/.test(name)) continue;
       // "pid startTime" (bin/daemon.ts).
       const pid = Number((await readFile(path.join(dir, name), "utf8").catch(() => "")).trim().split(" ")[0]);
-      if (pid > 0 && (await readFile(`/proc/${pid}/stat`).catch(() => undefined))) pids.push(pid);
+      if (pid > 0 && (await liveStartTime(pid)) !== undefined) pids.push(pid);
     }
   }
   return pids;
@@ -218,13 +218,9 @@ for (const hv of await hypervisorSuites())
         return undefined;
       });
       const vmm = note.vmm?.process as { pid: number; startTime: number };
-      const startOf = async (pid: number) => {
-        const stat = await readFile(`/proc/${pid}/stat`, "utf8").catch(() => "");
-        return Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[19]);
-      };
       // Should the test fail, the dead create's QEMU still goes (the harness does not own it).
       t.after(async () => {
-        if ((await startOf(vmm.pid)) === vmm.startTime) process.kill(vmm.pid, "SIGKILL");
+        if ((await liveStartTime(vmm.pid)) === vmm.startTime) process.kill(vmm.pid, "SIGKILL");
       });
       const [daemon] = await daemonPids(stateDir);
       assert.ok(daemon, "a shim daemon runs the create");
@@ -242,12 +238,17 @@ for (const hv of await hypervisorSuites())
         .find((line) => line.includes("undid a create a killed daemon left in flight"));
       assert.ok(undid, "the new daemon undid the dead create");
       process.stdout.write(`# undone: ${JSON.stringify((JSON.parse(undid) as { undid?: unknown }).undid)}\n`);
-      assert.notEqual(await startOf(vmm.pid), vmm.startTime, "the dead create's QEMU was stopped");
+      assert.notEqual(await liveStartTime(vmm.pid), vmm.startTime, "the dead create's QEMU was stopped");
       assert.ok(
         "id" in result,
         `the re-sent RunPodSandbox runs the pod: ${"err" in result ? result.err.message : ""}`,
       );
       const podId = result.id;
+      // Should the test fail, its pod goes too: the next cases count every QEMU.
+      t.after(async () => {
+        await cri.stopPodSandbox(podId).catch(() => undefined);
+        await cri.removePodSandbox(podId).catch(() => undefined);
+      });
       const id = await cri.createContainer(
         podId,
         { metadata: { name: "main" }, image: { image: IMAGE }, command: ["sleep", "3600"] },

@@ -9,7 +9,7 @@ import { exec } from "@cloudhv/shim";
 import type { CriClient, PodSandboxConfig } from "../src/cri/client.js";
 import { HANDLER, type Harness, startHarness } from "../src/harness.js";
 import { hypervisorSuites } from "../src/hypervisors.js";
-import { entriesOf, processesMatching } from "../src/leaks.js";
+import { entriesOf, liveStartTime, processesMatching } from "../src/leaks.js";
 
 const IMAGE = "docker.io/cloudhv-test/busybox:pool";
 const POOL = 2;
@@ -30,7 +30,7 @@ async function daemonPid(stateDir: string): Promise<number | undefined> {
   for (const name of await entriesOf(dir)) {
     if (!/^shim-[0-9a-f]+\.sock\.lock$/.test(name)) continue;
     const pid = Number((await readFile(path.join(dir, name), "utf8").catch(() => "")).trim().split(" ")[0]);
-    if (pid > 0 && (await readFile(`/proc/${pid}/stat`).catch(() => undefined))) return pid;
+    if (pid > 0 && (await liveStartTime(pid)) !== undefined) return pid;
   }
   return undefined;
 }
@@ -51,7 +51,7 @@ async function poolStatus(stateDir: string): Promise<PoolStatus | undefined> {
     const doc = await readFile(path.join(dir, name), "utf8")
       .then((t) => JSON.parse(t) as PoolStatus)
       .catch(() => undefined);
-    if (doc && (await readFile(`/proc/${doc.pid}/stat`).catch(() => undefined))) return doc;
+    if (doc && (await liveStartTime(doc.pid)) !== undefined) return doc;
   }
   return undefined;
 }

@@ -150,6 +150,17 @@ fn signal_state(pid: i32) -> Option<SignalState> {
 
 /// Whether the kernel dropped `sig` sent to a process in `state`: a namespace init with the
 /// default action for it (SIGKILL and SIGSTOP always get through from outside).
+/// What a failed kill(2) of a process means, `signalled` processes of its container having just
+/// been sent the signal (a signal to all): a process gone meanwhile (ESRCH) was one of them,
+/// killed by that very signal and reaped since, so the signal was delivered.
+fn kill_failed(pid: i32, sig: i32, errno: nix::errno::Errno, signalled: usize) -> Result<()> {
+    match errno {
+        nix::errno::Errno::ESRCH if signalled > 0 => Ok(()),
+        nix::errno::Errno::ESRCH => err(ttrpc::Code::NOT_FOUND, "process already finished"),
+        e => err(ttrpc::Code::INTERNAL, format!("kill({pid}, {sig}): {e}")),
+    }
+}
+
 fn dropped_by_init(state: &SignalState, sig: i32) -> bool {
     let bit = 1u64 << (sig - 1);
     state.ns_init
@@ -771,10 +782,7 @@ impl Containers {
             }
             return Ok(());
         }
-        match nix::errno::Errno::last() {
-            nix::errno::Errno::ESRCH => err(ttrpc::Code::NOT_FOUND, "process already finished"),
-            e => err(ttrpc::Code::INTERNAL, format!("kill({pid}, {sig}): {e}")),
-        }
+        kill_failed(pid, sig, nix::errno::Errno::last(), signalled)
     }
 
     pub fn wait(&self, id: &str, exec_id: &str) -> Result<Exit> {
@@ -1120,6 +1128,18 @@ mod tests {
             assert_eq!(w.join().unwrap(), exit);
         }
         assert_eq!(p.wait(), exit);
+    }
+
+    #[test]
+    fn a_signal_to_all_that_took_the_process_down_first_is_delivered() {
+        use nix::errno::Errno;
+        // Seen in CI: SIGKILL to all reached the init through its cgroup, the reaper collected
+        // it, and the direct kill(2) that followed found no such process.
+        assert!(kill_failed(7, libc::SIGKILL, Errno::ESRCH, 3).is_ok());
+        let gone = kill_failed(7, libc::SIGKILL, Errno::ESRCH, 0).unwrap_err();
+        assert!(format!("{gone:?}").contains("already finished"), "{gone:?}");
+        let refused = kill_failed(7, libc::SIGKILL, Errno::EPERM, 3).unwrap_err();
+        assert!(format!("{refused:?}").contains("kill(7, 9)"), "{refused:?}");
     }
 
     #[test]
