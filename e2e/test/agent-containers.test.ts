@@ -5,7 +5,7 @@
 import assert from "node:assert/strict";
 import { randomBytes, randomUUID } from "node:crypto";
 import { existsSync } from "node:fs";
-import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -81,6 +81,8 @@ describe("guest agent runs containers with crun (QEMU microVM)", () => {
         memoryMb: 512,
         stateDir: path.join(stateRoot, "vm", vmId),
         disks,
+        // As a pool VM boots (pod/pool.ts): a practice container before the agent serves.
+        extraKernelArgs: "cloudhv_warmup",
       });
       agent = await vm.connectAgent({ timeoutMs: 90_000 });
     },
@@ -543,6 +545,24 @@ describe("guest agent runs containers with crun (QEMU microVM)", () => {
     await agent.removeContainer("dup");
     assert.equal((await waiting).exitStatus, 137);
     await assert.rejects(agent.removeContainer("dup"), rejectsWith(Code.NOT_FOUND));
+  });
+
+  it("a pool VM's practice container ran before the agent served and left nothing: mounts, dirs, cgroup, crun state", {
+    timeout: T,
+  }, async () => {
+    const consoleLog = await readFile(path.join(stateRoot, "vm", vmId, "console.log"), "utf8");
+    assert.match(consoleLog, /warm-up: the practice container ran in \d+ ms/);
+    const r = await run(
+      "warm-look",
+      [
+        "/bin/sh",
+        "-c",
+        "cat /proc/1/mounts; echo ===; ls -a /proc/1/root/run/cloudhv /proc/1/root/run/crun /proc/1/root/sys/fs/cgroup/cloudhv",
+      ],
+      { namespaces: ["mount", "ipc", "uts"], capabilities: [...DEFAULT_CAPABILITIES, "CAP_SYS_PTRACE"] },
+    );
+    assert.equal(r.exit.exitStatus, 0, r.stderr);
+    assert.doesNotMatch(r.stdout, /warmup/, "nothing of the practice container is left");
   });
 
   it("leaves no mounts or state in the guest after RemoveContainer", { timeout: T }, async () => {

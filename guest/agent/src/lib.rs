@@ -23,6 +23,7 @@ pub mod stats;
 pub mod stream;
 pub mod volumes;
 pub mod vsock;
+pub mod warmup;
 
 pub mod protocol {
     //! Generated from shim/proto/agent.proto by build.rs.
@@ -63,6 +64,8 @@ usage: cloudhv-agent [options]
   --port-name NAME      virtio-serial port name (default io.cloudhv.agent)
   --vsock-port N        vsock port (default 1024)
   --crun PATH           crun binary for containers and Version (default: crun on PATH)
+  cloudhv_warmup        (kernel argument) run one practice container before serving: a pool
+                        VM pays the first container's extra cost while it waits
   --version             print the version and exit
   --help                this text
 ";
@@ -76,6 +79,8 @@ pub struct Config {
     pub crun: Option<PathBuf>,
     pub print_version: bool,
     pub print_help: bool,
+    /// Run the practice container before serving (a pool VM: warmup.rs).
+    pub warm_up: bool,
     /// Arguments we did not understand (the kernel passes unknown boot parameters to init).
     pub ignored: Vec<String>,
 }
@@ -90,6 +95,7 @@ impl Default for Config {
             crun: None,
             print_version: false,
             print_help: false,
+            warm_up: false,
             ignored: Vec::new(),
         }
     }
@@ -130,6 +136,7 @@ pub fn parse_args(args: &[String], env: &dyn Fn(&str) -> Option<String>) -> Resu
             "--crun" => c.crun = Some(PathBuf::from(value("--crun")?)),
             "--version" | "-V" => c.print_version = true,
             "--help" | "-h" => c.print_help = true,
+            warmup::ARG => c.warm_up = true,
             _ => c.ignored.push(a.clone()),
         }
     }
@@ -246,6 +253,15 @@ pub fn run(args: Vec<String>) -> i32 {
     };
     if crun.is_none() {
         warn!("crun not found: containers cannot run; Version will report no runtime");
+    }
+    if let Some(crun) = crun.as_deref().filter(|_| cfg.warm_up && !cfg.test_mode) {
+        match warmup::run(crun) {
+            Ok(took) => info!(
+                "warm-up: the practice container ran in {} ms",
+                took.as_millis()
+            ),
+            Err(e) => warn!("warm-up failed (serving anyway): {e}"),
+        }
     }
     let service = Arc::new(service::AgentService::new(crun));
     let build = server_builder(service.clone());
@@ -379,6 +395,10 @@ mod tests {
     fn keeps_unknown_kernel_args_and_rejects_bad_values() {
         let c = parse_args(&args(&["splash", "nokaslr"]), &|_| None).unwrap();
         assert_eq!(c.ignored, ["splash", "nokaslr"]);
+        assert!(!c.warm_up);
+        let c = parse_args(&args(&["splash", "cloudhv_warmup"]), &|_| None).unwrap();
+        assert_eq!(c.ignored, ["splash"]);
+        assert!(c.warm_up, "a pool VM's kernel argument");
         assert_eq!(c.port_name, "io.cloudhv.agent");
         assert_eq!(c.vsock_port, 1024);
         assert!(parse_args(&args(&["--vsock-port", "x"]), &|_| None).is_err());
