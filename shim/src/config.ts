@@ -125,6 +125,8 @@ export const configSchema = z
     pool: z.int().min(0).max(64).default(1),
     // A bigger pod takes a pool VM grown by hot-plug (pod/grow.ts) rather than a cold boot.
     pool_grow: z.boolean().default(true),
+    // Pool VMs run one practice container before they are ready (guest/agent/src/warmup.rs).
+    pool_warm_up: z.boolean().default(true),
     // QEMU VMs get a virtio-balloon with free page reporting: the guest's freed memory goes back.
     free_page_reporting: z.boolean().default(false),
     // Where the daemon serves Prometheus metrics (metrics/server.ts); "" = off.

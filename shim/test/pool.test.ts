@@ -10,7 +10,7 @@ import pino from "pino";
 import type { AgentClient } from "../src/agent/client.js";
 import { parseConfig } from "../src/config.js";
 import { checkPool } from "../src/doctor.js";
-import { POOL_BOOT_NIC, type PoolOptions, VmPool, type WarmVm } from "../src/pod/pool.js";
+import { POOL_BOOT_NIC, POOL_WARMUP_ARG, type PoolOptions, VmPool, type WarmVm } from "../src/pod/pool.js";
 import type { VmExit, VmHandle } from "../src/vmm/types.js";
 import { TaskRig } from "./support/task-rig.js";
 
@@ -231,6 +231,10 @@ describe("a CRI sandbox from the warm pool (task service on the fake VMM)", () =
       ),
       "pool VMs boot with a NIC on a TAP in their own netns, with the placeholder MAC",
     );
+    assert.ok(
+      rig.driver.vms.every((vm) => vm.config.extraKernelArgs?.split(" ").includes(POOL_WARMUP_ARG)),
+      "pool VMs boot with the warm-up's kernel argument (config pool_warm_up, on by default)",
+    );
 
     const owners = new Map<string, string>();
     // Every sandbox has kubelet's resolv.conf bind, as a CRI one does.
@@ -279,6 +283,7 @@ describe("a CRI sandbox from the warm pool (task service on the fake VMM)", () =
     rig.driver.failNext("addDisk");
     const b = await sandbox("pb");
     assert.ok(!poolVms.includes(b.id), "after the failed claim, pb booted cold");
+    assert.ok(!b.config.extraKernelArgs?.includes(POOL_WARMUP_ARG), "a cold boot has no warm-up");
     const failedVm = rig.driver.vms.find((v) => poolVms.includes(v.id) && v.id !== a.id && v.stopped);
     assert.ok(failedVm, "the pool VM whose claim failed was stopped");
     assert.equal(pool.stats().claimFailures, 1);
@@ -294,6 +299,25 @@ describe("a CRI sandbox from the warm pool (task service on the fake VMM)", () =
     for (const name of ["pa", "pb", "pc", "pd", "pe"]) await rig.tasks.forceDelete("unit", name);
     await pool.close();
     assert.deepEqual(rig.leftovers(), { tasks: [], vms: [], rootfs: [], network: [] });
+  });
+});
+
+describe("config pool_warm_up: false", () => {
+  it("boots pool VMs without the warm-up's kernel argument, keeping the configured ones", async () => {
+    const rig = await TaskRig.open({ pool: 1, pool_warm_up: false, kernel_args: "quiet" });
+    try {
+      const pool = rig.tasks.pool;
+      assert.ok(pool);
+      pool.start();
+      await until("pool full", () => pool.stats().ready === 1);
+      assert.deepEqual(
+        rig.driver.vms.map((vm) => vm.config.extraKernelArgs),
+        ["quiet"],
+      );
+      await pool.close();
+    } finally {
+      await rig.close();
+    }
   });
 });
 

@@ -308,6 +308,12 @@ const markerSchema = z.object({
  */
 export const POOL_WARMUP_ARG = "cloudhv_warmup";
 
+/** A pool VM's kernel arguments: the configured ones, and the warm-up's unless turned off. */
+function poolKernelArgs(config: RuntimeConfig): { extraKernelArgs?: string } {
+  const args = [config.kernel_args, config.pool_warm_up ? POOL_WARMUP_ARG : ""].filter(Boolean).join(" ");
+  return args ? { extraKernelArgs: args } : {};
+}
+
 /** Nice value of a pool VM's VMM while it waits: refills never take CPU from pod creates. */
 export const POOL_NICE = 19;
 
@@ -328,7 +334,7 @@ export async function bootWarmVm(
     id,
     kernelPath: config.kernel_path,
     rootfsPath: config.rootfs_path,
-    extraKernelArgs: [config.kernel_args, POOL_WARMUP_ARG].filter(Boolean).join(" "),
+    ...poolKernelArgs(config),
     ...size,
     stateDir,
     log: log.child({ vm: id }),
