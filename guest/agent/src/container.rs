@@ -310,6 +310,24 @@ impl Drop for Reservation<'_> {
 }
 
 impl Containers {
+    /// Holds `id` while its create runs: a second create of it is ALREADY_EXISTS until the
+    /// reservation drops (the container then is in the map, or gone).
+    fn reserve(&self, id: &str) -> Result<Reservation<'_>> {
+        let map = lock(&self.map);
+        let mut creating = lock(&self.creating);
+        if map.contains_key(id) || creating.contains(id) {
+            return err(
+                ttrpc::Code::ALREADY_EXISTS,
+                format!("container {id} already exists"),
+            );
+        }
+        creating.insert(id.to_string());
+        Ok(Reservation {
+            set: &self.creating,
+            id: id.to_string(),
+        })
+    }
+
     pub fn new(crun: Option<PathBuf>) -> Self {
         Containers {
             crun,
@@ -390,21 +408,7 @@ impl Containers {
         if rootfs_serial.is_empty() && scratch_serial.is_empty() {
             return self.create_holder(id, oci_spec);
         }
-        let _reservation = {
-            let map = lock(&self.map);
-            let mut creating = lock(&self.creating);
-            if map.contains_key(id) || creating.contains(id) {
-                return err(
-                    ttrpc::Code::ALREADY_EXISTS,
-                    format!("container {id} already exists"),
-                );
-            }
-            creating.insert(id.to_string());
-            Reservation {
-                set: &self.creating,
-                id: id.to_string(),
-            }
-        };
+        let _reservation = self.reserve(id)?;
         let dir = self.root.join(id);
         let lower = dir.join("lower");
         let scratch = dir.join("scratch");
@@ -533,21 +537,7 @@ impl Containers {
             code: ttrpc::Code::INVALID_ARGUMENT,
             message: m,
         };
-        let _reservation = {
-            let map = lock(&self.map);
-            let mut creating = lock(&self.creating);
-            if map.contains_key(id) || creating.contains(id) {
-                return err(
-                    ttrpc::Code::ALREADY_EXISTS,
-                    format!("container {id} already exists"),
-                );
-            }
-            creating.insert(id.to_string());
-            Reservation {
-                set: &self.creating,
-                id: id.to_string(),
-            }
-        };
+        let _reservation = self.reserve(id)?;
         let dir = self.root.join(id);
         let guest = crate::spec::Guest {
             exists: &|p| Path::new(p).exists(),
