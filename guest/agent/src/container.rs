@@ -28,6 +28,7 @@ use nix::mount::MsFlags;
 
 use crate::crun::{CrunRun, run_crun};
 use crate::error::{Error, Result, err, internal};
+use crate::log::Steps;
 use crate::mounts::{do_mount, unmount, unmount_all, wait_for_disk};
 use crate::reaper::Reaper;
 use crate::stats::{Stats, cgroup_pids, oom_kills, read_stats};
@@ -421,6 +422,7 @@ impl Containers {
         }
         let mut mounted: Vec<PathBuf> = Vec::new();
         let init = Proc::new(None, terminal);
+        let mut steps = Steps::start();
         let result = (|| -> Result<Arc<Container>> {
             let bundle = dir.join("bundle");
             for d in [&lower, &scratch, &rootfs, &bundle] {
@@ -428,14 +430,18 @@ impl Containers {
                     .map_err(|e| internal(format!("mkdir {}: {e}", d.display())))?;
             }
             let image = wait_for_disk(rootfs_serial, "rootfs disk")?;
+            steps.mark("rootfs disk");
             do_mount(Some(&image), &lower, "erofs", MsFlags::MS_RDONLY, None)?;
+            steps.mark("erofs");
             mounted.push(lower.clone());
             if scratch_serial.is_empty() {
                 do_mount(None, &scratch, "tmpfs", MsFlags::empty(), Some("mode=0755"))?;
             } else {
                 let disk = wait_for_disk(scratch_serial, "scratch disk")?;
+                steps.mark("scratch disk");
                 do_mount(Some(&disk), &scratch, "ext4", MsFlags::MS_NOATIME, None)?;
             }
+            steps.mark("scratch");
             mounted.push(scratch.clone());
             for d in ["upper", "work"] {
                 fs::create_dir_all(scratch.join(d))
@@ -449,6 +455,7 @@ impl Containers {
             );
             do_mount(None, &rootfs, "overlay", MsFlags::empty(), Some(&options))?;
             mounted.push(rootfs.clone());
+            steps.mark("overlay");
 
             // Before the rewrite, which drops mounts whose source is not in the guest.
             crate::shared::ensure_for(oci_spec)?;
@@ -502,7 +509,9 @@ impl Containers {
                 want_stdin,
                 pid_file: &pid_file,
             };
+            steps.mark("spec");
             let mark = run.exec(args, &init)?;
+            steps.mark("crun create");
             let container = Arc::new(Container {
                 dir: dir.clone(),
                 cgroup,
@@ -517,6 +526,7 @@ impl Containers {
         match result {
             Ok(container) => {
                 lock(&self.map).insert(id.to_string(), container);
+                crate::info!("container {id} created in {}", steps.summary());
                 Ok(init.pid() as u32)
             }
             Err(e) => {

@@ -72,3 +72,41 @@ macro_rules! warn {
 macro_rules! error {
     ($($arg:tt)*) => { $crate::log::write_line(&format!("error: {}", format!($($arg)*))) };
 }
+
+/// Where a slow operation's time went, for its log line: `mark` closes the step that just ended.
+pub struct Steps {
+    started: std::time::Instant,
+    last: std::time::Instant,
+    parts: Vec<(&'static str, u128)>,
+}
+
+impl Steps {
+    pub fn start() -> Self {
+        let now = std::time::Instant::now();
+        Steps {
+            started: now,
+            last: now,
+            parts: Vec::new(),
+        }
+    }
+
+    pub fn mark(&mut self, step: &'static str) {
+        let now = std::time::Instant::now();
+        self.parts.push((step, (now - self.last).as_millis()));
+        self.last = now;
+    }
+
+    /// "212 ms (rootfs disk 20, erofs 8, …)".
+    pub fn summary(&self) -> String {
+        let parts: Vec<String> = self
+            .parts
+            .iter()
+            .map(|(step, ms)| format!("{step} {ms}"))
+            .collect();
+        format!(
+            "{} ms ({})",
+            self.started.elapsed().as_millis(),
+            parts.join(", ")
+        )
+    }
+}

@@ -61,7 +61,8 @@ pub(crate) fn wait_for_disk(serial: &str, what: &str) -> Result<PathBuf> {
                 ),
             );
         }
-        std::thread::sleep(Duration::from_millis(20));
+        // A hot-plugged disk shows up within tens of ms: each poll is one readdir of /sys/block.
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 

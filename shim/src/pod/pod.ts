@@ -105,6 +105,8 @@ export class Pod {
   private oomScoreAdj: number | undefined;
   /** virtiofsd and its device, once a container has needed a shared volume. */
   private share: Promise<PodShare> | undefined;
+  /** The pod network on the host (pods with a netns only), once attached and given to the guest. */
+  private network: PodNetwork | undefined;
   /** CRI port-forward into the VM (pods on a pod network only). */
   private portForward: PodPortForward | undefined;
   /** Ends the agent health checks (pod/health.ts). */
@@ -140,7 +142,6 @@ export class Pod {
     readonly agent: AgentClient,
     /** How the VM is sized (from annotations, CRI resources or the config). */
     readonly size: VmSize,
-    private readonly network: PodNetwork | undefined,
     private readonly deps: PodDeps,
     private readonly containment: ContainmentPlan,
     /** The pod's cgroup, which the VMM joined; removed with the pod if we created it. */
@@ -192,6 +193,8 @@ export class Pod {
     // On disk before anything is built: a daemon killed from here on leaves a note of what to undo.
     const journal = await deps.provisional?.begin(where.vmId, where.key);
     const undo = new Cleanup();
+    /** Work that adds to `undo` when it settles: all of it settles before `undo` runs. */
+    const inFlight: Promise<unknown>[] = [];
     try {
       phases.mark("start");
       // The pod's cgroup exists before the VMM does: the VMM joins it before it runs (cgroup/join.ts).
@@ -224,11 +227,23 @@ export class Pod {
           ? Promise.resolve(noRootfs())
           : deps.prepareRootfs(first.namespace, first.id, first.rootfs, first.scratch, noteScratch),
       );
-      const [rootfsDone, networkDone, claimDone] = await Promise.allSettled([
-        preparing,
+      // Settled (and its undo registered) before any undo runs: see `inFlight`.
+      const attaching = (
         netnsPath
           ? phases.time("networkMs", warm ? attachWarm(deps, warm, netnsPath) : deps.attachNetwork(netnsPath))
-          : Promise.resolve(undefined),
+          : Promise.resolve(undefined)
+      ).then(async (attached) => {
+        if (attached) {
+          undo.defer("detach pod network", () => attached.detach());
+          await journal?.note({
+            network: { netnsPath: attached.netnsPath, tap: POD_TAP, iface: attached.iface.name },
+          });
+        }
+        return attached;
+      });
+      inFlight.push(attaching);
+      const [rootfsDone, claimDone] = await Promise.allSettled([
+        preparing,
         // A pool VM takes the pod's cgroup and, once they exist, its disks while its NIC is
         // attached (QMP serves both; each takes its own hot-plug port).
         warm ? Pod.claim(warm, { cgroup, containment, rootfs: preparing, deps, log, phases }) : undefined,
@@ -237,18 +252,12 @@ export class Pod {
         const prepared = rootfsDone.value;
         undo.defer("release rootfs", () => prepared.release());
       }
-      if (networkDone.status === "fulfilled" && networkDone.value) {
-        const attached = networkDone.value;
-        undo.defer("detach pod network", () => attached.detach());
-        await journal?.note({
-          network: { netnsPath: attached.netnsPath, tap: POD_TAP, iface: attached.iface.name },
-        });
-      }
       if (rootfsDone.status === "rejected") throw rootfsDone.reason;
-      if (networkDone.status === "rejected") throw networkDone.reason;
       if (claimDone.status === "rejected") throw claimDone.reason;
       const rootfs = rootfsDone.value;
-      const network = networkDone.value;
+      // A cold boot launches the VMM with its NIC: the network first. A pool VM's NIC is
+      // attached while the guest creates the first container (below).
+      const network = warm ? undefined : await attaching;
       // The first container's shared volumes: virtiofsd before the VMM, which connects at start;
       // stopped after the VM (undo runs newest first).
       // A pool VM gets its virtio-fs device by hot-plug, as an app container would (sharedFs).
@@ -291,31 +300,30 @@ export class Pod {
             undo,
             journal,
           });
-      if (network) await configureGuestNetwork(agent, network.iface, phases, warm);
       phases.mark("vmReady");
 
-      const pod = new Pod(
-        where.id,
-        where.key,
-        vm,
-        agent,
-        where.size,
-        network,
-        deps,
-        containment,
-        cgroup,
-        share,
-      );
+      const pod = new Pod(where.id, where.key, vm, agent, where.size, deps, containment, cgroup, share);
       pod.oomScoreAdj = oomScoreAdj;
       if (journal) pod.provisional.set(first.id, journal);
-      if (network) {
-        const forward = await pod.startPortForward(network.netnsPath, log);
+      // The guest's network and its first container are independent: they run at once (the
+      // container only runs at its start, after this returns, with the network in place).
+      const networking = attaching.then(async (attached) => {
+        if (!attached) return;
+        await configureGuestNetwork(agent, attached.iface, phases, warm);
+        pod.network = attached;
+        const forward = await pod.startPortForward(attached.netnsPath, log);
         if (forward) undo.defer("stop port-forward", () => forward.stop());
-      }
-      const owner = await pod.createInGuest(first, spec, volumes, { rootfs, devices, ownsPod: true }, phases);
+      });
+      inFlight.push(networking);
+      const creating = pod.createInGuest(first, spec, volumes, { rootfs, devices, ownsPod: true }, phases);
+      inFlight.push(creating);
+      const [networked, created] = await Promise.allSettled([networking, creating]);
+      if (networked.status === "rejected") throw networked.reason;
+      if (created.status === "rejected") throw created.reason;
       undo.disarm();
-      return owner;
+      return created.value;
     } catch (err) {
+      await Promise.allSettled(inFlight);
       await undo.run();
       // Undone here: nothing is left for a later daemon to undo.
       await journal?.finish();
@@ -573,18 +581,8 @@ export class Pod {
         ? { specOomScoreAdj: record.containment.specOomScoreAdj }
         : {}),
     };
-    const pod = new Pod(
-      record.id,
-      record.key,
-      vm,
-      agent,
-      record.size,
-      network,
-      deps,
-      containment,
-      cgroup,
-      share,
-    );
+    const pod = new Pod(record.id, record.key, vm, agent, record.size, deps, containment, cgroup, share);
+    pod.network = network;
     if (record.oomScoreAdj !== undefined) pod.oomScoreAdj = record.oomScoreAdj;
     // The old daemon's helper died with it (parent-death signal): a new one takes over.
     if (network) await pod.startPortForward(network.netnsPath, vmLog);
@@ -696,6 +694,9 @@ export class Pod {
       journal = await this.deps.provisional?.begin(this.vm.id, this.key, req.id);
       const noted = journal;
       phases.mark("start");
+      // The guest takes the copied volumes while the host prepares and plugs the disks.
+      const applying = phases.time("guestVolumesMs", volumes.apply(this.agent));
+      applying.catch(() => {});
       const prepare = () =>
         this.deps.prepareRootfs(
           req.namespace,
@@ -728,6 +729,7 @@ export class Pod {
       );
       phases.mark("vmReady");
       await journal?.note({ binds: volumes.shared.map((v) => v.name) });
+      await applying;
       const member = await this.createInGuest(
         req,
         spec,
@@ -735,6 +737,7 @@ export class Pod {
         { rootfs, devices, ownsPod: false },
         phases,
         journal,
+        true,
       );
       const score = spec.doc.process?.oomScoreAdj;
       if (typeof score === "number" && Number.isInteger(score)) {
@@ -1060,6 +1063,8 @@ export class Pod {
     held: Pick<PodMember, "rootfs" | "devices" | "ownsPod">,
     phases: PhaseClock,
     journal?: Provisional,
+    /** The volumes are in the guest already (a join applies them while its disks are plugged). */
+    applied = false,
   ): Promise<PodMember> {
     const undo = new Cleanup();
     try {
@@ -1076,7 +1081,7 @@ export class Pod {
       }
       // Noted only now: before it, the guest has not mounted a virtio-fs the join started.
       await journal?.note({ guest: true });
-      const member = await this.createGuestContainer(req, spec, volumes, held, phases);
+      const member = await this.createGuestContainer(req, spec, volumes, held, phases, applied);
       undo.disarm();
       return member;
     } catch (err) {
@@ -1095,9 +1100,10 @@ export class Pod {
     volumes: ContainerVolumes,
     held: Pick<PodMember, "rootfs" | "devices" | "ownsPod">,
     phases: PhaseClock,
+    applied: boolean,
   ): Promise<PodMember> {
     const { rootfs } = held;
-    await phases.time("guestVolumesMs", volumes.apply(this.agent));
+    if (!applied) await phases.time("guestVolumesMs", volumes.apply(this.agent));
     const pid = await phases.time(
       "guestCreateContainerMs",
       this.agent.createContainer({

@@ -185,7 +185,8 @@ export class ContainerVolumes {
     for (const dir of this.sharedDirs) {
       await agent.putFiles(dir, [{ path: "", data: Buffer.alloc(0), mode: 0o777, symlink: "", isDir: true }]);
     }
-    for (const volume of this.copied) await this.push(agent, volume);
+    // Each volume has a guest path of its own: they go at once (one agent call each).
+    await Promise.all(this.copied.map((volume) => this.push(agent, volume)));
   }
 
   /** Re-copies a volume whenever it changes on the host (kubelet updates configmaps in place). */
