@@ -526,7 +526,11 @@ impl Containers {
         match result {
             Ok(container) => {
                 lock(&self.map).insert(id.to_string(), container);
-                crate::info!("container {id} created in {}", steps.summary());
+                crate::info!(
+                    "container {id} created, pid {}, in {}",
+                    init.pid(),
+                    steps.summary()
+                );
                 Ok(init.pid() as u32)
             }
             Err(e) => {
@@ -548,6 +552,7 @@ impl Containers {
             message: m,
         };
         let _reservation = self.reserve(id)?;
+        let started = Instant::now();
         let dir = self.root.join(id);
         let guest = crate::spec::Guest {
             exists: &|p| Path::new(p).exists(),
@@ -601,6 +606,11 @@ impl Containers {
                 });
                 watch_exit(&container, init.clone(), true, mark);
                 lock(&self.map).insert(id.to_string(), container);
+                crate::info!(
+                    "pod sandbox {id} created (namespace holder), pid {}, in {} ms",
+                    init.pid(),
+                    started.elapsed().as_millis()
+                );
                 Ok(init.pid() as u32)
             }
             Err(e) => {

@@ -123,7 +123,6 @@ impl agent_ttrpc::Agent for AgentService {
             req.terminal,
             req.stdin,
         )?;
-        crate::info!("container {} created, pid {pid}", req.container_id);
         let mut resp = agent::CreateContainerResponse::new();
         resp.pid = pid;
         Ok(resp)
