@@ -1012,21 +1012,8 @@ fn make_cgroup(cgroup: &Path) -> Result<()> {
 
 /// Runs the holder and returns the reaper mark taken before it; sets `init`'s pid.
 fn spawn_holder(plan: &crate::holder::Plan, init: &Proc) -> Result<u64> {
-    use std::os::unix::process::CommandExt;
     let reaper = Reaper::get().ok_or_else(|| internal("no reaper"))?;
-    let mut cmd = std::process::Command::new("/proc/self/exe");
-    // Named as the pause process it replaces, in `ps` of a pod that shares its PID namespace.
-    cmd.arg0("/pause").args(plan.to_args()).env_clear();
-    // SAFETY: unshare(2) only, between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            let flags = libc::CLONE_NEWIPC | libc::CLONE_NEWUTS | libc::CLONE_NEWPID;
-            if libc::unshare(flags) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    let mut cmd = crate::holder::command(Path::new("/proc/self/exe"), &plan.to_args());
     let mark = reaper.mark();
     let out = reaper
         .output(&mut cmd, Duration::from_secs(10))

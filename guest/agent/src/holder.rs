@@ -76,6 +76,26 @@ fn errno(what: &str) -> String {
 }
 
 /// `cloudhv-agent --pause-holder ...`: never returns.
+/// The holder as the agent starts it: `binary` (the agent itself) named /pause, with the plan's
+/// arguments and no environment, in new IPC, UTS and PID namespaces of its own.
+pub fn command(binary: &std::path::Path, args: &[String]) -> std::process::Command {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = std::process::Command::new(binary);
+    // Named as the pause process it replaces, in `ps` of a pod that shares its PID namespace.
+    cmd.arg0("/pause").args(args).env_clear();
+    // SAFETY: unshare(2) only, between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            let flags = libc::CLONE_NEWIPC | libc::CLONE_NEWUTS | libc::CLONE_NEWPID;
+            if libc::unshare(flags) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd
+}
+
 pub fn main(args: &[String]) -> ! {
     // Nothing but stdio crosses the exec, whatever the spawner left open.
     // SAFETY: plain syscall on fd numbers.

@@ -4,30 +4,19 @@
 //! non-dumpable, in its cgroup; SIGKILL-proof from inside is the VM test's (cri.test.ts); here
 //! SIGTERM ends it with 0. Needs root (unshare); skipped otherwise.
 
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 const BIN: &str = env!("CARGO_BIN_EXE_cloudhv-agent");
 
 fn spawn(args: &[&str]) -> std::process::Output {
-    let mut cmd = Command::new(BIN);
-    cmd.arg0("/pause")
-        .args(args)
-        .env_clear()
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    // The agent's own spawn (spawn_holder): named /pause, new IPC, UTS and PID namespaces.
+    cloudhv_agent::holder::command(std::path::Path::new(BIN), &args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    // SAFETY: unshare(2) only, between fork and exec (as the agent's spawn_holder).
-    unsafe {
-        cmd.pre_exec(|| {
-            let flags = libc::CLONE_NEWIPC | libc::CLONE_NEWUTS | libc::CLONE_NEWPID;
-            if libc::unshare(flags) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    cmd.output().expect("run the holder")
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run the holder")
 }
 
 fn ns(pid: &str, name: &str) -> String {

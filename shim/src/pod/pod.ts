@@ -305,19 +305,24 @@ export class Pod {
       const pod = new Pod(where.id, where.key, vm, agent, where.size, deps, containment, cgroup, share);
       pod.oomScoreAdj = oomScoreAdj;
       if (journal) pod.provisional.set(first.id, journal);
-      // The guest's network and its first container are independent: they run at once (the
-      // container only runs at its start, after this returns, with the network in place).
+      // The guest's network, its first container and the port-forward relay (host only) are
+      // independent: they run at once (the container only runs at its start, after this
+      // returns, with the network in place).
       const networking = attaching.then(async (attached) => {
         if (!attached) return;
         await configureGuestNetwork(agent, attached.iface, phases, warm);
         pod.network = attached;
-        const forward = await pod.startPortForward(attached.netnsPath, log);
-        if (forward) undo.defer("stop port-forward", () => forward.stop());
       });
       inFlight.push(networking);
+      const forwarding = netnsPath
+        ? pod.startPortForward(netnsPath, log).then((forward) => {
+            if (forward) undo.defer("stop port-forward", () => forward.stop());
+          })
+        : Promise.resolve();
+      inFlight.push(forwarding);
       const creating = pod.createInGuest(first, spec, volumes, { rootfs, devices, ownsPod: true }, phases);
       inFlight.push(creating);
-      const [networked, created] = await Promise.allSettled([networking, creating]);
+      const [networked, created] = await Promise.allSettled([networking, creating, forwarding]);
       if (networked.status === "rejected") throw networked.reason;
       if (created.status === "rejected") throw created.reason;
       undo.disarm();
@@ -893,16 +898,16 @@ export class Pod {
       // The pod network is undone while the VMM quits: both wait mostly on others (the kernel's
       // grace periods for the TAP and qdisc, QEMU's exit). Deleting the TAP first takes its
       // filters with it in one step, so the guest's NIC goes dead, never unfiltered.
+      // The port-forward relay goes at the same time (its nat rule is one more spawn in the
+      // pod's netns): a connection that reaches the VM meanwhile fails with the agent.
       const network = this.network;
       const detach = network && phases.wrap("networkDetachMs", () => network.detach());
+      const forward = this.portForward;
       cleanup.defer(network ? "stop VM and detach pod network" : "stop VM", async () => {
-        const [stopped, detached] = await Promise.allSettled([stopVm(), detach?.()]);
-        const failed = [stopped, detached].filter((r) => r.status === "rejected");
+        const settled = await Promise.allSettled([stopVm(), detach?.(), forward?.stop()]);
+        const failed = settled.filter((r) => r.status === "rejected");
         if (failed.length > 0) throw new Error(failed.map((r) => (r.reason as Error).message).join("; "));
       });
-      // First of all: no new connection reaches a VM that is going.
-      const forward = this.portForward;
-      if (forward) cleanup.defer("stop port-forward", () => forward.stop());
     } else {
       this.joined.delete(member.id);
       if (this.containerScores.delete(member.id))
