@@ -101,11 +101,14 @@ export async function readyPoolVms(stateDir: string): Promise<{ dirs: string[]; 
  * pool VM's dir is `pool-…`; no record names it until a pod has claimed it).
  */
 export async function podVmms(stateDir: string): Promise<number[]> {
+  // Every VMM first, the pool's dirs after: a pool VM's dir exists before its VMM does, so one
+  // the pool starts meanwhile is never taken for a pod's.
+  const all = await processesMatching(path.join(stateDir, "vm"));
   const poolPids = new Set<number>();
   for (const name of await poolVmDirs(stateDir))
     for (const pid of await processesMatching(`${path.join(stateDir, "vm", name)}/`)) poolPids.add(pid);
   // Any other VMM, a leaked one whose dir is gone included.
-  return (await processesMatching(path.join(stateDir, "vm"))).filter((pid) => !poolPids.has(pid));
+  return all.filter((pid) => !poolPids.has(pid));
 }
 
 /** The warm pool's VM dirs under `<stateDir>/vm`, ready or booting (no record names them yet). */
