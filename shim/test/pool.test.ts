@@ -363,6 +363,48 @@ describe("a pool hit's host work runs at once", () => {
   });
 });
 
+describe("a pool hit's guest work runs while the NIC is attached", () => {
+  it("creates the first container before the NIC is attached; a NIC that then fails stops the VM, the pod boots cold, nothing is left", async () => {
+    const rig = await TaskRig.open({ pool: 1 }, { retryMs: { min: 5, max: 20 } });
+    try {
+      const pool = rig.tasks.pool;
+      assert.ok(pool);
+      pool.start();
+      await until("pool full", () => pool.stats().ready === 1);
+      const [poolVm] = rig.driver.vms;
+      assert.ok(poolVm);
+      let attach = () => {};
+      rig.network.warmGate = new Promise<void>((r) => {
+        attach = r;
+      });
+      const creating = rig.create("pa", {
+        role: "sandbox",
+        netns: "/var/run/netns/pa",
+        cgroupsPath: "/kubepods/besteffort/pod-pa/pa",
+      });
+      try {
+        await until("the guest created the sandbox", () => poolVm.agent.containers.has("pa"));
+        assert.equal(poolVm.agent.network, undefined, "the guest has no network yet");
+        rig.network.warmGate = undefined;
+        rig.network.failNext();
+      } finally {
+        attach();
+      }
+      await creating;
+      assert.ok(poolVm.stopped, "the pool VM whose NIC failed was stopped");
+      const cold = rig.driver.vms.find((v) => v.agent.containers.has("pa") && v !== poolVm);
+      assert.ok(cold && !cold.id.startsWith("pool-"), "the pod booted cold");
+      assert.deepEqual([...rig.network.attached], ["/var/run/netns/pa"], "only the cold VM's network");
+      assert.equal(pool.stats().claimFailures, 1);
+      await rig.tasks.forceDelete("unit", "pa");
+      await pool.close();
+      assert.deepEqual(rig.leftovers(), { tasks: [], vms: [], rootfs: [], network: [] });
+    } finally {
+      await rig.close();
+    }
+  });
+});
+
 describe("cloudhv doctor on the warm pool", () => {
   it("shows each live daemon's pool from its status file, ignores a dead daemon's, says when the pool is off", async () => {
     const dir = await mkdtemp(path.join(os.tmpdir(), "cloudhv-pool-doctor-"));

@@ -75,7 +75,6 @@ fn errno(what: &str) -> String {
     format!("{what}: {}", std::io::Error::last_os_error())
 }
 
-/// `cloudhv-agent --pause-holder ...`: never returns.
 /// The holder as the agent starts it: `binary` (the agent itself) named /pause, with the plan's
 /// arguments and no environment, in new IPC, UTS and PID namespaces of its own.
 pub fn command(binary: &std::path::Path, args: &[String]) -> std::process::Command {
@@ -96,6 +95,7 @@ pub fn command(binary: &std::path::Path, args: &[String]) -> std::process::Comma
     cmd
 }
 
+/// `cloudhv-agent --pause-holder ...`: never returns.
 pub fn main(args: &[String]) -> ! {
     // Nothing but stdio crosses the exec, whatever the spawner left open.
     // SAFETY: plain syscall on fd numbers.
