@@ -363,7 +363,7 @@ describe("a pool hit's host work runs at once", () => {
   });
 });
 
-describe("a pool hit's guest work runs while the NIC is attached", () => {
+describe("a pool hit's guest work runs while the NIC is attached and the VMM joins the pod cgroup", () => {
   it("creates the first container before the NIC is attached; a NIC that then fails stops the VM, the pod boots cold, nothing is left", async () => {
     const rig = await TaskRig.open({ pool: 1 }, { retryMs: { min: 5, max: 20 } });
     try {
@@ -395,6 +395,52 @@ describe("a pool hit's guest work runs while the NIC is attached", () => {
       const cold = rig.driver.vms.find((v) => v.agent.containers.has("pa") && v !== poolVm);
       assert.ok(cold && !cold.id.startsWith("pool-"), "the pod booted cold");
       assert.deepEqual([...rig.network.attached], ["/var/run/netns/pa"], "only the cold VM's network");
+      assert.equal(pool.stats().claimFailures, 1);
+      await rig.tasks.forceDelete("unit", "pa");
+      await pool.close();
+      assert.deepEqual(rig.leftovers(), { tasks: [], vms: [], rootfs: [], network: [] });
+    } finally {
+      await rig.close();
+    }
+  });
+
+  it("joins the pod cgroup while the guest creates the first container, and replies only once joined; a join that fails stops the VM, the pod boots cold, nothing is left", async () => {
+    const rig = await TaskRig.open({ pool: 1 }, { retryMs: { min: 5, max: 20 } });
+    try {
+      const pool = rig.tasks.pool;
+      assert.ok(pool);
+      pool.start();
+      await until("pool full", () => pool.stats().ready === 1);
+      const [poolVm] = rig.driver.vms;
+      assert.ok(poolVm);
+      let join = () => {};
+      rig.containment.joinGate = new Promise<void>((r) => {
+        join = r;
+      });
+      let replied = false;
+      const creating = rig
+        .create("pa", { role: "sandbox", cgroupsPath: "/kubepods/besteffort/pod-pa/pa" })
+        .finally(() => {
+          replied = true;
+        });
+      try {
+        await until("the guest created the sandbox", () => poolVm.agent.containers.has("pa"));
+        assert.ok(
+          rig.containment.nice.some((n) => n.pid === poolVm.pid && n.nice === 0),
+          "normal priority before the guest works for the pod",
+        );
+        await new Promise((r) => setTimeout(r, 20));
+        assert.ok(!replied, "no reply before the VMM is in the pod cgroup");
+        rig.containment.joinGate = undefined;
+        rig.containment.failNextJoin();
+      } finally {
+        join();
+      }
+      await creating;
+      assert.ok(poolVm.stopped, "the pool VM whose cgroup join failed was stopped");
+      assert.ok(!rig.containment.joined.some((j) => j.pid === poolVm.pid), "it never joined");
+      const cold = rig.driver.vms.find((v) => v.agent.containers.has("pa") && v !== poolVm);
+      assert.ok(cold && !cold.id.startsWith("pool-"), "the pod booted cold");
       assert.equal(pool.stats().claimFailures, 1);
       await rig.tasks.forceDelete("unit", "pa");
       await pool.close();

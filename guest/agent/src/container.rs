@@ -695,7 +695,15 @@ impl Containers {
                 );
             }
             if !c.holder {
-                run_crun(&crun, &["start", id])?;
+                let started = std::time::Instant::now();
+                if let Err(e) = crate::crun::start_by_exec_fifo(id) {
+                    crate::warn!("container {id}: start by its exec fifo failed ({e}): crun start");
+                    run_crun(&crun, &["start", id])?;
+                }
+                crate::info!(
+                    "container {id} started in {} ms",
+                    started.elapsed().as_millis()
+                );
             }
             *started = true;
             return Ok(p.pid() as u32);

@@ -248,6 +248,9 @@ export class Pod {
         // attached (QMP serves both; each takes its own hot-plug port).
         warm ? Pod.claim(warm, { cgroup, containment, rootfs: preparing, deps, log, phases }) : undefined,
       ]);
+      // A claimed VMM's cgroup join settles beside the guest's work below (Pod.claim).
+      const contained = claimDone.status === "fulfilled" ? claimDone.value?.contained : undefined;
+      if (contained) inFlight.push(contained);
       if (rootfsDone.status === "fulfilled") {
         const prepared = rootfsDone.value;
         undo.defer("release rootfs", () => prepared.release());
@@ -322,7 +325,13 @@ export class Pod {
       inFlight.push(forwarding);
       const creating = pod.createInGuest(first, spec, volumes, { rootfs, devices, ownsPod: true }, phases);
       inFlight.push(creating);
-      const [networked, created] = await Promise.allSettled([networking, creating, forwarding]);
+      const [networked, created, , joined] = await Promise.allSettled([
+        networking,
+        creating,
+        forwarding,
+        contained,
+      ]);
+      if (joined?.status === "rejected") throw joined.reason;
       if (networked.status === "rejected") throw networked.reason;
       if (created.status === "rejected") throw created.reason;
       undo.disarm();
@@ -410,10 +419,11 @@ export class Pod {
   }
 
   /**
-   * A pool VM becomes this pod's: its VMM joins the pod's cgroup, gets the pod's OOM score and
-   * normal priority back, and the pod's disks are hot-plugged as soon as they exist, while its
-   * NIC is attached (attachWarm). On failure the caller's undo stops the VM: it never goes back
-   * to the pool.
+   * A pool VM becomes this pod's: its VMM gets normal priority back, joins the pod's cgroup and
+   * gets the pod's OOM score, and the pod's disks are hot-plugged as soon as they exist, while its
+   * NIC is attached (attachWarm). The cgroup join and OOM score are left in flight (`contained`):
+   * the caller settles them beside the guest's first create, before any container runs. On
+   * failure the caller's undo stops the VM: it never goes back to the pool.
    */
   private static async claim(
     warm: WarmVm,
@@ -426,28 +436,35 @@ export class Pod {
       log: Logger;
       phases: PhaseClock;
     },
-  ): Promise<{ vm: VmHandle; agent: AgentClient; devices: string[]; oomScoreAdj: number | undefined }> {
+  ): Promise<{
+    vm: VmHandle;
+    agent: AgentClient;
+    devices: string[];
+    oomScoreAdj: number | undefined;
+    contained: Promise<void>;
+  }> {
     const { cgroup, containment, deps, log, phases } = got;
     const { vm, agent } = warm;
     const oomScoreAdj = oomScoreAdjFor(containment.qos, [], containment.specOomScoreAdj);
     const devices: string[] = [];
-    // Both settle before a failure is thrown: nothing of the claim is in flight during the undo.
+    if (cgroup && !deps.containment.joinCgroup)
+      throw new ShimError("Unimplemented", "this host cannot move a pool VM into a pod cgroup");
+    // Normal priority first: the guest works for the pod from here on, and a VMM still at nice 19
+    // would get the host's CPU last.
+    await deps.containment.setNice?.(vm.pid, 0);
+    const contained = phases.time("poolClaimMs", async () => {
+      if (cgroup) await deps.containment.joinCgroup?.(vm.pid, cgroup.procs);
+      if (oomScoreAdj !== undefined) await deps.containment.setOomScoreAdj(vm.pid, oomScoreAdj, log);
+    });
+    // Its failure is the caller's to throw (or this function's, below): never unhandled meanwhile.
+    contained.catch(() => {});
+    // All of it settles before a failure is thrown: nothing of the claim is in flight during the undo.
     const settled = await Promise.allSettled([
-      phases.time("poolClaimMs", async () => {
-        if (cgroup) {
-          if (!deps.containment.joinCgroup)
-            throw new ShimError("Unimplemented", "this host cannot move a pool VM into a pod cgroup");
-          await deps.containment.joinCgroup(vm.pid, cgroup.procs);
-        }
-        await deps.containment.setNice?.(vm.pid, 0);
-        if (oomScoreAdj !== undefined) await deps.containment.setOomScoreAdj(vm.pid, oomScoreAdj, log);
-        // A bigger pod's size by hot-plug, online in the guest before its containers run.
-        const add = warm.grow;
-        if (add) {
-          const took = await phases.time("growMs", growVm(vm, agent, add));
-          log.info({ sandbox: vm.id, grow: add, ...took }, "pool VM grown for the pod");
-        }
-      }),
+      // A bigger pod's size by hot-plug, online in the guest before its containers are created.
+      warm.grow &&
+        phases.time("growMs", growVm(vm, agent, warm.grow)).then((took) => {
+          log.info({ sandbox: vm.id, grow: warm.grow, ...took }, "pool VM grown for the pod");
+        }),
       got.rootfs.then((rootfs) =>
         phases.time(
           "hotplugMs",
@@ -455,7 +472,11 @@ export class Pod {
         ),
       ),
     ]);
-    for (const r of settled) if (r.status === "rejected") throw r.reason;
+    const failed = settled.find((r) => r.status === "rejected");
+    if (failed) {
+      await contained.catch(() => {});
+      throw failed.reason;
+    }
     log.info(
       {
         sandbox: vm.id,
@@ -468,7 +489,7 @@ export class Pod {
       },
       "sandbox VM claimed from the pool",
     );
-    return { vm, agent, devices, oomScoreAdj };
+    return { vm, agent, devices, oomScoreAdj, contained };
   }
 
   get exited(): Promise<VmExit> {

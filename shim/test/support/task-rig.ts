@@ -137,7 +137,20 @@ export class FakeContainment implements ContainmentHost {
   readonly joined: Array<{ pid: number; procs: readonly string[] }> = [];
   readonly nice: Array<{ pid: number; nice: number }> = [];
 
+  /** Holds each cgroup join until it resolves; `failNextJoin` makes the next one fail. */
+  joinGate: Promise<void> | undefined;
+  private joinFails = false;
+
+  failNextJoin(): void {
+    this.joinFails = true;
+  }
+
   joinCgroup = async (pid: number, procs: readonly string[]): Promise<void> => {
+    await this.joinGate;
+    if (this.joinFails) {
+      this.joinFails = false;
+      throw new Error(`cgroup.procs: cannot move ${pid} (injected)`);
+    }
     this.joined.push({ pid, procs });
   };
 
