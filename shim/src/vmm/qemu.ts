@@ -535,6 +535,8 @@ export class QemuVm implements VmHandle {
    * plugged so far are unplugged again and every bind mount is gone.
    */
   async addDisks(disks: DiskSpec[]): Promise<string[]> {
+    // A sandbox's first container has none: no bind-mount spawn for nothing.
+    if (disks.length === 0) return [];
     const qmp = this.control();
     for (const disk of disks) {
       checkDiskSerial(disk.serial);
@@ -547,16 +549,17 @@ export class QemuVm implements VmHandle {
       disks.map((disk, i) => ({ source: disk.path, name: names[i] as string })),
       this.paths.vmmDir,
     );
-    const plugged: string[] = [];
-    try {
-      for (const [i, disk] of disks.entries())
-        plugged.push(await this.plugBound(qmp, disk, names[i] as string));
-      return plugged;
-    } catch (err) {
-      for (const id of plugged.reverse()) await this.removeDevice(id).catch(() => {});
-      await Promise.all(names.map((name) => rm(path.join(this.paths.vmmDir, name), { force: true })));
-      throw err;
-    }
+    // Every disk's commands are sent at once: QEMU runs them in order, without a round trip
+    // between them (each disk takes its own hot-plug port before its first command).
+    const settled = await Promise.allSettled(
+      disks.map((disk, i) => this.plugBound(qmp, disk, names[i] as string)),
+    );
+    const plugged = settled.flatMap((r) => (r.status === "fulfilled" ? [r.value] : []));
+    const failed = settled.find((r) => r.status === "rejected");
+    if (!failed) return plugged;
+    for (const id of plugged.reverse()) await this.removeDevice(id).catch(() => {});
+    await Promise.all(names.map((name) => rm(path.join(this.paths.vmmDir, name), { force: true })));
+    throw failed.reason;
   }
 
   /** One disk whose file is bound into the VMM's dir as `name`: its block node and device. */
