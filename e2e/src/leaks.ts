@@ -43,6 +43,19 @@ export async function entriesOf(dir: string): Promise<string[]> {
   }
 }
 
+/**
+ * Entries under `dir` once it has none, or what is still there after `ms`: a pod's record goes a
+ * moment after its delete replied, once its netns is left (shim/src/pod/lingering.ts).
+ */
+export async function entriesSettled(dir: string, ms = 5000): Promise<string[]> {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const left = await entriesOf(dir);
+    if (left.length === 0 || Date.now() > deadline) return left;
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
 /** The shim processes of one containerd: fronts (bin/front.js) and daemons (bin/daemon.js). */
 export async function shimProcesses(ttrpcAddress: string): Promise<{ fronts: number[]; daemons: number[] }> {
   const fronts: number[] = [];

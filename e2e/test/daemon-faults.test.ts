@@ -16,7 +16,7 @@ import type { CriClient, PodSandboxConfig } from "../src/cri/client.js";
 import { portForwardExchange } from "../src/cri/port-forward.js";
 import { HANDLER, type Harness, startHarness } from "../src/harness.js";
 import { hypervisorSuites } from "../src/hypervisors.js";
-import { entriesOf, liveStartTime, processesMatching, shimProcesses } from "../src/leaks.js";
+import { entriesOf, entriesSettled, liveStartTime, processesMatching, shimProcesses } from "../src/leaks.js";
 import { SHIM_ENTRY } from "../src/runtime-install.js";
 
 const IMAGE = "docker.io/cloudhv-test/busybox:restart";
@@ -181,7 +181,7 @@ for (const hv of await hypervisorSuites())
       }
       assert.deepEqual(await processesMatching(path.join(stateDir, "vm")), [], "no VMM left");
       assert.deepEqual(await entriesOf(path.join(stateDir, "vm")), [], "no VM state left");
-      assert.deepEqual(await entriesOf(path.join(stateDir, "records")), [], "no pod record left");
+      assert.deepEqual(await entriesSettled(path.join(stateDir, "records")), [], "no pod record left");
       assert.deepEqual(await processesMatching(podsDir), [], "no cloudhv-portfwd left");
     });
 
@@ -264,7 +264,7 @@ for (const hv of await hypervisorSuites())
       assert.deepEqual(await processesMatching(path.join(stateDir, "vm")), [], "no VMM left");
       assert.deepEqual(await processesMatching(note.vmId), [], "no process names the VM");
       assert.deepEqual(await entriesOf(path.join(stateDir, "vm")), [], "no VM state left");
-      assert.deepEqual(await entriesOf(path.join(stateDir, "records")), [], "no pod record left");
+      assert.deepEqual(await entriesSettled(path.join(stateDir, "records")), [], "no pod record left");
       assert.deepEqual(await entriesOf(creating), [], "no provisional record left");
       assert.deepEqual(await entriesOf(path.join(stateDir, "pods")), [], "no pod dir left");
       for (const dir of note.cgroup?.created ?? [])
@@ -338,7 +338,7 @@ for (const hv of await hypervisorSuites())
       await cri.removePodSandbox(podId);
       assert.deepEqual(await processesMatching(path.join(stateDir, "vm")), [], "no VMM left");
       assert.deepEqual(await entriesOf(path.join(stateDir, "vm")), [], "no VM state left");
-      assert.deepEqual(await entriesOf(path.join(stateDir, "records")), [], "no pod record left");
+      assert.deepEqual(await entriesSettled(path.join(stateDir, "records")), [], "no pod record left");
     });
 
     it("a daemon killed mid-join: the next one takes the join's disks back, the re-sent create runs the container, nothing is left", async () => {
@@ -420,7 +420,7 @@ for (const hv of await hypervisorSuites())
       }
       assert.deepEqual(await processesMatching(path.join(stateDir, "vm")), [], "no VMM left");
       assert.deepEqual(await entriesOf(path.join(stateDir, "vm")), [], "no VM state left");
-      assert.deepEqual(await entriesOf(path.join(stateDir, "records")), [], "no pod record left");
+      assert.deepEqual(await entriesSettled(path.join(stateDir, "records")), [], "no pod record left");
       assert.deepEqual(await entriesOf(creating), [], "no provisional record left");
       for (const file of note.scratch ?? [])
         assert.equal(await readFile(file).catch(() => undefined), undefined, `scratch ${file} is gone`);
@@ -584,7 +584,7 @@ for (const hv of await hypervisorSuites())
           const mounts = await readFile("/proc/self/mountinfo", "utf8");
           assert.ok(!mounts.includes(path.join(stateDir, "pods", note.vmId)), "no mount of the pod's left");
           assert.deepEqual(await entriesOf(path.join(stateDir, "vm")), [], "no VM state left");
-          assert.deepEqual(await entriesOf(path.join(stateDir, "records")), [], "no pod record left");
+          assert.deepEqual(await entriesSettled(path.join(stateDir, "records")), [], "no pod record left");
           assert.deepEqual(await entriesOf(creating), [], "no provisional record left");
           assert.equal(
             await readFile(path.join(volume, "hello"), "utf8"),

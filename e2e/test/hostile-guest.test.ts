@@ -22,7 +22,7 @@ import {
   requestsSeen,
   runPod,
 } from "../src/hostile-guest.js";
-import { entriesOf, processesMatching } from "../src/leaks.js";
+import { entriesOf, entriesSettled, processesMatching } from "../src/leaks.js";
 
 const IMAGE = "docker.io/cloudhv-test/busybox:hostile";
 const TICKING = ["sh", "-c", "while true; do echo tick; usleep 100000; done"];
@@ -166,6 +166,6 @@ describe("a misbehaving guest (a fake agent channel, real QEMU) beside a normal 
     const stateDir = harness.runtime.stateDir;
     assert.deepEqual(await processesMatching(path.join(stateDir, "vm")), [], "no VMM or fake guest left");
     assert.deepEqual(await entriesOf(path.join(stateDir, "vm")), [], "no VM state left");
-    assert.deepEqual(await entriesOf(path.join(stateDir, "records")), [], "no pod record left");
+    assert.deepEqual(await entriesSettled(path.join(stateDir, "records")), [], "no pod record left");
   });
 });

@@ -99,26 +99,52 @@ describe("TaskService with a fake VMM and an in-process agent", () => {
     assert.deepEqual(rig.leftovers(), NOTHING_LEFT);
   });
 
-  it("deletes a pod: the pod network is undone while the VMM quits, not after; nothing is left", async () => {
+  it("deletes a pod: replies once the VMM is gone, detaches the pod network after the reply (its record kept until then); a create into the same netns and the daemon's exit wait for it; nothing is left", async () => {
     await rig.create("t1", { netns: NETNS });
     const vm = rig.vm;
-    let quit = () => {};
-    vm.stopGate = new Promise<void>((r) => {
-      quit = r;
-    });
     await rig.tasks.start(NS, "t1", "");
     vm.agent.exitProcess("t1", "", 0);
     await rig.tasks.wait(NS, "t1", "");
-    const deleting = rig.tasks.delete(NS, "t1", "");
+    let detach = () => {};
+    rig.network.detachGate = new Promise<void>((r) => {
+      detach = r;
+    });
+    let created = false;
+    let lingered = false;
     try {
-      for (let i = 0; i < 200 && rig.network.attached.size > 0; i++)
-        await new Promise((r) => setTimeout(r, 5));
-      assert.equal(rig.network.attached.size, 0, "the network is detached while the VMM is still quitting");
-      assert.equal(vm.stopped, false);
+      assert.equal((await rig.tasks.delete(NS, "t1", "")).exitStatus, 0);
+      assert.ok(vm.stopped, "the VM is gone before the reply");
+      assert.deepEqual([...rig.network.attached], [NETNS], "the TAP is still leaving the netns");
+      assert.deepEqual(
+        (await rig.records.load()).map((r) => r.pod.vmId),
+        [vm.id],
+        "the pod's record stays until its netns is left",
+      );
+      void rig.create("t2", { netns: NETNS }).then(() => {
+        created = true;
+      });
+      void rig.tasks.lingering().then(() => {
+        lingered = true;
+      });
+      await new Promise((r) => setTimeout(r, 30));
+      assert.equal(created, false, "a create into the same netns waits for the detach");
+      assert.equal(lingered, false, "the daemon's exit waits for the detach");
     } finally {
-      quit();
+      rig.network.detachGate = undefined;
+      detach();
     }
-    assert.equal((await deleting).exitStatus, 0);
+    for (let i = 0; i < 400 && !(created && lingered); i++) await sleep(5);
+    assert.ok(created && lingered, "once detached, t2 is created and the exit's wait ends");
+    assert.deepEqual(
+      (await rig.records.load()).map((r) => r.pod.vmId),
+      [rig.vm.id],
+      "t1's record went once its netns was left; t2's is there",
+    );
+    await rig.tasks.start(NS, "t2", "");
+    rig.vm.agent.exitProcess("t2", "", 0);
+    await rig.tasks.wait(NS, "t2", "");
+    await rig.tasks.delete(NS, "t2", "");
+    await rig.tasks.lingering();
     assert.deepEqual(rig.leftovers(), NOTHING_LEFT);
   });
 

@@ -135,6 +135,8 @@ async function main(): Promise<void> {
     // Its status file went with the pool; the shared dir goes when no other daemon has one there.
     if (tasks.pool) await rmdir(path.join(config.state_dir, "pool")).catch(() => {});
     for (const container of tasks.list()) await tasks.forceDelete(container.namespace, container.id);
+    // Deleted pods still leaving their netns (pod/lingering.ts): their TAPs and records go first.
+    await tasks.lingering();
     await events.flush(2000);
     events.close();
     await metricsServer?.close();

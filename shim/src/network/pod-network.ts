@@ -5,7 +5,6 @@
 // only frames from the pod's own MAC and addresses pass (anti-spoof.ts).
 import { existsSync } from "node:fs";
 import { ShimError, truncateUntrusted } from "../errors.js";
-import { Cleanup } from "../util/cleanup.js";
 import { ExecError, exec, execOk } from "../util/exec.js";
 import { antiSpoofFilters, tapSysctls } from "./anti-spoof.js";
 
@@ -34,8 +33,12 @@ export interface PodNetwork {
   netnsPath: string;
   tap: string;
   iface: PodInterface;
-  /** Removes the TAP and the redirects; the veth and netns belong to CNI and stay. */
-  detach(): Promise<void>;
+  /**
+   * Removes the TAP and the redirects; the veth and netns belong to CNI and stay. `via`: another
+   * path to the same netns (a held fd, pod/netns-hold.ts), for a detach that may outlive the
+   * netns's name.
+   */
+  detach(via?: string): Promise<void>;
 }
 
 /** The pod's netns is not as CNI should have left it. */
@@ -99,9 +102,11 @@ ip link set dev "$tap" netns "$pod" || exit 24
 exec nsenter --net="$pod" -- sh -c "$filter" cloudhv-net "$tap" "$@"`;
 
 /** Removes the TAP ($1; its qdisc and filters go with it) and the veth's ($2) ingress qdisc. */
+// A device already gone is not a failure: CNI's DEL may remove the veth first (the detach can
+// run after the pod's delete replied), and its qdisc goes with it.
 const DETACH_SCRIPT = `status=0
-ip link del dev "$1" || status=1
-tc qdisc del dev "$2" ingress || status=1
+ip link del dev "$1" 2>/dev/null || ! ip link show dev "$1" >/dev/null 2>&1 || status=1
+tc qdisc del dev "$2" ingress 2>/dev/null || ! ip link show dev "$2" >/dev/null 2>&1 || status=1
 exit $status`;
 
 const STEP_EXIT: Record<number, string> = {
@@ -167,17 +172,19 @@ export async function readPodInterface(netnsPath: string): Promise<PodInterface>
 
 /**
  * The pod network a previous daemon attached (kept in the pod's record): detach() removes the
- * TAP (its qdisc and filters go with it) and the veth's ingress qdisc, as attach's undo does.
+ * TAP (its qdisc and filters go with it) and the veth's ingress qdisc, as an attached one's does.
  */
 export function adoptPodNetwork(record: { netnsPath: string; tap: string; iface: PodInterface }): PodNetwork {
   let detached = false;
   return {
     ...record,
-    async detach() {
+    async detach(via?: string) {
       if (detached) return;
       detached = true;
       const { netnsPath, tap, iface } = record;
-      await netnsScript(netnsPath, DETACH_SCRIPT, [tap, iface.name]);
+      // A netns already gone took the TAP with it.
+      if (!via && !existsSync(netnsPath)) return;
+      await netnsScript(via ?? netnsPath, DETACH_SCRIPT, [tap, iface.name]);
     },
   };
 }
@@ -198,42 +205,38 @@ export async function attachPodNetwork(
   opts: { tapGroup?: number } = {},
 ): Promise<PodNetwork> {
   const iface = await readPodInterface(netnsPath);
-  const undo = new Cleanup();
-  try {
-    await filterTap(netnsPath, netnsPath, tap, iface, undo, ["create", opts.tapGroup?.toString() ?? ""]);
-  } catch (err) {
-    await undo.run();
-    throw err;
-  }
-  return detachable(netnsPath, tap, iface, undo);
+  await filterTap(netnsPath, netnsPath, tap, iface, ["create", opts.tapGroup?.toString() ?? ""]);
+  return detachable(netnsPath, tap, iface);
 }
 
-function detachable(netnsPath: string, tap: string, iface: PodInterface, undo: Cleanup): PodNetwork {
+/** The attached network: its detach removes the TAP and the veth's qdisc (one spawn). */
+function detachable(netnsPath: string, tap: string, iface: PodInterface): PodNetwork {
   let detached = false;
   return {
     netnsPath,
     tap,
     iface,
-    async detach() {
+    async detach(via?: string) {
       if (detached) return;
       detached = true;
-      await undo.run();
+      // A netns already gone took the TAP with it.
+      if (!via && !existsSync(netnsPath)) return;
+      const done = await netnsScript(via ?? netnsPath, DETACH_SCRIPT, [tap, iface.name]);
+      if (done.code !== 0) throw new ExecError(done);
     },
   };
 }
 
 /**
  * Runs FILTER_SCRIPT for `tap` in the pod netns (from `from`: the pod netns itself, or the VMM's,
- * whence MOVE_SCRIPT moves the TAP first). On success `undo` gets the detach (TAP and the veth's
- * qdisc, one spawn); on failure what the script did is removed here, and what was there before
- * (someone else's qdisc on the veth: tc's line 1 failed) is kept.
+ * whence MOVE_SCRIPT moves the TAP first). On failure what the script did is removed here, and
+ * what was there before (someone else's qdisc on the veth: tc's line 1 failed) is kept.
  */
 async function filterTap(
   from: string,
   netnsPath: string,
   tap: string,
   iface: PodInterface,
-  undo: Cleanup,
   create: [string, string] = ["", ""],
 ): Promise<void> {
   const args = [tap, String(iface.mtu), ...create, ...tapSysctls(tap, existsSync("/proc/sys/net/ipv6"))];
@@ -247,13 +250,7 @@ async function filterTap(
     from === netnsPath
       ? await netnsScript(netnsPath, FILTER_SCRIPT, args, batch)
       : await netnsScript(from, MOVE_SCRIPT, [FILTER_SCRIPT, tap, netnsPath, ...args.slice(1)], batch);
-  if (result.code === 0) {
-    undo.defer(`delete ${tap} and the ingress qdisc of ${iface.name}`, async () => {
-      const done = await netnsScript(netnsPath, DETACH_SCRIPT, [tap, iface.name]);
-      if (done.code !== 0) throw new ExecError(done);
-    });
-    return;
-  }
+  if (result.code === 0) return;
   const step = STEP_EXIT[result.code ?? -1];
   // tc's line 1 is the veth's qdisc: if that failed, a qdisc already there is not ours to drop.
   const tcLine = Number(/Command failed -:(\d+)/.exec(result.stderr)?.[1] ?? 0);
@@ -292,7 +289,6 @@ export async function attachWarmNic(
   const addNet = vm.addNet?.bind(vm);
   if (!addNet) throw new ShimError("Unimplemented", "this VMM driver cannot hot-plug a NIC");
   const vmmNetns = `/proc/${vm.pid}/ns/net`;
-  const undo = new Cleanup();
   // Until it moves, the TAP would die with the VMM's netns; a quiet delete also covers a
   // failed or half-done add.
   const dropUnmoved = () => exec(["nsenter", `--net=${vmmNetns}`, "--", "ip", "link", "del", tap]);
@@ -308,13 +304,12 @@ export async function attachWarmNic(
   const iface = read.value;
   try {
     await addNet({ tap, mac: iface.mac, id: "net0" });
-    await filterTap(vmmNetns, netnsPath, tap, iface, undo);
+    await filterTap(vmmNetns, netnsPath, tap, iface);
   } catch (err) {
     await dropUnmoved();
-    await undo.run();
     throw err;
   }
-  return detachable(netnsPath, tap, iface, undo);
+  return detachable(netnsPath, tap, iface);
 }
 
 /**
@@ -331,7 +326,6 @@ export async function attachBootNic(
   tap = "tap0_chv",
 ): Promise<PodNetwork> {
   const iface = await readPodInterface(netnsPath);
-  const undo = new Cleanup();
-  await filterTap(`/proc/${vmmPid}/ns/net`, netnsPath, tap, iface, undo);
-  return detachable(netnsPath, tap, iface, undo);
+  await filterTap(`/proc/${vmmPid}/ns/net`, netnsPath, tap, iface);
+  return detachable(netnsPath, tap, iface);
 }

@@ -203,21 +203,21 @@ export class PodPortForward {
     }
   }
 
+  get netnsPath(): string {
+    return this.opts.netnsPath;
+  }
+
   /** Removes the redirect, the helper, every relayed connection and the socket. Never throws. */
-  stop(): Promise<void> {
+  async stop(): Promise<void> {
+    await Promise.all([this.close(), this.unredirect()]);
+  }
+
+  /**
+   * Ends the helper, every relayed connection and the socket, leaving the nat rule (which dies
+   * with the netns; `unredirect` removes it). Never throws.
+   */
+  close(): Promise<void> {
     this.stopping ??= (async () => {
-      const { log, netnsPath } = this.opts;
-      await iptables(netnsPath, "-D").then(
-        (r) => {
-          // Gone with the netns is fine; anything else is worth a line.
-          if (r.code !== 0 && !/No such file|does a matching rule exist/.test(r.stderr))
-            log.warn(
-              { netnsPath, stderr: truncateUntrusted(r.stderr, 512) },
-              "port-forward: removing the nat rule failed",
-            );
-        },
-        () => {},
-      );
       this.helper.kill("SIGKILL");
       await this.helper.exited;
       for (const sock of this.sockets) sock.destroy();
@@ -227,6 +227,18 @@ export class PodPortForward {
       await rmdir(this.opts.dir).catch(() => {});
     })();
     return this.stopping;
+  }
+
+  /** Removes the nat rule; `via`: another path to the pod's netns (a held fd). Never throws. */
+  async unredirect(via?: string): Promise<void> {
+    const { log, netnsPath } = this.opts;
+    const r = await iptables(via ?? netnsPath, "-D").catch(() => undefined);
+    // Gone with the netns is fine; anything else is worth a line.
+    if (r && r.code !== 0 && !/No such file|does a matching rule exist/.test(r.stderr))
+      log.warn(
+        { netnsPath, stderr: truncateUntrusted(r.stderr, 512) },
+        "port-forward: removing the nat rule failed",
+      );
   }
 }
 

@@ -12,6 +12,7 @@ import { oomScoreAdjFor } from "../cgroup/oom.js";
 import type { RuntimeConfig } from "../config.js";
 import type { Mount } from "../containerd/publisher.js";
 import { precondition, ShimError } from "../errors.js";
+import { type HeldNetns, holdNetns } from "../network/netns-hold.js";
 import { adoptPodNetwork, type PodInterface, type PodNetwork } from "../network/pod-network.js";
 import { PodPortForward } from "../network/port-forward.js";
 import { POD_TAP, type Provisional, type ProvisionalStore } from "../state/provisional.js";
@@ -27,6 +28,7 @@ import { connectAdoptedAgent } from "./adopt-agent.js";
 import { type ContainmentHost, type ContainmentPlan, planContainment } from "./containment.js";
 import { growVm } from "./grow.js";
 import { watchAgentHealth } from "./health.js";
+import type { Lingering } from "./lingering.js";
 import type { BootNic, WarmVm } from "./pool.js";
 import { noRootfs, type PreparedRootfs, type RootfsAdopter, type RootfsPreparer } from "./rootfs.js";
 import type { ScratchSize } from "./scratch-size.js";
@@ -58,6 +60,14 @@ export interface PodDeps {
   containment: ContainmentHost;
   /** Notes each create in flight for a later daemon to undo (absent: nothing is noted). */
   provisional?: ProvisionalStore;
+  /** What deleted pods left in their netns, still going (Pod.leaveNetns). */
+  lingering: Lingering;
+}
+
+/** What a removal left running after it returned. */
+export interface Removed {
+  /** The pod's netns being left (Pod.leaveNetns); settles, never rejects. */
+  lingering?: Promise<void>;
 }
 
 /** One container to create in a pod, as the task service asks for it. */
@@ -212,6 +222,8 @@ export class Pod {
       // Disks and the pod network are host work independent of each other, so they run at once;
       // whichever succeeded is undone if the other failed.
       const netnsPath = podNetnsPath(spec.doc);
+      // A pod deleted from this netns may still be leaving it (its TAP has our TAP's name).
+      if (netnsPath) await deps.lingering.settled(netnsPath);
       if (netnsPath) await journal?.note({ network: { netnsPath, tap: POD_TAP } });
       const noteScratch = journal ? (file: string) => journal.note({ scratch: [file] }) : undefined;
       // A pool VM is this pod's from here: on any failure it is stopped, never returned to the
@@ -885,8 +897,9 @@ export class Pod {
    * are unplugged and its rootfs released after this returns, Pod.retire); the VM's owner takes
    * the whole pod down. Never throws: a step that fails is logged and the rest still run.
    */
-  async remove(member: PodMember, phases: PhaseClock): Promise<void> {
+  async remove(member: PodMember, phases: PhaseClock): Promise<Removed> {
     member.volumes.stop();
+    const removed: Removed = {};
     const cleanup = new Cleanup();
     const share = this.share;
     if (member.ownsPod) {
@@ -916,18 +929,17 @@ export class Pod {
         this.agent.close();
         await this.vm.stop();
       });
-      // The pod network is undone while the VMM quits: both wait mostly on others (the kernel's
-      // grace periods for the TAP and qdisc, QEMU's exit). Deleting the TAP first takes its
-      // filters with it in one step, so the guest's NIC goes dead, never unfiltered.
-      // The port-forward relay goes at the same time (its nat rule is one more spawn in the
-      // pod's netns): a connection that reaches the VM meanwhile fails with the agent.
-      const network = this.network;
-      const detach = network && phases.wrap("networkDetachMs", () => network.detach());
+      // The port-forward relay goes while the VMM quits: a connection that reaches the VM
+      // meanwhile fails with the agent.
       const forward = this.portForward;
-      cleanup.defer(network ? "stop VM and detach pod network" : "stop VM", async () => {
-        const settled = await Promise.allSettled([stopVm(), detach?.(), forward?.stop()]);
+      cleanup.defer("stop VM", async () => {
+        const settled = await Promise.allSettled([stopVm(), forward?.close()]);
         const failed = settled.filter((r) => r.status === "rejected");
         if (failed.length > 0) throw new Error(failed.map((r) => (r.reason as Error).message).join("; "));
+        // Held before the reply: containerd removes the netns once it has it.
+        const netnsPath = this.network?.netnsPath ?? forward?.netnsPath;
+        const held = netnsPath ? await holdNetns(netnsPath).catch(() => undefined) : undefined;
+        if (netnsPath) removed.lingering = this.leaveNetns(netnsPath, held);
       });
     } else {
       this.joined.delete(member.id);
@@ -937,6 +949,33 @@ export class Pod {
     await cleanup.run();
     // The guest container, its volumes and disks leave after the reply (Pod.retire).
     if (!member.ownsPod) this.retire(member);
+    return removed;
+  }
+
+  /**
+   * With the VM gone, what is left of the pod in its netns (the TAP with its filters, the veth's
+   * qdisc, the port-forward's nat rule) goes after the delete replied: it only waits on the
+   * kernel. The netns is held open (`held`, taken before the reply), so containerd removing it
+   * meanwhile changes nothing; a pod created into the same netns waits for this (Pod.boot).
+   * Never rejects.
+   */
+  private leaveNetns(netnsPath: string, held: HeldNetns | undefined): Promise<void> {
+    const network = this.network;
+    const forward = this.portForward;
+    const started = performance.now();
+    const log = this.log(this.id);
+    const work = Promise.allSettled([network?.detach(held?.path), forward?.unredirect(held?.path)]).then(
+      async ([detached]) => {
+        await held?.release();
+        if (detached.status === "rejected")
+          log.error(
+            { err: (detached.reason as Error).message, netnsPath },
+            "could not detach the pod network",
+          );
+        else log.debug({ ms: Math.round(performance.now() - started), netnsPath }, "pod network detached");
+      },
+    );
+    return this.deps.lingering.add(netnsPath, work);
   }
 
   /**

@@ -9,12 +9,14 @@ import { PhaseClock } from "../util/phases.js";
 import { type ContainmentHost, hostContainment } from "./containment.js";
 import { podRole } from "./cri.js";
 import { growPlan } from "./grow.js";
+import { Lingering } from "./lingering.js";
 import {
   type ContainerRequest,
   type NetworkAttacher,
   Pod,
   type PodDeps,
   type PodMember,
+  type Removed,
   vmId,
 } from "./pod.js";
 import { bootWarmVm, forgetPoolMarker, type PoolOptions, poolSize, VmPool } from "./pool.js";
@@ -22,7 +24,7 @@ import { scratchSize } from "./scratch-size.js";
 import { type VmSize, vmSize } from "./sizing.js";
 import { isHostNamespace, type OciSpecFile, readOciSpec, refuseHostNamespaces } from "./spec.js";
 
-export type PodsDeps = Omit<PodDeps, "attachNetwork" | "containment"> & {
+export type PodsDeps = Omit<PodDeps, "attachNetwork" | "containment" | "lingering"> & {
   attachNetwork?: NetworkAttacher;
   containment?: ContainmentHost;
   /** Whether a namespace path is the host's own (spec.ts; faked in unit tests). */
@@ -55,6 +57,7 @@ export class Pods {
             ? attachBootNic(vm.pid, netns, bootNic.tap)
             : attachWarmNic(vm, netns, "tap0_chv", { tapGroup })),
       containment: deps.containment ?? hostContainment,
+      lingering: new Lingering(),
     };
     const { config, driver } = deps;
     if (config.pool > 0 && deps.pool) {
@@ -207,9 +210,19 @@ export class Pods {
   }
 
   /** Removes a container from its pod; the pod's owner takes the VM down (see Pod.remove). */
-  async remove(member: PodMember, phases: PhaseClock): Promise<void> {
+  async remove(member: PodMember, phases: PhaseClock): Promise<Removed> {
     if (member.ownsPod && this.sandboxes.get(member.pod.key) === member.pod)
       this.sandboxes.delete(member.pod.key);
-    await member.pod.remove(member, phases);
+    return member.pod.remove(member, phases);
+  }
+
+  /** Adds work a delete left running (Lingering.add): the daemon's exit waits for it too. */
+  linger(key: string, work: Promise<unknown>): void {
+    void this.deps.lingering.add(key, work);
+  }
+
+  /** Resolves once what deleted pods left in their netns is gone (the daemon's exit waits). */
+  lingering(): Promise<void> {
+    return this.deps.lingering.all();
   }
 }

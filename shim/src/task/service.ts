@@ -448,6 +448,14 @@ export class TaskService {
     return { shimPid: process.pid, taskPid: container.init.pid, version: this.deps.version };
   }
 
+  /**
+   * Resolves once deleted pods have left their netns and their records are gone (the daemon's
+   * exit waits for this).
+   */
+  lingering(): Promise<void> {
+    return this.pods.lingering();
+  }
+
   /** Every container still known, for the daemon's shutdown and the shim `delete` command. */
   list(): Container[] {
     return [...this.containers.values()];
@@ -547,10 +555,20 @@ export class TaskService {
 
   private async teardown(container: Container, phases = new PhaseClock()): Promise<void> {
     this.containers.delete(this.key(container.namespace, container.id));
-    await this.pods.remove(container.member, phases);
+    const { lingering } = await this.pods.remove(container.member, phases);
     container.log.close();
-    if (container.member.ownsPod) await this.deps.records?.remove(container.pod.vm.id);
-    else {
+    if (container.member.ownsPod) {
+      const records = this.deps.records;
+      const vmId = container.pod.vm.id;
+      // The record goes once the pod's netns is left (Pod.leaveNetns): a daemon killed before
+      // that finds the pod's VM gone and detaches what the record names.
+      if (lingering)
+        this.pods.linger(
+          `record ${vmId}`,
+          lingering.then(() => records?.remove(vmId)),
+        );
+      else await records?.remove(vmId);
+    } else {
       await this.persist(container.pod);
       // Its disks leave the VM after this reply (Pod.retire): the record drops them once gone.
       void container.pod.retirement().then(() => this.persist(container.pod));

@@ -173,6 +173,9 @@ export class FakeNetwork {
     this.failing = true;
   }
 
+  /** When set, a detach waits for it first (the kernel's slow TAP removal). */
+  detachGate: Promise<void> | undefined;
+
   /** When set, a pool VM's NIC attach waits for it first (a slow pod network). */
   warmGate: Promise<void> | undefined;
 
@@ -211,6 +214,7 @@ export class FakeNetwork {
         routes: [{ dest: "default", gateway: "10.88.0.1" }],
       },
       detach: async () => {
+        await this.detachGate;
         this.attached.delete(netnsPath);
       },
     };
