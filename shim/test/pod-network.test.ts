@@ -7,6 +7,7 @@ import os from "node:os";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
 import { linkLocalFromMac } from "../src/network/anti-spoof.js";
+import { holdNetns } from "../src/network/netns-hold.js";
 import {
   attachBootNic,
   attachPodNetwork,
@@ -267,6 +268,40 @@ describe("pod network: TAP + tc redirect in the pod's netns", () => {
     } finally {
       vmm.child.kill("SIGKILL");
     }
+  });
+
+  it("detaches through a held netns after containerd removed its name and CNI's DEL took the veth: the TAP goes, no error, the netns with it", async () => {
+    const ns = `${NS}-held`;
+    const veth = `chvph${process.pid % 100000}`;
+    await execOk(["ip", "netns", "add", ns]);
+    try {
+      await execOk(["ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns]);
+      await execOk(["ip", "netns", "exec", ns, "ip", "link", "set", "eth0", "up"]);
+      await execOk(["ip", "netns", "exec", ns, "ip", "addr", "add", "10.99.9.2/24", "dev", "eth0"]);
+      const net = await attachPodNetwork(`/var/run/netns/${ns}`);
+      const held = await holdNetns(`/var/run/netns/${ns}`);
+      assert.ok(held, "the netns is there to hold");
+      const links = async () =>
+        (await execOk(["nsenter", `--net=${held.path}`, "--", "ip", "-o", "link"])).stdout;
+      try {
+        // What the Pod's delete races with: CNI's DEL, then the netns's removal.
+        await execOk(["ip", "link", "del", veth]);
+        await execOk(["ip", "netns", "del", ns]);
+        assert.match(await links(), /tap0_chv/, "the held netns still has the TAP");
+        await net.detach(held.path);
+        assert.doesNotMatch(await links(), /tap0_chv/, "the TAP is gone");
+      } finally {
+        await held.release();
+      }
+    } finally {
+      await exec(["ip", "netns", "del", ns]);
+      await exec(["ip", "link", "del", veth]);
+    }
+    assert.equal(
+      await holdNetns(`/var/run/netns/${ns}`),
+      undefined,
+      "a netns whose name is gone: nothing to hold",
+    );
   });
 
   it("fails with the netns named when there is no CNI interface, leaving nothing", async () => {
