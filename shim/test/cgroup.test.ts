@@ -2,7 +2,7 @@
 // the QoS → oom_score_adj rule, the hierarchies of a mountinfo, and the VMM's join wrapper.
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { mkdir, mkdtemp, readFile, rm, stat } from "node:fs/promises";
+import { mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { describe, it } from "node:test";
@@ -128,6 +128,27 @@ describe("cgroup hierarchies", () => {
       assert.equal(await exists(path.join(cpuset, "kubepods/pod1")), false, "ours went, parent too");
       assert.equal(await exists(path.join(memory, "kubepods/pod1")), true, "kubelet's stays");
       assert.equal(await exists(path.join(cpuset, "kubepods")), true, "kubelet's stays");
+    } finally {
+      await rm(root, { recursive: true, force: true });
+    }
+  });
+  it("a hierarchy that fails the open leaves nothing it or the others made", async () => {
+    const root = await mkdtemp(path.join(os.tmpdir(), "cloudhv-cg-"));
+    try {
+      const cpu = path.join(root, "cpu");
+      const memory = path.join(root, "memory");
+      await mkdir(cpu);
+      // Not a directory: every mkdir below it fails (ENOTDIR).
+      await writeFile(memory, "");
+      const hierarchies = [
+        { mount: cpu, version: 1 as const, controllers: ["cpu"] },
+        { mount: memory, version: 1 as const, controllers: ["memory"] },
+      ];
+      await assert.rejects(
+        PodCgroup.open("/kubepods/pod1/sb", hierarchies, silent),
+        /cannot create the pod's cgroup/,
+      );
+      assert.deepEqual(await readdir(cpu), [], "what the open made in the other hierarchy went, parents too");
     } finally {
       await rm(root, { recursive: true, force: true });
     }

@@ -94,17 +94,24 @@ export class PodCgroup {
     const dirs: string[] = [];
     const opened = new PodCgroup(cgroupPath, dirs, created, log);
     try {
-      for (const h of hierarchies) {
-        let dir = h.mount;
-        for (const segment of cgroupPath.split("/").filter(Boolean)) {
-          const parent = dir;
-          dir = path.join(dir, segment);
-          if (!(await makeDir(dir))) continue;
-          created.push(dir);
-          await inheritFromParent(h, parent, dir);
-        }
-        dirs.push(dir);
-      }
+      // The hierarchies (cgroup v1 has one per controller) are independent: all at once. In
+      // each, parents are made (and listed) before their children.
+      const leaves = await Promise.allSettled(
+        hierarchies.map(async (h) => {
+          let dir = h.mount;
+          for (const segment of cgroupPath.split("/").filter(Boolean)) {
+            const parent = dir;
+            dir = path.join(dir, segment);
+            if (!(await makeDir(dir))) continue;
+            created.push(dir);
+            await inheritFromParent(h, parent, dir);
+          }
+          return dir;
+        }),
+      );
+      for (const leaf of leaves) if (leaf.status === "fulfilled") dirs.push(leaf.value);
+      const failed = leaves.find((leaf) => leaf.status === "rejected");
+      if (failed) throw failed.reason;
       return opened;
     } catch (err) {
       await opened.remove();
@@ -122,7 +129,18 @@ export class PodCgroup {
    * pod still uses (not empty) stays: it is that pod's to remove.
    */
   async remove(): Promise<void> {
+    // One hierarchy's dirs children first; the hierarchies at once. Dirs of a hierarchy whose
+    // open failed (no leaf) go in one sequence, children first as listed.
+    const byHierarchy = new Map<string, string[]>();
     for (const dir of [...this.created].reverse()) {
+      const leaf = this.dirs.find((d) => d === dir || d.startsWith(`${dir}/`)) ?? "";
+      byHierarchy.set(leaf, [...(byHierarchy.get(leaf) ?? []), dir]);
+    }
+    await Promise.all([...byHierarchy.values()].map((dirs) => this.removeDirs(dirs)));
+  }
+
+  private async removeDirs(dirs: readonly string[]): Promise<void> {
+    for (const dir of dirs) {
       const leaf = this.dirs.includes(dir);
       for (let attempt = 0; ; attempt++) {
         try {
