@@ -101,9 +101,11 @@ shift 3
 ip link set dev "$tap" netns "$pod" || exit 24
 exec nsenter --net="$pod" -- sh -c "$filter" cloudhv-net "$tap" "$@"`;
 
-/** Removes the TAP ($1; its qdisc and filters go with it) and the veth's ($2) ingress qdisc. */
-// A device already gone is not a failure: CNI's DEL may remove the veth first (the detach can
-// run after the pod's delete replied), and its qdisc goes with it.
+/**
+ * Removes the TAP ($1; its qdisc and filters go with it) and the veth's ($2) ingress qdisc. A
+ * device already gone is not a failure: CNI's DEL may remove the veth first (the detach runs
+ * after the pod's delete replied), and its qdisc went with it.
+ */
 const DETACH_SCRIPT = `status=0
 ip link del dev "$1" 2>/dev/null || ! ip link show dev "$1" >/dev/null 2>&1 || status=1
 tc qdisc del dev "$2" ingress 2>/dev/null || ! ip link show dev "$2" >/dev/null 2>&1 || status=1

@@ -24,8 +24,4 @@ export class Lingering {
   async all(): Promise<void> {
     while (this.work.size > 0) await Promise.all(this.work.values());
   }
-
-  get size(): number {
-    return this.work.size;
-  }
 }

@@ -413,8 +413,9 @@ export class Pod {
     // Boot = VMM launch (host) + waiting for the agent's first answer (guest).
     const bootMs = performance.now() - started;
     phases.add("guestBootMs", bootMs - phases.get("vmmLaunchMs"));
-    // A guest rootfs from another build fails here, by name, not later as a garbled call.
-    const version = await agent.checkProtocol({ timeoutMs: 5000 });
+    // A guest rootfs from another build fails here, by name, not later as a garbled call. The
+    // agent's first call after its boot: a guest wait (~100 ms under TCG), not host work.
+    const version = await phases.time("guestVersionMs", agent.checkProtocol({ timeoutMs: 5000 }));
     log.info(
       {
         sandbox: where.vmId,
