@@ -321,20 +321,55 @@ describe("config pool_warm_up: false", () => {
   });
 });
 
+/** A task rig whose pool of one VM is full: the rig, its pool and that VM. */
+async function fullPoolOfOne() {
+  const rig = await TaskRig.open({ pool: 1 }, { retryMs: { min: 5, max: 20 } });
+  try {
+    const pool = rig.tasks.pool;
+    assert.ok(pool);
+    pool.start();
+    await until("pool full", () => pool.stats().ready === 1);
+    const [poolVm] = rig.driver.vms;
+    assert.ok(poolVm);
+    return { rig, pool, poolVm };
+  } catch (err) {
+    await rig.close();
+    throw err;
+  }
+}
+
+/**
+ * After pod "pa"'s claim of `poolVm` failed at `step`: that VM was stopped, the pod booted cold
+ * and one failed claim is counted; then the pod and the pool go, and nothing is left.
+ */
+async function assertBootedColdAfterFailedClaim(
+  { rig, pool, poolVm }: Awaited<ReturnType<typeof fullPoolOfOne>>,
+  step: string,
+): Promise<void> {
+  assert.ok(poolVm.stopped, `the pool VM whose ${step} failed was stopped`);
+  const cold = rig.driver.vms.find((v) => v.agent.containers.has("pa") && v !== poolVm);
+  assert.ok(cold && !cold.id.startsWith("pool-"), "the pod booted cold");
+  assert.equal(pool.stats().claimFailures, 1);
+  await rig.tasks.forceDelete("unit", "pa");
+  await pool.close();
+  assert.deepEqual(rig.leftovers(), { tasks: [], vms: [], rootfs: [], network: [] });
+}
+
+/** A promise that resolves once `release` is called: holds a fake's step. */
+function held(): { promise: Promise<void>; release: () => void } {
+  let release = () => {};
+  const promise = new Promise<void>((r) => {
+    release = r;
+  });
+  return { promise, release };
+}
+
 describe("a pool hit's host work runs at once", () => {
   it("plugs the pod's disks and joins its cgroup while the NIC is still being attached", async () => {
-    const rig = await TaskRig.open({ pool: 1 }, { retryMs: { min: 5, max: 20 } });
+    const { rig, pool, poolVm } = await fullPoolOfOne();
     try {
-      const pool = rig.tasks.pool;
-      assert.ok(pool);
-      pool.start();
-      await until("pool full", () => pool.stats().ready === 1);
-      const [poolVm] = rig.driver.vms;
-      assert.ok(poolVm);
-      let attach = () => {};
-      rig.network.warmGate = new Promise<void>((r) => {
-        attach = r;
-      });
+      const { promise: attachHeld, release: attach } = held();
+      rig.network.warmGate = attachHeld;
       const creating = rig.create("pa", {
         role: "sandbox",
         netns: "/var/run/netns/pa",
@@ -365,18 +400,10 @@ describe("a pool hit's host work runs at once", () => {
 
 describe("a pool hit's guest work runs while the NIC is attached and the VMM joins the pod cgroup", () => {
   it("creates the first container before the NIC is attached; a NIC that then fails stops the VM, the pod boots cold, nothing is left", async () => {
-    const rig = await TaskRig.open({ pool: 1 }, { retryMs: { min: 5, max: 20 } });
+    const { rig, pool, poolVm } = await fullPoolOfOne();
     try {
-      const pool = rig.tasks.pool;
-      assert.ok(pool);
-      pool.start();
-      await until("pool full", () => pool.stats().ready === 1);
-      const [poolVm] = rig.driver.vms;
-      assert.ok(poolVm);
-      let attach = () => {};
-      rig.network.warmGate = new Promise<void>((r) => {
-        attach = r;
-      });
+      const { promise: attachHeld, release: attach } = held();
+      rig.network.warmGate = attachHeld;
       const creating = rig.create("pa", {
         role: "sandbox",
         netns: "/var/run/netns/pa",
@@ -391,32 +418,18 @@ describe("a pool hit's guest work runs while the NIC is attached and the VMM joi
         attach();
       }
       await creating;
-      assert.ok(poolVm.stopped, "the pool VM whose NIC failed was stopped");
-      const cold = rig.driver.vms.find((v) => v.agent.containers.has("pa") && v !== poolVm);
-      assert.ok(cold && !cold.id.startsWith("pool-"), "the pod booted cold");
       assert.deepEqual([...rig.network.attached], ["/var/run/netns/pa"], "only the cold VM's network");
-      assert.equal(pool.stats().claimFailures, 1);
-      await rig.tasks.forceDelete("unit", "pa");
-      await pool.close();
-      assert.deepEqual(rig.leftovers(), { tasks: [], vms: [], rootfs: [], network: [] });
+      await assertBootedColdAfterFailedClaim({ rig, pool, poolVm }, "NIC");
     } finally {
       await rig.close();
     }
   });
 
   it("joins the pod cgroup while the guest creates the first container, and replies only once joined; a join that fails stops the VM, the pod boots cold, nothing is left", async () => {
-    const rig = await TaskRig.open({ pool: 1 }, { retryMs: { min: 5, max: 20 } });
+    const { rig, pool, poolVm } = await fullPoolOfOne();
     try {
-      const pool = rig.tasks.pool;
-      assert.ok(pool);
-      pool.start();
-      await until("pool full", () => pool.stats().ready === 1);
-      const [poolVm] = rig.driver.vms;
-      assert.ok(poolVm);
-      let join = () => {};
-      rig.containment.joinGate = new Promise<void>((r) => {
-        join = r;
-      });
+      const { promise: joinHeld, release: join } = held();
+      rig.containment.joinGate = joinHeld;
       let replied = false;
       const creating = rig
         .create("pa", { role: "sandbox", cgroupsPath: "/kubepods/besteffort/pod-pa/pa" })
@@ -437,14 +450,8 @@ describe("a pool hit's guest work runs while the NIC is attached and the VMM joi
         join();
       }
       await creating;
-      assert.ok(poolVm.stopped, "the pool VM whose cgroup join failed was stopped");
       assert.ok(!rig.containment.joined.some((j) => j.pid === poolVm.pid), "it never joined");
-      const cold = rig.driver.vms.find((v) => v.agent.containers.has("pa") && v !== poolVm);
-      assert.ok(cold && !cold.id.startsWith("pool-"), "the pod booted cold");
-      assert.equal(pool.stats().claimFailures, 1);
-      await rig.tasks.forceDelete("unit", "pa");
-      await pool.close();
-      assert.deepEqual(rig.leftovers(), { tasks: [], vms: [], rootfs: [], network: [] });
+      await assertBootedColdAfterFailedClaim({ rig, pool, poolVm }, "cgroup join");
     } finally {
       await rig.close();
     }
