@@ -355,6 +355,18 @@ async function assertBootedColdAfterFailedClaim(
   assert.deepEqual(rig.leftovers(), { tasks: [], vms: [], rootfs: [], network: [] });
 }
 
+/** Pod "pa"'s sandbox being created on a pod network whose NIC attach waits for `attach()`. */
+function createWithNicHeld(rig: TaskRig): { creating: Promise<number>; attach: () => void } {
+  const { promise, release } = held();
+  rig.network.warmGate = promise;
+  const creating = rig.create("pa", {
+    role: "sandbox",
+    netns: "/var/run/netns/pa",
+    cgroupsPath: "/kubepods/besteffort/pod-pa/pa",
+  });
+  return { creating, attach: release };
+}
+
 /** A promise that resolves once `release` is called: holds a fake's step. */
 function held(): { promise: Promise<void>; release: () => void } {
   let release = () => {};
@@ -368,13 +380,7 @@ describe("a pool hit's host work runs at once", () => {
   it("plugs the pod's disks and joins its cgroup while the NIC is still being attached", async () => {
     const { rig, pool, poolVm } = await fullPoolOfOne();
     try {
-      const { promise: attachHeld, release: attach } = held();
-      rig.network.warmGate = attachHeld;
-      const creating = rig.create("pa", {
-        role: "sandbox",
-        netns: "/var/run/netns/pa",
-        cgroupsPath: "/kubepods/besteffort/pod-pa/pa",
-      });
+      const { creating, attach } = createWithNicHeld(rig);
       try {
         await until("disks plugged", () => poolVm.plugged.size === 2);
         assert.ok(!rig.network.moved.has(poolVm.id), "the NIC is not attached yet");
@@ -402,13 +408,7 @@ describe("a pool hit's guest work runs while the NIC is attached and the VMM joi
   it("creates the first container before the NIC is attached; a NIC that then fails stops the VM, the pod boots cold, nothing is left", async () => {
     const { rig, pool, poolVm } = await fullPoolOfOne();
     try {
-      const { promise: attachHeld, release: attach } = held();
-      rig.network.warmGate = attachHeld;
-      const creating = rig.create("pa", {
-        role: "sandbox",
-        netns: "/var/run/netns/pa",
-        cgroupsPath: "/kubepods/besteffort/pod-pa/pa",
-      });
+      const { creating, attach } = createWithNicHeld(rig);
       try {
         await until("the guest created the sandbox", () => poolVm.agent.containers.has("pa"));
         assert.equal(poolVm.agent.network, undefined, "the guest has no network yet");
