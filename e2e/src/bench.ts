@@ -29,7 +29,15 @@ import {
 import { mountsUnder } from "./containerd.js";
 import type { CriClient, PodSandboxConfig } from "./cri/client.js";
 import { HANDLER, type Harness, startHarness } from "./harness.js";
-import { entriesOf, podVmIds, poolVmDirs, processesMatching, shimProcesses, vmmsLeft } from "./leaks.js";
+import {
+  entriesOf,
+  podVmIds,
+  poolVmDirs,
+  processesMatching,
+  settled,
+  shimProcesses,
+  vmmsLeft,
+} from "./leaks.js";
 import { buildOciArchive, importOciArchive, stageBusyboxRoot, writePseudoRandomFile } from "./oci-image.js";
 import { LAUNCHER_ENTRY, SHIM_ENTRY } from "./runtime-install.js";
 
@@ -794,6 +802,8 @@ async function leftovers(
   netnsDuring: Set<string>,
   vmIds: readonly string[] = [],
 ) {
+  // A deleted pod's VMM exits, and what outlives it goes, a moment after its delete replied.
+  await settled(() => vmmsLeft(h.runtime.stateDir, vmIds));
   const netnsNow = new Set(await netnsList());
   const bridgePorts = await exec(["ip", "-o", "link", "show", "master", h.bridge]);
   // Read before the pool's: a refill that starts in between is then not counted.

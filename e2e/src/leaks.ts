@@ -44,16 +44,22 @@ export async function entriesOf(dir: string): Promise<string[]> {
 }
 
 /**
- * Entries under `dir` once it has none, or what is still there after `ms`: a pod's record goes a
- * moment after its delete replied, once its netns is left (shim/src/pod/lingering.ts).
+ * What `probe` finds once it finds nothing, or what it still finds after `ms`: a deleted pod's
+ * VMM exits, and what outlives it (virtiofsd, disks, cgroup, netns, record) goes, a moment after
+ * its delete replied (Pod.leave, shim/src/pod/lingering.ts).
  */
-export async function entriesSettled(dir: string, ms = 5000): Promise<string[]> {
+export async function settled<T>(probe: () => Promise<T[]>, ms = 5000): Promise<T[]> {
   const deadline = Date.now() + ms;
   for (;;) {
-    const left = await entriesOf(dir);
+    const left = await probe();
     if (left.length === 0 || Date.now() > deadline) return left;
     await new Promise((r) => setTimeout(r, 20));
   }
+}
+
+/** Entries under `dir` once it has none, or what is still there after `ms` (settled). */
+export function entriesSettled(dir: string, ms = 5000): Promise<string[]> {
+  return settled(() => entriesOf(dir), ms);
 }
 
 /** The shim processes of one containerd: fronts (bin/front.js) and daemons (bin/daemon.js). */

@@ -10,7 +10,7 @@ import { exec } from "@cloudhv/shim";
 import type { CriClient, PodSandboxConfig } from "../src/cri/client.js";
 import { HANDLER, type Harness, startHarness } from "../src/harness.js";
 import { hypervisorSuites } from "../src/hypervisors.js";
-import { entriesOf, podVmIds, processesMatching, vmmsLeft } from "../src/leaks.js";
+import { entriesOf, podVmIds, processesMatching, settled, vmmsLeft } from "../src/leaks.js";
 import { startSwapper } from "../src/swapper.js";
 
 const IMAGE = "docker.io/cloudhv-test/busybox:cri-a";
@@ -193,7 +193,7 @@ for (const hv of await hypervisorSuites())
       console.log(`daemon RSS change over 6 refused starts: ${(grown / 1024).toFixed(1)} MiB`);
       assert.ok(grown < 8 * 1024, `the daemon grew by ${grown} KiB`);
       await removePod(p, ids);
-      assert.deepEqual(await vmmsLeft(harness.runtime.stateDir, p.vmIds), []);
+      assert.deepEqual(await settled(() => vmmsLeft(harness.runtime.stateDir, p.vmIds)), []);
     });
 
     it("holds a workload's data: 200 MiB to a hostPath and a PVC, a disk-backed emptyDir of 200 MiB shared on a 256 MiB VM, medium Memory, subPaths of a file and a directory; nothing left after", async () => {
@@ -289,7 +289,7 @@ for (const hv of await hypervisorSuites())
         await removePod(p, ids);
         assert.equal(await hostSum(path.join(hostPath, "blob")), guestData, "the bytes stay after the pod");
         assert.equal(await hostSum(path.join(pvc, "blob")), guestData);
-        const left = await processesMatching(podsDir);
+        const left = await settled(() => processesMatching(podsDir));
         const what = await Promise.all(
           left.map((p) =>
             readFile(`/proc/${p}/cmdline`, "utf8").then(
@@ -299,10 +299,11 @@ for (const hv of await hypervisorSuites())
           ),
         );
         assert.deepEqual(what, [], "no virtiofsd left");
-        assert.deepEqual(await vmmsLeft(harness.runtime.stateDir, p.vmIds), []);
+        assert.deepEqual(await settled(() => vmmsLeft(harness.runtime.stateDir, p.vmIds)), []);
+        // The shared directory goes last, once its binds are unmounted.
+        assert.deepEqual(await settled(() => entriesOf(podsDir)), [], "the pod's shared directory is gone");
         const mountinfo = await readFile("/proc/self/mountinfo", "utf8");
         assert.ok(!mountinfo.includes(podsDir), "no bind mount left under the pods' state dir");
-        assert.deepEqual(await entriesOf(podsDir), [], "the pod's shared directory is gone");
       } finally {
         for (const point of mounted.reverse()) await exec(["umount", point]).catch(() => undefined);
         await rm(base, { recursive: true, force: true });

@@ -10,7 +10,7 @@ import { portForwardExchange } from "../src/cri/port-forward.js";
 import { watchFrames } from "../src/frame-watch.js";
 import { HANDLER, type Harness, startHarness } from "../src/harness.js";
 import { hypervisorSuites } from "../src/hypervisors.js";
-import { entriesOf, podVmms, poolVmDirs, processesMatching } from "../src/leaks.js";
+import { entriesOf, podVmms, poolVmDirs, processesMatching, settled } from "../src/leaks.js";
 
 const IMAGE_A = "docker.io/cloudhv-test/busybox:cri-a";
 const IMAGE_B = "docker.io/cloudhv-test/busybox:cri-b";
@@ -298,7 +298,7 @@ for (const hv of await hypervisorSuites())
       }
       await cri.stopPodSandbox(podId);
       await cri.removePodSandbox(podId);
-      assert.deepEqual(await podVmms(harness.runtime.stateDir), []);
+      assert.deepEqual(await settled(() => podVmms(harness.runtime.stateDir)), []);
     });
 
     it("loses no line of a container's output across a containerd restart", async () => {
@@ -423,7 +423,7 @@ for (const hv of await hypervisorSuites())
       await cri.removePodSandbox(podId);
       const taps = await exec(["ip", "-o", "link", "show", "type", "tun"]);
       assert.doesNotMatch(taps.stdout, /tap0_chv/, "no TAP left on the host");
-      assert.deepEqual(await podVmms(harness.runtime.stateDir), []);
+      assert.deepEqual(await settled(() => podVmms(harness.runtime.stateDir)), []);
     });
 
     it("forwards ports into the pod through CRI's PortForward (kubectl port-forward): any port, a server on the guest's 127.0.0.1 only, connections at once; nothing left after the pod", async () => {
@@ -490,8 +490,8 @@ for (const hv of await hypervisorSuites())
       await cri.removeContainer(id);
       await cri.stopPodSandbox(podId);
       await cri.removePodSandbox(podId);
-      assert.deepEqual(await processesMatching(podsDir), [], "no cloudhv-portfwd left");
-      assert.deepEqual(await entriesOf(podsDir), [], "no relay socket or pod directory left");
+      assert.deepEqual(await settled(() => processesMatching(podsDir)), [], "no cloudhv-portfwd left");
+      assert.deepEqual(await settled(() => entriesOf(podsDir)), [], "no relay socket or pod directory left");
       const netnsLeft = await stat(netns).then(
         () => true,
         () => false,
@@ -640,7 +640,7 @@ for (const hv of await hypervisorSuites())
       }
       await cri.stopPodSandbox(podId);
       await cri.removePodSandbox(podId);
-      assert.deepEqual(await podVmms(harness.runtime.stateDir), []);
+      assert.deepEqual(await settled(() => podVmms(harness.runtime.stateDir)), []);
     });
 
     it("a read-only hostPath volume is read-only at its top only (Kubernetes' default, as runc): a tmpfs below it is writable; the host unmounts and removes its mounts below read-only and read-write volumes while the pod runs", async () => {
@@ -703,7 +703,7 @@ for (const hv of await hypervisorSuites())
         await cri.removeContainer(id);
         await cri.stopPodSandbox(podId);
         await cri.removePodSandbox(podId);
-        assert.deepEqual(await entriesOf(podsDir), []);
+        assert.deepEqual(await settled(() => entriesOf(podsDir)), []);
         const left = (await readFile("/proc/self/mountinfo", "utf8"))
           .split("\n")
           .filter((l) => l.includes(podsDir));
@@ -871,11 +871,12 @@ for (const hv of await hypervisorSuites())
       await cri.stopPodSandbox(podId);
       await cri.removePodSandbox(podId);
       assert.equal(await hostSum(), guestSum, "the bytes stay after the pod is gone");
-      assert.deepEqual(await processesMatching(podsDir), [], "no virtiofsd left");
-      assert.deepEqual(await podVmms(harness.runtime.stateDir), []);
+      assert.deepEqual(await settled(() => processesMatching(podsDir)), [], "no virtiofsd left");
+      assert.deepEqual(await settled(() => podVmms(harness.runtime.stateDir)), []);
+      // The shared directory goes last, once its binds are unmounted.
+      assert.deepEqual(await settled(() => entriesOf(podsDir)), [], "the pod's shared directory is gone");
       const mounts = await readFile("/proc/self/mountinfo", "utf8");
       assert.ok(!mounts.includes(podsDir), "no bind mount left under the pods' state dir");
-      assert.deepEqual(await entriesOf(podsDir), [], "the pod's shared directory is gone");
       assert.deepEqual(
         (await readdir(rw)).sort(),
         ["blob", "from-host", "host-owned", "inner", "owned"],
@@ -925,7 +926,7 @@ for (const hv of await hypervisorSuites())
         ),
         /annotation io\.cloudhv\.config\.hypervisor\.default_memory="lots" must be an integer from 64 to \d+ MiB/,
       );
-      assert.deepEqual(await podVmms(harness.runtime.stateDir), []);
+      assert.deepEqual(await settled(() => podVmms(harness.runtime.stateDir)), []);
       assert.equal(
         (await cri.listPodSandbox()).filter((p) => p.state === "SANDBOX_READY").length,
         before.filter((p) => p.state === "SANDBOX_READY").length,

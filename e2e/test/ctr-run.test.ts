@@ -9,7 +9,7 @@ import { after, before, describe, it } from "node:test";
 import { exec } from "@cloudhv/shim";
 import { mountsUnder, PrivateContainerd } from "../src/containerd.js";
 import { hypervisorSuites } from "../src/hypervisors.js";
-import { entriesOf, processesMatching, shimProcesses, stopShim } from "../src/leaks.js";
+import { entriesOf, processesMatching, settled, shimProcesses, stopShim } from "../src/leaks.js";
 import { buildBusyboxImage, importOciArchive } from "../src/oci-image.js";
 import { installRuntime, type RuntimeInstall } from "../src/runtime-install.js";
 
@@ -236,7 +236,7 @@ for (const hv of await hypervisorSuites())
       process.kill(vmm, "SIGKILL");
       await taskStatus("victim", "STOPPED", 30_000);
       assert.equal(await remove("victim"), 137);
-      assert.deepEqual(await processesMatching(victimVm), []);
+      assert.deepEqual(await settled(() => processesMatching(victimVm)), []);
     });
 
     it("a wedged VM (its VMM stopped) does not hold up another task: exec, task ls, kill and delete answer", async () => {
@@ -426,7 +426,7 @@ for (const hv of await hypervisorSuites())
         assert.match(res.stderr, new RegExp(`pod netns /var/run/netns/${ns} has no ethernet interface`));
         await ctr(["container", "delete", "nonet"]);
         // The rootfs was prepared at the same time: its scratch disk is gone again.
-        assert.deepEqual(await entriesOf(path.join(dir, "scratch")), []);
+        assert.deepEqual(await settled(() => entriesOf(path.join(dir, "scratch"))), []);
       } finally {
         await exec(["ip", "netns", "del", ns]);
       }
@@ -452,8 +452,16 @@ for (const hv of await hypervisorSuites())
       assert.equal(result.code, 0, result.stderr);
       assert.match(result.stdout, /^from the host\n[1-9]\d*\n$/);
       assert.equal(await readFile(path.join(shared, "out"), "utf8"), "from the guest\n");
-      assert.deepEqual(await entriesOf(path.join(runtime.stateDir, "pods")), [], "virtiofsd's dir is gone");
-      assert.deepEqual(await processesMatching(path.join(runtime.stateDir, "pods")), [], "no virtiofsd left");
+      assert.deepEqual(
+        await settled(() => entriesOf(path.join(runtime.stateDir, "pods"))),
+        [],
+        "virtiofsd's dir is gone",
+      );
+      assert.deepEqual(
+        await settled(() => processesMatching(path.join(runtime.stateDir, "pods"))),
+        [],
+        "no virtiofsd left",
+      );
     });
 
     it("a read-only bind (`ro`) is read-only at its top only, `rro` all the way down: a tmpfs below the first is writable, below the second it is not even shared", async () => {
@@ -484,17 +492,21 @@ for (const hv of await hypervisorSuites())
         await exec(["umount", "--lazy", sub]);
       }
       await rmdir(sub);
-      assert.deepEqual(await entriesOf(path.join(runtime.stateDir, "pods")), [], "virtiofsd's dir is gone");
+      assert.deepEqual(
+        await settled(() => entriesOf(path.join(runtime.stateDir, "pods"))),
+        [],
+        "virtiofsd's dir is gone",
+      );
     });
 
     it("leaves no VM, scratch disk, mount or state behind after the tests above", async () => {
       assert.deepEqual(
-        await processesMatching(path.join(runtime.stateDir, "vm")),
+        await settled(() => processesMatching(path.join(runtime.stateDir, "vm"))),
         [],
         "no VMM of this runtime is left",
       );
-      assert.deepEqual(await entriesOf(path.join(runtime.stateDir, "vm")), []);
-      assert.deepEqual(await entriesOf(path.join(dir, "scratch")), []);
+      assert.deepEqual(await settled(() => entriesOf(path.join(runtime.stateDir, "vm"))), []);
+      assert.deepEqual(await settled(() => entriesOf(path.join(dir, "scratch"))), []);
       assert.deepEqual(
         (await mountsUnder(runtime.cacheDir)).filter((m) => !m.includes("/snapshots/")),
         [],

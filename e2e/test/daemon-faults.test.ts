@@ -16,7 +16,14 @@ import type { CriClient, PodSandboxConfig } from "../src/cri/client.js";
 import { portForwardExchange } from "../src/cri/port-forward.js";
 import { HANDLER, type Harness, startHarness } from "../src/harness.js";
 import { hypervisorSuites } from "../src/hypervisors.js";
-import { entriesOf, entriesSettled, liveStartTime, processesMatching, shimProcesses } from "../src/leaks.js";
+import {
+  entriesOf,
+  entriesSettled,
+  liveStartTime,
+  processesMatching,
+  settled,
+  shimProcesses,
+} from "../src/leaks.js";
 import { SHIM_ENTRY } from "../src/runtime-install.js";
 
 const IMAGE = "docker.io/cloudhv-test/busybox:restart";
@@ -179,10 +186,10 @@ for (const hv of await hypervisorSuites())
         await cri.stopPodSandbox(pod.podId);
         await cri.removePodSandbox(pod.podId);
       }
-      assert.deepEqual(await processesMatching(path.join(stateDir, "vm")), [], "no VMM left");
-      assert.deepEqual(await entriesOf(path.join(stateDir, "vm")), [], "no VM state left");
+      assert.deepEqual(await settled(() => processesMatching(path.join(stateDir, "vm"))), [], "no VMM left");
+      assert.deepEqual(await settled(() => entriesOf(path.join(stateDir, "vm"))), [], "no VM state left");
       assert.deepEqual(await entriesSettled(path.join(stateDir, "records")), [], "no pod record left");
-      assert.deepEqual(await processesMatching(podsDir), [], "no cloudhv-portfwd left");
+      assert.deepEqual(await settled(() => processesMatching(podsDir)), [], "no cloudhv-portfwd left");
     });
 
     it("a daemon killed mid-create: the next one undoes the half-built pod, the re-sent create runs it, nothing is left", async (t) => {
@@ -261,14 +268,14 @@ for (const hv of await hypervisorSuites())
       await cri.removeContainer(id);
       await cri.stopPodSandbox(podId);
       await cri.removePodSandbox(podId);
-      assert.deepEqual(await processesMatching(path.join(stateDir, "vm")), [], "no VMM left");
-      assert.deepEqual(await processesMatching(note.vmId), [], "no process names the VM");
-      assert.deepEqual(await entriesOf(path.join(stateDir, "vm")), [], "no VM state left");
+      assert.deepEqual(await settled(() => processesMatching(path.join(stateDir, "vm"))), [], "no VMM left");
+      assert.deepEqual(await settled(() => processesMatching(note.vmId)), [], "no process names the VM");
+      assert.deepEqual(await settled(() => entriesOf(path.join(stateDir, "vm"))), [], "no VM state left");
       assert.deepEqual(await entriesSettled(path.join(stateDir, "records")), [], "no pod record left");
-      assert.deepEqual(await entriesOf(creating), [], "no provisional record left");
-      assert.deepEqual(await entriesOf(path.join(stateDir, "pods")), [], "no pod dir left");
+      assert.deepEqual(await settled(() => entriesOf(creating)), [], "no provisional record left");
+      assert.deepEqual(await settled(() => entriesOf(path.join(stateDir, "pods"))), [], "no pod dir left");
       for (const dir of note.cgroup?.created ?? [])
-        assert.deepEqual(await entriesOf(dir), [], `the create's cgroup ${dir} is gone`);
+        assert.deepEqual(await settled(() => entriesOf(dir)), [], `the create's cgroup ${dir} is gone`);
       for (const file of note.scratch ?? [])
         assert.equal(await readFile(file).catch(() => undefined), undefined, `scratch ${file} is gone`);
       if (note.network) {
@@ -336,8 +343,8 @@ for (const hv of await hypervisorSuites())
       await cri.removeContainer(next);
       await cri.stopPodSandbox(podId);
       await cri.removePodSandbox(podId);
-      assert.deepEqual(await processesMatching(path.join(stateDir, "vm")), [], "no VMM left");
-      assert.deepEqual(await entriesOf(path.join(stateDir, "vm")), [], "no VM state left");
+      assert.deepEqual(await settled(() => processesMatching(path.join(stateDir, "vm"))), [], "no VMM left");
+      assert.deepEqual(await settled(() => entriesOf(path.join(stateDir, "vm"))), [], "no VM state left");
       assert.deepEqual(await entriesSettled(path.join(stateDir, "records")), [], "no pod record left");
     });
 
@@ -418,10 +425,10 @@ for (const hv of await hypervisorSuites())
         await cri.stopPodSandbox(podId);
         await cri.removePodSandbox(podId);
       }
-      assert.deepEqual(await processesMatching(path.join(stateDir, "vm")), [], "no VMM left");
-      assert.deepEqual(await entriesOf(path.join(stateDir, "vm")), [], "no VM state left");
+      assert.deepEqual(await settled(() => processesMatching(path.join(stateDir, "vm"))), [], "no VMM left");
+      assert.deepEqual(await settled(() => entriesOf(path.join(stateDir, "vm"))), [], "no VM state left");
       assert.deepEqual(await entriesSettled(path.join(stateDir, "records")), [], "no pod record left");
-      assert.deepEqual(await entriesOf(creating), [], "no provisional record left");
+      assert.deepEqual(await settled(() => entriesOf(creating)), [], "no provisional record left");
       for (const file of note.scratch ?? [])
         assert.equal(await readFile(file).catch(() => undefined), undefined, `scratch ${file} is gone`);
     });
@@ -526,7 +533,7 @@ for (const hv of await hypervisorSuites())
               process.stdout.write(`# the pod was stopped: ${failed}\n`);
               assert.ok("err" in result, "the re-sent create fails: the pod's VM is stopped");
               assert.deepEqual(
-                await processesMatching(path.join(stateDir, "vm")),
+                await settled(() => processesMatching(path.join(stateDir, "vm"))),
                 [],
                 "the pod's QEMU is stopped",
               );
@@ -574,18 +581,22 @@ for (const hv of await hypervisorSuites())
             await cri.stopPodSandbox(podId);
             await cri.removePodSandbox(podId);
           }
-          assert.deepEqual(await processesMatching(socket), [], "no virtiofsd left");
-          assert.deepEqual(await processesMatching(path.join(stateDir, "vm")), [], "no VMM left");
+          assert.deepEqual(await settled(() => processesMatching(socket)), [], "no virtiofsd left");
           assert.deepEqual(
-            await entriesOf(path.join(stateDir, "pods")),
+            await settled(() => processesMatching(path.join(stateDir, "vm"))),
+            [],
+            "no VMM left",
+          );
+          assert.deepEqual(
+            await settled(() => entriesOf(path.join(stateDir, "pods"))),
             [],
             "no pod dir (binds, pod namespace) left",
           );
           const mounts = await readFile("/proc/self/mountinfo", "utf8");
           assert.ok(!mounts.includes(path.join(stateDir, "pods", note.vmId)), "no mount of the pod's left");
-          assert.deepEqual(await entriesOf(path.join(stateDir, "vm")), [], "no VM state left");
+          assert.deepEqual(await settled(() => entriesOf(path.join(stateDir, "vm"))), [], "no VM state left");
           assert.deepEqual(await entriesSettled(path.join(stateDir, "records")), [], "no pod record left");
-          assert.deepEqual(await entriesOf(creating), [], "no provisional record left");
+          assert.deepEqual(await settled(() => entriesOf(creating)), [], "no provisional record left");
           assert.equal(
             await readFile(path.join(volume, "hello"), "utf8"),
             "from the host\n",
@@ -614,7 +625,7 @@ for (const hv of await hypervisorSuites())
         for (const name of (await readdir(dir).catch(() => [] as string[])).filter((n) => n.endsWith(".log")))
           logs += await readFile(path.join(dir, name), "utf8");
       assert.match(logs, /the guest kernel panicked \(Kernel panic - not syncing: sysrq triggered crash\)/);
-      assert.deepEqual(await processesMatching(path.join(stateDir, "vm")), [], "no VMM left");
+      assert.deepEqual(await settled(() => processesMatching(path.join(stateDir, "vm"))), [], "no VMM left");
     });
 
     it("a container added to a pod after a runtime config change joins the pod's VM (routed by sandbox)", async () => {
@@ -751,6 +762,10 @@ for (const hv of await hypervisorSuites())
         });
         await rm(build, { recursive: true, force: true });
       }
-      assert.deepEqual(await processesMatching(path.join(harness.runtime.stateDir, "vm")), [], "no VMM left");
+      assert.deepEqual(
+        await settled(() => processesMatching(path.join(harness.runtime.stateDir, "vm"))),
+        [],
+        "no VMM left",
+      );
     });
   });

@@ -9,7 +9,7 @@ import type { CriClient, PodSandboxConfig } from "../src/cri/client.js";
 import { watchFrames } from "../src/frame-watch.js";
 import { HANDLER, type Harness, startHarness } from "../src/harness.js";
 import { hypervisorSuites } from "../src/hypervisors.js";
-import { podVmIds, readyPoolVms, vmmsLeft } from "../src/leaks.js";
+import { podVmIds, readyPoolVms, settled, vmmsLeft } from "../src/leaks.js";
 
 const IMAGE = "docker.io/cloudhv-test/busybox:dual";
 
@@ -152,6 +152,6 @@ for (const hv of await hypervisorSuites())
       await cri.removeContainer(id);
       await cri.stopPodSandbox(podId);
       await cri.removePodSandbox(podId);
-      assert.deepEqual(await vmmsLeft(harness.runtime.stateDir, vmIds), []);
+      assert.deepEqual(await settled(() => vmmsLeft(harness.runtime.stateDir, vmIds)), []);
     });
   });

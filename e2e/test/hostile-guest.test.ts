@@ -22,7 +22,7 @@ import {
   requestsSeen,
   runPod,
 } from "../src/hostile-guest.js";
-import { entriesOf, entriesSettled, processesMatching } from "../src/leaks.js";
+import { entriesOf, entriesSettled, processesMatching, settled } from "../src/leaks.js";
 
 const IMAGE = "docker.io/cloudhv-test/busybox:hostile";
 const TICKING = ["sh", "-c", "while true; do echo tick; usleep 100000; done"];
@@ -164,8 +164,12 @@ describe("a misbehaving guest (a fake agent channel, real QEMU) beside a normal 
     await cri.stopPodSandbox(normal.podId);
     await cri.removePodSandbox(normal.podId);
     const stateDir = harness.runtime.stateDir;
-    assert.deepEqual(await processesMatching(path.join(stateDir, "vm")), [], "no VMM or fake guest left");
-    assert.deepEqual(await entriesOf(path.join(stateDir, "vm")), [], "no VM state left");
+    assert.deepEqual(
+      await settled(() => processesMatching(path.join(stateDir, "vm"))),
+      [],
+      "no VMM or fake guest left",
+    );
+    assert.deepEqual(await settled(() => entriesOf(path.join(stateDir, "vm"))), [], "no VM state left");
     assert.deepEqual(await entriesSettled(path.join(stateDir, "records")), [], "no pod record left");
   });
 });

@@ -9,7 +9,7 @@ import { exec } from "@cloudhv/shim";
 import type { CriClient, PodSandboxConfig } from "../src/cri/client.js";
 import { HANDLER, type Harness, startHarness } from "../src/harness.js";
 import { hypervisorSuites } from "../src/hypervisors.js";
-import { entriesOf, entriesSettled, liveStartTime, processesMatching } from "../src/leaks.js";
+import { entriesOf, entriesSettled, liveStartTime, processesMatching, settled } from "../src/leaks.js";
 
 const IMAGE = "docker.io/cloudhv-test/busybox:pool";
 const POOL = 2;
@@ -339,7 +339,11 @@ for (const hv of (await hypervisorSuites()).filter((s) => s.name === "qemu"))
       assert.deepEqual(await entriesSettled(path.join(stateDir, "records")), [], "no record left");
       const taps = await exec(["ip", "-o", "link", "show", "type", "tun"]);
       assert.doesNotMatch(taps.stdout, /tap0_chv/, "no TAP left on the host");
-      assert.deepEqual(await entriesOf(path.join(stateDir, "pods")), [], "no virtiofsd dir left");
+      assert.deepEqual(
+        await settled(() => entriesOf(path.join(stateDir, "pods"))),
+        [],
+        "no virtiofsd dir left",
+      );
     });
     it("a pod bigger than the class takes a pool VM grown by hot-plug (memory and vCPUs) and sees its size inside, as a cold one of that size does", async () => {
       const BIG = {

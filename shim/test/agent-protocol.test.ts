@@ -37,6 +37,6 @@ describe("agent protocol version", () => {
       new RegExp(`fake.*protocol ${AGENT_PROTOCOL_VERSION + 1}.*speaks ${AGENT_PROTOCOL_VERSION}`),
     );
     assert.match(err.message, /rootfs_path/);
-    assert.deepEqual(rig.leftovers(), { tasks: [], vms: [], rootfs: [], network: [] });
+    assert.deepEqual(await rig.settled(), { tasks: [], vms: [], rootfs: [], network: [] });
   });
 });

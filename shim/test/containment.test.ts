@@ -40,6 +40,12 @@ describe("a pod's VMM inside the pod's cgroup, scored by its QoS", () => {
       ]);
       for (const h of ["cpu", "memory"]) assert.ok(await exists(path.join(rig.containment.root, h, dir)));
       await rig.tasks.delete(NS, "sb", "");
+      assert.ok(
+        rig.driver.vms.every((vm) => vm.killed || vm.stopped),
+        "the VM ended before the reply",
+      );
+      // What outlives the VMM goes after the reply, once it exited (Pod.leave).
+      await rig.tasks.lingering();
       assert.equal(await exists(path.join(rig.containment.root, "memory", dir)), false, "our leaf went");
       assert.equal(
         await exists(path.join(rig.containment.root, "cpu", "kubepods")),
@@ -90,6 +96,7 @@ describe("a pod's VMM inside the pod's cgroup, scored by its QoS", () => {
     assert.equal(rig.vm.config.cgroup, undefined);
     assert.equal(rig.containment.scoreOf(rig.vm.pid), undefined);
     await rig.tasks.delete(NS, "t2", "");
+    await rig.tasks.lingering();
     assert.equal(await exists(path.join(rig.containment.root, "cpu", "default")), false);
   });
 
@@ -97,13 +104,13 @@ describe("a pod's VMM inside the pod's cgroup, scored by its QoS", () => {
     await assert.rejects(rig.create("bad", { role: "sandbox", cgroupsPath: "/kubepods/../../etc" }), {
       kind: "InvalidArgument",
     });
-    assert.deepEqual(rig.leftovers(), { tasks: [], vms: [], rootfs: [], network: [] });
+    assert.deepEqual(await rig.settled(), { tasks: [], vms: [], rootfs: [], network: [] });
   });
 
   it("a VM that fails to launch leaves no cgroup", async () => {
     rig.driver.failNext("launch");
     await assert.rejects(rig.create("sb", { role: "sandbox", cgroupsPath: "/kubepods/besteffort/pod3/sb" }));
     assert.equal(await exists(path.join(rig.containment.root, "cpu", "kubepods")), false);
-    assert.deepEqual(rig.leftovers(), { tasks: [], vms: [], rootfs: [], network: [] });
+    assert.deepEqual(await rig.settled(), { tasks: [], vms: [], rootfs: [], network: [] });
   });
 });

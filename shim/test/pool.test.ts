@@ -298,7 +298,7 @@ describe("a CRI sandbox from the warm pool (task service on the fake VMM)", () =
     }
     for (const name of ["pa", "pb", "pc", "pd", "pe"]) await rig.tasks.forceDelete("unit", name);
     await pool.close();
-    assert.deepEqual(rig.leftovers(), { tasks: [], vms: [], rootfs: [], network: [] });
+    assert.deepEqual(await rig.settled(), { tasks: [], vms: [], rootfs: [], network: [] });
   });
 });
 
@@ -352,7 +352,7 @@ async function assertBootedColdAfterFailedClaim(
   assert.equal(pool.stats().claimFailures, 1);
   await rig.tasks.forceDelete("unit", "pa");
   await pool.close();
-  assert.deepEqual(rig.leftovers(), { tasks: [], vms: [], rootfs: [], network: [] });
+  assert.deepEqual(await rig.settled(), { tasks: [], vms: [], rootfs: [], network: [] });
 }
 
 /** Pod "pa"'s sandbox being created on a pod network whose NIC attach waits for `attach()`. */
@@ -397,7 +397,7 @@ describe("a pool hit's host work runs at once", () => {
       assert.ok(poolVm.agent.containers.has("pa"), "the pod runs in the pool VM");
       await rig.tasks.forceDelete("unit", "pa");
       await pool.close();
-      assert.deepEqual(rig.leftovers(), { tasks: [], vms: [], rootfs: [], network: [] });
+      assert.deepEqual(await rig.settled(), { tasks: [], vms: [], rootfs: [], network: [] });
     } finally {
       await rig.close();
     }

@@ -37,7 +37,7 @@ describe("a CRI sandbox without a pause container (sandbox_holder)", () => {
       await r.tasks.wait(NS, id, "");
       await r.tasks.delete(NS, id, "");
     }
-    assert.deepEqual(r.leftovers(), { tasks: [], vms: [], rootfs: [], network: [] });
+    assert.deepEqual(await r.settled(), { tasks: [], vms: [], rootfs: [], network: [] });
   });
 
   it("sandbox_holder: false keeps the pause image's disks; plain tasks always get theirs", async () => {

@@ -57,7 +57,7 @@ describe("a restarted daemon takes over its predecessor's pods", () => {
       await rig.tasks.wait(NS, id, "");
       await rig.tasks.delete(NS, id, "");
     }
-    assert.deepEqual(rig.leftovers(), { tasks: [], vms: [], rootfs: [], network: [] });
+    assert.deepEqual(await rig.settled(), { tasks: [], vms: [], rootfs: [], network: [] });
     assert.deepEqual(await recordFiles(), [], "no record left");
   });
 
@@ -100,7 +100,7 @@ describe("a restarted daemon takes over its predecessor's pods", () => {
       await rig.tasks.wait(NS, id, "");
       await rig.tasks.delete(NS, id, "");
     }
-    assert.deepEqual(rig.leftovers(), { tasks: [], vms: [], rootfs: [], network: [] });
+    assert.deepEqual(await rig.settled(), { tasks: [], vms: [], rootfs: [], network: [] });
     assert.deepEqual(await recordFiles(), [], "no record left");
   });
 
@@ -118,7 +118,7 @@ describe("a restarted daemon takes over its predecessor's pods", () => {
     vm.stopped = true;
     await vm.agent.close();
     assert.equal(await rig.restartDaemon(), 0);
-    assert.deepEqual(rig.leftovers(), { tasks: [], vms: [], rootfs: [], network: [] });
+    assert.deepEqual(await rig.settled(), { tasks: [], vms: [], rootfs: [], network: [] });
     assert.deepEqual(await recordFiles(), []);
   });
 
@@ -146,7 +146,7 @@ describe("a restarted daemon takes over its predecessor's pods", () => {
     assert.equal((await rig.tasks.wait(NS, "t1", "")).exitStatus, 7);
     assert.ok(rig.events.named("TaskExit").some((e) => e.containerId === "t1" && e.exitStatus === 7));
     await rig.tasks.delete(NS, "t1", "");
-    assert.deepEqual(rig.leftovers(), { tasks: [], vms: [], rootfs: [], network: [] });
+    assert.deepEqual(await rig.settled(), { tasks: [], vms: [], rootfs: [], network: [] });
   });
 
   it("announces the tasks of a VM that died meanwhile as killed and releases what it held", async () => {
@@ -162,7 +162,7 @@ describe("a restarted daemon takes over its predecessor's pods", () => {
       rig.events.named("TaskExit").map((e) => [e.containerId, e.exitStatus]),
       [["t2", 137]],
     );
-    assert.deepEqual(rig.leftovers(), { tasks: [], vms: [], rootfs: [], network: [] });
+    assert.deepEqual(await rig.settled(), { tasks: [], vms: [], rootfs: [], network: [] });
     assert.deepEqual(await recordFiles(), []);
   });
   it("asks an adopted VM's agent again on a fresh connection when the first try gets no answer", async () => {
@@ -180,6 +180,6 @@ describe("a restarted daemon takes over its predecessor's pods", () => {
     vm.agent.exitProcess("t3", "", 0);
     await rig.tasks.wait(NS, "t3", "");
     await rig.tasks.delete(NS, "t3", "");
-    assert.deepEqual(rig.leftovers(), { tasks: [], vms: [], rootfs: [], network: [] });
+    assert.deepEqual(await rig.settled(), { tasks: [], vms: [], rootfs: [], network: [] });
   });
 });

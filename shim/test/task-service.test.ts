@@ -92,11 +92,12 @@ describe("TaskService with a fake VMM and an in-process agent", () => {
     vm.agent.exitProcess("t1", "", 3);
     assert.equal((await rig.tasks.wait(NS, "t1", "")).exitStatus, 3);
     assert.equal((await rig.tasks.delete(NS, "t1", "")).exitStatus, 3);
+    assert.equal(vm.killed, true, "the VM ended before the delete replied");
     assert.deepEqual(
       rig.events.events.map((e) => e.name),
       ["TaskCreate", "TaskStart", "TaskExit", "TaskDelete"],
     );
-    assert.deepEqual(rig.leftovers(), NOTHING_LEFT);
+    assert.deepEqual(await rig.settled(), NOTHING_LEFT);
   });
 
   it("deletes a pod: replies once the VMM is gone, detaches the pod network after the reply (its record kept until then); a create into the same netns and the daemon's exit wait for it; nothing is left", async () => {
@@ -145,7 +146,7 @@ describe("TaskService with a fake VMM and an in-process agent", () => {
     await rig.tasks.wait(NS, "t2", "");
     await rig.tasks.delete(NS, "t2", "");
     await rig.tasks.lingering();
-    assert.deepEqual(rig.leftovers(), NOTHING_LEFT);
+    assert.deepEqual(await rig.settled(), NOTHING_LEFT);
   });
 
   describe("undo of a half-done create", () => {
@@ -153,7 +154,7 @@ describe("TaskService with a fake VMM and an in-process agent", () => {
       rig.driver.onLaunch = (vm) => vm.agent.failNext("CreateContainer", Code.INTERNAL, "crun: boom");
       await assert.rejects(rig.create("t1", { netns: NETNS }), /crun: boom/);
       assert.equal(rig.driver.vms.length, 1, "the VM was booted");
-      assert.deepEqual(rig.leftovers(), NOTHING_LEFT);
+      assert.deepEqual(await rig.settled(), NOTHING_LEFT);
       assert.deepEqual(rig.events.events, [], "no event for a task that never was");
       // The id is free again: nothing of the failed create is remembered.
       rig.driver.onLaunch = () => {};
@@ -179,7 +180,7 @@ describe("TaskService with a fake VMM and an in-process agent", () => {
       it(`${step} fails: whatever was built is undone`, async () => {
         fail(rig);
         await assert.rejects(rig.create("t1", { netns: NETNS }));
-        assert.deepEqual(rig.leftovers(), NOTHING_LEFT);
+        assert.deepEqual(await rig.settled(), NOTHING_LEFT);
       });
     }
 
@@ -235,7 +236,7 @@ describe("TaskService with a fake VMM and an in-process agent", () => {
       );
       assert.match(err.message, new RegExp(`Remove ${settings.map((s) => `${s}: true`).join(", ")}`));
       assert.equal(rig.driver.vms.length, 0, "no VM was launched");
-      assert.deepEqual(rig.leftovers(), NOTHING_LEFT);
+      assert.deepEqual(await rig.settled(), NOTHING_LEFT);
     }
     // A plain task (ctr run) without a network namespace still runs: only CRI pods are refused.
     await rig.create("plain", { hostNamespaces: ["network"] });
@@ -247,7 +248,7 @@ describe("TaskService with a fake VMM and an in-process agent", () => {
       "NotFound",
       Code.NOT_FOUND,
     );
-    assert.deepEqual(rig.leftovers(), NOTHING_LEFT);
+    assert.deepEqual(await rig.settled(), NOTHING_LEFT);
   });
 
   it("refuses to delete a running process with FAILED_PRECONDITION and keeps it", async () => {
@@ -287,7 +288,7 @@ describe("TaskService with a fake VMM and an in-process agent", () => {
     // containerd then deletes them; the dead pod's leftovers are released all the same.
     await rig.tasks.delete(NS, "app", "");
     await rig.tasks.delete(NS, "pod", "");
-    assert.deepEqual(rig.leftovers(), NOTHING_LEFT);
+    assert.deepEqual(await rig.settled(), NOTHING_LEFT);
   });
 
   it("a VM ended by a guest fault: every task of the pod exits 137 and the log names the reason for each", async () => {
@@ -307,7 +308,7 @@ describe("TaskService with a fake VMM and an in-process agent", () => {
     }
     await rig.tasks.delete(NS, "app", "");
     await rig.tasks.delete(NS, "pod", "");
-    assert.deepEqual(rig.leftovers(), NOTHING_LEFT);
+    assert.deepEqual(await rig.settled(), NOTHING_LEFT);
   });
 
   describe("exec ids", () => {
@@ -435,7 +436,7 @@ describe("TaskService with a fake VMM and an in-process agent", () => {
       await rejectsWith(rig.tasks.create(NS, { ...req, id: bad }), "InvalidArgument", Code.INVALID_ARGUMENT);
     }
     assert.equal(rig.driver.vms.length, 0);
-    assert.deepEqual(rig.leftovers(), NOTHING_LEFT);
+    assert.deepEqual(await rig.settled(), NOTHING_LEFT);
     await rejectsWith(rig.tasks.start(NS, "nope", ""), "NotFound", Code.NOT_FOUND);
     await rejectsWith(rig.tasks.delete(NS, "nope", ""), "NotFound", Code.NOT_FOUND);
     await rejectsWith(rig.tasks.kill(NS, "nope", "", 9, false), "NotFound", Code.NOT_FOUND);
@@ -519,7 +520,7 @@ describe("an app container's delete replies before its disks leave the VM", () =
     assert.deepEqual(record.pod.members.map((m) => m.id).sort(), ["app", "pod"]);
     await deleteApp(vm, "app");
     await deleteApp(vm, "pod");
-    assert.deepEqual(rig.leftovers(), NOTHING_LEFT);
+    assert.deepEqual(await rig.settled(), NOTHING_LEFT);
   });
 
   it("disks the guest did not release: a create of the same id fails at once naming why, another id joins; the pod's delete releases them", async () => {
@@ -545,7 +546,7 @@ describe("an app container's delete replies before its disks leave the VM", () =
     await rig.tasks.start(NS, "other", "");
     await deleteApp(vm, "other");
     await deleteApp(vm, "pod");
-    assert.deepEqual(rig.leftovers(), NOTHING_LEFT);
+    assert.deepEqual(await rig.settled(), NOTHING_LEFT);
   });
 
   it("a guest that never lets go of the disks holds nothing past the VMM: the pod's delete releases them", async () => {
@@ -567,6 +568,6 @@ describe("an app container's delete replies before its disks leave the VM", () =
     // The sandbox's delete stops the VM: the unplugs are abandoned and the files go.
     await deleteApp(vm, "pod");
     assert.equal(vm.stopped, true);
-    assert.deepEqual(rig.leftovers(), NOTHING_LEFT);
+    assert.deepEqual(await rig.settled(), NOTHING_LEFT);
   });
 });

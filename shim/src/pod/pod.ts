@@ -60,13 +60,13 @@ export interface PodDeps {
   containment: ContainmentHost;
   /** Notes each create in flight for a later daemon to undo (absent: nothing is noted). */
   provisional?: ProvisionalStore;
-  /** What deleted pods left in their netns, still going (Pod.leaveNetns). */
+  /** What deleted pods left behind, still going (Pod.leave). */
   lingering: Lingering;
 }
 
 /** What a removal left running after it returned. */
 export interface Removed {
-  /** The pod's netns being left (Pod.leaveNetns); settles, never rejects. */
+  /** The rest of a deleted pod leaving, its VM dead (Pod.leave); settles, never rejects. */
   lingering?: Promise<void>;
 }
 
@@ -896,7 +896,8 @@ export class Pod {
   /**
    * Takes a container out: an app container leaves the VM (guest container removed; its disks
    * are unplugged and its rootfs released after this returns, Pod.retire); the VM's owner takes
-   * the whole pod down. Never throws: a step that fails is logged and the rest still run.
+   * the whole pod down: the VM ends before this returns, the rest of the pod leaves after
+   * (Pod.leave, in `lingering`). Never throws: a step that fails is logged and the rest still run.
    */
   async remove(member: PodMember, phases: PhaseClock): Promise<Removed> {
     member.volumes.stop();
@@ -905,78 +906,86 @@ export class Pod {
     const share = this.share;
     if (member.ownsPod) {
       this.goingDown = true;
-      cleanup.defer(
-        "release rootfs",
-        phases.wrap("rootfsReleaseMs", () => member.rootfs.release()),
-      );
+      cleanup.defer("release rootfs", () => member.rootfs.release());
       // Last of all (a create that failed after its boot): its provisional record goes.
       cleanup.defer("settle the create", () => this.createSettled(member.id));
       // Runs after the VM is gone (newest first): the cgroup outlives the VMM.
       const cgroup = this.cgroup;
       if (cgroup) cleanup.defer("remove pod cgroup", () => cgroup.remove());
       // virtiofsd and every bind mount of the pod go once the VMM let go of them.
-      if (share)
-        cleanup.defer(
-          "stop virtiofsd",
-          phases.wrap("virtiofsdStopMs", async () => (await share.catch(() => undefined))?.stop()),
-        );
+      if (share) cleanup.defer("stop virtiofsd", async () => (await share.catch(() => undefined))?.stop());
       // Deleted containers' disks still leaving: abandoned (the VMM is going), their files
       // released once it is gone (Pod.retire races each unplug with the VMM's exit).
       cleanup.defer("release retiring containers' disks", () =>
         Promise.all([...this.retiring.values()].map((r) => r.done)),
       );
-      const stopVm = phases.wrap("vmStopMs", async () => {
+      const forward = this.portForward;
+      const netnsPath = this.network?.netnsPath ?? forward?.netnsPath;
+      const held = await phases.time("vmKillMs", async () => {
         this.stopHealth();
         this.agent.close();
-        await this.vm.stop();
+        // SIGKILL: no guest code runs after this. Should the signal fail, the graceful stop
+        // ends the VM before the reply instead.
+        await this.vm.kill().catch(() => this.vm.stop());
+        // The port-forward relay goes with the VM: a connection meanwhile fails with the agent.
+        const [, netns] = await Promise.allSettled([
+          forward?.close(),
+          // Held before the reply: containerd removes the netns once it has it.
+          netnsPath ? holdNetns(netnsPath) : undefined,
+        ]);
+        return netns.status === "fulfilled" ? netns.value : undefined;
       });
-      // The port-forward relay goes while the VMM quits: a connection that reaches the VM
-      // meanwhile fails with the agent.
-      const forward = this.portForward;
-      cleanup.defer("stop VM", async () => {
-        const settled = await Promise.allSettled([stopVm(), forward?.close()]);
-        const failed = settled.filter((r) => r.status === "rejected");
-        if (failed.length > 0) throw new Error(failed.map((r) => (r.reason as Error).message).join("; "));
-        // Held before the reply: containerd removes the netns once it has it.
-        const netnsPath = this.network?.netnsPath ?? forward?.netnsPath;
-        const held = netnsPath ? await holdNetns(netnsPath).catch(() => undefined) : undefined;
-        if (netnsPath) removed.lingering = this.leaveNetns(netnsPath, held);
-      });
-    } else {
-      this.joined.delete(member.id);
-      if (this.containerScores.delete(member.id))
-        cleanup.defer("update OOM score", () => this.updateOomScore());
+      removed.lingering = this.leave(cleanup, netnsPath, held);
+      return removed;
     }
+    this.joined.delete(member.id);
+    if (this.containerScores.delete(member.id))
+      cleanup.defer("update OOM score", () => this.updateOomScore());
     await cleanup.run();
     // The guest container, its volumes and disks leave after the reply (Pod.retire).
-    if (!member.ownsPod) this.retire(member);
+    this.retire(member);
     return removed;
   }
 
   /**
-   * With the VM gone, what is left of the pod in its netns (the TAP with its filters, the veth's
-   * qdisc, the port-forward's nat rule) goes after the delete replied: it only waits on the
-   * kernel. The netns is held open (`held`, taken before the reply), so containerd removing it
-   * meanwhile changes nothing; a pod created into the same netns waits for this (Pod.boot).
-   * Never rejects.
+   * What is left of a pod whose VM was killed goes after its delete replied; none of it runs
+   * the guest's code, it waits on the kernel: the VMM's exit (freeing the guest's memory, 20-50
+   * ms here), then what outlives the VMM (virtiofsd, disks, cgroup, rootfs; `teardown`) beside
+   * what is left in the pod's netns (the TAP with its filters, the veth's qdisc, the
+   * port-forward's nat rule; RCU grace periods, 15-35 ms for a TAP). The netns is held open
+   * (`held`, taken before the reply), so containerd removing it meanwhile changes nothing. Kept
+   * under the netns path, so a pod created into the same netns waits for it (Pod.boot); the
+   * daemon's exit waits for all of it. Never rejects.
    */
-  private leaveNetns(netnsPath: string, held: HeldNetns | undefined): Promise<void> {
+  private leave(
+    teardown: Cleanup,
+    netnsPath: string | undefined,
+    held: HeldNetns | undefined,
+  ): Promise<void> {
     const network = this.network;
     const forward = this.portForward;
     const started = performance.now();
     const log = this.log(this.id);
-    const work = Promise.allSettled([network?.detach(held?.path), forward?.unredirect(held?.path)]).then(
-      async ([detached]) => {
-        await held?.release();
-        if (detached.status === "rejected")
-          log.error(
-            { err: (detached.reason as Error).message, netnsPath },
-            "could not detach the pod network",
-          );
-        else log.debug({ ms: Math.round(performance.now() - started), netnsPath }, "pod network detached");
-      },
-    );
-    return this.deps.lingering.add(netnsPath, work);
+    const work = (async () => {
+      await this.vm
+        .stop()
+        .catch((err: unknown) => log.error({ err: (err as Error).message }, "could not stop the VM"));
+      const vmExitMs = Math.round(performance.now() - started);
+      const [, detached] = await Promise.allSettled([
+        teardown.run(),
+        netnsPath
+          ? Promise.allSettled([network?.detach(held?.path), forward?.unredirect(held?.path)]).then(
+              ([d]) => d,
+            )
+          : undefined,
+      ]);
+      await held?.release();
+      const failed = detached.status === "fulfilled" ? detached.value : undefined;
+      if (failed?.status === "rejected")
+        log.error({ err: (failed.reason as Error).message, netnsPath }, "could not detach the pod network");
+      log.debug({ vmExitMs, ms: Math.round(performance.now() - started), netnsPath }, "pod left the node");
+    })();
+    return this.deps.lingering.add(netnsPath ?? `vm ${this.vm.id}`, work);
   }
 
   /**

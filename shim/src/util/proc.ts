@@ -18,7 +18,8 @@ export interface HostProcess {
   /** Settles once, when the process is gone; code/signal only when we were its parent. */
   readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
   readonly hasExited: boolean;
-  kill(signal: NodeJS.Signals): void;
+  /** Resolves once the signal is sent (an adopted process is checked to be the same first). */
+  kill(signal: NodeJS.Signals): void | Promise<void>;
 }
 
 /** Reads /proc/PID/stat; injectable so tests can fake a transient read failure. */
@@ -107,16 +108,13 @@ export function adoptedProcess(who: ProcessIdentity, read: StatReader = readStat
     get hasExited() {
       return done;
     },
-    kill(signal) {
-      if (done) return;
-      void isRunning(who).then((same) => {
-        if (!same) return;
-        try {
-          process.kill(who.pid, signal);
-        } catch {
-          // Gone meanwhile.
-        }
-      });
+    async kill(signal) {
+      if (done || !(await isRunning(who))) return;
+      try {
+        process.kill(who.pid, signal);
+      } catch {
+        // Gone meanwhile.
+      }
     },
   };
 }

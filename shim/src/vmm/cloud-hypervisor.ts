@@ -252,6 +252,8 @@ export class ChVm implements VmHandle {
   private agents: AgentClient[] = [];
   private stderr = "";
   private stopping: Promise<void> | undefined;
+  /** Sent SIGKILL (kill()): stop() only waits for the exit. */
+  private killed = false;
   private exit: VmExit | undefined;
   /** The guest fault that ended the VM, if one did (the first one counts). */
   private fault: { kind: GuestFault; event: ChEvent } | undefined;
@@ -530,6 +532,12 @@ export class ChVm implements VmHandle {
     return this.stopping;
   }
 
+  async kill(): Promise<void> {
+    if (this.exit) return;
+    this.killed = true;
+    this.child.kill("SIGKILL");
+  }
+
   async [Symbol.asyncDispose](): Promise<void> {
     await this.stop();
   }
@@ -539,7 +547,7 @@ export class ChVm implements VmHandle {
     if (!this.exit) {
       // vm.shutdown fails when the VM never booted; vmm.shutdown ends the process either way.
       for (const step of ["vm.shutdown", "vmm.shutdown"] as const) {
-        if (this.exit) break;
+        if (this.exit || this.killed) break;
         const request = step === "vm.shutdown" ? this.api.shutdownVm() : this.api.shutdownVmm();
         const outcome = await within(
           request.then(

@@ -327,6 +327,8 @@ export class QemuVm implements VmHandle {
   private qmp: QmpClient | undefined;
   private agents: AgentClient[] = [];
   private stopping: Promise<void> | undefined;
+  /** Sent SIGKILL (kill()): stop() only waits for the exit. */
+  private killed = false;
   /** Root port index → the hot-plugged device on it. */
   private readonly busyPorts = new Map<number, string>();
   /** Hot-plugged virtio-fs devices (a chardev to remove with them, not a block node). */
@@ -825,6 +827,12 @@ export class QemuVm implements VmHandle {
     return this.stopping;
   }
 
+  async kill(): Promise<void> {
+    if (this.hasExited) return;
+    this.killed = true;
+    await this.proc.kill("SIGKILL");
+  }
+
   async [Symbol.asyncDispose](): Promise<void> {
     await this.stop();
   }
@@ -833,7 +841,7 @@ export class QemuVm implements VmHandle {
     for (const agent of this.agents) agent.close();
     if (!this.hasExited) {
       try {
-        if (this.qmp) await within(this.qmp.execute("quit"), 2000);
+        if (this.qmp && !this.killed) await within(this.qmp.execute("quit"), 2000);
       } catch {
         // QMP gone: the process is exiting or wedged; the kill below settles it.
       }

@@ -90,6 +90,12 @@ export interface VmHandle extends AsyncDisposable {
   connectAgent(opts: { timeoutMs: number }): Promise<AgentClient>;
   /** Graceful stop, then SIGKILL after a grace period; always removes the state dir. Idempotent. */
   stop(): Promise<void>;
+  /**
+   * Ends the VM now: SIGKILL to the VMM, which runs no guest code once this resolves. What its
+   * exit takes (the kernel freeing the guest's memory) is left to stop(), which then skips the
+   * graceful steps. A VM that is gone already is left alone.
+   */
+  kill(): Promise<void>;
   /** Hot-plugs a disk; the guest finds it by serial. Returns the device id for removeDevice. */
   addDisk(disk: DiskSpec): Promise<string>;
   /** A container's disks at once (fewer host spawns), all or nothing; addDisk one by one where absent. */

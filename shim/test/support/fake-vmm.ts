@@ -57,6 +57,15 @@ export class FakeVm implements VmHandle {
     this.resolveExit({ code: 0, signal: null });
   }
 
+  /** Sent SIGKILL (kill()): its guest is gone; stop() still reaps it. */
+  killed = false;
+
+  async kill(): Promise<void> {
+    if (this.stopped) return;
+    this.killed = true;
+    await this.agent.close();
+  }
+
   /**
    * The VMM process dies on its own (killed, crashed), or the driver ended the VM for a guest
    * fault (`reason`): the guest and its agent go with it.

@@ -390,6 +390,12 @@ export class TaskRig {
     };
   }
 
+  /** leftovers() once what deletes left running is done (the deleted pods' VMs gone, Pod.leave). */
+  async settled() {
+    await this.tasks.lingering();
+    return this.leftovers();
+  }
+
   async close(): Promise<void> {
     await this.tasks.pool?.close();
     for (const container of this.tasks.list())
