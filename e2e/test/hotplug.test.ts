@@ -5,6 +5,7 @@ import { mkdtemp, rm, stat } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
+import { setTimeout as sleep } from "node:timers/promises";
 import {
   type AgentClient,
   Code,
@@ -125,6 +126,56 @@ describe("QEMU hot-plug and pause", () => {
     assert.ok(!(await nodes()).some((n) => n.startsWith("node-hb-")));
     await scratch.remove();
     await other.remove();
+  });
+
+  it("opens a batch's files while their content is made, shows the guest the disks only once it is ready; content that fails leaves nothing", async () => {
+    assert.ok(vm.addDisks);
+    const qmp = (vm as unknown as { qmpExecute<T>(cmd: string, args?: object): Promise<T> }).qmpExecute.bind(
+      vm,
+    );
+    const nodes = async () =>
+      (await qmp<Array<{ "node-name": string }>>("query-named-block-nodes")).map((n) => n["node-name"]);
+    const devices = async () =>
+      (await qmp<Array<{ name: string }>>("qom-list", { path: "/machine/peripheral" })).map((p) => p.name);
+    const scratch = await createScratchDisk(path.join(tmp, "later.ext4"), 64 * 1024 * 1024);
+    let ready: () => void = () => {};
+    const content = new Promise<void>((resolve) => {
+      ready = resolve;
+    });
+    const plugging = vm.addDisks(
+      [
+        { path: image, serial: "hl-image", readOnly: true },
+        { path: scratch.path, serial: "hl-scratch", readOnly: false },
+      ],
+      content,
+    );
+    const until = Date.now() + 10_000;
+    while (!(await nodes()).includes("node-hl-scratch") && Date.now() < until) await sleep(20);
+    assert.ok((await nodes()).includes("node-hl-image"), "the files are opened before the content is ready");
+    assert.ok(
+      !(await devices()).some((d) => d.startsWith("hd-hl-")),
+      "no device before the content is ready",
+    );
+    ready();
+    const ids = await plugging;
+    assert.deepEqual(ids, ["hd-hl-image", "hd-hl-scratch"]);
+    assert.ok((await devices()).includes("hd-hl-scratch"));
+    for (const id of ids.reverse()) await vm.removeDevice(id);
+
+    await assert.rejects(
+      vm.addDisks(
+        [
+          { path: image, serial: "hr-image", readOnly: true },
+          { path: scratch.path, serial: "hr-scratch", readOnly: false },
+        ],
+        Promise.reject(new Error("scratch disk: mkfs.ext4 failed")),
+      ),
+      /mkfs\.ext4 failed/,
+    );
+    assert.ok(!(await nodes()).some((n) => n.startsWith("node-hr-")), "no block node of the failed batch");
+    assert.ok(!(await devices()).some((d) => d.startsWith("hd-hr-")), "no device of the failed batch");
+    await assert.rejects(stat(path.join(stateRoot, "vm", "vmm", "disk-hr-scratch")), { code: "ENOENT" });
+    await scratch.remove();
   });
 
   it("refuses a disk whose file does not exist, naming it", async () => {

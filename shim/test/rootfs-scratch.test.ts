@@ -6,7 +6,7 @@ import path from "node:path";
 import { after, afterEach, before, describe, it } from "node:test";
 import { RootfsError } from "../src/rootfs/errors.js";
 import { mountPointsUnder } from "../src/rootfs/mountinfo.js";
-import { createScratchDisk, DEFAULT_SCRATCH_BYTES } from "../src/rootfs/scratch.js";
+import { createScratchDisk, DEFAULT_SCRATCH_BYTES, startScratchDisk } from "../src/rootfs/scratch.js";
 import { execOk } from "../src/util/exec.js";
 
 describe("scratch disks", () => {
@@ -47,6 +47,26 @@ describe("scratch disks", () => {
       await execOk(["umount", "-d", mnt]);
       await rmdir(mnt);
     }
+  });
+
+  it("started, the file is there at its size while mkfs runs, and formatted in place (the same inode, which a bind mount made meanwhile sees); a failed format rejects and removes it", async () => {
+    const file = path.join(dir, "c6.img");
+    const { disk, formatted } = await startScratchDisk(file, 64 * 1024 ** 2, { label: "later" });
+    const before = await stat(file);
+    assert.equal(before.size, 64 * 1024 ** 2, "at its size before the format ends");
+    await formatted;
+    const after = await stat(file);
+    assert.equal(after.ino, before.ino, "mkfs wrote into the file, not a new one");
+    assert.match((await execOk(["dumpe2fs", "-h", file])).stdout, /Filesystem volume name:\s+later/);
+    await disk.remove();
+
+    const failing = path.join(dir, "c7.img");
+    const started = await startScratchDisk(failing, 64 * 1024 ** 2, { mkfsBinary: "false" });
+    await assert.rejects(
+      started.formatted,
+      (err) => err instanceof RootfsError && err.kind === "Unavailable" && /c7\.img: false/.test(err.message),
+    );
+    await assert.rejects(stat(failing), { code: "ENOENT" });
   });
 
   it("removes the file on dispose, idempotently", async () => {

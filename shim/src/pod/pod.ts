@@ -743,6 +743,8 @@ export class Pod {
           req.rootfs,
           req.scratch,
           noted ? (file) => noted.note({ scratch: [file] }) : undefined,
+          // Its mkfs runs while the hot-plug binds and opens the files.
+          { formatLater: true },
         );
       // The node's scratch budget may be held by this pod's deleted containers still leaving.
       const rootfs = await phases.time(
@@ -754,10 +756,15 @@ export class Pod {
       const devices: string[] = [];
       await journal?.note({ disks: rootfs.disks.map((d) => d.serial) });
       const plug = () =>
-        plugDisks(this.vm, rootfs.disks, (device) => {
-          devices.push(device);
-          undo.defer(`unplug ${device}`, () => this.vm.removeDevice(device));
-        });
+        plugDisks(
+          this.vm,
+          rootfs.disks,
+          (device) => {
+            devices.push(device);
+            undo.defer(`unplug ${device}`, () => this.vm.removeDevice(device));
+          },
+          rootfs.formatted,
+        );
       await phases.time(
         "hotplugMs",
         // The hot-plug ports may be held by deleted containers' disks still leaving.
@@ -1228,12 +1235,21 @@ async function noteVmm(journal: Provisional | undefined, pid: number): Promise<v
   if (process) await journal.note({ vmm: { process } });
 }
 
-/** A container's disks into a running VM: at once where the driver can (one spawn), else one by one. */
-async function plugDisks(vm: VmHandle, disks: DiskSpec[], plugged: (id: string) => void): Promise<void> {
+/**
+ * A container's disks into a running VM: at once where the driver can (one spawn; their files
+ * opened while `contentReady` is pending), else one by one once it resolved.
+ */
+async function plugDisks(
+  vm: VmHandle,
+  disks: DiskSpec[],
+  plugged: (id: string) => void,
+  contentReady?: Promise<void>,
+): Promise<void> {
   if (vm.addDisks) {
-    for (const id of await vm.addDisks(disks)) plugged(id);
+    for (const id of await vm.addDisks(disks, contentReady)) plugged(id);
     return;
   }
+  await contentReady;
   for (const disk of disks) plugged(await vm.addDisk(disk));
 }
 

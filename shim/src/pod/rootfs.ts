@@ -9,7 +9,7 @@ import type { Mount } from "../containerd/publisher.js";
 import { invalid } from "../errors.js";
 import { ErofsCache } from "../rootfs/erofs-cache.js";
 import { parseRootfsMounts } from "../rootfs/mounts.js";
-import { createScratchDisk } from "../rootfs/scratch.js";
+import { startScratchDisk } from "../rootfs/scratch.js";
 import { type BudgetHold, ScratchBudget } from "../rootfs/scratch-budget.js";
 import type { RootfsRecord } from "../state/records.js";
 import { log } from "../util/log.js";
@@ -24,6 +24,11 @@ export interface PreparedRootfs {
   cacheHit: boolean;
   /** What a later daemon needs to release these disks (absent for fakes). */
   record?: RootfsRecord;
+  /**
+   * Set when prepared with `formatLater`: the scratch disk is still being formatted, its content
+   * final once this resolves (a guest must not see it before). Rejects with the format's error.
+   */
+  formatted?: Promise<void>;
   release(): Promise<void>;
 }
 
@@ -59,6 +64,8 @@ export type RootfsPreparer = (
   scratch?: ScratchSize,
   /** Told the scratch file's path before it is made (state/provisional.ts notes it). */
   beforeScratch?: (file: string) => Promise<void>,
+  /** Resolve once the scratch file exists at its size, its format still running (`formatted`). */
+  opts?: { formatLater?: boolean },
 ) => Promise<PreparedRootfs>;
 
 /** The scratch file's name inside the container's writable layer directory. */
@@ -108,6 +115,7 @@ export function erofsRootfs(config: RuntimeConfig): { prepare: RootfsPreparer; a
     mounts: Mount[],
     scratch?: ScratchSize,
     beforeScratch?: (file: string) => Promise<void>,
+    opts: { formatLater?: boolean } = {},
   ): Promise<PreparedRootfs> => {
     if (mounts.length === 0)
       throw invalid(`task ${containerId} has no rootfs mounts (a rootfs in the bundle is not supported)`);
@@ -136,7 +144,8 @@ export function erofsRootfs(config: RuntimeConfig): { prepare: RootfsPreparer; a
         scratchPath = path.join(config.scratch_dir, `${serial("s", `${owner}:${Date.now()}`)}.ext4`);
       }
       await beforeScratch?.(scratchPath);
-      const disk = await createScratchDisk(scratchPath, size.bytes);
+      const { disk, formatted } = await startScratchDisk(scratchPath, size.bytes);
+      if (!opts.formatLater) await formatted;
       const held = hold;
       const rootfsSerial = serial("i", `${owner}:${image.key}`);
       const scratchSerial = serial("s", owner);
@@ -159,8 +168,11 @@ export function erofsRootfs(config: RuntimeConfig): { prepare: RootfsPreparer; a
           scratchPath: disk.path,
           scratchBytes: size.bytes,
         },
+        ...(opts.formatLater ? { formatted } : {}),
         async release() {
           image.release();
+          // No mkfs left writing into a file that is gone.
+          await formatted.catch(() => {});
           await disk.remove();
           await held.release();
           await released(images);

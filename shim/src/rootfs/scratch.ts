@@ -41,6 +41,21 @@ export async function createScratchDisk(
   sizeBytes: number = DEFAULT_SCRATCH_BYTES,
   opts: ScratchOptions = {},
 ): Promise<ScratchDisk> {
+  const { disk, formatted } = await startScratchDisk(file, sizeBytes, opts);
+  await formatted;
+  return disk;
+}
+
+/**
+ * Creates `file` (it must not exist) at its full size and starts formatting it: what needs only
+ * the file (a bind mount, a VMM opening it) can go on meanwhile; what reads it (a guest) waits
+ * for `formatted`. A failed format removes the file and rejects `formatted` (never unhandled).
+ */
+export async function startScratchDisk(
+  file: string,
+  sizeBytes: number = DEFAULT_SCRATCH_BYTES,
+  opts: ScratchOptions = {},
+): Promise<{ disk: ScratchDisk; formatted: Promise<void> }> {
   if (!Number.isSafeInteger(sizeBytes) || sizeBytes < MIN_SCRATCH_BYTES || sizeBytes % 4096 !== 0) {
     throw new RootfsError(
       "InvalidArgument",
@@ -63,25 +78,25 @@ export async function createScratchDisk(
     throw err;
   }
   const disk = new ScratchFile(file, sizeBytes);
-  try {
-    try {
-      await fh.truncate(sizeBytes);
-    } finally {
-      await fh.close();
-    }
-    await mkfs(file, opts);
-    return disk;
-  } catch (err) {
+  const failed = async (err: unknown): Promise<never> => {
     await disk.remove();
     if (err instanceof RootfsError) throw err;
     throw new RootfsError(
       "Unavailable",
       `scratch disk ${file}: ${err instanceof Error ? err.message : String(err)}`,
-      {
-        cause: err,
-      },
+      { cause: err },
     );
+  };
+  try {
+    await fh.truncate(sizeBytes);
+  } catch (err) {
+    await fh.close().catch(() => {});
+    return failed(err);
   }
+  await fh.close();
+  const formatted = mkfs(file, opts).catch(failed);
+  formatted.catch(() => {});
+  return { disk, formatted };
 }
 
 async function mkfs(file: string, opts: ScratchOptions): Promise<void> {

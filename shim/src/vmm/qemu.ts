@@ -536,9 +536,11 @@ export class QemuVm implements VmHandle {
    * milliseconds here), then each disk's QMP commands. All or nothing: on a failure the disks
    * plugged so far are unplugged again and every bind mount is gone.
    */
-  async addDisks(disks: DiskSpec[]): Promise<string[]> {
+  async addDisks(disks: DiskSpec[], contentReady?: Promise<void>): Promise<string[]> {
     // A sandbox's first container has none: no bind-mount spawn for nothing.
     if (disks.length === 0) return [];
+    // Its rejection is this call's error, once the plugs get to it.
+    contentReady?.catch(() => {});
     const qmp = this.control();
     for (const disk of disks) {
       checkDiskSerial(disk.serial);
@@ -554,7 +556,7 @@ export class QemuVm implements VmHandle {
     // Every disk's commands are sent at once: QEMU runs them in order, without a round trip
     // between them (each disk takes its own hot-plug port before its first command).
     const settled = await Promise.allSettled(
-      disks.map((disk, i) => this.plugBound(qmp, disk, names[i] as string)),
+      disks.map((disk, i) => this.plugBound(qmp, disk, names[i] as string, contentReady)),
     );
     const plugged = settled.flatMap((r) => (r.status === "fulfilled" ? [r.value] : []));
     const failed = settled.find((r) => r.status === "rejected");
@@ -564,8 +566,16 @@ export class QemuVm implements VmHandle {
     throw failed.reason;
   }
 
-  /** One disk whose file is bound into the VMM's dir as `name`: its block node and device. */
-  private async plugBound(qmp: QmpClient, disk: DiskSpec, name: string): Promise<string> {
+  /**
+   * One disk whose file is bound into the VMM's dir as `name`: its block node, then, once its
+   * content is ready, its device (the guest scans a disk as soon as it appears).
+   */
+  private async plugBound(
+    qmp: QmpClient,
+    disk: DiskSpec,
+    name: string,
+    contentReady?: Promise<void>,
+  ): Promise<string> {
     const id = `hd-${disk.serial}`;
     const node = `node-${disk.serial}`;
     const port = this.takePort(id);
@@ -582,6 +592,7 @@ export class QemuVm implements VmHandle {
       throw err;
     }
     try {
+      await contentReady;
       await qmp.execute("device_add", {
         driver: "virtio-blk-pci",
         id,

@@ -98,8 +98,12 @@ export interface VmHandle extends AsyncDisposable {
   kill(): Promise<void>;
   /** Hot-plugs a disk; the guest finds it by serial. Returns the device id for removeDevice. */
   addDisk(disk: DiskSpec): Promise<string>;
-  /** A container's disks at once (fewer host spawns), all or nothing; addDisk one by one where absent. */
-  addDisks?(disks: DiskSpec[]): Promise<string[]>;
+  /**
+   * A container's disks at once (fewer host spawns), all or nothing; addDisk one by one where
+   * absent. With `contentReady`, the files are opened meanwhile and the guest sees the disks
+   * only once it resolves (a rejection fails the plug with its error).
+   */
+  addDisks?(disks: DiskSpec[], contentReady?: Promise<void>): Promise<string[]>;
   /** Unplugs a hot-plugged device and waits until the guest let go of it. */
   removeDevice(id: string): Promise<void>;
   /**
