@@ -262,6 +262,7 @@ export async function bindAllIntoVmm(
   try {
     for (const target of targets) await writeFile(target, "", { mode: 0o600 });
     // A fixed script: the paths (the shim's own) are arguments, pairs of source and target.
+    // The mounts run at once (one exec each); any that fails fails the script.
     await execOk([
       "nsenter",
       `--target=${vmmPid}`,
@@ -269,7 +270,8 @@ export async function bindAllIntoVmm(
       "--",
       "sh",
       "-c",
-      'while [ $# -gt 1 ]; do mount --bind "$1" "$2" || exit; shift 2; done',
+      'pids=""; while [ $# -gt 1 ]; do mount --bind "$1" "$2" & pids="$pids $!"; shift 2; done; ' +
+        "ok=0; for p in $pids; do wait $p || ok=1; done; exit $ok",
       "cloudhv-bind",
       ...files.flatMap((f, i) => [f.source, targets[i] as string]),
     ]);
