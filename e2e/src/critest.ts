@@ -233,7 +233,7 @@ export interface CritestEnv extends AsyncDisposable {
 /** A harness whose containerd pulls from a local registry that holds critest's images. */
 export async function startCritestEnv(
   tools: CritestTools,
-  opts: { baseDir?: string } = {},
+  opts: { baseDir?: string; runtimeConfig?: Record<string, unknown> } = {},
 ): Promise<CritestEnv> {
   const dir = await mkdtemp(path.join(opts.baseDir ?? "/run", "chv-critest-"));
   let registry: { host: string; stop(): Promise<void> } | undefined;
@@ -244,6 +244,7 @@ export async function startCritestEnv(
     await pushImages(tools.crane, host, dir);
     harness = await startHarness({
       ...(opts.baseDir ? { baseDir: opts.baseDir } : {}),
+      ...(opts.runtimeConfig ? { runtimeConfig: opts.runtimeConfig } : {}),
       extraConfig: MIRRORED.flatMap((name) => [
         `[plugins."io.containerd.grpc.v1.cri".registry.mirrors."${name}"]`,
         `  endpoint = ["http://${host}"]`,

@@ -22,30 +22,40 @@ function defaultFocus(): string[] {
   ];
 }
 
-describe("critest: cloudhv passes what runc passes (issue 16)", () => {
-  it(`${FULL ? "every spec" : "[Conformance] and the known differences"}: runc vs cloudhv`, async (t: TestContext) => {
+/** The warm pool's size for the run with the pool on (issue 17): pods then take pool VMs. */
+const POOL = 2;
+
+describe("critest: cloudhv passes what runc passes (issue 16), with the warm pool off and on (issue 17)", () => {
+  it(`${FULL ? "every spec" : "[Conformance] and the known differences"}: runc vs cloudhv, pool off and on`, async (t: TestContext) => {
     if (process.getuid?.() !== 0) return t.skip("needs root (containerd, CNI, VMs)");
     const tools = await critestTools();
     if ("missing" in tools) return t.skip(`critest is not built: ${tools.missing}`);
     const focus = FULL ? [] : defaultFocus();
-    const env = await startCritestEnv(tools);
     const runs: CritestRun[] = [];
-    try {
-      for (const handler of ["runc", "cloudhv"]) {
-        const run = await runCritest(env, tools, { handler, focus, timeoutMs: 45 * 60_000 });
-        t.diagnostic(
-          `${handler}: critest exit ${run.code} in ${Math.round(run.seconds)} s; log ${run.logPath}`,
-        );
-        runs.push(run);
+    // runc and cloudhv on one harness; cloudhv again on a second one whose runtime has a pool.
+    for (const [handlers, runtimeConfig] of [
+      [["runc", "cloudhv"], undefined],
+      [["cloudhv"], { pool: POOL }],
+    ] as const) {
+      const env = await startCritestEnv(tools, runtimeConfig ? { runtimeConfig } : {});
+      try {
+        for (const handler of handlers) {
+          const run = await runCritest(env, tools, { handler, focus, timeoutMs: 45 * 60_000 });
+          if (runtimeConfig) run.handler = `${handler} (pool ${POOL})`;
+          t.diagnostic(
+            `${run.handler}: critest exit ${run.code} in ${Math.round(run.seconds)} s; log ${run.logPath}`,
+          );
+          runs.push(run);
+        }
+      } finally {
+        const vms = path.join(env.harness.runtime.stateDir, "vm");
+        await env.stop();
+        assert.deepEqual(await processesMatching(vms), [], "no VM of this run is left");
+        assert.equal(existsSync(env.dir), false, "the run's directory (registry log, reports) is gone");
+        assert.equal(existsSync(env.harness.dir), false, "the harness's directory is gone");
       }
-    } finally {
-      const vms = path.join(env.harness.runtime.stateDir, "vm");
-      await env.stop();
-      assert.deepEqual(await processesMatching(vms), [], "no VM of this run is left");
-      assert.equal(existsSync(env.dir), false, "the run's directory (registry log, reports) is gone");
-      assert.equal(existsSync(env.harness.dir), false, "the harness's directory is gone");
     }
-    const [runc, cloudhv] = runs as [CritestRun, CritestRun];
+    const [runc, ...cloudhvRuns] = runs as [CritestRun, CritestRun, CritestRun];
     const table = formatTable(runs, (name) => knownDifference(name)?.cause);
     for (const line of table.split("\n")) t.diagnostic(line);
 
@@ -54,25 +64,31 @@ describe("critest: cloudhv passes what runc passes (issue 16)", () => {
       passedOnRunc.length >= 10,
       `runc passed only ${passedOnRunc.length} specs: the harness is broken`,
     );
-    const onCloudhv = new Map(cloudhv.specs.map((s) => [s.name, s]));
-    const unexpected: string[] = [];
-    const nowPassing: string[] = [];
-    for (const spec of passedOnRunc) {
-      const other = onCloudhv.get(spec.name);
-      const known = knownDifference(spec.name);
-      if (other?.state === "passed") {
-        if (known) nowPassing.push(`${spec.name} (listed as "${known.cause}")`);
-      } else if (!known) {
-        unexpected.push(
-          `${spec.name}: ${other?.state ?? "not run"}${other?.failure ? `: ${other.failure}` : ""}`,
-        );
+    for (const cloudhv of cloudhvRuns) {
+      const onCloudhv = new Map(cloudhv.specs.map((s) => [s.name, s]));
+      const unexpected: string[] = [];
+      const nowPassing: string[] = [];
+      for (const spec of passedOnRunc) {
+        const other = onCloudhv.get(spec.name);
+        const known = knownDifference(spec.name);
+        if (other?.state === "passed") {
+          if (known) nowPassing.push(`${spec.name} (listed as "${known.cause}")`);
+        } else if (!known) {
+          unexpected.push(
+            `${spec.name}: ${other?.state ?? "not run"}${other?.failure ? `: ${other.failure}` : ""}`,
+          );
+        }
       }
+      assert.deepEqual(
+        unexpected,
+        [],
+        `${cloudhv.handler}: specs runc passes that fail on cloudhv and are not known differences`,
+      );
+      assert.deepEqual(
+        nowPassing,
+        [],
+        `${cloudhv.handler}: known differences that pass on cloudhv now: remove them from e2e/src/critest-known.ts and docs/critest-results.md`,
+      );
     }
-    assert.deepEqual(unexpected, [], "specs runc passes that fail on cloudhv and are not known differences");
-    assert.deepEqual(
-      nowPassing,
-      [],
-      "known differences that pass on cloudhv now: remove them from e2e/src/critest-known.ts and docs/critest-results.md",
-    );
   });
 });
