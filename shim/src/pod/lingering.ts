@@ -1,7 +1,9 @@
-// Host work a pod's delete does not wait for: once its VM is gone, what is left in the pod's
-// netns (the TAP, the veth's qdisc, the port-forward's nat rule) only waits on the kernel (RCU
-// grace periods: 15-35 ms for a TAP here). Kept by key (the netns path) so that a pod created
-// into the same netns waits for it, and awaited as a whole by the daemon's exit.
+// Host work a pod's delete does not wait for: once its VMM is killed, what is left only waits on
+// the kernel: the VMM's exit (freeing the guest's memory), then what outlives it (virtiofsd,
+// disks, cgroup, rootfs) and what is left in the pod's netns (the TAP, the veth's qdisc, the
+// port-forward's nat rule; RCU grace periods, 15-35 ms for a TAP here). Kept by key (the netns
+// path, else the VM's id) so that a pod created into the same netns waits for it, and awaited as a whole by the
+// daemon's exit.
 
 export class Lingering {
   private readonly work = new Map<string, Promise<void>>();

@@ -560,8 +560,8 @@ export class TaskService {
     if (container.member.ownsPod) {
       const records = this.deps.records;
       const vmId = container.pod.vm.id;
-      // The record goes once the pod's netns is left (Pod.leaveNetns): a daemon killed before
-      // that finds the pod's VM gone and detaches what the record names.
+      // The record goes once the rest of the pod has left (Pod.leave): a daemon killed before
+      // that finds the pod's VM gone and releases what the record names.
       if (lingering)
         this.pods.linger(
           `record ${vmId}`,
