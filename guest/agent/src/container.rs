@@ -296,6 +296,25 @@ pub struct Containers {
     map: Mutex<HashMap<String, Arc<Container>>>,
     /// Ids whose CreateContainer is in progress.
     creating: Mutex<HashSet<String>>,
+    /// A namespace holder started ahead of its pod (prepare_holder), taken by the first sandbox.
+    pending_holder: Mutex<Option<PendingHolder>>,
+}
+
+/// A pod's namespace holder started before its pod (holder.rs, `--pause-holder-pending`): it
+/// waits for its plan on `plan` and answers on `answer`; `mark` was taken before it started.
+struct PendingHolder {
+    pid: i32,
+    plan: std::process::ChildStdin,
+    answer: std::process::ChildStdout,
+    mark: u64,
+}
+
+/// Why a pending holder could not take its plan.
+enum HandOff {
+    /// It is gone (or never answered its pipe): a holder started now takes the plan instead.
+    Gone(String),
+    /// It took the plan and refused it or failed: the create fails with this.
+    Failed(Error),
 }
 
 /// Removes an id from `creating` when the create ends, however it ends.
@@ -335,7 +354,41 @@ impl Containers {
             root: PathBuf::from(CONTAINERS_DIR),
             map: Mutex::new(HashMap::new()),
             creating: Mutex::new(HashSet::new()),
+            pending_holder: Mutex::new(None),
         }
+    }
+
+    /// Starts a pod's namespace holder ahead of its pod (a pool VM, while it waits): its
+    /// sandbox's create then only hands it its plan. A failure is logged; that create starts one.
+    pub fn prepare_holder(&self) {
+        let started = Instant::now();
+        match start_pending_holder() {
+            Ok(p) => {
+                crate::info!(
+                    "namespace holder started ahead of its pod, pid {}, in {} ms",
+                    p.pid,
+                    started.elapsed().as_millis()
+                );
+                *lock(&self.pending_holder) = Some(p);
+            }
+            Err(e) => crate::warn!("could not start a namespace holder ahead of its pod: {e}"),
+        }
+    }
+
+    /// Runs the pod's holder with `plan`: the one started ahead when there is one, else a new
+    /// one. Returns the reaper mark for its pid; sets `init`'s pid.
+    fn run_holder(&self, plan: &crate::holder::Plan, init: &Proc) -> Result<u64> {
+        let pending = lock(&self.pending_holder).take();
+        if let Some(p) = pending {
+            match hand_plan(p, plan, init) {
+                Ok(mark) => return Ok(mark),
+                Err(HandOff::Failed(e)) => return Err(e),
+                Err(HandOff::Gone(why)) => {
+                    crate::warn!("the namespace holder started ahead is gone ({why}); starting one")
+                }
+            }
+        }
+        spawn_holder(plan, init)
     }
 
     fn crun(&self) -> Result<&Path> {
@@ -593,7 +646,7 @@ impl Containers {
         let made = make_cgroup(&cgroup);
         let init = Proc::new(None, false);
         init.close_streams();
-        let result = made.and_then(|()| spawn_holder(&plan, &init));
+        let result = made.and_then(|()| self.run_holder(&plan, &init));
         match result {
             Ok(mark) => {
                 let container = Arc::new(Container {
@@ -1016,6 +1069,124 @@ fn make_cgroup(cgroup: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Starts `cloudhv-agent --pause-holder-pending` (holder.rs): its parent reports the holder's
+/// pid and exits; the holder then waits for its plan.
+fn start_pending_holder() -> std::result::Result<PendingHolder, String> {
+    use std::io::Read;
+    use std::process::Stdio;
+    let reaper = Reaper::get().ok_or("no reaper")?;
+    let mut cmd = crate::holder::command(
+        Path::new("/proc/self/exe"),
+        &[crate::holder::PENDING_FLAG.to_string()],
+    );
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mark = reaper.mark();
+    let mut child = reaper.spawn(&mut cmd).map_err(|e| format!("spawn: {e}"))?;
+    let (Some(plan), Some(mut answer)) = (child.stdin.take(), child.stdout.take()) else {
+        return Err("no pipes".into());
+    };
+    let parent = child.id() as i32;
+    let exit = reaper.wait_pid(parent, Some(Duration::from_secs(10)));
+    // Its one line, read a byte at a time: the holder's answer comes later on the same pipe.
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while line.len() < 256 && matches!(answer.read(&mut byte), Ok(1)) && byte[0] != b'\n' {
+        line.push(byte[0]);
+    }
+    let line = String::from_utf8_lossy(&line).into_owned();
+    let pid = line
+        .strip_prefix("pid ")
+        .and_then(|p| p.trim().parse::<i32>().ok())
+        .filter(|p| *p > 0);
+    match (exit, pid) {
+        (Ok(status), Some(pid)) if status.success() => {
+            reaper.watch_since(pid, mark);
+            Ok(PendingHolder {
+                pid,
+                plan,
+                answer,
+                mark,
+            })
+        }
+        (exit, _) => Err(format!(
+            "{:?} ({})",
+            line.chars().take(256).collect::<String>(),
+            match exit {
+                Ok(s) => s.to_string(),
+                Err(e) => e.to_string(),
+            }
+        )),
+    }
+}
+
+/// Gives a pending holder its plan and reads its answer (10 s at most, then it is killed).
+fn hand_plan(
+    p: PendingHolder,
+    plan: &crate::holder::Plan,
+    init: &Proc,
+) -> std::result::Result<u64, HandOff> {
+    use std::io::Read;
+    let reaper = Reaper::get().ok_or_else(|| HandOff::Gone("no reaper".into()))?;
+    if let Ok(status) = reaper.wait_pid(p.pid, Some(Duration::ZERO)) {
+        return Err(HandOff::Gone(format!("it ended: {status}")));
+    }
+    let bytes = crate::holder::plan_bytes(plan).ok_or_else(|| {
+        HandOff::Failed(Error {
+            code: ttrpc::Code::INVALID_ARGUMENT,
+            message: "the pod's namespace holder failed: an argument has a NUL byte".into(),
+        })
+    })?;
+    let mut pipe = p.plan;
+    if let Err(e) = pipe.write_all(&bytes) {
+        return Err(HandOff::Gone(format!("its plan pipe: {e}")));
+    }
+    // EOF: the plan is whole.
+    drop(pipe);
+    let mut answer = p.answer;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("holder-answer".into())
+        .stack_size(64 * 1024)
+        .spawn(move || {
+            let mut text = String::new();
+            let read = (&mut answer).take(4096).read_to_string(&mut text);
+            let _ = tx.send(read.map(|_| text));
+        })
+        .map_err(|e| HandOff::Gone(format!("a thread to read its answer: {e}")))?;
+    let text = match rx.recv_timeout(Duration::from_secs(10)) {
+        Ok(Ok(text)) => text,
+        Ok(Err(e)) => {
+            return Err(HandOff::Failed(internal(format!(
+                "the pod's namespace holder's answer: {e}"
+            ))));
+        }
+        Err(_) => {
+            // SAFETY: plain kill(2) of the holder we started.
+            unsafe { libc::kill(p.pid, libc::SIGKILL) };
+            return Err(HandOff::Failed(internal(
+                "the pod's namespace holder did not answer in 10 s",
+            )));
+        }
+    };
+    if text.lines().any(|l| l == "ok") {
+        *lock(&init.pid) = p.pid;
+        return Ok(p.mark);
+    }
+    let why = text
+        .lines()
+        .find_map(|l| l.strip_prefix("error "))
+        .unwrap_or("it ended without an answer");
+    Err(HandOff::Failed(Error {
+        code: ttrpc::Code::INVALID_ARGUMENT,
+        message: format!(
+            "the pod's namespace holder failed: {}",
+            why.chars().take(512).collect::<String>()
+        ),
+    }))
 }
 
 /// Runs the holder and returns the reaper mark taken before it; sets `init`'s pid.

@@ -10,11 +10,20 @@
 //! without CAP_SYS_PTRACE) and waits: SIGTERM and SIGINT end it with 0 (pause's code).
 //!
 //! Protocol on stdout, one line each: `pid <n>` (parent) and `ok` or `error <why>` (child).
+//!
+//! A pool VM starts its holder ahead of its pod (`--pause-holder-pending`, [`main_pending`]):
+//! the same process in the same new namespaces, whose child waits for its plan on stdin (the
+//! arguments above, NUL-separated, up to EOF) before it does the rest. A claimed pod's sandbox
+//! create then skips the exec, the fork and the namespaces' creation.
 
 use std::io::Write;
 
 /// The flag that selects this mode in `cloudhv-agent`'s arguments.
 pub const FLAG: &str = "--pause-holder";
+/// The flag of a holder started ahead of its pod, which reads its plan from stdin.
+pub const PENDING_FLAG: &str = "--pause-holder-pending";
+/// The most a pending holder reads as its plan (a plan is at most a few KiB).
+const MAX_PLAN_BYTES: u64 = 64 * 1024;
 
 /// IPC sysctls a pod may set (they belong to its IPC namespace, which the holder makes).
 pub fn ipc_sysctl(key: &str) -> bool {
@@ -71,6 +80,22 @@ impl Plan {
     }
 }
 
+/// The plan as a pending holder reads it: its arguments, NUL-separated. None when one has a NUL.
+pub fn plan_bytes(plan: &Plan) -> Option<Vec<u8>> {
+    let args = plan.to_args();
+    if args.iter().any(|a| a.contains('\0')) {
+        return None;
+    }
+    Some(args.join("\0").into_bytes())
+}
+
+/// A pending holder's plan from what it read: [`plan_bytes`]'s form.
+pub fn plan_from_bytes(bytes: &[u8]) -> Result<Plan, String> {
+    let text = std::str::from_utf8(bytes).map_err(|_| "the plan is not UTF-8".to_string())?;
+    let args: Vec<String> = text.split('\0').map(str::to_string).collect();
+    Plan::from_args(&args)
+}
+
 fn errno(what: &str) -> String {
     format!("{what}: {}", std::io::Error::last_os_error())
 }
@@ -108,6 +133,35 @@ pub fn main(args: &[String]) -> ! {
     match unsafe { libc::fork() } {
         -1 => report_and_exit(&format!("error {}", errno("fork")), 1),
         0 => child(&plan),
+        pid => report_and_exit(&format!("pid {pid}"), 0),
+    }
+}
+
+/// `cloudhv-agent --pause-holder-pending`: as [`main`], but the child reads its plan from stdin
+/// first. Never returns.
+pub fn main_pending() -> ! {
+    // SAFETY: plain syscall on fd numbers.
+    unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+    // SAFETY: single-threaded after exec; the child only makes syscalls and exits.
+    match unsafe { libc::fork() } {
+        -1 => report_and_exit(&format!("error {}", errno("fork")), 1),
+        0 => {
+            use std::io::Read;
+            let mut bytes = Vec::new();
+            if let Err(e) = std::io::stdin()
+                .take(MAX_PLAN_BYTES + 1)
+                .read_to_end(&mut bytes)
+            {
+                report_and_exit(&format!("error reading the plan: {e}"), 1);
+            }
+            if bytes.len() as u64 > MAX_PLAN_BYTES {
+                report_and_exit(&format!("error the plan is over {MAX_PLAN_BYTES} bytes"), 2);
+            }
+            match plan_from_bytes(&bytes) {
+                Ok(plan) => child(&plan),
+                Err(e) => report_and_exit(&format!("error {e}"), 2),
+            }
+        }
         pid => report_and_exit(&format!("pid {pid}"), 0),
     }
 }
@@ -332,6 +386,37 @@ mod tests {
         ] {
             assert!(!ipc_sysctl(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_pending_holders_plan_round_trips_through_its_bytes_and_refuses_a_nul() {
+        let plan = Plan {
+            cgroup: "/sys/fs/cgroup/kubepods/pod1/sb".into(),
+            hostname: "web 0".into(),
+            sysctls: vec![("kernel.shmmax".into(), "65536 x".into())],
+        };
+        let bytes = plan_bytes(&plan).unwrap();
+        assert_eq!(plan_from_bytes(&bytes).unwrap(), plan);
+        let empty = Plan {
+            cgroup: "/c".into(),
+            hostname: String::new(),
+            sysctls: vec![],
+        };
+        assert_eq!(
+            plan_from_bytes(&plan_bytes(&empty).unwrap()).unwrap(),
+            empty
+        );
+        // A NUL would split an argument in two: refused before it is sent.
+        let nul = Plan {
+            cgroup: "/c\0/x".into(),
+            ..empty
+        };
+        assert!(plan_bytes(&nul).is_none());
+        // What reaches the holder is checked as the exec's arguments are.
+        assert!(plan_from_bytes(b"--pause-holder\0/c\0h\0net.ipv4.ip_forward=1").is_err());
+        assert!(plan_from_bytes(b"--pause-holder-pending\0/c\0h").is_err());
+        assert!(plan_from_bytes(&[0xff, 0xfe]).is_err());
+        assert!(plan_from_bytes(b"").is_err());
     }
 
     #[test]

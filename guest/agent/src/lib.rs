@@ -179,6 +179,9 @@ pub fn run(args: Vec<String>) -> i32 {
     if args.first().map(String::as_str) == Some(holder::FLAG) {
         holder::main(&args);
     }
+    if args.first().map(String::as_str) == Some(holder::PENDING_FLAG) {
+        holder::main_pending();
+    }
     let pid1 = nix::unistd::getpid().as_raw() == 1;
     let cfg = match parse_args(&args, &|k| std::env::var(k).ok()) {
         Ok(c) => c,
@@ -264,6 +267,10 @@ pub fn run(args: Vec<String>) -> i32 {
         }
     }
     let service = Arc::new(service::AgentService::new(crun));
+    if cfg.warm_up && !cfg.test_mode {
+        // A pool VM: its pod's sandbox will only hand this holder its plan.
+        service.prepare_holder();
+    }
     let build = server_builder(service.clone());
 
     let mut servers = Vec::new();

@@ -29,6 +29,11 @@ impl AgentService {
         }
     }
 
+    /// Starts a pod's namespace holder ahead of its pod (Containers::prepare_holder).
+    pub fn prepare_holder(&self) {
+        self.containers.prepare_holder();
+    }
+
     /// `crun --version`'s first line (run once, through the reaper), empty if crun is absent.
     fn runtime_version(&self) -> &str {
         self.runtime_version.get_or_init(|| {
