@@ -312,7 +312,7 @@ function shimTimeOf(entries: PhaseEntry[], run: LifecycleRun): Record<string, nu
 /** Host phases grouped by the part of the shim that spends them. */
 const AREAS: Array<[string, RegExp]> = [
   ["pod network", /\.network(Detach)?Ms$/],
-  ["VMM process", /\.(vmmLaunchMs|vmStopMs)$/],
+  ["VMM process", /\.(vmmLaunchMs|vmKillMs)$/],
   ["rootfs", /\.rootfs(Release)?Ms$/],
   ["disk hot-plug", /\.hotplugMs$/],
   ["pool claim", /\.poolClaimMs$/],

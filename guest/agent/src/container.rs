@@ -1091,6 +1091,12 @@ fn start_pending_holder() -> std::result::Result<PendingHolder, String> {
     };
     let parent = child.id() as i32;
     let exit = reaper.wait_pid(parent, Some(Duration::from_secs(10)));
+    if let Err(e) = &exit {
+        // Its line may never come: not read.
+        // SAFETY: plain kill(2) of the process we started.
+        unsafe { libc::kill(parent, libc::SIGKILL) };
+        return Err(e.to_string());
+    }
     // Its one line, read a byte at a time: the holder's answer comes later on the same pipe.
     let mut line = Vec::new();
     let mut byte = [0u8; 1];

@@ -928,18 +928,24 @@ export class Pod {
       );
       const forward = this.portForward;
       const netnsPath = this.network?.netnsPath ?? forward?.netnsPath;
+      const log = this.log(this.id);
       const held = await phases.time("vmKillMs", async () => {
         this.stopHealth();
         this.agent.close();
         // SIGKILL: no guest code runs after this. Should the signal fail, the graceful stop
         // ends the VM before the reply instead.
-        await this.vm.kill().catch(() => this.vm.stop());
+        await this.vm
+          .kill()
+          .catch(() => this.vm.stop())
+          .catch((err: unknown) => log.error({ err: (err as Error).message }, "could not stop the VM"));
         // The port-forward relay goes with the VM: a connection meanwhile fails with the agent.
-        const [, netns] = await Promise.allSettled([
+        const [closed, netns] = await Promise.allSettled([
           forward?.close(),
           // Held before the reply: containerd removes the netns once it has it.
           netnsPath ? holdNetns(netnsPath) : undefined,
         ]);
+        if (closed.status === "rejected")
+          log.warn({ err: (closed.reason as Error).message }, "could not close the port-forward relay");
         return netns.status === "fulfilled" ? netns.value : undefined;
       });
       removed.lingering = this.leave(cleanup, netnsPath, held);
