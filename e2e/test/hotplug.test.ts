@@ -1,7 +1,7 @@
 // Level 3 (VM): disks hot-plugged into a running VM over QMP (PCIe root ports) are found by
 // the agent by serial and can run a container; pause/resume stop and continue the guest.
 import assert from "node:assert/strict";
-import { mkdtemp, rm, stat } from "node:fs/promises";
+import { mkdir, mkdtemp, readFile, rm, stat } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -44,7 +44,8 @@ describe("QEMU hot-plug and pause", () => {
     await stageBusyboxRoot(root);
     image = path.join(tmp, "image.erofs");
     await execOk(["mkfs.erofs", "--quiet", "--all-root", image, root]);
-    vm = await new QemuDriver({ accel: QEMU_ACCEL }).launch({
+    // Its disks are hard-linked into a dir of its own (tmp is the disks' filesystem).
+    vm = await new QemuDriver({ accel: QEMU_ACCEL, diskLinks: path.join(tmp, "links") }).launch({
       id: "hotplug",
       ...guestArtifacts(),
       vcpus: 1,
@@ -98,6 +99,12 @@ describe("QEMU hot-plug and pause", () => {
       { path: scratch.path, serial: "hb-scratch", readOnly: false },
     ]);
     assert.deepEqual(ids, ["hd-hb-image", "hd-hb-scratch"]);
+    // Hard links in the VM's own dir, which the VMM sees through one bind mount: no mount per disk.
+    const linked = path.join(tmp, "links", "hotplug", "disk-hb-scratch");
+    assert.equal((await stat(linked)).ino, (await stat(scratch.path)).ino, "the scratch disk is hard-linked");
+    const vmmMounts = await readFile(`/proc/${vm.pid}/mountinfo`, "utf8");
+    assert.ok(!vmmMounts.includes("disk-hb-"), "no bind mount per disk in the VMM's namespace");
+    assert.ok(vmmMounts.includes(path.join(stateRoot, "vm", "vmm", "disks")), "the links dir is bound");
     await agent.createContainer({
       containerId: "hot2",
       ociSpec: specBytes(ociSpec("hot2", ["sh", "-c", "echo batch > /f; cat /f"])),
@@ -124,6 +131,7 @@ describe("QEMU hot-plug and pause", () => {
     await assert.rejects(stat(path.join(stateRoot, "vm", "vmm", "disk-hb-new")), { code: "ENOENT" });
     for (const id of ids.reverse()) await vm.removeDevice(id);
     assert.ok(!(await nodes()).some((n) => n.startsWith("node-hb-")));
+    await assert.rejects(stat(linked), { code: "ENOENT" }, "an unplugged disk's link goes");
     await scratch.remove();
     await other.remove();
   });
@@ -178,6 +186,28 @@ describe("QEMU hot-plug and pause", () => {
     await scratch.remove();
   });
 
+  it("bind-mounts a container's disks where one cannot be hard-linked (another filesystem)", async () => {
+    assert.ok(vm.addDisks);
+    const other = path.join(tmp, "other-fs");
+    await mkdir(other);
+    await execOk(["mount", "-t", "tmpfs", "-o", "size=96m", "cloudhv-hotplug-test", other]);
+    try {
+      const scratch = await createScratchDisk(path.join(other, "x.ext4"), 64 * 1024 * 1024);
+      const ids = await vm.addDisks([
+        { path: image, serial: "hx-image", readOnly: true },
+        { path: scratch.path, serial: "hx-scratch", readOnly: false },
+      ]);
+      const vmmMounts = await readFile(`/proc/${vm.pid}/mountinfo`, "utf8");
+      assert.ok(vmmMounts.includes("disk-hx-scratch"), "the scratch disk is bind-mounted");
+      assert.ok(vmmMounts.includes("disk-hx-image"), "and so is its image, in the same spawn");
+      await assert.rejects(stat(path.join(tmp, "links", "hotplug", "disk-hx-image")), { code: "ENOENT" });
+      for (const id of ids.reverse()) await vm.removeDevice(id);
+      await scratch.remove();
+    } finally {
+      await execOk(["umount", other]);
+    }
+  });
+
   it("refuses a disk whose file does not exist, naming it", async () => {
     await assert.rejects(
       vm.addDisk({ path: path.join(tmp, "missing.img"), serial: "nope", readOnly: true }),
@@ -198,5 +228,10 @@ describe("QEMU hot-plug and pause", () => {
   it("leaves no VMM behind", async () => {
     await vm.stop();
     assert.deepEqual(await processesMatching(stateRoot), []);
+    await assert.rejects(
+      stat(path.join(tmp, "links", "hotplug")),
+      { code: "ENOENT" },
+      "its links dir is gone",
+    );
   });
 });

@@ -8,7 +8,7 @@ import path from "node:path";
 import { afterEach, beforeEach, describe, it } from "node:test";
 import pino from "pino";
 import { type PodRecord, RecordStore, type TaskRecord } from "../src/state/records.js";
-import { sweepStaleVmDirs } from "../src/state/sweep.js";
+import { sweepStaleDiskLinks, sweepStaleVmDirs } from "../src/state/sweep.js";
 import { adoptedProcess, isRunning, probeProcess, processIdentity } from "../src/util/proc.js";
 
 const silent = pino({ level: "silent" });
@@ -164,6 +164,27 @@ describe("sweeping VM directories no pod owns", () => {
     } finally {
       vmm.kill();
       await rm(vmDir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe("sweeping the hard-linked disks of VMs that are gone", () => {
+  it("removes an old links dir whose VM dir is gone, keeps a live VM's and a fresh one", async () => {
+    const root = await mkdtemp(path.join(os.tmpdir(), "sweep-links-"));
+    const vmDir = path.join(root, "vm");
+    const links = path.join(root, "links");
+    const old = Date.now() / 1000 - 600;
+    await mkdir(path.join(vmDir, "alive"), { recursive: true });
+    for (const name of ["gone", "alive", "fresh"]) {
+      await mkdir(path.join(links, name), { recursive: true });
+      await writeFile(path.join(links, name, "disk-s1"), "");
+      if (name !== "fresh") await utimes(path.join(links, name), old, old);
+    }
+    try {
+      assert.deepEqual(await sweepStaleDiskLinks(links, vmDir, silent), ["gone"]);
+      assert.deepEqual((await readdir(links)).sort(), ["alive", "fresh"]);
+    } finally {
+      await rm(root, { recursive: true, force: true });
     }
   });
 });

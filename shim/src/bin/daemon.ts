@@ -17,7 +17,7 @@ import { reapOrphanPoolVms } from "../pod/pool.js";
 import { erofsRootfs } from "../pod/rootfs.js";
 import { ProvisionalStore, undoProvisionalCreates } from "../state/provisional.js";
 import { RecordStore } from "../state/records.js";
-import { sweepStaleVmDirs } from "../state/sweep.js";
+import { sweepStaleDiskLinks, sweepStaleVmDirs } from "../state/sweep.js";
 import { TaskService, toTimestamp } from "../task/service.js";
 import { bindTaskService } from "../task/ttrpc-binding.js";
 import { messageCodec } from "../ttrpc/proto.js";
@@ -25,7 +25,7 @@ import { TtrpcServer } from "../ttrpc/server.js";
 import { serverLogFor } from "../util/guest-log.js";
 import { configureLogging } from "../util/log.js";
 import { openLogFile } from "../util/log-file.js";
-import { chooseHypervisor, driverForChoice } from "../vmm/select.js";
+import { chooseHypervisor, diskLinksDir, driverForChoice } from "../vmm/select.js";
 import { PodShare } from "../volumes/virtiofs.js";
 
 function arg(name: string): string {
@@ -196,6 +196,7 @@ async function main(): Promise<void> {
   // Pool VMs a crashed daemon left are no pod's (no record): stopped before the sweep.
   await reapOrphanPoolVms(path.join(config.state_dir, "vm"), log);
   await sweepStaleVmDirs(path.join(config.state_dir, "vm"), await records.allVmIds(), log);
+  await sweepStaleDiskLinks(diskLinksDir(config), path.join(config.state_dir, "vm"), log);
   await server.listen(socketPath);
   log.info({ socket: socketPath, containerd: containerdTtrpc }, "shim daemon serving");
   metricsServer?.listen();

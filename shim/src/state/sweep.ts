@@ -46,3 +46,33 @@ export async function sweepStaleVmDirs(
   if (removed.length > 0) log.info({ removed }, "removed VM directories no pod owns");
   return removed;
 }
+
+/**
+ * Removes the dirs of hard-linked disks (QEMU driver, vmm/qemu.ts) of VMs whose dir under
+ * `vmDir` is gone: a VM's stop removes both, a daemon killed in between leaves the links.
+ * Returns the ids removed.
+ */
+export async function sweepStaleDiskLinks(
+  linksDir: string,
+  vmDir: string,
+  log: Logger,
+  now = Date.now(),
+): Promise<string[]> {
+  const removed: string[] = [];
+  for (const name of await readdir(linksDir).catch(() => [] as string[])) {
+    const dir = path.join(linksDir, name);
+    const info = await stat(dir).catch(() => undefined);
+    if (!info?.isDirectory() || now - info.mtimeMs < SWEEP_MIN_AGE_MS) continue;
+    if (
+      await stat(path.join(vmDir, name)).then(
+        () => true,
+        () => false,
+      )
+    )
+      continue;
+    await rm(dir, { recursive: true, force: true });
+    removed.push(name);
+  }
+  if (removed.length > 0) log.info({ removed }, "removed hard-linked disks of VMs that are gone");
+  return removed;
+}

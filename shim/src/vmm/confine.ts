@@ -250,6 +250,20 @@ export async function bindIntoVmm(
 }
 
 /**
+ * Makes the directory `source` the VMM's `target` (a new directory in its own dir): a bind
+ * mount in the VMM's mount namespace only. What is added to `source` later shows through it.
+ */
+export async function bindDirIntoVmm(vmmPid: number, source: string, target: string): Promise<void> {
+  await mkdir(target, { mode: 0o711 });
+  try {
+    await execOk(["nsenter", `--target=${vmmPid}`, "--mount", "--", "mount", "--bind", source, target]);
+  } catch (err) {
+    await rm(target, { recursive: true, force: true });
+    throw err;
+  }
+}
+
+/**
  * bindIntoVmm for several files with one spawn. On a failure no target is left (a mount made
  * before it goes with its target).
  */

@@ -18,6 +18,7 @@ import { type Accel, kvmUnusableMessage, probeAccel } from "./accel.js";
 import {
   allocateVmmUser,
   bindAllIntoVmm,
+  bindDirIntoVmm,
   confinedArgv,
   DEFAULT_VMM_UIDS,
   makeVmmDir,
@@ -70,6 +71,12 @@ export interface QemuDriverOptions {
   accel?: Accel;
   /** Where each VMM's uid comes from (runtime config vmm_uid_first/vmm_uid_count). */
   uids?: VmmUidRange;
+  /**
+   * A root-only directory on the disks' filesystem (the rootfs cache's): each VM gets one of its
+   * own in it, where its hot-plugged disks are hard-linked (QemuVm.startDiskLinks). Absent:
+   * every disk is bind-mounted.
+   */
+  diskLinks?: string;
 }
 
 /**
@@ -89,7 +96,10 @@ export class QemuDriver implements HypervisorDriver {
     this.binary = opts.binary ?? "qemu-system-x86_64";
     this.accel = opts.accel ?? "kvm";
     this.uids = opts.uids ?? DEFAULT_VMM_UIDS;
+    if (opts.diskLinks) this.diskLinks = opts.diskLinks;
   }
+
+  readonly diskLinks?: string;
 
   async adopt(
     config: Pick<VmConfig, "id" | "stateDir" | "log">,
@@ -97,7 +107,11 @@ export class QemuDriver implements HypervisorDriver {
   ): Promise<QemuVm | undefined> {
     const checked = qemuRecord.safeParse(record);
     if (!checked.success) throw invalid(`VM ${config.id}: its record is not a QEMU record`);
-    return QemuVm.adopt(config as VmConfig, checked.data);
+    const vm = await QemuVm.adopt(config as VmConfig, checked.data);
+    // Its disks are bind-mounted from now on (whether the dead daemon's bind of the links dir
+    // was made is not known); the dir still goes with the VM.
+    if (vm && this.diskLinks) vm.diskLinksDir = path.join(this.diskLinks, config.id);
+    return vm;
   }
 
   async launch(config: VmConfig): Promise<QemuVm> {
@@ -149,6 +163,7 @@ export class QemuDriver implements HypervisorDriver {
       const identity = await processIdentity(vm.pid);
       if (identity) await user.holdFor(identity);
       await vm.waitForSockets();
+      if (this.diskLinks) vm.startDiskLinks(path.join(this.diskLinks, config.id));
       return vm;
     } catch (err) {
       await files.close();
@@ -329,6 +344,10 @@ export class QemuVm implements VmHandle {
   private stopping: Promise<void> | undefined;
   /** Sent SIGKILL (kill()): stop() only waits for the exit. */
   private killed = false;
+  /** This VM's dir of hard-linked disks on the host (startDiskLinks); removed with the VM. */
+  diskLinksDir: string | undefined;
+  /** Resolves to diskLinksDir once the VMM sees it as `<vmmDir>/disks`; undefined: binds. */
+  private diskLinks: Promise<string | undefined> | undefined;
   /** Root port index → the hot-plugged device on it. */
   private readonly busyPorts = new Map<number, string>();
   /** Hot-plugged virtio-fs devices (a chardev to remove with them, not a block node). */
@@ -548,32 +567,92 @@ export class QemuVm implements VmHandle {
       await this.grant(disk);
     }
     const names = disks.map((disk) => `disk-${disk.serial}`);
-    await bindAllIntoVmm(
-      this.pid,
-      disks.map((disk, i) => ({ source: disk.path, name: names[i] as string })),
-      this.paths.vmmDir,
-    );
+    // Hard links where the disks share the links dir's filesystem (no spawn), else bind mounts.
+    let files = await this.linkDisks(disks, names);
+    if (!files) {
+      await bindAllIntoVmm(
+        this.pid,
+        disks.map((disk, i) => ({ source: disk.path, name: names[i] as string })),
+        this.paths.vmmDir,
+      );
+      files = names;
+    }
+    const opened = files;
     // Every disk's commands are sent at once: QEMU runs them in order, without a round trip
     // between them (each disk takes its own hot-plug port before its first command).
     const settled = await Promise.allSettled(
-      disks.map((disk, i) => this.plugBound(qmp, disk, names[i] as string, contentReady)),
+      disks.map((disk, i) => this.plugBound(qmp, disk, opened[i] as string, contentReady)),
     );
     const plugged = settled.flatMap((r) => (r.status === "fulfilled" ? [r.value] : []));
     const failed = settled.find((r) => r.status === "rejected");
     if (!failed) return plugged;
     for (const id of plugged.reverse()) await this.removeDevice(id).catch(() => {});
-    await Promise.all(names.map((name) => rm(path.join(this.paths.vmmDir, name), { force: true })));
+    await Promise.all(names.map((name) => this.dropDiskFile(name)));
     throw failed.reason;
   }
 
   /**
-   * One disk whose file is bound into the VMM's dir as `name`: its block node, then, once its
-   * content is ready, its device (the guest scans a disk as soon as it appears).
+   * Readies hard-linked disks (addDisks): `hostDir`, this VM's own directory on the disks'
+   * filesystem, root's and 0711, is bind-mounted into the VMM's mount namespace as
+   * `<vmmDir>/disks`: a disk linked into it later is there for the VMM with no spawn, and it is
+   * the only one of these directories the VMM can reach. Runs beside the guest's boot (one
+   * spawn); until it is done, or if it fails, disks are bind-mounted one container at a time.
+   */
+  startDiskLinks(hostDir: string): void {
+    this.diskLinksDir = hostDir;
+    const ready = (async () => {
+      await mkdir(path.dirname(hostDir), { recursive: true, mode: 0o700 });
+      // Fresh: nothing a dead VM of the same name left may reach this one.
+      await rm(hostDir, { recursive: true, force: true });
+      await mkdir(hostDir, { mode: 0o711 });
+      await bindDirIntoVmm(this.pid, hostDir, path.join(this.paths.vmmDir, "disks"));
+      return hostDir;
+    })();
+    this.diskLinks = ready.catch((err: unknown) => {
+      this.log.warn({ err: (err as Error).message }, "disks will be bind-mounted: no links dir");
+      return undefined;
+    });
+  }
+
+  /**
+   * Hard-links each disk into this VM's links dir, as `names`; returns the names QEMU opens them
+   * by, or undefined (nothing left linked) where that cannot be: no links dir yet, or a disk on
+   * another filesystem (EXDEV).
+   */
+  private async linkDisks(disks: DiskSpec[], names: string[]): Promise<string[] | undefined> {
+    const dir = this.diskLinks && (await Promise.race([this.diskLinks, Promise.resolve(undefined)]));
+    if (!dir) return undefined;
+    const made: string[] = [];
+    try {
+      for (const [i, disk] of disks.entries()) {
+        const file = path.join(dir, names[i] as string);
+        // A name left by a plug that failed halfway (same serial) is replaced.
+        await rm(file, { force: true });
+        await link(disk.path, file);
+        made.push(file);
+      }
+      return names.map((name) => `disks/${name}`);
+    } catch (err) {
+      await Promise.all(made.map((file) => rm(file, { force: true })));
+      this.log.debug({ err: (err as Error).message }, "disks bind-mounted: they cannot be hard-linked");
+      return undefined;
+    }
+  }
+
+  /** A disk's name for the VMM goes: its hard link, or its bind-mount target. */
+  private async dropDiskFile(name: string): Promise<void> {
+    await rm(path.join(this.paths.vmmDir, name), { force: true });
+    if (this.diskLinksDir) await rm(path.join(this.diskLinksDir, name), { force: true });
+  }
+
+  /**
+   * One disk whose file the VMM opens as `file` (relative to its dir): its block node, then,
+   * once its content is ready, its device (the guest scans a disk as soon as it appears).
    */
   private async plugBound(
     qmp: QmpClient,
     disk: DiskSpec,
-    name: string,
+    file: string,
     contentReady?: Promise<void>,
   ): Promise<string> {
     const id = `hd-${disk.serial}`;
@@ -585,7 +664,7 @@ export class QemuVm implements VmHandle {
         "node-name": node,
         "read-only": disk.readOnly,
         // Relative to QEMU's cwd, its own dir: it could not reach the path the shim uses.
-        file: { driver: "file", filename: name, aio: "threads", "read-only": disk.readOnly },
+        file: { driver: "file", filename: file, aio: "threads", "read-only": disk.readOnly },
       });
     } catch (err) {
       this.busyPorts.delete(port);
@@ -718,7 +797,7 @@ export class QemuVm implements VmHandle {
       () => true,
       () => false,
     );
-    await rm(path.join(this.paths.vmmDir, `disk-${serial}`), { force: true });
+    await this.dropDiskFile(`disk-${serial}`);
     return found || node;
   }
 
@@ -784,7 +863,7 @@ export class QemuVm implements VmHandle {
     else {
       await qmp.execute("blockdev-del", { "node-name": id.replace(/^hd-/, "node-") });
       // Unlinking the bind-mount target detaches it in QEMU's namespace.
-      await rm(path.join(this.paths.vmmDir, id.replace(/^hd-/, "disk-")), { force: true });
+      await this.dropDiskFile(id.replace(/^hd-/, "disk-"));
     }
     this.busyPorts.delete(port);
   }
@@ -864,6 +943,9 @@ export class QemuVm implements VmHandle {
     }
     this.qmp?.close();
     await this.consoleLog.close();
+    // Made (or given up) before it goes: nothing is created after the removal.
+    await this.diskLinks;
+    if (this.diskLinksDir) await rm(this.diskLinksDir, { recursive: true, force: true });
     await rm(this.config.stateDir, { recursive: true, force: true });
     await this.user.release();
   }

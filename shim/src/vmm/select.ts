@@ -2,6 +2,7 @@
 // Cloud Hypervisor needs a working KVM (/dev/kvm) or the Microsoft Hypervisor (/dev/mshv);
 // QEMU runs with KVM, or with TCG where the config asks for it (`qemu_accel`).
 import { stat } from "node:fs/promises";
+import path from "node:path";
 import type { RuntimeConfig } from "../config.js";
 import { type Accel, type AccelProbe, probeAccel } from "./accel.js";
 import { CloudHypervisorDriver } from "./cloud-hypervisor.js";
@@ -138,12 +139,25 @@ export async function cloudHypervisorAvailability(
   return binary && !reasons.length ? { binary } : { reason: reasons.join("; ") };
 }
 
+/**
+ * Where QEMU's VMs get their dirs of hard-linked disks: in the rootfs cache (the disks'
+ * filesystem; root's, so no VMM reaches another's dir but through its own bind mount).
+ */
+export function diskLinksDir(config: RuntimeConfig): string {
+  return path.join(config.cache_dir, ".vmm-disks");
+}
+
 /** The driver for a choice made by chooseHypervisor (see it for `auto`). */
 export function driverForChoice(config: RuntimeConfig, choice: HypervisorChoice): HypervisorDriver {
   const uids = { first: config.vmm_uid_first, count: config.vmm_uid_count };
   return choice.name === "cloud-hypervisor"
     ? new CloudHypervisorDriver({ binary: config.cloud_hypervisor_binary })
-    : new QemuDriver({ binary: config.qemu_binary, accel: config.qemu_accel, uids });
+    : new QemuDriver({
+        binary: config.qemu_binary,
+        accel: config.qemu_accel,
+        uids,
+        diskLinks: diskLinksDir(config),
+      });
 }
 
 export { findExecutable };
