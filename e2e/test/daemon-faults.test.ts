@@ -301,13 +301,16 @@ for (const hv of await hypervisorSuites())
       const scratch = (await records()).flatMap((r) => r.pod.members).find((m) => m.id === first)
         ?.rootfs.scratchPath;
       assert.ok(scratch, "the container's scratch disk is recorded");
-      // The disks hot-plugged into the pod's VM (QEMU's bind-mounted files, vmm/qemu.ts).
+      // The disks hot-plugged into the pod's VM: QEMU's hard-linked files, or its bind-mounted
+      // ones where they cannot be linked (vmm/qemu.ts).
       const plugged = async () => {
         const files: string[] = [];
         for (const vm of await entriesOf(path.join(stateDir, "vm")))
-          files.push(
-            ...(await entriesOf(path.join(stateDir, "vm", vm, "vmm"))).filter((f) => f.startsWith("disk-")),
-          );
+          for (const dir of [
+            path.join(stateDir, "vm", vm, "vmm"),
+            path.join(harness.runtime.cacheDir, ".vmm-disks", vm),
+          ])
+            files.push(...(await entriesOf(dir)).filter((f) => f.startsWith("disk-")));
         return files.sort();
       };
       const before = await plugged();

@@ -42,6 +42,18 @@ describe("QEMU hot-plug and pause", () => {
     stateRoot = await mkdtemp(path.join("/run", "chv-hp-"));
     const root = path.join(tmp, "root");
     await stageBusyboxRoot(root);
+    // Another filesystem than the links dir's, mounted before the VMM's namespace is made (as a
+    // node's disks are): what is there cannot be hard-linked.
+    await mkdir(path.join(tmp, "other-fs"));
+    await execOk([
+      "mount",
+      "-t",
+      "tmpfs",
+      "-o",
+      "size=96m",
+      "cloudhv-hotplug-test",
+      path.join(tmp, "other-fs"),
+    ]);
     image = path.join(tmp, "image.erofs");
     await execOk(["mkfs.erofs", "--quiet", "--all-root", image, root]);
     // Its disks are hard-linked into a dir of its own (tmp is the disks' filesystem).
@@ -57,6 +69,7 @@ describe("QEMU hot-plug and pause", () => {
 
   after(async () => {
     await vm?.stop();
+    await execOk(["umount", path.join(tmp, "other-fs")]).catch(() => {});
     await rm(tmp, { recursive: true, force: true });
     await rm(stateRoot, { recursive: true, force: true });
   });
@@ -189,23 +202,17 @@ describe("QEMU hot-plug and pause", () => {
   it("bind-mounts a container's disks where one cannot be hard-linked (another filesystem)", async () => {
     assert.ok(vm.addDisks);
     const other = path.join(tmp, "other-fs");
-    await mkdir(other);
-    await execOk(["mount", "-t", "tmpfs", "-o", "size=96m", "cloudhv-hotplug-test", other]);
-    try {
-      const scratch = await createScratchDisk(path.join(other, "x.ext4"), 64 * 1024 * 1024);
-      const ids = await vm.addDisks([
-        { path: image, serial: "hx-image", readOnly: true },
-        { path: scratch.path, serial: "hx-scratch", readOnly: false },
-      ]);
-      const vmmMounts = await readFile(`/proc/${vm.pid}/mountinfo`, "utf8");
-      assert.ok(vmmMounts.includes("disk-hx-scratch"), "the scratch disk is bind-mounted");
-      assert.ok(vmmMounts.includes("disk-hx-image"), "and so is its image, in the same spawn");
-      await assert.rejects(stat(path.join(tmp, "links", "hotplug", "disk-hx-image")), { code: "ENOENT" });
-      for (const id of ids.reverse()) await vm.removeDevice(id);
-      await scratch.remove();
-    } finally {
-      await execOk(["umount", other]);
-    }
+    const scratch = await createScratchDisk(path.join(other, "x.ext4"), 64 * 1024 * 1024);
+    const ids = await vm.addDisks([
+      { path: image, serial: "hx-image", readOnly: true },
+      { path: scratch.path, serial: "hx-scratch", readOnly: false },
+    ]);
+    const vmmMounts = await readFile(`/proc/${vm.pid}/mountinfo`, "utf8");
+    assert.ok(vmmMounts.includes("disk-hx-scratch"), "the scratch disk is bind-mounted");
+    assert.ok(vmmMounts.includes("disk-hx-image"), "and so is its image, in the same spawn");
+    await assert.rejects(stat(path.join(tmp, "links", "hotplug", "disk-hx-image")), { code: "ENOENT" });
+    for (const id of ids.reverse()) await vm.removeDevice(id);
+    await scratch.remove();
   });
 
   it("refuses a disk whose file does not exist, naming it", async () => {

@@ -3,7 +3,7 @@
 // QMP to open a host file that is not its own, it is refused; the guest still boots, takes a
 // hot-plugged disk and answers; nothing is left behind.
 import assert from "node:assert/strict";
-import { mkdtemp, readFile, readlink, rm, stat } from "node:fs/promises";
+import { mkdir, mkdtemp, readFile, readlink, rm, stat, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -46,7 +46,7 @@ describe("QEMU runs confined: own uid, seccomp, no capabilities, only its own fi
     await execOk(["ip", "netns", "exec", NS, "ip", "link", "set", "eth0", "up"]);
     await execOk(["ip", "netns", "exec", NS, "ip", "addr", "add", "10.99.8.2/24", "dev", "eth0"]);
     net = await attachPodNetwork(`/var/run/netns/${NS}`, "tap0_chv", { tapGroup: DEFAULT_VMM_UIDS.first });
-    vm = await new QemuDriver({ accel: QEMU_ACCEL }).launch({
+    vm = await new QemuDriver({ accel: QEMU_ACCEL, diskLinks: path.join(stateRoot, "links") }).launch({
       id: "confined",
       ...guestArtifacts(),
       vcpus: 1,
@@ -103,6 +103,45 @@ describe("QEMU runs confined: own uid, seccomp, no capabilities, only its own fi
     }
   });
 
+  it("reaches its own hard-linked disks only through its bind: not its links dir's host path, nor another VM's", async () => {
+    const links = path.join(stateRoot, "links");
+    const until = Date.now() + 10_000;
+    while (
+      !(await readFile(`/proc/${vm.pid}/mountinfo`, "utf8")).includes("/vmm/disks") &&
+      Date.now() < until
+    )
+      await new Promise((r) => setTimeout(r, 20));
+    // Another VM's links dir, holding a world-readable image as every linked image is.
+    await mkdir(path.join(links, "other"), { mode: 0o711 });
+    const image = path.join(links, "other", "disk-x");
+    await writeFile(image, "not yours", { mode: 0o644 });
+    await mkdir(path.join(links, "confined"), { recursive: true });
+    const own = path.join(links, "confined", "disk-y");
+    await writeFile(own, "", { mode: 0o644 });
+    try {
+      for (const filename of [image, own])
+        await assert.rejects(
+          vm.qmpExecute("blockdev-add", {
+            driver: "raw",
+            "node-name": "evil",
+            file: { driver: "file", filename, "read-only": true },
+          }),
+          /Permission denied/,
+          filename,
+        );
+      // Its own, by the name the driver gives it, through the bind.
+      await vm.qmpExecute("blockdev-add", {
+        driver: "raw",
+        "node-name": "mine",
+        file: { driver: "file", filename: "disks/disk-y", "read-only": true },
+      });
+      await vm.qmpExecute("blockdev-del", { "node-name": "mine" });
+    } finally {
+      await rm(path.join(links, "other"), { recursive: true, force: true });
+      await rm(own, { force: true });
+    }
+  });
+
   it("the guest answers and takes a hot-plugged disk; a read-only disk not readable by all is refused", async () => {
     assert.equal((await agent.health({ timeoutMs: 10_000 })).status, "SERVING");
     const scratch = await createScratchDisk(path.join(tmp, "scratch.ext4"), 64 * 1024 * 1024);
@@ -120,6 +159,7 @@ describe("QEMU runs confined: own uid, seccomp, no capabilities, only its own fi
 
   it("leaves no VMM, no state and no uid lock behind", async () => {
     await vm.stop();
+    assert.deepEqual(await entriesOf(path.join(stateRoot, "links")), [], "its links dir went with it");
     assert.deepEqual(await processesMatching(stateRoot), []);
     assert.deepEqual(await entriesOf(path.join(stateRoot, "vm")), []);
   });

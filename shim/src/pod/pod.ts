@@ -938,16 +938,13 @@ export class Pod {
           .kill()
           .catch(() => this.vm.stop())
           .catch((err: unknown) => log.error({ err: (err as Error).message }, "could not stop the VM"));
-        // The port-forward relay goes with the VM: a connection meanwhile fails with the agent.
-        const [closed, netns] = await Promise.allSettled([
-          forward?.close(),
-          // Held before the reply: containerd removes the netns once it has it.
-          netnsPath ? holdNetns(netnsPath) : undefined,
-        ]);
-        if (closed.status === "rejected")
-          log.warn({ err: (closed.reason as Error).message }, "could not close the port-forward relay");
-        return netns.status === "fulfilled" ? netns.value : undefined;
+        // Held before the reply: containerd removes the netns once it has it.
+        return netnsPath ? await holdNetns(netnsPath).catch(() => undefined) : undefined;
       });
+      // The port-forward relay's helper is killed now (a connection meanwhile fails with the
+      // agent); its exit and its socket go after the reply. Never rejects.
+      const closing = forward?.close();
+      if (closing) cleanup.defer("close the port-forward relay", () => closing);
       removed.lingering = this.leave(cleanup, netnsPath, held);
       return removed;
     }
