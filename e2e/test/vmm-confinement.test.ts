@@ -66,6 +66,19 @@ describe("QEMU runs confined: own uid, seccomp, no capabilities, only its own fi
     await rm(stateRoot, { recursive: true, force: true });
   });
 
+  /** QEMU, asked through QMP to open `filename` as a disk, is refused by the kernel. */
+  async function assertRefusedToOpen(filename: string): Promise<void> {
+    await assert.rejects(
+      vm.qmpExecute("blockdev-add", {
+        driver: "raw",
+        "node-name": "evil",
+        file: { driver: "file", filename, "read-only": true },
+      }),
+      /Permission denied/,
+      filename,
+    );
+  }
+
   it("runs as a non-root uid of the range, seccomp mode 2, no capabilities, no_new_privs", async () => {
     const status = await readFile(`/proc/${vm.pid}/status`, "utf8");
     const uids = statusField(status, "Uid").split(/\s+/).map(Number);
@@ -90,17 +103,8 @@ describe("QEMU runs confined: own uid, seccomp, no capabilities, only its own fi
   });
 
   it("asked through QMP to open /etc/shadow or the shim's state, QEMU is refused", async () => {
-    for (const filename of ["/etc/shadow", path.join(stateRoot, "vm", "confined", "console.log")]) {
-      await assert.rejects(
-        vm.qmpExecute("blockdev-add", {
-          driver: "raw",
-          "node-name": "evil",
-          file: { driver: "file", filename, "read-only": true },
-        }),
-        /Permission denied/,
-        filename,
-      );
-    }
+    for (const filename of ["/etc/shadow", path.join(stateRoot, "vm", "confined", "console.log")])
+      await assertRefusedToOpen(filename);
   });
 
   it("reaches its own hard-linked disks only through its bind: not its links dir's host path, nor another VM's", async () => {
@@ -119,16 +123,7 @@ describe("QEMU runs confined: own uid, seccomp, no capabilities, only its own fi
     const own = path.join(links, "confined", "disk-y");
     await writeFile(own, "", { mode: 0o644 });
     try {
-      for (const filename of [image, own])
-        await assert.rejects(
-          vm.qmpExecute("blockdev-add", {
-            driver: "raw",
-            "node-name": "evil",
-            file: { driver: "file", filename, "read-only": true },
-          }),
-          /Permission denied/,
-          filename,
-        );
+      for (const filename of [image, own]) await assertRefusedToOpen(filename);
       // Its own, by the name the driver gives it, through the bind.
       await vm.qmpExecute("blockdev-add", {
         driver: "raw",
