@@ -52,6 +52,7 @@ export async function installRuntime(
         virtiofsd_binary: path.join(REPO_ROOT, "build/host/virtiofsd"),
         // Built with the agent by guest/agent/build.sh.
         port_forward_binary: path.join(REPO_ROOT, "build/host/cloudhv-portfwd"),
+        net_helper_binary: path.join(REPO_ROOT, "build/host/cloudhv-net"),
         state_dir: stateDir,
         log_dir: logDir,
         cache_dir: cacheDir,

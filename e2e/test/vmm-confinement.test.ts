@@ -14,12 +14,13 @@ import {
   DEFAULT_VMM_UIDS,
   exec,
   execOk,
+  NetHelper,
   type PodNetwork,
   QemuDriver,
   type QemuVm,
 } from "@cloudhv/shim";
 import { QEMU_ACCEL } from "../src/accel.js";
-import { guestArtifacts } from "../src/artifacts.js";
+import { guestArtifacts, REPO_ROOT } from "../src/artifacts.js";
 import { entriesOf, processesMatching } from "../src/leaks.js";
 
 const NS = `chv-conf-${process.pid}`;
@@ -35,6 +36,7 @@ describe("QEMU runs confined: own uid, seccomp, no capabilities, only its own fi
   let tmp: string;
   let stateRoot: string;
   let net: PodNetwork;
+  const helper = new NetHelper(path.join(REPO_ROOT, "build/host/cloudhv-net"));
   let vm: QemuVm;
   let agent: AgentClient;
 
@@ -45,7 +47,9 @@ describe("QEMU runs confined: own uid, seccomp, no capabilities, only its own fi
     await execOk(["ip", "link", "add", HOST_VETH, "type", "veth", "peer", "name", "eth0", "netns", NS]);
     await execOk(["ip", "netns", "exec", NS, "ip", "link", "set", "eth0", "up"]);
     await execOk(["ip", "netns", "exec", NS, "ip", "addr", "add", "10.99.8.2/24", "dev", "eth0"]);
-    net = await attachPodNetwork(`/var/run/netns/${NS}`, "tap0_chv", { tapGroup: DEFAULT_VMM_UIDS.first });
+    net = await attachPodNetwork(helper, `/var/run/netns/${NS}`, "tap0_chv", {
+      tapGroup: DEFAULT_VMM_UIDS.first,
+    });
     vm = await new QemuDriver({ accel: QEMU_ACCEL, diskLinks: path.join(stateRoot, "links") }).launch({
       id: "confined",
       ...guestArtifacts(),
@@ -60,6 +64,7 @@ describe("QEMU runs confined: own uid, seccomp, no capabilities, only its own fi
   after(async () => {
     await vm?.stop();
     await net?.detach();
+    helper.close();
     await exec(["ip", "netns", "del", NS]);
     await exec(["ip", "link", "del", HOST_VETH]);
     await rm(tmp, { recursive: true, force: true });

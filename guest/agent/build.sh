@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the guest agent (static x86_64 binary, glibc + crt-static, see .cargo/config.toml)
-# and copies it to <repo>/build/guest/cloudhv-agent; the crate's host helper for port-forward
-# (src/bin/cloudhv-portfwd.rs, also static) goes to <repo>/build/host/cloudhv-portfwd.
+# and copies it to <repo>/build/guest/cloudhv-agent; the crate's host helpers (static too) go to
+# <repo>/build/host/: cloudhv-portfwd (port-forward) and cloudhv-net (pod networks by netlink).
 #
 #   guest/agent/build.sh [--out FILE] [--force]
 #
@@ -43,8 +43,8 @@ inputs_hash() {
   } | sha256sum | cut -d' ' -f1
 }
 want=$(inputs_hash)
-helper_out="$(dirname "$(dirname "$out")")/host/cloudhv-portfwd"
-if ((!force)) && [ -x "$out" ] && [ -x "$helper_out" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+host_out="$(dirname "$(dirname "$out")")/host"
+if ((!force)) && [ -x "$out" ] && [ -x "$host_out/cloudhv-portfwd" ] && [ -x "$host_out/cloudhv-net" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   echo "agent: up to date ($out, $(stat -c %s "$out") bytes)"
   exit 0
 fi
@@ -65,9 +65,11 @@ if command -v file >/dev/null; then
   esac
 fi
 
-mkdir -p "$(dirname "$out")" "$(dirname "$helper_out")"
-cp "$CARGO_TARGET_DIR/x86_64-unknown-linux-gnu/release/cloudhv-portfwd" "$helper_out.tmp.$$"
-mv -f "$helper_out.tmp.$$" "$helper_out"
+mkdir -p "$(dirname "$out")" "$host_out"
+for helper in cloudhv-portfwd cloudhv-net; do
+  cp "$CARGO_TARGET_DIR/x86_64-unknown-linux-gnu/release/$helper" "$host_out/$helper.tmp.$$"
+  mv -f "$host_out/$helper.tmp.$$" "$host_out/$helper"
+done
 cp "$bin" "$out.tmp.$$"
 mv -f "$out.tmp.$$" "$out"
 echo "$want" >"$stamp"

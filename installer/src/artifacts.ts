@@ -16,6 +16,7 @@ import {
   type HostRoot,
   KERNEL,
   LAUNCHER,
+  NET_HELPER,
   PORT_FORWARD,
   PREVIOUS_LINK,
   ROOTFS,
@@ -39,6 +40,7 @@ const OPTIONAL_VIRTIOFSD = "bin/virtiofsd";
 /** The compiled shim launcher (host/launcher); a bundle without one runs the Node.js shim through a script. */
 export const OPTIONAL_SHIM_LAUNCHER = "shim/dist/containerd-shim-cloudhv-v1";
 const OPTIONAL_PORT_FORWARD = "bin/cloudhv-portfwd";
+const OPTIONAL_NET_HELPER = "bin/cloudhv-net";
 
 const manifestSchema = z.strictObject({
   name: z.literal("cloudhv"),
@@ -211,6 +213,8 @@ export async function activate(root: HostRoot, version: string): Promise<{ previ
     await atomicSymlink(`../${rel}/${OPTIONAL_VIRTIOFSD}`, root.path(VIRTIOFSD));
   if (await exists(path.join(dir, OPTIONAL_PORT_FORWARD)))
     await atomicSymlink(`../${rel}/${OPTIONAL_PORT_FORWARD}`, root.path(PORT_FORWARD));
+  if (await exists(path.join(dir, OPTIONAL_NET_HELPER)))
+    await atomicSymlink(`../${rel}/${OPTIONAL_NET_HELPER}`, root.path(NET_HELPER));
   // containerd runs the compiled launcher where the version has one (it finds shim.js and the
   // bundled node from its own path); else the script.
   if (await exists(path.join(dir, OPTIONAL_SHIM_LAUNCHER)))

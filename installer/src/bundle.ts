@@ -24,6 +24,8 @@ export interface BundleOptions {
   virtiofsd?: string | undefined;
   /** cloudhv-portfwd to ship as bin/cloudhv-portfwd (CRI port-forward). */
   portForward?: string | undefined;
+  /** cloudhv-net to ship as bin/cloudhv-net (pod networks). */
+  netHelper?: string | undefined;
   /** Text shipped as BUILD-NOTE: a rebuild of the same tree then has a version of its own. */
   buildNote?: string | undefined;
   repoRoot?: string;
@@ -123,6 +125,7 @@ export async function assembleBundle(opts: BundleOptions): Promise<Manifest> {
     [opts.cloudHypervisor, "bin/cloud-hypervisor"],
     [opts.virtiofsd, "bin/virtiofsd"],
     [opts.portForward, "bin/cloudhv-portfwd"],
+    [opts.netHelper, "bin/cloudhv-net"],
   ] as const) {
     if (!from) continue;
     await mkdir(path.join(out, "bin"), { recursive: true });

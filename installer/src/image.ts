@@ -28,6 +28,7 @@ export interface ImageOptions {
   cloudHypervisor?: string | undefined;
   virtiofsd?: string | undefined;
   portForward?: string | undefined;
+  netHelper?: string | undefined;
   /** Shipped as BUILD-NOTE in the bundle: another version of the same tree (an upgrade test). */
   buildNote?: string | undefined;
   /** Scratch space (default: next to the archive). */
@@ -113,6 +114,8 @@ export async function buildImage(
       virtiofsd: opts.virtiofsd ?? path.join(repo, "build/host/virtiofsd"),
       // And port-forward: cloudhv-portfwd as guest/agent/build.sh built it.
       portForward: opts.portForward ?? path.join(repo, "build/host/cloudhv-portfwd"),
+      // And pod networks: cloudhv-net, built with it.
+      netHelper: opts.netHelper ?? path.join(repo, "build/host/cloudhv-net"),
       buildNote: opts.buildNote,
     });
     await mkdir(base);

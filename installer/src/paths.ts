@@ -26,6 +26,8 @@ export const CLOUD_HYPERVISOR = `${BIN_DIR}/cloud-hypervisor`;
 export const VIRTIOFSD = `${BIN_DIR}/virtiofsd`;
 /** Carries CRI port-forward into pods (the runtime config's port_forward_binary default). */
 export const PORT_FORWARD = `${BIN_DIR}/cloudhv-portfwd`;
+/** Sets up pods' TAPs and filters by netlink (the runtime config's net_helper_binary default). */
+export const NET_HELPER = `${BIN_DIR}/cloudhv-net`;
 export const CURRENT_LINK = `${INSTALL_DIR}/current`;
 export const PREVIOUS_LINK = `${INSTALL_DIR}/previous`;
 /** What the installer did (versions, containerd config hashes): uninstall and status read it. */

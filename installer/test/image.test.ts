@@ -87,6 +87,7 @@ describe("installer image (OCI archive, no Docker)", () => {
     // virtiofsd ships with the runtime and is where the runtime config's default looks for it.
     assert.ok("bin/virtiofsd" in manifest.files);
     assert.ok("bin/cloudhv-portfwd" in manifest.files);
+    assert.ok("bin/cloudhv-net" in manifest.files);
     assert.equal(
       await readlink(path.join(host, "opt/cloudhv/bin/virtiofsd")),
       `../versions/${bundleVersion}/bin/virtiofsd`,
@@ -94,6 +95,10 @@ describe("installer image (OCI archive, no Docker)", () => {
     assert.equal(
       await readlink(path.join(host, "opt/cloudhv/bin/cloudhv-portfwd")),
       `../versions/${bundleVersion}/bin/cloudhv-portfwd`,
+    );
+    assert.equal(
+      await readlink(path.join(host, "opt/cloudhv/bin/cloudhv-net")),
+      `../versions/${bundleVersion}/bin/cloudhv-net`,
     );
     const config = parse(await readFile(path.join(host, "etc/containerd/config.toml"), "utf8"));
     assert.equal(

@@ -65,6 +65,8 @@ export const configSchema = z
     recursive_read_only_volumes: z.boolean().default(false),
     // Carries CRI port-forward from the pod's netns into its VM (network/port-forward.ts).
     port_forward_binary: z.string().min(1).default("/opt/cloudhv/bin/cloudhv-portfwd"),
+    // Sets up and removes pods' TAPs and filters by netlink (network/net-helper.ts).
+    net_helper_binary: z.string().min(1).default("/opt/cloudhv/bin/cloudhv-net"),
     kernel_path: z.string().min(1).default("/opt/cloudhv/vmlinux"),
     rootfs_path: z.string().min(1).default("/opt/cloudhv/rootfs.erofs"),
     kernel_args: z.string().default(""),

@@ -35,9 +35,8 @@ const CGROUP2_MAGIC = 0x63677270;
 
 /** Host tools the shim spawns, and the Debian package that has each. */
 const TOOLS: Array<[tool: string, pkg: string, why: string]> = [
-  ["ip", "iproute2", "TAP devices in the pod netns"],
-  ["tc", "iproute2", "veth ⇄ TAP redirects, the TAP's anti-spoof filters"],
-  ["sysctl", "procps", "the TAP's own settings in the pod netns (no forwarding)"],
+  ["ip", "iproute2", "a pool VM's TAP at its boot; removing what a daemon killed mid-create left"],
+  ["tc", "iproute2", "removing the redirect a daemon killed mid-create left"],
   ["nsenter", "util-linux", "starting the VMM in the pod netns"],
   ["mkfs.erofs", "erofs-utils", "container images as erofs disks"],
   ["mkfs.ext4", "e2fsprogs", "per-container scratch disks"],
@@ -352,17 +351,19 @@ async function checkCgroup(): Promise<Check> {
 
 export async function doctor(opts: DoctorOptions): Promise<Check[]> {
   const { check: configCheck, config } = await checkConfig(opts);
-  const [devices, chBinary, qemuBinary, virtiofsd, facts, kernel, rootfs, cgroup, tools] = await Promise.all([
-    hypervisorDevices(),
-    findExecutable(config.cloud_hypervisor_binary),
-    findExecutable(config.qemu_binary),
-    findExecutable(config.virtiofsd_binary),
-    containerdFacts(opts),
-    checkKernel(config),
-    checkRootfs(config),
-    checkCgroup(),
-    Promise.all(TOOLS.map(async ([tool, pkg, why]) => ({ tool, pkg, why, found: await findTool(tool) }))),
-  ]);
+  const [devices, chBinary, qemuBinary, virtiofsd, netHelper, facts, kernel, rootfs, cgroup, tools] =
+    await Promise.all([
+      hypervisorDevices(),
+      findExecutable(config.cloud_hypervisor_binary),
+      findExecutable(config.qemu_binary),
+      findExecutable(config.virtiofsd_binary),
+      findExecutable(config.net_helper_binary),
+      containerdFacts(opts),
+      checkKernel(config),
+      checkRootfs(config),
+      checkCgroup(),
+      Promise.all(TOOLS.map(async ([tool, pkg, why]) => ({ tool, pkg, why, found: await findTool(tool) }))),
+    ]);
   const [kvmProbe, qemuVersion, chVersion, virtiofsdVersion, shim] = await Promise.all([
     qemuBinary && devices.kvm ? probeAccel(qemuBinary) : Promise.resolve(undefined),
     qemuBinary ? firstLine([qemuBinary, "--version"]) : Promise.resolve(undefined),
@@ -494,6 +495,23 @@ export async function doctor(opts: DoctorOptions): Promise<Check[]> {
           status: "warn",
           detail: `${config.virtiofsd_binary} not found: pods with hostPath, PVC or disk-backed emptyDir volumes fail`,
           fix: "build virtiofsd (host/virtiofsd/build.sh: crates.io, needs libseccomp and libcap-ng) and install it at virtiofsd_binary",
+        },
+  );
+  // Every pod with a network (every CRI pod) needs it.
+  checks.push(
+    netHelper
+      ? {
+          id: "net-helper",
+          title: "cloudhv-net",
+          status: "pass",
+          detail: `${netHelper}: pod networks (TAPs, redirects, anti-spoof filters) by netlink`,
+        }
+      : {
+          id: "net-helper",
+          title: "cloudhv-net",
+          status: "fail",
+          detail: `${config.net_helper_binary} not found: pods with a network (every CRI pod) fail to start`,
+          fix: "reinstall cloudhv (its bundle ships bin/cloudhv-net), or build it (guest/agent/build.sh) and set net_helper_binary",
         },
   );
   checks.push(kernel, rootfs, ...checkContainerd(facts), shim);

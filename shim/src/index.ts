@@ -18,6 +18,7 @@ export {
 } from "./config.js";
 export { type AnyMessage, type Envelope, EVENTS_SERVICE, eventsForwardRequest } from "./containerd/events.js";
 export { type ErrorKind, ShimError, statusOf } from "./errors.js";
+export { NetHelper } from "./network/net-helper.js";
 export { attachPodNetwork, type PodNetwork } from "./network/pod-network.js";
 export {
   type CacheEntry,

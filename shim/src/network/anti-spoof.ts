@@ -1,5 +1,5 @@
 // What the guest may send out of its TAP: only frames from the pod's own MAC and addresses.
-// The TAP's ingress redirect to the CNI veth is itself the allow-list (tc u32 filters that
+// The TAP's ingress redirect to the CNI veth is itself the allow-list (u32 filters that
 // match allowed frames and redirect them); a frame no filter redirects goes up the pod netns'
 // own stack on the TAP, which is set up to drop it (see TAP_SYSCTLS). We use only what every
 // kernel with tc has (cls_u32, act_mirred): no flower, matchall, gact, police or nftables,
@@ -36,15 +36,87 @@ export function linkLocalFromMac(mac: string): string {
   return `fe80::${g((m[0] as number) ^ 0x02, m[1] as number)}:${g(m[2] as number, 0xff)}:${g(0xfe, m[3] as number)}:${g(m[4] as number, m[5] as number)}`;
 }
 
-/** u32 keys for `bytes` at `offset` (from the network header), 32 bits at a time. */
-function bytesAt(bytes: number[], offset: number): string {
-  const keys: string[] = [];
+/** One u32 key: the 32-bit word at `at` (bytes from the network header, a multiple of 4), masked, equals `value`. */
+export interface U32Key {
+  value: number;
+  mask: number;
+  at: number;
+}
+
+/**
+ * A u32 filter on a device's ingress. It ends the search when it matches: the frame goes to
+ * `redirect`'s egress (act_mirred), or, with `classid` only, up the pod netns' stack on the TAP.
+ */
+export interface U32Filter {
+  dev: string;
+  /** 0: the kernel picks one. */
+  prio: number;
+  /** The ethertype it applies to (ETHERTYPE). */
+  protocol: number;
+  keys: U32Key[];
+  redirect?: string;
+  classid?: number;
+}
+
+export const ETHERTYPE = { all: 0x0003, ip: 0x0800, arp: 0x0806, ipv6: 0x86dd } as const;
+/** Class 1:1: a name for "matched, not redirected". */
+const STOP_CLASS = 0x0001_0001;
+
+/** `value` (of `bits` bits) at byte `at`, as the key for its aligned word. */
+function field(value: number, bits: 8 | 16 | 32, at: number): U32Key {
+  const shift = 32 - bits - 8 * (at & 3);
+  if (shift < 0) throw new Error(`anti-spoof: a ${bits}-bit field at ${at} crosses a word`);
+  const mask = bits === 32 ? 0xffffffff : ((1 << bits) - 1) * 2 ** shift;
+  return { value: (value * 2 ** shift) >>> 0, mask: mask >>> 0, at: at - (at & 3) };
+}
+
+/** Keys for `bytes` at `at` (a multiple of 4), a word at a time; a last partial word is masked to its bytes. */
+function bytesAt(bytes: number[], at: number): U32Key[] {
+  const keys: U32Key[] = [];
   for (let i = 0; i < bytes.length; i += 4) {
     const word = bytes.slice(i, i + 4);
-    const value = word.reduce((acc, b) => acc * 256 + b, 0) >>> 0;
-    keys.push(`match u32 ${hex(value, 8)} 0xffffffff at ${offset + i}`);
+    const value = word.reduce((acc, b) => acc * 256 + b, 0) * 2 ** (8 * (4 - word.length));
+    const mask = (2 ** (8 * word.length) - 1) * 2 ** (8 * (4 - word.length));
+    keys.push({ value: value >>> 0, mask: mask >>> 0, at: at + i });
   }
-  return keys.join(" ");
+  return keys;
+}
+
+/** Keys on one word are merged into one (as tc merges them): one compare per word. */
+function merged(...parts: U32Key[][]): U32Key[] {
+  const keys: U32Key[] = [];
+  for (const k of parts.flat()) {
+    const same = keys.find((o) => o.at === k.at);
+    if (!same) keys.push({ ...k });
+    else if (((same.value ^ k.value) & same.mask & k.mask) !== 0)
+      throw new Error(`anti-spoof: conflicting keys at ${k.at}`);
+    else {
+      same.value = (same.value | k.value) >>> 0;
+      same.mask = (same.mask | k.mask) >>> 0;
+    }
+  }
+  return keys;
+}
+
+const etherSrc = (mac: number[]) => bytesAt(mac, -8);
+const ip6Protocol = (next: number) => [field(next, 8, 6)];
+const ip6Src = (address: string) => bytesAt(ipv6Bytes(address), 8);
+const icmp6Type = (type: number) => [field(type, 8, 40)];
+
+/** The tc command that makes the same filter: for error messages, logs, and checking against tc. */
+export function tcLine(f: U32Filter): string {
+  const hex8 = (n: number) => hex(n, 8);
+  const keys = f.keys.map((k) => `match u32 ${hex8(k.value)} ${hex8(k.mask)} at ${k.at}`).join(" ");
+  const then = f.redirect
+    ? `action mirred egress redirect dev ${f.redirect}`
+    : `classid ${(f.classid ?? STOP_CLASS) >>> 16}:${(f.classid ?? STOP_CLASS) & 0xffff}`;
+  const prio = f.prio ? ` prio ${f.prio}` : "";
+  return `filter add dev ${f.dev} parent ffff:${prio} protocol ${hex(f.protocol, 4)} u32 ${keys} ${then}`;
+}
+
+/** tc's ingress redirect of every frame arriving on `from` (the veth) to the egress of `to`. */
+export function redirectAll(from: string, to: string): U32Filter {
+  return { dev: from, prio: 0, protocol: ETHERTYPE.all, keys: [{ value: 0, mask: 0, at: 0 }], redirect: to };
 }
 
 /** ICMPv6 types a pod must not send onto the bridge: router advertisement, redirect. */
@@ -53,29 +125,42 @@ const ICMP6_ROUTER_ONLY = [134, 137];
 const IP6_HIDING_HEADERS = [0, 43, 60, 51];
 
 /**
- * The TAP's tc ingress filters (lines for `tc -batch`). A match with no action stops the
- * search without redirecting: the frame goes to the TAP's stack and is dropped there.
+ * The TAP's ingress filters. A match with no redirect stops the search: the frame goes to the
+ * TAP's stack and is dropped there.
  */
-export function antiSpoofFilters(tap: string, iface: PodInterface): string[] {
+export function antiSpoofFilters(tap: string, iface: PodInterface): U32Filter[] {
   const mac = macBytes(iface.mac);
-  const etherSrc = `match ether src ${iface.mac}`;
-  const to = `action mirred egress redirect dev ${iface.name}`;
-  const add = (prio: number, proto: string, rest: string) =>
-    `filter add dev ${tap} parent ffff: prio ${prio} protocol ${proto} ${rest}`;
-  const lines: string[] = [];
+  const pass = (prio: number, protocol: number, keys: U32Key[]): U32Filter => ({
+    dev: tap,
+    prio,
+    protocol,
+    keys,
+    redirect: iface.name,
+  });
+  const stop = (prio: number, protocol: number, keys: U32Key[]): U32Filter => ({
+    dev: tap,
+    prio,
+    protocol,
+    keys,
+    classid: STOP_CLASS,
+  });
+  const filters: U32Filter[] = [];
   const v4 = iface.addresses.filter((a) => a.family === "inet" && isIPv4(a.address)).map((a) => a.address);
   for (const ip of v4) {
-    lines.push(add(10, "ip", `u32 match ip src ${ip}/32 ${etherSrc} ${to}`));
-    // ARP for Ethernet/IPv4 only (other lengths would move the fields u32 checks), sender = pod.
     const spa = ip.split(".").map(Number);
-    lines.push(
-      add(
+    filters.push(pass(10, ETHERTYPE.ip, merged(bytesAt(spa, 12), etherSrc(mac))));
+    // ARP for Ethernet/IPv4 only (other lengths would move the fields u32 checks), sender = pod.
+    filters.push(
+      pass(
         11,
-        "arp",
-        `u32 match u32 0x00010800 0xffffffff at 0 match u16 0x0604 0xffff at 4 ${bytesAt(mac.slice(0, 4), 8)} ` +
-          `match u16 ${hex(((mac[4] as number) << 8) | (mac[5] as number), 4)} 0xffff at 12 ` +
-          `match u16 ${hex(((spa[0] as number) << 8) | (spa[1] as number), 4)} 0xffff at 14 ` +
-          `match u16 ${hex(((spa[2] as number) << 8) | (spa[3] as number), 4)} 0xffff at 16 ${etherSrc} ${to}`,
+        ETHERTYPE.arp,
+        merged(
+          [field(0x00010800, 32, 0), field(0x0604, 16, 4)],
+          bytesAt(mac, 8),
+          [field(((spa[0] as number) << 8) | (spa[1] as number), 16, 14)],
+          [field(((spa[2] as number) << 8) | (spa[3] as number), 16, 16)],
+          etherSrc(mac),
+        ),
       ),
     );
   }
@@ -84,20 +169,19 @@ export function antiSpoofFilters(tap: string, iface: PodInterface): string[] {
     const own = [...v6, linkLocalFromMac(iface.mac)];
     // Neighbour advertisements only for our own addresses (target = source = one of ours).
     for (const ip of own)
-      lines.push(
-        add(
+      filters.push(
+        pass(
           20,
-          "ipv6",
-          `u32 match ip6 src ${ip}/128 match ip6 protocol 58 0xff match u8 136 0xff at 40 ${bytesAt(ipv6Bytes(ip), 48)} ${etherSrc} ${to}`,
+          ETHERTYPE.ipv6,
+          merged(ip6Src(ip), ip6Protocol(58), icmp6Type(136), bytesAt(ipv6Bytes(ip), 48), etherSrc(mac)),
         ),
       );
     for (const type of [136, ...ICMP6_ROUTER_ONLY])
-      lines.push(add(21, "ipv6", `u32 match ip6 protocol 58 0xff match u8 ${type} 0xff at 40 classid 1:1`));
-    for (const next of IP6_HIDING_HEADERS)
-      lines.push(add(21, "ipv6", `u32 match ip6 protocol ${next} 0xff classid 1:1`));
-    for (const ip of own) lines.push(add(22, "ipv6", `u32 match ip6 src ${ip}/128 ${etherSrc} ${to}`));
+      filters.push(stop(21, ETHERTYPE.ipv6, merged(ip6Protocol(58), icmp6Type(type))));
+    for (const next of IP6_HIDING_HEADERS) filters.push(stop(21, ETHERTYPE.ipv6, ip6Protocol(next)));
+    for (const ip of own) filters.push(pass(22, ETHERTYPE.ipv6, merged(ip6Src(ip), etherSrc(mac))));
   }
-  return lines;
+  return filters;
 }
 
 /**

@@ -12,6 +12,7 @@ import { oomScoreAdjFor } from "../cgroup/oom.js";
 import type { RuntimeConfig } from "../config.js";
 import type { Mount } from "../containerd/publisher.js";
 import { precondition, ShimError } from "../errors.js";
+import type { NetHelper } from "../network/net-helper.js";
 import { type HeldNetns, holdNetns } from "../network/netns-hold.js";
 import { adoptPodNetwork, type PodInterface, type PodNetwork } from "../network/pod-network.js";
 import { PodPortForward } from "../network/port-forward.js";
@@ -54,6 +55,8 @@ export interface PodDeps {
   /** Takes over a previous daemon's container disks (absent: pods cannot be adopted). */
   adoptRootfs?: RootfsAdopter;
   attachNetwork: NetworkAttacher;
+  /** The pod network helper, for a network a previous daemon attached (Pod.adopt). */
+  net: NetHelper;
   /** For pool VMs (absent: pool VMs cannot take a pod network). */
   attachWarmNetwork?: WarmNetworkAttacher;
   /** The host's cgroups and OOM scores (pod/containment.ts; faked in unit tests). */
@@ -572,7 +575,7 @@ export class Pod {
     const vmLog = log.child({ vm: record.vmId });
     // Checked by the record's schema; only optional-property typing differs.
     const network = record.network
-      ? adoptPodNetwork(record.network as { netnsPath: string; tap: string; iface: PodInterface })
+      ? adoptPodNetwork(deps.net, record.network as { netnsPath: string; tap: string; iface: PodInterface })
       : undefined;
     const cgroup = record.cgroup ? PodCgroup.adopt(record.cgroup, vmLog) : undefined;
     const share = record.share ? await PodShare.adopt(record.share, vmLog) : undefined;

@@ -2,6 +2,7 @@
 // container joins the VM its sandbox booted. Keeps the running CRI pods by namespace/sandbox id.
 
 import { notFound } from "../errors.js";
+import { type NetHelper, netHelper } from "../network/net-helper.js";
 import { attachBootNic, attachPodNetwork, attachWarmNic } from "../network/pod-network.js";
 import type { PodRecord } from "../state/records.js";
 import type { Logger } from "../util/log.js";
@@ -24,8 +25,10 @@ import { scratchSize } from "./scratch-size.js";
 import { type VmSize, vmSize } from "./sizing.js";
 import { isHostNamespace, type OciSpecFile, readOciSpec, refuseHostNamespaces } from "./spec.js";
 
-export type PodsDeps = Omit<PodDeps, "attachNetwork" | "containment" | "lingering"> & {
+export type PodsDeps = Omit<PodDeps, "attachNetwork" | "containment" | "lingering" | "net"> & {
   attachNetwork?: NetworkAttacher;
+  /** Default: the helper the config names (network/net-helper.ts). */
+  net?: NetHelper;
   containment?: ContainmentHost;
   /** Whether a namespace path is the host's own (spec.ts; faked in unit tests). */
   isHostNamespace?: (type: string, path: string) => boolean;
@@ -47,15 +50,18 @@ export class Pods {
     // The TAP belongs to the VMM group: the unprivileged VMM attaches to it (vmm/confine.ts).
     const tapGroup = deps.config.vmm_uid_first;
     this.isHostNamespace = deps.isHostNamespace ?? isHostNamespace;
+    const net = deps.net ?? netHelper(deps.config.net_helper_binary);
     this.deps = {
       ...deps,
-      attachNetwork: deps.attachNetwork ?? ((netns) => attachPodNetwork(netns, "tap0_chv", { tapGroup })),
+      net,
+      attachNetwork:
+        deps.attachNetwork ?? ((netns) => attachPodNetwork(net, netns, "tap0_chv", { tapGroup })),
       attachWarmNetwork:
         deps.attachWarmNetwork ??
         ((vm, netns, bootNic) =>
           bootNic
-            ? attachBootNic(vm.pid, netns, bootNic.tap)
-            : attachWarmNic(vm, netns, "tap0_chv", { tapGroup })),
+            ? attachBootNic(net, vm.pid, netns, bootNic.tap)
+            : attachWarmNic(net, vm, netns, "tap0_chv", { tapGroup })),
       containment: deps.containment ?? hostContainment,
       lingering: new Lingering(),
     };
