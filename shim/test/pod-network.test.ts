@@ -169,6 +169,32 @@ describe("pod network: TAP + tc redirect in the pod's netns", { skip }, () => {
     }
   });
 
+  it("the helper checks what it is asked again: unknown ops, bad names, non-net sysctls, keys off a word are refused", async () => {
+    await assert.rejects(helper.request("bogus", {}), /unknown op/);
+    await assert.rejects(
+      helper.request("link-del", { netns: NETNS, dev: "../eth0" }),
+      /is not an interface name/,
+    );
+    const setup = (over: Record<string, unknown>) =>
+      helper.request("setup", {
+        from: NETNS,
+        netns: NETNS,
+        tap: "tap0_chv",
+        mtu: 1450,
+        create: true,
+        ...over,
+      });
+    await assert.rejects(setup({ sysctls: ["kernel.panic=1"] }), /not a net\.\* sysctl/);
+    await assert.rejects(
+      setup({
+        tc: [{ filter: { dev: "tap0_chv", prio: 1, protocol: 3, keys: [{ value: 0, mask: 0, at: 2 }] } }],
+      }),
+      /a multiple of 4/,
+    );
+    await helper.request("link-del", { netns: NETNS, dev: "tap0_chv" });
+    assert.doesNotMatch(await inNs("ip", "link"), /tap0_chv/);
+  });
+
   it("a helper that dies is started again by the next request", async () => {
     const pids = async () =>
       (await exec(["pgrep", "-f", "-x", HELPER])).stdout.trim().split("\n").filter(Boolean).map(Number);

@@ -29,6 +29,7 @@ const Answer = z.looseObject({
   error: z.string().optional(),
 });
 
+/** How long a request may take: netlink answers in microseconds, a stuck helper never. */
 const REQUEST_MS = 10_000;
 
 interface Pending {
@@ -42,7 +43,10 @@ export class NetHelper {
   private nextId = 1;
   private stderr = "";
 
-  constructor(readonly binary: string) {}
+  constructor(
+    readonly binary: string,
+    private readonly requestMs = REQUEST_MS,
+  ) {}
 
   /**
    * Runs `op` in the helper; resolves with its answer's fields, rejects with NetHelperError
@@ -55,8 +59,8 @@ export class NetHelper {
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
         this.pending.delete(id);
-        reject(new ShimError("Unavailable", `cloudhv-net did not answer ${op} within ${REQUEST_MS} ms`));
-      }, REQUEST_MS);
+        reject(new ShimError("Unavailable", `cloudhv-net did not answer ${op} within ${this.requestMs} ms`));
+      }, this.requestMs);
       this.pending.set(id, {
         resolve: (a) => {
           clearTimeout(timer);

@@ -26,11 +26,6 @@ export class PhaseClock {
     }
   }
 
-  /** A deferred step that records its own duration when it runs. */
-  wrap(name: string, step: () => unknown): () => Promise<unknown> {
-    return () => this.time(name, async () => step());
-  }
-
   add(name: string, ms: number): void {
     this.ms.set(name, (this.ms.get(name) ?? 0) + Math.max(0, ms));
     if (isGuest(name)) this.guestAdded += Math.max(0, ms);

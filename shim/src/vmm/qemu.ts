@@ -346,8 +346,10 @@ export class QemuVm implements VmHandle {
   private killed = false;
   /** This VM's dir of hard-linked disks on the host (startDiskLinks); removed with the VM. */
   diskLinksDir: string | undefined;
-  /** Resolves to diskLinksDir once the VMM sees it as `<vmmDir>/disks`; undefined: binds. */
-  private diskLinks: Promise<string | undefined> | undefined;
+  /** Settles once the links dir's bind is made or has failed (startDiskLinks). */
+  private diskLinks: Promise<void> | undefined;
+  /** diskLinksDir, once the VMM sees it as `<vmmDir>/disks`; until then (or if never), binds. */
+  private diskLinksBound: string | undefined;
   /** Root port index → the hot-plugged device on it. */
   private readonly busyPorts = new Map<number, string>();
   /** Hot-plugged virtio-fs devices (a chardev to remove with them, not a block node). */
@@ -606,11 +608,10 @@ export class QemuVm implements VmHandle {
       await rm(hostDir, { recursive: true, force: true });
       await mkdir(hostDir, { mode: 0o711 });
       await bindDirIntoVmm(this.pid, hostDir, path.join(this.paths.vmmDir, "disks"));
-      return hostDir;
+      this.diskLinksBound = hostDir;
     })();
     this.diskLinks = ready.catch((err: unknown) => {
       this.log.warn({ err: (err as Error).message }, "disks will be bind-mounted: no links dir");
-      return undefined;
     });
   }
 
@@ -620,7 +621,7 @@ export class QemuVm implements VmHandle {
    * another filesystem (EXDEV).
    */
   private async linkDisks(disks: DiskSpec[], names: string[]): Promise<string[] | undefined> {
-    const dir = this.diskLinks && (await Promise.race([this.diskLinks, Promise.resolve(undefined)]));
+    const dir = this.diskLinksBound;
     if (!dir) return undefined;
     const made: string[] = [];
     try {
