@@ -479,13 +479,29 @@ for (const hv of await hypervisorSuites())
       // A port nothing listens on: the connection ends at once, with no data.
       assert.equal(await get(9), "");
 
-      // One helper for this pod, in its netns, behind a nat rule there.
+      // One helper for this pod, in its netns, steering by its sk_lookup program attached to
+      // that netns (a BPF link it holds), with no nat rule.
       const helpers = await processesMatching(podsDir);
       assert.equal(helpers.length, 1, `one cloudhv-portfwd under ${podsDir}`);
       const argv = (await readFile(`/proc/${helpers[0]}/cmdline`, "utf8")).split("\0");
       const netns = argv[argv.indexOf("--netns") + 1] ?? "";
+      const fdinfo = await Promise.all(
+        (await readdir(`/proc/${helpers[0]}/fdinfo`)).map((fd) =>
+          readFile(`/proc/${helpers[0]}/fdinfo/${fd}`, "utf8").catch(() => ""),
+        ),
+      );
+      const netnsIno = (await stat(netns)).ino;
+      assert.ok(
+        fdinfo.some(
+          (info) =>
+            /link_type:\s+netns/.test(info) &&
+            /attach_type:\s+36\b/.test(info) &&
+            info.includes(`netns_ino:\t${netnsIno}`),
+        ),
+        "an sk_lookup link on the pod's netns",
+      );
       const rules = await exec(["nsenter", `--net=${netns}`, "--", "iptables", "-t", "nat", "-S", "OUTPUT"]);
-      assert.match(rules.stdout, /-d 127\.0\.0\.1\/32 -p tcp -j REDIRECT --to-ports \d+/);
+      assert.doesNotMatch(rules.stdout, /REDIRECT/, "no nat rule");
 
       await cri.stopContainer(id, 2);
       await cri.removeContainer(id);

@@ -1,9 +1,10 @@
 // CRI port-forward into the pod's VM. containerd answers PortForward (kubectl port-forward,
 // critest) by dialling 127.0.0.1:PORT inside the pod's netns on the host; the server runs in
-// the VM. Per pod: cloudhv-portfwd (guest/agent/src/bin/cloudhv-portfwd.rs) listens on
-// 127.0.0.1:LISTEN_PORT in that netns, an iptables nat OUTPUT rule there redirects every TCP
-// connection to 127.0.0.1 to it, and it hands each connection, prefixed with the port asked for,
-// to this daemon over a unix socket. The daemon carries the bytes to the guest agent
+// the VM. Per pod: cloudhv-portfwd (guest/agent/src/bin/cloudhv-portfwd/) listens on
+// 127.0.0.1:LISTEN_PORT in that netns and steers every TCP connection to 127.0.0.1 there to it
+// (a BPF sk_lookup program it attaches; where the kernel cannot, an iptables nat OUTPUT rule
+// this daemon adds redirects them), and it hands each connection, prefixed with the port asked
+// for, to this daemon over a unix socket. The daemon carries the bytes to the guest agent
 // (PortForward* calls on the agent channel), which dials the port on the guest's loopback.
 // Only the host opens connections; every count and chunk is bounded.
 import { spawn } from "node:child_process";
@@ -68,6 +69,8 @@ export class PodPortForward {
     private readonly server: net.Server,
     private readonly socketPath: string,
     private readonly helper: HostProcess,
+    /** Whether the nat rule redirects (else the helper's sk_lookup steers, gone with it). */
+    private readonly natRule: boolean,
   ) {}
 
   /**
@@ -95,22 +98,26 @@ export class PodPortForward {
         if (stderr.length < 4096) stderr += d;
         else opts.log.warn({ stderr: truncateUntrusted(d, 512) }, "cloudhv-portfwd");
       });
-      const ready = new Promise<boolean>((resolve) => {
+      const ready = new Promise<"steered" | "nat" | false>((resolve) => {
         child.stdout?.setEncoding("utf8");
-        child.stdout?.once("data", (d: string) => resolve(d.startsWith("ready")));
+        child.stdout?.once("data", (d: string) =>
+          resolve(d.startsWith("ready sk_lookup") ? "steered" : d.startsWith("ready") ? "nat" : false),
+        );
         child.once("exit", () => resolve(false));
         child.once("error", () => resolve(false));
       });
       const ok = await within(ready, READY_MS);
       if (child.pid !== undefined) helper = childProcess(child);
-      if (ok !== true) {
+      if (ok !== "steered" && ok !== "nat") {
         throw new Error(
           `cloudhv-portfwd (${opts.binary}) did not start listening in ${opts.netnsPath}` +
             (ok === TIMED_OUT ? ` within ${READY_MS} ms` : "") +
             (stderr ? `: ${stderr.trim()}` : ""),
         );
       }
-      if ((await iptables(opts.netnsPath, "-C")).code !== 0) {
+      if (ok === "nat")
+        opts.log.info({ stderr: truncateUntrusted(stderr.trim(), 512) }, "port-forward by a nat rule");
+      if (ok === "nat" && (await iptables(opts.netnsPath, "-C")).code !== 0) {
         const added = await iptables(opts.netnsPath, "-A");
         if (added.code !== 0)
           throw new Error(
@@ -118,7 +125,7 @@ export class PodPortForward {
               "(port-forward needs iptables and the nat table on the node)",
           );
       }
-      const forward = new PodPortForward(opts, server, socketPath, helper as HostProcess);
+      const forward = new PodPortForward(opts, server, socketPath, helper as HostProcess, ok === "nat");
       server.on("connection", (sock) => forward.serve(sock));
       // A helper that dies while the pod runs takes port-forward with it: say so.
       void forward.helper.exited.then(({ code, signal }) => {
@@ -229,8 +236,12 @@ export class PodPortForward {
     return this.stopping;
   }
 
-  /** Removes the nat rule; `via`: another path to the pod's netns (a held fd). Never throws. */
+  /**
+   * Removes the nat rule, where there is one (sk_lookup's steering went with the helper); `via`:
+   * another path to the pod's netns (a held fd). Never throws.
+   */
   async unredirect(via?: string): Promise<void> {
+    if (!this.natRule) return;
     const { log, netnsPath } = this.opts;
     const r = await iptables(via ?? netnsPath, "-D").catch(() => undefined);
     // Gone with the netns is fine; anything else is worth a line.

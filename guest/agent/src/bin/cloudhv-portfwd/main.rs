@@ -4,11 +4,15 @@
 //! containerd's CRI answers PortForward by dialling 127.0.0.1:PORT inside the pod's network
 //! namespace on the host, where nothing listens: the server runs in the VM. This process enters
 //! that netns, listens on 127.0.0.1:LISTEN_PORT (a listener created in a netns stays in it), and
-//! the shim daemon adds an iptables nat OUTPUT rule there that redirects every TCP connection to
-//! 127.0.0.1 to that listener. For each connection it reads the port that was asked for
-//! (SO_ORIGINAL_DST), connects to the daemon's unix socket (a path, reachable from any netns),
-//! sends the port as two big-endian bytes and relays bytes both ways. The daemon carries them to
-//! the guest agent. It dies with the daemon (PR_SET_PDEATHSIG).
+//! steers every TCP connection to 127.0.0.1 there to that listener with a BPF sk_lookup program
+//! (steer.rs; it says `ready sk_lookup`). Where the kernel cannot, it says `ready` and the shim
+//! daemon adds an iptables nat OUTPUT rule that redirects them instead. For each connection it
+//! reads the port that was asked for (its own local port, or SO_ORIGINAL_DST behind the nat
+//! rule), connects to the daemon's unix socket (a path, reachable from any netns), sends the
+//! port as two big-endian bytes and relays bytes both ways. The daemon carries them to the
+//! guest agent. It dies with the daemon (PR_SET_PDEATHSIG).
+
+mod steer;
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -20,7 +24,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 /// Connections relayed at once; more are closed at once (the agent's own limit is 64).
 const MAX_ACTIVE: usize = 64;
 
-const USAGE: &str = "usage: cloudhv-portfwd --netns PATH --listen-port PORT --relay UNIX_SOCKET";
+const USAGE: &str =
+    "usage: cloudhv-portfwd --netns PATH --listen-port PORT --relay UNIX_SOCKET [--no-sk-lookup]";
 
 fn die(msg: &str) -> ! {
     eprintln!("cloudhv-portfwd: {msg}");
@@ -31,6 +36,7 @@ fn main() {
     let mut netns = None;
     let mut port: Option<u16> = None;
     let mut relay = None;
+    let mut sk_lookup = true;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut val = || args.next().unwrap_or_else(|| die(USAGE));
@@ -44,6 +50,7 @@ fn main() {
                 )
             }
             "--relay" => relay = Some(val()),
+            "--no-sk-lookup" => sk_lookup = false,
             _ => die(USAGE),
         }
     }
@@ -65,11 +72,20 @@ fn main() {
             std::io::Error::last_os_error()
         ));
     }
-    drop(ns);
     let listener = TcpListener::bind(("127.0.0.1", port))
         .unwrap_or_else(|e| die(&format!("listen on 127.0.0.1:{port} in {netns}: {e}")));
-    // The daemon waits for this line before it redirects connections here.
-    println!("ready");
+    // Kept for as long as this process lives; the kernel removes it with the process.
+    let steering = sk_lookup.then(|| steer::steer(&ns, &listener));
+    drop(ns);
+    // The daemon waits for this line: steered here already, or for its nat rule.
+    match &steering {
+        Some(Ok(_)) => println!("ready sk_lookup"),
+        Some(Err(e)) => {
+            eprintln!("cloudhv-portfwd: no sk_lookup ({e}): the daemon's nat rule redirects");
+            println!("ready");
+        }
+        None => println!("ready"),
+    }
     let _ = std::io::stdout().flush();
 
     let active = Arc::new(AtomicUsize::new(0));
@@ -84,7 +100,7 @@ fn main() {
         let spawned = std::thread::Builder::new()
             .stack_size(64 * 1024)
             .spawn(move || {
-                if let Err(e) = serve(conn, &relay) {
+                if let Err(e) = serve(conn, &relay, port) {
                     eprintln!("cloudhv-portfwd: connection: {e}");
                 }
                 active.fetch_sub(1, Ordering::Relaxed);
@@ -116,8 +132,13 @@ fn original_port(conn: &TcpStream) -> std::io::Result<u16> {
     }
 }
 
-fn serve(tcp: TcpStream, relay: &str) -> std::io::Result<()> {
-    let port = original_port(&tcp)?;
+fn serve(tcp: TcpStream, relay: &str, listen_port: u16) -> std::io::Result<()> {
+    // Steered by sk_lookup, the connection kept the port asked for; behind the nat rule, it
+    // arrived on the listener's own.
+    let port = match tcp.local_addr()?.port() {
+        p if p != listen_port => p,
+        _ => original_port(&tcp)?,
+    };
     let _ = tcp.set_nodelay(true);
     let mut unix = UnixStream::connect(relay)?;
     unix.write_all(&port.to_be_bytes())?;
