@@ -1,9 +1,9 @@
 // Pod networking on the host: CNI has put a veth (with the pod's IP) in the pod's netns. We add
-// a TAP next to it and redirect frames both ways with tc ingress + mirred (by netlink, from the
-// daemon's one helper process: net-helper.ts), so the VM's NIC (on
+// a TAP next to it and redirect frames both ways with tc ingress + mirred, so the VM's NIC (on
 // the TAP, with the veth's MAC) is the pod's interface. The guest then takes the veth's
 // addresses and routes (the agent configures eth0 from what we read here). Towards the veth
-// only frames from the pod's own MAC and addresses pass (anti-spoof.ts).
+// only frames from the pod's own MAC and addresses pass (anti-spoof.ts). All of it is netlink
+// from the daemon's one helper process (net-helper.ts): no process is started per pod.
 import { existsSync } from "node:fs";
 import { z } from "zod";
 import { ShimError } from "../errors.js";
