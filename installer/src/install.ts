@@ -1069,14 +1069,15 @@ async function removeShimEntries(
 }
 
 /**
- * Shim daemons with no VM left (no child processes but idle warm-pool VMs) would linger for their idle timeout and
+ * Shim daemons with no VM left (no child processes but idle warm-pool VMs and the daemon's own
+ * pod network helper, cloudhv-net) would linger for their idle timeout and
  * keep /opt/cloudhv in use: stop them (each one's front, its parent, exits after it). One that
  * still has VMs keeps running, and its version stays on disk with it.
  */
 async function stopIdleDaemons(log: Logger, proc = "/proc", graceMs = 5000): Promise<void> {
   // pid → [ppid, state] for every process, zombies left out (they hold nothing).
   const scan = async () => {
-    const out = new Map<string, { ppid: string; daemon: boolean; front: boolean; poolVm: boolean }>();
+    const out = new Map<string, { ppid: string; daemon: boolean; front: boolean; idle: boolean }>();
     for (const pid of (await readdir(proc).catch(() => [] as string[])).filter((p) => /^\d+$/.test(p))) {
       const stat = await readFile(`${proc}/${pid}/stat`, "utf8").catch(() => "");
       const [state, ppid] = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
@@ -1093,7 +1094,9 @@ async function stopIdleDaemons(log: Logger, proc = "/proc", graceMs = 5000): Pro
         () => true,
         () => false,
       );
-      out.set(pid, { ppid, daemon, front, poolVm });
+      // The daemon's one netlink helper lives as long as the daemon, pods or not.
+      const netHelper = path.basename(cmdline[0] ?? "") === "cloudhv-net";
+      out.set(pid, { ppid, daemon, front, idle: poolVm || netHelper });
     }
     return out;
   };
@@ -1102,7 +1105,7 @@ async function stopIdleDaemons(log: Logger, proc = "/proc", graceMs = 5000): Pro
   let procs = await scan();
   const busy = () =>
     [...procs]
-      .filter(([pid, p]) => p.daemon && [...procs.values()].some((c) => c.ppid === pid && !c.poolVm))
+      .filter(([pid, p]) => p.daemon && [...procs.values()].some((c) => c.ppid === pid && !c.idle))
       .map(([pid]) => pid);
   while (busy().length > 0 && Date.now() < deadline) {
     await new Promise((r) => setTimeout(r, 250));

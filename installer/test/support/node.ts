@@ -14,7 +14,7 @@ import { PrivateContainerd } from "@cloudhv/e2e/dist/src/containerd.js";
 import { CriClient, type PodSandboxConfig } from "@cloudhv/e2e/dist/src/cri/client.js";
 import { processesMatching } from "@cloudhv/e2e/dist/src/leaks.js";
 import { buildBusyboxImage, importOciArchive } from "@cloudhv/e2e/dist/src/oci-image.js";
-import { assembleBundle } from "../../src/bundle.js";
+import { assembleBundle, REPO_ROOT } from "../../src/bundle.js";
 
 const run = promisify(execFile);
 
@@ -31,7 +31,9 @@ export function testBundle(): Promise<string> {
   bundle ??= (async () => {
     const out = await mkdtemp("/var/tmp/chv-bundle-");
     const { kernelPath, rootfsPath } = guestArtifacts();
-    await assembleBundle({ out, kernel: kernelPath, rootfs: rootfsPath });
+    // With the pod network helper (every CRI pod needs it), as guest/agent/build.sh built it.
+    const netHelper = path.join(REPO_ROOT, "build/host/cloudhv-net");
+    await assembleBundle({ out, kernel: kernelPath, rootfs: rootfsPath, netHelper });
     // "exit" handlers run synchronously: nothing async would happen there.
     process.once("exit", () => rmSync(out, { recursive: true, force: true }));
     return out;
